@@ -1,0 +1,6 @@
+"""bytelm: tokenizer-free language modeling on raw UTF-8 bytes, in JAX/Flax NNX."""
+
+from bytelm.models.t5 import T5, T5Config, byt5_small, preset
+from bytelm.tokenizer import ByteTokenizer
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Model families. Each file holds one family, its config and its loss_fn."""

@@ -1,0 +1,317 @@
+"""ByT5: the T5.1.1 encoder-decoder over bytes (Xue et al. 2022, "ByT5: Towards a token-free future").
+
+Numerically identical to Hugging Face's `T5ForConditionalGeneration` on the same weights (see
+tests/test_t5_parity.py). What is T5-specific is written where it happens: RMSNorm in fp32, no
+biases, no score scaling, one relative position bias per stack, gated-GELU, and the d_model**-0.5
+rescale only when the LM head is tied to the embedding.
+
+Axis legend: B batch, T encoder (input byte) positions, S decoder (target) positions, L cache
+length, D d_model, H heads, K head dim, F d_ff, V vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from bytelm.nn import Attention, Dense, GatedGeluMLP, RelativePositionBias, RMSNorm, key_mask_bias
+from bytelm.nn.attention import MASK_VALUE
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Hyper-parameters of a T5 encoder-decoder. Field names follow Hugging Face's `T5Config`."""
+
+  vocab_size: int = 384  # embedding rows: 259 byte ids + room, rounded to 128 (ByT5)
+  d_model: int = 256  # residual stream width
+  d_ff: int = 640  # hidden width of the gated-GELU feed-forward
+  num_heads: int = 4
+  d_kv: int = 64  # width of one head; H*K need not equal D
+  num_encoder_layers: int = 6  # ByT5 makes the encoder 3x deeper than the decoder
+  num_decoder_layers: int = 2
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128  # distances beyond this share the last bucket
+  dropout_rate: float = 0.0  # ByT5 pretraining used 0.0; HF configs say 0.1 (fine-tuning)
+  layer_norm_eps: float = 1e-6
+  tie_word_embeddings: bool = False  # ByT5 / T5.1.1: untied
+  attention_softmax: str = "softmax"  # or "softmax1" (MrT5)
+  dtype: str = "float32"  # compute dtype; "bfloat16" on accelerators
+  param_dtype: str = "float32"
+  pad_id: int = 0
+  eos_id: int = 1
+  decoder_start_id: int = 0  # T5 starts decoding from the pad id
+
+  def __post_init__(self):
+    if self.attention_softmax not in ("softmax", "softmax1"):
+      raise ValueError(f"attention_softmax must be 'softmax' or 'softmax1', got "
+                       f"{self.attention_softmax!r}")
+    for name in ("d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers",
+                 "num_decoder_layers", "vocab_size"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
+
+  def replace(self, **changes) -> "T5Config":
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def storage_dtype(self):
+    return jnp.dtype(self.param_dtype)
+
+
+# Named presets. The ByT5 sizes are from the paper's table 1; the small ones are for CPUs.
+PRESETS: dict[str, dict[str, Any]] = {
+    "byt5_small": dict(d_model=1472, d_ff=3584, num_heads=6, d_kv=64, num_encoder_layers=12,
+                       num_decoder_layers=4),
+    "byt5_base": dict(d_model=1536, d_ff=3968, num_heads=12, d_kv=64, num_encoder_layers=18,
+                      num_decoder_layers=6),
+    "byt5_large": dict(d_model=1536, d_ff=3840, num_heads=16, d_kv=64, num_encoder_layers=36,
+                       num_decoder_layers=12),
+    # The benchmark config of eval/speed.py: a ByT5 shape that trains on a laptop CPU.
+    "mini": dict(d_model=256, d_ff=640, num_heads=4, d_kv=64, num_encoder_layers=6,
+                 num_decoder_layers=2),
+    # For tests: compiles in a second.
+    "tiny": dict(d_model=64, d_ff=128, num_heads=2, d_kv=32, num_encoder_layers=2,
+                 num_decoder_layers=2, relative_attention_num_buckets=8,
+                 relative_attention_max_distance=20),
+}
+
+
+def preset(name: str, **overrides) -> T5Config:
+  """A named T5Config (`byt5_small`, `byt5_base`, `byt5_large`, `mini`, `tiny`) with overrides."""
+  if name not in PRESETS:
+    raise ValueError(f"unknown T5 preset {name!r}; choose one of {sorted(PRESETS)}")
+  return T5Config(**{**PRESETS[name], **overrides})
+
+
+def byt5_small(**overrides) -> T5Config:
+  """google/byt5-small's shape: d_model 1472, d_ff 3584, 6 heads x 64, 12 encoder / 4 decoder."""
+  return preset("byt5_small", **overrides)
+
+
+def _layer_kwargs(cfg: T5Config, rngs: nnx.Rngs) -> dict:
+  return dict(dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, rngs=rngs)
+
+
+def _norm(cfg: T5Config) -> RMSNorm:
+  return RMSNorm(cfg.d_model, eps=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
+                 param_dtype=cfg.storage_dtype)
+
+
+def _attention(cfg: T5Config, rngs: nnx.Rngs) -> Attention:
+  return Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, dropout_rate=cfg.dropout_rate,
+                   softmax=cfg.attention_softmax, **_layer_kwargs(cfg, rngs))
+
+
+def _rel_bias(cfg: T5Config, bidirectional: bool, rngs: nnx.Rngs) -> RelativePositionBias:
+  return RelativePositionBias(cfg.num_heads, bidirectional=bidirectional,
+                              num_buckets=cfg.relative_attention_num_buckets,
+                              max_distance=cfg.relative_attention_max_distance,
+                              std=cfg.d_model**-0.5, param_dtype=cfg.storage_dtype, rngs=rngs)
+
+
+class EncoderBlock(nnx.Module):
+  """Pre-norm self-attention then gated-GELU MLP, each added back to the residual stream."""
+
+  def __init__(self, cfg: T5Config, rngs: nnx.Rngs):
+    self.attn_norm, self.attn = _norm(cfg), _attention(cfg, rngs)
+    self.mlp_norm = _norm(cfg)
+    self.mlp = GatedGeluMLP(cfg.d_model, cfg.d_ff, dropout_rate=cfg.dropout_rate,
+                            **_layer_kwargs(cfg, rngs))
+    self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+
+  def __call__(self, x_BTD: jax.Array, bias_BHTT: jax.Array) -> jax.Array:
+    h_BTD = self.attn_norm(x_BTD)
+    x_BTD = x_BTD + self.dropout(self.attn(h_BTD, h_BTD, bias_BHTT))
+    return x_BTD + self.dropout(self.mlp(self.mlp_norm(x_BTD)))
+
+
+class DecoderBlock(nnx.Module):
+  """Causal self-attention, cross-attention to the encoder, then the MLP; all pre-norm."""
+
+  def __init__(self, cfg: T5Config, rngs: nnx.Rngs):
+    self.self_attn_norm, self.self_attn = _norm(cfg), _attention(cfg, rngs)
+    self.cross_attn_norm, self.cross_attn = _norm(cfg), _attention(cfg, rngs)
+    self.mlp_norm = _norm(cfg)
+    self.mlp = GatedGeluMLP(cfg.d_model, cfg.d_ff, dropout_rate=cfg.dropout_rate,
+                            **_layer_kwargs(cfg, rngs))
+    self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+
+  def __call__(self, y_BSD, self_bias_BHSS, enc_kv, cross_bias_BHST, self_kv=None):
+    """One block. enc_kv = (k, v) of the encoder output; self_kv overrides the self-attention
+    keys/values (the KV cache path), else they come from this block's own input."""
+    h_BSD = self.self_attn_norm(y_BSD)
+    k_BLHK, v_BLHK = self.self_attn.project_kv(h_BSD) if self_kv is None else self_kv
+    y_BSD = y_BSD + self.dropout(self.self_attn.attend(h_BSD, k_BLHK, v_BLHK, self_bias_BHSS))
+    h_BSD = self.cross_attn_norm(y_BSD)
+    y_BSD = y_BSD + self.dropout(self.cross_attn.attend(h_BSD, *enc_kv, cross_bias_BHST))
+    return y_BSD + self.dropout(self.mlp(self.mlp_norm(y_BSD)))
+
+
+class Encoder(nnx.Module):
+  """The encoder stack over embedded bytes; bidirectional position bias from its first layer."""
+
+  def __init__(self, cfg: T5Config, rngs: nnx.Rngs):
+    self.rel_bias = _rel_bias(cfg, bidirectional=True, rngs=rngs)
+    self.blocks = nnx.List([EncoderBlock(cfg, rngs) for _ in range(cfg.num_encoder_layers)])
+    self.final_norm = _norm(cfg)
+    self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+
+  def __call__(self, x_BTD: jax.Array, mask_BT: jax.Array,
+               key_bias_BT: jax.Array | None = None) -> jax.Array:
+    """key_bias_BT is added to every attention score towards that key (MrT5's delete gate)."""
+    pos_T = jnp.arange(x_BTD.shape[1])
+    bias_BHTT = self.rel_bias(pos_T, pos_T)[None] + key_mask_bias(mask_BT)
+    if key_bias_BT is not None:
+      bias_BHTT = bias_BHTT + key_bias_BT[:, None, None, :].astype(jnp.float32)
+    x_BTD = self.dropout(x_BTD)
+    for block in self.blocks:
+      x_BTD = block(x_BTD, bias_BHTT)
+    return self.dropout(self.final_norm(x_BTD))
+
+
+class Decoder(nnx.Module):
+  """The decoder stack; causal position bias from its first layer, no bias in cross-attention."""
+
+  def __init__(self, cfg: T5Config, rngs: nnx.Rngs):
+    self.rel_bias = _rel_bias(cfg, bidirectional=False, rngs=rngs)
+    self.blocks = nnx.List([DecoderBlock(cfg, rngs) for _ in range(cfg.num_decoder_layers)])
+    self.final_norm = _norm(cfg)
+    self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
+
+  def __call__(self, y_BSD, enc_BTD, cross_bias_B11T, mask_BS=None):
+    """Teacher-forced decoding of a whole target sequence."""
+    pos_S = jnp.arange(y_BSD.shape[1])
+    causal_SS = pos_S[None, :] <= pos_S[:, None]
+    self_bias_BHSS = self.rel_bias(pos_S, pos_S)[None] + jnp.where(causal_SS, 0.0, MASK_VALUE)
+    if mask_BS is not None:
+      self_bias_BHSS = self_bias_BHSS + key_mask_bias(mask_BS)
+    y_BSD = self.dropout(y_BSD)
+    for block in self.blocks:
+      y_BSD = block(y_BSD, self_bias_BHSS, block.cross_attn.project_kv(enc_BTD), cross_bias_B11T)
+    return self.dropout(self.final_norm(y_BSD))
+
+  def init_cache(self, enc_BTD: jax.Array, max_len: int) -> list[dict[str, jax.Array]]:
+    """Per layer: zeroed self-attention k/v for max_len steps, and the cross-attention k/v
+    of the encoder output (computed once per generation instead of once per step)."""
+    b, cfg_h = enc_BTD.shape[0], self.blocks[0].self_attn
+    zeros_BLHK = jnp.zeros((b, max_len, cfg_h.num_heads, cfg_h.d_kv), cfg_h.dtype)
+    cache = []
+    for block in self.blocks:
+      ck_BTHK, cv_BTHK = block.cross_attn.project_kv(enc_BTD)
+      cache.append(dict(k=zeros_BLHK, v=zeros_BLHK, ck=ck_BTHK, cv=cv_BTHK))
+    return cache
+
+  def step(self, y_B1D, cache, index, cross_bias_B11T):
+    """Decode position `index` (a traced scalar) given the cache; returns (h_B1D, cache)."""
+    max_len = cache[0]["k"].shape[1]
+    pos_L = jnp.arange(max_len)
+    q_pos_1 = jnp.reshape(index, (1,))
+    visible_1L = pos_L[None, :] <= q_pos_1[:, None]  # cache slots written so far
+    self_bias_1H1L = self.rel_bias(q_pos_1, pos_L)[None] + jnp.where(visible_1L, 0.0, MASK_VALUE)
+    new_cache = []
+    for block, layer in zip(self.blocks, cache):
+      k_B1HK, v_B1HK = block.self_attn.project_kv(block.self_attn_norm(y_B1D))
+      k_BLHK = jax.lax.dynamic_update_slice_in_dim(layer["k"], k_B1HK.astype(layer["k"].dtype),
+                                                   index, axis=1)
+      v_BLHK = jax.lax.dynamic_update_slice_in_dim(layer["v"], v_B1HK.astype(layer["v"].dtype),
+                                                   index, axis=1)
+      y_B1D = block(y_B1D, self_bias_1H1L, (layer["ck"], layer["cv"]), cross_bias_B11T,
+                    self_kv=(k_BLHK, v_BLHK))
+      new_cache.append(dict(layer, k=k_BLHK, v=v_BLHK))
+    return self.dropout(self.final_norm(y_B1D)), new_cache
+
+
+class T5(nnx.Module):
+  """The encoder-decoder: shared byte embedding, encoder, decoder, LM head."""
+
+  def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
+    self.config = cfg
+    self.shared = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nnx.initializers.normal(1.0),
+                            dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, rngs=rngs)
+    self.encoder = Encoder(cfg, rngs)
+    self.decoder = Decoder(cfg, rngs)
+    if not cfg.tie_word_embeddings:
+      # std d_model**-0.5 (not HF's 1.0) keeps the initial logits O(1) when training from scratch.
+      self.lm_head = Dense(cfg.d_model, cfg.vocab_size, std=cfg.d_model**-0.5,
+                           **_layer_kwargs(cfg, rngs))
+
+  def encode(self, inputs_BT, input_mask_BT=None, key_bias_BT=None) -> jax.Array:
+    """Encoder output enc_BTD; the mask defaults to `inputs != pad`."""
+    if input_mask_BT is None:
+      input_mask_BT = inputs_BT != self.config.pad_id
+    return self.encoder(self.shared(inputs_BT), input_mask_BT, key_bias_BT)
+
+  def logits(self, h_BSD: jax.Array) -> jax.Array:
+    if self.config.tie_word_embeddings:
+      # Mesh-TF convention, kept by HF: rescale before projecting with the embedding.
+      return self.shared.attend(h_BSD * self.config.d_model**-0.5)
+    return self.lm_head(h_BSD)
+
+  def cross_bias(self, input_mask_BT, cross_key_bias_BT=None) -> jax.Array:
+    """The additive cross-attention bias_B11T: padding mask (+ MrT5's key bias)."""
+    bias_B11T = key_mask_bias(input_mask_BT)
+    if cross_key_bias_BT is not None:
+      bias_B11T = bias_B11T + cross_key_bias_BT[:, None, None, :].astype(jnp.float32)
+    return bias_B11T
+
+  def decode(self, decoder_inputs_BS, enc_BTD, input_mask_BT, decoder_mask_BS=None,
+             cross_key_bias_BT=None) -> jax.Array:
+    """Teacher-forced decoder logits_BSV given the encoder output."""
+    h_BSD = self.decoder(self.shared(decoder_inputs_BS), enc_BTD,
+                         self.cross_bias(input_mask_BT, cross_key_bias_BT), decoder_mask_BS)
+    return self.logits(h_BSD)
+
+  def __call__(self, inputs_BT, decoder_inputs_BS, input_mask_BT=None,
+               decoder_mask_BS=None) -> jax.Array:
+    """logits_BSV for decoder_inputs_BS (targets shifted right, see `shift_right`)."""
+    if input_mask_BT is None:
+      input_mask_BT = inputs_BT != self.config.pad_id
+    enc_BTD = self.encode(inputs_BT, input_mask_BT)
+    return self.decode(decoder_inputs_BS, enc_BTD, input_mask_BT, decoder_mask_BS)
+
+  # -- incremental decoding (bytelm.generation drives these) --------------------------------
+
+  def init_cache(self, enc_BTD: jax.Array, max_len: int):
+    return self.decoder.init_cache(enc_BTD, max_len)
+
+  def decode_step(self, ids_B, cache, index, cross_bias_B11T):
+    """Logits_BV for the next position after feeding ids_B at position `index`."""
+    h_B1D, cache = self.decoder.step(self.shared(ids_B[:, None]), cache, index, cross_bias_B11T)
+    return self.logits(h_B1D)[:, 0], cache
+
+
+def shift_right(targets_BS: jax.Array, start_id: int = 0) -> jax.Array:
+  """Decoder inputs: the targets shifted one step right, starting from `start_id`."""
+  start_B1 = jnp.full((targets_BS.shape[0], 1), start_id, targets_BS.dtype)
+  return jnp.concatenate([start_B1, targets_BS[:, :-1]], axis=1)
+
+
+def loss_fn(model: T5, batch: dict[str, jax.Array], z_loss: float = 0.0):
+  """Mean cross-entropy over non-pad targets (+ optional t5x z-loss) -> (loss, metrics).
+
+  batch: `inputs` int32 [B, T], `targets` int32 [B, S] (pad = 0 is ignored), optional
+  `input_mask` [B, T]. bits_per_byte counts every predicted id, eos included.
+  """
+  targets_BS = batch["targets"]
+  logits_BSV = model(batch["inputs"], shift_right(targets_BS, model.config.decoder_start_id),
+                     batch.get("input_mask")).astype(jnp.float32)
+  weights_BS = (targets_BS != model.config.pad_id).astype(jnp.float32)
+  ce_BS = optax.softmax_cross_entropy_with_integer_labels(logits_BSV, targets_BS)
+  num_targets = jnp.maximum(weights_BS.sum(), 1.0)
+  ce = (ce_BS * weights_BS).sum() / num_targets
+  loss = ce
+  if z_loss:
+    log_z_BS = jax.nn.logsumexp(logits_BSV, axis=-1)
+    loss = loss + z_loss * (jnp.square(log_z_BS) * weights_BS).sum() / num_targets
+  return loss, {"loss": loss, "ce": ce, "bits_per_byte": ce / math.log(2),
+                "num_targets": weights_BS.sum()}

@@ -1,0 +1,5 @@
+"""Building blocks shared by every bytelm model."""
+
+from bytelm.nn.attention import (Attention, RelativePositionBias, key_mask_bias, relative_position_bucket,
+                                 softmax1)
+from bytelm.nn.layers import Dense, GatedGeluMLP, RMSNorm

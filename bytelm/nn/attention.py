@@ -1,0 +1,132 @@
+"""T5 attention: multi-head attention with relative position bias, key bias and a KV cache.
+
+Axis legend: B batch, T query positions, S key positions, D d_model, H heads, K head dim.
+
+T5 details that decide parity with Hugging Face:
+- no 1/sqrt(K) score scaling (it is folded into the initialisation of the query matrix);
+- scores are turned into probabilities in fp32;
+- the relative position bias lives in the first layer of each stack and is shared by all layers;
+  bidirectional in the encoder, causal in the decoder, absent in cross-attention.
+Masks, position bias and MrT5's key bias all arrive as one additive fp32 `bias_BHTS`.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from einops import rearrange
+from flax import nnx
+
+from bytelm.nn.layers import Dense, normal_init
+
+# Additive bias for a forbidden key. HF uses finfo(float32).min; adding finite biases to it stays
+# finite, so fully masked rows give a uniform distribution instead of NaN.
+MASK_VALUE = float(np.finfo(np.float32).min)
+
+
+def bucket_table(num_buckets: int, max_distance: int) -> np.ndarray:
+  """T5's log-spaced bucket for every distance 0..max_distance (one sign).
+
+  Distances below num_buckets // 2 get their own bucket; larger ones share log-spaced buckets up
+  to max_distance, beyond which everything falls into the last bucket. Computed once in float32
+  numpy, as PyTorch does, so bucket edges match Hugging Face exactly.
+  """
+  max_exact = num_buckets // 2
+  dist = np.arange(max_distance + 1)
+  # Distances below max_exact never use `large`; clamp them to 1 so log(0) is never taken.
+  ratio = np.log(np.maximum(dist, 1).astype(np.float32) / np.float32(max_exact)) / np.float32(
+      np.log(max_distance / max_exact))
+  large = max_exact + (ratio * np.float32(num_buckets - max_exact)).astype(np.int64)
+  large = np.minimum(large, num_buckets - 1)
+  return np.where(dist < max_exact, dist, large).astype(np.int32)
+
+
+def relative_position_bucket(rel_pos, *, bidirectional: bool, num_buckets: int,
+                             max_distance: int):
+  """Bucket index for relative positions `key_pos - query_pos` (any integer array)."""
+  rel_pos = jnp.asarray(rel_pos, jnp.int32)
+  if bidirectional:
+    half = num_buckets // 2
+    table = jnp.asarray(bucket_table(half, max_distance))
+    offset = jnp.where(rel_pos > 0, half, 0)  # keys to the right get the upper half
+    return offset + table[jnp.minimum(jnp.abs(rel_pos), max_distance)]
+  table = jnp.asarray(bucket_table(num_buckets, max_distance))
+  return table[jnp.minimum(jnp.maximum(-rel_pos, 0), max_distance)]  # future keys -> bucket 0
+
+
+class RelativePositionBias(nnx.Module):
+  """A learned bias per (bucket, head), looked up by relative position."""
+
+  def __init__(self, num_heads: int, *, bidirectional: bool, num_buckets: int = 32,
+               max_distance: int = 128, std: float = 1.0, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    self.bidirectional, self.num_buckets, self.max_distance = bidirectional, num_buckets, max_distance
+    self.embedding = nnx.Param(normal_init(std)(rngs.params(), (num_buckets, num_heads), param_dtype))
+
+  def __call__(self, q_pos: jax.Array, k_pos: jax.Array) -> jax.Array:
+    """Bias (..., H, T, S) in fp32 for query positions (..., T) and key positions (..., S).
+
+    Positions are explicit (not arange) so a decoding step and MrT5's compacted sequences can
+    ask for the bias at their true positions.
+    """
+    rel_pos_TS = k_pos[..., None, :] - q_pos[..., :, None]
+    buckets_TS = relative_position_bucket(rel_pos_TS, bidirectional=self.bidirectional,
+                                          num_buckets=self.num_buckets,
+                                          max_distance=self.max_distance)
+    bias_TSH = self.embedding[...].astype(jnp.float32)[buckets_TS]
+    return jnp.moveaxis(bias_TSH, -1, -3)
+
+
+def softmax1(x: jax.Array, axis: int = -1) -> jax.Array:
+  """exp(x_i) / (1 + sum_j exp(x_j)): softmax with an implicit zero logit (attention may abstain).
+
+  MrT5 uses it in both its baseline and its gated model.
+  """
+  m = jnp.maximum(jnp.max(x, axis=axis, keepdims=True), 0.0)
+  e = jnp.exp(x - m)
+  return e / (jnp.exp(-m) + jnp.sum(e, axis=axis, keepdims=True))
+
+
+class Attention(nnx.Module):
+  """T5 multi-head attention; inner width H*K may differ from D (ByT5-small: 384 vs 1472)."""
+
+  def __init__(self, d_model: int, num_heads: int, d_kv: int, *, dropout_rate: float,
+               softmax: str = "softmax", dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    if softmax not in ("softmax", "softmax1"):
+      raise ValueError(f"attention_softmax must be 'softmax' or 'softmax1', got {softmax!r}")
+    self.num_heads, self.d_kv, self.softmax, self.dtype = num_heads, d_kv, softmax, dtype
+    inner = num_heads * d_kv
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    # HF's initialisation; the query's extra 1/sqrt(K) replaces the missing score scaling.
+    self.q = Dense(d_model, inner, std=(d_model * d_kv) ** -0.5, **kw)
+    self.k = Dense(d_model, inner, std=d_model**-0.5, **kw)
+    self.v = Dense(d_model, inner, std=d_model**-0.5, **kw)
+    self.o = Dense(inner, d_model, std=inner**-0.5, **kw)
+    self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+
+  def project_kv(self, kv_BSD: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Keys and values, k_BSHK and v_BSHK (what a KV cache stores)."""
+    split = lambda x: rearrange(x, "B S (H K) -> B S H K", H=self.num_heads)
+    return split(self.k(kv_BSD)), split(self.v(kv_BSD))
+
+  def attend(self, x_BTD: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array,
+             bias_BHTS: jax.Array) -> jax.Array:
+    """Attention of queries from x_BTD over given keys/values; bias_BHTS is additive (fp32)."""
+    q_BTHK = rearrange(self.q(x_BTD), "B T (H K) -> B T H K", H=self.num_heads)
+    scores_BHTS = jnp.einsum("BTHK,BSHK->BHTS", q_BTHK, k_BSHK.astype(self.dtype))
+    scores_BHTS = scores_BHTS.astype(jnp.float32) + bias_BHTS  # fp32 softmax for stability
+    probs_fn = jax.nn.softmax if self.softmax == "softmax" else softmax1
+    probs_BHTS = self.dropout(probs_fn(scores_BHTS, axis=-1).astype(self.dtype))
+    out_BTHK = jnp.einsum("BHTS,BSHK->BTHK", probs_BHTS, v_BSHK.astype(self.dtype))
+    return self.o(rearrange(out_BTHK, "B T H K -> B T (H K)"))
+
+  def __call__(self, x_BTD: jax.Array, kv_BSD: jax.Array, bias_BHTS: jax.Array) -> jax.Array:
+    k_BSHK, v_BSHK = self.project_kv(kv_BSD)
+    return self.attend(x_BTD, k_BSHK, v_BSHK, bias_BHTS)
+
+
+def key_mask_bias(mask_BS: jax.Array) -> jax.Array:
+  """Additive bias_B11S: 0 where mask_BS is true, MASK_VALUE where it is false."""
+  return jnp.where(mask_BS.astype(bool), 0.0, MASK_VALUE)[:, None, None, :].astype(jnp.float32)
