@@ -129,9 +129,9 @@ class EncoderBlock(nnx.Module):
                             **_layer_kwargs(cfg, rngs))
     self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
-  def __call__(self, x_BTD: jax.Array, bias_BHTT: jax.Array) -> jax.Array:
+  def __call__(self, x_BTD: jax.Array, pos_bias_HTT: jax.Array, key_bias_BT: jax.Array):
     h_BTD = self.attn_norm(x_BTD)
-    x_BTD = x_BTD + self.dropout(self.attn(h_BTD, h_BTD, bias_BHTT))
+    x_BTD = x_BTD + self.dropout(self.attn(h_BTD, h_BTD, pos_bias_HTT, key_bias_BT))
     return x_BTD + self.dropout(self.mlp(self.mlp_norm(x_BTD)))
 
 
@@ -146,14 +146,16 @@ class DecoderBlock(nnx.Module):
                             **_layer_kwargs(cfg, rngs))
     self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
-  def __call__(self, y_BSD, self_bias_BHSS, enc_kv, cross_bias_BHST, self_kv=None):
+  def __call__(self, y_BSD, self_pos_bias_HSL, self_key_bias_BL, enc_kv, cross_key_bias_BT,
+               self_kv=None):
     """One block. enc_kv = (k, v) of the encoder output; self_kv overrides the self-attention
-    keys/values (the KV cache path), else they come from this block's own input."""
+    keys/values (the KV cache path, L cache slots), else they come from this block's input."""
     h_BSD = self.self_attn_norm(y_BSD)
-    k_BLHK, v_BLHK = self.self_attn.project_kv(h_BSD) if self_kv is None else self_kv
-    y_BSD = y_BSD + self.dropout(self.self_attn.attend(h_BSD, k_BLHK, v_BLHK, self_bias_BHSS))
+    k_BHLK, v_BHLK = self.self_attn.project_kv(h_BSD) if self_kv is None else self_kv
+    y_BSD = y_BSD + self.dropout(self.self_attn.attend(h_BSD, k_BHLK, v_BHLK, self_pos_bias_HSL,
+                                                       self_key_bias_BL))
     h_BSD = self.cross_attn_norm(y_BSD)
-    y_BSD = y_BSD + self.dropout(self.cross_attn.attend(h_BSD, *enc_kv, cross_bias_BHST))
+    y_BSD = y_BSD + self.dropout(self.cross_attn.attend(h_BSD, *enc_kv, None, cross_key_bias_BT))
     return y_BSD + self.dropout(self.mlp(self.mlp_norm(y_BSD)))
 
 
@@ -170,12 +172,13 @@ class Encoder(nnx.Module):
                key_bias_BT: jax.Array | None = None) -> jax.Array:
     """key_bias_BT is added to every attention score towards that key (MrT5's delete gate)."""
     pos_T = jnp.arange(x_BTD.shape[1])
-    bias_BHTT = self.rel_bias(pos_T, pos_T)[None] + key_mask_bias(mask_BT)
+    pos_bias_HTT = self.rel_bias(pos_T, pos_T)  # computed once, shared by every layer
+    mask_bias_BT = key_mask_bias(mask_BT)
     if key_bias_BT is not None:
-      bias_BHTT = bias_BHTT + key_bias_BT[:, None, None, :].astype(jnp.float32)
+      mask_bias_BT = mask_bias_BT + key_bias_BT.astype(jnp.float32)
     x_BTD = self.dropout(x_BTD)
     for block in self.blocks:
-      x_BTD = block(x_BTD, bias_BHTT)
+      x_BTD = block(x_BTD, pos_bias_HTT, mask_bias_BT)
     return self.dropout(self.final_norm(x_BTD))
 
 
@@ -188,46 +191,46 @@ class Decoder(nnx.Module):
     self.final_norm = _norm(cfg)
     self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
-  def __call__(self, y_BSD, enc_BTD, cross_bias_B11T, mask_BS=None):
+  def __call__(self, y_BSD, enc_BTD, cross_key_bias_BT, mask_BS=None):
     """Teacher-forced decoding of a whole target sequence."""
     pos_S = jnp.arange(y_BSD.shape[1])
     causal_SS = pos_S[None, :] <= pos_S[:, None]
-    self_bias_BHSS = self.rel_bias(pos_S, pos_S)[None] + jnp.where(causal_SS, 0.0, MASK_VALUE)
-    if mask_BS is not None:
-      self_bias_BHSS = self_bias_BHSS + key_mask_bias(mask_BS)
+    pos_bias_HSS = self.rel_bias(pos_S, pos_S) + jnp.where(causal_SS, 0.0, MASK_VALUE)
+    self_key_bias_BS = None if mask_BS is None else key_mask_bias(mask_BS)
     y_BSD = self.dropout(y_BSD)
     for block in self.blocks:
-      y_BSD = block(y_BSD, self_bias_BHSS, block.cross_attn.project_kv(enc_BTD), cross_bias_B11T)
+      y_BSD = block(y_BSD, pos_bias_HSS, self_key_bias_BS, block.cross_attn.project_kv(enc_BTD),
+                    cross_key_bias_BT)
     return self.dropout(self.final_norm(y_BSD))
 
   def init_cache(self, enc_BTD: jax.Array, max_len: int) -> list[dict[str, jax.Array]]:
     """Per layer: zeroed self-attention k/v for max_len steps, and the cross-attention k/v
     of the encoder output (computed once per generation instead of once per step)."""
-    b, cfg_h = enc_BTD.shape[0], self.blocks[0].self_attn
-    zeros_BLHK = jnp.zeros((b, max_len, cfg_h.num_heads, cfg_h.d_kv), cfg_h.dtype)
+    attn = self.blocks[0].self_attn
+    zeros_BHLK = jnp.zeros((enc_BTD.shape[0], attn.num_heads, max_len, attn.d_kv), attn.dtype)
     cache = []
     for block in self.blocks:
-      ck_BTHK, cv_BTHK = block.cross_attn.project_kv(enc_BTD)
-      cache.append(dict(k=zeros_BLHK, v=zeros_BLHK, ck=ck_BTHK, cv=cv_BTHK))
+      ck_BHTK, cv_BHTK = block.cross_attn.project_kv(enc_BTD)
+      cache.append(dict(k=zeros_BHLK, v=zeros_BHLK, ck=ck_BHTK, cv=cv_BHTK))
     return cache
 
-  def step(self, y_B1D, cache, index, cross_bias_B11T):
+  def step(self, y_B1D, cache, index, cross_key_bias_BT):
     """Decode position `index` (a traced scalar) given the cache; returns (h_B1D, cache)."""
-    max_len = cache[0]["k"].shape[1]
+    max_len = cache[0]["k"].shape[2]
     pos_L = jnp.arange(max_len)
     q_pos_1 = jnp.reshape(index, (1,))
     visible_1L = pos_L[None, :] <= q_pos_1[:, None]  # cache slots written so far
-    self_bias_1H1L = self.rel_bias(q_pos_1, pos_L)[None] + jnp.where(visible_1L, 0.0, MASK_VALUE)
+    pos_bias_H1L = self.rel_bias(q_pos_1, pos_L) + jnp.where(visible_1L, 0.0, MASK_VALUE)
     new_cache = []
     for block, layer in zip(self.blocks, cache):
-      k_B1HK, v_B1HK = block.self_attn.project_kv(block.self_attn_norm(y_B1D))
-      k_BLHK = jax.lax.dynamic_update_slice_in_dim(layer["k"], k_B1HK.astype(layer["k"].dtype),
-                                                   index, axis=1)
-      v_BLHK = jax.lax.dynamic_update_slice_in_dim(layer["v"], v_B1HK.astype(layer["v"].dtype),
-                                                   index, axis=1)
-      y_B1D = block(y_B1D, self_bias_1H1L, (layer["ck"], layer["cv"]), cross_bias_B11T,
-                    self_kv=(k_BLHK, v_BLHK))
-      new_cache.append(dict(layer, k=k_BLHK, v=v_BLHK))
+      k_BH1K, v_BH1K = block.self_attn.project_kv(block.self_attn_norm(y_B1D))
+      k_BHLK = jax.lax.dynamic_update_slice_in_dim(layer["k"], k_BH1K.astype(layer["k"].dtype),
+                                                   index, axis=2)
+      v_BHLK = jax.lax.dynamic_update_slice_in_dim(layer["v"], v_BH1K.astype(layer["v"].dtype),
+                                                   index, axis=2)
+      y_B1D = block(y_B1D, pos_bias_H1L, None, (layer["ck"], layer["cv"]), cross_key_bias_BT,
+                    self_kv=(k_BHLK, v_BHLK))
+      new_cache.append(dict(layer, k=k_BHLK, v=v_BHLK))
     return self.dropout(self.final_norm(y_B1D)), new_cache
 
 
@@ -258,11 +261,11 @@ class T5(nnx.Module):
     return self.lm_head(h_BSD)
 
   def cross_bias(self, input_mask_BT, cross_key_bias_BT=None) -> jax.Array:
-    """The additive cross-attention bias_B11T: padding mask (+ MrT5's key bias)."""
-    bias_B11T = key_mask_bias(input_mask_BT)
+    """The additive cross-attention key bias_BT: padding mask (+ MrT5's delete gate)."""
+    bias_BT = key_mask_bias(input_mask_BT)
     if cross_key_bias_BT is not None:
-      bias_B11T = bias_B11T + cross_key_bias_BT[:, None, None, :].astype(jnp.float32)
-    return bias_B11T
+      bias_BT = bias_BT + cross_key_bias_BT.astype(jnp.float32)
+    return bias_BT
 
   def decode(self, decoder_inputs_BS, enc_BTD, input_mask_BT, decoder_mask_BS=None,
              cross_key_bias_BT=None) -> jax.Array:
@@ -284,9 +287,9 @@ class T5(nnx.Module):
   def init_cache(self, enc_BTD: jax.Array, max_len: int):
     return self.decoder.init_cache(enc_BTD, max_len)
 
-  def decode_step(self, ids_B, cache, index, cross_bias_B11T):
+  def decode_step(self, ids_B, cache, index, cross_bias_BT):
     """Logits_BV for the next position after feeding ids_B at position `index`."""
-    h_B1D, cache = self.decoder.step(self.shared(ids_B[:, None]), cache, index, cross_bias_B11T)
+    h_B1D, cache = self.decoder.step(self.shared(ids_B[:, None]), cache, index, cross_bias_BT)
     return self.logits(h_B1D)[:, 0], cache
 
 

@@ -7,7 +7,8 @@ T5 details that decide parity with Hugging Face:
 - scores are turned into probabilities in fp32;
 - the relative position bias lives in the first layer of each stack and is shared by all layers;
   bidirectional in the encoder, causal in the decoder, absent in cross-attention.
-Masks, position bias and MrT5's key bias all arrive as one additive fp32 `bias_BHTS`.
+Biases are additive fp32: a position bias (H, T, S) that also carries causal masking, and a key
+bias (B, S) that carries padding and MrT5's delete gate.
 """
 
 from __future__ import annotations
@@ -107,26 +108,65 @@ class Attention(nnx.Module):
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
 
   def project_kv(self, kv_BSD: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Keys and values, k_BSHK and v_BSHK (what a KV cache stores)."""
-    split = lambda x: rearrange(x, "B S (H K) -> B S H K", H=self.num_heads)
-    return split(self.k(kv_BSD)), split(self.v(kv_BSD))
+    """Keys and values, k_BHSK and v_BHSK (what a KV cache stores)."""
+    return self._heads(self.k(kv_BSD)), self._heads(self.v(kv_BSD))
 
-  def attend(self, x_BTD: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array,
-             bias_BHTS: jax.Array) -> jax.Array:
-    """Attention of queries from x_BTD over given keys/values; bias_BHTS is additive (fp32)."""
-    q_BTHK = rearrange(self.q(x_BTD), "B T (H K) -> B T H K", H=self.num_heads)
-    scores_BHTS = jnp.einsum("BTHK,BSHK->BHTS", q_BTHK, k_BSHK.astype(self.dtype))
-    scores_BHTS = scores_BHTS.astype(jnp.float32) + bias_BHTS  # fp32 softmax for stability
+  def _heads(self, x_BTI: jax.Array) -> jax.Array:
+    return rearrange(x_BTI, "B T (H K) -> B H T K", H=self.num_heads)
+
+  def attend(self, x_BTD: jax.Array, k_BHSK: jax.Array, v_BHSK: jax.Array,
+             pos_bias_HTS: jax.Array | None = None,
+             key_bias_BS: jax.Array | None = None) -> jax.Array:
+    """Attention of queries from x_BTD over given keys/values.
+
+    Args:
+      pos_bias_HTS: additive fp32 bias (H, T, S) shared by the batch, or (B, H, T, S): relative
+        positions and causal masking.
+      key_bias_BS: additive fp32 bias per key (padding mask, MrT5's delete gate).
+    """
+    q_BHTK = self._heads(self.q(x_BTD))
+    k_BHSK, v_BHSK = k_BHSK.astype(self.dtype), v_BHSK.astype(self.dtype)
     probs_fn = jax.nn.softmax if self.softmax == "softmax" else softmax1
-    probs_BHTS = self.dropout(probs_fn(scores_BHTS, axis=-1).astype(self.dtype))
-    out_BTHK = jnp.einsum("BHTS,BSHK->BTHK", probs_BHTS, v_BSHK.astype(self.dtype))
-    return self.o(rearrange(out_BTHK, "B T H K -> B T (H K)"))
 
-  def __call__(self, x_BTD: jax.Array, kv_BSD: jax.Array, bias_BHTS: jax.Array) -> jax.Array:
-    k_BSHK, v_BSHK = self.project_kv(kv_BSD)
-    return self.attend(x_BTD, k_BSHK, v_BSHK, bias_BHTS)
+    def core(q_HTK, k_HSK, v_HSK, pos_HTS, key_S):  # also runs with a leading batch axis
+      scores_HTS = jnp.einsum("...HTK,...HSK->...HTS", q_HTK, k_HSK).astype(jnp.float32)
+      bias = _add(pos_HTS, None if key_S is None else key_S[..., None, None, :])
+      if bias is not None:
+        scores_HTS = scores_HTS + bias  # one add, in HF's order: scores + (position + mask)
+      probs_HTS = self.dropout(probs_fn(scores_HTS, axis=-1).astype(self.dtype))  # fp32 softmax
+      return jnp.einsum("...HTS,...HSK->...HTK", probs_HTS, v_HSK)
+
+    b, _, t, _ = q_BHTK.shape
+    s = k_BHSK.shape[2]
+    dropout_active = self.dropout.rate > 0 and not self.dropout.deterministic
+    if jax.default_backend() == "cpu" and b > 1 and t * s >= 128 * 128 and not dropout_active:
+      # XLA:CPU materialises the whole B*H*T*S score tensor (134 MB at 8 x 1024 bytes, 4 heads)
+      # and streams it through memory several times; one example at a time stays in cache and
+      # runs about 3x faster (eval/speed.py). Dropout needs its RNG outside the loop.
+      batched_pos = pos_bias_HTS is not None and pos_bias_HTS.ndim == 4
+      shared_pos = None if pos_bias_HTS is None or batched_pos else pos_bias_HTS
+      def one(args):
+        q_HTK, k_HSK, v_HSK, pos_HTS, key_S = args
+        return core(q_HTK, k_HSK, v_HSK, pos_HTS if batched_pos else shared_pos, key_S)
+      out_BHTK = jax.lax.map(one, (q_BHTK, k_BHSK, v_BHSK,
+                                   pos_bias_HTS if batched_pos else None, key_bias_BS))
+    else:
+      out_BHTK = core(q_BHTK, k_BHSK, v_BHSK, pos_bias_HTS, key_bias_BS)
+    return self.o(rearrange(out_BHTK, "B H T K -> B T (H K)"))
+
+  def __call__(self, x_BTD: jax.Array, kv_BSD: jax.Array, pos_bias_HTS=None,
+               key_bias_BS=None) -> jax.Array:
+    k_BHSK, v_BHSK = self.project_kv(kv_BSD)
+    return self.attend(x_BTD, k_BHSK, v_BHSK, pos_bias_HTS, key_bias_BS)
+
+
+def _add(a, b):
+  """a + b where either may be None (absent bias)."""
+  if a is None:
+    return b
+  return a if b is None else a + b
 
 
 def key_mask_bias(mask_BS: jax.Array) -> jax.Array:
-  """Additive bias_B11S: 0 where mask_BS is true, MASK_VALUE where it is false."""
-  return jnp.where(mask_BS.astype(bool), 0.0, MASK_VALUE)[:, None, None, :].astype(jnp.float32)
+  """Additive key_bias_BS: 0 where mask_BS is true, MASK_VALUE where it is false."""
+  return jnp.where(mask_BS.astype(bool), 0.0, MASK_VALUE).astype(jnp.float32)
