@@ -1,5 +1,7 @@
 """bytelm: tokenizer-free language modeling on raw UTF-8 bytes, in JAX/Flax NNX."""
 
+from bytelm.convert import load_hf, save_hf
+from bytelm.generation import generate, generate_ids
 from bytelm.models.t5 import T5, T5Config, byt5_small, preset
 from bytelm.tokenizer import ByteTokenizer
 

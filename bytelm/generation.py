@@ -13,14 +13,18 @@ whether top-p is on); temperature and top_p are traced, so sweeping them does no
 `generate` pads inputs up to a multiple of `pad_to_multiple` ids (64 by default) for the same
 reason.
 
-Beam search follows Hugging Face's scoring: a finished hypothesis of n ids (eos included) scores
+Beam search scores like Hugging Face: a finished hypothesis of n ids (eos included) scores
 sum(log p) / n**length_penalty; length_penalty=0 ranks by total log-probability, > 0 favours
 longer outputs. `num_beams` finished hypotheses are kept per input, and a hypothesis that reaches
 `max_new_bytes` without eos is scored with n = max_new_bytes at the end. An input stops early
 only when no live beam can still beat its worst kept hypothesis (an exact bound, not HF's
-heuristic). As in HF, `num_beams=1` is greedy search.
+heuristic). Unlike HF, an eos candidate counts even when it ranks below the top `num_beams`
+(t5x does the same), so no finished hypothesis is lost to a worse one. As in HF, `num_beams=1`
+is greedy search; the beam loop with one beam would keep the greedy path alive but could return
+a likelier hypothesis that ended earlier.
 
-Axis legend: B batch, T input positions, N new positions, K beams, V vocab, L cache length.
+Axis legend: B batch, T input positions, N new positions, V vocab, K beams, C candidates per
+step (2K), J live + finished hypotheses (2K).
 """
 
 from __future__ import annotations
@@ -104,6 +108,14 @@ def _filter_logits(logits_BV, top_k: int, top_p, use_top_p: bool):
   return logits_BV
 
 
+def _suppress_eos(logits_BV, i, min_new: int, eos_id: int):
+  """Forbid eos before step min_new (HF's min_new_tokens); a no-op when min_new is 0."""
+  if not min_new:
+    return logits_BV
+  is_eos_V = jnp.arange(logits_BV.shape[-1]) == eos_id
+  return jnp.where(is_eos_V & (i < min_new), jnp.finfo(logits_BV.dtype).min, logits_BV)
+
+
 def _choose_fn(method, rng, temperature, top_k, top_p, use_top_p):
   """next_id_B = choose(logits_BV, step) for greedy or sampling."""
   if method == "greedy":
@@ -121,7 +133,7 @@ def _choose_fn(method, rng, temperature, top_k, top_p, use_top_p):
 # -- loops --------------------------------------------------------------------------------------
 
 
-def _sequential_loop(model, enc_BTD, cross_bias_B, max_new: int, choose):
+def _sequential_loop(model, enc_BTD, cross_bias_B, max_new: int, min_new: int, choose):
   """Greedy or sampled decoding; returns ids_BN (pad after eos)."""
   cfg = model.config
   b = enc_BTD.shape[0]
@@ -134,7 +146,8 @@ def _sequential_loop(model, enc_BTD, cross_bias_B, max_new: int, choose):
   def body(carry):
     i, prev_B, done_B, ids_BN, cache = carry
     logits_BV, cache = model.decode_step(prev_B, cache, i, cross_bias_B)
-    next_B = choose(logits_BV.astype(jnp.float32), i)
+    logits_BV = _suppress_eos(logits_BV.astype(jnp.float32), i, min_new, cfg.eos_id)
+    next_B = choose(logits_BV, i)
     next_B = jnp.where(done_B, cfg.pad_id, next_B)
     ids_BN = jax.lax.dynamic_update_slice_in_dim(ids_BN, next_B[:, None], i, axis=1)
     return i + 1, next_B, done_B | (next_B == cfg.eos_id), ids_BN, cache
@@ -149,7 +162,7 @@ def _gather_beams(x_BK, idx_BJ):
   return jax.vmap(lambda x, i: x[i])(x_BK, idx_BJ)
 
 
-def _beam_loop(model, enc_BTD, cross_bias_B, max_new: int, num_beams: int,
+def _beam_loop(model, enc_BTD, cross_bias_B, max_new: int, min_new: int, num_beams: int,
                length_penalty: float):
   """Beam search; returns the best hypothesis per input, ids_BN (pad after eos)."""
   cfg = model.config
@@ -179,7 +192,8 @@ def _beam_loop(model, enc_BTD, cross_bias_B, max_new: int, num_beams: int,
   def body(carry):
     i, alive_BKN, alive_logp_BK, fin_BKN, fin_score_BK, prev_BK, cache = carry
     logits_BV, cache = model.decode_step(prev_BK.reshape(b * k), cache, i, cross_bias_BK)
-    logp_BKV = jax.nn.log_softmax(logits_BV.astype(jnp.float32), axis=-1).reshape(b, k, -1)
+    logits_BV = _suppress_eos(logits_BV.astype(jnp.float32), i, min_new, cfg.eos_id)
+    logp_BKV = jax.nn.log_softmax(logits_BV, axis=-1).reshape(b, k, -1)
     v = logp_BKV.shape[-1]
     # 2K candidates: at most K of them end in eos (one per beam), so K live ones remain.
     cand_logp_BC, cand_idx_BC = jax.lax.top_k(
@@ -198,7 +212,9 @@ def _beam_loop(model, enc_BTD, cross_bias_B, max_new: int, num_beams: int,
     rows = (jnp.arange(b)[:, None] * k + parent_BK).reshape(b * k)
     cache = [dict(layer, k=layer["k"][rows], v=layer["v"][rows]) for layer in cache]
 
-    # Finished: merge the candidates that ended in eos into the K best kept so far.
+    # Finished: merge the candidates that ended in eos into the K best kept so far. As in t5x,
+    # every eos among the 2K counts (HF drops those ranked below K); a finished hypothesis is
+    # never thrown away for a worse one.
     new_score_BC = jnp.where(is_eos_BC, cand_logp_BC / lp(i + 1), neg_inf)
     fin_score_BK, pick_BK = jax.lax.top_k(
         jnp.concatenate([fin_score_BK, new_score_BC], axis=1), k)
@@ -221,25 +237,25 @@ def _beam_loop(model, enc_BTD, cross_bias_B, max_new: int, num_beams: int,
 # -- the compiled entry point -------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "method", "top_k",
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "min_new", "method", "top_k",
                                              "use_top_p", "num_beams", "length_penalty"))
 def _generate_jit(state, inputs_BT, mask_BT, rng, temperature, top_p, *, graphdef, max_new,
-                  method, top_k, use_top_p, num_beams, length_penalty):
+                  min_new, method, top_k, use_top_p, num_beams, length_penalty):
   global _NUM_TRACES
   _NUM_TRACES += 1  # runs at trace time only
   model = nnx.merge(graphdef, state)
   enc_BTD = model.encode(inputs_BT, mask_BT)
   cross_bias_B = model.cross_bias(mask_BT)
   if method == "beam":
-    return _beam_loop(model, enc_BTD, cross_bias_B, max_new, num_beams, length_penalty)
+    return _beam_loop(model, enc_BTD, cross_bias_B, max_new, min_new, num_beams, length_penalty)
   choose = _choose_fn(method, rng, temperature, top_k, top_p, use_top_p)
-  return _sequential_loop(model, enc_BTD, cross_bias_B, max_new, choose)
+  return _sequential_loop(model, enc_BTD, cross_bias_B, max_new, min_new, choose)
 
 
 def generate_ids(model, inputs_BT, input_mask_BT=None, *, max_new_bytes: int,
                  method: str = "greedy", temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, num_beams: int = 4, length_penalty: float = 1.0,
-                 rng: Any = None) -> jax.Array:
+                 rng: Any = None, min_new_bytes: int = 0) -> jax.Array:
   """Generate ids_BN (int32, N = max_new_bytes) from an encoder-decoder such as `T5`.
 
   Args:
@@ -254,6 +270,7 @@ def generate_ids(model, inputs_BT, input_mask_BT=None, *, max_new_bytes: int,
       the probability (1.0 = off), as in Hugging Face.
     num_beams, length_penalty: beam search only; see the module docstring. num_beams=1 is greedy.
     rng: sampling only: `jax.random.key(seed)` or an int seed. Same key, same samples.
+    min_new_bytes: eos is forbidden before this many ids (benchmarks use it to force equal work).
 
   Returns:
     ids_BN: the generated ids of each input; after its eos a row holds pad (0) only.
@@ -272,6 +289,9 @@ def generate_ids(model, inputs_BT, input_mask_BT=None, *, max_new_bytes: int,
   if input_mask_BT.shape != inputs_BT.shape:
     raise ValueError(f"input_mask_BT has shape {input_mask_BT.shape}, inputs_BT "
                      f"{inputs_BT.shape}; they must match")
+  if not isinstance(min_new_bytes, (int, np.integer)) or not 0 <= min_new_bytes <= max_new_bytes:
+    raise ValueError(f"min_new_bytes must be an int in [0, max_new_bytes={max_new_bytes}], got "
+                     f"{min_new_bytes!r}")
   if method == "beam" and 2 * num_beams > cfg.vocab_size:
     raise ValueError(f"num_beams={num_beams} needs 2 * num_beams <= vocab_size "
                      f"({cfg.vocab_size}); use fewer beams")
@@ -291,8 +311,8 @@ def generate_ids(model, inputs_BT, input_mask_BT=None, *, max_new_bytes: int,
   return _generate_jit(
       state, inputs_BT.astype(jnp.int32), input_mask_BT.astype(bool), key,
       jnp.float32(temperature if sampling else 1.0), jnp.float32(top_p if use_top_p else 1.0),
-      graphdef=graphdef, max_new=int(max_new_bytes), method=method, top_k=top_k,
-      use_top_p=use_top_p, num_beams=int(num_beams) if beam else 1,
+      graphdef=graphdef, max_new=int(max_new_bytes), min_new=int(min_new_bytes), method=method,
+      top_k=top_k, use_top_p=use_top_p, num_beams=int(num_beams) if beam else 1,
       length_penalty=float(length_penalty) if beam else 0.0)
 
 

@@ -1,0 +1,136 @@
+"""Throughput of bytelm's T5 against Hugging Face's PyTorch T5 at the same config, in one run.
+
+  python eval/speed.py --what forward     # encoder-decoder forward: input bytes/s
+  python eval/speed.py --what generate    # greedy generation with the KV cache: new bytes/s
+
+Defaults are the issue's benchmark shape: preset `mini` (d_model 256, d_ff 640, 4 heads x 64,
+6 encoder / 2 decoder layers), batch 8, 1024 input bytes, 128 target / new bytes, fp32.
+Hugging Face runs when `torch` and `transformers` are installed (`--no-hf` skips it); both sides
+get the same weights (through `bytelm.convert.save_hf`), and timings alternate between the two
+sides so machine noise hits both alike. Generation is forced to produce exactly `--new-bytes`
+bytes on both sides (eos suppressed until then), so the work is identical.
+
+The last line holds the headline figures as key=value pairs, ratio_vs_hf = bytelm / HF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bytelm import convert, generation
+from bytelm.models import t5
+
+
+def _timed(fn, repeats: int) -> list[float]:
+  out = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    out.append(time.perf_counter() - start)
+  return out
+
+
+def _bytelm_runner(model, what, inputs_BT, targets_BS, new_bytes):
+  if what == "forward":
+    graphdef, state = nnx.split(model)
+    fwd = jax.jit(lambda st, x, y: nnx.merge(graphdef, st)(x, t5.shift_right(y)))
+    return lambda: fwd(state, inputs_BT, targets_BS).block_until_ready()
+  return lambda: jax.block_until_ready(generation.generate_ids(
+      model, inputs_BT, max_new_bytes=new_bytes, min_new_bytes=new_bytes, method="greedy"))
+
+
+def _hf_runner(model, cfg, what, inputs_BT, targets_BS, new_bytes):
+  """The same weights in Hugging Face's T5ForConditionalGeneration, or None without torch."""
+  try:
+    import torch
+    import transformers
+  except ImportError:
+    return None, None
+  with tempfile.TemporaryDirectory() as tmp:
+    convert.save_hf(model, cfg, tmp)
+    hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp).eval()
+  x = torch.from_numpy(np.asarray(inputs_BT)).long()
+  mask = (x != cfg.pad_id).long()
+  if what == "forward":
+    y = torch.from_numpy(np.asarray(t5.shift_right(targets_BS))).long()
+
+    def run():
+      with torch.no_grad():
+        hf(input_ids=x, attention_mask=mask, decoder_input_ids=y)
+  else:
+    def run():
+      with torch.no_grad():
+        return hf.generate(input_ids=x, attention_mask=mask, max_new_tokens=new_bytes,
+                           min_new_tokens=new_bytes, do_sample=False, num_beams=1)
+  return run, f"torch {torch.__version__}, transformers {transformers.__version__}, " \
+              f"{torch.get_num_threads()} threads"
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--what", choices=("forward", "generate"), default="generate")
+  p.add_argument("--preset", default="mini", choices=sorted(t5.PRESETS))
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--input-bytes", type=int, default=1024)
+  p.add_argument("--new-bytes", type=int, default=128, help="target length (forward) / new bytes")
+  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face side")
+  args = p.parse_args()
+
+  cfg = t5.preset(args.preset)
+  model = t5.T5(cfg, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  # Random bytes 3..258, no padding: the worst case for both sides.
+  inputs_BT = jnp.asarray(rng.integers(3, 259, (args.batch, args.input_bytes)), jnp.int32)
+  targets_BS = jnp.asarray(rng.integers(3, 259, (args.batch, args.new_bytes)), jnp.int32)
+  unit = args.batch * (args.input_bytes if args.what == "forward" else args.new_bytes)
+  unit_name = "input bytes/s" if args.what == "forward" else "new bytes/s"
+
+  ours = _bytelm_runner(model, args.what, inputs_BT, targets_BS, args.new_bytes)
+  hf, hf_desc = (None, None) if args.no_hf else _hf_runner(
+      model, cfg, args.what, inputs_BT, targets_BS, args.new_bytes)
+
+  start = time.perf_counter()
+  ours()  # compile + first run
+  compile_s = time.perf_counter() - start
+  if hf is not None:
+    hf()  # warm-up
+  times_ours, times_hf = [], []
+  for _ in range(args.repeats):  # alternate so machine noise hits both sides alike
+    times_ours += _timed(ours, 1)
+    if hf is not None:
+      times_hf += _timed(hf, 1)
+
+  print(f"bytelm speed: {args.what}, preset {args.preset} ({cfg.d_model=}, {cfg.d_ff=}, "
+        f"{cfg.num_heads}x{cfg.d_kv} heads, {cfg.num_encoder_layers}/{cfg.num_decoder_layers} "
+        f"layers), batch {args.batch}, {args.input_bytes} input bytes, {args.new_bytes} "
+        f"{'target' if args.what == 'forward' else 'new'} bytes, fp32")
+  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"jax {jax.__version__} on {jax.default_backend()}")
+  t_ours = statistics.median(times_ours)
+  print(f"bytelm: {t_ours:.3f} s/call (median of {args.repeats}; first call with compile "
+        f"{compile_s:.1f} s) -> {unit / t_ours:,.0f} {unit_name}")
+  fields = {"what": args.what, "preset": args.preset, "batch": args.batch,
+            "bytelm_bytes_per_s": round(unit / t_ours, 1)}
+  if hf is not None:
+    t_hf = statistics.median(times_hf)
+    print(f"hf ({hf_desc}): {t_hf:.3f} s/call -> {unit / t_hf:,.0f} {unit_name}")
+    print(f"ratio bytelm / hf: {t_hf / t_ours:.2f}x")
+    fields.update(hf_bytes_per_s=round(unit / t_hf, 1), ratio_vs_hf=round(t_hf / t_ours, 3))
+  else:
+    print("hf: skipped (install torch and transformers for the side-by-side)")
+  print(" ".join(f"{k}={v}" for k, v in fields.items()))
+
+
+if __name__ == "__main__":
+  main()
