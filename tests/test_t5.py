@@ -77,6 +77,9 @@ def test_batch_loop_path_equals_batched_path(model):
   together = model.encode(inputs)
   alone = jnp.concatenate([model.encode(inputs[i:i + 1]) for i in range(3)])  # batch 1: no loop
   np.testing.assert_allclose(together, alone, atol=1e-5)
+  dec = t5.shift_right(targets)
+  logits_alone = jnp.concatenate([model(inputs[i:i + 1], dec[i:i + 1]) for i in range(3)])
+  np.testing.assert_allclose(model(inputs, dec), logits_alone, atol=1e-4)
 
 
 def test_softmax1_is_softmax_with_an_extra_zero_logit():

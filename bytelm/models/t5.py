@@ -22,6 +22,7 @@ from flax import nnx
 
 from bytelm.nn import Attention, Dense, GatedGeluMLP, RelativePositionBias, RMSNorm, key_mask_bias
 from bytelm.nn.attention import MASK_VALUE
+from bytelm.nn.batching import loop_is_faster, map_over_batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +120,10 @@ def _rel_bias(cfg: T5Config, bidirectional: bool, rngs: nnx.Rngs) -> RelativePos
                               std=cfg.d_model**-0.5, param_dtype=cfg.storage_dtype, rngs=rngs)
 
 
+def _dropout_active(dropout: nnx.Dropout) -> bool:
+  return dropout.rate > 0 and not dropout.deterministic
+
+
 class EncoderBlock(nnx.Module):
   """Pre-norm self-attention then gated-GELU MLP, each added back to the residual stream."""
 
@@ -177,8 +182,14 @@ class Encoder(nnx.Module):
     if key_bias_BT is not None:
       mask_bias_BT = mask_bias_BT + key_bias_BT.astype(jnp.float32)
     x_BTD = self.dropout(x_BTD)
-    for block in self.blocks:
-      x_BTD = block(x_BTD, pos_bias_HTT, mask_bias_BT)
+
+    def layers(x_BTD, mask_bias_BT):
+      for block in self.blocks:
+        x_BTD = block(x_BTD, pos_bias_HTT, mask_bias_BT)
+      return x_BTD
+
+    x_BTD = map_over_batch(layers, x_BTD, mask_bias_BT,
+                           loop=loop_is_faster(x_BTD.shape[1], _dropout_active(self.dropout)))
     return self.dropout(self.final_norm(x_BTD))
 
 
@@ -198,9 +209,15 @@ class Decoder(nnx.Module):
     pos_bias_HSS = self.rel_bias(pos_S, pos_S) + jnp.where(causal_SS, 0.0, MASK_VALUE)
     self_key_bias_BS = None if mask_BS is None else key_mask_bias(mask_BS)
     y_BSD = self.dropout(y_BSD)
-    for block in self.blocks:
-      y_BSD = block(y_BSD, pos_bias_HSS, self_key_bias_BS, block.cross_attn.project_kv(enc_BTD),
-                    cross_key_bias_BT)
+
+    def layers(y_BSD, self_key_bias_BS, enc_BTD, cross_key_bias_BT):
+      for block in self.blocks:
+        y_BSD = block(y_BSD, pos_bias_HSS, self_key_bias_BS, block.cross_attn.project_kv(enc_BTD),
+                      cross_key_bias_BT)
+      return y_BSD
+
+    loop = loop_is_faster(max(y_BSD.shape[1], enc_BTD.shape[1]), _dropout_active(self.dropout))
+    y_BSD = map_over_batch(layers, y_BSD, self_key_bias_BS, enc_BTD, cross_key_bias_BT, loop=loop)
     return self.dropout(self.final_norm(y_BSD))
 
   def init_cache(self, enc_BTD: jax.Array, max_len: int) -> list[dict[str, jax.Array]]:

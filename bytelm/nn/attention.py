@@ -127,31 +127,12 @@ class Attention(nnx.Module):
     q_BHTK = self._heads(self.q(x_BTD))
     k_BHSK, v_BHSK = k_BHSK.astype(self.dtype), v_BHSK.astype(self.dtype)
     probs_fn = jax.nn.softmax if self.softmax == "softmax" else softmax1
-
-    def core(q_HTK, k_HSK, v_HSK, pos_HTS, key_S):  # also runs with a leading batch axis
-      scores_HTS = jnp.einsum("...HTK,...HSK->...HTS", q_HTK, k_HSK).astype(jnp.float32)
-      bias = _add(pos_HTS, None if key_S is None else key_S[..., None, None, :])
-      if bias is not None:
-        scores_HTS = scores_HTS + bias  # one add, in HF's order: scores + (position + mask)
-      probs_HTS = self.dropout(probs_fn(scores_HTS, axis=-1).astype(self.dtype))  # fp32 softmax
-      return jnp.einsum("...HTS,...HSK->...HTK", probs_HTS, v_HSK)
-
-    b, _, t, _ = q_BHTK.shape
-    s = k_BHSK.shape[2]
-    dropout_active = self.dropout.rate > 0 and not self.dropout.deterministic
-    if jax.default_backend() == "cpu" and b > 1 and t * s >= 128 * 128 and not dropout_active:
-      # XLA:CPU materialises the whole B*H*T*S score tensor (134 MB at 8 x 1024 bytes, 4 heads)
-      # and streams it through memory several times; one example at a time stays in cache and
-      # runs about 3x faster (eval/speed.py). Dropout needs its RNG outside the loop.
-      batched_pos = pos_bias_HTS is not None and pos_bias_HTS.ndim == 4
-      shared_pos = None if pos_bias_HTS is None or batched_pos else pos_bias_HTS
-      def one(args):
-        q_HTK, k_HSK, v_HSK, pos_HTS, key_S = args
-        return core(q_HTK, k_HSK, v_HSK, pos_HTS if batched_pos else shared_pos, key_S)
-      out_BHTK = jax.lax.map(one, (q_BHTK, k_BHSK, v_BHSK,
-                                   pos_bias_HTS if batched_pos else None, key_bias_BS))
-    else:
-      out_BHTK = core(q_BHTK, k_BHSK, v_BHSK, pos_bias_HTS, key_bias_BS)
+    scores_BHTS = jnp.einsum("BHTK,BHSK->BHTS", q_BHTK, k_BHSK).astype(jnp.float32)
+    bias = _add(pos_bias_HTS, None if key_bias_BS is None else key_bias_BS[:, None, None, :])
+    if bias is not None:
+      scores_BHTS = scores_BHTS + bias  # one add, in HF's order: scores + (position + mask)
+    probs_BHTS = self.dropout(probs_fn(scores_BHTS, axis=-1).astype(self.dtype))  # fp32 softmax
+    out_BHTK = jnp.einsum("BHTS,BHSK->BHTK", probs_BHTS, v_BHSK)
     return self.o(rearrange(out_BHTK, "B H T K -> B T (H K)"))
 
   def __call__(self, x_BTD: jax.Array, kv_BSD: jax.Array, pos_bias_HTS=None,
