@@ -12,6 +12,7 @@ length, D d_model, H heads, K head dim, F d_ff, V vocab.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -43,6 +44,7 @@ class T5Config:
   tie_word_embeddings: bool = False  # ByT5 / T5.1.1: untied
   attention_softmax: str = "softmax"  # or "softmax1" (MrT5)
   dtype: str = "float32"  # compute dtype; "bfloat16" on accelerators
+  remat: bool = False  # recompute each block in the backward pass: less memory, ~1/3 more compute
   param_dtype: str = "float32"
   pad_id: int = 0
   eos_id: int = 1
@@ -124,6 +126,13 @@ def _dropout_active(dropout: nnx.Dropout) -> bool:
   return dropout.rate > 0 and not dropout.deterministic
 
 
+def _maybe_remat(block: nnx.Module, remat: bool):
+  """block's __call__, rematerialised in the backward pass when `remat` (config.remat)."""
+  if not remat:
+    return block
+  return functools.partial(nnx.remat(type(block).__call__), block)
+
+
 class EncoderBlock(nnx.Module):
   """Pre-norm self-attention then gated-GELU MLP, each added back to the residual stream."""
 
@@ -169,6 +178,7 @@ class Encoder(nnx.Module):
 
   def __init__(self, cfg: T5Config, rngs: nnx.Rngs):
     self.rel_bias = _rel_bias(cfg, bidirectional=True, rngs=rngs)
+    self.remat = cfg.remat
     self.blocks = nnx.List([EncoderBlock(cfg, rngs) for _ in range(cfg.num_encoder_layers)])
     self.final_norm = _norm(cfg)
     self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
@@ -185,7 +195,7 @@ class Encoder(nnx.Module):
 
     def layers(x_BTD, mask_bias_BT):
       for block in self.blocks:
-        x_BTD = block(x_BTD, pos_bias_HTT, mask_bias_BT)
+        x_BTD = _maybe_remat(block, self.remat)(x_BTD, pos_bias_HTT, mask_bias_BT)
       return x_BTD
 
     x_BTD = map_over_batch(layers, x_BTD, mask_bias_BT,
@@ -198,6 +208,7 @@ class Decoder(nnx.Module):
 
   def __init__(self, cfg: T5Config, rngs: nnx.Rngs):
     self.rel_bias = _rel_bias(cfg, bidirectional=False, rngs=rngs)
+    self.remat = cfg.remat
     self.blocks = nnx.List([DecoderBlock(cfg, rngs) for _ in range(cfg.num_decoder_layers)])
     self.final_norm = _norm(cfg)
     self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
@@ -212,8 +223,9 @@ class Decoder(nnx.Module):
 
     def layers(y_BSD, self_key_bias_BS, enc_BTD, cross_key_bias_BT):
       for block in self.blocks:
-        y_BSD = block(y_BSD, pos_bias_HSS, self_key_bias_BS, block.cross_attn.project_kv(enc_BTD),
-                      cross_key_bias_BT)
+        enc_kv = block.cross_attn.project_kv(enc_BTD)
+        y_BSD = _maybe_remat(block, self.remat)(y_BSD, pos_bias_HSS, self_key_bias_BS, enc_kv,
+                                                cross_key_bias_BT)
       return y_BSD
 
     loop = loop_is_faster(max(y_BSD.shape[1], enc_BTD.shape[1]), _dropout_active(self.dropout))

@@ -17,7 +17,9 @@ MIN_LENGTH = 128
 
 def loop_is_faster(length: int, dropout_active: bool) -> bool:
   """Whether `map_over_batch` should loop. Dropout needs its RNG state outside the loop."""
-  return jax.default_backend() == "cpu" and length >= MIN_LENGTH and not dropout_active
+  # With several devices the batch is sharded; a loop over it would gather it onto each device.
+  return (jax.default_backend() == "cpu" and jax.device_count() == 1 and length >= MIN_LENGTH
+          and not dropout_active)
 
 
 def map_over_batch(fn, *args_B, loop: bool):

@@ -1,0 +1,232 @@
+"""Static-shape batches whose content is a pure function of (seed, step).
+
+There is no iterator state: `batch(step)` draws example i of global batch `step` from
+`np.random.default_rng([seed, step, i])`, which picks a random window of the byte stream and
+(for span corruption) its noise mask. Resuming needs only the step, which the trainer already
+saves (levanter's property; notes/jax_conventions.md A.6): `state(step)` is `{"step", "seed"}`.
+Calls may come in any order, and any process can build its slice of any batch.
+
+The byte stream. Documents are UTF-8 encoded and joined with an eos between them, in an
+order shuffled once by `shuffle_seed` (fixed by default, independent of the training `seed`,
+so evaluation windows are the same bytes in every run). It is held as uint8 bytes with 0xFF
+(never a byte of valid UTF-8) standing for eos, 1 byte per position: ~40 MB for the embedded
+corpus. Ids (byte + 3, eos 1) are made per window. Windows may span document boundaries;
+the eos between documents is then part of the window.
+
+Shapes, per process: inputs [B, T] and targets [B, S], int32, B = batch_size / process_count.
+Span corruption: T = input_length, S = target_length, both exact (no padding) because every
+window holds raw_length = span_corruption_lengths(T)[0] ids (only degenerate noise settings
+leave the inputs one id short, padded with 0; see span_corruption_lengths). Causal LM:
+windows of T + 1 ids, inputs = window[:-1], targets = window[1:], S = T.
+
+Evaluation: `eval_batches()` cuts the stream into consecutive, non-overlapping windows in
+stream order (causal LM windows share one boundary id, so each id is predicted once), with
+noise masks from a fixed seed. The last batch is padded with rows of zeros (pad id 0 in inputs
+and targets, so a loss that ignores target 0 ignores them); the tail of the stream shorter than
+one window is not evaluated. `eval_bytes` counts the text bytes the windows cover.
+"""
+
+from collections.abc import Iterator, Sequence
+from typing import Literal
+
+import datasets
+import numpy as np
+
+from bytelm.data import objectives, sources
+from bytelm.tokenizer import EOS_ID, OFFSET, PAD_ID
+
+Objective = Literal["span_corruption", "causal_lm"]
+OBJECTIVES = ("span_corruption", "causal_lm")
+_EOS_BYTE = 0xFF  # stands for eos in the uint8 stream; never occurs in valid UTF-8
+_SHUFFLE_SALT = 0x5EED0D0C  # keeps the document-order rng apart from the example rngs
+_EVAL_SALT = 0x5EEDE7A1  # fixed seed of evaluation noise masks, whatever `seed` is
+
+
+def build_stream(texts: datasets.Dataset | Sequence[str], shuffle_seed: int | None = 0
+                 ) -> tuple[np.ndarray, int]:
+  """(uint8 stream, number of documents): UTF-8 documents joined by 0xFF (eos), shuffled.
+
+  Empty documents are skipped. shuffle_seed=None keeps the given order.
+  """
+  if isinstance(texts, datasets.Dataset):
+    if "text" not in texts.column_names:
+      raise ValueError(f"the Dataset has no \"text\" column, only {texts.column_names}; "
+                       "rename the text column: ds.rename_column('<col>', 'text')")
+    texts = texts["text"]
+  elif isinstance(texts, (str, bytes)):
+    raise TypeError("texts must be a sequence of documents, not one string; wrap it: [text]")
+  encoded = []
+  for i, text in enumerate(texts):
+    if not isinstance(text, str):
+      raise TypeError(f"document {i} is {type(text).__name__}, not str; decode it first")
+    try:
+      if text:
+        encoded.append(text.encode("utf-8"))
+    except UnicodeEncodeError as e:
+      raise ValueError(f"document {i} is not encodable as UTF-8 at character {e.start} "
+                       f"({e.reason}, e.g. a lone surrogate from a JSON \\ud800 escape); "
+                       "clean the source text") from e
+  if not encoded:
+    raise ValueError("no text: every document is empty (or there are none); load a source "
+                     "with text")
+  if shuffle_seed is not None:
+    order = np.random.default_rng([shuffle_seed, _SHUFFLE_SALT]).permutation(len(encoded))
+    encoded = [encoded[j] for j in order]
+  stream = np.frombuffer(bytes([_EOS_BYTE]).join(encoded), dtype=np.uint8)
+  return stream, len(encoded)
+
+
+def stream_to_ids(window: np.ndarray) -> np.ndarray:
+  """int32 ids of a slice of the uint8 stream: byte b -> b + 3, the eos marker -> 1."""
+  ids = window.astype(np.int32) + OFFSET
+  ids[window == _EOS_BYTE] = EOS_ID
+  return ids
+
+
+class BatchSource:
+  """Deterministic, resumable batches of byte ids: `batch(step)` is a pure function of step."""
+
+  def __init__(self, texts: datasets.Dataset | Sequence[str], *,
+               objective: Objective = "span_corruption", batch_size: int, input_length: int,
+               target_length: int | None = None, seed: int = 0,
+               noise_density: float = objectives.NOISE_DENSITY,
+               mean_noise_span_length: float = objectives.MEAN_NOISE_SPAN_LENGTH,
+               process_index: int = 0, process_count: int = 1,
+               shuffle_seed: int | None = 0):
+    """Args:
+      texts: documents (a Dataset with a "text" column, or a sequence of str).
+      objective: "span_corruption" (encoder-decoder, ByT5) or "causal_lm" (decoder-only).
+      batch_size: global batch, over all processes.
+      input_length: T, ids per input row (eos included for span corruption).
+      target_length: S. None derives it (span corruption: span_corruption_lengths;
+        causal LM: T); a given value must equal the derived one.
+      seed: training randomness (window positions, noise masks); a non-negative int.
+      noise_density, mean_noise_span_length: span corruption settings (ByT5: 0.15, 20).
+      process_index, process_count: this process's slice of each global batch.
+      shuffle_seed: the one-time document order (see module docstring); None keeps the
+        given order.
+    """
+    if objective not in OBJECTIVES:
+      raise ValueError(f"unknown objective {objective!r}; use one of {OBJECTIVES}")
+    for name, value, low in (("batch_size", batch_size, 1), ("input_length", input_length, 1),
+                             ("seed", seed, 0), ("process_count", process_count, 1)):
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process_index {process_index} is outside [0, {process_count})")
+    if batch_size % process_count:
+      raise ValueError(f"batch_size {batch_size} is not divisible by process_count "
+                       f"{process_count}; make the global batch a multiple of it")
+
+    self.objective = objective
+    self.batch_size = int(batch_size)
+    self.local_batch_size = self.batch_size // process_count
+    self.process_index, self.process_count = int(process_index), int(process_count)
+    self.seed = int(seed)
+    self.noise_density = float(noise_density)
+    self.mean_noise_span_length = float(mean_noise_span_length)
+    self.input_length = int(input_length)
+
+    # ---- shapes
+    if objective == "span_corruption":
+      raw, derived = objectives.span_corruption_lengths(
+          self.input_length, noise_density, mean_noise_span_length)
+      self.raw_length, self.stride = raw, raw  # ids per window; eval step between windows
+      what = (f"span corruption of {raw} raw bytes (noise_density {noise_density}, "
+              f"mean_noise_span_length {mean_noise_span_length})")
+    else:
+      derived = self.input_length
+      self.raw_length, self.stride = self.input_length + 1, self.input_length
+      what = "causal LM (targets are the inputs shifted by one)"
+    if target_length is not None and target_length != derived:
+      raise ValueError(f"target_length {target_length} is inconsistent with input_length "
+                       f"{input_length}: {what} gives {derived} targets; pass "
+                       f"target_length={derived} or None")
+    self.target_length = derived
+    # Bytes of stream one example consumes (span corruption) or predicts (causal LM).
+    self.bytes_per_example = self.stride
+    self.bytes_per_batch = self.batch_size * self.stride  # global, for throughput reports
+
+    # ---- stream
+    self._stream, self.num_documents = build_stream(texts, shuffle_seed)
+    if len(self._stream) < self.raw_length:
+      raise ValueError(
+          f"the dataset is too small: its byte stream has {len(self._stream)} bytes (with "
+          f"document separators), fewer than the {self.raw_length} one window needs for "
+          f"input_length {self.input_length}; add text or lower input_length")
+    self.stream_length = len(self._stream)
+    self.eval_windows = (self.stream_length - self.raw_length) // self.stride + 1
+    self.eval_num_batches = -(-self.eval_windows // self.batch_size)  # ceil: last is padded
+    self.eval_bytes = self.covered_bytes(self.eval_num_batches)
+
+  # ---- training batches
+
+  def state(self, step: int) -> dict:
+    """The whole pipeline position; resume with `batch(state["step"])`."""
+    return {"step": int(step), "seed": self.seed}
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This process's rows of global batch `step`: {"inputs": [B, T], "targets": [B, S]}."""
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+      raise ValueError(f"step must be an int >= 0, got {step!r}")
+    first = self.process_index * self.local_batch_size
+    rows = []
+    for i in range(first, first + self.local_batch_size):
+      rng = np.random.default_rng([self.seed, int(step), i])
+      start = int(rng.integers(0, self.stream_length - self.raw_length + 1))
+      rows.append(self._example(start, rng))
+    return self._stack(rows, self.local_batch_size)
+
+  # ---- evaluation batches
+
+  def eval_batches(self, max_batches: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """This process's rows of each evaluation batch, identical in every call and run."""
+    n = self.eval_num_batches if max_batches is None else min(max_batches,
+                                                               self.eval_num_batches)
+    for b in range(n):
+      first = b * self.batch_size + self.process_index * self.local_batch_size
+      rows = []
+      for w in range(first, min(first + self.local_batch_size, self.eval_windows)):
+        rng = np.random.default_rng([_EVAL_SALT, w])
+        rows.append(self._example(w * self.stride, rng))
+      yield self._stack(rows, self.local_batch_size)
+
+  def covered_bytes(self, num_batches: int | None = None) -> int:
+    """Text bytes (separators excluded) whose prediction the first eval batches cover."""
+    n = self.eval_num_batches if num_batches is None else num_batches
+    windows = min(n * self.batch_size, self.eval_windows)
+    # Causal LM predicts ids 1 .. windows*T; span corruption reads ids 0 .. windows*raw - 1.
+    lo = 1 if self.objective == "causal_lm" else 0
+    covered = self._stream[lo: lo + windows * self.stride]
+    return int(covered.size - np.count_nonzero(covered == _EOS_BYTE))
+
+  # ---- helpers
+
+  def _example(self, start: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    ids = stream_to_ids(self._stream[start: start + self.raw_length])
+    if self.objective == "causal_lm":
+      return objectives.causal_lm(ids)
+    return objectives.span_corruption(ids, rng, self.noise_density,
+                                      self.mean_noise_span_length)
+
+  def _stack(self, rows, num_rows: int) -> dict[str, np.ndarray]:
+    inputs = np.full((num_rows, self.input_length), PAD_ID, dtype=np.int32)
+    targets = np.full((num_rows, self.target_length), PAD_ID, dtype=np.int32)
+    for r, (x, y) in enumerate(rows):
+      # Exact by construction, except inputs one short in degenerate noise settings
+      # (see span_corruption_lengths): those are padded with 0.
+      assert len(x) <= self.input_length and len(y) == self.target_length, (x.shape, y.shape)
+      inputs[r, : len(x)], targets[r] = x, y
+    return {"inputs": inputs, "targets": targets}
+
+  def __repr__(self) -> str:
+    return (f"BatchSource({self.objective}, batch {self.batch_size} "
+            f"(local {self.local_batch_size}), inputs {self.input_length}, targets "
+            f"{self.target_length}, raw {self.raw_length}, {self.num_documents} documents, "
+            f"{self.stream_length} stream bytes, seed {self.seed})")
+
+
+def make_source(spec: str, split: str = "train", **kwargs) -> BatchSource:
+  """`BatchSource(sources.load_text(spec, split), **kwargs)`, e.g. make_source("embedded:en",
+  "validation", batch_size=8, input_length=1024)."""
+  return BatchSource(sources.load_text(spec, split), **kwargs)

@@ -1,0 +1,245 @@
+"""Text sources: one spec string -> a `datasets.Dataset` of documents (one column, "text").
+
+Specs:
+  embedded:<group or name>   the corpus shipped in bytelm/data/corpus/ (no network). A group
+                             (`en`, `es`, `l10n`, `multilingual`, ...) comes from
+                             corpus/manifest.json; a name is a file stem,
+                             `<name>.<split>.jsonl.xz`. Splits: train, validation.
+  file:<path or glob>        local files; a plain path or glob (no scheme) means the same.
+                             *.txt, *.md, *.rst: one document per file. *.jsonl, *.json:
+                             a {"text": ...} object per line (a .json file holding one JSON list
+                             of such objects, or of strings, also works). Any of these may be
+                             .xz or .gz compressed. A directory means every such file under it.
+                             The same files serve every split, unless the glob contains
+                             `{split}`, which is replaced by the split name:
+                             `file:data/{split}/*.txt`.
+  hf:<name>[:<config>]       `datasets.load_dataset(name, config, split=split)` for users with
+                             network access or a local HF cache; keeps the "text" column.
+
+Every failure names the problem and the fix. Nothing is cached on disk by this module (`hf:`
+uses the Hugging Face cache as usual): the embedded corpus is ~40 MB of text and loads into
+memory in about a second.
+"""
+
+import glob
+import gzip
+import json
+import lzma
+import os
+import re
+from pathlib import Path
+
+import datasets
+
+# The embedded corpus lives beside this file. Tests point it elsewhere by monkeypatching this
+# module attribute; every function below reads it at call time through `corpus_dir()`.
+CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
+EMBEDDED_SPLITS = ("train", "validation")
+TEXT_SUFFIXES = (".txt", ".md", ".rst")  # one document per file
+JSON_SUFFIXES = (".jsonl", ".json")  # one {"text": ...} per line
+SCHEMES = ("embedded", "file", "hf")
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_+.-]+):")  # 2+ chars, so C:\ stays a path
+
+
+def corpus_dir() -> Path:
+  """Directory of the embedded corpus (`CORPUS_DIR`, read at call time)."""
+  return Path(CORPUS_DIR)
+
+
+def load_text(spec: str, split: str = "train") -> datasets.Dataset:
+  """Documents named by `spec` (see the module docstring) as a Dataset with one column, "text"."""
+  if not isinstance(spec, str) or not spec.strip():
+    raise ValueError(f"text spec must be a non-empty string, got {spec!r}; e.g. "
+                     "'embedded:en', 'file:data/*.txt' or 'hf:wikitext:wikitext-2-raw-v1'")
+  if not isinstance(split, str) or not split:
+    raise ValueError(f"split must be a non-empty string such as 'train', got {split!r}")
+  match = _SCHEME_RE.match(spec)
+  scheme, rest = (match.group(1), spec[match.end():]) if match else ("file", spec)
+  if scheme == "embedded":
+    texts, where = _load_embedded(rest, split), f"embedded corpus {rest!r}"
+  elif scheme == "file":
+    texts, where = _load_files(rest, split), f"files {rest!r}"
+  elif scheme == "hf":
+    return _load_hf(rest, split)
+  else:
+    raise ValueError(f"unknown text spec scheme {scheme!r} in {spec!r}; use one of "
+                     + ", ".join(f"'{s}:'" for s in SCHEMES) + " or a plain path/glob")
+  return _to_dataset(texts, f"{where} (split {split!r})")
+
+
+def embedded_names() -> dict[str, list[str]]:
+  """Embedded groups and single sources, each mapped to the source names it stands for."""
+  root = corpus_dir()
+  manifest = _read_manifest(root)
+  names: dict[str, list[str]] = {}
+  files = root.glob("*.*.jsonl.xz") if root.is_dir() else []
+  stems = {p.name[: -len(".jsonl.xz")].rsplit(".", 1)[0] for p in files}
+  for name in sorted(stems | set(manifest.get("sources", {}) or {})):
+    names[name] = [name]
+  for group, members in (manifest.get("groups", {}) or {}).items():
+    names[group] = list(members)  # a group wins over a source of the same name
+  return names
+
+
+# ---- embedded ----------------------------------------------------------------------------------
+
+def _read_manifest(root: Path) -> dict:
+  path = root / "manifest.json"
+  if not path.is_file():
+    return {}  # tolerated: `embedded:<name>` still works by file name
+  try:
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); restore it from the repository "
+                     "(git checkout -- bytelm/data/corpus/manifest.json)") from e
+  return manifest if isinstance(manifest, dict) else {}
+
+
+def _load_embedded(name: str, split: str) -> list[str]:
+  root = corpus_dir()
+  if split not in EMBEDDED_SPLITS:
+    raise ValueError(f"unknown split {split!r} for the embedded corpus; use one of "
+                     f"{', '.join(EMBEDDED_SPLITS)}")
+  names = embedded_names()
+  if not names:
+    raise FileNotFoundError(
+        f"the embedded corpus is missing: no *.jsonl.xz files in {root}; it ships with the "
+        "repository (reinstall or `git checkout -- bytelm/data/corpus`), or use a "
+        "'file:' or 'hf:' spec")
+  if name not in names:
+    raise ValueError(f"unknown embedded corpus name {name!r}; available: "
+                     f"{', '.join(sorted(names))}")
+  entries = _read_manifest(root).get("sources", {}) or {}
+  texts: list[str] = []
+  for source in names[name]:
+    # The manifest may name the file (sources.<name>.splits.<split>.file); else by convention.
+    split_info = ((entries.get(source) or {}).get("splits") or {}).get(split) or {}
+    path = root / split_info.get("file", f"{source}.{split}.jsonl.xz")
+    if not path.is_file():
+      raise FileNotFoundError(
+          f"{path} is missing (part of embedded:{name}, split {split!r}); restore the "
+          "corpus from the repository (`git checkout -- bytelm/data/corpus`)")
+    texts.extend(_read_json_texts(path))
+  return texts
+
+
+# ---- local files -------------------------------------------------------------------------------
+
+def _base_suffix(path: str) -> tuple[str, str]:
+  """(format suffix, compression suffix) of a file name, e.g. ('.jsonl', '.xz')."""
+  lower = path.lower()
+  compression = next((c for c in (".xz", ".gz") if lower.endswith(c)), "")
+  return os.path.splitext(lower[: len(lower) - len(compression)])[1], compression
+
+
+def _supported(path: str) -> bool:
+  return _base_suffix(path)[0] in TEXT_SUFFIXES + JSON_SUFFIXES
+
+
+def _load_files(pattern: str, split: str) -> list[str]:
+  pattern = os.path.expanduser(pattern.replace("{split}", split))
+  if os.path.isdir(pattern):
+    paths = [p for p in glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
+             if os.path.isfile(p) and _supported(p)]
+  else:
+    paths = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+  if not paths:
+    raise FileNotFoundError(
+        f"no files match {pattern!r} (cwd {os.getcwd()}); check the path, quote the glob "
+        "so the shell does not expand it, or use '{split}' in it for per-split folders")
+  unsupported = [p for p in paths if not _supported(p)]
+  if unsupported:
+    raise ValueError(
+        f"unsupported file type: {unsupported[0]} ({len(unsupported)} such files); use "
+        f"{', '.join(TEXT_SUFFIXES + JSON_SUFFIXES)} (optionally .xz/.gz), or narrow the glob")
+  texts: list[str] = []
+  for path in sorted(paths):
+    if _base_suffix(path)[0] in TEXT_SUFFIXES:
+      texts.append(_read_utf8(Path(path)))
+    else:
+      texts.extend(_read_json_texts(Path(path)))
+  return texts
+
+
+def _read_utf8(path: Path) -> str:
+  """Whole (possibly compressed) file as text; invalid UTF-8 -> error with file and offset."""
+  compression = _base_suffix(str(path))[1]
+  opener = {".xz": lzma.open, ".gz": gzip.open}.get(compression, open)
+  try:
+    with opener(path, "rb") as f:
+      data = f.read()
+  except (lzma.LZMAError, gzip.BadGzipFile, EOFError) as e:
+    raise ValueError(f"{path}: cannot decompress ({e}); the file is truncated or not "
+                     f"{compression} data: re-create it") from e
+  try:
+    return data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    where = "uncompressed byte offset" if compression else "byte offset"
+    raise ValueError(
+        f"{path}: not valid UTF-8 at {where} {e.start} ({e.reason}, byte "
+        f"0x{data[e.start]:02x}); re-encode the file as UTF-8, e.g. "
+        f"`iconv -f latin1 -t utf-8 {path.name} > fixed{''.join(path.suffixes)}`") from e
+
+
+def _read_json_texts(path: Path) -> list[str]:
+  """The "text" field of each JSON line (or of each item of a single JSON list)."""
+  data = _read_utf8(path)
+  if data.lstrip().startswith("["):  # a .json file holding one list
+    try:
+      records = json.loads(data)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: invalid JSON ({e}); fix the file or write one "
+                       '{"text": ...} object per line') from e
+    return [_text_field(r, path, i + 1, "item") for i, r in enumerate(records)]
+  texts = []
+  # Split on "\n" only: str.splitlines would also cut at U+2028, U+0085, ..., which JSON
+  # written with ensure_ascii=False leaves unescaped inside strings.
+  for lineno, line in enumerate(data.split("\n"), start=1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg}); each line must be one "
+                       'object like {"text": "..."}') from e
+    texts.append(_text_field(record, path, lineno, "line"))
+  return texts
+
+
+def _text_field(record, path: Path, n: int, what: str) -> str:
+  if isinstance(record, str):
+    return record
+  if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+    keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+    raise ValueError(f"{path} {what} {n}: expected an object with a string \"text\" field, "
+                     f"got {keys}; rename the field to \"text\"")
+  return record["text"]
+
+
+# ---- Hugging Face datasets ---------------------------------------------------------------------
+
+def _load_hf(rest: str, split: str) -> datasets.Dataset:
+  name, _, config = rest.partition(":")
+  if not name:
+    raise ValueError("hf: spec needs a dataset name, e.g. 'hf:wikitext:wikitext-2-raw-v1'")
+  ds = datasets.load_dataset(name, config or None, split=split)
+  if isinstance(ds, datasets.IterableDataset):
+    raise ValueError(f"hf:{rest} loaded as a streaming dataset; bytelm needs a map-style "
+                     "Dataset (do not pass streaming=True)")
+  if "text" not in ds.column_names:
+    raise ValueError(
+        f"hf:{rest} (split {split!r}) has no \"text\" column, only {ds.column_names}; load "
+        "it yourself and rename the text column: ds.rename_column('<col>', 'text'), then "
+        "pass the Dataset to BatchSource")
+  if len(ds) == 0:
+    raise ValueError(f"hf:{rest} split {split!r} has no documents; pick another split")
+  return ds.select_columns(["text"])
+
+
+def _to_dataset(texts: list[str], where: str) -> datasets.Dataset:
+  if not texts:
+    raise ValueError(f"{where} holds no documents; point the spec at files with text")
+  if not any(texts):
+    raise ValueError(f"{where}: all {len(texts)} documents are empty; point the spec at "
+                     "files with text")
+  return datasets.Dataset.from_dict({"text": texts})

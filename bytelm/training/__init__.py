@@ -1,0 +1,3 @@
+"""Training: the loop, checkpoints, sharding, optimizers and metrics."""
+
+from bytelm.training.trainer import Summary, train_and_evaluate

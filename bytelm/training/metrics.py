@@ -1,0 +1,91 @@
+"""Metrics of a run: metrics.jsonl in the workdir, and progress a person can read.
+
+One JSON object per log or eval step (big_vision / maxtext style): every later tool can read it.
+Progress is a tqdm bar on a terminal, one log line per interval otherwise (CI, nohup, files).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import sys
+import time
+
+import tqdm
+
+
+class MetricsWriter:
+  """Appends {"step": ..., ...} lines to workdir/metrics.jsonl (process 0 only)."""
+
+  def __init__(self, workdir, enabled: bool = True):
+    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self.enabled = enabled
+
+  def write(self, step: int, **metrics) -> None:
+    if not self.enabled:
+      return
+    row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(row) + "\n")
+      f.flush()
+      os.fsync(f.fileno())  # a killed run keeps every line it reported
+
+  def truncate_after(self, step: int) -> None:
+    """Drop lines after `step` (a resumed run rewrites the steps it lost)."""
+    if not (self.enabled and self.path.exists()):
+      return
+    rows = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["step"] <= step]
+    tmp = self.path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    os.replace(tmp, self.path)
+
+
+def _plain(v):
+  v = float(v) if hasattr(v, "__float__") and not isinstance(v, (int, str)) else v
+  return v
+
+
+class Progress:
+  """Step counter with loss, learning rate, bytes/s and ETA; compile time kept out of rates."""
+
+  def __init__(self, start: int, total: int, enabled: bool = True):
+    self.start, self.total, self.enabled = start, total, enabled
+    self.tty = enabled and sys.stderr.isatty()
+    self.bar = tqdm.tqdm(total=total, initial=start, dynamic_ncols=True, disable=not self.tty)
+    self._t0 = None  # set after the first (compiling) step
+    self._s0 = start
+
+  def mark_compiled(self, step: int) -> None:
+    self._t0, self._s0 = time.perf_counter(), step
+
+  def rates(self, step: int, bytes_per_step: int) -> tuple[float, float]:
+    """(bytes/s, seconds left) measured since the first compiled step."""
+    if self._t0 is None or step <= self._s0:
+      return math.nan, math.nan
+    dt = time.perf_counter() - self._t0
+    per_step = dt / (step - self._s0)
+    return bytes_per_step / per_step, per_step * (self.total - step)
+
+  def update(self, step: int, text: str) -> None:
+    if not self.enabled:
+      return
+    if self.tty:
+      self.bar.n = step
+      self.bar.set_postfix_str(text, refresh=True)
+    else:
+      print(f"step {step}/{self.total} {text}", flush=True)
+
+  def close(self) -> None:
+    self.bar.close()
+
+
+def fmt_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"

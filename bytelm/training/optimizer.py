@@ -1,0 +1,51 @@
+"""Optimizers and learning-rate schedules from the `opt` section of a config.
+
+AdamW for from-scratch and continued training; Adafactor as in T5/ByT5 pretraining (t5x: decay
+rate 0.8, no momentum). Schedules: linear warm-up then cosine, linear or constant decay; or T5's
+inverse square root, lr / sqrt(max(step, warmup)).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import optax
+
+SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
+OPTIMIZERS = ("adamw", "adafactor")
+
+
+def make_schedule(opt, total_steps: int) -> optax.Schedule:
+  """Learning rate as a function of the optimizer step."""
+  warmup = int(opt.warmup_steps)
+  if opt.schedule not in SCHEDULES:
+    raise ValueError(f"opt.schedule={opt.schedule!r}; choose one of {SCHEDULES}")
+  if warmup < 0 or warmup > total_steps:
+    raise ValueError(f"opt.warmup_steps={warmup} must be in [0, train.steps={total_steps}]")
+  if opt.schedule == "rsqrt":
+    # T5: lr * sqrt(warmup) / sqrt(max(step, warmup)): flat through warm-up, then 1/sqrt decay.
+    lr, floor = float(opt.lr), float(max(warmup, 1))
+    return lambda step: lr * jnp.sqrt(floor / jnp.maximum(step, floor))
+  decay_steps = max(total_steps - warmup, 1)
+  decay = {
+      "cosine": optax.cosine_decay_schedule(opt.lr, decay_steps, alpha=opt.final_lr_fraction),
+      "linear": optax.linear_schedule(opt.lr, opt.lr * opt.final_lr_fraction, decay_steps),
+      "constant": optax.constant_schedule(opt.lr),
+  }[opt.schedule]
+  if not warmup:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, opt.lr, warmup), decay], [warmup])
+
+
+def make_optimizer(opt, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(optax transformation, schedule) with gradient clipping by global norm when grad_clip > 0."""
+  schedule = make_schedule(opt, total_steps)
+  if opt.name == "adamw":
+    tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
+  elif opt.name == "adafactor":
+    tx = optax.adafactor(schedule, decay_rate=0.8, weight_decay_rate=opt.weight_decay or None,
+                         multiply_by_parameter_scale=False)
+  else:
+    raise ValueError(f"opt.name={opt.name!r}; choose one of {OPTIMIZERS}")
+  if opt.grad_clip:
+    tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), tx)
+  return tx, schedule

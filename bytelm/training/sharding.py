@@ -1,0 +1,91 @@
+"""Device mesh and the placement of parameters, optimizer state and batches on it.
+
+Mesh axes: `data` (data parallel) and `fsdp` (parameters and optimizer state sharded, batch too).
+One table, `PARAM_RULES`, maps a parameter's kind (the end of its path) to a partition spec; every
+optimizer-state leaf shaped like its parameter follows the same rule. A dimension the fsdp axis
+does not divide stays replicated, so odd shapes never fail to compile.
+"""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp")
+BATCH = ("data", "fsdp")  # FSDP shards the batch over both axes: each device sees its own rows
+
+# (path regex, spec). Kernels are (in, out); shard the d_model side, which every matrix has.
+PARAM_RULES = (
+    (r"(^|/)(q|k|v|wi_0|wi_1|lm_head)/kernel$", P("fsdp", None)),
+    (r"(^|/)(o|wo)/kernel$", P(None, "fsdp")),
+    (r"(^|/)shared/embedding$", P(None, "fsdp")),  # (V, D)
+    (r".*", P()),  # norms, relative position bias, counters, RNG state: replicated
+)
+
+
+def make_mesh(mesh_config) -> Mesh:
+  """A Mesh from {"data": n, "fsdp": m}; -1 means all remaining devices."""
+  unknown = set(mesh_config) - set(AXES)
+  if unknown:
+    raise ValueError(f"mesh has unknown axes {sorted(unknown)}; use {AXES}")
+  sizes = [int(mesh_config.get(a, 1)) for a in AXES]
+  n = jax.device_count()
+  if sizes.count(-1) > 1:
+    raise ValueError(f"mesh {dict(zip(AXES, sizes))}: at most one axis may be -1")
+  fixed = int(np.prod([s for s in sizes if s != -1]))
+  if -1 in sizes:
+    if n % fixed:
+      raise ValueError(f"mesh {dict(zip(AXES, sizes))}: {n} devices are not divisible by {fixed}")
+    sizes[sizes.index(-1)] = n // fixed
+  if int(np.prod(sizes)) > n:
+    raise ValueError(f"mesh {dict(zip(AXES, sizes))} needs {int(np.prod(sizes))} devices, "
+                     f"only {n} are present")
+  # A smaller mesh uses the first devices. Auto axes: XLA propagates shardings through the
+  # model, which then needs no annotations.
+  return jax.make_mesh(tuple(sizes), AXES, axis_types=(AxisType.Auto,) * len(AXES),
+                       devices=jax.devices()[:int(np.prod(sizes))])
+
+
+def _path_str(path) -> str:
+  parts = []
+  for k in path:
+    key = getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))
+    parts.append(str(key))
+  return "/".join(p for p in parts if p != "value")
+
+
+def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
+  """The partition spec of one state leaf (see PARAM_RULES)."""
+  for pattern, spec in PARAM_RULES:
+    if re.search(pattern, path):
+      break
+  if len(spec) != len(shape):  # e.g. Adafactor's factored moments: keep replicated
+    return P()
+  fsdp = mesh.shape["fsdp"]
+  return P(*[a if a is None or shape[i] % fsdp == 0 else None for i, a in enumerate(spec)])
+
+
+def state_shardings(state, mesh: Mesh):
+  """NamedShardings for every leaf of a (model, optimizer) state pytree."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: NamedSharding(mesh, spec_for(_path_str(path), np.shape(x), mesh)), state)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH))
+
+
+def check_batch(batch_size: int, mesh: Mesh) -> None:
+  devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  if batch_size % devices:
+    raise ValueError(f"train.batch_size={batch_size} is not divisible by the {devices} devices "
+                     f"of the mesh {dict(mesh.shape)}; use a multiple of {devices}")
+
+
+def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """This process's rows of the global batch -> global arrays sharded over the batch axes."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

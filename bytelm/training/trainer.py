@@ -1,0 +1,350 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Reads top to bottom in execution order: set-up, mesh, data, model and optimizer, restore, step
+functions, loop, summary. The train step is a pure function of (state, batch) -> (state, metrics),
+jitted once with the state donated; the model and optimizer are split once (`nnx.split`) and merged
+inside the compiled function, which costs no Python per step (notes/jax_conventions.md, A.4).
+
+A run is reproducible from its workdir: config.json, metrics.jsonl, and checkpoints holding model,
+optimizer, RNG state and the data position. The data of step s is a function of (seed, s) only,
+so resuming needs nothing but the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import pathlib
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from bytelm import convert, models
+from bytelm.data import pipeline
+from bytelm.training import checkpoint as ckpt_lib
+from bytelm.training import metrics as metrics_lib
+from bytelm.training import optimizer as optim
+from bytelm.training import sharding
+
+log = logging.getLogger(__name__)
+
+# Model-config fields that may change between a checkpoint and a resumed run.
+_RUNTIME_FIELDS = ("dropout_rate", "dtype", "remat")
+
+
+@dataclasses.dataclass
+class Summary:
+  """What a finished (or interrupted) run reports."""
+  steps: int
+  seconds: float
+  train_loss: float
+  train_bpb: float
+  val_loss: float
+  val_bpb: float
+  checkpoint: str
+  interrupted: bool = False
+
+  def __str__(self):
+    state = "interrupted" if self.interrupted else "finished"
+    return (f"training {state} after {self.steps} steps in {metrics_lib.fmt_duration(self.seconds)}"
+            f"\n  final train loss {self.train_loss:.4f} ({self.train_bpb:.3f} bits/byte)"
+            f"\n  validation loss  {self.val_loss:.4f} ({self.val_bpb:.3f} bits/byte)"
+            f"\n  checkpoint       {self.checkpoint}")
+
+
+class _StopRequested:
+  """SIGTERM / Ctrl-C set a flag; the loop saves a checkpoint and returns at the next step."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.requested:  # a second Ctrl-C: the user really wants out
+      raise KeyboardInterrupt
+    self.requested = True
+    log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _maybe_init_distributed() -> None:
+  """Multi-host runs: initialise when the environment describes a cluster."""
+  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("BYTELM_DISTRIBUTED"):
+    jax.distributed.initialize()
+
+
+def _write_json_atomic(path: pathlib.Path, obj) -> None:
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+  os.replace(tmp, path)
+
+
+# ---- model ----------------------------------------------------------------------------------------
+
+
+def _model_config(config, family):
+  """The model's frozen config from config.model, or from the checkpoint named by init_from."""
+  fields = {f.name for f in dataclasses.fields(family.config_cls)}
+  unknown = set(config.model) - fields
+  if unknown:
+    raise ValueError(f"config.model has unknown fields {sorted(unknown)}; "
+                     f"{family.config_cls.__name__} has {sorted(fields)}")
+  return family.config_cls(**config.model.to_dict())
+
+
+def _init_model(config, family, model_cfg, rngs):
+  """A fresh model, or one initialised from a Hugging Face directory / another bytelm workdir."""
+  init_from = config.init_from
+  if not init_from:
+    return family.model_cls(model_cfg, rngs=rngs), model_cfg
+  path = pathlib.Path(init_from).expanduser()
+  if (path / "checkpoints").is_dir():  # a bytelm workdir
+    saved = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    src_cfg = family.config_cls(**saved["model"])
+    model = family.model_cls(_keep_runtime(src_cfg, model_cfg), rngs=rngs)
+    params = _latest_params(path / "checkpoints")
+    nnx.update(model, params)
+  else:  # a Hugging Face T5 / ByT5 directory (or Hub name)
+    model, src_cfg = convert.load_hf(init_from, dtype=model_cfg.dtype,
+                                     param_dtype=model_cfg.param_dtype)
+    model = _with_config(model, _keep_runtime(src_cfg, model_cfg), family, rngs)
+  new_cfg = model.config
+  differ = [f for f in dataclasses.asdict(new_cfg)
+            if f not in _RUNTIME_FIELDS + ("attention_softmax", "param_dtype")
+            and getattr(new_cfg, f) != getattr(model_cfg, f)]
+  if differ:
+    log.warning("init_from=%s: the model's shape comes from the checkpoint; config.model's %s "
+                "were ignored", init_from, differ)
+  model.train()
+  return model, new_cfg
+
+
+def _keep_runtime(src_cfg, model_cfg):
+  """The checkpoint's architecture with this run's runtime choices (dropout, dtypes, softmax)."""
+  return src_cfg.replace(**{f: getattr(model_cfg, f) for f in _RUNTIME_FIELDS +
+                            ("attention_softmax", "param_dtype")})
+
+
+def _with_config(model, cfg, family, rngs):
+  """Rebuild `model` under `cfg` (same shapes), carrying its parameters over."""
+  fresh = family.model_cls(cfg, rngs=rngs)
+  nnx.update(fresh, jax.tree.map(lambda x: jnp.asarray(x, cfg.param_dtype),
+                                 nnx.state(model, nnx.Param)))
+  return fresh
+
+
+def _latest_params(directory: pathlib.Path):
+  """The model parameters of the newest checkpoint in another workdir (no optimizer state)."""
+  ckpt = ckpt_lib.Checkpointer(directory, keep=1_000_000, async_save=False)
+  steps = ckpt.steps()
+  if not steps:
+    raise FileNotFoundError(f"init_from: {directory} holds no checkpoint")
+  raw = ckpt.restore_raw(steps[-1])
+  return raw["0"]  # state = (model, optimizer); item 0 is the model
+
+
+# ---- steps ----------------------------------------------------------------------------------------
+
+
+def _train_step(state, batch, *, graphdef, loss_fn, schedule, z_loss):
+  model, optimizer = nnx.merge(graphdef, state)
+  lr = schedule(optimizer.step[...])
+  (loss, metrics), grads = nnx.value_and_grad(
+      lambda m: loss_fn(m, batch, z_loss=z_loss), has_aux=True)(model)
+  optimizer.update(model, grads)
+  metrics = dict(metrics, lr=lr, grad_norm=_global_norm(grads))
+  return nnx.state((model, optimizer)), metrics
+
+
+def _global_norm(tree) -> jax.Array:
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
+def _eval_step(state, batch, *, graphdef, loss_fn):
+  model, _ = nnx.merge(graphdef, state)
+  _, metrics = loss_fn(nnx.view(model, deterministic=True, raise_if_not_found=False), batch)
+  n = metrics["num_targets"]
+  return {"ce_sum": metrics["ce"] * n, "num_targets": n}
+
+
+def evaluate(eval_fn, state, batches, mesh) -> dict[str, float]:
+  """Held-out loss and bits per byte, weighted by the number of targets of each batch."""
+  ce_sum, count = 0.0, 0.0
+  for batch in batches:
+    out = jax.device_get(eval_fn(state, sharding.put_batch(batch, mesh)))
+    ce_sum += float(out["ce_sum"])
+    count += float(out["num_targets"])
+  loss = ce_sum / max(count, 1.0)
+  return {"val_loss": loss, "val_bpb": loss / math.log(2), "val_targets": count}
+
+
+# ---- the loop -------------------------------------------------------------------------------------
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
+  """Train the model described by `config`, resuming from `workdir` if it holds a checkpoint."""
+  # -- set-up --
+  _maybe_init_distributed()
+  is_main = jax.process_index() == 0
+  workdir = pathlib.Path(workdir).expanduser().absolute()
+  workdir.mkdir(parents=True, exist_ok=True)
+  family = models.family(config.model_family)
+  model_cfg = _model_config(config, family)
+  tc = config.train
+  if tc.steps <= 0 or tc.batch_size <= 0:
+    raise ValueError(f"train.steps={tc.steps} and train.batch_size={tc.batch_size} must be > 0")
+
+  # -- mesh --
+  mesh = sharding.make_mesh(config.mesh.to_dict())
+  sharding.check_batch(tc.batch_size, mesh)
+  log.info("devices: %d (%s), mesh %s, process %d/%d", jax.device_count(),
+           jax.default_backend(), dict(mesh.shape), jax.process_index(), jax.process_count())
+
+  # -- data --
+  dc = config.data
+  data_kw = dict(objective=dc.objective, batch_size=tc.batch_size, input_length=dc.input_length,
+                 target_length=dc.target_length, noise_density=dc.noise_density,
+                 mean_noise_span_length=dc.mean_noise_span_length,
+                 process_index=jax.process_index(), process_count=jax.process_count())
+  train_data = pipeline.make_source(dc.train, "train", seed=config.seed, **data_kw)
+  val_data = pipeline.make_source(dc.validation or dc.train, "validation", seed=config.seed,
+                                  **data_kw)
+  val_batches = list(val_data.eval_batches(max_batches=tc.eval_batches))
+
+  # -- model and optimizer --
+  rngs = nnx.Rngs(params=config.seed, dropout=config.seed + 1)
+  model, model_cfg = _init_model(config, family, model_cfg, rngs)
+  tx, schedule = optim.make_optimizer(config.opt, tc.steps)
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  graphdef, state = nnx.split((model, optimizer))
+  del model, optimizer  # the state is the single source of truth from here on
+  state_sh = sharding.state_shardings(state, mesh)
+  state = jax.device_put(state, state_sh)
+  resolved = config.to_dict()
+  resolved["model"] = dataclasses.asdict(model_cfg)
+  if is_main:
+    _write_json_atomic(workdir / "config.json", resolved)
+
+  # -- restore --
+  checkpoints = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=config.ckpt.keep)
+
+  def check_meta(meta):
+    saved = meta["config"]
+    diff = ckpt_lib.config_diff(
+        {k: v for k, v in saved["model"].items() if k not in _RUNTIME_FIELDS},
+        {k: v for k, v in resolved["model"].items() if k not in _RUNTIME_FIELDS})
+    # The optimizer state's structure depends on these two (clipping adds a chain link).
+    diff += ckpt_lib.config_diff(
+        {"opt.name": saved["opt"]["name"], "opt.clipping": bool(saved["opt"]["grad_clip"])},
+        {"opt.name": resolved["opt"]["name"], "opt.clipping": bool(resolved["opt"]["grad_clip"])})
+    if diff:
+      raise ckpt_lib.IncompatibleCheckpoint(
+          f"{workdir} holds a checkpoint of a different model:\n  " + "\n  ".join(diff) +
+          "\nUse another --workdir, or the config that made the checkpoint; nothing was changed.")
+
+  start_step = 0
+  restored = checkpoints.restore_latest(ckpt_lib.abstract_like(state), check_meta)
+  writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
+  if restored is not None:
+    start_step, state, meta = restored
+    log.info("resumed from step %d in %s", start_step, checkpoints.directory)
+    writer.truncate_after(start_step)
+  last_saved = start_step if restored is not None else None
+
+  # -- step functions --
+  batch_sh = sharding.batch_sharding(mesh)
+  replicated = NamedSharding(mesh, P())
+  train_fn = jax.jit(
+      functools.partial(_train_step, graphdef=graphdef, loss_fn=family.loss_fn,
+                        schedule=schedule, z_loss=config.opt.z_loss),
+      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(_eval_step, graphdef=graphdef, loss_fn=family.loss_fn),
+                    in_shardings=(state_sh, batch_sh), out_shardings=replicated)
+
+  def save(step: int, train_metrics) -> None:
+    nonlocal last_saved
+    _check_finite(train_metrics, step, last_saved, checkpoints.directory)
+    checkpoints.save(step, state, {"step": step, "data": {"seed": config.seed, "step": step},
+                                   "config": resolved})
+    last_saved = step
+
+  # -- loop --
+  progress = metrics_lib.Progress(start_step, tc.steps, enabled=is_main)
+  bytes_per_step = train_data.bytes_per_batch
+  start_time = time.perf_counter()
+  step, metrics, host_metrics, val = start_step, None, {}, {}
+  interrupted = False
+  try:
+    with _StopRequested() as stop:
+      while step < tc.steps:
+        batch = sharding.put_batch(train_data.batch(step), mesh)
+        state, metrics = train_fn(state, batch)
+        step += 1
+        if step == start_step + 1:
+          jax.block_until_ready(metrics)
+          progress.mark_compiled(step)
+        if step % tc.log_every == 0 or step == tc.steps:
+          host_metrics = jax.device_get(metrics)  # the only host sync between log steps
+          _check_finite(host_metrics, step, last_saved, checkpoints.directory)
+          bps, eta = progress.rates(step, bytes_per_step)
+          writer.write(step, **host_metrics, bytes_per_s=bps)
+          progress.update(step, f"loss {host_metrics['loss']:.4f} "
+                                f"bpb {host_metrics['bits_per_byte']:.3f} "
+                                f"lr {host_metrics['lr']:.2e} {bps:,.0f} bytes/s "
+                                f"ETA {metrics_lib.fmt_duration(eta)}")
+        if step % tc.eval_every == 0 or step == tc.steps:
+          val = evaluate(eval_fn, state, val_batches, mesh)
+          writer.write(step, **val)
+          progress.update(step, f"validation loss {val['val_loss']:.4f} "
+                                f"bpb {val['val_bpb']:.3f}")
+        if step % config.ckpt.every == 0 or step == tc.steps:
+          save(step, metrics)
+        if stop.requested:
+          interrupted = True
+          if last_saved != step:
+            save(step, metrics)
+          break
+  finally:
+    progress.close()
+    checkpoints.close()  # waits for the async save: a finished run's checkpoint is complete
+
+  if metrics is not None and not host_metrics:
+    host_metrics = jax.device_get(metrics)
+  if not val:
+    val = evaluate(eval_fn, state, val_batches, mesh)
+  summary = Summary(steps=step, seconds=time.perf_counter() - start_time,
+                    train_loss=float(host_metrics.get("loss", math.nan)),
+                    train_bpb=float(host_metrics.get("bits_per_byte", math.nan)),
+                    val_loss=val["val_loss"], val_bpb=val["val_bpb"],
+                    checkpoint=str(checkpoints.directory / str(last_saved)),
+                    interrupted=interrupted)
+  return summary
+
+
+def _check_finite(metrics, step: int, last_saved, directory) -> None:
+  """Stop on a NaN/Inf loss, naming the step and the last good checkpoint (never overwritten)."""
+  loss = float(jax.device_get(metrics["loss"]))
+  if not math.isfinite(loss):
+    where = (f"the last good checkpoint is step {last_saved} in {directory}" if last_saved
+             is not None else "no checkpoint was saved yet")
+    raise FloatingPointError(f"loss is {loss} at step {step}; {where}. Lower opt.lr, raise "
+                             "opt.warmup_steps or set opt.grad_clip, then rerun to resume.")

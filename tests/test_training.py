@@ -1,0 +1,253 @@
+"""The trainer: exact resume (in process and after SIGKILL), multi-device equivalence, and clear
+errors that lose nothing (unknown key, missing data, another model's workdir, NaN, truncation)."""
+
+import importlib.util
+import json
+import logging
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from bytelm.training import checkpoint as ckpt_lib
+from bytelm.training import train_and_evaluate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load_config_module():
+  spec = importlib.util.spec_from_file_location("byt5_config", ROOT / "configs" / "byt5.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+  """A few KB of text, different every line, as a local file source."""
+  rng = np.random.default_rng(0)
+  words = ["byte", "model", "řeč", "việt", "gate", "delete", "encoder", "the", "of", "naïve"]
+  lines = [" ".join(rng.choice(words, size=12)) + "." for _ in range(300)]
+  path = tmp_path_factory.mktemp("corpus") / "text.txt"
+  path.write_text("\n".join(lines), encoding="utf-8")
+  return f"file:{path}"
+
+
+def tiny_config(corpus, **train):
+  config = _load_config_module().get_config("tiny")
+  config.data.train = corpus
+  config.train.log_every = 1
+  config.train.update(train)
+  return config
+
+
+def losses(workdir) -> list[float]:
+  rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").open()]
+  return [r["loss"] for r in rows if "loss" in r]
+
+
+def final_params(workdir) -> dict:
+  checkpoints = ckpt_lib.Checkpointer(pathlib.Path(workdir) / "checkpoints", keep=100,
+                                      async_save=False)
+  return checkpoints.restore_raw(checkpoints.steps()[-1])["0"]
+
+
+def assert_trees_equal(a, b):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b) > 0
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(_plain(x), _plain(y))
+
+
+def _plain(x):
+  """Host array of a leaf; RNG keys (dropout streams) as their raw key data."""
+  if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  return np.asarray(x)
+
+
+@pytest.fixture(scope="module")
+def straight_run(corpus, tmp_path_factory):
+  """8 steps in one go: the reference for the resume tests."""
+  workdir = tmp_path_factory.mktemp("straight")
+  summary = train_and_evaluate(tiny_config(corpus, steps=8), workdir)
+  return workdir, summary
+
+
+def test_a_run_learns_and_reports(straight_run):
+  workdir, summary = straight_run
+  assert summary.steps == 8 and not summary.interrupted
+  assert np.isfinite(summary.val_loss)
+  seq = losses(workdir)
+  assert len(seq) == 8 and seq[-1] < seq[0]  # the loss falls even in 8 steps
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["model"]["d_model"] == 64 and saved["train"]["steps"] == 8
+  assert ckpt_lib.Checkpointer(workdir / "checkpoints", keep=2).steps() == [4, 8]
+
+
+def test_resume_is_exact(corpus, straight_run, tmp_path):
+  """4 steps, stop, restore from the workdir, 4 more == 8 straight: bit-identical."""
+  reference, _ = straight_run
+  # The schedule depends on train.steps, so stop the 8-step run early instead of shortening it.
+  config = tiny_config(corpus, steps=8)
+  _run_until(config, tmp_path, stop_at=4)
+  assert ckpt_lib.Checkpointer(tmp_path / "checkpoints", keep=2).steps() == [4]
+  summary = train_and_evaluate(config, tmp_path)
+  assert summary.steps == 8
+  assert losses(tmp_path) == losses(reference)
+  assert_trees_equal(final_params(tmp_path), final_params(reference))
+
+
+def _run_until(config, workdir, stop_at):
+  """Run `config` but send ourselves SIGINT after step `stop_at`, like a user's Ctrl-C."""
+  from bytelm.training import trainer
+
+  original, sent = trainer._check_finite, []
+
+  def check_and_interrupt(metrics, step, *args):
+    original(metrics, step, *args)
+    if step == stop_at and not sent:  # a second SIGINT means "quit now", so only one
+      sent.append(step)
+      os.kill(os.getpid(), signal.SIGINT)
+
+  trainer._check_finite = check_and_interrupt
+  try:
+    summary = train_and_evaluate(config, workdir)
+  finally:
+    trainer._check_finite = original
+  assert summary.interrupted and summary.steps == stop_at
+  return summary
+
+
+def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(corpus, tmp_path):
+  """A training subprocess killed with SIGKILL resumes from its last checkpoint, bit for bit."""
+  args = [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/byt5.py:tiny"),
+          f"--config.data.train={corpus}", "--config.train.steps=40", "--config.ckpt.every=5",
+          "--config.ckpt.keep=100", "--config.train.eval_every=1000",
+          "--config.train.log_every=1"]
+  straight = tmp_path / "straight"
+  subprocess.run(args + [f"--workdir={straight}"], check=True, capture_output=True, timeout=300)
+
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(args + [f"--workdir={killed}"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not (killed / "checkpoints" / "10").exists() and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  kept = ckpt_lib.Checkpointer(killed / "checkpoints", keep=100).steps()
+  assert kept and kept[-1] < 40, kept  # it really died mid-run
+  reached = len(losses(killed))
+  assert reached - kept[-1] < 5 + 5  # at most the steps since the last checkpoint (+ in flight)
+
+  subprocess.run(args + [f"--workdir={killed}"], check=True, capture_output=True, timeout=300)
+  assert losses(killed) == losses(straight)
+  assert_trees_equal(final_params(killed), final_params(straight))
+
+
+MULTI_DEVICE_SCRIPT = """
+import json, sys
+import jax
+from bytelm.training import train_and_evaluate, sharding
+sys.path.insert(0, {tests!r})
+from test_training import tiny_config, losses
+import pathlib
+out = {{}}
+for name, mesh in (("one", {{"data": 1, "fsdp": 1}}), ("mesh", {{"data": 2, "fsdp": 2}})):
+  config = tiny_config({corpus!r}, steps=3)
+  config.mesh = mesh
+  workdir = pathlib.Path({tmp!r}) / name
+  train_and_evaluate(config, workdir)
+  out[name] = losses(workdir)
+# Parameters and optimizer state really are sharded over fsdp on the 2x2 mesh.
+import optax
+from flax import nnx
+from bytelm.models import t5
+mesh = sharding.make_mesh({{"data": 2, "fsdp": 2}})
+model = t5.T5(t5.preset("tiny"), rngs=nnx.Rngs(0))
+state = nnx.state((model, nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)))
+state = jax.device_put(state, sharding.state_shardings(state, mesh))
+leaves = jax.tree_util.tree_leaves_with_path(state)
+q = [x for p, x in leaves if "encoder" in jax.tree_util.keystr(p) and "'q'" in jax.tree_util.keystr(p)]
+out["q_shards"] = [list(s.data.shape) for s in q[0].addressable_shards]
+out["q_spec"] = list(q[0].sharding.spec)
+out["sharded_fraction"] = sum(x.addressable_shards[0].data.size < x.size for _, x in leaves) / len(leaves)
+out["devices"] = jax.device_count()
+print("RESULT" + json.dumps(out))
+"""
+
+
+def test_multi_device_matches_one_device_and_shards_parameters(corpus, tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+             JAX_PLATFORMS="cpu")
+  script = MULTI_DEVICE_SCRIPT.format(tests=str(ROOT / "tests"), corpus=corpus, tmp=str(tmp_path))
+  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = json.loads(proc.stdout.split("RESULT", 1)[1])
+  assert out["devices"] == 4
+  np.testing.assert_allclose(out["mesh"], out["one"], atol=1e-5, rtol=0)
+  assert out["q_spec"] == ["fsdp", None]
+  assert out["q_shards"] == [[32, 64]] * 4  # (d_model 64 / fsdp 2, inner 64) on each device
+  assert out["sharded_fraction"] > 0.5  # most leaves (kernels and their Adam moments)
+
+
+def test_unknown_config_key_is_an_error_naming_it(tmp_path):
+  proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config",
+                         str(ROOT / "configs/byt5.py:tiny"), "--config.model.d_modle=32",
+                         f"--workdir={tmp_path}"], capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "d_modle" in proc.stderr
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_missing_data_is_a_clear_error(tmp_path):
+  config = tiny_config(f"file:{tmp_path}/nothing/*.txt")
+  with pytest.raises(Exception, match="nothing"):
+    train_and_evaluate(config, tmp_path / "run")
+
+
+def test_checkpoint_of_another_model_is_refused_and_kept(corpus, straight_run, tmp_path):
+  workdir, _ = straight_run
+  before = sorted(p.stat().st_mtime_ns for p in (workdir / "checkpoints").rglob("*"))
+  config = tiny_config(corpus, steps=8)
+  config.model.d_model = 32
+  with pytest.raises(ckpt_lib.IncompatibleCheckpoint, match="d_model: checkpoint 64, config 32"):
+    train_and_evaluate(config, workdir)
+  config = tiny_config(corpus, steps=8)
+  config.opt.grad_clip = 0.0  # changes the optimizer state's structure
+  with pytest.raises(ckpt_lib.IncompatibleCheckpoint, match="opt.clipping"):
+    train_and_evaluate(config, workdir)
+  after = sorted(p.stat().st_mtime_ns for p in (workdir / "checkpoints").rglob("*"))
+  assert before == after  # nothing touched
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
+  config = tiny_config(corpus, steps=8)
+  _run_until(config, tmp_path, stop_at=4)
+  config.opt.lr = 1e30  # resume with a learning rate that blows the parameters up
+  config.opt.schedule = "constant"
+  with pytest.raises(FloatingPointError, match=r"at step \d.*last good checkpoint is step 4"):
+    train_and_evaluate(config, tmp_path)
+  assert ckpt_lib.Checkpointer(tmp_path / "checkpoints", keep=2).steps() == [4]
+
+
+def test_truncated_checkpoint_falls_back_with_a_warning(corpus, tmp_path, caplog):
+  config = tiny_config(corpus, steps=8)
+  config.ckpt.every = 2
+  _run_until(config, tmp_path, stop_at=4)  # checkpoints 2 and 4
+  newest = tmp_path / "checkpoints" / "4" / "state"
+  biggest = max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 3])
+  with caplog.at_level(logging.WARNING, logger="bytelm"):
+    summary = train_and_evaluate(config, tmp_path)
+  assert summary.steps == 8
+  assert any("checkpoint 4" in r.getMessage() and "falling back" in r.getMessage()
+             for r in caplog.records)
