@@ -2,13 +2,16 @@
 
   python eval/speed.py --what forward     # encoder-decoder forward: input bytes/s
   python eval/speed.py --what generate    # greedy generation with the KV cache: new bytes/s
+  python eval/speed.py --what train_step --new-bytes 192   # one AdamW step: bytes/s
 
 Defaults are the issue's benchmark shape: preset `mini` (d_model 256, d_ff 640, 4 heads x 64,
 6 encoder / 2 decoder layers), batch 8, 1024 input bytes, 128 target / new bytes, fp32.
 Hugging Face runs when `torch` and `transformers` are installed (`--no-hf` skips it); both sides
 get the same weights (through `bytelm.convert.save_hf`), and timings alternate between the two
 sides so machine noise hits both alike. Generation is forced to produce exactly `--new-bytes`
-bytes on both sides (eos suppressed until then), so the work is identical.
+bytes on both sides (eos suppressed until then), so the work is identical. A train step is the
+trainer's own jitted `train_step` (loss, gradients, AdamW update) against HF's forward with
+labels, backward and `torch.optim.AdamW.step`; its bytes/s counts input plus target bytes.
 
 The last line holds the headline figures as key=value pairs, ratio_vs_hf = bytelm / HF.
 """
@@ -16,6 +19,7 @@ The last line holds the headline figures as key=value pairs, ratio_vs_hf = bytel
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -25,10 +29,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import nnx
 
 from bytelm import convert, generation
 from bytelm.models import t5
+from bytelm.training import trainer
+
+LR = 1e-4  # AdamW learning rate on both sides (the value does not change the cost)
 
 
 def _timed(fn, repeats: int) -> list[float]:
@@ -41,6 +49,18 @@ def _timed(fn, repeats: int) -> list[float]:
 
 
 def _bytelm_runner(model, what, inputs_BT, targets_BS, new_bytes):
+  if what == "train_step":
+    optimizer = nnx.Optimizer(model, optax.adamw(LR), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, optimizer))
+    step = jax.jit(functools.partial(trainer.train_step, graphdef=graphdef, loss_fn=t5.loss_fn,
+                                     schedule=lambda _: LR, z_loss=0.0), donate_argnums=0)
+    batch = {"inputs": inputs_BT, "targets": targets_BS}
+    holder = {"state": jax.tree.map(jnp.copy, state)}  # the model keeps its own arrays
+
+    def run():
+      holder["state"], metrics = step(holder["state"], batch)
+      return float(metrics["loss"])  # waits for the whole step
+    return run
   if what == "forward":
     graphdef, state = nnx.split(model)
     fwd = jax.jit(lambda st, x, y: nnx.merge(graphdef, st)(x, t5.shift_right(y)))
@@ -61,7 +81,18 @@ def _hf_runner(model, cfg, what, inputs_BT, targets_BS, new_bytes):
     hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp).eval()
   x = torch.from_numpy(np.array(inputs_BT)).long()
   mask = (x != cfg.pad_id).long()
-  if what == "forward":
+  if what == "train_step":
+    hf.train()  # dropout is 0 in the preset, as on our side
+    optimizer = torch.optim.AdamW(hf.parameters(), lr=LR)
+    labels = torch.from_numpy(np.array(targets_BS)).long()
+
+    def run():
+      loss = hf(input_ids=x, attention_mask=mask, labels=labels).loss
+      loss.backward()
+      optimizer.step()
+      optimizer.zero_grad(set_to_none=True)
+      return float(loss)
+  elif what == "forward":
     y = torch.from_numpy(np.array(t5.shift_right(targets_BS))).long()
 
     def run():
@@ -79,7 +110,7 @@ def _hf_runner(model, cfg, what, inputs_BT, targets_BS, new_bytes):
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--what", choices=("forward", "generate"), default="generate")
+  p.add_argument("--what", choices=("forward", "generate", "train_step"), default="generate")
   p.add_argument("--preset", default="mini", choices=sorted(t5.PRESETS))
   p.add_argument("--batch", type=int, default=8)
   p.add_argument("--input-bytes", type=int, default=1024)
@@ -94,8 +125,11 @@ def main():
   # Random bytes 3..258, no padding: the worst case for both sides.
   inputs_BT = jnp.asarray(rng.integers(3, 259, (args.batch, args.input_bytes)), jnp.int32)
   targets_BS = jnp.asarray(rng.integers(3, 259, (args.batch, args.new_bytes)), jnp.int32)
-  unit = args.batch * (args.input_bytes if args.what == "forward" else args.new_bytes)
-  unit_name = "input bytes/s" if args.what == "forward" else "new bytes/s"
+  unit, unit_name = {
+      "forward": (args.batch * args.input_bytes, "input bytes/s"),
+      "generate": (args.batch * args.new_bytes, "new bytes/s"),
+      "train_step": (args.batch * (args.input_bytes + args.new_bytes), "input+target bytes/s"),
+  }[args.what]
 
   ours = _bytelm_runner(model, args.what, inputs_BT, targets_BS, args.new_bytes)
   hf, hf_desc = (None, None) if args.no_hf else _hf_runner(
@@ -108,13 +142,19 @@ def main():
     hf_out = hf()  # warm-up; with the same weights greedy outputs must agree
     if args.what == "generate":
       agree = float(np.mean(ours_out == hf_out))
+    elif args.what == "train_step":  # same weights, same batch: the first losses must agree
+      loss_diff = abs(ours_out - hf_out)
   times_ours, times_hf = [], []
   for _ in range(args.repeats):  # alternate so machine noise hits both sides alike
     times_ours += _timed(ours, 1)
     if hf is not None:
+      # PyTorch's OpenMP workers keep spinning for a while after an op and would steal the
+      # cores from whatever runs next; a pause lets them sleep before either side is timed.
+      time.sleep(1.0)
       times_hf += _timed(hf, 1)
+      time.sleep(1.0)
 
-  print(f"bytelm speed: {args.what}, preset {args.preset} ({cfg.d_model=}, {cfg.d_ff=}, "
+  print(f"bytelm speed: {args.what}, preset {args.preset} (d_model {cfg.d_model}, d_ff {cfg.d_ff}, "
         f"{cfg.num_heads}x{cfg.d_kv} heads, {cfg.num_encoder_layers}/{cfg.num_decoder_layers} "
         f"layers), batch {args.batch}, {args.input_bytes} input bytes, {args.new_bytes} "
         f"{'target' if args.what == 'forward' else 'new'} bytes, fp32")
@@ -133,6 +173,9 @@ def main():
     if args.what == "generate":
       print(f"greedy outputs identical to hf's for {agree:.1%} of the generated bytes")
       fields["agree_with_hf"] = round(agree, 4)
+    elif args.what == "train_step":
+      print(f"first-step loss: bytelm {ours_out:.6f}, hf {hf_out:.6f}")
+      fields["first_loss_diff"] = float(f"{loss_diff:.2e}")
   else:
     print("hf: skipped (install torch and transformers for the side-by-side)")
   print(" ".join(f"{k}={v}" for k, v in fields.items()))

@@ -117,6 +117,17 @@ def test_loss_ignores_padded_targets(model):
   assert float(z_loss) > float(loss)
 
 
+@pytest.mark.parametrize("length", [40, 160])  # 160: the per-example loop path too
+def test_remat_changes_no_gradient(length):
+  inputs, targets = _batch(np.random.default_rng(8), t=length)
+  grads = []
+  for remat in (False, True):
+    m = t5.T5(t5.preset("tiny", remat=remat), rngs=nnx.Rngs(0))
+    grads.append(nnx.grad(lambda m: t5.loss_fn(m, {"inputs": inputs, "targets": targets})[0])(m))
+  for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_config_errors_name_the_problem():
   with pytest.raises(ValueError, match="attention_softmax"):
     t5.T5Config(attention_softmax="sparsemax")

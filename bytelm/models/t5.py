@@ -192,14 +192,14 @@ class Encoder(nnx.Module):
     if key_bias_BT is not None:
       mask_bias_BT = mask_bias_BT + key_bias_BT.astype(jnp.float32)
     x_BTD = self.dropout(x_BTD)
+    loop = loop_is_faster(x_BTD.shape[1], _dropout_active(self.dropout))
 
     def layers(x_BTD, mask_bias_BT):
-      for block in self.blocks:
-        x_BTD = _maybe_remat(block, self.remat)(x_BTD, pos_bias_HTT, mask_bias_BT)
+      for block in self.blocks:  # the loop already rematerialises each example
+        x_BTD = _maybe_remat(block, self.remat and not loop)(x_BTD, pos_bias_HTT, mask_bias_BT)
       return x_BTD
 
-    x_BTD = map_over_batch(layers, x_BTD, mask_bias_BT,
-                           loop=loop_is_faster(x_BTD.shape[1], _dropout_active(self.dropout)))
+    x_BTD = map_over_batch(layers, x_BTD, mask_bias_BT, loop=loop)
     return self.dropout(self.final_norm(x_BTD))
 
 
@@ -220,15 +220,15 @@ class Decoder(nnx.Module):
     pos_bias_HSS = self.rel_bias(pos_S, pos_S) + jnp.where(causal_SS, 0.0, MASK_VALUE)
     self_key_bias_BS = None if mask_BS is None else key_mask_bias(mask_BS)
     y_BSD = self.dropout(y_BSD)
+    loop = loop_is_faster(max(y_BSD.shape[1], enc_BTD.shape[1]), _dropout_active(self.dropout))
 
     def layers(y_BSD, self_key_bias_BS, enc_BTD, cross_key_bias_BT):
       for block in self.blocks:
         enc_kv = block.cross_attn.project_kv(enc_BTD)
-        y_BSD = _maybe_remat(block, self.remat)(y_BSD, pos_bias_HSS, self_key_bias_BS, enc_kv,
-                                                cross_key_bias_BT)
+        y_BSD = _maybe_remat(block, self.remat and not loop)(
+            y_BSD, pos_bias_HSS, self_key_bias_BS, enc_kv, cross_key_bias_BT)
       return y_BSD
 
-    loop = loop_is_faster(max(y_BSD.shape[1], enc_BTD.shape[1]), _dropout_active(self.dropout))
     y_BSD = map_over_batch(layers, y_BSD, self_key_bias_BS, enc_BTD, cross_key_bias_BT, loop=loop)
     return self.dropout(self.final_norm(y_BSD))
 

@@ -19,6 +19,7 @@ import numpy as np
 from einops import rearrange
 from flax import nnx
 
+from bytelm.nn import attention_kernel
 from bytelm.nn.layers import Dense, normal_init
 
 # Additive bias for a forbidden key. HF uses finfo(float32).min; adding finite biases to it stays
@@ -126,6 +127,11 @@ class Attention(nnx.Module):
     """
     q_BHTK = self._heads(self.q(x_BTD))
     k_BHSK, v_BHSK = k_BHSK.astype(self.dtype), v_BHSK.astype(self.dtype)
+    if self.dropout.rate == 0 or self.dropout.deterministic:
+      out_BHTK = attention_kernel.attention(q_BHTK, k_BHSK, v_BHSK, pos_bias_HTS, key_bias_BS,
+                                            self.softmax == "softmax1")
+      return self.o(rearrange(out_BHTK, "B H T K -> B T (H K)"))
+    # With dropout on the probabilities, plain autodiff (it must see the dropped probabilities).
     probs_fn = jax.nn.softmax if self.softmax == "softmax" else softmax1
     scores_BHTS = jnp.einsum("BHTK,BHSK->BHTS", q_BHTK, k_BHSK).astype(jnp.float32)
     bias = _add(pos_bias_HTS, None if key_bias_BS is None else key_bias_BS[:, None, None, :])

@@ -27,12 +27,20 @@ def map_over_batch(fn, *args_B, loop: bool):
 
   Every array in args_B has the batch as its leading axis (None entries are passed through);
   fn sees a batch of one and must not mutate module state.
+
+  In the loop each example's forward pass is recomputed for its backward pass
+  (`jax.checkpoint`): stacking every example's activations for the backward pass costs more
+  memory traffic than the recomputation costs arithmetic (train step at 8 x 1024 bytes:
+  3.3 s -> 3.0 s). Forward-only use pays nothing for it.
   """
   if not loop or args_B[0].shape[0] == 1:
     return fn(*args_B)
 
+  @jax.checkpoint
+  def one_example(args):
+    return fn(*jax.tree.map(lambda x: x[None], args))
+
   def one(args):
-    out = fn(*jax.tree.map(lambda x: x[None], args))
-    return jax.tree.map(lambda y: y[0], out)
+    return jax.tree.map(lambda y: y[0], one_example(args))
 
   return jax.lax.map(one, args_B)

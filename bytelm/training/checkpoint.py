@@ -38,6 +38,12 @@ class Checkpointer:
         enable_async_checkpointing=async_save, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 

@@ -118,15 +118,11 @@ def _init_model(config, family, model_cfg, rngs):
     return family.model_cls(model_cfg, rngs=rngs), model_cfg
   path = pathlib.Path(init_from).expanduser()
   if (path / "checkpoints").is_dir():  # a bytelm workdir
-    saved = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    src_cfg = family.config_cls(**saved["model"])
-    model = family.model_cls(_keep_runtime(src_cfg, model_cfg), rngs=rngs)
-    params = _latest_params(path / "checkpoints")
-    nnx.update(model, params)
+    model = _with_config(_latest_model(path, family), None, family, rngs, model_cfg)
   else:  # a Hugging Face T5 / ByT5 directory (or Hub name)
     model, src_cfg = convert.load_hf(init_from, dtype=model_cfg.dtype,
                                      param_dtype=model_cfg.param_dtype)
-    model = _with_config(model, _keep_runtime(src_cfg, model_cfg), family, rngs)
+    model = _with_config(model, src_cfg, family, rngs, model_cfg)
   new_cfg = model.config
   differ = [f for f in dataclasses.asdict(new_cfg)
             if f not in _RUNTIME_FIELDS + ("attention_softmax", "param_dtype")
@@ -138,34 +134,39 @@ def _init_model(config, family, model_cfg, rngs):
   return model, new_cfg
 
 
-def _keep_runtime(src_cfg, model_cfg):
-  """The checkpoint's architecture with this run's runtime choices (dropout, dtypes, softmax)."""
-  return src_cfg.replace(**{f: getattr(model_cfg, f) for f in _RUNTIME_FIELDS +
-                            ("attention_softmax", "param_dtype")})
-
-
-def _with_config(model, cfg, family, rngs):
-  """Rebuild `model` under `cfg` (same shapes), carrying its parameters over."""
+def _with_config(model, src_cfg, family, rngs, model_cfg):
+  """`model`'s parameters in a fresh model with the source's architecture and this run's
+  runtime choices (dropout, dtypes, softmax)."""
+  src_cfg = src_cfg or model.config
+  cfg = src_cfg.replace(**{f: getattr(model_cfg, f) for f in _RUNTIME_FIELDS +
+                           ("attention_softmax", "param_dtype")})
   fresh = family.model_cls(cfg, rngs=rngs)
   nnx.update(fresh, jax.tree.map(lambda x: jnp.asarray(x, cfg.param_dtype),
                                  nnx.state(model, nnx.Param)))
   return fresh
 
 
-def _latest_params(directory: pathlib.Path):
-  """The model parameters of the newest checkpoint in another workdir (no optimizer state)."""
-  ckpt = ckpt_lib.Checkpointer(directory, keep=1_000_000, async_save=False)
-  steps = ckpt.steps()
-  if not steps:
-    raise FileNotFoundError(f"init_from: {directory} holds no checkpoint")
-  raw = ckpt.restore_raw(steps[-1])
-  return raw["0"]  # state = (model, optimizer); item 0 is the model
+def _latest_model(workdir: pathlib.Path, family):
+  """The model of the newest checkpoint in another bytelm workdir (its optimizer is dropped)."""
+  saved = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
+  opt = ml_collections.ConfigDict(saved["opt"])
+  model = family.model_cls(family.config_cls(**saved["model"]), rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, optim.make_optimizer(opt, saved["train"]["steps"])[0],
+                            wrt=nnx.Param)
+  graphdef, state = nnx.split((model, optimizer))
+  with ckpt_lib.Checkpointer(workdir / "checkpoints", keep=1_000_000, async_save=False) as ckpt:
+    restored = ckpt.restore_latest(ckpt_lib.abstract_like(state), check_meta=lambda meta: None)
+  if restored is None:
+    raise FileNotFoundError(f"init_from: {workdir / 'checkpoints'} holds no checkpoint")
+  model, _ = nnx.merge(graphdef, restored[1])
+  return model
 
 
 # ---- steps ----------------------------------------------------------------------------------------
 
 
-def _train_step(state, batch, *, graphdef, loss_fn, schedule, z_loss):
+def train_step(state, batch, *, graphdef, loss_fn, schedule, z_loss):
+  """One optimizer step: (state, batch) -> (state, metrics). Pure; the trainer jits it once."""
   model, optimizer = nnx.merge(graphdef, state)
   lr = schedule(optimizer.step[...])
   (loss, metrics), grads = nnx.value_and_grad(
@@ -274,7 +275,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
   batch_sh = sharding.batch_sharding(mesh)
   replicated = NamedSharding(mesh, P())
   train_fn = jax.jit(
-      functools.partial(_train_step, graphdef=graphdef, loss_fn=family.loss_fn,
+      functools.partial(train_step, graphdef=graphdef, loss_fn=family.loss_fn,
                         schedule=schedule, z_loss=config.opt.z_loss),
       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=0)
   eval_fn = jax.jit(functools.partial(_eval_step, graphdef=graphdef, loss_fn=family.loss_fn),
