@@ -157,7 +157,7 @@ def main():
   print(f"bytelm speed: {args.what}, preset {args.preset} (d_model {cfg.d_model}, d_ff {cfg.d_ff}, "
         f"{cfg.num_heads}x{cfg.d_kv} heads, {cfg.num_encoder_layers}/{cfg.num_decoder_layers} "
         f"layers), batch {args.batch}, {args.input_bytes} input bytes, {args.new_bytes} "
-        f"{'target' if args.what == 'forward' else 'new'} bytes, fp32")
+        f"{'new' if args.what == 'generate' else 'target'} bytes, fp32")
   print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"jax {jax.__version__} on {jax.default_backend()}")
   t_ours = statistics.median(times_ours)

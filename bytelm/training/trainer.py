@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 # Model-config fields that may change between a checkpoint and a resumed run.
 _RUNTIME_FIELDS = ("dropout_rate", "dtype", "remat")
+# What init_from takes from this run's config; everything else comes from the source checkpoint.
+_FROM_RUN = _RUNTIME_FIELDS + ("attention_softmax", "param_dtype")
 
 
 @dataclasses.dataclass
@@ -102,7 +104,7 @@ def _write_json_atomic(path: pathlib.Path, obj) -> None:
 
 
 def _model_config(config, family):
-  """The model's frozen config from config.model, or from the checkpoint named by init_from."""
+  """The model's frozen config from config.model, naming any field the family lacks."""
   fields = {f.name for f in dataclasses.fields(family.config_cls)}
   unknown = set(config.model) - fields
   if unknown:
@@ -125,8 +127,7 @@ def _init_model(config, family, model_cfg, rngs):
     model = _with_config(model, src_cfg, family, rngs, model_cfg)
   new_cfg = model.config
   differ = [f for f in dataclasses.asdict(new_cfg)
-            if f not in _RUNTIME_FIELDS + ("attention_softmax", "param_dtype")
-            and getattr(new_cfg, f) != getattr(model_cfg, f)]
+            if f not in _FROM_RUN and getattr(new_cfg, f) != getattr(model_cfg, f)]
   if differ:
     log.warning("init_from=%s: the model's shape comes from the checkpoint; config.model's %s "
                 "were ignored", init_from, differ)
@@ -138,8 +139,7 @@ def _with_config(model, src_cfg, family, rngs, model_cfg):
   """`model`'s parameters in a fresh model with the source's architecture and this run's
   runtime choices (dropout, dtypes, softmax)."""
   src_cfg = src_cfg or model.config
-  cfg = src_cfg.replace(**{f: getattr(model_cfg, f) for f in _RUNTIME_FIELDS +
-                           ("attention_softmax", "param_dtype")})
+  cfg = src_cfg.replace(**{f: getattr(model_cfg, f) for f in _FROM_RUN})
   fresh = family.model_cls(cfg, rngs=rngs)
   nnx.update(fresh, jax.tree.map(lambda x: jnp.asarray(x, cfg.param_dtype),
                                  nnx.state(model, nnx.Param)))
