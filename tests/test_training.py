@@ -220,7 +220,9 @@ def test_missing_data_is_a_clear_error(tmp_path):
 
 def test_checkpoint_of_another_model_is_refused_and_kept(corpus, straight_run, tmp_path):
   workdir, _ = straight_run
-  before = sorted(p.stat().st_mtime_ns for p in (workdir / "checkpoints").rglob("*"))
+  snapshot = lambda: ((workdir / "config.json").read_bytes(),
+                      sorted(p.stat().st_mtime_ns for p in (workdir / "checkpoints").rglob("*")))
+  before = snapshot()
   config = tiny_config(corpus, steps=8)
   config.model.d_model = 32
   with pytest.raises(ckpt_lib.IncompatibleCheckpoint, match="d_model: checkpoint 64, config 32"):
@@ -229,8 +231,7 @@ def test_checkpoint_of_another_model_is_refused_and_kept(corpus, straight_run, t
   config.opt.grad_clip = 0.0  # changes the optimizer state's structure
   with pytest.raises(ckpt_lib.IncompatibleCheckpoint, match="opt.clipping"):
     train_and_evaluate(config, workdir)
-  after = sorted(p.stat().st_mtime_ns for p in (workdir / "checkpoints").rglob("*"))
-  assert before == after  # nothing touched
+  assert snapshot() == before  # nothing touched, config.json included
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(corpus, tmp_path):

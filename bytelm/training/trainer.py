@@ -242,8 +242,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
   state = jax.device_put(state, state_sh)
   resolved = config.to_dict()
   resolved["model"] = dataclasses.asdict(model_cfg)
-  if is_main:
-    _write_json_atomic(workdir / "config.json", resolved)
 
   # -- restore --
   checkpoints = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=config.ckpt.keep)
@@ -264,6 +262,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
 
   start_step = 0
   restored = checkpoints.restore_latest(ckpt_lib.abstract_like(state), check_meta)
+  if is_main:  # only now: a refused workdir keeps the config.json of its own run
+    _write_json_atomic(workdir / "config.json", resolved)
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_main)
   if restored is not None:
     start_step, state, meta = restored
