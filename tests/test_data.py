@@ -346,9 +346,8 @@ def test_make_source_from_embedded(corpus):
   assert src.num_documents == 5
 
 
-@pytest.mark.skipif(not (sources.CORPUS_DIR / "manifest.json").is_file(),
-                    reason="embedded corpus not built yet (bytelm/data/corpus/manifest.json)")
 def test_real_embedded_corpus():
+  """The corpus ships with the package: it must be there and readable."""
   manifest = json.loads((sources.CORPUS_DIR / "manifest.json").read_text(encoding="utf-8"))
   texts = load_text("embedded:en", "validation")["text"]
   assert len(texts) > 0 and all(isinstance(t, str) for t in texts)

@@ -244,7 +244,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(corpu
   assert saved_steps(tmp_path) == [4]
 
 
-# Orbax leaves un-awaited read coroutines behind when a truncated file fails to read.
+# Orbax's failed read leaves an event-loop callback behind (see pyproject's filterwarnings).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_truncated_checkpoint_falls_back_with_a_warning(corpus, tmp_path, caplog):
   config = tiny_config(corpus, steps=8)
