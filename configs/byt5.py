@@ -23,6 +23,8 @@ from bytelm.models import t5
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "default"
+  if variant not in ("default", "small", "tiny"):
+    raise ValueError(f"unknown variant {variant!r} of configs/byt5.py; use '', 'small' or 'tiny'")
   c = ml_collections.ConfigDict()
   c.seed = 0  # parameters, dropout and data order all derive from it
   c.init_from = ""  # a Hugging Face ByT5 directory or a bytelm workdir to start from
@@ -82,6 +84,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.opt.warmup_steps = 2
     c.train.update(steps=8, batch_size=4, log_every=2, eval_every=4, eval_batches=2)
     c.ckpt.every = 4
-  elif variant != "default":
-    raise ValueError(f"unknown variant {variant!r} of configs/byt5.py; use '', 'small' or 'tiny'")
   return c
