@@ -92,6 +92,13 @@ def test_a_run_learns_and_reports(straight_run):
   assert len(seq) == 8 and seq[-1] < seq[0]  # the loss falls even in 8 steps
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["model"]["d_model"] == 64 and saved["train"]["steps"] == 8
+
+
+def test_rerunning_a_finished_run_reports_it_without_training(corpus, straight_run):
+  workdir, first = straight_run
+  again = train_and_evaluate(tiny_config(corpus, steps=8), workdir)
+  assert (again.steps, again.train_loss, again.val_loss) == (8, first.train_loss, first.val_loss)
+  assert saved_steps(workdir) == [4, 8] and len(losses(workdir)) == 8
   assert saved_steps(workdir) == [4, 8]
 
 

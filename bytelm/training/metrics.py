@@ -43,6 +43,15 @@ class MetricsWriter:
     os.replace(tmp, self.path)
 
 
+  def last_row_with(self, key: str) -> dict:
+    """The newest metrics.jsonl row holding `key` ({} if none)."""
+    if not self.path.exists():
+      return {}
+    rows = [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
+    return next((r for r in reversed(rows) if key in r), {})
+
+
 def _plain(v):
   v = float(v) if hasattr(v, "__float__") and not isinstance(v, (int, str)) else v
   return v

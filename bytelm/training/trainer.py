@@ -330,6 +330,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
 
   if metrics is not None and not host_metrics:
     host_metrics = jax.device_get(metrics)
+  elif metrics is None:  # nothing left to train: report what the finished run logged last
+    host_metrics = writer.last_row_with("loss")
   if not val:
     val = evaluate(eval_fn, state, val_batches, mesh)
   summary = Summary(steps=step, seconds=time.perf_counter() - start_time,
