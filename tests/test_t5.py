@@ -82,6 +82,17 @@ def test_batch_loop_path_equals_batched_path(model):
   np.testing.assert_allclose(model(inputs, dec), logits_alone, atol=1e-4)
 
 
+def test_dropout_is_random_in_training_and_off_in_eval():
+  inputs, targets = _batch(np.random.default_rng(9))
+  dec = t5.shift_right(targets)
+  m = t5.T5(t5.preset("tiny", dropout_rate=0.3), rngs=nnx.Rngs(0))
+  a, b = m(inputs, dec), m(inputs, dec)  # the dropout streams advance between calls
+  assert not np.allclose(a, b)
+  m.eval()
+  plain = t5.T5(t5.preset("tiny"), rngs=nnx.Rngs(0))  # same parameters, no dropout at all
+  np.testing.assert_allclose(m(inputs, dec), plain(inputs, dec), atol=1e-6)
+
+
 def test_softmax1_is_softmax_with_an_extra_zero_logit():
   x = jax.random.normal(jax.random.key(0), (4, 7)) * 5
   with_zero = jax.nn.softmax(jnp.concatenate([x, jnp.zeros((4, 1))], -1), -1)[:, :-1]

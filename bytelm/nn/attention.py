@@ -133,10 +133,7 @@ class Attention(nnx.Module):
       return self.o(rearrange(out_BHTK, "B H T K -> B T (H K)"))
     # With dropout on the probabilities, plain autodiff (it must see the dropped probabilities).
     probs_fn = jax.nn.softmax if self.softmax == "softmax" else softmax1
-    scores_BHTS = jnp.einsum("BHTK,BHSK->BHTS", q_BHTK, k_BHSK).astype(jnp.float32)
-    bias = _add(pos_bias_HTS, None if key_bias_BS is None else key_bias_BS[:, None, None, :])
-    if bias is not None:
-      scores_BHTS = scores_BHTS + bias  # one add, in HF's order: scores + (position + mask)
+    scores_BHTS = attention_kernel.scores(q_BHTK, k_BHSK, pos_bias_HTS, key_bias_BS)
     probs_BHTS = self.dropout(probs_fn(scores_BHTS, axis=-1).astype(self.dtype))  # fp32 softmax
     out_BHTK = jnp.einsum("BHTS,BHSK->BHTK", probs_BHTS, v_BHSK)
     return self.o(rearrange(out_BHTK, "B H T K -> B T (H K)"))
@@ -145,13 +142,6 @@ class Attention(nnx.Module):
                key_bias_BS=None) -> jax.Array:
     k_BHSK, v_BHSK = self.project_kv(kv_BSD)
     return self.attend(x_BTD, k_BHSK, v_BHSK, pos_bias_HTS, key_bias_BS)
-
-
-def _add(a, b):
-  """a + b where either may be None (absent bias)."""
-  if a is None:
-    return b
-  return a if b is None else a + b
 
 
 def key_mask_bias(mask_BS: jax.Array) -> jax.Array:

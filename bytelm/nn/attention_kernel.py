@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 
-def _scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS):
+def scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS):
   """fp32 scores plus biases, added as HF does: scores + (position + key)."""
   s_BHTS = jnp.einsum("...HTK,...HSK->...HTS", q_BHTK, k_BHSK).astype(jnp.float32)
   bias = pos_bias
@@ -57,7 +57,7 @@ def attention(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain: bool = Fal
 
 
 def _forward(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain):
-  s_BHTS = _scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS)
+  s_BHTS = scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS)
   lse_BHT1 = _lse(s_BHTS, abstain)
   p_BHTS = jnp.exp(s_BHTS - lse_BHT1).astype(v_BHSK.dtype)
   o_BHTK = jnp.einsum("...HTS,...HSK->...HTK", p_BHTS, v_BHSK)
@@ -71,7 +71,7 @@ def _fwd(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain):
 
 def _bwd(abstain, res, do_BHTK):
   q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, o_BHTK, lse_BHT1 = res
-  p_BHTS = jnp.exp(_scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS) - lse_BHT1)
+  p_BHTS = jnp.exp(scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS) - lse_BHT1)
   dp_BHTS = jnp.einsum("...HTK,...HSK->...HTS", do_BHTK, v_BHSK).astype(jnp.float32)
   delta_BHT1 = jnp.sum(do_BHTK.astype(jnp.float32) * o_BHTK.astype(jnp.float32), axis=-1,
                        keepdims=True)
