@@ -355,7 +355,7 @@ def _check(directory, expected: dict[str, tuple], found: dict[str, tuple]) -> No
 
 # Fields that change what the model computes; save_hf insists model.config agrees on them.
 _ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(T5Config)
-                     if f.name not in ("dtype", "param_dtype", "dropout_rate", "remat"))
+                     if f.name not in T5Config.RUNTIME_FIELDS + ("param_dtype",))
 
 
 def save_hf(model: T5, config: T5Config, path) -> pathlib.Path:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +29,10 @@ from bytelm.nn.batching import loop_is_faster, map_over_batch
 @dataclasses.dataclass(frozen=True)
 class T5Config:
   """Hyper-parameters of a T5 encoder-decoder. Field names follow Hugging Face's `T5Config`."""
+
+  # Fields that change how the model computes, not what it is: a checkpoint stays valid when
+  # they change (resume, init_from, export).
+  RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("dropout_rate", "dtype", "remat")
 
   vocab_size: int = 384  # embedding rows: 259 byte ids + room, rounded to 128 (ByT5)
   d_model: int = 256  # residual stream width

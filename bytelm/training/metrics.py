@@ -53,8 +53,8 @@ class MetricsWriter:
 
 
 def _plain(v):
-  v = float(v) if hasattr(v, "__float__") and not isinstance(v, (int, str)) else v
-  return v
+  """JSON-ready: numpy / jax scalars become floats; ints and strings stay as they are."""
+  return v if isinstance(v, (int, str)) else float(v)
 
 
 class Progress:

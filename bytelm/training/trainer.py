@@ -39,10 +39,9 @@ from bytelm.training import sharding
 
 log = logging.getLogger(__name__)
 
-# Model-config fields that may change between a checkpoint and a resumed run.
-_RUNTIME_FIELDS = ("dropout_rate", "dtype", "remat")
-# What init_from takes from this run's config; everything else comes from the source checkpoint.
-_FROM_RUN = _RUNTIME_FIELDS + ("attention_softmax", "param_dtype")
+# What init_from takes from this run's config (the family's RUNTIME_FIELDS and these two);
+# everything else comes from the source checkpoint.
+_FROM_RUN = ("attention_softmax", "param_dtype")
 
 
 @dataclasses.dataclass
@@ -127,7 +126,8 @@ def _init_model(config, family, model_cfg, rngs):
     model = _with_config(model, src_cfg, family, rngs, model_cfg)
   new_cfg = model.config
   differ = [f for f in dataclasses.asdict(new_cfg)
-            if f not in _FROM_RUN and getattr(new_cfg, f) != getattr(model_cfg, f)]
+            if f not in model_cfg.RUNTIME_FIELDS + _FROM_RUN
+            and getattr(new_cfg, f) != getattr(model_cfg, f)]
   if differ:
     log.warning("init_from=%s: the model's shape comes from the checkpoint; config.model's %s "
                 "were ignored", init_from, differ)
@@ -139,7 +139,8 @@ def _with_config(model, src_cfg, family, rngs, model_cfg):
   """`model`'s parameters in a fresh model with the source's architecture and this run's
   runtime choices (dropout, dtypes, softmax)."""
   src_cfg = src_cfg or model.config
-  cfg = src_cfg.replace(**{f: getattr(model_cfg, f) for f in _FROM_RUN})
+  cfg = src_cfg.replace(**{f: getattr(model_cfg, f)
+                           for f in model_cfg.RUNTIME_FIELDS + _FROM_RUN})
   fresh = family.model_cls(cfg, rngs=rngs)
   nnx.update(fresh, jax.tree.map(lambda x: jnp.asarray(x, cfg.param_dtype),
                                  nnx.state(model, nnx.Param)))
@@ -187,14 +188,15 @@ def _eval_step(state, batch, *, graphdef, loss_fn):
   return {"ce_sum": metrics["ce"] * n, "num_targets": n}
 
 
-def evaluate(eval_fn, state, batches, mesh) -> dict[str, float]:
-  """Held-out loss and bits per byte, weighted by the number of targets of each batch."""
-  ce_sum, count = 0.0, 0.0
-  for batch in batches:
-    out = jax.device_get(eval_fn(state, sharding.put_batch(batch, mesh)))
-    ce_sum += float(out["ce_sum"])
-    count += float(out["num_targets"])
-  loss = ce_sum / max(count, 1.0)
+def evaluate(eval_fn, state, batches) -> dict[str, float]:
+  """Held-out loss and bits per byte, weighted by the number of targets of each batch.
+
+  Sums stay on the device; the host reads them once, after the last batch.
+  """
+  outs = [eval_fn(state, batch) for batch in batches]
+  totals = jax.device_get(jax.tree.map(lambda *x: sum(x), *outs))
+  count = float(totals["num_targets"])
+  loss = float(totals["ce_sum"]) / max(count, 1.0)
   return {"val_loss": loss, "val_bpb": loss / math.log(2), "val_targets": count}
 
 
@@ -229,7 +231,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
   train_data = pipeline.make_source(dc.train, "train", seed=config.seed, **data_kw)
   val_data = pipeline.make_source(dc.validation or dc.train, "validation", seed=config.seed,
                                   **data_kw)
-  val_batches = list(val_data.eval_batches(max_batches=tc.eval_batches))
+  # The same held-out bytes at every evaluation: put on the devices once.
+  val_batches = [sharding.put_batch(b, mesh) for b in val_data.eval_batches(tc.eval_batches)]
 
   # -- model and optimizer --
   rngs = nnx.Rngs(params=config.seed, dropout=config.seed + 1)
@@ -248,9 +251,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
 
   def check_meta(meta):
     saved = meta["config"]
+    runtime = family.config_cls.RUNTIME_FIELDS
     diff = ckpt_lib.config_diff(
-        {k: v for k, v in saved["model"].items() if k not in _RUNTIME_FIELDS},
-        {k: v for k, v in resolved["model"].items() if k not in _RUNTIME_FIELDS})
+        {k: v for k, v in saved["model"].items() if k not in runtime},
+        {k: v for k, v in resolved["model"].items() if k not in runtime})
     # The optimizer state's structure depends on these two (clipping adds a chain link).
     diff += ckpt_lib.config_diff(
         {"opt.name": saved["opt"]["name"], "opt.clipping": bool(saved["opt"]["grad_clip"])},
@@ -284,7 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
   def save(step: int, train_metrics) -> None:
     nonlocal last_saved
     _check_finite(train_metrics, step, last_saved, checkpoints.directory)
-    checkpoints.save(step, state, {"step": step, "data": {"seed": config.seed, "step": step},
+    checkpoints.save(step, state, {"step": step, "data": train_data.state(step),
                                    "config": resolved})
     last_saved = step
 
@@ -313,7 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
                                 f"lr {host_metrics['lr']:.2e} {bps:,.0f} bytes/s "
                                 f"ETA {metrics_lib.fmt_duration(eta)}")
         if step % tc.eval_every == 0 or step == tc.steps:
-          val = evaluate(eval_fn, state, val_batches, mesh)
+          val = evaluate(eval_fn, state, val_batches)
           writer.write(step, **val)
           progress.update(step, f"validation loss {val['val_loss']:.4f} "
                                 f"bpb {val['val_bpb']:.3f}")
@@ -333,7 +337,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
   elif metrics is None:  # nothing left to train: report what the finished run logged last
     host_metrics = writer.last_row_with("loss")
   if not val:
-    val = evaluate(eval_fn, state, val_batches, mesh)
+    val = evaluate(eval_fn, state, val_batches)
   summary = Summary(steps=step, seconds=time.perf_counter() - start_time,
                     train_loss=float(host_metrics.get("loss", math.nan)),
                     train_bpb=float(host_metrics.get("bits_per_byte", math.nan)),
