@@ -1,14 +1,14 @@
 """Decoding for encoder-decoders: greedy, sampling (temperature, top-k, top-p) and beam search.
 
-Every method encodes the input once, builds the cross-attention bias and the KV cache once
-(`T5.init_cache`), then runs `T5.decode_step` inside one `jax.lax.while_loop`: no per-step Python,
+Every method encodes the input once (`encode_for_inference`: for MrT5, with hard deletion),
+builds the KV cache once (`T5.init_cache`), then runs `T5.decode_step` inside one `jax.lax.while_loop`: no per-step Python,
 no host sync, the cache updated in place. The loop stops as soon as every sequence is finished,
 or after `max_new_bytes` steps. A finished sequence emits pad (0) from then on, so the result is a
 dense int32 [B, N] array: the generated ids, the eos, then zeros.
 
 Compilation. `generate_ids` splits the model (`nnx.split`) on each call and hands the state to a
 `jax.jit` function that merges it inside (see notes/jax_conventions.md, A.4). One compile per
-(graphdef, batch, input length, max_new_bytes, method, top_k, num_beams, length_penalty, and
+(graphdef, batch, encoder-output length, max_new_bytes, method, top_k, num_beams, length_penalty, and
 whether top-p is on); temperature and top_p are traced, so sweeping them does not recompile.
 `generate` pads inputs up to a multiple of `pad_to_multiple` ids (64 by default) for the same
 reason.
@@ -239,13 +239,11 @@ def _beam_loop(model, enc_BTD, cross_bias_B, max_new: int, min_new: int, num_bea
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new", "min_new", "method", "top_k",
                                              "use_top_p", "num_beams", "length_penalty"))
-def _generate_jit(state, inputs_BT, mask_BT, rng, temperature, top_p, *, graphdef, max_new,
+def _generate_jit(state, enc_BTD, cross_bias_B, rng, temperature, top_p, *, graphdef, max_new,
                   min_new, method, top_k, use_top_p, num_beams, length_penalty):
   global _NUM_TRACES
   _NUM_TRACES += 1  # runs at trace time only
   model = nnx.merge(graphdef, state)
-  enc_BTD = model.encode(inputs_BT, mask_BT)
-  cross_bias_B = model.cross_bias(mask_BT)
   if method == "beam":
     return _beam_loop(model, enc_BTD, cross_bias_B, max_new, min_new, num_beams, length_penalty)
   choose = _choose_fn(method, rng, temperature, top_k, top_p, use_top_p)
@@ -259,7 +257,7 @@ def generate_ids(model, inputs_BT, input_mask_BT=None, *, max_new_bytes: int,
   """Generate ids_BN (int32, N = max_new_bytes) from an encoder-decoder such as `T5`.
 
   Args:
-    model: an `nnx.Module` with `encode`, `cross_bias`, `init_cache`, `decode_step` and a config
+    model: an `nnx.Module` with `encode_for_inference`, `init_cache`, `decode_step` and a config
       holding `pad_id`, `eos_id`, `decoder_start_id`. It is used with dropout off and not mutated.
     inputs_BT: int input ids [B, T]. input_mask_BT: [B, T], true on real ids; defaults to
       `inputs != pad`.
@@ -307,9 +305,13 @@ def generate_ids(model, inputs_BT, input_mask_BT=None, *, max_new_bytes: int,
   use_top_p = sampling and top_p < 1.0
   beam = method == "beam"
 
+  # The encoder runs first, in its own compiled call: MrT5's hard deletion chooses the length of
+  # its output from the data, so the decoding loop compiles per encoder-output length.
+  enc_BTD, cross_bias_BT = model.encode_for_inference(inputs_BT.astype(jnp.int32),
+                                                      input_mask_BT.astype(bool))
   graphdef, state = nnx.split(nnx.view(model, deterministic=True, raise_if_not_found=False))
   return _generate_jit(
-      state, inputs_BT.astype(jnp.int32), input_mask_BT.astype(bool), key,
+      state, enc_BTD, cross_bias_BT, key,
       jnp.float32(temperature if sampling else 1.0), jnp.float32(top_p if use_top_p else 1.0),
       graphdef=graphdef, max_new=int(max_new_bytes), min_new=int(min_new_bytes), method=method,
       top_k=top_k, use_top_p=use_top_p, num_beams=int(num_beams) if beam else 1,

@@ -58,6 +58,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.opt.weight_decay = 0.01
   c.opt.grad_clip = 1.0  # global norm; 0 turns clipping off
   c.opt.z_loss = 0.0  # t5x uses 1e-4
+  c.opt.lr_scale = ml_collections.ConfigDict()  # {module name: multiplier of its updates}
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 600

@@ -105,8 +105,9 @@ def first_eos(ids):
 def _beam_via_jit(model, inputs, mask, n, num_beams, length_penalty):
   """The beam loop itself, also for num_beams=1 (which generate_ids routes to greedy)."""
   graphdef, state = nnx.split(nnx.view(model, deterministic=True))
+  enc, cross_bias = model.encode_for_inference(inputs, mask)
   return generation._generate_jit(
-      state, inputs, mask, jax.random.key(0), jnp.float32(1), jnp.float32(1), graphdef=graphdef,
+      state, enc, cross_bias, jax.random.key(0), jnp.float32(1), jnp.float32(1), graphdef=graphdef,
       max_new=n, min_new=0, method="beam", top_k=0, use_top_p=False, num_beams=num_beams,
       length_penalty=length_penalty)
 

@@ -1,7 +1,7 @@
 """Model families. Each file holds one family: its config dataclass, the model and its loss_fn.
 
 The trainer knows a family only through `family(name)`: how to build the config and the model,
-and the `loss_fn(model, batch, z_loss=...) -> (loss, metrics)` contract.
+the `loss_fn(model, batch, z_loss=...) -> (loss, metrics)` contract, and three optional hooks.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from bytelm.models import t5
+from bytelm.models import mrt5, t5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,9 +17,20 @@ class Family:
   config_cls: type
   model_cls: type
   loss_fn: Callable[..., Any]
+  # after_step(model, metrics): called inside the compiled train step after the optimizer
+  # update, to update non-trained model state (MrT5's deletion controller).
+  after_step: Callable[..., None] | None = None
+  # Metrics of loss_fn, besides the loss, that evaluation averages over the held-out batches.
+  eval_metrics: tuple[str, ...] = ()
+  # report(model, held_out_batches) -> {name: value}: end-of-run figures for the summary.
+  report: Callable[..., dict[str, float]] | None = None
 
 
-FAMILIES = {"t5": Family(t5.T5Config, t5.T5, t5.loss_fn)}
+FAMILIES = {
+    "t5": Family(t5.T5Config, t5.T5, t5.loss_fn),
+    "mrt5": Family(mrt5.MrT5Config, mrt5.MrT5, mrt5.loss_fn, after_step=mrt5.after_step,
+                   eval_metrics=("deleted_frac",), report=mrt5.report),
+}
 
 
 def family(name: str) -> Family:

@@ -24,6 +24,7 @@ from flax import nnx
 from bytelm.nn import Attention, Dense, GatedGeluMLP, RelativePositionBias, RMSNorm, key_mask_bias
 from bytelm.nn.attention import MASK_VALUE
 from bytelm.nn.batching import loop_is_faster, map_over_batch
+from bytelm.nn.compiled import jit_call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +138,16 @@ def _maybe_remat(block: nnx.Module, remat: bool):
   return functools.partial(nnx.remat(type(block).__call__), block)
 
 
+def _add_gate(key_bias_BS, gate_bias_BS):
+  return key_bias_BS if gate_bias_BS is None else key_bias_BS + gate_bias_BS.astype(jnp.float32)
+
+
+def _score_excess(attn, h_BTD, k_BHSK, pos_bias, key_bias_BS, above):
+  if above is None:
+    return jnp.zeros(h_BTD.shape[:1], jnp.float32)
+  return attn.score_excess(h_BTD, k_BHSK, pos_bias, key_bias_BS, above=above)
+
+
 class EncoderBlock(nnx.Module):
   """Pre-norm self-attention then gated-GELU MLP, each added back to the residual stream."""
 
@@ -147,10 +158,17 @@ class EncoderBlock(nnx.Module):
                             **_layer_kwargs(cfg, rngs))
     self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
-  def __call__(self, x_BTD: jax.Array, pos_bias_HTT: jax.Array, key_bias_BT: jax.Array):
+  def __call__(self, x_BTD: jax.Array, pos_bias_HTT: jax.Array, key_bias_BT: jax.Array,
+               gate_bias_BT: jax.Array | None = None, excess_above: float | None = None):
+    """(x_BTD, excess_B). gate_bias_BT is added to key_bias_BT (MrT5's soft deletion);
+    excess_B is the attention-score regulariser, zeros unless excess_above is given."""
     h_BTD = self.attn_norm(x_BTD)
-    x_BTD = x_BTD + self.dropout(self.attn(h_BTD, h_BTD, pos_bias_HTT, key_bias_BT))
-    return x_BTD + self.dropout(self.mlp(self.mlp_norm(x_BTD)))
+    k_BHTK, v_BHTK = self.attn.project_kv(h_BTD)
+    excess_B = _score_excess(self.attn, h_BTD, k_BHTK, pos_bias_HTT, key_bias_BT, excess_above)
+    attn_BTD = self.attn.attend(h_BTD, k_BHTK, v_BHTK, pos_bias_HTT,
+                                _add_gate(key_bias_BT, gate_bias_BT))
+    x_BTD = x_BTD + self.dropout(attn_BTD)
+    return x_BTD + self.dropout(self.mlp(self.mlp_norm(x_BTD))), excess_B
 
 
 class DecoderBlock(nnx.Module):
@@ -165,16 +183,20 @@ class DecoderBlock(nnx.Module):
     self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
   def __call__(self, y_BSD, self_pos_bias_HSL, self_key_bias_BL, enc_kv, cross_key_bias_BT,
-               self_kv=None):
-    """One block. enc_kv = (k, v) of the encoder output; self_kv overrides the self-attention
-    keys/values (the KV cache path, L cache slots), else they come from this block's input."""
+               self_kv=None, cross_gate_bias_BT=None, excess_above=None):
+    """One block -> (y_BSD, excess_B). enc_kv = (k, v) of the encoder output; self_kv overrides
+    the self-attention keys/values (the KV cache path, L cache slots), else they come from this
+    block's input. cross_gate_bias_BT and excess_above: as in EncoderBlock, for cross-attention."""
     h_BSD = self.self_attn_norm(y_BSD)
     k_BHLK, v_BHLK = self.self_attn.project_kv(h_BSD) if self_kv is None else self_kv
     y_BSD = y_BSD + self.dropout(self.self_attn.attend(h_BSD, k_BHLK, v_BHLK, self_pos_bias_HSL,
                                                        self_key_bias_BL))
     h_BSD = self.cross_attn_norm(y_BSD)
-    y_BSD = y_BSD + self.dropout(self.cross_attn.attend(h_BSD, *enc_kv, None, cross_key_bias_BT))
-    return y_BSD + self.dropout(self.mlp(self.mlp_norm(y_BSD)))
+    excess_B = _score_excess(self.cross_attn, h_BSD, enc_kv[0], None, cross_key_bias_BT,
+                             excess_above)
+    y_BSD = y_BSD + self.dropout(self.cross_attn.attend(
+        h_BSD, *enc_kv, None, _add_gate(cross_key_bias_BT, cross_gate_bias_BT)))
+    return y_BSD + self.dropout(self.mlp(self.mlp_norm(y_BSD))), excess_B
 
 
 class Encoder(nnx.Module):
@@ -189,21 +211,39 @@ class Encoder(nnx.Module):
 
   def __call__(self, x_BTD: jax.Array, mask_BT: jax.Array,
                key_bias_BT: jax.Array | None = None) -> jax.Array:
-    """key_bias_BT is added to every attention score towards that key (MrT5's delete gate)."""
+    """The encoded x_BTD. key_bias_BT is added to every attention score towards that key."""
     pos_T = jnp.arange(x_BTD.shape[1])
     pos_bias_HTT = self.rel_bias(pos_T, pos_T)  # computed once, shared by every layer
-    mask_bias_BT = key_mask_bias(mask_BT)
-    if key_bias_BT is not None:
-      mask_bias_BT = mask_bias_BT + key_bias_BT.astype(jnp.float32)
     x_BTD = self.dropout(x_BTD)
+    x_BTD, _ = self.run(x_BTD, pos_bias_HTT, _add_gate(key_mask_bias(mask_BT), key_bias_BT))
+    return self.finish(x_BTD)
+
+  def run(self, x_BTD, pos_bias, key_bias_BT, start: int = 0, stop: int | None = None,
+          gate_bias_BT=None, excess_above=None):
+    """Blocks start..stop-1 over x_BTD -> (x_BTD, excess_B summed over those blocks).
+
+    pos_bias is (H, T, T), shared by the batch, or (B, H, T, T) per example (MrT5's compacted
+    sequences keep their original positions). The pieces of __call__, exposed so that MrT5 can
+    put its delete gate between two runs.
+    """
+    blocks = list(self.blocks)[start:stop]
+    per_example_pos = pos_bias.ndim == 4
     loop = loop_is_faster(x_BTD.shape[1], _dropout_active(self.dropout))
 
-    def layers(x_BTD, mask_bias_BT):
-      for block in self.blocks:  # the loop already rematerialises each example
-        x_BTD = _maybe_remat(block, self.remat and not loop)(x_BTD, pos_bias_HTT, mask_bias_BT)
-      return x_BTD
+    def layers(x_BTD, key_bias_BT, gate_bias_BT, example_pos_bias):
+      bias = example_pos_bias if per_example_pos else pos_bias
+      excess_B = jnp.zeros(x_BTD.shape[:1], jnp.float32)
+      for block in blocks:  # the loop already rematerialises each example
+        x_BTD, e_B = _maybe_remat(block, self.remat and not loop)(
+            x_BTD, bias, key_bias_BT, gate_bias_BT, excess_above)
+        excess_B = excess_B + e_B
+      return x_BTD, excess_B
 
-    x_BTD = map_over_batch(layers, x_BTD, mask_bias_BT, loop=loop)
+    return map_over_batch(layers, x_BTD, key_bias_BT, gate_bias_BT,
+                          pos_bias if per_example_pos else None, loop=loop)
+
+  def finish(self, x_BTD: jax.Array) -> jax.Array:
+    """The stack's final norm (and dropout)."""
     return self.dropout(self.final_norm(x_BTD))
 
 
@@ -217,8 +257,9 @@ class Decoder(nnx.Module):
     self.final_norm = _norm(cfg)
     self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
-  def __call__(self, y_BSD, enc_BTD, cross_key_bias_BT, mask_BS=None):
-    """Teacher-forced decoding of a whole target sequence."""
+  def __call__(self, y_BSD, enc_BTD, cross_key_bias_BT, mask_BS=None, cross_gate_bias_BT=None,
+               excess_above=None):
+    """Teacher-forced decoding of a whole target sequence -> (h_BSD, cross excess_B)."""
     pos_S = jnp.arange(y_BSD.shape[1])
     causal_SS = pos_S[None, :] <= pos_S[:, None]
     pos_bias_HSS = self.rel_bias(pos_S, pos_S) + jnp.where(causal_SS, 0.0, MASK_VALUE)
@@ -226,15 +267,19 @@ class Decoder(nnx.Module):
     y_BSD = self.dropout(y_BSD)
     loop = loop_is_faster(max(y_BSD.shape[1], enc_BTD.shape[1]), _dropout_active(self.dropout))
 
-    def layers(y_BSD, self_key_bias_BS, enc_BTD, cross_key_bias_BT):
+    def layers(y_BSD, self_key_bias_BS, enc_BTD, cross_key_bias_BT, cross_gate_bias_BT):
+      excess_B = jnp.zeros(y_BSD.shape[:1], jnp.float32)
       for block in self.blocks:
         enc_kv = block.cross_attn.project_kv(enc_BTD)
-        y_BSD = _maybe_remat(block, self.remat and not loop)(
-            y_BSD, pos_bias_HSS, self_key_bias_BS, enc_kv, cross_key_bias_BT)
-      return y_BSD
+        y_BSD, e_B = _maybe_remat(block, self.remat and not loop)(
+            y_BSD, pos_bias_HSS, self_key_bias_BS, enc_kv, cross_key_bias_BT, None,
+            cross_gate_bias_BT, excess_above)
+        excess_B = excess_B + e_B
+      return y_BSD, excess_B
 
-    y_BSD = map_over_batch(layers, y_BSD, self_key_bias_BS, enc_BTD, cross_key_bias_BT, loop=loop)
-    return self.dropout(self.final_norm(y_BSD))
+    y_BSD, excess_B = map_over_batch(layers, y_BSD, self_key_bias_BS, enc_BTD, cross_key_bias_BT,
+                                     cross_gate_bias_BT, loop=loop)
+    return self.dropout(self.final_norm(y_BSD)), excess_B
 
   def init_cache(self, enc_BTD: jax.Array, max_len: int) -> list[dict[str, jax.Array]]:
     """Per layer: zeroed self-attention k/v for max_len steps, and the cross-attention k/v
@@ -261,8 +306,8 @@ class Decoder(nnx.Module):
                                                    index, axis=2)
       v_BHLK = jax.lax.dynamic_update_slice_in_dim(layer["v"], v_BH1K.astype(layer["v"].dtype),
                                                    index, axis=2)
-      y_B1D = block(y_B1D, pos_bias_H1L, None, (layer["ck"], layer["cv"]), cross_key_bias_BT,
-                    self_kv=(k_BHLK, v_BHLK))
+      y_B1D, _ = block(y_B1D, pos_bias_H1L, None, (layer["ck"], layer["cv"]), cross_key_bias_BT,
+                       self_kv=(k_BHLK, v_BHLK))
       new_cache.append(dict(layer, k=k_BHLK, v=v_BHLK))
     return self.dropout(self.final_norm(y_B1D)), new_cache
 
@@ -293,18 +338,14 @@ class T5(nnx.Module):
       return self.shared.attend(h_BSD * self.config.d_model**-0.5)
     return self.lm_head(h_BSD)
 
-  def cross_bias(self, input_mask_BT, cross_key_bias_BT=None) -> jax.Array:
-    """The additive cross-attention key bias_BT: padding mask (+ MrT5's delete gate)."""
-    bias_BT = key_mask_bias(input_mask_BT)
-    if cross_key_bias_BT is not None:
-      bias_BT = bias_BT + cross_key_bias_BT.astype(jnp.float32)
-    return bias_BT
+  def cross_bias(self, input_mask_BT) -> jax.Array:
+    """The additive cross-attention key bias_BT of the padding mask."""
+    return key_mask_bias(input_mask_BT)
 
-  def decode(self, decoder_inputs_BS, enc_BTD, input_mask_BT, decoder_mask_BS=None,
-             cross_key_bias_BT=None) -> jax.Array:
+  def decode(self, decoder_inputs_BS, enc_BTD, input_mask_BT, decoder_mask_BS=None) -> jax.Array:
     """Teacher-forced decoder logits_BSV given the encoder output."""
-    h_BSD = self.decoder(self.shared(decoder_inputs_BS), enc_BTD,
-                         self.cross_bias(input_mask_BT, cross_key_bias_BT), decoder_mask_BS)
+    h_BSD, _ = self.decoder(self.shared(decoder_inputs_BS), enc_BTD,
+                            self.cross_bias(input_mask_BT), decoder_mask_BS)
     return self.logits(h_BSD)
 
   def __call__(self, inputs_BT, decoder_inputs_BS, input_mask_BT=None,
@@ -315,7 +356,20 @@ class T5(nnx.Module):
     enc_BTD = self.encode(inputs_BT, input_mask_BT)
     return self.decode(decoder_inputs_BS, enc_BTD, input_mask_BT, decoder_mask_BS)
 
-  # -- incremental decoding (bytelm.generation drives these) --------------------------------
+  # -- inference (bytelm.generation drives these) ------------------------------------------
+
+  def encode_memory(self, inputs_BT, input_mask_BT):
+    """(enc_BTD, cross_bias_BT): what the decoder attends to, and its key bias."""
+    return self.encode(inputs_BT, input_mask_BT), self.cross_bias(input_mask_BT)
+
+  def decode_memory(self, decoder_inputs_BS, enc_BTD, cross_bias_BT) -> jax.Array:
+    """Teacher-forced logits_BSV against an `encode_memory` / `encode_for_inference` result."""
+    h_BSD, _ = self.decoder(self.shared(decoder_inputs_BS), enc_BTD, cross_bias_BT)
+    return self.logits(h_BSD)
+
+  def encode_for_inference(self, inputs_BT, input_mask_BT):
+    """encode_memory, compiled, with dropout off. MrT5 overrides it with hard deletion."""
+    return jit_call(self, "encode_memory", inputs_BT, input_mask_BT)
 
   def init_cache(self, enc_BTD: jax.Array, max_len: int):
     return self.decoder.init_cache(enc_BTD, max_len)
@@ -340,8 +394,14 @@ def loss_fn(model: T5, batch: dict[str, jax.Array], z_loss: float = 0.0):
   """
   targets_BS = batch["targets"]
   logits_BSV = model(batch["inputs"], shift_right(targets_BS, model.config.decoder_start_id),
-                     batch.get("input_mask")).astype(jnp.float32)
-  weights_BS = (targets_BS != model.config.pad_id).astype(jnp.float32)
+                     batch.get("input_mask"))
+  return cross_entropy(logits_BSV, targets_BS, model.config.pad_id, z_loss)
+
+
+def cross_entropy(logits_BSV, targets_BS, pad_id: int, z_loss: float = 0.0):
+  """(loss, metrics) of logits against targets; pad targets are ignored."""
+  logits_BSV = logits_BSV.astype(jnp.float32)
+  weights_BS = (targets_BS != pad_id).astype(jnp.float32)
   ce_BS = optax.softmax_cross_entropy_with_integer_labels(logits_BSV, targets_BS)
   num_targets = jnp.maximum(weights_BS.sum(), 1.0)
   ce = (ce_BS * weights_BS).sum() / num_targets

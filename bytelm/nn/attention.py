@@ -138,6 +138,18 @@ class Attention(nnx.Module):
     out_BHTK = jnp.einsum("BHTS,BHSK->BHTK", probs_BHTS, v_BHSK)
     return self.o(rearrange(out_BHTK, "B H T K -> B T (H K)"))
 
+  def score_excess(self, x_BTD: jax.Array, k_BHSK: jax.Array, pos_bias_HTS=None,
+                   key_bias_BS=None, *, above: float) -> jax.Array:
+    """excess_B: per example, mean over heads, queries and keys of relu(score - above).
+
+    MrT5's attention-score regulariser (its appendix D): scores that grow without bound could
+    overpower the bounded delete-gate bias, so training from scratch penalises them. Scores
+    include the position bias and the padding mask (masked keys contribute 0), as in attend.
+    """
+    q_BHTK = self._heads(self.q(x_BTD))
+    s_BHTS = attention_kernel.scores(q_BHTK, k_BHSK.astype(self.dtype), pos_bias_HTS, key_bias_BS)
+    return jnp.mean(jax.nn.relu(s_BHTS - above), axis=(-3, -2, -1))
+
   def __call__(self, x_BTD: jax.Array, kv_BSD: jax.Array, pos_bias_HTS=None,
                key_bias_BS=None) -> jax.Array:
     k_BHSK, v_BHSK = self.project_kv(kv_BSD)

@@ -59,11 +59,14 @@ class Checkpointer:
     self._manager.wait_until_finished()
     self._manager.close()
 
-  def restore_latest(self, abstract_state, check_meta) -> tuple[int, Any, dict] | None:
+  def restore_latest(self, abstract_state, check_meta,
+                     set_aside: bool = True) -> tuple[int, Any, dict] | None:
     """(step, state, meta) of the newest readable checkpoint, or None when there is none.
 
     check_meta(meta) raises IncompatibleCheckpoint for a checkpoint of another model: that is
-    not a reason to fall back, it stops the run.
+    not a reason to fall back, it stops the run. An unreadable checkpoint is moved aside (so a
+    resumed run can save that step again), or only skipped when set_aside is false (readers
+    of another run's workdir leave it as it is).
     """
     steps = self.steps()
     for step in reversed(steps):
@@ -71,14 +74,14 @@ class Checkpointer:
         meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         meta = meta["meta"]
       except Exception as e:  # unreadable JSON: treat like a truncated checkpoint
-        self._set_aside(step, e)
+        self._skip(step, e, set_aside)
         continue
       check_meta(meta)
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state)))
       except Exception as e:
-        self._set_aside(step, e)
+        self._skip(step, e, set_aside)
         continue
       return step, restored["state"], meta
     if steps:
@@ -86,6 +89,13 @@ class Checkpointer:
                          "move the workdir aside to start afresh, or point --workdir elsewhere")
     return None
 
+
+  def _skip(self, step: int, error: Exception, set_aside: bool) -> None:
+    if set_aside:
+      self._set_aside(step, error)
+    else:
+      log.warning("checkpoint %d in %s could not be restored (%s); trying the previous one",
+                  step, self.directory, _short(error))
 
   def _set_aside(self, step: int, error: Exception) -> None:
     """Move an unreadable checkpoint out of the way (kept for inspection, never deleted), so

@@ -49,7 +49,8 @@ def make_mesh(mesh_config) -> Mesh:
                        devices=jax.devices()[:int(np.prod(sizes))])
 
 
-def _path_str(path) -> str:
+def path_str(path) -> str:
+  """"a/b/0/kernel" for a pytree key path (nnx's "value" wrappers left out)."""
   parts = []
   for k in path:
     key = getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))
@@ -71,7 +72,7 @@ def spec_for(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
 def state_shardings(state, mesh: Mesh):
   """NamedShardings for every leaf of a (model, optimizer) state pytree."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, x: NamedSharding(mesh, spec_for(_path_str(path), np.shape(x), mesh)), state)
+      lambda path, x: NamedSharding(mesh, spec_for(path_str(path), np.shape(x), mesh)), state)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

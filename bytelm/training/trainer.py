@@ -55,13 +55,17 @@ class Summary:
   val_bpb: float
   checkpoint: str
   interrupted: bool = False
+  extras: dict[str, float] = dataclasses.field(default_factory=dict)  # the family's report
 
   def __str__(self):
     state = "interrupted" if self.interrupted else "finished"
-    return (f"training {state} after {self.steps} steps in {metrics_lib.fmt_duration(self.seconds)}"
-            f"\n  final train loss {self.train_loss:.4f} ({self.train_bpb:.3f} bits/byte)"
-            f"\n  validation loss  {self.val_loss:.4f} ({self.val_bpb:.3f} bits/byte)"
-            f"\n  checkpoint       {self.checkpoint}")
+    lines = [f"training {state} after {self.steps} steps in "
+             f"{metrics_lib.fmt_duration(self.seconds)}",
+             f"  final train loss {self.train_loss:.4f} ({self.train_bpb:.3f} bits/byte)",
+             f"  validation loss  {self.val_loss:.4f} ({self.val_bpb:.3f} bits/byte)"]
+    lines += [f"  {name:<16} {value:.4g}" for name, value in self.extras.items()]
+    lines.append(f"  checkpoint       {self.checkpoint}")
+    return "\n".join(lines)
 
 
 class _StopRequested:
@@ -119,7 +123,7 @@ def _init_model(config, family, model_cfg, rngs):
     return family.model_cls(model_cfg, rngs=rngs), model_cfg
   path = pathlib.Path(init_from).expanduser()
   if (path / "checkpoints").is_dir():  # a bytelm workdir
-    model = _with_config(_latest_model(path, family), None, family, rngs, model_cfg)
+    model = _with_config(load(path), None, family, rngs, model_cfg)
   else:  # a Hugging Face T5 / ByT5 directory (or Hub name)
     model, src_cfg = convert.load_hf(init_from, dtype=model_cfg.dtype,
                                      param_dtype=model_cfg.param_dtype)
@@ -137,42 +141,69 @@ def _init_model(config, family, model_cfg, rngs):
 
 def _with_config(model, src_cfg, family, rngs, model_cfg):
   """`model`'s parameters in a fresh model with the source's architecture and this run's
-  runtime choices (dropout, dtypes, softmax)."""
+  runtime choices (dropout, dtypes, softmax).
+
+  The source may be of another family: a ByT5 initialises an MrT5 (whose gate then starts
+  fresh, with this run's gate fields), and an MrT5's T5 parameters initialise a ByT5.
+  """
   src_cfg = src_cfg or model.config
-  cfg = src_cfg.replace(**{f: getattr(model_cfg, f)
-                           for f in model_cfg.RUNTIME_FIELDS + _FROM_RUN})
+  from_run = model_cfg.RUNTIME_FIELDS + _FROM_RUN
+  cfg = model_cfg.replace(**{f.name: getattr(src_cfg, f.name)
+                             for f in dataclasses.fields(src_cfg)
+                             if f.name not in from_run and hasattr(model_cfg, f.name)})
   fresh = family.model_cls(cfg, rngs=rngs)
-  nnx.update(fresh, jax.tree.map(lambda x: jnp.asarray(x, cfg.param_dtype),
-                                 nnx.state(model, nnx.Param)))
+  params = nnx.state(model, nnx.Param)
+  fresh_paths = {path for path, _ in nnx.to_flat_state(nnx.state(fresh, nnx.Param))}
+  shared = nnx.from_flat_state(
+      [(path, v) for path, v in nnx.to_flat_state(params) if path in fresh_paths])
+  nnx.update(fresh, jax.tree.map(lambda x: jnp.asarray(x, cfg.param_dtype), shared))
   return fresh
 
 
-def _latest_model(workdir: pathlib.Path, family):
-  """The model of the newest checkpoint in another bytelm workdir (its optimizer is dropped)."""
-  saved = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
-  opt = ml_collections.ConfigDict(saved["opt"])
+def load(workdir) -> nnx.Module:
+  """The model of the newest readable checkpoint in a bytelm workdir, ready for inference.
+
+  `bytelm.load(workdir)`: the family (T5, MrT5, ...) and its config come from the run's
+  config.json; the optimizer state is not kept. The workdir is only read.
+  """
+  workdir = pathlib.Path(workdir).expanduser()
+  config_path = workdir / "config.json"
+  if not config_path.is_file():
+    raise FileNotFoundError(f"{workdir} is not a bytelm workdir: it has no config.json (train "
+                            "into it with `python train.py --config ... --workdir DIR`)")
+  saved = json.loads(config_path.read_text(encoding="utf-8"))
+  family = models.family(saved.get("model_family", "t5"))
   model = family.model_cls(family.config_cls(**saved["model"]), rngs=nnx.Rngs(0))
+  opt = ml_collections.ConfigDict(saved["opt"])
   optimizer = nnx.Optimizer(model, optim.make_optimizer(opt, saved["train"]["steps"])[0],
                             wrt=nnx.Param)
   graphdef, state = nnx.split((model, optimizer))
   with ckpt_lib.Checkpointer(workdir / "checkpoints", keep=1_000_000, async_save=False) as ckpt:
-    restored = ckpt.restore_latest(ckpt_lib.abstract_like(state), check_meta=lambda meta: None)
+    restored = ckpt.restore_latest(ckpt_lib.abstract_like(state), check_meta=lambda meta: None,
+                                   set_aside=False)
   if restored is None:
-    raise FileNotFoundError(f"init_from: {workdir / 'checkpoints'} holds no checkpoint")
+    raise FileNotFoundError(f"{workdir / 'checkpoints'} holds no checkpoint yet")
   model, _ = nnx.merge(graphdef, restored[1])
+  model.eval()
   return model
 
 
 # ---- steps ----------------------------------------------------------------------------------------
 
 
-def train_step(state, batch, *, graphdef, loss_fn, schedule, z_loss):
-  """One optimizer step: (state, batch) -> (state, metrics). Pure; the trainer jits it once."""
+def train_step(state, batch, *, graphdef, loss_fn, schedule, z_loss, after_step=None):
+  """One optimizer step: (state, batch) -> (state, metrics). Pure; the trainer jits it once.
+
+  after_step(model, metrics), if given, updates the model's non-trained state from this step's
+  metrics (MrT5's deletion controller): once per optimizer step, on training batches only.
+  """
   model, optimizer = nnx.merge(graphdef, state)
   lr = schedule(optimizer.step[...])
   (loss, metrics), grads = nnx.value_and_grad(
       lambda m: loss_fn(m, batch, z_loss=z_loss), has_aux=True)(model)
   optimizer.update(model, grads)
+  if after_step is not None:
+    after_step(model, metrics)
   metrics = dict(metrics, lr=lr, grad_norm=_global_norm(grads))
   return nnx.state((model, optimizer)), metrics
 
@@ -181,23 +212,25 @@ def _global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
 
-def _eval_step(state, batch, *, graphdef, loss_fn):
+def _eval_step(state, batch, *, graphdef, loss_fn, extra=()):
   model, _ = nnx.merge(graphdef, state)
   _, metrics = loss_fn(nnx.view(model, deterministic=True, raise_if_not_found=False), batch)
   n = metrics["num_targets"]
-  return {"ce_sum": metrics["ce"] * n, "num_targets": n}
+  return {"ce_sum": metrics["ce"] * n, "num_targets": n, **{k: metrics[k] for k in extra}}
 
 
 def evaluate(eval_fn, state, batches) -> dict[str, float]:
-  """Held-out loss and bits per byte, weighted by the number of targets of each batch.
+  """Held-out loss and bits per byte, weighted by the number of targets of each batch, and the
+  mean over batches of any extra metric of eval_fn (as val_<name>).
 
   Sums stay on the device; the host reads them once, after the last batch.
   """
   outs = [eval_fn(state, batch) for batch in batches]
   totals = jax.device_get(jax.tree.map(lambda *x: sum(x), *outs))
-  count = float(totals["num_targets"])
-  loss = float(totals["ce_sum"]) / max(count, 1.0)
-  return {"val_loss": loss, "val_bpb": loss / math.log(2), "val_targets": count}
+  count = float(totals.pop("num_targets"))
+  loss = float(totals.pop("ce_sum")) / max(count, 1.0)
+  extra = {f"val_{k}": float(v) / len(outs) for k, v in totals.items()}
+  return {"val_loss": loss, "val_bpb": loss / math.log(2), "val_targets": count, **extra}
 
 
 # ---- the loop -------------------------------------------------------------------------------------
@@ -255,10 +288,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
     diff = ckpt_lib.config_diff(
         {k: v for k, v in saved["model"].items() if k not in runtime},
         {k: v for k, v in resolved["model"].items() if k not in runtime})
-    # The optimizer state's structure depends on these two (clipping adds a chain link).
-    diff += ckpt_lib.config_diff(
-        {"opt.name": saved["opt"]["name"], "opt.clipping": bool(saved["opt"]["grad_clip"])},
-        {"opt.name": resolved["opt"]["name"], "opt.clipping": bool(resolved["opt"]["grad_clip"])})
+    # The optimizer state's structure depends on these (clipping and lr_scale add chain links).
+    def structure(opt):
+      return {"opt.name": opt["name"], "opt.clipping": bool(opt["grad_clip"]),
+              "opt.lr_scale": bool(opt.get("lr_scale"))}
+    diff += ckpt_lib.config_diff(structure(saved["opt"]), structure(resolved["opt"]))
     if diff:
       raise ckpt_lib.IncompatibleCheckpoint(
           f"{workdir} holds a checkpoint of a different model:\n  " + "\n  ".join(diff) +
@@ -280,9 +314,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
   replicated = NamedSharding(mesh, P())
   train_fn = jax.jit(
       functools.partial(train_step, graphdef=graphdef, loss_fn=family.loss_fn,
-                        schedule=schedule, z_loss=config.opt.z_loss),
+                        schedule=schedule, z_loss=config.opt.z_loss,
+                        after_step=family.after_step),
       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(_eval_step, graphdef=graphdef, loss_fn=family.loss_fn),
+  eval_fn = jax.jit(functools.partial(_eval_step, graphdef=graphdef, loss_fn=family.loss_fn,
+                                      extra=family.eval_metrics),
                     in_shardings=(state_sh, batch_sh), out_shardings=replicated)
 
   def save(step: int, train_metrics) -> None:
@@ -312,8 +348,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
           _check_finite(host_metrics, step, last_saved, checkpoints.directory)
           bps, eta = progress.rates(step, bytes_per_step)
           writer.write(step, **host_metrics, bytes_per_s=bps)
+          extra = "".join(f"{k} {host_metrics[k]:.3f} " for k in family.eval_metrics)
           progress.update(step, f"loss {host_metrics['loss']:.4f} "
-                                f"bpb {host_metrics['bits_per_byte']:.3f} "
+                                f"bpb {host_metrics['bits_per_byte']:.3f} {extra}"
                                 f"lr {host_metrics['lr']:.2e} {bps:,.0f} bytes/s "
                                 f"ETA {metrics_lib.fmt_duration(eta)}")
         if step % tc.eval_every == 0 or step == tc.steps:
@@ -338,12 +375,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
     host_metrics = writer.last_row_with("loss")
   if not val:
     val = evaluate(eval_fn, state, val_batches)
+  extras = {k: v for k, v in val.items() if k not in ("val_loss", "val_bpb", "val_targets")}
+  if family.report is not None and not interrupted:
+    model, _ = nnx.merge(graphdef, state)
+    log.info("measuring the trained model (%s)", config.model_family)
+    extras.update(family.report(model, val_batches))
+    writer.write(step, **extras)
   summary = Summary(steps=step, seconds=time.perf_counter() - start_time,
                     train_loss=float(host_metrics.get("loss", math.nan)),
                     train_bpb=float(host_metrics.get("bits_per_byte", math.nan)),
                     val_loss=val["val_loss"], val_bpb=val["val_bpb"],
                     checkpoint=str(checkpoints.directory / str(last_saved)),
-                    interrupted=interrupted)
+                    interrupted=interrupted, extras=extras)
   return summary
 
 

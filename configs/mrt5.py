@@ -1,0 +1,70 @@
+"""MrT5: ByT5 with a learned delete gate, trained to drop half of the encoder's byte positions.
+
+  python train.py --config configs/mrt5.py [--workdir DIR] [--config.model.target_deletion=0.3]
+
+Default: the small ByT5 of configs/byt5.py (d_model 256, 4 encoder / 2 decoder layers; 16 x
+256-byte span-corruption inputs of the embedded English corpus, 600 steps) with the delete gate
+after encoder block 1 (ByT5-small: 3 of 12, the same quarter of the encoder) and a target
+deletion of 0.5, on 2 CPU cores in about 10 minutes. At the end it prints the validation loss
+and bits per byte (soft deletion, as trained, and hard deletion, as used), the deletion ratio
+reached, and the measured encoder speed-up of hard deletion over the same model without it.
+Its matched ByT5 baseline is `configs/byt5.py --config.model.attention_softmax=softmax1`
+(MrT5 uses softmax1 in every attention, and so did its ByT5 baseline).
+
+Variants:
+  `:small`  the paper's continued pre-training (Kallini et al. 2025): byt5-small given with
+            --config.init_from=/path/to/byt5-small, AdamW lr 1e-4 linear decay, 5,000 steps of
+            1024 x 1024-byte inputs, dropout 0.1, bf16; for accelerators.
+  `:tiny`   what the tests use.
+"""
+
+import dataclasses
+import importlib.util
+import pathlib
+
+import ml_collections
+
+from bytelm.models import mrt5
+
+
+def _byt5_config_module():
+  """configs/byt5.py, found next to this file (configs/ is not a package)."""
+  path = pathlib.Path(__file__).with_name("byt5.py")
+  spec = importlib.util.spec_from_file_location("_bytelm_config_byt5", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "default"
+  c = _byt5_config_module().get_config(variant)  # same data, optimizer and training budget as the baseline
+  c.model_family = "mrt5"
+  gate_fields = {f.name: f.default for f in dataclasses.fields(mrt5.MrT5Config)
+                 if not hasattr(c.model, f.name)}
+  c.model.update(gate_fields)  # every MrT5Config field, overridable from the command line
+  c.model.attention_softmax = "softmax1"
+  # At the full rate Adam moves the gate so fast that it deletes every byte before the
+  # controller can react (bytelm/training/optimizer.py); 1/20 of 2e-3 is the paper's 1e-4.
+  c.opt.lr_scale.gate = 0.05
+  if variant == "default":
+    c.model.gate_layer = 1  # 1 of 4 encoder blocks see every byte, as 3 of 12 in ByT5-small
+    # From scratch (see MrT5Config): first learn to use the encoder at all, and let the
+    # deletion pressure move only the gate, slowly enough for the controller to follow.
+    c.model.regularizer_delay = 100
+    c.model.regularizer_scope = "gate"
+    # Here cross-entropy itself keeps deleting once the gate has started (the small encoder
+    # matters little to it): with alpha >= 0 the deletion ran on to 0.96 after alpha reached
+    # 0; a controller that may push back (alpha >= -1) holds it at the target.
+    c.model.controller_alpha_min = -1.0
+  elif variant == "small":
+    c.model.update(gate_layer=3, dropout_rate=0.1)
+    c.opt.lr_scale.gate = 1.0  # the paper trains the gate at the same (small) rate
+    c.data.train = "embedded:multilingual"  # the paper: mC4 in 15 languages (hf:... if you have it)
+    c.opt.update(name="adamw", lr=1e-4, schedule="linear", warmup_steps=0, final_lr_fraction=0.0,
+                 b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip=1.0, z_loss=0.0)
+    c.train.update(steps=5000, batch_size=1024, log_every=10, eval_every=50)
+    c.ckpt.every = 500
+  elif variant == "tiny":
+    c.model.gate_layer = 1
+  return c

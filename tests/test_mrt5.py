@@ -1,0 +1,294 @@
+"""MrT5: the delete gate, soft vs hard deletion, compaction, the PI controller, and training,
+loading and generating through the public API."""
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import bytelm
+from bytelm.models import mrt5, t5
+from bytelm.nn import key_mask_bias
+
+K = -30.0
+
+
+def tiny_config(**overrides):
+  fields = dict(t5.PRESETS["tiny"], num_encoder_layers=3, gate_layer=1, bucket_multiple=8,
+                attention_softmax="softmax1")
+  return mrt5.MrT5Config(**{**fields, **overrides})
+
+
+@pytest.fixture(scope="module")
+def model():
+  return mrt5.MrT5(tiny_config(), rngs=nnx.Rngs(0))
+
+
+def text_batch(texts, length=64):
+  tok = bytelm.ByteTokenizer()
+  ids, _ = tok.encode_batch(texts)
+  ids = np.asarray(ids)
+  out = np.zeros((len(texts), length), np.int32)
+  out[:, :ids.shape[1]] = ids[:, :length]
+  return jnp.asarray(out)
+
+
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "Ça va? Dobrý den, ačiū!",
+         "def f(x):\n    return x + 1"]
+
+
+def saturated(model, seed=0, scale=1e5):
+  """A copy of model whose gate is 0 or k everywhere (|z| huge): soft and hard then agree."""
+  m = nnx.clone(model)
+  d = m.config.d_model
+  m.gate.kernel[...] = scale * jax.random.normal(jax.random.key(seed), (d, 1)) / np.sqrt(d)
+  m.gate.bias[...] = jnp.zeros((1,))
+  return m
+
+
+def test_gate_starts_by_keeping(model):
+  inputs = text_batch(TEXTS)
+  e = model.encode(inputs)
+  real = np.asarray(inputs != 0)
+  gate = np.asarray(e.gate_BT)
+  assert float(e.deleted_frac) == 0.0
+  # b = +1 with a small weight: G near k * sigmoid(-1) = -8.07 everywhere, far above k/2.
+  np.testing.assert_allclose(gate[real].mean(), K * jax.nn.sigmoid(-1.0), atol=1.0)
+  assert (gate[~real] == K).all()  # padding is always deleted
+
+
+def test_config_errors_name_the_field():
+  with pytest.raises(ValueError, match="gate_layer"):
+    tiny_config(gate_layer=3)
+  with pytest.raises(ValueError, match="target_deletion"):
+    tiny_config(target_deletion=1.0)
+  with pytest.raises(ValueError, match="deletion must be one of"):
+    mrt5.MrT5(tiny_config(), rngs=nnx.Rngs(0)).encode(text_batch(TEXTS), deletion="hardest")
+
+
+@pytest.mark.parametrize("softmax", ["softmax", "softmax1"])
+def test_saturated_gate_soft_and_hard_deletion_agree(model, softmax):
+  m = saturated(mrt5.MrT5(tiny_config(attention_softmax=softmax), rngs=nnx.Rngs(0)))
+  inputs = text_batch(TEXTS)
+  mask = inputs != 0
+  gate = np.asarray(m.encode(inputs).gate_BT)[np.asarray(mask)]
+  assert np.all((gate > -1e-3) | (gate < K + 1e-3))  # really saturated
+  frac = float(m.encode(inputs).deleted_frac)
+  assert 0.2 < frac < 0.8, frac  # a real mix of kept and deleted bytes
+
+  targets = text_batch(["jumps over", "den", "return"], length=12)
+  dec = t5.shift_right(targets)
+  soft = jax.nn.log_softmax(m(inputs, dec, deletion="soft"))
+  enc, bias = m.encode_for_inference(inputs, mask)  # compacted
+  assert enc.shape[1] < inputs.shape[1]
+  hard = jax.nn.log_softmax(m.decode_memory(dec, enc, bias))
+  np.testing.assert_allclose(np.asarray(soft), np.asarray(hard), atol=1e-3)
+
+
+def test_hard_deletion_compacted_equals_masked_in_place(model):
+  """Compaction changes nothing but the layout: kept positions compute what they compute
+  with the deleted ones masked in place, so they kept their original relative positions."""
+  m = saturated(model, seed=1)
+  inputs = text_batch(TEXTS)
+  mask = inputs != 0
+  x, gate = m.gate_prefix(inputs, mask)
+  keep = (gate > K / 2) & mask
+  enc = m.encoder  # deleted positions masked where they are, original positions throughout
+  in_place = enc.finish(enc.run(x, m._pos_bias(inputs.shape[1]), key_mask_bias(keep),
+                                m.config.gate_layer, gate_bias_BT=gate)[0])
+  keep = np.asarray(keep)
+  length = mrt5.bucket_length(int(keep.sum(1).max()), inputs.shape[1], 8)
+  compact, valid, _ = m.encode_kept(x, gate, mask, length)
+  assert length < inputs.shape[1] and int(np.asarray(valid).sum()) == keep.sum()
+  for b in range(len(TEXTS)):
+    np.testing.assert_allclose(np.asarray(compact)[b][np.asarray(valid)[b]],
+                               np.asarray(in_place)[b][keep[b]], atol=1e-5)
+
+
+def test_compacted_positions_keep_their_relative_position_bias(model):
+  keep = jnp.asarray([[1, 0, 0, 1, 1, 0, 1, 0], [0, 1, 1, 1, 0, 0, 0, 0]], bool)
+  index, valid = mrt5.compaction(keep, 4)
+  np.testing.assert_array_equal(np.asarray(index), [[0, 3, 4, 6], [1, 2, 3, 0]])
+  np.testing.assert_array_equal(np.asarray(valid), [[1, 1, 1, 1], [1, 1, 1, 0]])
+  rel = model.encoder.rel_bias
+  full = np.asarray(rel(jnp.arange(8), jnp.arange(8)))  # H, T, T
+  compact = np.asarray(rel(index, index))  # B, H, L, L
+  for b in range(2):
+    idx = np.asarray(index[b])
+    np.testing.assert_array_equal(compact[b], full[:, idx][:, :, idx])
+  # Not the bias of the compacted slots 0..3: bytes 0 and 3 are 3 apart, not 1.
+  assert not np.array_equal(compact[0], full[:, :4, :4])
+
+
+def test_gate_disabled_is_exactly_byt5(model):
+  fields = {f.name: getattr(model.config, f.name) for f in dataclasses.fields(t5.T5Config)}
+  byt5 = t5.T5(t5.T5Config(**fields), rngs=nnx.Rngs(5))
+  model_copy = nnx.clone(model)
+  nnx.update(model_copy, nnx.state(byt5, nnx.Param))
+  inputs = text_batch(TEXTS)
+  dec = t5.shift_right(text_batch(["a", "b", "c"], length=8))
+  np.testing.assert_array_equal(np.asarray(model_copy(inputs, dec, deletion="none")),
+                                np.asarray(byt5(inputs, dec)))
+  ours = jax.jit(lambda m, x: m.encode_memory(x, x != 0, deletion="none"))(model_copy, inputs)
+  theirs = jax.jit(lambda m, x: m.encode_memory(x, x != 0))(byt5, inputs)  # both compiled
+  for a, b in zip(ours, theirs):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_hard_deletion_compiles_once_per_bucket(model):
+  m = nnx.clone(model)
+  m.gate.kernel[...] = jnp.zeros_like(m.gate.kernel[...])
+  m.gate.bias[...] = jnp.full((1,), 50.0)  # keep every real byte: kept count = length
+
+  def batch(lengths):
+    x = np.zeros((2, 64), np.int32)
+    for row, n in enumerate(lengths):
+      x[row, :n] = 70
+    return jnp.asarray(x)
+
+  def traces(lengths):
+    before = mrt5._NUM_COMPACT_TRACES
+    x = batch(lengths)
+    enc, _ = m.encode_for_inference(x, x != 0)
+    return mrt5._NUM_COMPACT_TRACES - before, enc.shape[1]
+
+  assert traces([40, 30]) == (1, 40)
+  assert traces([35, 33]) == (0, 40)  # same bucket: no new compile
+  assert traces([20, 10]) == (1, 24)
+  assert traces([17, 24]) == (0, 24)
+  assert traces([64, 1]) == (1, 64)
+
+
+def test_pi_controller_drives_a_toy_deleted_fraction_to_its_target():
+  """Toy plant: the gate logit u moves with the deletion pressure alpha against a constant pull
+  back (0.03), and the deleted fraction is sigmoid(u). It settles only where alpha = 0.03: a
+  proportional term alone keeps an error of 0.03 / kp; the integral term removes it."""
+  target = 0.5
+
+  def run(ki, steps=200_000, i_max=1.0):
+    def body(carry, _):
+      p, i, alpha, u = carry
+      d = jax.nn.sigmoid(u)
+      p, i, alpha = mrt5.pi_step(p, i, d, target=target, kp=0.5, ki=ki, i_max=i_max)
+      return (p, i, alpha, u + 0.5 * (alpha - 0.03)), d
+    zero = jnp.zeros(())
+    (_, i, _, _), ds = jax.lax.scan(body, (zero, zero, zero, jnp.asarray(-5.0)), None,
+                                    length=steps)
+    return np.asarray(ds), float(i)
+
+  ds, _ = run(ki=1e-5)
+  assert ds[0] < 0.01 and abs(ds[-1000:].mean() - target) < 0.005
+  assert ds[-1000:].std() < 1e-3  # settled, not oscillating
+  p_only, _ = run(ki=0.0)
+  assert abs(p_only[-1000:].mean() - target) > 0.05  # the integral term removes the error
+  _, i_end = run(ki=1e-2, steps=5_000, i_max=0.01)
+  assert 0.0 <= i_end <= 0.01  # anti-windup: clipped
+
+
+def test_controller_waits_for_the_regularizer_delay():
+  c = mrt5.DeletionController()
+  cfg = tiny_config(regularizer_delay=3)
+  alphas = []
+  for _ in range(5):
+    c.update(0.0, cfg)
+    alphas.append(float(c.alpha[...]))
+  assert alphas[:3] == [0.0, 0.0, 0.0] and alphas[3] > 0 and alphas[4] > alphas[3]
+
+
+# ---- training, loading, generating ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """configs/mrt5.py:tiny for 8 steps, every step logged."""
+  import importlib.util
+  import pathlib
+
+  from bytelm.training import train_and_evaluate
+  root = pathlib.Path(__file__).resolve().parents[1]
+  spec = importlib.util.spec_from_file_location("mrt5_config", root / "configs" / "mrt5.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("tiny")
+  config.train.log_every = 1
+  workdir = tmp_path_factory.mktemp("mrt5")
+  return workdir, train_and_evaluate(config, workdir)
+
+
+def test_controller_updates_once_per_training_step(trained):
+  """The logged alphas follow the PI recurrence over the logged training deleted fractions:
+  one update per optimizer step, none on the evaluation batches (evaluated at step 4)."""
+  workdir, summary = trained
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
+  train = [r for r in rows if "alpha" in r]
+  assert [r["step"] for r in train] == list(range(1, 9))
+  cfg = bytelm.load(workdir).config
+  p = i = alpha = 0.0
+  for r in train:
+    np.testing.assert_allclose(r["alpha"], alpha, atol=1e-7)  # the alpha this step used
+    p, i, alpha = (float(v) for v in mrt5.pi_step(
+        p, i, r["deleted_frac"], target=cfg.target_deletion, kp=cfg.controller_kp,
+        ki=cfg.controller_ki, i_max=cfg.controller_i_max, alpha_min=cfg.controller_alpha_min))
+  assert alpha > 0
+  loaded = bytelm.load(workdir)  # the controller state is in the checkpoint
+  np.testing.assert_allclose(float(loaded.controller.alpha[...]), alpha, rtol=1e-5)
+  assert int(loaded.controller.steps[...]) == 8
+
+
+def test_summary_reports_deletion_and_speedup(trained):
+  _, summary = trained
+  for key in ("val_deleted_frac", "hard_val_loss", "hard_deletion", "encoder_speedup"):
+    assert np.isfinite(summary.extras[key]), key
+  assert "encoder_speedup" in str(summary)
+
+
+def test_load_and_generate_with_hard_deletion(trained):
+  workdir, _ = trained
+  model = bytelm.load(workdir)
+  assert isinstance(model, mrt5.MrT5)
+  m = saturated(model, seed=2)  # make hard deletion really delete
+  inputs = text_batch(TEXTS)
+  ids = np.asarray(bytelm.generate_ids(m, inputs, max_new_bytes=6))
+  # Greedy: each generated id is the argmax of the hard-deletion teacher-forced logits.
+  logits = m(inputs, t5.shift_right(jnp.asarray(ids)), deletion="hard")
+  best = np.asarray(jnp.argmax(logits, -1))
+  alive = np.cumsum(ids == 1, axis=1) - (ids == 1) == 0  # up to and including eos
+  np.testing.assert_array_equal(ids[alive], best[alive])
+  texts = bytelm.generate(model, bytelm.ByteTokenizer(), ["hello"], max_new_bytes=4)
+  assert len(texts) == 1 and isinstance(texts[0], str)
+
+
+def test_load_errors_are_clear(tmp_path):
+  with pytest.raises(FileNotFoundError, match="not a bytelm workdir"):
+    bytelm.load(tmp_path)
+
+
+def test_init_from_byt5_fills_all_but_the_gate(tmp_path):
+  """A Hugging Face ByT5 directory initialises an MrT5: T5 weights copied, gate fresh."""
+  import pathlib
+
+  from bytelm import models
+  from bytelm.training import trainer
+  root = pathlib.Path(__file__).resolve().parents[1]
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("mrt5_config2", root / "configs" / "mrt5.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("tiny")
+  config.init_from = str(root / "tests" / "fixtures" / "t5_untied")
+  family = models.family("mrt5")
+  model, cfg = trainer._init_model(config, family, trainer._model_config(config, family),
+                                   nnx.Rngs(1))
+  source, _ = bytelm.load_hf(config.init_from)
+  assert isinstance(model, mrt5.MrT5) and cfg.d_model == source.config.d_model
+  assert cfg.gate_layer == 1 and cfg.attention_softmax == "softmax1"  # from this run
+  np.testing.assert_array_equal(np.asarray(model.shared.embedding[...]),
+                                np.asarray(source.shared.embedding[...]))
+  np.testing.assert_array_equal(
+      np.asarray(model.encoder.blocks[2].attn.q.kernel[...]),
+      np.asarray(source.encoder.blocks[2].attn.q.kernel[...]))
+  assert float(model.gate.bias[...][0]) == 1.0
