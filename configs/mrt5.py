@@ -38,25 +38,31 @@ def _byt5_config_module():
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "default"
-  c = _byt5_config_module().get_config(variant)  # same data, optimizer and training budget as the baseline
+  # The same data, optimizer and training budget as the baseline.
+  c = _byt5_config_module().get_config(variant)
   c.model_family = "mrt5"
   gate_fields = {f.name: f.default for f in dataclasses.fields(mrt5.MrT5Config)
                  if not hasattr(c.model, f.name)}
   c.model.update(gate_fields)  # every MrT5Config field, overridable from the command line
   c.model.attention_softmax = "softmax1"
   # At the full rate Adam moves the gate so fast that it deletes every byte before the
-  # controller can react (bytelm/training/optimizer.py); 1/20 of 2e-3 is the paper's 1e-4.
-  c.opt.lr_scale.gate = 0.05
+  # controller can react (bytelm/training/optimizer.py); a quarter of the rate is slow enough.
+  c.opt.lr_scale.gate = 0.25
   if variant == "default":
     c.model.gate_layer = 1  # 1 of 4 encoder blocks see every byte, as 3 of 12 in ByT5-small
     # From scratch (see MrT5Config): first learn to use the encoder at all, and let the
     # deletion pressure move only the gate, slowly enough for the controller to follow.
+    c.model.gate_init_bias = 4.0  # start by keeping ~all bytes, unattenuated (G near -0.5)
     c.model.regularizer_delay = 100
     c.model.regularizer_scope = "gate"
     # Here cross-entropy itself keeps deleting once the gate has started (the small encoder
     # matters little to it): with alpha >= 0 the deletion ran on to 0.96 after alpha reached
-    # 0; a controller that may push back (alpha >= -1) holds it at the target.
+    # 0. A controller that may push back (alpha >= -1) brings it back, but it still swings
+    # around the target from one logged step to the next (BENCHMARKS.md).
     c.model.controller_alpha_min = -1.0
+    # The paper's attention-score regulariser for training from scratch: without it the
+    # scores grow to offset the gate bias and G loses its meaning as "keep" / "delete".
+    c.model.score_reg_weight = 0.5
   elif variant == "small":
     c.model.update(gate_layer=3, dropout_rate=0.1)
     c.opt.lr_scale.gate = 1.0  # the paper trains the gate at the same (small) rate
