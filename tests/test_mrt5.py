@@ -2,7 +2,9 @@
 loading and generating through the public API."""
 
 import dataclasses
+import importlib.util
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -11,8 +13,12 @@ import pytest
 from flax import nnx
 
 import bytelm
+from bytelm import models
 from bytelm.models import mrt5, t5
 from bytelm.nn import key_mask_bias
+from bytelm.training import train_and_evaluate, trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 K = -30.0
 
@@ -205,18 +211,18 @@ def test_controller_waits_for_the_regularizer_delay():
 # ---- training, loading, generating ----------------------------------------------------------
 
 
+def tiny_run_config():
+  """configs/mrt5.py:tiny."""
+  spec = importlib.util.spec_from_file_location("mrt5_config", ROOT / "configs" / "mrt5.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("tiny")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """configs/mrt5.py:tiny for 8 steps, every step logged."""
-  import importlib.util
-  import pathlib
-
-  from bytelm.training import train_and_evaluate
-  root = pathlib.Path(__file__).resolve().parents[1]
-  spec = importlib.util.spec_from_file_location("mrt5_config", root / "configs" / "mrt5.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("tiny")
+  config = tiny_run_config()
   config.train.log_every = 1
   workdir = tmp_path_factory.mktemp("mrt5")
   return workdir, train_and_evaluate(config, workdir)
@@ -272,17 +278,8 @@ def test_load_errors_are_clear(tmp_path):
 
 def test_init_from_byt5_fills_all_but_the_gate(tmp_path):
   """A Hugging Face ByT5 directory initialises an MrT5: T5 weights copied, gate fresh."""
-  import pathlib
-
-  from bytelm import models
-  from bytelm.training import trainer
-  root = pathlib.Path(__file__).resolve().parents[1]
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("mrt5_config2", root / "configs" / "mrt5.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("tiny")
-  config.init_from = str(root / "tests" / "fixtures" / "t5_untied")
+  config = tiny_run_config()
+  config.init_from = str(ROOT / "tests" / "fixtures" / "t5_untied")
   family = models.family("mrt5")
   model, cfg = trainer._init_model(config, family, trainer._model_config(config, family),
                                    nnx.Rngs(1))
