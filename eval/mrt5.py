@@ -94,6 +94,8 @@ def main():
     config = _mrt5_config(delta, args.steps, args.data)
     print(f"== {name}: {config.train.steps} steps, {config.data.train}", flush=True)
     summary = train_and_evaluate(config, root / name)
+    if summary.interrupted:  # Ctrl-C / SIGTERM: the run saved its checkpoint; stop here
+      sys.exit(f"interrupted during {name}; rerun to resume")
     results[name] = {"val_loss": summary.extras.get("hard_val_loss", summary.val_loss),
                      "soft_val_loss": summary.val_loss, "train_seconds": summary.seconds}
     input_length = config.data.input_length

@@ -107,7 +107,7 @@ def test_hard_deletion_compacted_equals_masked_in_place(model):
   x, gate = m.gate_prefix(inputs, mask)
   keep = (gate > K / 2) & mask
   enc = m.encoder  # deleted positions masked where they are, original positions throughout
-  in_place = enc.finish(enc.run(x, m._pos_bias(inputs.shape[1]), key_mask_bias(keep),
+  in_place = enc.finish(enc.run(x, jnp.arange(inputs.shape[1]), key_mask_bias(keep),
                                 m.config.gate_layer, gate_bias_BT=gate)[0])
   keep = np.asarray(keep)
   length = mrt5.bucket_length(int(keep.sum(1).max()), inputs.shape[1], 8)

@@ -51,7 +51,7 @@ from flax import nnx
 from bytelm import timing
 from bytelm.models import t5
 from bytelm.nn import key_mask_bias
-from bytelm.nn.compiled import jit_call
+from bytelm.nn.compiled import Compiled, jit_call
 
 DELETIONS = ("soft", "hard", "none")
 
@@ -220,13 +220,9 @@ class MrT5(t5.T5):
     """Embedding and the blocks before the gate -> (x_BTD, gate_BT)."""
     enc = self.encoder
     x_BTD = enc.dropout(self.shared(inputs_BT))
-    x_BTD, _ = enc.run(x_BTD, self._pos_bias(inputs_BT.shape[1]), key_mask_bias(input_mask_BT),
+    x_BTD, _ = enc.run(x_BTD, jnp.arange(inputs_BT.shape[1]), key_mask_bias(input_mask_BT),
                        0, self.config.gate_layer)
     return x_BTD, self.gate(x_BTD, input_mask_BT)
-
-  def _pos_bias(self, length: int) -> jax.Array:
-    pos_T = jnp.arange(length)
-    return self.encoder.rel_bias(pos_T, pos_T)
 
   def _excess_above(self):
     return self.config.score_reg_threshold if self.config.score_reg_weight else None
@@ -234,7 +230,7 @@ class MrT5(t5.T5):
   def encode_soft(self, x_BTD, gate_BT, input_mask_BT):
     """The blocks after the gate with G as a key bias -> (enc_BTD, excess_B)."""
     x_BTD, excess_B = self.encoder.run(
-        x_BTD, self._pos_bias(x_BTD.shape[1]), key_mask_bias(input_mask_BT),
+        x_BTD, jnp.arange(x_BTD.shape[1]), key_mask_bias(input_mask_BT),
         self.config.gate_layer, None, gate_bias_BT=gate_BT, excess_above=self._excess_above())
     return self.encoder.finish(x_BTD), excess_B
 
@@ -255,8 +251,8 @@ class MrT5(t5.T5):
     index_BL, valid_BL = compaction(keep_BT, length or x_BTD.shape[1])
     x_BLD = jnp.take_along_axis(x_BTD, index_BL[..., None], axis=1)
     gate_BL = jnp.where(valid_BL, jnp.take_along_axis(gate_BT, index_BL, axis=1), 0.0)
-    pos_bias_BHLL = self.encoder.rel_bias(index_BL, index_BL)  # original positions
-    x_BLD, _ = self.encoder.run(x_BLD, pos_bias_BHLL, key_mask_bias(valid_BL),
+    # index_BL: the original positions, so the relative position bias is the original one.
+    x_BLD, _ = self.encoder.run(x_BLD, index_BL, key_mask_bias(valid_BL),
                                 self.config.gate_layer, gate_bias_BT=gate_BL)
     return self.encoder.finish(x_BLD), valid_BL, gate_BL
 
@@ -317,10 +313,11 @@ class MrT5(t5.T5):
     """Hard deletion at full speed: the gate runs first (compiled), the host reads the largest
     kept count of the batch and picks its bucket, then the rest of the encoder runs on the
     compacted positions (compiled once per bucket) -> (enc_BLD, cross_bias_BL)."""
-    x_BTD, gate_BT = jit_call(self, "gate_prefix", inputs_BT, input_mask_BT)
+    compiled = Compiled(self)
+    x_BTD, gate_BT = compiled("gate_prefix", inputs_BT, input_mask_BT)
     num_kept = int(jnp.max(jnp.sum((gate_BT > self.config.threshold) & input_mask_BT, axis=1)))
     length = bucket_length(num_kept, inputs_BT.shape[1], self.config.bucket_multiple)
-    enc_BLD, mask_BL, gate_BL = jit_call(self, "encode_kept", x_BTD, gate_BT, input_mask_BT,
+    enc_BLD, mask_BL, gate_BL = compiled("encode_kept", x_BTD, gate_BT, input_mask_BT,
                                          length=length)
     return enc_BLD, key_mask_bias(mask_BL) + gate_BL
 

@@ -212,26 +212,27 @@ class Encoder(nnx.Module):
   def __call__(self, x_BTD: jax.Array, mask_BT: jax.Array,
                key_bias_BT: jax.Array | None = None) -> jax.Array:
     """The encoded x_BTD. key_bias_BT is added to every attention score towards that key."""
-    pos_T = jnp.arange(x_BTD.shape[1])
-    pos_bias_HTT = self.rel_bias(pos_T, pos_T)  # computed once, shared by every layer
     x_BTD = self.dropout(x_BTD)
-    x_BTD, _ = self.run(x_BTD, pos_bias_HTT, _add_gate(key_mask_bias(mask_BT), key_bias_BT))
+    x_BTD, _ = self.run(x_BTD, jnp.arange(x_BTD.shape[1]),
+                        _add_gate(key_mask_bias(mask_BT), key_bias_BT))
     return self.finish(x_BTD)
 
-  def run(self, x_BTD, pos_bias, key_bias_BT, start: int = 0, stop: int | None = None,
+  def run(self, x_BTD, pos, key_bias_BT, start: int = 0, stop: int | None = None,
           gate_bias_BT=None, excess_above=None):
     """Blocks start..stop-1 over x_BTD -> (x_BTD, excess_B summed over those blocks).
 
-    pos_bias is (H, T, T), shared by the batch, or (B, H, T, T) per example (MrT5's compacted
-    sequences keep their original positions). The pieces of __call__, exposed so that MrT5 can
-    put its delete gate between two runs.
+    pos holds the positions of x_BTD's rows: (T,) shared by the batch, or (B, T) per example
+    (MrT5's compacted sequences keep their original positions). The relative position bias is
+    looked up once per run (per example in the per-example loop) and shared by every block.
+    The pieces of __call__, exposed so that MrT5 can put its delete gate between two runs.
     """
     blocks = list(self.blocks)[start:stop]
-    per_example_pos = pos_bias.ndim == 4
+    per_example = pos.ndim == 2
+    shared_bias_HTT = None if per_example else self.rel_bias(pos, pos)
     loop = loop_is_faster(x_BTD.shape[1], _dropout_active(self.dropout))
 
-    def layers(x_BTD, key_bias_BT, gate_bias_BT, example_pos_bias):
-      bias = example_pos_bias if per_example_pos else pos_bias
+    def layers(x_BTD, key_bias_BT, gate_bias_BT, pos_BT):
+      bias = self.rel_bias(pos_BT, pos_BT) if per_example else shared_bias_HTT
       excess_B = jnp.zeros(x_BTD.shape[:1], jnp.float32)
       for block in blocks:  # the loop already rematerialises each example
         x_BTD, e_B = _maybe_remat(block, self.remat and not loop)(
@@ -240,7 +241,7 @@ class Encoder(nnx.Module):
       return x_BTD, excess_B
 
     return map_over_batch(layers, x_BTD, key_bias_BT, gate_bias_BT,
-                          pos_bias if per_example_pos else None, loop=loop)
+                          pos if per_example else None, loop=loop)
 
   def finish(self, x_BTD: jax.Array) -> jax.Array:
     """The stack's final norm (and dropout)."""
