@@ -3,9 +3,7 @@
 AdamW for from-scratch and continued training; Adafactor as in T5/ByT5 pretraining (t5x: decay
 rate 0.8, no momentum). Schedules: linear warm-up then cosine, linear or constant decay; or T5's
 inverse square root, lr / sqrt(max(step, warmup)). `opt.lr_scale` multiplies the updates of
-named sub-modules (MrT5's gate learns 20x slower than the rest: an Adam step moves every weight
-by about lr whatever the gradient's size, and at the full rate the gate's small regulariser
-gradient deletes every byte within twenty steps, from which the gate cannot recover).
+named sub-modules (configs/mrt5.py: the delete gate learns 20x slower than the rest).
 """
 
 from __future__ import annotations
