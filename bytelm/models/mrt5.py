@@ -71,7 +71,6 @@ class MrT5Config(t5.T5Config):
 
   gate_layer: int = 3  # the gate reads the input of this encoder block (ByT5-small: 3 of 12)
   gate_scale: float = -30.0  # k: G lies in [k, 0]; hard deletion drops G <= k/2
-  gate_init_gain: float = 1.0  # the gate weight's Xavier-uniform init is scaled by this
   # b at init. The reference's +1 puts G near k sigmoid(-1) = -8.1, and with the full Xavier
   # weight, w . RMSNorm(h) (standard deviation about 1.4) beats it for ~24% of the positions:
   # an untrained gate then deletes a quarter of the bytes at random. +4 keeps ~99.8%, at
@@ -164,8 +163,7 @@ class DeleteGate(nnx.Module):
     self.scale = cfg.gate_scale
     self.norm = t5._norm(cfg)
     init = nnx.initializers.xavier_uniform()
-    self.kernel = nnx.Param(cfg.gate_init_gain * init(rngs.params(), (cfg.d_model, 1),
-                                                      cfg.storage_dtype))
+    self.kernel = nnx.Param(init(rngs.params(), (cfg.d_model, 1), cfg.storage_dtype))
     self.bias = nnx.Param(jnp.full((1,), cfg.gate_init_bias, cfg.storage_dtype))  # > 0: keep
 
   def __call__(self, x_BTD: jax.Array, mask_BT: jax.Array) -> jax.Array:
