@@ -1,15 +1,16 @@
 """Decoding for encoder-decoders: greedy, sampling (temperature, top-k, top-p) and beam search.
 
 Every method encodes the input once (`encode_for_inference`: for MrT5, with hard deletion),
-builds the KV cache once (`T5.init_cache`), then runs `T5.decode_step` inside one `jax.lax.while_loop`: no per-step Python,
-no host sync, the cache updated in place. The loop stops as soon as every sequence is finished,
-or after `max_new_bytes` steps. A finished sequence emits pad (0) from then on, so the result is a
-dense int32 [B, N] array: the generated ids, the eos, then zeros.
+builds the KV cache once (`T5.init_cache`), then runs `T5.decode_step` inside one
+`jax.lax.while_loop`: no per-step Python, no host sync, the cache updated in place. The loop
+stops as soon as every sequence is finished, or after `max_new_bytes` steps. A finished sequence
+emits pad (0) from then on, so the result is a dense int32 [B, N] array: the generated ids, the
+eos, then zeros.
 
-Compilation. `generate_ids` splits the model (`nnx.split`) on each call and hands the state to a
+Compilation. `generate_ids` splits the model once per call (`Compiled`) and hands the state to a
 `jax.jit` function that merges it inside (see notes/jax_conventions.md, A.4). One compile per
-(graphdef, batch, encoder-output length, max_new_bytes, method, top_k, num_beams, length_penalty, and
-whether top-p is on); temperature and top_p are traced, so sweeping them does not recompile.
+(graphdef, batch, encoder-output length, max_new_bytes, method, top_k, num_beams, length_penalty,
+and whether top-p is on); temperature and top_p are traced, so sweeping them does not recompile.
 `generate` pads inputs up to a multiple of `pad_to_multiple` ids (64 by default) for the same
 reason.
 
@@ -38,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from bytelm.nn.compiled import Compiled
 
 METHODS = ("greedy", "sample", "beam")
 
@@ -307,9 +310,10 @@ def generate_ids(model, inputs_BT, input_mask_BT=None, *, max_new_bytes: int,
 
   # The encoder runs first, in its own compiled call: MrT5's hard deletion chooses the length of
   # its output from the data, so the decoding loop compiles per encoder-output length.
-  enc_BTD, cross_bias_BT = model.encode_for_inference(inputs_BT.astype(jnp.int32),
-                                                      input_mask_BT.astype(bool))
-  graphdef, state = nnx.split(nnx.view(model, deterministic=True, raise_if_not_found=False))
+  compiled = Compiled(model)  # one split of the model for both compiled calls
+  enc_BTD, cross_bias_BT = model.encode_for_inference(
+      inputs_BT.astype(jnp.int32), input_mask_BT.astype(bool), compiled=compiled)
+  graphdef, state = compiled.graphdef, compiled.state
   return _generate_jit(
       state, enc_BTD, cross_bias_BT, key,
       jnp.float32(temperature if sampling else 1.0), jnp.float32(top_p if use_top_p else 1.0),

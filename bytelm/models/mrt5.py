@@ -307,11 +307,11 @@ class MrT5(t5.T5):
     e = self.encode(inputs_BT, input_mask_BT, deletion=deletion, length=length)
     return e.enc_BTD, key_mask_bias(e.mask_BT) + e.key_gate_BT
 
-  def encode_for_inference(self, inputs_BT, input_mask_BT):
+  def encode_for_inference(self, inputs_BT, input_mask_BT, compiled: Compiled | None = None):
     """Hard deletion at full speed: the gate runs first (compiled), the host reads the largest
     kept count of the batch and picks its bucket, then the rest of the encoder runs on the
     compacted positions (compiled once per bucket) -> (enc_BLD, cross_bias_BL)."""
-    compiled = Compiled(self)
+    compiled = compiled or Compiled(self)
     x_BTD, gate_BT = compiled("gate_prefix", inputs_BT, input_mask_BT)
     num_kept = int(jnp.max(jnp.sum((gate_BT > self.config.threshold) & input_mask_BT, axis=1)))
     length = bucket_length(num_kept, inputs_BT.shape[1], self.config.bucket_multiple)
@@ -347,9 +347,7 @@ def loss_fn(model: MrT5, batch, z_loss: float = 0.0, deletion: str = "soft"):
   logits_BSV, e = model.forward(batch["inputs"], t5.shift_right(targets_BS, cfg.decoder_start_id),
                                 batch.get("input_mask"), deletion=deletion)
   loss, metrics = t5.cross_entropy(logits_BSV, targets_BS, cfg.pad_id, z_loss)
-  real_BT = (batch["inputs"] != cfg.pad_id) if batch.get("input_mask") is None else batch[
-      "input_mask"]
-  real_BT = real_BT.astype(jnp.float32)
+  real_BT = batch.get("input_mask", batch["inputs"] != cfg.pad_id).astype(jnp.float32)
   gate_mean = jnp.sum(e.gate_BT * real_BT) / jnp.maximum(jnp.sum(real_BT), 1.0)
   alpha = jax.lax.stop_gradient(model.controller.alpha[...])
   excess = jnp.mean(e.score_excess_B)
