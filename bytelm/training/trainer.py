@@ -378,7 +378,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
     model, _ = nnx.merge(graphdef, state)
     log.info("measuring the trained model (%s)", config.model_family)
     extras.update(family.report(model, val_batches))
-    writer.write(step, **extras)
+    if metrics is not None:  # a rerun of a finished run logged its report already
+      writer.write(step, **extras)
   summary = Summary(steps=step, seconds=time.perf_counter() - start_time,
                     train_loss=float(host_metrics.get("loss", math.nan)),
                     train_bpb=float(host_metrics.get("bits_per_byte", math.nan)),
