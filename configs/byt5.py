@@ -59,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.opt.grad_clip = 1.0  # global norm; 0 turns clipping off
   c.opt.z_loss = 0.0  # t5x uses 1e-4
   c.opt.lr_scale = ml_collections.ConfigDict()  # {module name: multiplier of its updates}
+  c.opt.sgd = ml_collections.ConfigDict()  # {module name: peak lr}: trained by plain SGD
 
   c.train = ml_collections.ConfigDict()
   c.train.steps = 600

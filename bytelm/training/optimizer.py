@@ -2,8 +2,9 @@
 
 AdamW for from-scratch and continued training; Adafactor as in T5/ByT5 pretraining (t5x: decay
 rate 0.8, no momentum). Schedules: linear warm-up then cosine, linear or constant decay; or T5's
-inverse square root, lr / sqrt(max(step, warmup)). `opt.lr_scale` multiplies the updates of
-named sub-modules (configs/mrt5.py: the delete gate learns 20x slower than the rest).
+inverse square root, lr / sqrt(max(step, warmup)). Per module: `opt.lr_scale` multiplies the
+updates of named sub-modules, and `opt.sgd` trains named sub-modules by plain SGD instead
+(configs/mrt5.py: the delete gate, steered by a controller).
 """
 
 from __future__ import annotations
@@ -56,17 +57,49 @@ def make_optimizer(opt, total_steps: int) -> tuple[optax.GradientTransformation,
     tx = optax.chain(tx, scale_by_module(dict(opt.lr_scale)))
   if opt.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(opt.grad_clip), tx)
+  if opt.get("sgd"):
+    tx = _with_sgd_modules(tx, dict(opt.sgd), schedule, float(opt.lr))
   return tx, schedule
+
+
+def _with_sgd_modules(tx, lrs: dict[str, float], schedule, peak_lr: float):
+  """tx for every parameter except those inside the modules named in lrs, which get plain SGD
+  (no momentum, no clipping) at lrs[name] times the schedule's shape.
+
+  Why: Adam's update has the same size whatever the gradient's scale, so a loss term that only
+  steers a module (MrT5's deletion regulariser, weighted by a controller) moves it at a fixed
+  rate in whichever direction wins: a relay, which a controller with any delay cannot hold
+  still. Under SGD the update is proportional to the weight. Outside the clipping, the
+  module's gradient does not shrink everyone else's.
+  """
+  patterns = [(_module_pattern(name), name) for name in lrs]
+
+  def label(params):
+    def one(path, _):
+      name = path_str(path)
+      return next((n for pattern, n in patterns if pattern.search(name)), "rest")
+    return jax.tree_util.tree_map_with_path(one, params)
+
+  transforms = {"rest": tx}
+  for name, lr in lrs.items():
+    shape = lambda step, lr=float(lr): schedule(step) * (lr / peak_lr)
+    transforms[name] = optax.sgd(shape)
+  return optax.multi_transform(transforms, label)
+
+
+def _module_pattern(name: str) -> re.Pattern:
+  """Matches a parameter path with a component named `name` ("gate" matches gate/kernel and
+  gate/norm/scale, not gates/...)."""
+  return re.compile(rf"(^|/){re.escape(name)}(/|$)")
 
 
 def scale_by_module(scales: dict[str, float]) -> optax.GradientTransformation:
   """Multiply the update of every parameter inside a module named k by scales[k].
 
-  A name matches one component of the parameter's path ("gate" matches gate/kernel and
-  gate/norm/scale, not gates/...); the first matching name wins.
+  A name matches one component of the parameter's path (`_module_pattern`); the first
+  matching name wins.
   """
-  patterns = [(re.compile(rf"(^|/){re.escape(name)}(/|$)"), float(scale))
-              for name, scale in scales.items()]
+  patterns = [(_module_pattern(name), float(scale)) for name, scale in scales.items()]
 
   def scale(path, update):
     name = path_str(path)

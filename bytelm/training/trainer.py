@@ -171,6 +171,12 @@ def load(workdir) -> nnx.Module:
                             "into it with `python train.py --config ... --workdir DIR`)")
   saved = json.loads(config_path.read_text(encoding="utf-8"))
   family = models.family(saved.get("model_family", "t5"))
+  known = {f.name for f in dataclasses.fields(family.config_cls)}
+  unknown = sorted(set(saved["model"]) - known)
+  if unknown:
+    raise ValueError(f"{config_path} names model fields this version of bytelm does not have: "
+                     f"{', '.join(unknown)}. The run was made by another version; load it with "
+                     "that version (nothing was changed).")
   model = family.model_cls(family.config_cls(**saved["model"]), rngs=nnx.Rngs(0))
   opt = ml_collections.ConfigDict(saved["opt"])
   optimizer = nnx.Optimizer(model, optim.make_optimizer(opt, saved["train"]["steps"])[0],
@@ -286,10 +292,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
     diff = ckpt_lib.config_diff(
         {k: v for k, v in saved["model"].items() if k not in runtime},
         {k: v for k, v in resolved["model"].items() if k not in runtime})
-    # The optimizer state's structure depends on these (clipping and lr_scale add chain links).
+    # The optimizer state's structure depends on these (clipping and lr_scale add chain links,
+    # sgd a partition).
     def structure(opt):
       return {"opt.name": opt["name"], "opt.clipping": bool(opt["grad_clip"]),
-              "opt.lr_scale": bool(opt.get("lr_scale"))}
+              "opt.lr_scale": bool(opt.get("lr_scale")),
+              "opt.sgd": sorted(opt.get("sgd") or {})}
     diff += ckpt_lib.config_diff(structure(saved["opt"]), structure(resolved["opt"]))
     if diff:
       raise ckpt_lib.IncompatibleCheckpoint(
