@@ -58,6 +58,7 @@ def _mrt5_config(delta: float | None, steps: int | None, data: str):
   c.model_family = "t5"
   c.model = ml_collections.ConfigDict({k: v for k, v in c.model.items() if k in t5_fields})
   c.opt.lr_scale = ml_collections.ConfigDict()
+  c.opt.sgd = ml_collections.ConfigDict()
   return c
 
 

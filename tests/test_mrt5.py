@@ -70,6 +70,35 @@ def test_gate_starts_by_keeping():
   assert 0.1 < float(reference.deleted_frac) < 0.4
 
 
+def gate_logits(gate_BT):
+  """z from G = k sigmoid(-z) (-inf on padding)."""
+  with np.errstate(divide="ignore"):
+    return np.log(np.asarray(K / gate_BT, np.float64) - 1.0)
+
+
+def test_centered_gate_scores_bytes_against_their_own_sequence():
+  """gate_centering: z - b averages to 0 over each sequence's real positions, so b alone sets
+  how many positions fall below the threshold, and padding does not move the real positions."""
+  m = mrt5.MrT5(tiny_config(gate_centering=True), rngs=nnx.Rngs(0))
+  inputs = text_batch(TEXTS)
+  mask = inputs != 0
+  x, gate = m.gate_prefix(inputs, mask)
+  z = gate_logits(gate)
+  b = float(m.gate.bias[...][0])
+  real = np.asarray(mask)
+  for row in range(len(TEXTS)):
+    assert abs(np.mean(z[row][real[row]]) - b) < 1e-3
+  # More padding: the same gate values on the real positions.
+  longer = jnp.pad(inputs, ((0, 0), (0, 32)))
+  _, gate_long = m.gate_prefix(longer, longer != 0)
+  np.testing.assert_allclose(np.where(mask, gate_long[:, :64], 0), np.where(mask, gate, 0),
+                             atol=1e-4)
+  # Without centering the mean is not pinned to b (the check above can fail).
+  _, plain = mrt5.MrT5(tiny_config(), rngs=nnx.Rngs(0)).gate_prefix(inputs, mask)
+  zp = gate_logits(plain)
+  assert max(abs(np.mean(zp[r][real[r]]) - 1.0) for r in range(len(TEXTS))) > 0.05
+
+
 def test_config_errors_name_the_field():
   with pytest.raises(ValueError, match="gate_layer"):
     tiny_config(gate_layer=3)
@@ -171,6 +200,34 @@ def test_hard_deletion_compiles_once_per_bucket(model):
   assert traces([17, 24]) == (0, 24)
   assert traces([64, 1]) == (1, 64)
 
+  # Each example to its own bucket: one compile per bucket (of one example), reused across
+  # batches; the outputs padded to the largest.
+  def traces_per_example(lengths):
+    before = mrt5._NUM_COMPACT_TRACES
+    x = batch(lengths)
+    enc, bias = m.encode_for_inference(x, x != 0, per_example=True)
+    assert (np.asarray(bias[:, max(lengths):]) < -1e8).all()  # padding beyond each row
+    return mrt5._NUM_COMPACT_TRACES - before, enc.shape[1]
+
+  assert traces_per_example([40, 10]) == (2, 40)
+  assert traces_per_example([12, 36]) == (0, 40)
+  assert traces_per_example([12, 14]) == (0, 16)
+
+
+def test_per_example_compaction_gives_the_batched_result(model):
+  """Compacting each example to its own bucket changes only the layout, not the decoder's
+  log-probabilities."""
+  m = saturated(model, seed=2)
+  inputs = text_batch(TEXTS)
+  mask = inputs != 0
+  dec = t5.shift_right(text_batch(["over", "den", "x"], length=8))
+  enc, bias = m.encode_for_inference(inputs, mask, per_example=False)
+  enc_rows, bias_rows = m.encode_for_inference(inputs, mask, per_example=True)
+  kept = np.asarray(bias_rows > -1e8).sum(1)
+  assert len(set(kept)) > 1  # the rows really keep different numbers of bytes
+  np.testing.assert_allclose(np.asarray(m.decode_memory(dec, enc_rows, bias_rows)),
+                             np.asarray(m.decode_memory(dec, enc, bias)), atol=1e-4)
+
 
 def test_pi_controller_drives_a_toy_deleted_fraction_to_its_target():
   """Toy plant: the gate logit u moves with the deletion pressure alpha against a constant pull
@@ -271,8 +328,14 @@ def test_load_and_generate_with_hard_deletion(trained):
   assert len(texts) == 1 and isinstance(texts[0], str)
 
 
-def test_load_errors_are_clear(tmp_path):
+def test_load_errors_are_clear(trained, tmp_path):
   with pytest.raises(FileNotFoundError, match="not a bytelm workdir"):
+    bytelm.load(tmp_path)
+  # A run made by another version, with a model field this one does not have.
+  saved = json.loads((trained[0] / "config.json").read_text())
+  saved["model"]["gate_from_the_future"] = 1
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  with pytest.raises(ValueError, match="gate_from_the_future.*another version"):
     bytelm.load(tmp_path)
 
 
@@ -291,4 +354,4 @@ def test_init_from_byt5_fills_all_but_the_gate(tmp_path):
   np.testing.assert_array_equal(
       np.asarray(model.encoder.blocks[2].attn.q.kernel[...]),
       np.asarray(source.encoder.blocks[2].attn.q.kernel[...]))
-  assert float(model.gate.bias[...][0]) == 1.0
+  assert float(model.gate.bias[...][0]) == config.model.gate_init_bias  # fresh

@@ -33,7 +33,12 @@ Deviations from the reference code, each for a stated reason:
   alpha >= 0 cannot hold the target (configs/mrt5.py, trained from scratch, needs it);
 - `regularizer_delay` and `regularizer_scope` (defaults: no delay, the reference's gradient
   path) are for training from scratch, see MrT5Config;
-- `gate_init_bias` (default +1, the reference) can start the gate at keeping every byte.
+- `gate_init_bias` (default +1, the reference) can start the gate at keeping every byte;
+- `gate_centering` (default off, the reference) scores each byte's normalised hidden state
+  minus its sequence's mean: then b alone moves every byte at once, and the deleted fraction
+  is a smooth function of b. From scratch, where cross-entropy hardly shapes the gate, the
+  reference gate's w shifts all bytes together and the deleted fraction jumps between 0 and 1
+  (configs/mrt5.py).
 
 Axis legend as in t5.py; L is a compacted (bucketed) encoder length.
 """
@@ -50,7 +55,7 @@ from flax import nnx
 
 from bytelm import timing
 from bytelm.models import t5
-from bytelm.nn import key_mask_bias
+from bytelm.nn import batching, key_mask_bias
 from bytelm.nn.compiled import Compiled, jit_call
 
 DELETIONS = ("soft", "hard", "none")
@@ -93,6 +98,11 @@ class MrT5Config(t5.T5Config):
   score_reg_weight: float = 0.0  # beta; 0.5 for training from scratch (paper, appendix D)
   score_reg_threshold: float = 5.0  # penalise attention scores above this
   bucket_multiple: int = 64  # hard deletion compacts to a multiple of this many positions
+  # Subtract from RMSNorm(h) its mean over the sequence's real positions before the
+  # projection, so that w scores how a byte differs from the rest of its sequence and only b
+  # moves every position at once. Hard deletion computes the gate on the whole input first,
+  # so it sees the same mean.
+  gate_centering: bool = False
 
   def __post_init__(self):
     super().__post_init__()
@@ -165,9 +175,15 @@ class DeleteGate(nnx.Module):
     init = nnx.initializers.xavier_uniform()
     self.kernel = nnx.Param(init(rngs.params(), (cfg.d_model, 1), cfg.storage_dtype))
     self.bias = nnx.Param(jnp.full((1,), cfg.gate_init_bias, cfg.storage_dtype))  # > 0: keep
+    self.centering = cfg.gate_centering
 
   def __call__(self, x_BTD: jax.Array, mask_BT: jax.Array) -> jax.Array:
     h_BTD = self.norm(x_BTD).astype(jnp.float32)
+    if self.centering:  # minus the mean over the sequence's real positions
+      w_BT1 = mask_BT[..., None].astype(jnp.float32)
+      mean_B1D = jnp.sum(h_BTD * w_BT1, 1, keepdims=True) / jnp.maximum(
+          jnp.sum(w_BT1, 1, keepdims=True), 1.0)
+      h_BTD = h_BTD - mean_B1D
     z_BT = (h_BTD @ self.kernel[...].astype(jnp.float32))[..., 0] + self.bias[...].astype(
         jnp.float32)
     return jnp.where(mask_BT, self.scale * jax.nn.sigmoid(-z_BT), self.scale)
@@ -307,17 +323,40 @@ class MrT5(t5.T5):
     e = self.encode(inputs_BT, input_mask_BT, deletion=deletion, length=length)
     return e.enc_BTD, key_mask_bias(e.mask_BT) + e.key_gate_BT
 
-  def encode_for_inference(self, inputs_BT, input_mask_BT, compiled: Compiled | None = None):
-    """Hard deletion at full speed: the gate runs first (compiled), the host reads the largest
-    kept count of the batch and picks its bucket, then the rest of the encoder runs on the
-    compacted positions (compiled once per bucket) -> (enc_BLD, cross_bias_BL)."""
+  def encode_for_inference(self, inputs_BT, input_mask_BT, compiled: Compiled | None = None,
+                           per_example: bool | None = None):
+    """Hard deletion at full speed -> (enc_BLD, cross_bias_BL).
+
+    The gate runs first (compiled); the host reads how many positions each example keeps and
+    picks buckets; the rest of the encoder runs on the compacted positions, compiled once per
+    bucket. With per_example, each example is compacted to its own bucket and run alone (the
+    outputs are padded to the largest); otherwise the batch shares the bucket of the example
+    that keeps the most. Default (None): per example where the encoder already runs one
+    example at a time (one CPU device, inputs of at least batching.MIN_LENGTH), so that one
+    example that keeps many bytes does not set the cost of all.
+    """
     compiled = compiled or Compiled(self)
     x_BTD, gate_BT = compiled("gate_prefix", inputs_BT, input_mask_BT)
-    num_kept = int(jnp.max(jnp.sum((gate_BT > self.config.threshold) & input_mask_BT, axis=1)))
-    length = bucket_length(num_kept, inputs_BT.shape[1], self.config.bucket_multiple)
-    enc_BLD, mask_BL, gate_BL = compiled("encode_kept", x_BTD, gate_BT, input_mask_BT,
-                                         length=length)
-    return enc_BLD, key_mask_bias(mask_BL) + gate_BL
+    batch, length = inputs_BT.shape
+    kept_B = jax.device_get(jnp.sum((gate_BT > self.config.threshold) & input_mask_BT, axis=1))
+    buckets = [bucket_length(int(n), length, self.config.bucket_multiple) for n in kept_B]
+    if per_example is None:
+      per_example = batching.loop_is_faster(length, dropout_active=False)
+    if not per_example or batch == 1:
+      enc_BLD, mask_BL, gate_BL = compiled("encode_kept", x_BTD, gate_BT, input_mask_BT,
+                                           length=max(buckets))
+      return enc_BLD, key_mask_bias(mask_BL) + gate_BL
+    rows = [compiled("encode_kept", x_BTD[b:b + 1], gate_BT[b:b + 1], input_mask_BT[b:b + 1],
+                     length=buckets[b]) for b in range(batch)]
+
+    def stack(arrays, fill):  # pad every row to the largest bucket
+      top = max(buckets)
+      return jnp.concatenate([
+          jnp.pad(a, [(0, 0), (0, top - a.shape[1])] + [(0, 0)] * (a.ndim - 2),
+                  constant_values=fill) for a in arrays])
+
+    mask_BL = stack([r[1] for r in rows], False)
+    return stack([r[0] for r in rows], 0.0), key_mask_bias(mask_BL) + stack([r[2] for r in rows], 0.0)
 
   def eval_sums(self, batch, deletion: str = "hard"):
     """Sums over a batch: cross-entropy (and the number of targets), deleted and real input
