@@ -37,7 +37,7 @@ import bytelm  # noqa: E402
 from bytelm import timing  # noqa: E402
 from bytelm.data import pipeline, sources  # noqa: E402
 from bytelm.models import mrt5, t5  # noqa: E402
-from bytelm.nn.compiled import jit_call  # noqa: E402
+from bytelm.nn.compiled import Compiled, jit_call  # noqa: E402
 from bytelm.training import train_and_evaluate  # noqa: E402
 
 
@@ -83,6 +83,8 @@ def main():
   p.add_argument("--time-bytes", type=int, default=1024)
   p.add_argument("--time-batch", type=int, default=8)
   p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--bucket-multiple", type=int, default=None,
+                 help="hard deletion's bucket size at inference (default: each run's own)")
   p.add_argument("--plot", default=str(ROOT / "eval" / "results" / "mrt5_loss_vs_runtime.png"))
   args = p.parse_args()
   deltas = [float(d) for d in args.deltas.split(",")]
@@ -102,7 +104,12 @@ def main():
     input_length = config.data.input_length
     batch_size = config.train.batch_size
 
-  models = {name: bytelm.load(root / name) for name in runs}
+  def load(name, delta):
+    if delta is None or args.bucket_multiple is None:
+      return bytelm.load(root / name)
+    return bytelm.load(root / name, bucket_multiple=args.bucket_multiple)
+
+  models = {name: load(name, delta) for name, delta in runs.items()}
 
   # -- deletion per language, on held-out bytes of the trained length --
   langs = _languages(args.data)
@@ -126,17 +133,23 @@ def main():
   mask_BT = inputs_BT != 0
   dec_BS = t5.shift_right(jnp.asarray(batch["targets"]))
 
-  def encoder(model):
-    return lambda: jax.block_until_ready(model.encode_for_inference(inputs_BT, mask_BT))
+  # Each model split once (as bytelm.generate does), so no timed call pays for a split.
+  compiled = {name: Compiled(m) for name, m in models.items()}
 
-  def whole(model):
+  def encoder(name):
+    model, c = models[name], compiled[name]
+    return lambda: jax.block_until_ready(model.encode_for_inference(inputs_BT, mask_BT, c))
+
+  def whole(name):
+    model, c = models[name], compiled[name]
+
     def run():
-      enc, bias = model.encode_for_inference(inputs_BT, mask_BT)
-      return jax.block_until_ready(jit_call(model, "decode_memory", dec_BS, enc, bias))
+      enc, bias = model.encode_for_inference(inputs_BT, mask_BT, c)
+      return jax.block_until_ready(c("decode_memory", dec_BS, enc, bias))
     return run
 
-  enc_times = timing.compare({n: encoder(m) for n, m in models.items()}, args.repeats)
-  model_times = timing.compare({n: whole(m) for n, m in models.items()}, args.repeats)
+  enc_times = timing.compare({n: encoder(n) for n in models}, args.repeats)
+  model_times = timing.compare({n: whole(n) for n in models}, args.repeats)
   for name, delta in runs.items():
     r = results[name]
     r["encoder_ms"] = 1e3 * enc_times[name] / args.time_batch

@@ -337,6 +337,14 @@ def test_load_errors_are_clear(trained, tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(saved))
   with pytest.raises(ValueError, match="gate_from_the_future.*another version"):
     bytelm.load(tmp_path)
+  with pytest.raises(ValueError, match="gate_layer cannot be overridden"):
+    bytelm.load(trained[0], gate_layer=0)
+
+
+def test_load_overrides_runtime_fields(trained):
+  model = bytelm.load(trained[0], bucket_multiple=16)
+  assert model.config.bucket_multiple == 16
+  assert bytelm.load(trained[0]).config.bucket_multiple == tiny_run_config().model.bucket_multiple
 
 
 def test_init_from_byt5_fills_all_but_the_gate(tmp_path):

@@ -158,11 +158,13 @@ def _with_config(model, src_cfg, family, rngs, model_cfg):
   return fresh
 
 
-def load(workdir) -> nnx.Module:
+def load(workdir, **runtime) -> nnx.Module:
   """The model of the newest readable checkpoint in a bytelm workdir, ready for inference.
 
   `bytelm.load(workdir)`: the family (T5, MrT5, ...) and its config come from the run's
-  config.json; the optimizer state is not kept. The workdir is only read.
+  config.json; the optimizer state is not kept. The workdir is only read. Keyword arguments
+  override the config's runtime fields (those a checkpoint does not depend on, e.g. `dtype`,
+  or MrT5's `bucket_multiple`).
   """
   workdir = pathlib.Path(workdir).expanduser()
   config_path = workdir / "config.json"
@@ -177,7 +179,12 @@ def load(workdir) -> nnx.Module:
     raise ValueError(f"{config_path} names model fields this version of bytelm does not have: "
                      f"{', '.join(unknown)}. The run was made by another version; load it with "
                      "that version (nothing was changed).")
-  model = family.model_cls(family.config_cls(**saved["model"]), rngs=nnx.Rngs(0))
+  fixed = sorted(set(runtime) - set(family.config_cls.RUNTIME_FIELDS))
+  if fixed:
+    raise ValueError(f"load({workdir}): {', '.join(fixed)} cannot be overridden at load (the "
+                     f"checkpoint depends on them); runtime fields: "
+                     f"{', '.join(family.config_cls.RUNTIME_FIELDS)}")
+  model = family.model_cls(family.config_cls(**{**saved["model"], **runtime}), rngs=nnx.Rngs(0))
   opt = ml_collections.ConfigDict(saved["opt"])
   optimizer = nnx.Optimizer(model, optim.make_optimizer(opt, saved["train"]["steps"])[0],
                             wrt=nnx.Param)
