@@ -77,6 +77,25 @@ def test_bucket_function_equals_hf():
     np.testing.assert_array_equal(np.asarray(got), want, err_msg=f"{key}: {PARITY}")
 
 
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_position_bias_is_the_bucket_embedding_at_any_distance(bidirectional):
+  """RelativePositionBias reads a table of the distances up to max_distance; at gapped,
+  per-example positions (MrT5's compaction) far beyond it, it must equal embedding[bucket]."""
+  from bytelm.nn.attention import RelativePositionBias
+  rb = RelativePositionBias(3, bidirectional=bidirectional, num_buckets=32, max_distance=128,
+                            rngs=nnx.Rngs(0))
+  pos_BT = jnp.sort(jax.random.choice(jax.random.key(0), 2000, (2, 300), replace=False), axis=1)
+  rel_BTS = np.asarray(pos_BT)[:, None, :] - np.asarray(pos_BT)[:, :, None]
+  assert rel_BTS.min() < -1000 and rel_BTS.max() > 1000
+  buckets = relative_position_bucket(rel_BTS, bidirectional=bidirectional, num_buckets=32,
+                                     max_distance=128)
+  want_BHTS = np.moveaxis(np.asarray(rb.embedding[...])[np.asarray(buckets)], -1, 1)
+  np.testing.assert_array_equal(np.asarray(rb(pos_BT, pos_BT)), want_BHTS)
+  q = jnp.array([5])  # a decoding step: one query against every key
+  np.testing.assert_array_equal(np.asarray(rb(q, jnp.arange(700))),
+                                np.asarray(rb(jnp.arange(700), jnp.arange(700)))[:, 5:6])
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_encoder_and_logits_match_hf(loaded, name):
   model, config, x = loaded[name]
