@@ -82,7 +82,7 @@ def main():
   p.add_argument("--root", default=str(ROOT / "workdirs" / "eval_mrt5"))
   p.add_argument("--time-bytes", type=int, default=1024)
   p.add_argument("--time-batch", type=int, default=8)
-  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--repeats", type=int, default=15)
   p.add_argument("--bucket-multiple", type=int, default=None,
                  help="hard deletion's bucket size at inference (default: each run's own)")
   p.add_argument("--plot", default=str(ROOT / "eval" / "results" / "mrt5_loss_vs_runtime.png"))
