@@ -346,17 +346,17 @@ class MrT5(t5.T5):
       enc_BLD, mask_BL, gate_BL = compiled("encode_kept", x_BTD, gate_BT, input_mask_BT,
                                            length=max(buckets))
       return enc_BLD, key_mask_bias(mask_BL) + gate_BL
-    rows = [compiled("encode_kept", x_BTD[b:b + 1], gate_BT[b:b + 1], input_mask_BT[b:b + 1],
-                     length=buckets[b]) for b in range(batch)]
+    encs, masks, gates = zip(*[
+        compiled("encode_kept", x_BTD[b:b + 1], gate_BT[b:b + 1], input_mask_BT[b:b + 1],
+                 length=buckets[b]) for b in range(batch)])
 
-    def stack(arrays, fill):  # pad every row to the largest bucket
+    def stack(rows, fill):  # every row padded to the largest bucket
       top = max(buckets)
       return jnp.concatenate([
-          jnp.pad(a, [(0, 0), (0, top - a.shape[1])] + [(0, 0)] * (a.ndim - 2),
-                  constant_values=fill) for a in arrays])
+          jnp.pad(r, [(0, 0), (0, top - r.shape[1])] + [(0, 0)] * (r.ndim - 2),
+                  constant_values=fill) for r in rows])
 
-    mask_BL = stack([r[1] for r in rows], False)
-    return stack([r[0] for r in rows], 0.0), key_mask_bias(mask_BL) + stack([r[2] for r in rows], 0.0)
+    return stack(encs, 0.0), key_mask_bias(stack(masks, False)) + stack(gates, 0.0)
 
   def eval_sums(self, batch, deletion: str = "hard"):
     """Sums over a batch: cross-entropy (and the number of targets), deleted and real input

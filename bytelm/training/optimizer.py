@@ -69,8 +69,8 @@ def _with_sgd_modules(tx, lrs: dict[str, float], schedule, peak_lr: float):
   Why: Adam's update has the same size whatever the gradient's scale, so a loss term that only
   steers a module (MrT5's deletion regulariser, weighted by a controller) moves it at a fixed
   rate in whichever direction wins: a relay, which a controller with any delay cannot hold
-  still. Under SGD the update is proportional to the weight. Outside the clipping, the
-  module's gradient does not shrink everyone else's.
+  still. Under SGD the update is proportional to the term's weight. Outside the clipping,
+  the module's gradient does not shrink everyone else's.
   """
   patterns = [(_module_pattern(name), name) for name in lrs]
 
