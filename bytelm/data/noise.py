@@ -1,0 +1,142 @@
+"""Text noise for correction tasks: diacritics stripped, typos typed (host side, deterministic).
+
+Stripping (`strip_diacritics`) maps each Latin letter with a diacritic to its base letter.
+Unicode decomposition (NFD) alone misses letters whose mark is part of the glyph: ł, đ, ø,
+ħ have no decomposition. So a letter is stripped by its Unicode name: "LATIN SMALL LETTER L
+WITH STROKE" -> "LATIN SMALL LETTER L" = l. Letters whose name has no "WITH" stay what they
+are (ß, œ, æ, ð, þ, ı: separate letters, not decorated ones), as do other scripts (й is a
+letter of its own in Russian). Combining marks after a Latin letter (text in NFD) go too.
+
+Typos (`add_typos`): each typeable character (its lower case is a key of the keyboard layout)
+is, with probability `rate`, deleted, replaced by a neighbouring key, doubled with a
+neighbouring key before or after it, or swapped with the next character. Everything is
+deterministic given the seed.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import unicodedata
+from typing import NamedTuple
+
+LAYOUTS = {  # rows of letter and digit keys, top to bottom, each row offset right of the one above
+    "qwerty": ("1234567890", "qwertyuiop", "asdfghjkl", "zxcvbnm"),
+    "qwertz": ("1234567890", "qwertzuiop", "asdfghjkl", "yxcvbnm"),
+    "azerty": ("1234567890", "azertyuiop", "qsdfghjklm", "wxcvbn"),
+}
+TYPO_KINDS = ("delete", "substitute", "insert_before", "insert_after", "transpose")
+
+
+@functools.cache
+def _strip_char(ch: str) -> str:
+  """The base letter of one Latin letter with diacritics ("" for a combining mark), else ch."""
+  if unicodedata.combining(ch):
+    return ""
+  name = unicodedata.name(ch, "")
+  if not name.startswith("LATIN ") or " WITH " not in name:
+    return ch
+  try:
+    return unicodedata.lookup(name.split(" WITH ")[0])
+  except KeyError:  # no undecorated letter of that name: keep it
+    return ch
+
+
+def strip_diacritics(text: str) -> str:
+  """text with every diacritic of the Latin script removed, in NFC (see the module docstring).
+
+  >>> strip_diacritics("Laba diena, aš esu iš Lietuvos. Łódź, Đà Nẵng, Øre, Straße")
+  'Laba diena, as esu is Lietuvos. Lodz, Da Nang, Ore, Straße'
+  """
+  out, after_latin = [], False
+  for ch in unicodedata.normalize("NFC", text):
+    if unicodedata.combining(ch):
+      if not after_latin:  # a mark on another script's letter (or alone) stays
+        out.append(ch)
+      continue
+    out.append(_strip_char(ch))
+    after_latin = unicodedata.name(ch, "").startswith("LATIN ")
+  return "".join(out)
+
+
+@functools.cache
+def neighbours(layout: str) -> dict[str, str]:
+  """{key: the keys around it} on a staggered keyboard (same row left and right; the row above
+  at the same and the next column; the row below at the previous and the same column)."""
+  if layout not in LAYOUTS:
+    raise ValueError(f"unknown keyboard layout {layout!r}; choose one of {sorted(LAYOUTS)}")
+  rows = LAYOUTS[layout]
+  near = {}
+  for r, row in enumerate(rows):
+    for c, key in enumerate(row):
+      around = [(r, c - 1), (r, c + 1), (r - 1, c), (r - 1, c + 1), (r + 1, c - 1), (r + 1, c)]
+      near[key] = "".join(rows[i][j] for i, j in around
+                          if 0 <= i < len(rows) and 0 <= j < len(rows[i]))
+  return near
+
+
+class Typo(NamedTuple):
+  position: int  # index into the original text
+  kind: str  # one of TYPO_KINDS
+  char: str  # the neighbouring key typed (substitute / insert_*), else ""
+
+
+def plan_typos(text: str, rate: float = 0.02, layout: str = "qwerty",
+               seed: int = 0) -> list[Typo]:
+  """The typos `add_typos` makes, in order of position: each typeable character gets one with
+  probability `rate` (a transposition also moves the next character, which then gets none)."""
+  if not 0 <= rate <= 1:
+    raise ValueError(f"typo rate must be in [0, 1], got {rate}")
+  near = neighbours(layout)
+  rng = random.Random(f"{seed}:{layout}")
+  typos, i = [], 0
+  while i < len(text):
+    ch = text[i]
+    if ch.lower() in near and rng.random() < rate:
+      kind = rng.choice(TYPO_KINDS)
+      if kind == "transpose" and (i + 1 >= len(text) or text[i + 1] == ch):
+        kind = "delete"  # nothing (different) to swap with
+      typed = ""
+      if kind in ("substitute", "insert_before", "insert_after"):
+        typed = rng.choice(near[ch.lower()])
+        typed = typed.upper() if ch.isupper() else typed
+      typos.append(Typo(i, kind, typed))
+      i += 2 if kind == "transpose" else 1
+    else:
+      i += 1
+  return typos
+
+
+def add_typos(text: str, rate: float = 0.02, layout: str = "qwerty", seed: int = 0) -> str:
+  """text with keyboard typos at about `rate` of its typeable characters (see plan_typos)."""
+  out, last = [], 0
+  for typo in plan_typos(text, rate, layout, seed):
+    out.append(text[last:typo.position])
+    ch = text[typo.position]
+    last = typo.position + 1
+    if typo.kind == "substitute":
+      out.append(typo.char)
+    elif typo.kind == "insert_before":
+      out.append(typo.char + ch)
+    elif typo.kind == "insert_after":
+      out.append(ch + typo.char)
+    elif typo.kind == "transpose":
+      out.append(text[typo.position + 1] + ch)
+      last += 1
+  out.append(text[last:])
+  return "".join(out)
+
+
+TASKS = ("diacritics", "typos", "both")
+
+
+def corrupt(text: str, task: str, *, rate: float = 0.02, layout: str = "qwerty",
+            seed: int = 0) -> str:
+  """The model's input for a correction task whose target is `text`."""
+  if task not in TASKS:
+    raise ValueError(f"unknown correction task {task!r}; choose one of {TASKS}")
+  if task in ("diacritics", "both"):
+    text = strip_diacritics(text)
+  if task in ("typos", "both"):
+    text = add_typos(text, rate, layout, seed)
+  return text
