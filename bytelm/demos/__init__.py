@@ -1,0 +1,1 @@
+"""Demos: diacritics restoration and typo correction with a byte-level corrector."""
