@@ -23,7 +23,7 @@ Everything is deterministic given a `np.random.Generator`; no global random stat
 
 import numpy as np
 
-from bytelm.tokenizer import EOS_ID, MAX_SENTINELS, NUM_BYTE_IDS
+from bytelm.tokenizer import EOS_ID, MAX_SENTINELS, NUM_BYTE_IDS, OFFSET
 
 NOISE_DENSITY = 0.15  # T5/ByT5: fraction of raw ids that are masked
 MEAN_NOISE_SPAN_LENGTH = 20.0  # ByT5 (T5 uses 3 for subwords): mean masked span, in bytes
@@ -163,3 +163,29 @@ def causal_lm(ids) -> tuple[np.ndarray, np.ndarray]:
                      f"{ids.shape}")
   ids = ids.astype(np.int32)
   return ids[..., :-1], ids[..., 1:]
+
+
+def correction(text: str, rng: np.random.Generator, *, task: str, input_length: int,
+               target_length: int, typo_rate: float = 0.02,
+               layout: str = "qwerty") -> tuple[np.ndarray, np.ndarray]:
+  """A text-correction pair: inputs = the text corrupted for `task` (bytelm.data.noise),
+  targets = the text, both as ids ending in eos. Words are dropped from the end of the text
+  until both fit (input_length and target_length ids, eos included); the noise seed is drawn
+  from rng, so the pair is deterministic given it."""
+  from bytelm.data import noise  # noqa: PLC0415  (only this objective needs it)
+
+  seed = int(rng.integers(2**31))
+  words = text.split(" ")
+  while True:
+    target = " ".join(words)
+    source = noise.corrupt(target, task, rate=typo_rate, layout=layout, seed=seed)
+    x, y = source.encode("utf-8"), target.encode("utf-8")
+    if (len(x) < input_length and len(y) < target_length) or len(words) <= 1:
+      break
+    words = words[:-1]
+  # One word longer than a row is cut (at worst mid-character: the model reads bytes).
+  return _ids_with_eos(x[:input_length - 1]), _ids_with_eos(y[:target_length - 1])
+
+
+def _ids_with_eos(data: bytes) -> np.ndarray:
+  return np.append(np.frombuffer(data, np.uint8).astype(np.int32) + OFFSET, EOS_ID)

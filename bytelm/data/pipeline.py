@@ -32,11 +32,11 @@ from typing import Literal
 import datasets
 import numpy as np
 
-from bytelm.data import objectives, sources
+from bytelm.data import noise, objectives, sources
 from bytelm.tokenizer import EOS_ID, OFFSET, PAD_ID
 
-Objective = Literal["span_corruption", "causal_lm"]
-OBJECTIVES = ("span_corruption", "causal_lm")
+Objective = Literal["span_corruption", "causal_lm", "correction"]
+OBJECTIVES = ("span_corruption", "causal_lm", "correction")
 _EOS_BYTE = 0xFF  # stands for eos in the uint8 stream; never occurs in valid UTF-8
 _SHUFFLE_SALT = 0x5EED0D0C  # keeps the document-order rng apart from the example rngs
 _EVAL_SALT = 0x5EEDE7A1  # fixed seed of evaluation noise masks, whatever `seed` is
@@ -92,7 +92,8 @@ class BatchSource:
                noise_density: float = objectives.NOISE_DENSITY,
                mean_noise_span_length: float = objectives.MEAN_NOISE_SPAN_LENGTH,
                process_index: int = 0, process_count: int = 1,
-               shuffle_seed: int | None = 0):
+               shuffle_seed: int | None = 0, correction_task: str = "diacritics",
+               typo_rate: float = 0.02, keyboard: str = "qwerty"):
     """Args:
       texts: documents (a Dataset with a "text" column, or a sequence of str).
       objective: "span_corruption" (encoder-decoder, ByT5) or "causal_lm" (decoder-only).
@@ -105,6 +106,9 @@ class BatchSource:
       process_index, process_count: this process's slice of each global batch.
       shuffle_seed: the one-time document order (see module docstring); None keeps the
         given order.
+      correction_task, typo_rate, keyboard: the "correction" objective's noise
+        (objectives.correction): inputs are whole words of a window of S - 1 bytes, corrupted;
+        targets are the words themselves. S defaults to T.
     """
     if objective not in OBJECTIVES:
       raise ValueError(f"unknown objective {objective!r}; use one of {OBJECTIVES}")
@@ -126,6 +130,7 @@ class BatchSource:
     self.noise_density = float(noise_density)
     self.mean_noise_span_length = float(mean_noise_span_length)
     self.input_length = int(input_length)
+    self.correction = dict(task=correction_task, typo_rate=float(typo_rate), layout=keyboard)
 
     # ---- shapes
     if objective == "span_corruption":
@@ -134,6 +139,13 @@ class BatchSource:
       self.raw_length, self.stride = raw, raw  # ids per window; eval step between windows
       what = (f"span corruption of {raw} raw bytes (noise_density {noise_density}, "
               f"mean_noise_span_length {mean_noise_span_length})")
+    elif objective == "correction":
+      derived = self.input_length if target_length is None else int(target_length)
+      if derived < 2:
+        raise ValueError(f"target_length must be at least 2 for correction, got {derived}")
+      self.raw_length = self.stride = derived - 1  # text bytes of a window; eos is added
+      what = "correction"
+      noise.corrupt("", correction_task, rate=typo_rate, layout=keyboard)  # check them now
     else:
       derived = self.input_length
       self.raw_length, self.stride = self.input_length + 1, self.input_length
@@ -203,11 +215,29 @@ class BatchSource:
   # ---- helpers
 
   def _example(self, start: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    if self.objective == "correction":
+      return objectives.correction(self._window_text(start), rng,
+                                   input_length=self.input_length,
+                                   target_length=self.target_length, **self.correction)
     ids = stream_to_ids(self._stream[start: start + self.raw_length])
     if self.objective == "causal_lm":
       return objectives.causal_lm(ids)
     return objectives.span_corruption(ids, rng, self.noise_density,
                                       self.mean_noise_span_length)
+
+  def _window_text(self, start: int) -> str:
+    """The whole words of one document in the window at start: its longest document piece,
+    without a word cut by the window's edges."""
+    end = start + self.raw_length
+    pieces = self._stream[start:end].tobytes().split(bytes([_EOS_BYTE]))
+    k = max(range(len(pieces)), key=lambda j: len(pieces[j]))
+    words = pieces[k].decode("utf-8", errors="ignore").split(" ")
+    boundary = (_EOS_BYTE, ord(" "), ord("\n"))
+    if k == len(pieces) - 1 and end < self.stream_length and self._stream[end] not in boundary:
+      words = words[:-1]  # runs on past the window
+    if k == 0 and start > 0 and self._stream[start - 1] not in boundary:
+      words = words[1:]  # began before the window
+    return " ".join(words)
 
   def _stack(self, rows, num_rows: int) -> dict[str, np.ndarray]:
     inputs = np.full((num_rows, self.input_length), PAD_ID, dtype=np.int32)
@@ -215,8 +245,10 @@ class BatchSource:
     for r, (x, y) in enumerate(rows):
       # Exact by construction, except inputs one short in degenerate noise settings
       # (see span_corruption_lengths): those are padded with 0.
-      assert len(x) <= self.input_length and len(y) == self.target_length, (x.shape, y.shape)
-      inputs[r, : len(x)], targets[r] = x, y
+      # Correction rows are shorter than the row: padded with 0 too.
+      assert len(x) <= self.input_length and len(y) <= self.target_length, (x.shape, y.shape)
+      assert self.objective == "correction" or len(y) == self.target_length
+      inputs[r, : len(x)], targets[r, : len(y)] = x, y
     return {"inputs": inputs, "targets": targets}
 
   def __repr__(self) -> str:

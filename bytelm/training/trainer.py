@@ -272,6 +272,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
                  target_length=dc.target_length, noise_density=dc.noise_density,
                  mean_noise_span_length=dc.mean_noise_span_length,
                  process_index=jax.process_index(), process_count=jax.process_count())
+  if dc.objective == "correction":  # its noise settings (configs that use it define them)
+    data_kw.update(correction_task=dc.get("correction_task", "diacritics"),
+                   typo_rate=dc.get("typo_rate", 0.02), keyboard=dc.get("keyboard", "qwerty"))
   train_data = pipeline.make_source(dc.train, "train", seed=config.seed, **data_kw)
   val_data = pipeline.make_source(dc.validation or dc.train, "validation", seed=config.seed,
                                   **data_kw)
