@@ -1,9 +1,14 @@
 """The "correction" objective: whole words of a document, corrupted in the inputs."""
 
+import importlib.util
+import json
+import pathlib
+
 import numpy as np
 import pytest
 
 from bytelm.data import noise, pipeline
+from bytelm.training import train_and_evaluate
 from bytelm.tokenizer import ByteTokenizer
 
 DOCS = ["Laba diena, aš esu iš Lietuvos ir čia gyvenu jau daug metų.",
@@ -50,3 +55,24 @@ def test_bad_noise_settings_are_clear_errors():
     source(correction_task="spelling")
   with pytest.raises(ValueError, match="layout"):
     source(correction_task="typos", keyboard="dvorak")
+
+
+def test_the_trainer_trains_on_it(tmp_path):
+  """configs/byt5.py:tiny with data.objective = "correction" and its noise keys."""
+  root = pathlib.Path(__file__).resolve().parents[1]
+  spec = importlib.util.spec_from_file_location("byt5_config", root / "configs" / "byt5.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("tiny")
+  (tmp_path / "docs.txt").write_text("\n".join(DOCS), encoding="utf-8")
+  config.data.train = f"file:{tmp_path / 'docs.txt'}"
+  config.data.objective = "correction"
+  config.data.correction_task = "typos"
+  config.data.keyboard = "dvorak"  # reaches the source: a clear error
+  with pytest.raises(ValueError, match="layout"):
+    train_and_evaluate(config, tmp_path / "bad")
+  config.data.keyboard = "azerty"
+  config.train.steps = 2
+  summary = train_and_evaluate(config, tmp_path / "run")
+  assert np.isfinite(summary.val_loss)
+  assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["keyboard"] == "azerty"

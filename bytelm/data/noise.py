@@ -130,11 +130,19 @@ def add_typos(text: str, rate: float = 0.02, layout: str = "qwerty", seed: int =
 TASKS = ("diacritics", "typos", "both")
 
 
+def check_settings(task: str, rate: float = 0.02, layout: str = "qwerty") -> None:
+  """ValueError naming the bad one if a correction task's noise settings are invalid."""
+  if task not in TASKS:
+    raise ValueError(f"unknown correction task {task!r}; choose one of {TASKS}")
+  if not 0 <= rate <= 1:
+    raise ValueError(f"typo rate must be in [0, 1], got {rate}")
+  neighbours(layout)  # raises for an unknown layout
+
+
 def corrupt(text: str, task: str, *, rate: float = 0.02, layout: str = "qwerty",
             seed: int = 0) -> str:
   """The model's input for a correction task whose target is `text`."""
-  if task not in TASKS:
-    raise ValueError(f"unknown correction task {task!r}; choose one of {TASKS}")
+  check_settings(task, rate, layout)
   if task in ("diacritics", "both"):
     text = strip_diacritics(text)
   if task in ("typos", "both"):

@@ -23,6 +23,7 @@ Everything is deterministic given a `np.random.Generator`; no global random stat
 
 import numpy as np
 
+from bytelm.data import noise
 from bytelm.tokenizer import EOS_ID, MAX_SENTINELS, NUM_BYTE_IDS, OFFSET
 
 NOISE_DENSITY = 0.15  # T5/ByT5: fraction of raw ids that are masked
@@ -172,8 +173,6 @@ def correction(text: str, rng: np.random.Generator, *, task: str, input_length: 
   targets = the text, both as ids ending in eos. Words are dropped from the end of the text
   until both fit (input_length and target_length ids, eos included); the noise seed is drawn
   from rng, so the pair is deterministic given it."""
-  from bytelm.data import noise  # noqa: PLC0415  (only this objective needs it)
-
   seed = int(rng.integers(2**31))
   words = text.split(" ")
   while True:

@@ -145,7 +145,7 @@ class BatchSource:
         raise ValueError(f"target_length must be at least 2 for correction, got {derived}")
       self.raw_length = self.stride = derived - 1  # text bytes of a window; eos is added
       what = "correction"
-      noise.corrupt("", correction_task, rate=typo_rate, layout=keyboard)  # check them now
+      noise.check_settings(correction_task, typo_rate, keyboard)
     else:
       derived = self.input_length
       self.raw_length, self.stride = self.input_length + 1, self.input_length

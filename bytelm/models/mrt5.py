@@ -180,10 +180,7 @@ class DeleteGate(nnx.Module):
   def __call__(self, x_BTD: jax.Array, mask_BT: jax.Array) -> jax.Array:
     h_BTD = self.norm(x_BTD).astype(jnp.float32)
     if self.centering:  # minus the mean over the sequence's real positions
-      w_BT1 = mask_BT[..., None].astype(jnp.float32)
-      mean_B1D = jnp.sum(h_BTD * w_BT1, 1, keepdims=True) / jnp.maximum(
-          jnp.sum(w_BT1, 1, keepdims=True), 1.0)
-      h_BTD = h_BTD - mean_B1D
+      h_BTD = h_BTD - masked_mean(h_BTD, mask_BT[..., None], axis=1, keepdims=True)
     z_BT = (h_BTD @ self.kernel[...].astype(jnp.float32))[..., 0] + self.bias[...].astype(
         jnp.float32)
     return jnp.where(mask_BT, self.scale * jax.nn.sigmoid(-z_BT), self.scale)
@@ -370,9 +367,14 @@ class MrT5(t5.T5):
 
 def deleted_fraction(gate_BT, mask_BT, threshold: float) -> jax.Array:
   """Fraction of the real positions whose gate value is at or below the threshold."""
-  mask_BT = mask_BT.astype(jnp.float32)
-  deleted = jnp.sum(jnp.where(gate_BT <= threshold, mask_BT, 0.0))
-  return deleted / jnp.maximum(jnp.sum(mask_BT), 1.0)
+  return masked_mean((gate_BT <= threshold).astype(jnp.float32), mask_BT)
+
+
+def masked_mean(x, mask, axis=None, keepdims: bool = False) -> jax.Array:
+  """Mean of x over the positions where mask is true (0 where there are none)."""
+  mask = mask.astype(jnp.float32)
+  return jnp.sum(x * mask, axis, keepdims=keepdims) / jnp.maximum(
+      jnp.sum(mask, axis, keepdims=keepdims), 1.0)
 
 
 def loss_fn(model: MrT5, batch, z_loss: float = 0.0, deletion: str = "soft"):
@@ -386,8 +388,7 @@ def loss_fn(model: MrT5, batch, z_loss: float = 0.0, deletion: str = "soft"):
   logits_BSV, e = model.forward(batch["inputs"], t5.shift_right(targets_BS, cfg.decoder_start_id),
                                 batch.get("input_mask"), deletion=deletion)
   loss, metrics = t5.cross_entropy(logits_BSV, targets_BS, cfg.pad_id, z_loss)
-  real_BT = batch.get("input_mask", batch["inputs"] != cfg.pad_id).astype(jnp.float32)
-  gate_mean = jnp.sum(e.gate_BT * real_BT) / jnp.maximum(jnp.sum(real_BT), 1.0)
+  gate_mean = masked_mean(e.gate_BT, batch.get("input_mask", batch["inputs"] != cfg.pad_id))
   alpha = jax.lax.stop_gradient(model.controller.alpha[...])
   excess = jnp.mean(e.score_excess_B)
   loss = loss + alpha * gate_mean + cfg.score_reg_weight * excess

@@ -272,9 +272,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
                  target_length=dc.target_length, noise_density=dc.noise_density,
                  mean_noise_span_length=dc.mean_noise_span_length,
                  process_index=jax.process_index(), process_count=jax.process_count())
-  if dc.objective == "correction":  # its noise settings (configs that use it define them)
-    data_kw.update(correction_task=dc.get("correction_task", "diacritics"),
-                   typo_rate=dc.get("typo_rate", 0.02), keyboard=dc.get("keyboard", "qwerty"))
+  if dc.objective == "correction":  # its noise settings, where the config has them
+    data_kw.update({k: dc[k] for k in ("correction_task", "typo_rate", "keyboard") if k in dc})
   train_data = pipeline.make_source(dc.train, "train", seed=config.seed, **data_kw)
   val_data = pipeline.make_source(dc.validation or dc.train, "validation", seed=config.seed,
                                   **data_kw)
