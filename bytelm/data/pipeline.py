@@ -17,7 +17,9 @@ Shapes, per process: inputs [B, T] and targets [B, S], int32, B = batch_size / p
 Span corruption: T = input_length, S = target_length, both exact (no padding) because every
 window holds raw_length = span_corruption_lengths(T)[0] ids (only degenerate noise settings
 leave the inputs one id short, padded with 0; see span_corruption_lengths). Causal LM:
-windows of T + 1 ids, inputs = window[:-1], targets = window[1:], S = T.
+windows of T + 1 ids, inputs = window[:-1], targets = window[1:], S = T. Correction and
+diacritics tagging: whole words of a window of S - 1 text bytes (`_window_text`), their noised
+form as inputs; rows are padded with 0. Tagging's targets are labels (bytelm.data.tags), S = T.
 
 Evaluation: `eval_batches()` cuts the stream into consecutive, non-overlapping windows in
 stream order (causal LM windows share one boundary id, so each id is predicted once), with
@@ -32,11 +34,11 @@ from typing import Literal
 import datasets
 import numpy as np
 
-from bytelm.data import noise, objectives, sources
+from bytelm.data import noise, objectives, sources, tags
 from bytelm.tokenizer import EOS_ID, OFFSET, PAD_ID
 
-Objective = Literal["span_corruption", "causal_lm", "correction"]
-OBJECTIVES = ("span_corruption", "causal_lm", "correction")
+Objective = Literal["span_corruption", "causal_lm", "correction", "diacritics_tagging"]
+OBJECTIVES = ("span_corruption", "causal_lm", "correction", "diacritics_tagging")
 _EOS_BYTE = 0xFF  # stands for eos in the uint8 stream; never occurs in valid UTF-8
 _SHUFFLE_SALT = 0x5EED0D0C  # keeps the document-order rng apart from the example rngs
 _EVAL_SALT = 0x5EEDE7A1  # fixed seed of evaluation noise masks, whatever `seed` is
@@ -108,7 +110,8 @@ class BatchSource:
         given order.
       correction_task, typo_rate, keyboard: the "correction" objective's noise
         (objectives.correction): inputs are whole words of a window of S - 1 bytes, corrupted;
-        targets are the words themselves. S defaults to T.
+        targets are the words themselves. S defaults to T. ("diacritics_tagging" needs no
+        settings: inputs are stripped of diacritics, targets are bytelm.data.tags labels.)
     """
     if objective not in OBJECTIVES:
       raise ValueError(f"unknown objective {objective!r}; use one of {OBJECTIVES}")
@@ -146,6 +149,10 @@ class BatchSource:
       self.raw_length = self.stride = derived - 1  # text bytes of a window; eos is added
       what = "correction"
       noise.check_settings(correction_task, typo_rate, keyboard)
+    elif objective == "diacritics_tagging":
+      derived = self.input_length
+      self.raw_length = self.stride = derived - 1
+      what = "diacritics tagging (one label per input id)"
     else:
       derived = self.input_length
       self.raw_length, self.stride = self.input_length + 1, self.input_length
@@ -219,6 +226,8 @@ class BatchSource:
       return objectives.correction(self._window_text(start), rng,
                                    input_length=self.input_length,
                                    target_length=self.target_length, **self.correction)
+    if self.objective == "diacritics_tagging":
+      return tags.example(self._window_text(start), self.input_length)
     ids = stream_to_ids(self._stream[start: start + self.raw_length])
     if self.objective == "causal_lm":
       return objectives.causal_lm(ids)
@@ -245,9 +254,10 @@ class BatchSource:
     for r, (x, y) in enumerate(rows):
       # Exact by construction, except inputs one short in degenerate noise settings
       # (see span_corruption_lengths): those are padded with 0.
-      # Correction rows are shorter than the row: padded with 0 too.
+      # Correction and tagging rows are shorter than the row: padded with 0 too.
       assert len(x) <= self.input_length and len(y) <= self.target_length, (x.shape, y.shape)
-      assert self.objective == "correction" or len(y) == self.target_length
+      assert self.objective in ("correction", "diacritics_tagging") \
+          or len(y) == self.target_length
       inputs[r, : len(x)], targets[r, : len(y)] = x, y
     return {"inputs": inputs, "targets": targets}
 

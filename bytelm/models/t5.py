@@ -34,6 +34,9 @@ class T5Config:
   # Fields that change how the model computes, not what it is: a checkpoint stays valid when
   # they change (resume, init_from, export).
   RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("dropout_rate", "dtype", "remat")
+  POSITIVE_FIELDS: ClassVar[tuple[str, ...]] = (
+      "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers", "num_decoder_layers",
+      "vocab_size")
 
   vocab_size: int = 384  # embedding rows: 259 byte ids + room, rounded to 128 (ByT5)
   d_model: int = 256  # residual stream width
@@ -59,8 +62,7 @@ class T5Config:
     if self.attention_softmax not in ("softmax", "softmax1"):
       raise ValueError(f"attention_softmax must be 'softmax' or 'softmax1', got "
                        f"{self.attention_softmax!r}")
-    for name in ("d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers",
-                 "num_decoder_layers", "vocab_size"):
+    for name in self.POSITIVE_FIELDS:
       if getattr(self, name) <= 0:
         raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
 

@@ -54,6 +54,8 @@ GROUPS = {
     "l10n": [f"l10n_{lang}" for lang in L10N_LANGUAGES],
     "multilingual": ["bible_en", "bible_es", "python_docs"]
     + [f"l10n_{lang}" for lang in L10N_LANGUAGES],
+    # Running text with diacritics (configs/diacritics.py, eval/diacritics.py).
+    "diacritics": [f"l10n_{lang}" for lang in L10N_LANGUAGES] + ["bible_es"],
 }
 # The English module's publisher asks that changed text not carry its trademarked name; our text
 # is changed (markup and footnotes removed), so the build refuses to ship that name.
