@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from bytelm import convert, models
 from bytelm.data import pipeline
 from bytelm.training import checkpoint as ckpt_lib
+from bytelm.training import export as export_lib
 from bytelm.training import metrics as metrics_lib
 from bytelm.training import optimizer as optim
 from bytelm.training import sharding
@@ -161,7 +162,7 @@ def _with_config(model, src_cfg, family, rngs, model_cfg):
 def load(workdir, **runtime) -> nnx.Module:
   """The model of the newest readable checkpoint in a bytelm workdir, ready for inference.
 
-  `bytelm.load(workdir)`: the family (T5, MrT5, ...) and its config come from the run's
+  `bytelm.load(workdir)`: also reads an export (`bytelm.training.export`). The family (T5, MrT5, ...) and its config come from the run's
   config.json; the optimizer state is not kept. The workdir is only read. Keyword arguments
   override the config's runtime fields (those a checkpoint does not depend on, e.g. `dtype`,
   or MrT5's `bucket_multiple`).
@@ -185,6 +186,10 @@ def load(workdir, **runtime) -> nnx.Module:
                      f"checkpoint depends on them); runtime fields: "
                      f"{', '.join(family.config_cls.RUNTIME_FIELDS)}")
   model = family.model_cls(family.config_cls(**{**saved["model"], **runtime}), rngs=nnx.Rngs(0))
+  if export_lib.is_export(workdir):
+    model = export_lib.restore(model, workdir)
+    model.eval()
+    return model
   opt = ml_collections.ConfigDict(saved["opt"])
   optimizer = nnx.Optimizer(model, optim.make_optimizer(opt, saved["train"]["steps"])[0],
                             wrt=nnx.Param)

@@ -1,0 +1,279 @@
+"""Correct text with a trained byte-level corrector: restore diacritics (or fix typos).
+
+  echo "Laba diena, as esu is Lietuvos" | python -m bytelm.demos.correct
+  python -m bytelm.demos.correct [--model DIR] [--task diacritics|typos|both] [--diff] [TEXT ...]
+
+With TEXT, prints its correction; without, reads stdin and writes one corrected line per input
+line (a filter: `cat notes.txt | python -m bytelm.demos.correct > fixed.txt`). The default model
+is the diacritics restorer shipped in bytelm/demos/diacritics/ (configs/diacritics.py); --model
+takes any bytelm workdir or export trained by that recipe, including its seq2seq variants (which
+also fix typos).
+
+Any input is accepted: empty lines stay empty; a line longer than the model's input is cut into
+pieces at sentence ends (else at spaces, else between characters), corrected piece by piece and
+rejoined, never truncated; a line that is not valid UTF-8 is passed through unchanged with a
+message on stderr naming the line and the byte (exit status 1); other scripts are left as they
+are. In diacritics mode the output differs from the input only by diacritics: the tagger can do
+nothing else, and a seq2seq model's output is checked word by word (`diacritics_only`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import pathlib
+import re
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+import bytelm
+from bytelm.data import noise, tags
+from bytelm.models.tagger import Tagger
+from bytelm.nn.compiled import Compiled
+from bytelm.tokenizer import ByteTokenizer
+
+SHIPPED = pathlib.Path(__file__).parent / "diacritics"
+TASKS = ("diacritics", "typos", "both")
+# How a too-long line is cut, coarsest first: after sentence ends, after spaces, anywhere.
+_RULES = (re.compile(r"(?<=[.!?…。])\s+"), re.compile(r"\s+"), None)
+
+
+def split_text(text: str, max_bytes: int, _rule: int = 0) -> list[str]:
+  """Pieces of text of at most max_bytes UTF-8 bytes each that join back into text exactly: cut
+  after sentence ends, a too-long sentence after spaces, a too-long word between characters."""
+  if max_bytes < 4:  # room for any one character
+    raise ValueError(f"max_bytes must be at least 4 (one UTF-8 character), got {max_bytes}")
+  if len(text.encode("utf-8")) <= max_bytes:
+    return [text] if text else []
+  rule = _RULES[_rule]
+  units = _split_keep(text, rule) if rule is not None else list(text)
+  pieces, current = [], ""
+  for unit in units:
+    if len(unit.encode("utf-8")) > max_bytes:  # never a single character
+      if current:
+        pieces.append(current)
+        current = ""
+      pieces.extend(split_text(unit, max_bytes, _rule + 1))
+    elif len((current + unit).encode("utf-8")) <= max_bytes:
+      current += unit
+    else:
+      pieces.append(current)
+      current = unit
+  if current:
+    pieces.append(current)
+  return pieces
+
+
+def _split_keep(text: str, pattern: re.Pattern) -> list[str]:
+  """text cut at the ends of pattern's matches (the match stays with the piece before it)."""
+  pieces, start = [], 0
+  for m in pattern.finditer(text):
+    if m.end() > start:
+      pieces.append(text[start:m.end()])
+      start = m.end()
+  if start < len(text):
+    pieces.append(text[start:])
+  return pieces
+
+
+def diacritics_only(source: str, output: str) -> str:
+  """output where it differs from source only by diacritics; else, word by word, each output
+  word that strips to its source word, and the source word elsewhere."""
+  if noise.strip_diacritics(output) == noise.strip_diacritics(source):
+    return output
+  source_words, output_words = source.split(" "), output.split(" ")
+  if len(source_words) != len(output_words):
+    return source
+  return " ".join(o if noise.strip_diacritics(o) == noise.strip_diacritics(s) else s
+                  for s, o in zip(source_words, output_words))
+
+
+class Corrector:
+  """A trained corrector and what it was trained for; `corrector(lines, task)` corrects."""
+
+  def __init__(self, model, *, trained_task: str, input_length: int, batch_size: int = 64):
+    self.model = model
+    self.is_tagger = isinstance(model, Tagger)
+    self.trained_task = trained_task
+    self.input_length = int(input_length)
+    self.batch_size = int(batch_size)
+    self.tasks = {"both": TASKS}.get(trained_task, (trained_task,))
+    self._compiled = None
+
+  @classmethod
+  def load(cls, path=None, **kwargs) -> "Corrector":
+    """The corrector in a bytelm workdir or export; None is the shipped diacritics model."""
+    path = pathlib.Path(path if path is not None else SHIPPED).expanduser()
+    config_path = path / "config.json"
+    if not config_path.is_file():
+      where = ("the shipped model is missing from this installation (reinstall bytelm)"
+               if path == SHIPPED else "it is not a bytelm workdir or export")
+      raise FileNotFoundError(f"no corrector at {path}: {where}. Train one with `python "
+                              "train.py --config configs/diacritics.py` and pass --model")
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    data = config.get("data", {})
+    objective = data.get("objective")
+    if objective == "diacritics_tagging":
+      task = "diacritics"
+    elif objective == "correction":
+      task = data.get("correction_task", "diacritics")
+    else:
+      raise ValueError(f"{path} holds a model trained for {objective!r}, not a corrector; "
+                       "train one with configs/diacritics.py")
+    return cls(bytelm.load(path), trained_task=task, input_length=data["input_length"],
+               **kwargs)
+
+  def check_task(self, task: str | None) -> str:
+    """task (None: the trained one), or a ValueError saying which model can do it."""
+    task = task or self.trained_task
+    if task not in self.tasks:
+      raise ValueError(f"this model was trained for {self.trained_task!r} and cannot do "
+                       f"{task!r}; train a corrector with `python train.py --config "
+                       "configs/diacritics.py:both` (a seq2seq model, best started from a "
+                       "pretrained ByT5 with --config.init_from) and pass it with --model")
+    return task
+
+  def __call__(self, lines: Sequence[str], task: str | None = None) -> list[str]:
+    """One corrected line per line (each a str without newlines)."""
+    task = self.check_task(task)
+    # Pieces fit the model's input: bytes + eos for both kinds of model.
+    pieces = [split_text(line, self.input_length - 1) for line in lines]
+    flat = [p for ps in pieces for p in ps]
+    fixed = iter(self._restore(flat) if self.is_tagger else self._generate(flat, task))
+    return ["".join(next(fixed) for _ in ps) for ps in pieces]
+
+  # -- the tagger: one forward pass per batch of pieces ----------------------------------------
+
+  def _restore(self, texts: list[str]) -> list[str]:
+    if self._compiled is None:
+      self._compiled = Compiled(self.model)
+    # The model reads text without diacritics, as in training; letters the user already
+    # decorated are kept as typed.
+    stripped = [noise.strip_diacritics(t) for t in texts]
+    tokenizer, out = ByteTokenizer(), []
+    for start in range(0, len(texts), self.batch_size):
+      chunk = stripped[start:start + self.batch_size]
+      # Always batch_size x input_length: one compilation for any input.
+      rows = chunk + [""] * (self.batch_size - len(chunk))
+      ids_BT, _ = tokenizer.encode_batch(rows, length=self.input_length, truncate=False)
+      labels_BT = np.asarray(self._compiled("predict", ids_BT))
+      for text, plain, labels_T in zip(texts[start:], chunk, labels_BT):
+        restored = tags.apply(plain, labels_T)
+        out.append(_keep_typed(text, plain, restored))
+    return out
+
+  # -- a seq2seq corrector: generation ---------------------------------------------------------
+
+  def _generate(self, texts: list[str], task: str) -> list[str]:
+    if not texts:
+      return []
+    out = []
+    for start in range(0, len(texts), self.batch_size):
+      chunk = texts[start:start + self.batch_size]
+      # A restored letter takes up to 3 bytes where its input took 1; typos change little.
+      generated = bytelm.generate(self.model, ByteTokenizer(), chunk,
+                                  max_new_bytes=2 * self.input_length, method="greedy",
+                                  max_input_bytes=self.input_length)
+      if task == "diacritics":
+        generated = [diacritics_only(t, g) for t, g in zip(chunk, generated)]
+      out.extend(generated)
+    return out
+
+
+def _keep_typed(typed: str, plain: str, restored: str) -> str:
+  """restored, except where the user typed a decorated letter already (kept as typed)."""
+  if not (len(typed) == len(plain) == len(restored)):  # combining marks were dropped
+    return restored
+  return "".join(t if t != p else r for t, p, r in zip(typed, plain, restored))
+
+
+# -- command line -----------------------------------------------------------------------------
+
+_GREEN, _RED, _RESET = "\x1b[1;32m", "\x1b[9;31m", "\x1b[0m"
+
+
+def mark_changes(before: str, after: str, color: bool) -> str:
+  """after with its changes from before marked: in color (inserted green, deleted red and
+  struck through), or as [before→after], [+inserted], [-deleted] in plain text."""
+  out = []
+  for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, before, after,
+                                                    autojunk=False).get_opcodes():
+    old, new = before[i1:i2], after[j1:j2]
+    if op == "equal":
+      out.append(new)
+    elif color:
+      out.append((f"{_RED}{old}{_RESET}" if old and op != "replace" else "")
+                 + (f"{_GREEN}{new}{_RESET}" if new else ""))
+    else:
+      out.append({"replace": f"[{old}→{new}]", "insert": f"[+{new}]",
+                  "delete": f"[-{old}]"}[op])
+  return "".join(out)
+
+
+def _parse(argv):
+  parser = argparse.ArgumentParser(
+      prog="python -m bytelm.demos.correct",
+      description="Restore diacritics (or fix typos) in text with a byte-level model.")
+  parser.add_argument("text", nargs="*", help="text to correct; none: read lines from stdin")
+  parser.add_argument("--model", default=None,
+                      help="a bytelm workdir or export (default: the shipped diacritics model)")
+  parser.add_argument("--task", choices=TASKS, default=None,
+                      help="what to correct (default: what the model was trained for)")
+  parser.add_argument("--diff", action="store_true", help="mark the changed characters")
+  parser.add_argument("--batch-lines", type=int, default=None,
+                      help="stdin lines corrected together (default: 1 on a terminal, else 64)")
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = _parse(argv)
+  try:
+    corrector = Corrector.load(args.model)
+    corrector.check_task(args.task)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  color = sys.stdout.isatty()
+
+  def show(before: str, after: str) -> str:
+    return mark_changes(before, after, color) if args.diff else after
+
+  if args.text:
+    line = " ".join(args.text)
+    print(show(line, corrector([line], args.task)[0]))
+    return 0
+
+  batch = args.batch_lines or (1 if sys.stdin.isatty() else 64)
+  status, pending = 0, []  # pending: (raw line, decoded text or None, line ending)
+
+  def flush():
+    texts = [t for _, t, _ in pending if t is not None]
+    fixed = iter(corrector(texts, args.task) if texts else [])
+    out = sys.stdout.buffer
+    for raw, text, ending in pending:
+      out.write(raw if text is None else show(text, next(fixed)).encode("utf-8") + ending)
+    out.flush()
+    pending.clear()
+
+  for number, raw in enumerate(sys.stdin.buffer, 1):
+    body = raw.rstrip(b"\r\n")
+    ending = raw[len(body):]
+    try:
+      pending.append((raw, body.decode("utf-8"), ending))
+    except UnicodeDecodeError as e:
+      print(f"line {number}: not valid UTF-8 (byte 0x{body[e.start]:02x} at offset {e.start}); "
+            "passed through unchanged. Convert the input to UTF-8 first, e.g. `iconv -f "
+            "latin1 -t utf-8`", file=sys.stderr)
+      pending.append((raw, None, ending))
+      status = 1
+    if len(pending) >= batch:
+      flush()
+  flush()
+  return status
+
+
+if __name__ == "__main__":
+  sys.exit(main())
