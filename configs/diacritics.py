@@ -79,7 +79,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.opt.weight_decay = 0.01
   c.opt.grad_clip = 1.0
   c.opt.z_loss = 0.0
-  c.opt.lr_scale = ml_collections.ConfigDict()
+  # T5's position bias starts near zero (std d_model**-0.5) and, at the shared learning rate,
+  # takes thousands of steps to grow; until it does, no byte knows its neighbours. A tagger
+  # needs them from the start: its bias learns 30x faster (a toy "a before s -> á" rule: not
+  # learned in 400 steps at 1x, learned in 100 at 30x).
+  c.opt.lr_scale = ml_collections.ConfigDict({"rel_bias": 30.0})
   c.opt.sgd = ml_collections.ConfigDict()
 
   c.train = ml_collections.ConfigDict()

@@ -1,0 +1,111 @@
+"""The correction demo: `python -m bytelm.demos.correct`, its Corrector, and the shipped model."""
+
+import importlib.util
+import io
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from bytelm.data import noise
+from bytelm.demos import correct
+from bytelm.training import train_and_evaluate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+LINES = ["Laba diena, aš esu iš Lietuvos.", "Příliš žluťoučký kůň úpěl ďábelské ódy.",
+         "Tiếng Việt có nhiều dấu thanh.", "À l'école, où il a été élève."]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+  """A workdir of configs/diacritics.py:tiny (inputs of 32 bytes), trained for 4 steps."""
+  root = tmp_path_factory.mktemp("correct")
+  (root / "docs.txt").write_text("\n".join(LINES * 20), encoding="utf-8")
+  spec = importlib.util.spec_from_file_location("diacritics", ROOT / "configs" / "diacritics.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("tiny")
+  config.data.train = f"file:{root / 'docs.txt'}"
+  train_and_evaluate(config, root / "run")
+  return str(root / "run")
+
+
+def run_cli(monkeypatch, capsysbinary, args, stdin: bytes = b""):
+  monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+  status = correct.main(args)
+  out, err = capsysbinary.readouterr()
+  return status, out, err.decode("utf-8")
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab ąž.!?\n日"), max_size=80), st.integers(4, 20))
+def test_split_text_rejoins_and_fits(text, max_bytes):
+  pieces = correct.split_text(text, max_bytes)
+  assert "".join(pieces) == text
+  assert all(0 < len(p.encode("utf-8")) <= max_bytes for p in pieces)
+
+
+def test_split_text_prefers_sentence_ends_then_spaces():
+  text = "One two three. Four five six seven eight nine ten! Eleven."
+  assert correct.split_text(text, 40) == ["One two three. ", "Four five six seven eight nine ten! ",
+                                           "Eleven."]
+  assert correct.split_text("aaaa bbbb", 6) == ["aaaa ", "bbbb"]
+  assert correct.split_text("ąąąą", 5) == ["ąą", "ąą"]  # never inside a character
+  with pytest.raises(ValueError, match="max_bytes"):
+    correct.split_text("abc", 2)
+
+
+def test_diacritics_only_keeps_other_changes_out():
+  assert correct.diacritics_only("as esu is", "aš esu iš") == "aš esu iš"
+  assert correct.diacritics_only("as esu is", "aš esi iš") == "aš esu iš"  # esi: not a restoration
+  assert correct.diacritics_only("as esu is", "aš esu") == "as esu is"  # a word lost: keep input
+
+
+def test_mark_changes():
+  assert correct.mark_changes("as is", "aš iš", color=False) == "a[s→š] i[s→š]"
+  assert correct.mark_changes("teh", "the", color=False) == "t[+h]e[-h]"
+  colored = correct.mark_changes("as", "aš", color=True)
+  assert "\x1b[" in colored and "š" in colored
+
+
+def test_filter_keeps_lines_and_survives_bad_input(tiny_model, monkeypatch, capsysbinary):
+  long_line = "Zazolc gesla jazn, powiedzial Lukasz. " * 30  # ~1100 bytes, inputs are 32
+  lines = [b"Laba diena, as esu is Lietuvos", b"", b"caf\xe9 latin-1 \xff",
+           long_line.encode(), "Привет, мир 日本語 and cafe".encode(), b"x\r"]
+  status, out, err = run_cli(monkeypatch, capsysbinary, ["--model", tiny_model],
+                             b"\n".join(lines) + b"\n")
+  assert status == 1  # one line could not be read
+  assert "line 3: not valid UTF-8 (byte 0xe9 at offset 3)" in err
+  got = out.split(b"\n")
+  assert len(got) == len(lines) + 1 and got[-1] == b""
+  assert got[1] == b"" and got[2] == lines[2]  # empty stays empty; bad bytes pass through
+  assert got[5] == b"x\r"  # the line ending is kept
+  for before, after in zip(lines, got):
+    if before != lines[2]:  # whatever the (barely trained) model says: only diacritics change
+      text = after.decode("utf-8")
+      assert noise.strip_diacritics(text) == noise.strip_diacritics(before.decode("utf-8"))
+  assert len(got[3].decode()) == len(long_line)  # corrected piece by piece, nothing cut
+
+
+def test_text_argument_diff_and_task_errors(tiny_model, monkeypatch, capsysbinary):
+  status, out, _ = run_cli(monkeypatch, capsysbinary, ["--model", tiny_model, "--diff", "as", "is"])
+  assert status == 0 and noise.strip_diacritics(out.decode()).replace("[", "") != ""
+  status, _, err = run_cli(monkeypatch, capsysbinary, ["--model", tiny_model, "--task", "typos",
+                                                       "teh"])
+  assert status == 2 and "trained for 'diacritics'" in err and "configs/diacritics.py:both" in err
+  status, _, err = run_cli(monkeypatch, capsysbinary, ["--model", "/nonexistent", "x"])
+  assert status == 2 and "no corrector at /nonexistent" in err
+
+
+def test_shipped_model_restores_the_example():
+  """The issue's example, through the installed entry point, with the shipped model."""
+  result = subprocess.run([sys.executable, "-m", "bytelm.demos.correct"], capture_output=True,
+                          input="Laba diena, as esu is Lietuvos\n", text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert result.stdout == "Laba diena, aš esu iš Lietuvos\n"
+  notes = json.loads((correct.SHIPPED / "config.json").read_text(encoding="utf-8"))["export"]
+  assert notes["exported_with_commit"] != "unknown" and "train.py" in notes["note"]
+  assert (correct.SHIPPED / "model.safetensors").stat().st_size <= 25 * 2**20
