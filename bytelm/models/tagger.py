@@ -37,10 +37,37 @@ class TaggerConfig(t5.T5Config):
 
   num_decoder_layers: int = 0
   letters: str = tags.LETTERS  # label 2 + k puts back letters[k] (see bytelm.data.tags)
+  # Each byte's embedding also sees this many bytes on each side, through one dense layer over
+  # the window (a convolution), before the encoder; 0 turns it off. See LocalContext.
+  context_width: int = 0
 
   @property
   def num_labels(self) -> int:
     return tags.num_labels(self.letters)
+
+
+class LocalContext(nnx.Module):
+  """x_BTD + W [x_{t-k} .. x_{t+k}]: every position mixes in its 2k neighbours' embeddings.
+
+  Why: whether a letter takes a diacritic depends mostly on the letters around it, but a T5
+  encoder from scratch learns *where* its neighbours are only as fast as its relative position
+  bias grows from near zero; a window layer hands each byte its neighbourhood from step one, as
+  CANINE and Charformer do with convolutions over characters. Written as one Dense over the
+  stacked shifted embeddings so that a quantized Dense covers it too.
+  """
+
+  def __init__(self, cfg: TaggerConfig, rngs: nnx.Rngs):
+    self.width = cfg.context_width
+    window = 2 * self.width + 1
+    self.mix = Dense(window * cfg.d_model, cfg.d_model, std=(window * cfg.d_model)**-0.5,
+                     **t5._layer_kwargs(cfg, rngs))
+
+  def __call__(self, x_BTD: jax.Array, mask_BT: jax.Array) -> jax.Array:
+    k, t = self.width, x_BTD.shape[1]
+    x_BTD = x_BTD * mask_BT[..., None].astype(x_BTD.dtype)  # padding contributes nothing
+    padded_BTD = jnp.pad(x_BTD, ((0, 0), (k, k), (0, 0)))
+    window_BTW = jnp.concatenate([padded_BTD[:, i:i + t] for i in range(2 * k + 1)], axis=-1)
+    return x_BTD + self.mix(window_BTW)
 
 
 class Tagger(nnx.Module):
@@ -50,6 +77,7 @@ class Tagger(nnx.Module):
     self.config = cfg
     self.shared = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nnx.initializers.normal(1.0),
                             dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, rngs=rngs)
+    self.context = LocalContext(cfg, rngs) if cfg.context_width else None
     self.encoder = t5.Encoder(cfg, rngs)
     self.label_head = Dense(cfg.d_model, cfg.num_labels, std=cfg.d_model**-0.5,
                             **t5._layer_kwargs(cfg, rngs))
@@ -58,7 +86,10 @@ class Tagger(nnx.Module):
     """logits_BTC, with MASK_VALUE where input byte t cannot take label c."""
     if input_mask_BT is None:
       input_mask_BT = inputs_BT != self.config.pad_id
-    h_BTD = self.encoder(self.shared(inputs_BT), input_mask_BT)
+    x_BTD = self.shared(inputs_BT)
+    if self.context is not None:
+      x_BTD = self.context(x_BTD, input_mask_BT)
+    h_BTD = self.encoder(x_BTD, input_mask_BT)
     logits_BTC = self.label_head(h_BTD).astype(jnp.float32)
     allowed_BTC = jnp.asarray(tags.allowed_table(self.config.letters,
                                                  self.config.vocab_size))[inputs_BT]
