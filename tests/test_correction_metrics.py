@@ -39,3 +39,18 @@ def test_lexicon_restores_the_most_frequent_form():
   assert lex("AS, azuolas!") == "AŠ, ąžuolas!"  # case put back, punctuation kept
   assert lex("salis") == "salis"  # 2 of 3
   assert lex("xyz 42") == "xyz 42"  # unknown words stay
+
+
+def test_typo_counts_align_words_by_edit_distance():
+  gold = "the cat sat on the mat"
+  # A lost word costs only itself, not the sentence (word_counts would count all 6 wrong).
+  c = metrics.aligned_word_counts(gold, "the cat sat the mat")
+  assert (c.alpha, c.alpha_total) == (5, 6)
+  assert metrics.word_counts(gold, "the cat sat the mat").alpha == 0
+  # A split word: "sat" is wrong, the rest stays aligned.
+  c = metrics.aligned_word_counts(gold, "the cat s at on the mat")
+  assert (c.alpha, c.alpha_total) == (5, 6)
+  # A wrong word in place, and unseen counting.
+  c = metrics.aligned_word_counts("Laba diena, aš esu", "Laba dienq, aš esu", seen={"Laba", "esu"})
+  assert (c.alpha, c.diacritic, c.diacritic_total, c.unseen, c.unseen_total) == (3, 1, 1, 1, 2)
+  assert metrics.corpus_counts([gold], ["the cat sat the mat"], aligned=True).alpha == 5

@@ -4,6 +4,7 @@ import importlib.util
 import json
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -111,3 +112,18 @@ def test_init_from_a_byt5_takes_its_encoder():
                                 np.asarray(byt5.shared.embedding[...]))
   np.testing.assert_array_equal(np.asarray(model.encoder.blocks[0].attn.q.kernel[...]),
                                 np.asarray(byt5.encoder.blocks[0].attn.q.kernel[...]))
+
+
+def test_the_window_layer_sees_exactly_its_neighbours():
+  cfg = tagger.TaggerConfig(d_model=16, d_ff=32, num_heads=2, d_kv=8, num_encoder_layers=1,
+                            context_width=2)
+  layer = tagger.LocalContext(cfg, nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(0), (1, 10, 16))
+  mask = jnp.ones((1, 10), bool)
+  base = layer(x, mask)
+  changed = layer(x.at[0, 5].add(1.0), mask)
+  moved = np.abs(np.asarray(changed - base)).max(-1)[0] > 1e-6
+  assert list(np.flatnonzero(moved)) == [3, 4, 5, 6, 7]  # 5 and the two on each side
+  # A padded position contributes nothing, whatever its embedding.
+  pad = mask.at[0, 9].set(False)
+  np.testing.assert_allclose(layer(x, pad)[0, :9], layer(x.at[0, 9].set(100.0), pad)[0, :9])

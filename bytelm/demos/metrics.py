@@ -7,6 +7,8 @@ words"). If the prediction has a different number of words than the gold sentenc
 word of that sentence counts as wrong. Of the alpha words:
 - diacritic words carry at least one diacritic (`noise.strip_diacritics` changes them);
 - unseen words do not occur in the training text.
+For typo correction, which may merge, split, add or drop words, `aligned_word_counts` aligns the
+words by edit distance first (the paper's rule for typos) instead of failing the sentence.
 """
 
 from __future__ import annotations
@@ -47,28 +49,69 @@ def word_counts(gold: str, predicted: str, seen: set[str] | None = None) -> Word
   """WordCounts of one sentence; `seen` is the training text's words (None: no unseen count)."""
   gold_words, predicted_words = words_of(gold), words_of(predicted)
   aligned = len(gold_words) == len(predicted_words)
+  right = ([int(p == g) for g, p in zip(gold_words, predicted_words)] if aligned
+           else [0] * len(gold_words))
+  return _count(gold_words, right, seen)
+
+
+def aligned_word_counts(gold: str, predicted: str, seen: set[str] | None = None) -> WordCounts:
+  """WordCounts for typo correction, where a fix may add or drop a word: the predicted words
+  are aligned to the gold words by edit distance over words (one word = one symbol), and a gold
+  word is right where it is aligned to an equal word."""
+  gold_words = words_of(gold)
+  return _count(gold_words, _matched(gold_words, words_of(predicted)), seen)
+
+
+def _count(gold_words: list[str], right: list[int], seen: set[str] | None) -> WordCounts:
+  """Tally alpha / diacritic / unseen words given which gold words were predicted right."""
   c = WordCounts()
-  for i, word in enumerate(gold_words):
+  for word, ok in zip(gold_words, right, strict=True):
     if not any(ch.isalpha() for ch in word):
       continue
-    right = int(aligned and predicted_words[i] == word)
-    c.alpha += right
+    c.alpha += ok
     c.alpha_total += 1
     if noise.strip_diacritics(word) != word:
-      c.diacritic += right
+      c.diacritic += ok
       c.diacritic_total += 1
     if seen is not None and word not in seen:
-      c.unseen += right
+      c.unseen += ok
       c.unseen_total += 1
   return c
 
 
+def _matched(a: list[str], b: list[str]) -> list[int]:
+  """1 for each word of a that a minimal word-level edit script from a to b keeps unchanged."""
+  n, m = len(a), len(b)
+  cost = [[0] * (m + 1) for _ in range(n + 1)]
+  for i in range(n + 1):
+    for j in range(m + 1):
+      if i == 0 or j == 0:
+        cost[i][j] = i + j
+      else:
+        cost[i][j] = min(cost[i - 1][j] + 1, cost[i][j - 1] + 1,
+                         cost[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+  kept, i, j = [0] * n, n, m
+  while i and j:  # back from the end, preferring a match where it is optimal
+    if a[i - 1] == b[j - 1] and cost[i][j] == cost[i - 1][j - 1]:
+      kept[i - 1] = 1
+      i, j = i - 1, j - 1
+    elif cost[i][j] == cost[i - 1][j - 1] + 1:
+      i, j = i - 1, j - 1
+    elif cost[i][j] == cost[i - 1][j] + 1:
+      i -= 1
+    else:
+      j -= 1
+  return kept
+
+
 def corpus_counts(golds: Iterable[str], predictions: Iterable[str],
-                  seen: set[str] | None = None) -> WordCounts:
-  """WordCounts summed over sentence pairs."""
+                  seen: set[str] | None = None, aligned: bool = False) -> WordCounts:
+  """WordCounts summed over sentence pairs; aligned=True counts with `aligned_word_counts`
+  (typos), else position by position (`word_counts`, diacritics)."""
+  count = aligned_word_counts if aligned else word_counts
   total = WordCounts()
   for gold, predicted in zip(golds, predictions, strict=True):
-    total = total + word_counts(gold, predicted, seen)
+    total = total + count(gold, predicted, seen)
   return total
 
 
