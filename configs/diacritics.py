@@ -30,7 +30,7 @@ import ml_collections
 
 from bytelm.models import t5, tagger
 
-TRAIN_STEPS = 2000
+TRAIN_STEPS = 1800
 VARIANTS = ("default", "seq2seq", "typos", "both", "tiny")
 
 
