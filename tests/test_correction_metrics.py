@@ -39,6 +39,8 @@ def test_lexicon_restores_the_most_frequent_form():
   assert lex("AS, azuolas!") == "AŠ, ąžuolas!"  # case put back, punctuation kept
   assert lex("salis") == "salis"  # 2 of 3
   assert lex("xyz 42") == "xyz 42"  # unknown words stay
+  assert lex.candidates("Salis") == {"Šalis": 1, "Salis": 2}  # counts, capital put back
+  assert lex.candidates("xyz") == {}
 
 
 def test_typo_counts_align_words_by_edit_distance():

@@ -54,6 +54,14 @@ def allowed_table(letters: str = LETTERS, vocab_size: int = 384) -> np.ndarray:
   return table
 
 
+def label(ch: str, letter: str, letters: str = LETTERS) -> int | None:
+  """The label that turns the ASCII letter into ch (KEEP for itself); None if none does."""
+  if ch == letter:
+    return KEEP
+  found = _label_of(letters).get(ch)
+  return found if found is not None and noise.strip_diacritics(ch) == letter else None
+
+
 def example(text: str, input_length: int, letters: str = LETTERS
             ) -> tuple[np.ndarray, np.ndarray]:
   """(input ids, labels) for one text: the ids of its stripped form ending in eos, and one label

@@ -7,7 +7,10 @@ With TEXT, prints its correction; without, reads stdin and writes one corrected 
 line (a filter: `cat notes.txt | python -m bytelm.demos.correct > fixed.txt`). The default model
 is the diacritics restorer shipped in bytelm/demos/diacritics/ (configs/diacritics.py); --model
 takes any bytelm workdir or export trained by that recipe, including its seq2seq variants (which
-also fix typos).
+also fix typos). A tagger also reads the word forms of its training text, per language: each
+line goes with the language whose words it shares most, and where a word was seen there, the
+tagger picks among its forms by its own probability and their frequency (`lexicon_labels`);
+--no-lexicon uses the model alone.
 
 Any input is accepted: empty lines stay empty; a line longer than the model's input is cut into
 pieces at sentence ends (else at spaces, else between characters), corrected piece by piece and
@@ -30,13 +33,15 @@ from collections.abc import Sequence
 import numpy as np
 
 import bytelm
-from bytelm.data import noise, tags
+from bytelm.data import noise, sources, tags
+from bytelm.demos import metrics
 from bytelm.models.tagger import Tagger
 from bytelm.nn.compiled import Compiled
 from bytelm.tokenizer import ByteTokenizer
 
 SHIPPED = pathlib.Path(__file__).parent / "diacritics"
 TASKS = ("diacritics", "typos", "both")
+_WORD = re.compile(r"\w+")
 # How a too-long line is cut, coarsest first: after sentence ends, after spaces, anywhere.
 _RULES = (re.compile(r"(?<=[.!?…。])\s+"), re.compile(r"\s+"), None)
 
@@ -94,8 +99,14 @@ def diacritics_only(source: str, output: str) -> str:
 class Corrector:
   """A trained corrector and what it was trained for; `corrector(lines, task)` corrects."""
 
-  def __init__(self, model, *, trained_task: str, input_length: int, batch_size: int = 64):
+  def __init__(self, model, *, trained_task: str, input_length: int, batch_size: int = 64,
+               lexicons: Sequence[metrics.Lexicon] = ()):
+    """lexicons: the word forms of the training text, one lexicon per source (language). A
+    tagger then reads each line with the lexicon that knows most of its words (none if none
+    knows any) and picks, for each word seen there, the seen form with the highest model
+    log-probability + log frequency (`lexicon_labels`); other words get its own choice."""
     self.model = model
+    self.lexicons = list(lexicons)
     self.is_tagger = isinstance(model, Tagger)
     self.trained_task = trained_task
     self.input_length = int(input_length)
@@ -104,8 +115,10 @@ class Corrector:
     self._compiled = None
 
   @classmethod
-  def load(cls, path=None, **kwargs) -> "Corrector":
-    """The corrector in a bytelm workdir or export; None is the shipped diacritics model."""
+  def load(cls, path=None, *, lexicon: bool = False, **kwargs) -> "Corrector":
+    """The corrector in a bytelm workdir or export; None is the shipped diacritics model.
+    lexicon=True also reads, for a tagger, the training text the run's config names
+    (data.train) into one `metrics.Lexicon` per source of it (see __init__)."""
     path = pathlib.Path(path if path is not None else SHIPPED).expanduser()
     config_path = path / "config.json"
     if not config_path.is_file():
@@ -123,8 +136,12 @@ class Corrector:
     else:
       raise ValueError(f"{path} holds a model trained for {objective!r}, not a corrector; "
                        "train one with configs/diacritics.py")
-    return cls(bytelm.load(path), trained_task=task, input_length=data["input_length"],
-               **kwargs)
+    model = bytelm.load(path)
+    if lexicon and isinstance(model, Tagger):
+      kwargs["lexicons"] = [metrics.Lexicon(line for text in sources.load_text(spec, "train")["text"]
+                                            for line in text.split("\n"))
+                            for spec in _per_source(data["train"])]
+    return cls(model, trained_task=task, input_length=data["input_length"], **kwargs)
 
   def check_task(self, task: str | None) -> str:
     """task (None: the trained one), or a ValueError saying which model can do it."""
@@ -142,12 +159,25 @@ class Corrector:
     # Pieces fit the model's input: bytes + eos for both kinds of model.
     pieces = [split_text(line, self.input_length - 1) for line in lines]
     flat = [p for ps in pieces for p in ps]
-    fixed = iter(self._restore(flat) if self.is_tagger else self._generate(flat, task))
+    if self.is_tagger:
+      # Each line's lexicon is chosen once, from all its words, and serves all its pieces.
+      lexicons = [self.lexicon_for(line) for line, ps in zip(lines, pieces) for _ in ps]
+      fixed = iter(self._restore(flat, lexicons))
+    else:
+      fixed = iter(self._generate(flat, task))
     return ["".join(next(fixed) for _ in ps) for ps in pieces]
+
+  def lexicon_for(self, text: str) -> metrics.Lexicon | None:
+    """The lexicon that has seen most of text's words (the first on a tie; None if none has)."""
+    words = _WORD.findall(noise.strip_diacritics(text))
+    known = [sum(bool(lex.candidates(w)) for w in words) for lex in self.lexicons]
+    if not known or max(known) == 0:
+      return None
+    return self.lexicons[known.index(max(known))]
 
   # -- the tagger: one forward pass per batch of pieces ----------------------------------------
 
-  def _restore(self, texts: list[str]) -> list[str]:
+  def _restore(self, texts: list[str], lexicons: list[metrics.Lexicon | None]) -> list[str]:
     if self._compiled is None:
       self._compiled = Compiled(self.model)
     # The model reads text without diacritics, as in training; letters the user already
@@ -159,7 +189,13 @@ class Corrector:
       # Always batch_size x input_length: one compilation for any input.
       rows = chunk + [""] * (self.batch_size - len(chunk))
       ids_BT, _ = tokenizer.encode_batch(rows, length=self.input_length, truncate=False)
-      labels_BT = np.asarray(self._compiled("predict", ids_BT))
+      if not self.lexicons:
+        labels_BT = np.asarray(self._compiled("predict", ids_BT))
+      else:
+        logp_BTC = np.asarray(self._compiled("log_probs", ids_BT))
+        labels_BT = [lexicon_labels(plain, logp_TC, lexicon) if lexicon else logp_TC.argmax(-1)
+                     for plain, logp_TC, lexicon in zip(chunk, logp_BTC,
+                                                        lexicons[start:start + len(chunk)])]
       for text, plain, labels_T in zip(texts[start:], chunk, labels_BT):
         restored = tags.apply(plain, labels_T)
         out.append(_keep_typed(text, plain, restored))
@@ -181,6 +217,39 @@ class Corrector:
         generated = [diacritics_only(t, g) for t, g in zip(chunk, generated)]
       out.extend(generated)
     return out
+
+
+def _per_source(spec: str) -> list[str]:
+  """An embedded group's sources (one per language), else the spec itself."""
+  if spec.startswith("embedded:"):
+    members = sources.embedded_names().get(spec[len("embedded:"):])
+    if members:
+      return [f"embedded:{name}" for name in members]
+  return [spec]
+
+
+def lexicon_labels(plain: str, logp_TC: np.ndarray, lexicon: metrics.Lexicon) -> np.ndarray:
+  """labels_T of plain (stripped text) from a tagger's log-probabilities and a lexicon: each
+  word seen in training takes the seen form maximising log p(form's labels) + log(its share of
+  the word's occurrences); other bytes take the most likely label."""
+  labels_T = np.argmax(logp_TC, axis=-1)
+  for match in _WORD.finditer(plain):
+    word = match.group(0)
+    forms = lexicon.candidates(word) if word.isascii() and word.isalpha() else None
+    if not forms:
+      continue
+    first = len(plain[:match.start()].encode("utf-8"))  # the word is ASCII: a byte per letter
+    total, best, best_score = sum(forms.values()), None, -np.inf
+    for form, count in forms.items():
+      labels = [tags.label(f, w) for f, w in zip(form, word)] if len(form) == len(word) else [None]
+      if None in labels:  # a form of other length or letters (decomposed text): not a choice
+        continue
+      score = logp_TC[np.arange(first, first + len(word)), labels].sum() + np.log(count / total)
+      if score > best_score:
+        best, best_score = labels, score
+    if best is not None:
+      labels_T[first:first + len(word)] = best
+  return labels_T
 
 
 def _keep_typed(typed: str, plain: str, restored: str) -> str:
@@ -223,6 +292,8 @@ def _parse(argv):
   parser.add_argument("--task", choices=TASKS, default=None,
                       help="what to correct (default: what the model was trained for)")
   parser.add_argument("--diff", action="store_true", help="mark the changed characters")
+  parser.add_argument("--no-lexicon", action="store_true",
+                      help="a tagger alone, without the word forms of its training text")
   parser.add_argument("--batch-lines", type=int, default=None,
                       help="stdin lines corrected together (default: 1 on a terminal, else 64)")
   return parser.parse_args(argv)
@@ -231,7 +302,7 @@ def _parse(argv):
 def main(argv=None) -> int:
   args = _parse(argv)
   try:
-    corrector = Corrector.load(args.model)
+    corrector = Corrector.load(args.model, lexicon=not args.no_lexicon)
     corrector.check_task(args.task)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

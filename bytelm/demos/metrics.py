@@ -129,24 +129,37 @@ class Lexicon:
   up as written, then in lower case with the capitalisation put back; unknown words stay."""
 
   def __init__(self, texts: Iterable[str]):
-    counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    self.counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for text in texts:
       for word in _WORD.findall(text):
-        counts[noise.strip_diacritics(word)][word] += 1
-        counts[noise.strip_diacritics(word.lower())][word.lower()] += 1
-    # Most frequent form; ties go to the form seen first (Counter keeps insertion order).
-    self.forms = {key: c.most_common(1)[0][0] for key, c in counts.items()}
+        self.counts[noise.strip_diacritics(word)][word] += 1
+        if word.lower() != word:  # also a form of the lower-case word
+          self.counts[noise.strip_diacritics(word.lower())][word.lower()] += 1
+    self.counts = dict(self.counts)
+
+  def candidates(self, word: str) -> collections.Counter:
+    """The forms of word seen in training, with their counts: its own if word was seen as
+    written (without diacritics), else its lower case's with word's capitals put back; empty
+    for a word never seen. Ordered as first seen."""
+    if word in self.counts:
+      return self.counts[word]
+    lower = self.counts.get(word.lower())
+    if lower is None:
+      return collections.Counter()
+    return collections.Counter({_recase(form, word): n for form, n in lower.items()})
 
   def restore_word(self, word: str) -> str:
-    if word in self.forms:
-      return self.forms[word]
-    lower = self.forms.get(word.lower())
-    if lower is None:
-      return word
-    if word.isupper() and len(word) > 1:
-      return lower.upper()
-    return lower[:1].upper() + lower[1:] if word[:1].isupper() else lower
+    """The most frequent form (ties: the first seen); an unknown word stays."""
+    forms = self.candidates(word)
+    return forms.most_common(1)[0][0] if forms else word
 
   def __call__(self, text: str) -> str:
     """text with every word restored."""
     return _WORD.sub(lambda m: self.restore_word(m.group(0)), text)
+
+
+def _recase(lower: str, like: str) -> str:
+  """lower with the capitals of `like`: all capitals, or a capital first letter."""
+  if like.isupper() and len(like) > 1:
+    return lower.upper()
+  return lower[:1].upper() + lower[1:] if like[:1].isupper() else lower

@@ -99,6 +99,10 @@ class Tagger(nnx.Module):
     """The most likely label of every byte, labels_BT (int32)."""
     return jnp.argmax(self(inputs_BT), axis=-1).astype(jnp.int32)
 
+  def log_probs(self, inputs_BT: jax.Array) -> jax.Array:
+    """log p(label) of every byte, logp_BTC (disallowed labels: about -3.4e38)."""
+    return jax.nn.log_softmax(self(inputs_BT), axis=-1)
+
 
 def loss_fn(model: Tagger, batch: dict[str, jax.Array], z_loss: float = 0.0):
   """Mean cross-entropy over the bytes that have a decision (label != IGNORE) -> (loss, metrics).
