@@ -1,5 +1,6 @@
 """The correction demo: `python -m bytelm.demos.correct`, its Corrector, and the shipped model."""
 
+import dataclasses
 import importlib.util
 import io
 import json
@@ -10,6 +11,8 @@ import sys
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
+
+import bytelm
 
 from bytelm.data import noise, tags
 from bytelm.demos import correct, metrics
@@ -129,3 +132,25 @@ def test_lexicon_labels_pick_the_likeliest_seen_form():
   assert tags.apply(plain, labels) == "šalis aš xyz"
   logp[0, sh] = -1.0  # now the context speaks against š strongly enough: -1.91 < -1.42
   assert tags.apply(plain, correct.lexicon_labels(plain, logp, lexicon)) == "salis aš xyz"
+
+
+def test_a_seq2seq_corrector_changes_diacritics_only(tmp_path):
+  """configs/diacritics.py:both (a ByT5 for typos and diacritics), shrunk to the tiny shape."""
+  spec = importlib.util.spec_from_file_location("diacritics", ROOT / "configs" / "diacritics.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("both")
+  assert (config.model_family, config.data.objective, config.data.correction_task) == (
+      "t5", "correction", "both")
+  config.model.update(dataclasses.asdict(bytelm.preset("tiny")))
+  (tmp_path / "docs.txt").write_text("\n".join(LINES * 20), encoding="utf-8")
+  config.data.train = f"file:{tmp_path / 'docs.txt'}"
+  config.data.input_length = 32
+  config.train.update(steps=2, batch_size=4, eval_every=2, eval_batches=1)
+  config.opt.warmup_steps = 1
+  train_and_evaluate(config, tmp_path / "run")
+  corrector = correct.Corrector.load(tmp_path / "run")
+  assert corrector.tasks == correct.TASKS and not corrector.is_tagger
+  out = corrector(["as esu is Lietuvos", ""], "diacritics")
+  assert noise.strip_diacritics(out[0]) == "as esu is Lietuvos" and out[1] == ""
+  assert len(corrector(["teh cat"], "typos")) == 1
