@@ -7,8 +7,8 @@
 Default: the ByT5 encoder (d_model 256, 6 layers) with a 7-byte window layer before it and a
 label head (bytelm.models.tagger), trained for TRAIN_STEPS steps of 32 x 128-byte windows of
 `embedded:diacritics` whose diacritics were stripped; at each ASCII letter it picks "keep" or a
-decorated letter that strips to it. About 30 minutes on the 2-core CI CPU. This is the model shipped in
-bytelm/demos/diacritics/ (its README has the figures).
+decorated letter that strips to it. 26m34s on the 2-core CI CPU (2026-11-26). This is the model
+shipped in bytelm/demos/diacritics/ (its README has the figures).
 
 Why a tagger and not the paper's seq2seq: a from-scratch ByT5 encoder-decoder first has to
 learn to copy its input through cross-attention, which has no position information. On this

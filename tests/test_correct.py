@@ -154,3 +154,13 @@ def test_a_seq2seq_corrector_changes_diacritics_only(tmp_path):
   out = corrector(["as esu is Lietuvos", ""], "diacritics")
   assert noise.strip_diacritics(out[0]) == "as esu is Lietuvos" and out[1] == ""
   assert len(corrector(["teh cat"], "typos")) == 1
+
+
+def test_each_line_reads_with_the_lexicon_that_knows_it_best():
+  lt = metrics.Lexicon(["aš esu iš Lietuvos", "failą"])
+  fr = metrics.Lexicon(["à l'école où il a été"])
+  corrector = correct.Corrector(None, trained_task="diacritics", input_length=32,
+                                lexicons=[lt, fr])
+  assert corrector.lexicon_for("as esu is Lietuvos") is lt
+  assert corrector.lexicon_for("ou il a ete") is fr
+  assert corrector.lexicon_for("Привет 日本") is None  # no word known: the model alone
