@@ -12,7 +12,9 @@ their diacritics (`noise.strip_diacritics`) and restored these ways, all in this
   copy           the stripped input unchanged.
 Metrics are Stankevičius et al.'s (bytelm.demos.metrics): alpha-word accuracy, diacritic-word
 accuracy, and unseen-word accuracy (words absent from that language's training text). Means
-are over languages. Prints a table, draws eval/results/diacritics.png, and ends with
+are over languages. A seq2seq corrector trained for typos (configs/diacritics.py:both) is also
+scored on typo'd and on typo'd + stripped lines, words aligned by edit distance, against copying.
+Prints tables, draws eval/results/diacritics.png, and ends with
   alpha_acc_mean=... lexicon_acc_mean=... unseen_acc_mean=... lexicon_unseen_acc_mean=...
 """
 
@@ -63,6 +65,17 @@ def evaluate_language(correctors: dict[str, Corrector], source: str, max_lines: 
           "seconds": seconds, "example": (inputs[example], shown[example], gold[example])}
 
 
+def typo_counts(corrector: Corrector, source: str, max_lines: int, task: str) -> dict:
+  """Word counts (aligned by edit distance) of the corrector and of copying, on held-out lines
+  noised for `task` ("typos" or "both": typos at the default 2% rate, qwerty), seed = line."""
+  train = lines_of(sources.load_text(f"embedded:{source}", "train")["text"])
+  gold = lines_of(sources.load_text(f"embedded:{source}", "validation")["text"])[:max_lines]
+  inputs = [noise.corrupt(line, task, seed=i) for i, line in enumerate(gold)]
+  seen = metrics.vocabulary(train)
+  return {name: metrics.corpus_counts(gold, out, seen, aligned=True)
+          for name, out in (("model", corrector(inputs, task)), ("copy", inputs))}
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--model", default=None, help="workdir or export (default: the shipped model)")
@@ -111,6 +124,17 @@ def main() -> None:
   for lang, r in results.items():
     source, restored, gold = r["example"]
     print(f"  {lang}: {source}\n   -> {restored}\n    | {gold}")
+  typo_means = {}
+  if "typos" in correctors["model"].tasks:  # a seq2seq corrector trained with typos
+    for task in ("typos", "both"):
+      counts = {lang: typo_counts(correctors["model"], LANGUAGES[lang], args.max_lines, task)
+                for lang in languages}
+      print(f"\nTask {task!r}, word accuracy aligned by edit distance (alpha words):\n")
+      print("| language | model | copy |\n|---|---|---|")
+      for lang, c in counts.items():
+        print(f"| {lang} | {c['model'].accuracy():.4f} | {c['copy'].accuracy():.4f} |")
+      typo_means[task] = {name: float(np.mean([c[name].accuracy() for c in counts.values()]))
+                          for name in ("model", "copy")}
   if args.plot:
     plot(results, systems, args.plot)
     print(f"\nplot: {args.plot}")
@@ -121,7 +145,9 @@ def main() -> None:
         f"model_alone_acc_mean={mean['model', 'alpha']:.4f} "
         f"model_alone_unseen_acc_mean={mean['model', 'unseen']:.4f} "
         f"copy_acc_mean={mean['copy', 'alpha']:.4f} "
-        f"diacritic_acc_mean={mean[shipped, 'diacritic']:.4f}")
+        f"diacritic_acc_mean={mean[shipped, 'diacritic']:.4f}"
+        + "".join(f" {task}_acc_mean={m['model']:.4f} {task}_copy_acc_mean={m['copy']:.4f}"
+                  for task, m in typo_means.items()))
 
 
 def plot(results: dict, systems: list[str], path: str) -> None:
