@@ -1,0 +1,176 @@
+"""Dynamic token merging, part 1: cutting bytes into segments, and moving between the two.
+
+A segmenter maps a byte sequence to segment start offsets; `segment_ids` turns those into
+static shapes: at most `max_segments` segments per sequence, at most `max_segment_bytes` bytes
+per segment. A segment longer than that is split into chunks (at UTF-8 character boundaries
+where it can), never dropped; bytes after the last segment that fits are reported, not lost, so
+the data pipeline can start its next window there.
+
+Segmenters here (the entropy and learned ones come with the hierarchical model):
+- `word_starts`: Unicode-aware words. A segment is one token with the whitespace before it
+  (" world", as GPT-2's pre-tokenizer does): a run of letters and combining marks
+  (apostrophes and hyphens inside a word stay), a run of digits, or one punctuation / symbol
+  character. Scripts written without spaces (Han, Kana, Thai, Lao, Khmer, Myanmar, Tibetan)
+  give one segment per character. Whitespace at the end of the text is a segment of its own.
+  Bytes that are not valid UTF-8 are one segment each.
+- `fixed_starts`: every n bytes (MEGABYTE's patches, the control).
+
+Pooling (`pool`) turns byte states B T D into segment states B N D; `unpool` hands each byte
+the backbone state of the segments *before* its own, so that predicting the bytes of segment n
+never sees segment n or later (tests check it through gradients).
+
+Axis legend: B batch, T bytes, N segments, D width.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Unicode name prefixes of letters of scripts written without spaces between words.
+_NO_SPACE_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR",
+                     "TIBETAN")
+_INSIDE_WORD = "'’-"  # joins letters on both sides: don't, l’école, e-mail
+
+
+def _characters(data: bytes) -> list[tuple[int, str | None]]:
+  """(byte offset, character) for each character of data; None for a byte that is not valid
+  UTF-8 (each such byte stands alone)."""
+  out, i = [], 0
+  while i < len(data):
+    for width in (1, 2, 3, 4):
+      try:
+        ch = data[i:i + width].decode("utf-8")
+      except UnicodeDecodeError:
+        continue
+      if len(ch) == 1:
+        out.append((i, ch))
+        i += width
+        break
+    else:
+      out.append((i, None))
+      i += 1
+  return out
+
+
+def _kind(ch: str | None) -> str:
+  """space | letter | digit | alone (punctuation, symbols, unspaced scripts, invalid bytes)."""
+  if ch is None:
+    return "alone"
+  if ch.isspace():
+    return "space"
+  category = unicodedata.category(ch)
+  if category == "Nd":
+    return "digit"
+  if category[0] in "LM":
+    name = unicodedata.name(ch, "")
+    return "alone" if name.startswith(_NO_SPACE_SCRIPTS) else "letter"
+  return "alone"
+
+
+def word_starts(data: bytes) -> list[int]:
+  """Byte offsets where the word segments of data begin (see the module docstring)."""
+  chars = _characters(bytes(data))
+  kinds = [_kind(ch) for _, ch in chars]
+  starts = []
+  space_start = None  # where the whitespace before the next token began
+  previous = None  # kind of the token's last character; None at a token's start
+  for j, (offset, ch) in enumerate(chars):
+    kind = kinds[j]
+    if kind == "space":
+      space_start = offset if space_start is None else space_start
+      previous = None
+      continue
+    if ch is not None and ch in _INSIDE_WORD and previous == "letter" and j + 1 < len(chars) \
+        and kinds[j + 1] == "letter":
+      kind = "letter"  # don't, l’école, e-mail
+    if space_start is not None:
+      starts.append(space_start)
+      space_start = None
+    elif not (kind == previous and kind in ("letter", "digit")):
+      starts.append(offset)
+    previous = kind
+  if space_start is not None:  # whitespace at the end
+    starts.append(space_start)
+  return starts
+
+
+def fixed_starts(num_bytes: int, size: int) -> list[int]:
+  """Every `size` bytes: 0, size, 2 size, ..."""
+  if size < 1:
+    raise ValueError(f"fixed segments need a size >= 1, got {size}")
+  return list(range(0, num_bytes, size))
+
+
+def split_long(data: bytes, starts: Sequence[int], max_segment_bytes: int) -> list[int]:
+  """starts with every segment longer than max_segment_bytes cut into chunks that fit,
+  at UTF-8 character boundaries unless one character is longer (it cannot be: 4 bytes)."""
+  if max_segment_bytes < 4:
+    raise ValueError(f"max_segment_bytes must be at least 4 (one UTF-8 character), got "
+                     f"{max_segment_bytes}")
+  out = []
+  ends = list(starts[1:]) + [len(data)]
+  for start, end in zip(starts, ends):
+    out.append(start)
+    position = start
+    while end - position > max_segment_bytes:
+      cut = position + max_segment_bytes
+      # Back off continuation bytes (10xxxxxx) so a character is not cut in two.
+      while cut > position + 1 and (data[cut] & 0xC0) == 0x80:
+        cut -= 1
+      out.append(cut)
+      position = cut
+  return out
+
+
+def segment_ids(num_bytes: int, starts: Sequence[int], max_segments: int,
+                length: int | None = None) -> tuple[np.ndarray, int]:
+  """(ids_T, covered): the segment of each byte (int32, -1 past the last kept segment and on
+  padding up to `length`), and how many bytes the first max_segments segments cover."""
+  length = num_bytes if length is None else length
+  if num_bytes > length:
+    raise ValueError(f"{num_bytes} bytes do not fit a row of length {length}")
+  ids_T = np.full((length,), -1, np.int32)
+  starts = list(starts)
+  if num_bytes and (not starts or starts[0] != 0):
+    raise ValueError("segment starts must begin at offset 0")
+  kept = starts[:max_segments]
+  covered = starts[max_segments] if len(starts) > max_segments else num_bytes
+  for n, (start, end) in enumerate(zip(kept, kept[1:] + [covered])):
+    ids_T[start:end] = n
+  return ids_T, covered
+
+
+# ---- pooling (JAX) -------------------------------------------------------------------------------
+
+
+def pool(x_BTD: jax.Array, ids_BT: jax.Array, num_segments: int, how: str = "mean") -> jax.Array:
+  """Segment states x_BND from byte states: the mean of each segment's bytes, or its "last" or
+  "first" byte; empty segment slots are zeros. ids_BT as from `segment_ids` (-1: no segment)."""
+  onehot_BTN = (ids_BT[..., None] == jnp.arange(num_segments)).astype(x_BTD.dtype)
+  if how == "mean":
+    weights_BTN = onehot_BTN / jnp.maximum(onehot_BTN.sum(axis=1, keepdims=True), 1)
+  elif how in ("last", "first"):
+    # A segment's last byte is followed by another segment's (or none); its first, preceded.
+    if how == "last":
+      neighbour_BT = jnp.pad(ids_BT, ((0, 0), (0, 1)), constant_values=-1)[:, 1:]
+    else:
+      neighbour_BT = jnp.pad(ids_BT, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
+    weights_BTN = onehot_BTN * (ids_BT != neighbour_BT)[..., None].astype(x_BTD.dtype)
+  else:
+    raise ValueError(f"pool how must be 'mean', 'last' or 'first', got {how!r}")
+  return jnp.einsum("btn,btd->bnd", weights_BTN, x_BTD)
+
+
+def unpool(h_BND: jax.Array, ids_BT: jax.Array, start_D: jax.Array) -> jax.Array:
+  """Per byte, the backbone state after the segments before its own: bytes of segment n get
+  h_BND[:, n - 1], bytes of segment 0 get start_D; bytes with no segment (-1) get start_D too."""
+  previous_BND = jnp.concatenate(
+      [jnp.broadcast_to(start_D, h_BND[:, :1].shape), h_BND[:, :-1]], axis=1)
+  index_BT = jnp.maximum(ids_BT, 0)
+  gathered_BTD = jnp.take_along_axis(previous_BND, index_BT[..., None], axis=1)
+  return jnp.where((ids_BT >= 0)[..., None], gathered_BTD, start_D)

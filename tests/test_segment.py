@@ -1,0 +1,95 @@
+"""Segmenters under static shapes, and pooling between bytes and segments (models/segment.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from bytelm.models import segment
+
+
+def pieces(data: bytes, starts) -> list[bytes]:
+  return [data[a:b] for a, b in zip(starts, list(starts[1:]) + [len(data)])]
+
+
+def words(text: str) -> list[str]:
+  data = text.encode("utf-8")
+  return [p.decode("utf-8") for p in pieces(data, segment.word_starts(data))]
+
+
+def test_words_take_the_space_before_them():
+  assert words("Hello, world!") == ["Hello", ",", " world", "!"]
+  assert words("  don't e-mail l’école  ") == ["  don't", " e-mail", " l’école", "  "]
+  assert words("in 2026-11-26") == ["in", " 2026", "-", "11", "-", "26"]
+  assert words("a\nb\t c") == ["a", "\nb", "\t c"]
+  assert words("naïve ño") == ["naïve", " ño"]  # marks, composed or not, stay in the word
+
+
+def test_unspaced_scripts_and_invalid_bytes_stand_alone():
+  assert words("日本語 and ไทย") == ["日", "本", "語", " and", " ไ", "ท", "ย"]
+  data = b"ab\xff\xfecd"
+  assert pieces(data, segment.word_starts(data)) == [b"ab", b"\xff", b"\xfe", b"cd"]
+  assert segment.word_starts(b"") == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.binary(max_size=80),
+                 st.text(alphabet=st.sampled_from("ab ąž,.'-\n日7\u0301"), max_size=60)
+                 .map(lambda t: t.encode("utf-8"))),
+       st.integers(4, 12), st.integers(1, 8))
+def test_segments_rejoin_fit_and_cover_what_they_say(data, max_bytes, max_segments):
+  for starts in (segment.word_starts(data), segment.fixed_starts(len(data), 5)):
+    starts = segment.split_long(data, starts, max_bytes)
+    assert starts == sorted(set(starts)) and (not data or starts[0] == 0)
+    parts = pieces(data, starts)
+    assert b"".join(parts) == data  # nothing dropped, nothing added
+    assert all(0 < len(p) <= max_bytes for p in parts)
+    ids, covered = segment.segment_ids(len(data), starts, max_segments, length=len(data) + 3)
+    kept = parts[:max_segments]
+    assert covered == sum(len(p) for p in kept)
+    assert list(ids[:covered]) == [n for n, p in enumerate(kept) for _ in p]
+    assert np.all(ids[covered:] == -1)
+
+
+def test_long_words_are_cut_between_characters():
+  data = "Zażółć".encode("utf-8")  # 10 bytes
+  parts = pieces(data, segment.split_long(data, segment.word_starts(data), 4))
+  assert [p.decode("utf-8") for p in parts] == ["Zaż", "ół", "ć"]
+
+
+def test_bad_bounds_are_clear_errors():
+  with pytest.raises(ValueError, match="max_segment_bytes"):
+    segment.split_long(b"abc", [0], 3)
+  with pytest.raises(ValueError, match="size"):
+    segment.fixed_starts(10, 0)
+  with pytest.raises(ValueError, match="offset 0"):
+    segment.segment_ids(4, [1], 2)
+  with pytest.raises(ValueError, match="fit"):
+    segment.segment_ids(5, [0], 2, length=4)
+
+
+def test_pool_by_hand():
+  x = jnp.arange(12.0).reshape(1, 6, 2)  # byte t has state (2t, 2t + 1)
+  ids = jnp.asarray([[0, 0, 1, 1, 1, -1]])
+  np.testing.assert_allclose(segment.pool(x, ids, 3, "mean")[0],
+                             [[1, 2], [6, 7], [0, 0]])
+  np.testing.assert_allclose(segment.pool(x, ids, 3, "last")[0], [[2, 3], [8, 9], [0, 0]])
+  np.testing.assert_allclose(segment.pool(x, ids, 3, "first")[0], [[0, 1], [4, 5], [0, 0]])
+  with pytest.raises(ValueError, match="how"):
+    segment.pool(x, ids, 3, "max")
+
+
+def test_unpool_never_sees_its_own_or_later_segments():
+  ids = jnp.asarray([[0, 0, 1, 1, 1, 2, -1]])
+  h = jax.random.normal(jax.random.key(0), (1, 3, 4))
+  start = jnp.full((4,), 7.0)
+  out = segment.unpool(h, ids, start)
+  np.testing.assert_allclose(out[0, :2], jnp.broadcast_to(start, (2, 4)))
+  np.testing.assert_allclose(out[0, 2:5], jnp.broadcast_to(h[0, 0], (3, 4)))
+  np.testing.assert_allclose(out[0, 5], h[0, 1])
+  # d out[byte t] / d h[segment m] is zero for every m >= the segment of t.
+  jac = jax.jacobian(lambda h: segment.unpool(h, ids, start))(h)  # [1, T, D, 1, N, D]
+  for t, n in enumerate(np.asarray(ids[0])):
+    later = slice(max(n, 0), None)
+    assert float(jnp.abs(jac[0, t, :, 0, later]).max()) == 0.0, (t, n)
