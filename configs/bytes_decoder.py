@@ -1,0 +1,71 @@
+"""A decoder-only byte LM (the flat baseline of the hierarchical models) on the embedded corpus.
+
+  python train.py --config configs/bytes_decoder.py [--workdir DIR] [--config.train.steps=100]
+
+Default: T5's blocks as a causal stack (d_model 256, d_ff 640, 4 heads x 64, 4 layers,
+bytelm.models.decoder), 600 steps of 16 x 256 bytes of `embedded:en` with the "causal_lm"
+objective; validation bits per byte on the held-out split. `:tiny` is what the tests use.
+"""
+
+import dataclasses
+
+import ml_collections
+
+from bytelm.models import decoder, t5
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "default"
+  if variant not in ("default", "tiny"):
+    raise ValueError(f"unknown variant {variant!r} of configs/bytes_decoder.py; use '' or 'tiny'")
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.init_from = ""  # a bytelm workdir of the same family to start from
+  c.model_family = "decoder"
+  shape = dataclasses.asdict(t5.preset("tiny" if variant == "tiny" else "mini"))
+  shape.update(num_encoder_layers=0, num_decoder_layers=2 if variant == "tiny" else 4)
+  c.model = ml_collections.ConfigDict(dataclasses.asdict(decoder.DecoderConfig(**shape)))
+
+  c.data = ml_collections.ConfigDict()
+  c.data.train = "embedded:en"  # embedded:<group|name>, file:<glob>, or hf:<dataset>[:<config>]
+  c.data.validation = ""  # empty: the validation split of data.train
+  c.data.objective = "causal_lm"
+  c.data.input_length = 256
+  c.data.target_length = ml_collections.config_dict.placeholder(int)
+  c.data.noise_density = 0.15  # unused by causal_lm; the trainer's data contract
+  c.data.mean_noise_span_length = 20.0
+
+  c.opt = ml_collections.ConfigDict()
+  c.opt.name = "adamw"
+  c.opt.lr = 2e-3
+  c.opt.schedule = "cosine"
+  c.opt.warmup_steps = 50
+  c.opt.final_lr_fraction = 0.1
+  c.opt.b1 = 0.9
+  c.opt.b2 = 0.98
+  c.opt.eps = 1e-9
+  c.opt.weight_decay = 0.01
+  c.opt.grad_clip = 1.0
+  c.opt.z_loss = 0.0
+  c.opt.lr_scale = ml_collections.ConfigDict()
+  c.opt.sgd = ml_collections.ConfigDict()
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 600
+  c.train.batch_size = 16
+  c.train.log_every = 20
+  c.train.eval_every = 200
+  c.train.eval_batches = 16
+
+  c.ckpt = ml_collections.ConfigDict()
+  c.ckpt.every = 200
+  c.ckpt.keep = 2
+
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+
+  if variant == "tiny":
+    c.data.input_length = 32
+    c.train.update(steps=4, batch_size=4, log_every=2, eval_every=4, eval_batches=1)
+    c.opt.warmup_steps = 1
+    c.ckpt.every = 4
+  return c

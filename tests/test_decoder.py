@@ -1,0 +1,67 @@
+"""The decoder-only byte LM (models/decoder.py) and its recipe configs/bytes_decoder.py."""
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import bytelm
+from bytelm.models import decoder
+from bytelm.training import train_and_evaluate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def config(variant="tiny"):
+  spec = importlib.util.spec_from_file_location("bytes_decoder",
+                                                ROOT / "configs" / "bytes_decoder.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def tiny_model():
+  return decoder.DecoderLM(decoder.DecoderConfig(**config().model.to_dict()), rngs=nnx.Rngs(0))
+
+
+def test_no_position_sees_a_later_one():
+  """d logits[t] / d embedding of input s is zero for every s > t."""
+  model = tiny_model()
+  ids = jnp.asarray([[5, 70, 80, 90, 100, 1, 60, 61]])
+  x = model.shared(ids)
+
+  def logits_from_embeddings(x_BTD):
+    bias = decoder.causal_bias(model.rel_bias, ids.shape[1])
+    key_bias = jnp.zeros(ids.shape, jnp.float32)
+    for block in model.blocks:
+      x_BTD, _ = block(x_BTD, bias, key_bias)
+    return model.lm_head(model.final_norm(x_BTD))
+
+  np.testing.assert_allclose(logits_from_embeddings(x), model(ids), rtol=1e-6)
+  jac = jax.jacobian(lambda x: logits_from_embeddings(x).sum(-1))(x)  # [1, T, 1, T, D]
+  for t in range(ids.shape[1]):
+    assert float(jnp.abs(jac[0, t, 0, t + 1:]).max(initial=0.0)) == 0.0, t
+    assert float(jnp.abs(jac[0, t, 0, : t + 1]).max()) > 0.0, t
+
+
+def test_pad_rows_and_pad_targets_do_not_count():
+  """An all-pad row (the last evaluation batch's filler) leaves the loss as it was."""
+  model = tiny_model()
+  row = jnp.asarray([[5, 70, 80, 90, 100, 1]])
+  batch = {"inputs": row[:, :-1], "targets": row[:, 1:]}
+  padded = {k: jnp.concatenate([v, jnp.zeros_like(v)]) for k, v in batch.items()}
+  loss, metrics = decoder.loss_fn(model, batch)
+  padded_loss, padded_metrics = decoder.loss_fn(model, padded)
+  np.testing.assert_allclose(float(loss), float(padded_loss), rtol=1e-6)
+  assert float(metrics["num_targets"]) == float(padded_metrics["num_targets"]) == 5
+
+
+def test_the_recipe_trains_and_loads(tmp_path):
+  c = config()
+  summary = train_and_evaluate(c, tmp_path / "run")
+  assert np.isfinite(summary.val_loss) and summary.val_bpb > 0
+  model = bytelm.load(tmp_path / "run")
+  assert isinstance(model, decoder.DecoderLM) and model.config.num_decoder_layers == 2
