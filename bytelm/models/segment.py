@@ -8,16 +8,17 @@ the data pipeline can start its next window there.
 
 Segmenters here (the entropy and learned ones come with the hierarchical model):
 - `word_starts`: Unicode-aware words. A segment is one token with the whitespace before it
-  (" world", as GPT-2's pre-tokenizer does): a run of letters and combining marks
-  (apostrophes and hyphens inside a word stay), a run of digits, or one punctuation / symbol
-  character. Scripts written without spaces (Han, Kana, Thai, Lao, Khmer, Myanmar, Tibetan)
+  (" world", as GPT-2's pre-tokenizer does): a run of letters and combining marks, a run of
+  digits, or one punctuation / symbol character (so "don't" is "don", "'", "t": a rule that
+  kept the apostrophe would have to look at the next character, and a boundary must be known
+  by the time its first character is complete; see `context_ids`). Scripts written without spaces (Han, Kana, Thai, Lao, Khmer, Myanmar, Tibetan)
   give one segment per character. Whitespace at the end of the text is a segment of its own.
   Bytes that are not valid UTF-8 are one segment each.
 - `fixed_starts`: every n bytes (MEGABYTE's patches, the control).
 
 Pooling (`pool`) turns byte states B T D into segment states B N D; `unpool` hands each byte
-the backbone state of the segments *before* its own, so that predicting the bytes of segment n
-never sees segment n or later (tests check it through gradients).
+the backbone state of the last segment whose end was already known before that byte
+(`context_ids`), so that predicting byte t never depends on byte t or later (tested).
 
 Axis legend: B batch, T bytes, N segments, D width.
 """
@@ -34,7 +35,6 @@ import numpy as np
 # Unicode name prefixes of letters of scripts written without spaces between words.
 _NO_SPACE_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR",
                      "TIBETAN")
-_INSIDE_WORD = "'’-"  # joins letters on both sides: don't, l’école, e-mail
 
 
 def _characters(data: bytes) -> list[tuple[int, str | None]]:
@@ -85,9 +85,6 @@ def word_starts(data: bytes) -> list[int]:
       space_start = offset if space_start is None else space_start
       previous = None
       continue
-    if ch is not None and ch in _INSIDE_WORD and previous == "letter" and j + 1 < len(chars) \
-        and kinds[j + 1] == "letter":
-      kind = "letter"  # don't, l’école, e-mail
     if space_start is not None:
       starts.append(space_start)
       space_start = None
@@ -145,6 +142,26 @@ def segment_ids(num_bytes: int, starts: Sequence[int], max_segments: int,
   return ids_T, covered
 
 
+def context_ids(data: bytes, starts: Sequence[int], max_segments: int,
+                length: int | None = None) -> np.ndarray:
+  """ctx_T (int32): for each byte t, the last kept segment m whose end was known before t, i.e.
+  the first character of segment m + 1 is complete at a byte < t; -1 where there is none.
+
+  A boundary is decided by the character that starts the next segment (never by a later one),
+  so byte t may read the backbone state of segment ctx_T[t] without seeing byte t or later.
+  """
+  length = len(data) if length is None else length
+  ctx_T = np.full((length,), -1, np.int32)
+  kept = list(starts)[:max_segments + 1]  # the start after the last kept segment ends it
+  for m in range(len(kept) - 1):
+    first = kept[m + 1]
+    width = 1
+    while first + width < len(data) and (data[first + width] & 0xC0) == 0x80 and width < 4:
+      width += 1  # continuation bytes of the character that starts segment m + 1
+    ctx_T[first + width:] = m  # bytes after that character is complete
+  return ctx_T
+
+
 # ---- pooling (JAX) -------------------------------------------------------------------------------
 
 
@@ -166,11 +183,8 @@ def pool(x_BTD: jax.Array, ids_BT: jax.Array, num_segments: int, how: str = "mea
   return jnp.einsum("btn,btd->bnd", weights_BTN, x_BTD)
 
 
-def unpool(h_BND: jax.Array, ids_BT: jax.Array, start_D: jax.Array) -> jax.Array:
-  """Per byte, the backbone state after the segments before its own: bytes of segment n get
-  h_BND[:, n - 1], bytes of segment 0 get start_D; bytes with no segment (-1) get start_D too."""
-  previous_BND = jnp.concatenate(
-      [jnp.broadcast_to(start_D, h_BND[:, :1].shape), h_BND[:, :-1]], axis=1)
-  index_BT = jnp.maximum(ids_BT, 0)
-  gathered_BTD = jnp.take_along_axis(previous_BND, index_BT[..., None], axis=1)
-  return jnp.where((ids_BT >= 0)[..., None], gathered_BTD, start_D)
+def unpool(h_BND: jax.Array, context_BT: jax.Array, start_D: jax.Array) -> jax.Array:
+  """Per byte, the backbone state context_BT names (`context_ids`); start_D where it is -1."""
+  index_BT = jnp.maximum(context_BT, 0)
+  gathered_BTD = jnp.take_along_axis(h_BND, index_BT[..., None], axis=1)
+  return jnp.where((context_BT >= 0)[..., None], gathered_BTD, start_D.astype(h_BND.dtype))

@@ -1,0 +1,61 @@
+"""The hierarchical byte LM (models/hierarchical.py): no byte is predicted from itself or later."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from bytelm.models import hierarchical, segment
+
+CFG = hierarchical.HierarchicalConfig(
+    d_model=32, d_ff=64, num_heads=2, d_kv=16, relative_attention_num_buckets=8,
+    relative_attention_max_distance=20, num_backbone_layers=2, window=6, max_segments=8)
+
+
+def batch_of(text: bytes, length: int = 40) -> dict:
+  """The causal_lm pair of one row (targets = text, inputs = text shifted right) + segments."""
+  targets = np.zeros(length, np.int32)
+  targets[: len(text)] = np.frombuffer(text, np.uint8) + 3
+  inputs = np.concatenate([[0], targets[:-1]])
+  starts = segment.split_long(text, segment.word_starts(text), 16)
+  ids, _ = segment.segment_ids(len(text), starts, CFG.max_segments, length)
+  ctx = segment.context_ids(text, starts, CFG.max_segments, length)
+  return {k: jnp.asarray(v)[None] for k, v in
+          dict(inputs=inputs, targets=targets, segment_ids=ids, context_ids=ctx).items()}
+
+
+@pytest.fixture(scope="module")
+def model():
+  m = hierarchical.Hierarchical(CFG, rngs=nnx.Rngs(0))
+  # A start state that differs from every segment's, so a wrong context would show.
+  m.start[...] = jnp.full((CFG.d_model,), 3.0)
+  return m
+
+
+def logits(model, batch):
+  return np.asarray(model(batch["inputs"], batch["targets"], batch["segment_ids"],
+                          batch["context_ids"]))
+
+
+def test_changing_bytes_from_t_on_leaves_earlier_predictions_alone(model):
+  text = "Hello, world! don't 日本 ok".encode("utf-8")
+  base = logits(model, batch_of(text))
+  for t in range(1, len(text)):
+    for tail in (b"X", b" z", b"'s", "é".encode()):
+      changed = (text[:t] + tail * 8)[:len(text)]
+      out = logits(model, batch_of(changed))
+      np.testing.assert_allclose(out[0, :t], base[0, :t], rtol=1e-5, atol=1e-5,
+                                 err_msg=f"t={t} tail={tail!r}")
+
+
+def test_segments_do_reach_the_byte_decoder(model):
+  """The backbone is used: a byte far outside the window still changes later predictions."""
+  text = b"alpha beta gamma delta epsilon zeta"
+  other = b"omega" + text[5:]
+  a, b = logits(model, batch_of(text)), logits(model, batch_of(other))
+  assert np.abs(a[0, -1] - b[0, -1]).max() > 1e-4  # 30 bytes on, window 6
+
+
+def test_loss_runs_on_a_batch(model):
+  loss, metrics = hierarchical.loss_fn(model, batch_of(b"a small test of the loss"))
+  assert np.isfinite(float(loss)) and float(metrics["num_targets"]) == 24
