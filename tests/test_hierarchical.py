@@ -1,11 +1,19 @@
 """The hierarchical byte LM (models/hierarchical.py): no byte is predicted from itself or later."""
 
+import importlib.util
+import pathlib
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
+import bytelm
+from bytelm.data import pipeline
 from bytelm.models import hierarchical, segment
+from bytelm.training import train_and_evaluate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 CFG = hierarchical.HierarchicalConfig(
     d_model=32, d_ff=64, num_heads=2, d_kv=16, relative_attention_num_buckets=8,
@@ -59,3 +67,31 @@ def test_segments_do_reach_the_byte_decoder(model):
 def test_loss_runs_on_a_batch(model):
   loss, metrics = hierarchical.loss_fn(model, batch_of(b"a small test of the loss"))
   assert np.isfinite(float(loss)) and float(metrics["num_targets"]) == 24
+
+
+def test_the_pipeline_adds_segments_of_the_targets():
+  docs = ["Hello, world! How are you today?", "日本語 text"] * 10
+  segments = dict(kind="words", max_segments=6, max_segment_bytes=8)
+  src = pipeline.BatchSource(docs, objective="causal_lm", batch_size=4, input_length=24,
+                             segments=segments)
+  batch = src.batch(0)
+  for row, ids, ctx in zip(batch["targets"], batch["segment_ids"], batch["context_ids"]):
+    data = bytes(np.where(row == 1, 0xFF, row - 3).astype(np.uint8))
+    starts = segment.split_long(data, segment.word_starts(data), 8)
+    np.testing.assert_array_equal(ids, segment.segment_ids(len(data), starts, 6, 24)[0])
+    np.testing.assert_array_equal(ctx, segment.context_ids(data, starts, 6, 24))
+  with pytest.raises(ValueError, match="kind"):
+    pipeline.BatchSource(docs, objective="causal_lm", batch_size=4, input_length=24,
+                         segments={"kind": "entropy"})
+  with pytest.raises(ValueError, match="causal_lm"):
+    pipeline.BatchSource(docs, objective="span_corruption", batch_size=4, input_length=24,
+                         segments=segments)
+
+
+def test_the_recipe_trains_and_loads(tmp_path):
+  spec = importlib.util.spec_from_file_location("hat", ROOT / "configs" / "hat.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  summary = train_and_evaluate(module.get_config("tiny"), tmp_path / "run")
+  assert np.isfinite(summary.val_loss)
+  assert isinstance(bytelm.load(tmp_path / "run"), hierarchical.Hierarchical)

@@ -35,6 +35,7 @@ import datasets
 import numpy as np
 
 from bytelm.data import noise, objectives, sources, tags
+from bytelm.models import segment
 from bytelm.tokenizer import EOS_ID, OFFSET, PAD_ID
 
 Objective = Literal["span_corruption", "causal_lm", "correction", "diacritics_tagging"]
@@ -95,7 +96,8 @@ class BatchSource:
                mean_noise_span_length: float = objectives.MEAN_NOISE_SPAN_LENGTH,
                process_index: int = 0, process_count: int = 1,
                shuffle_seed: int | None = 0, correction_task: str = "diacritics",
-               typo_rate: float = 0.02, keyboard: str = "qwerty"):
+               typo_rate: float = 0.02, keyboard: str = "qwerty",
+               segments: dict | None = None):
     """Args:
       texts: documents (a Dataset with a "text" column, or a sequence of str).
       objective: "span_corruption" (encoder-decoder, ByT5) or "causal_lm" (decoder-only).
@@ -112,6 +114,9 @@ class BatchSource:
         (objectives.correction): inputs are whole words of a window of S - 1 bytes, corrupted;
         targets are the words themselves. S defaults to T. ("diacritics_tagging" needs no
         settings: inputs are stripped of diacritics, targets are bytelm.data.tags labels.)
+      segments: for hierarchical models (causal LM only): {"kind": "words" | "fixed",
+        "max_segments": N, "max_segment_bytes": L, "fixed_size": n}. Batches then also hold
+        `segment_ids` and `context_ids` [B, T] of the targets (bytelm.models.segment).
     """
     if objective not in OBJECTIVES:
       raise ValueError(f"unknown objective {objective!r}; use one of {OBJECTIVES}")
@@ -134,6 +139,7 @@ class BatchSource:
     self.mean_noise_span_length = float(mean_noise_span_length)
     self.input_length = int(input_length)
     self.correction = dict(task=correction_task, typo_rate=float(typo_rate), layout=keyboard)
+    self.segments = _check_segments(segments, objective)
 
     # ---- shapes
     if objective == "span_corruption":
@@ -259,13 +265,51 @@ class BatchSource:
       assert self.objective in ("correction", "diacritics_tagging") \
           or len(y) == self.target_length
       inputs[r, : len(x)], targets[r, : len(y)] = x, y
-    return {"inputs": inputs, "targets": targets}
+    batch = {"inputs": inputs, "targets": targets}
+    if self.segments is not None:
+      batch.update(_segment_rows(targets, **self.segments))
+    return batch
 
   def __repr__(self) -> str:
     return (f"BatchSource({self.objective}, batch {self.batch_size} "
             f"(local {self.local_batch_size}), inputs {self.input_length}, targets "
             f"{self.target_length}, raw {self.raw_length}, {self.num_documents} documents, "
             f"{self.stream_length} stream bytes, seed {self.seed})")
+
+
+_SEGMENT_KEYS = {"kind", "max_segments", "max_segment_bytes", "fixed_size"}
+
+
+def _check_segments(segments: dict | None, objective: str) -> dict | None:
+  if segments is None:
+    return None
+  segments = dict(segments)
+  unknown = set(segments) - _SEGMENT_KEYS
+  if unknown or segments.get("kind") not in ("words", "fixed"):
+    raise ValueError(f"segments must be a dict with kind 'words' or 'fixed' and keys from "
+                     f"{sorted(_SEGMENT_KEYS)}; got {segments!r}")
+  if objective != "causal_lm":
+    raise ValueError(f"segments are for the causal_lm objective, not {objective!r}")
+  return {"kind": segments["kind"], "max_segments": int(segments.get("max_segments", 64)),
+          "max_segment_bytes": int(segments.get("max_segment_bytes", 16)),
+          "fixed_size": int(segments.get("fixed_size", 4))}
+
+
+def _segment_rows(targets: np.ndarray, *, kind: str, max_segments: int, max_segment_bytes: int,
+                  fixed_size: int) -> dict[str, np.ndarray]:
+  """segment_ids and context_ids [B, T] of each row of target ids; the eos between documents
+  stands as byte 0xFF (never valid UTF-8: a segment of its own), padding gets -1."""
+  ids = np.full(targets.shape, -1, np.int32)
+  ctx = np.full(targets.shape, -1, np.int32)
+  for r, row in enumerate(targets):
+    row = row[row != PAD_ID]
+    data = np.where(row == EOS_ID, _EOS_BYTE, row - OFFSET).astype(np.uint8).tobytes()
+    starts = (segment.word_starts(data) if kind == "words"
+              else segment.fixed_starts(len(data), fixed_size))
+    starts = segment.split_long(data, starts, max_segment_bytes)
+    ids[r], _ = segment.segment_ids(len(data), starts, max_segments, targets.shape[1])
+    ctx[r] = segment.context_ids(data, starts, max_segments, targets.shape[1])
+  return {"segment_ids": ids, "context_ids": ctx}
 
 
 def make_source(spec: str, split: str = "train", **kwargs) -> BatchSource:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
-from bytelm.models import decoder, mrt5, t5, tagger
+from bytelm.models import decoder, hierarchical, mrt5, t5, tagger
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +31,8 @@ FAMILIES = {
     "mrt5": Family(mrt5.MrT5Config, mrt5.MrT5, mrt5.loss_fn, after_step=mrt5.after_step,
                    eval_metrics=("deleted_frac",), report=mrt5.report),
     "decoder": Family(decoder.DecoderConfig, decoder.DecoderLM, decoder.loss_fn),
+    "hierarchical": Family(hierarchical.HierarchicalConfig, hierarchical.Hierarchical,
+                           hierarchical.loss_fn),
     "tagger": Family(tagger.TaggerConfig, tagger.Tagger, tagger.loss_fn,
                      eval_metrics=("accuracy", "changed_accuracy")),
 }

@@ -279,6 +279,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
                  process_index=jax.process_index(), process_count=jax.process_count())
   if dc.objective == "correction":  # its noise settings, where the config has them
     data_kw.update({k: dc[k] for k in ("correction_task", "typo_rate", "keyboard") if k in dc})
+  if "segments" in dc:  # hierarchical models: segment ids in every batch
+    data_kw["segments"] = dc.segments.to_dict()
   train_data = pipeline.make_source(dc.train, "train", seed=config.seed, **data_kw)
   val_data = pipeline.make_source(dc.validation or dc.train, "validation", seed=config.seed,
                                   **data_kw)
