@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bytelm.models import t5
-from bytelm.nn import Dense, key_mask_bias
+from bytelm.nn import key_mask_bias
 from bytelm.nn.attention import MASK_VALUE
 
 
@@ -49,14 +49,12 @@ class DecoderLM(nnx.Module):
 
   def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
     self.config = cfg
-    self.shared = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nnx.initializers.normal(1.0),
-                            dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, rngs=rngs)
+    self.shared = t5.embedding(cfg, rngs)
     self.rel_bias = t5._rel_bias(cfg, bidirectional=False, rngs=rngs)
     self.blocks = nnx.List([t5.EncoderBlock(cfg, rngs) for _ in range(cfg.num_decoder_layers)])
     self.final_norm = t5._norm(cfg)
     self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
-    self.lm_head = Dense(cfg.d_model, cfg.vocab_size, std=cfg.d_model**-0.5,
-                         **t5._layer_kwargs(cfg, rngs))
+    self.lm_head = t5.lm_head(cfg, rngs)
 
   def __call__(self, ids_BT: jax.Array, mask_BT: jax.Array | None = None) -> jax.Array:
     """logits_BTV: position t predicts id t + 1 from ids 0..t. Padding (mask 0, by default

@@ -30,7 +30,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bytelm.models import decoder, segment, t5
-from bytelm.nn import Dense
 from bytelm.nn.attention import MASK_VALUE
 
 
@@ -61,8 +60,7 @@ class Hierarchical(nnx.Module):
 
   def __init__(self, cfg: HierarchicalConfig, *, rngs: nnx.Rngs):
     self.config = cfg
-    self.shared = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nnx.initializers.normal(1.0),
-                            dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, rngs=rngs)
+    self.shared = t5.embedding(cfg, rngs)
     self.byte_bias = t5._rel_bias(cfg, bidirectional=False, rngs=rngs)
     self.segment_bias = t5._rel_bias(cfg, bidirectional=False, rngs=rngs)
     self.encoder = nnx.List([t5.EncoderBlock(cfg, rngs) for _ in range(cfg.num_encoder_layers)])
@@ -73,8 +71,7 @@ class Hierarchical(nnx.Module):
     self.start = nnx.Param(jnp.zeros((cfg.d_model,), cfg.storage_dtype))
     self.decoder = nnx.List([t5.EncoderBlock(cfg, rngs) for _ in range(cfg.num_decoder_layers)])
     self.final_norm = t5._norm(cfg)
-    self.lm_head = Dense(cfg.d_model, cfg.vocab_size, std=cfg.d_model**-0.5,
-                         **t5._layer_kwargs(cfg, rngs))
+    self.lm_head = t5.lm_head(cfg, rngs)
 
   def segments(self, targets_BT: jax.Array, segment_ids_BT: jax.Array) -> jax.Array:
     """Backbone states h_BND: segment n's state has read segments 0..n."""

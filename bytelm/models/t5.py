@@ -108,6 +108,18 @@ def byt5_small(**overrides) -> T5Config:
   return preset("byt5_small", **overrides)
 
 
+def embedding(cfg: T5Config, rngs: nnx.Rngs) -> nnx.Embed:
+  """The byte embedding (N(0, 1) as in T5; shared with the LM head when tied)."""
+  return nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nnx.initializers.normal(1.0),
+                   dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, rngs=rngs)
+
+
+def lm_head(cfg: T5Config, rngs: nnx.Rngs) -> Dense:
+  """An untied LM head; std d_model**-0.5 (not HF's 1.0) keeps the initial logits O(1) when
+  training from scratch."""
+  return Dense(cfg.d_model, cfg.vocab_size, std=cfg.d_model**-0.5, **_layer_kwargs(cfg, rngs))
+
+
 def _layer_kwargs(cfg: T5Config, rngs: nnx.Rngs) -> dict:
   return dict(dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, rngs=rngs)
 
@@ -320,14 +332,11 @@ class T5(nnx.Module):
 
   def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
     self.config = cfg
-    self.shared = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nnx.initializers.normal(1.0),
-                            dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, rngs=rngs)
+    self.shared = embedding(cfg, rngs)
     self.encoder = Encoder(cfg, rngs)
     self.decoder = Decoder(cfg, rngs)
     if not cfg.tie_word_embeddings:
-      # std d_model**-0.5 (not HF's 1.0) keeps the initial logits O(1) when training from scratch.
-      self.lm_head = Dense(cfg.d_model, cfg.vocab_size, std=cfg.d_model**-0.5,
-                           **_layer_kwargs(cfg, rngs))
+      self.lm_head = lm_head(cfg, rngs)
 
   def encode(self, inputs_BT, input_mask_BT=None, key_bias_BT=None) -> jax.Array:
     """Encoder output enc_BTD; the mask defaults to `inputs != pad`."""

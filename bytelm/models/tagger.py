@@ -75,8 +75,7 @@ class Tagger(nnx.Module):
 
   def __init__(self, cfg: TaggerConfig, *, rngs: nnx.Rngs):
     self.config = cfg
-    self.shared = nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nnx.initializers.normal(1.0),
-                            dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, rngs=rngs)
+    self.shared = t5.embedding(cfg, rngs)
     self.context = LocalContext(cfg, rngs) if cfg.context_width else None
     self.encoder = t5.Encoder(cfg, rngs)
     self.label_head = Dense(cfg.d_model, cfg.num_labels, std=cfg.d_model**-0.5,
