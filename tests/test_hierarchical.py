@@ -45,14 +45,15 @@ def logits(model, batch):
                           batch["context_ids"]))
 
 
-def test_changing_bytes_from_t_on_leaves_earlier_predictions_alone(model):
-  text = "Hello, world! don't 日本 ok".encode("utf-8")
+def test_changing_bytes_from_t_on_leaves_their_predictions_and_earlier_ones_alone(model):
+  text = "Hello, world! don't 日本 ok😀!".encode("utf-8")
   base = logits(model, batch_of(text))
   for t in range(1, len(text)):
     for tail in (b"X", b" z", b"'s", "é".encode()):
       changed = (text[:t] + tail * 8)[:len(text)]
       out = logits(model, batch_of(changed))
-      np.testing.assert_allclose(out[0, :t], base[0, :t], rtol=1e-5, atol=1e-5,
+      # Position t predicts byte t: it, too, must not see byte t.
+      np.testing.assert_allclose(out[0, :t + 1], base[0, :t + 1], rtol=1e-5, atol=1e-5,
                                  err_msg=f"t={t} tail={tail!r}")
 
 

@@ -9,9 +9,9 @@ the data pipeline can start its next window there.
 Segmenters here (the entropy and learned ones come with the hierarchical model):
 - `word_starts`: Unicode-aware words. A segment is one token with the whitespace before it
   (" world", as GPT-2's pre-tokenizer does): a run of letters and combining marks, a run of
-  digits, or one punctuation / symbol character (so "don't" is "don", "'", "t": a rule that
-  kept the apostrophe would have to look at the next character, and a boundary must be known
-  by the time its first character is complete; see `context_ids`). Scripts written without spaces (Han, Kana, Thai, Lao, Khmer, Myanmar, Tibetan)
+  digits, or one punctuation / symbol character (so "don't" is "don", "'", "t": keeping the
+  apostrophe would need the character after it, and every boundary must be settled within
+  `SETTLE_BYTES` bytes; see `context_ids`). Scripts written without spaces (Han, Kana, Thai, Lao, Khmer, Myanmar, Tibetan)
   give one segment per character. Whitespace at the end of the text is a segment of its own.
   Bytes that are not valid UTF-8 are one segment each.
 - `fixed_starts`: every n bytes (MEGABYTE's patches, the control).
@@ -142,23 +142,26 @@ def segment_ids(num_bytes: int, starts: Sequence[int], max_segments: int,
   return ids_T, covered
 
 
+# Bytes after a boundary that can still change it: whether the bytes just before it form valid
+# UTF-8, and what the character starting at it is, are both settled by the 4 bytes from it on.
+SETTLE_BYTES = 4
+
+
 def context_ids(data: bytes, starts: Sequence[int], max_segments: int,
                 length: int | None = None) -> np.ndarray:
-  """ctx_T (int32): for each byte t, the last kept segment m whose end was known before t, i.e.
-  the first character of segment m + 1 is complete at a byte < t; -1 where there is none.
+  """ctx_T (int32): for each byte t, the last kept segment m whose end was settled before t,
+  i.e. segment m + 1 starts at s with s + SETTLE_BYTES <= t; -1 where there is none.
 
-  A boundary is decided by the character that starts the next segment (never by a later one),
-  so byte t may read the backbone state of segment ctx_T[t] without seeing byte t or later.
+  Byte t may then read the backbone state of segment ctx_T[t] without that state, or the choice
+  of it, depending on byte t or later. (The boundary at s depends on bytes up to s + 3: the
+  character that starts there, and whether "\\xe6\\x97" before it was the start of a character
+  or two invalid bytes. tests/test_hierarchical.py changes bytes and checks.)
   """
   length = len(data) if length is None else length
   ctx_T = np.full((length,), -1, np.int32)
   kept = list(starts)[:max_segments + 1]  # the start after the last kept segment ends it
   for m in range(len(kept) - 1):
-    first = kept[m + 1]
-    width = 1
-    while first + width < len(data) and (data[first + width] & 0xC0) == 0x80 and width < 4:
-      width += 1  # continuation bytes of the character that starts segment m + 1
-    ctx_T[first + width:] = m  # bytes after that character is complete
+    ctx_T[kept[m + 1] + SETTLE_BYTES:] = m
   return ctx_T
 
 
