@@ -11,9 +11,9 @@ context ids (`segment.segment_ids`, `segment.context_ids`, computed on the host)
    segment and nothing after it;
 2. backbone: a causal stack over the N segment summaries;
 3. decoder: causal self-attention within the same window over the *inputs* (y shifted right by
-   one); position t adds the backbone state of the last segment whose end was known before
+   one); position t adds the backbone state of the last segment whose end was settled before
    t (`unpool` of the context ids) and predicts y[t]. So y[t] is predicted from bytes before t
-   only (a test changes the bytes from t on and checks the logits before t).
+   only (a test changes the bytes from t on and checks the logits up to t).
 All positions train in parallel. Every block is `t5.EncoderBlock` with a causal bias, as in
 models/decoder.py, so the flat decoder and this model differ only in what the positions are.
 
