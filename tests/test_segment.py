@@ -84,12 +84,14 @@ def test_context_ids_name_segments_settled_before_each_byte():
   data = "ab日x,".encode("utf-8")  # segments "ab", "日" (bytes 2-4), "x", ","
   starts = segment.word_starts(data)
   assert pieces(data, starts) == [b"ab", "日".encode(), b"x", b","]
-  # A boundary at s is settled by bytes s .. s + 3: "ab" | 日 (s = 2) from byte 6 on; 日 | x
-  # (s = 5) from byte 9 on.
-  assert list(segment.context_ids(data, starts, max_segments=4, length=10)) == \
-      [-1] * 6 + [0] * 3 + [1]
+  # "ab" | 日: settled once 日 is complete (byte 4), from byte 5 on; 日 | x: at byte 5, from 6.
+  assert list(segment.context_ids(data, starts, max_segments=4)) == [-1] * 5 + [0, 1]
   # Only kept segments are named.
-  assert list(segment.context_ids(data, starts, max_segments=1, length=10)) == [-1] * 6 + [0] * 4
+  assert list(segment.context_ids(data, starts, max_segments=1, length=9)) == [-1] * 5 + [0] * 4
+  # Two invalid bytes are two segments only once the byte after them shows it.
+  broken = b"ab\xe6\x97X"
+  assert segment.word_starts(broken) == [0, 2, 3, 4]
+  assert segment.settled_at(broken, 3) == 4 and segment.settled_at(broken, 4) == 4
 
 
 def test_unpool_gathers_the_named_states():

@@ -10,8 +10,8 @@ Segmenters here (the entropy and learned ones come with the hierarchical model):
 - `word_starts`: Unicode-aware words. A segment is one token with the whitespace before it
   (" world", as GPT-2's pre-tokenizer does): a run of letters and combining marks, a run of
   digits, or one punctuation / symbol character (so "don't" is "don", "'", "t": keeping the
-  apostrophe would need the character after it, and every boundary must be settled within
-  `SETTLE_BYTES` bytes; see `context_ids`). Scripts written without spaces (Han, Kana, Thai, Lao, Khmer, Myanmar, Tibetan)
+  apostrophe would need the character after it, and a boundary must be settled by the
+  character that starts the next segment; see `context_ids`). Scripts written without spaces (Han, Kana, Thai, Lao, Khmer, Myanmar, Tibetan)
   give one segment per character. Whitespace at the end of the text is a segment of its own.
   Bytes that are not valid UTF-8 are one segment each.
 - `fixed_starts`: every n bytes (MEGABYTE's patches, the control).
@@ -142,26 +142,36 @@ def segment_ids(num_bytes: int, starts: Sequence[int], max_segments: int,
   return ids_T, covered
 
 
-# Bytes after a boundary that can still change it: whether the bytes just before it form valid
-# UTF-8, and what the character starting at it is, are both settled by the 4 bytes from it on.
-SETTLE_BYTES = 4
+def _declared_width(byte: int) -> int:
+  """Bytes of the character a byte starts, as its bit pattern declares (1 for ASCII and for
+  bytes that cannot start one)."""
+  return 1 if byte < 0xC0 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+
+
+def settled_at(data: bytes, s: int) -> int:
+  """The last byte that can still change a segment boundary at s: the end of the character
+  starting at s, or of one before it whose declared bytes reach past s (whether "\\xe6\\x97"
+  starts a character or is two invalid bytes, each a segment, depends on the byte after)."""
+  last = s + _declared_width(data[s]) - 1
+  for q in range(max(0, s - 3), s):
+    last = max(last, q + _declared_width(data[q]) - 1)
+  return last
 
 
 def context_ids(data: bytes, starts: Sequence[int], max_segments: int,
                 length: int | None = None) -> np.ndarray:
   """ctx_T (int32): for each byte t, the last kept segment m whose end was settled before t,
-  i.e. segment m + 1 starts at s with s + SETTLE_BYTES <= t; -1 where there is none.
+  i.e. segment m + 1 starts at s with `settled_at(data, s)` < t; -1 where there is none.
 
   Byte t may then read the backbone state of segment ctx_T[t] without that state, or the choice
-  of it, depending on byte t or later. (The boundary at s depends on bytes up to s + 3: the
-  character that starts there, and whether "\\xe6\\x97" before it was the start of a character
-  or two invalid bytes. tests/test_hierarchical.py changes bytes and checks.)
+  of it, depending on byte t or later (tests/test_hierarchical.py changes bytes and checks).
+  In ASCII a segment is readable from the byte after the one that starts the next segment.
   """
   length = len(data) if length is None else length
   ctx_T = np.full((length,), -1, np.int32)
   kept = list(starts)[:max_segments + 1]  # the start after the last kept segment ends it
   for m in range(len(kept) - 1):
-    ctx_T[kept[m + 1] + SETTLE_BYTES:] = m
+    ctx_T[settled_at(data, kept[m + 1]) + 1:] = m
   return ctx_T
 
 
