@@ -5,7 +5,7 @@
 Default: T5's blocks as a causal stack (d_model 256, d_ff 640, 4 heads x 64, 4 layers,
 bytelm.models.decoder), 600 steps of 16 x 256 bytes of `embedded:en` with the "causal_lm"
 objective; validation bits per byte on the held-out split. Measured 2026-11-26 on the 2-core CI
-CPU: 6m19s, validation 2.459 nats = 3.548 bits per byte (the unigram byte model of the same
+CPU: 6m03s alone, validation 2.459 nats = 3.548 bits per byte (the unigram byte model of the same
 text: 4.824). `:tiny` is what the tests use.
 """
 

@@ -10,7 +10,7 @@ budget are configs/bytes_decoder.py's (read from it), so the two compare directl
 what the tests use.
 
 Measured 2026-11-26 on the 2-core CI CPU, each run alone, 600 steps of 16 x 256 bytes:
-hat 4m17s, 9,903 bytes/s, held-out 2.646 bits per byte; bytes_decoder 6m19s, 6,935 bytes/s,
+hat 4m17s, 9,903 bytes/s, held-out 2.646 bits per byte; bytes_decoder 6m03s, 6,935 bytes/s,
 3.548 bits per byte. That is 1.43x the throughput, not yet the 3x that issue 6 asks for: the
 byte layers here are as wide as the backbone and attend over the whole row, masked.
 """
