@@ -12,6 +12,7 @@ Use `sentinel_id(i)` to reproduce pretraining and to fine-tune released ByT5 che
 Consequently `decode` treats 258, 257, ... as bytes (yielding U+FFFD under errors="replace").
 """
 
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -130,3 +131,76 @@ class ByteTokenizer:
     if ids_BT.ndim != 2:
       raise ValueError(f"decode_batch expects [B, T] ids, got shape {ids_BT.shape}")
     return [self.decode(row, errors=errors) for row in ids_BT]
+
+
+# -- word splitting -----------------------------------------------------------------------------
+
+# Unicode name prefixes of letters of scripts written without spaces between words.
+_NO_SPACE_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR",
+                     "TIBETAN")
+
+
+def _characters(data: bytes) -> list[tuple[int, str | None]]:
+  """(byte offset, character) for each character of data; None for a byte that is not valid
+  UTF-8 (each such byte stands alone)."""
+  out, i = [], 0
+  while i < len(data):
+    for width in (1, 2, 3, 4):
+      try:
+        ch = data[i:i + width].decode("utf-8")
+      except UnicodeDecodeError:
+        continue
+      if len(ch) == 1:
+        out.append((i, ch))
+        i += width
+        break
+    else:
+      out.append((i, None))
+      i += 1
+  return out
+
+
+def _kind(ch: str | None) -> str:
+  """space | letter | digit | alone (punctuation, symbols, unspaced scripts, invalid bytes)."""
+  if ch is None:
+    return "alone"
+  if ch.isspace():
+    return "space"
+  category = unicodedata.category(ch)
+  if category == "Nd":
+    return "digit"
+  if category[0] in "LM":
+    name = unicodedata.name(ch, "")
+    return "alone" if name.startswith(_NO_SPACE_SCRIPTS) else "letter"
+  return "alone"
+
+
+def word_starts(data: bytes) -> list[int]:
+  """Byte offsets where the words of data begin, for word-pooled models (models/segment.py).
+
+  A word is one token with the whitespace before it (" world", as GPT-2's pre-tokenizer does):
+  a run of letters and combining marks, a run of digits, or one punctuation / symbol character
+  ("don't" is "don", "'", "t": no rule looks past the character it decides). Scripts written
+  without spaces give one word per character; whitespace at the end of the text is a word of
+  its own; each byte that is not valid UTF-8 stands alone.
+  """
+  chars = _characters(bytes(data))
+  kinds = [_kind(ch) for _, ch in chars]
+  starts = []
+  space_start = None  # where the whitespace before the next token began
+  previous = None  # kind of the token's last character; None at a token's start
+  for j, (offset, ch) in enumerate(chars):
+    kind = kinds[j]
+    if kind == "space":
+      space_start = offset if space_start is None else space_start
+      previous = None
+      continue
+    if space_start is not None:
+      starts.append(space_start)
+      space_start = None
+    elif not (kind == previous and kind in ("letter", "digit")):
+      starts.append(offset)
+    previous = kind
+  if space_start is not None:  # whitespace at the end
+    starts.append(space_start)
+  return starts

@@ -88,9 +88,11 @@ def main() -> None:
   if unknown:
     p.error(f"unknown languages {unknown}; choose from {','.join(LANGUAGES)}")
 
-  correctors = {"model": Corrector.load(args.model)}
-  if correctors["model"].is_tagger:
-    correctors["model+lexicon"] = Corrector.load(args.model, lexicon=True)
+  demo = Corrector.load(args.model, lexicon=True)  # the model is loaded once, for both
+  correctors = {"model": Corrector(demo.model, trained_task=demo.trained_task,
+                                   input_length=demo.input_length)}
+  if demo.is_tagger:
+    correctors["model+lexicon"] = demo
   systems = [s for s in SYSTEMS if s in correctors or s in ("lexicon", "copy")]
   results = {}
   for lang in languages:
@@ -114,7 +116,7 @@ def main() -> None:
       print(f"| {lang} | {r['lines']} | " + " | ".join(
           f"{r['counts'][s].accuracy(kind):.4f}" for s in systems) + " |")
     print("| **mean** | | " + " | ".join(f"**{mean[s, kind]:.4f}**" for s in systems) + " |")
-  shipped = systems[len(correctors) - 1]  # the demo's configuration
+  shipped = list(correctors)[-1]  # the demo's configuration
   for name in correctors:
     beats = [lang for lang, r in results.items()
              if r["counts"][name].accuracy() > r["counts"]["lexicon"].accuracy()]

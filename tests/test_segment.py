@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from bytelm import tokenizer
 from bytelm.models import segment
 
 
@@ -15,7 +16,7 @@ def pieces(data: bytes, starts) -> list[bytes]:
 
 def words(text: str) -> list[str]:
   data = text.encode("utf-8")
-  return [p.decode("utf-8") for p in pieces(data, segment.word_starts(data))]
+  return [p.decode("utf-8") for p in pieces(data, tokenizer.word_starts(data))]
 
 
 def test_words_take_the_space_before_them():
@@ -29,8 +30,8 @@ def test_words_take_the_space_before_them():
 def test_unspaced_scripts_and_invalid_bytes_stand_alone():
   assert words("日本語 and ไทย") == ["日", "本", "語", " and", " ไ", "ท", "ย"]
   data = b"ab\xff\xfecd"
-  assert pieces(data, segment.word_starts(data)) == [b"ab", b"\xff", b"\xfe", b"cd"]
-  assert segment.word_starts(b"") == []
+  assert pieces(data, tokenizer.word_starts(data)) == [b"ab", b"\xff", b"\xfe", b"cd"]
+  assert tokenizer.word_starts(b"") == []
 
 
 @settings(max_examples=200, deadline=None)
@@ -39,7 +40,7 @@ def test_unspaced_scripts_and_invalid_bytes_stand_alone():
                  .map(lambda t: t.encode("utf-8"))),
        st.integers(4, 12), st.integers(1, 8))
 def test_segments_rejoin_fit_and_cover_what_they_say(data, max_bytes, max_segments):
-  for starts in (segment.word_starts(data), segment.fixed_starts(len(data), 5)):
+  for starts in (tokenizer.word_starts(data), segment.fixed_starts(len(data), 5)):
     starts = segment.split_long(data, starts, max_bytes)
     assert starts == sorted(set(starts)) and (not data or starts[0] == 0)
     parts = pieces(data, starts)
@@ -54,7 +55,7 @@ def test_segments_rejoin_fit_and_cover_what_they_say(data, max_bytes, max_segmen
 
 def test_long_words_are_cut_between_characters():
   data = "Zażółć".encode("utf-8")  # 10 bytes
-  parts = pieces(data, segment.split_long(data, segment.word_starts(data), 4))
+  parts = pieces(data, segment.split_long(data, tokenizer.word_starts(data), 4))
   assert [p.decode("utf-8") for p in parts] == ["Zaż", "ół", "ć"]
 
 
@@ -82,7 +83,7 @@ def test_pool_by_hand():
 
 def test_context_ids_name_segments_settled_before_each_byte():
   data = "ab日x,".encode("utf-8")  # segments "ab", "日" (bytes 2-4), "x", ","
-  starts = segment.word_starts(data)
+  starts = tokenizer.word_starts(data)
   assert pieces(data, starts) == [b"ab", "日".encode(), b"x", b","]
   # "ab" | 日: settled once 日 is complete (byte 4), from byte 5 on; 日 | x: at byte 5, from 6.
   assert list(segment.context_ids(data, starts, max_segments=4)) == [-1] * 5 + [0, 1]
@@ -90,7 +91,7 @@ def test_context_ids_name_segments_settled_before_each_byte():
   assert list(segment.context_ids(data, starts, max_segments=1, length=9)) == [-1] * 5 + [0] * 4
   # Two invalid bytes are two segments only once the byte after them shows it.
   broken = b"ab\xe6\x97X"
-  assert segment.word_starts(broken) == [0, 2, 3, 4]
+  assert tokenizer.word_starts(broken) == [0, 2, 3, 4]
   assert segment.settled_at(broken, 3) == 4 and segment.settled_at(broken, 4) == 4
 
 

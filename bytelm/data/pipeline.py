@@ -36,7 +36,7 @@ import numpy as np
 
 from bytelm.data import noise, objectives, sources, tags
 from bytelm.models import segment
-from bytelm.tokenizer import EOS_ID, OFFSET, PAD_ID
+from bytelm.tokenizer import EOS_ID, OFFSET, PAD_ID, word_starts
 
 Objective = Literal["span_corruption", "causal_lm", "correction", "diacritics_tagging"]
 OBJECTIVES = ("span_corruption", "causal_lm", "correction", "diacritics_tagging")
@@ -304,7 +304,7 @@ def _segment_rows(targets: np.ndarray, *, kind: str, max_segments: int, max_segm
   for r, row in enumerate(targets):
     row = row[row != PAD_ID]
     data = np.where(row == EOS_ID, _EOS_BYTE, row - OFFSET).astype(np.uint8).tobytes()
-    starts = (segment.word_starts(data) if kind == "words"
+    starts = (word_starts(data) if kind == "words"
               else segment.fixed_starts(len(data), fixed_size))
     starts = segment.split_long(data, starts, max_segment_bytes)
     ids[r], _ = segment.segment_ids(len(data), starts, max_segments, targets.shape[1])

@@ -6,14 +6,11 @@ per segment. A segment longer than that is split into chunks (at UTF-8 character
 where it can), never dropped; bytes after the last segment that fits are reported, not lost, so
 the data pipeline can start its next window there.
 
-Segmenters here (the entropy and learned ones come with the hierarchical model):
-- `word_starts`: Unicode-aware words. A segment is one token with the whitespace before it
-  (" world", as GPT-2's pre-tokenizer does): a run of letters and combining marks, a run of
-  digits, or one punctuation / symbol character (so "don't" is "don", "'", "t": keeping the
-  apostrophe would need the character after it, and a boundary must be settled by the
-  character that starts the next segment; see `context_ids`). Scripts written without spaces (Han, Kana, Thai, Lao, Khmer, Myanmar, Tibetan)
-  give one segment per character. Whitespace at the end of the text is a segment of its own.
-  Bytes that are not valid UTF-8 are one segment each.
+Segmenters (the entropy and learned ones come with the hierarchical model):
+- `bytelm.tokenizer.word_starts` (word splitting lives with the tokenizer): Unicode-aware
+  words, each with the whitespace before it; punctuation, symbols, unspaced scripts and invalid
+  bytes stand alone. It never looks past the character it decides, so a boundary is settled by
+  the character that starts the next segment (see `context_ids`).
 - `fixed_starts`: every n bytes (MEGABYTE's patches, the control).
 
 Pooling (`pool`) turns byte states B T D into segment states B N D; `unpool` hands each byte
@@ -25,76 +22,11 @@ Axis legend: B batch, T bytes, N segments, D width.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-# Unicode name prefixes of letters of scripts written without spaces between words.
-_NO_SPACE_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR",
-                     "TIBETAN")
-
-
-def _characters(data: bytes) -> list[tuple[int, str | None]]:
-  """(byte offset, character) for each character of data; None for a byte that is not valid
-  UTF-8 (each such byte stands alone)."""
-  out, i = [], 0
-  while i < len(data):
-    for width in (1, 2, 3, 4):
-      try:
-        ch = data[i:i + width].decode("utf-8")
-      except UnicodeDecodeError:
-        continue
-      if len(ch) == 1:
-        out.append((i, ch))
-        i += width
-        break
-    else:
-      out.append((i, None))
-      i += 1
-  return out
-
-
-def _kind(ch: str | None) -> str:
-  """space | letter | digit | alone (punctuation, symbols, unspaced scripts, invalid bytes)."""
-  if ch is None:
-    return "alone"
-  if ch.isspace():
-    return "space"
-  category = unicodedata.category(ch)
-  if category == "Nd":
-    return "digit"
-  if category[0] in "LM":
-    name = unicodedata.name(ch, "")
-    return "alone" if name.startswith(_NO_SPACE_SCRIPTS) else "letter"
-  return "alone"
-
-
-def word_starts(data: bytes) -> list[int]:
-  """Byte offsets where the word segments of data begin (see the module docstring)."""
-  chars = _characters(bytes(data))
-  kinds = [_kind(ch) for _, ch in chars]
-  starts = []
-  space_start = None  # where the whitespace before the next token began
-  previous = None  # kind of the token's last character; None at a token's start
-  for j, (offset, ch) in enumerate(chars):
-    kind = kinds[j]
-    if kind == "space":
-      space_start = offset if space_start is None else space_start
-      previous = None
-      continue
-    if space_start is not None:
-      starts.append(space_start)
-      space_start = None
-    elif not (kind == previous and kind in ("letter", "digit")):
-      starts.append(offset)
-    previous = kind
-  if space_start is not None:  # whitespace at the end
-    starts.append(space_start)
-  return starts
-
 
 def fixed_starts(num_bytes: int, size: int) -> list[int]:
   """Every `size` bytes: 0, size, 2 size, ..."""
