@@ -161,36 +161,36 @@ def _characters(data: bytes) -> list[tuple[int, str | None]]:
 
 
 def _kind(ch: str | None) -> str:
-  """space | letter | digit | alone (punctuation, symbols, unspaced scripts, invalid bytes)."""
+  """space | word (letters, marks, digits, punctuation, symbols) | alone (a character of a
+  script written without spaces, or an invalid byte)."""
   if ch is None:
     return "alone"
   if ch.isspace():
     return "space"
-  category = unicodedata.category(ch)
-  if category == "Nd":
-    return "digit"
-  if category[0] in "LM":
-    name = unicodedata.name(ch, "")
-    return "alone" if name.startswith(_NO_SPACE_SCRIPTS) else "letter"
-  return "alone"
+  if unicodedata.category(ch)[0] in "LM" and unicodedata.name(ch, "").startswith(
+      _NO_SPACE_SCRIPTS):
+    return "alone"
+  return "word"
 
 
 def word_starts(data: bytes) -> list[int]:
   """Byte offsets where the words of data begin, for word-pooled models (models/segment.py).
 
-  A word is one token with the whitespace before it (" world", as GPT-2's pre-tokenizer does):
-  a run of letters and combining marks, a run of digits, or one punctuation / symbol character
-  ("don't" is "don", "'", "t": no rule looks past the character it decides). Scripts written
-  without spaces give one word per character; whitespace at the end of the text is a word of
-  its own; each byte that is not valid UTF-8 stands alone.
+  A word is a run of characters between whitespace, with the whitespace before it (" world,",
+  as whitespace splitting does, the space on the word that follows): letters, marks, digits,
+  punctuation and symbols all belong to it, so "don't", "3.14" and "2026-11-26" are one word
+  each and "Hello," is not two. Scripts written without spaces give one word per character
+  (a punctuation mark after one starts a word of its own); whitespace at the end of the text
+  is a word of its own; each byte that is not valid UTF-8 stands alone. Every rule looks only
+  at the character it decides and the one before, so a boundary is settled by the character
+  that starts the next word.
   """
   chars = _characters(bytes(data))
-  kinds = [_kind(ch) for _, ch in chars]
   starts = []
-  space_start = None  # where the whitespace before the next token began
-  previous = None  # kind of the token's last character; None at a token's start
-  for j, (offset, ch) in enumerate(chars):
-    kind = kinds[j]
+  space_start = None  # where the whitespace before the next word began
+  previous = None  # kind of the last character of the word in progress; None after whitespace
+  for offset, ch in chars:
+    kind = _kind(ch)
     if kind == "space":
       space_start = offset if space_start is None else space_start
       previous = None
@@ -198,7 +198,7 @@ def word_starts(data: bytes) -> list[int]:
     if space_start is not None:
       starts.append(space_start)
       space_start = None
-    elif not (kind == previous and kind in ("letter", "digit")):
+    elif not (kind == "word" and previous == "word"):
       starts.append(offset)
     previous = kind
   if space_start is not None:  # whitespace at the end

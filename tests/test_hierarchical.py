@@ -3,13 +3,14 @@
 import importlib.util
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 import bytelm
-from bytelm import tokenizer
+from bytelm import hierarchical_generation, tokenizer
 from bytelm.data import pipeline
 from bytelm.models import hierarchical, segment
 from bytelm.training import train_and_evaluate
@@ -18,7 +19,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 CFG = hierarchical.HierarchicalConfig(
     d_model=32, d_ff=64, num_heads=2, d_kv=16, relative_attention_num_buckets=8,
-    relative_attention_max_distance=20, num_backbone_layers=2, window=6, max_segments=8)
+    relative_attention_max_distance=20, num_backbone_layers=2, window=6, max_segments=8,
+    byte_d_model=24, byte_d_ff=48, byte_num_heads=2)
+# Learned boundaries: max_segment_bytes 3 makes sure segments end inside the test strings.
+LEARNED = CFG.replace(segmenter="learned", max_segment_bytes=3, max_segments=16)
 
 
 def batch_of(text: bytes, length: int = 40) -> dict:
@@ -33,15 +37,21 @@ def batch_of(text: bytes, length: int = 40) -> dict:
           dict(inputs=inputs, targets=targets, segment_ids=ids, context_ids=ctx).items()}
 
 
-@pytest.fixture(scope="module")
-def model():
-  m = hierarchical.Hierarchical(CFG, rngs=nnx.Rngs(0))
+def make(cfg):
+  m = hierarchical.Hierarchical(cfg, rngs=nnx.Rngs(0))
   # A start state that differs from every segment's, so a wrong context would show.
-  m.start[...] = jnp.full((CFG.d_model,), 3.0)
+  m.start[...] = jnp.full((cfg.byte_d_model,), 3.0)
   return m
 
 
+@pytest.fixture(scope="module", params=["words", "learned"])
+def model(request):
+  return make(CFG if request.param == "words" else LEARNED)
+
+
 def logits(model, batch):
+  if model.config.segmenter == "learned":
+    return np.asarray(model(batch["inputs"], batch["targets"]))
   return np.asarray(model(batch["inputs"], batch["targets"], batch["segment_ids"],
                           batch["context_ids"]))
 
@@ -58,6 +68,43 @@ def test_changing_bytes_from_t_on_leaves_their_predictions_and_earlier_ones_alon
                                  err_msg=f"t={t} tail={tail!r}")
 
 
+def test_gradients_of_a_prediction_never_reach_its_byte_or_later_ones(model, monkeypatch):
+  """d logits[t] / d (byte j) is zero for every j >= t, in both places byte j enters: the
+  encoder's position j and the decoder's position j + 1."""
+  batch = batch_of("Gradients: tell no tales!".encode("utf-8"), length=30)
+  T, d = 30, model.config.byte_d_model
+  # Nudges added to the byte embedding's output: its first call embeds the targets (the
+  # encoder's input), its second the shifted inputs (the decoder's).
+  nudging = {}
+  embed_call = nnx.Embed.__call__
+
+  def nudged(self, ids_BT):
+    out = embed_call(self, ids_BT)
+    if self is model.shared and nudging:
+      nudging["calls"] += 1
+      out = out + nudging["nudges"][nudging["calls"] - 1]
+    return out
+
+  monkeypatch.setattr(nnx.Embed, "__call__", nudged)
+
+  def prediction(nudges, t):
+    nudging.update(nudges=nudges, calls=0)
+    out = (model(batch["inputs"], batch["targets"]) if model.config.segmenter == "learned"
+           else model(batch["inputs"], batch["targets"], batch["segment_ids"],
+                      batch["context_ids"]))
+    assert nudging["calls"] == 2
+    return out[0, t].sum()
+
+  zeros = (jnp.zeros((1, T, d)), jnp.zeros((1, T, d)))
+  for t in (0, 4, 11, 20, 29):
+    enc_TD, dec_TD = (np.abs(np.asarray(g[0])).sum(-1) for g in
+                      jax.grad(prediction)(zeros, t))
+    assert not enc_TD[t:].any() and not dec_TD[t + 1:].any(), t
+    assert dec_TD[t] > 0  # byte t - 1 is read, so the test can see gradients at all
+    if t >= 11:
+      assert enc_TD[:t - model.config.window].max() > 0  # the backbone carries old bytes
+
+
 def test_segments_do_reach_the_byte_decoder(model):
   """The backbone is used: a byte far outside the window still changes later predictions."""
   text = b"alpha beta gamma delta epsilon zeta"
@@ -69,6 +116,8 @@ def test_segments_do_reach_the_byte_decoder(model):
 def test_loss_runs_on_a_batch(model):
   loss, metrics = hierarchical.loss_fn(model, batch_of(b"a small test of the loss"))
   assert np.isfinite(float(loss)) and float(metrics["num_targets"]) == 24
+  assert 1 <= float(metrics["bytes_per_segment"]) <= 16
+  assert ("ratio_loss" in metrics) == (model.config.segmenter == "learned")
 
 
 def test_the_pipeline_adds_segments_of_the_targets():
@@ -84,6 +133,9 @@ def test_the_pipeline_adds_segments_of_the_targets():
     np.testing.assert_array_equal(ctx, segment.context_ids(data, starts, 6, 24))
   with pytest.raises(ValueError, match="kind"):
     pipeline.BatchSource(docs, objective="causal_lm", batch_size=4, input_length=24,
+                         segments={"kind": "bpe"})
+  with pytest.raises(ValueError, match="entropy_model"):
+    pipeline.BatchSource(docs, objective="causal_lm", batch_size=4, input_length=24,
                          segments={"kind": "entropy"})
   with pytest.raises(ValueError, match="causal_lm"):
     pipeline.BatchSource(docs, objective="span_corruption", batch_size=4, input_length=24,
@@ -97,3 +149,19 @@ def test_the_recipe_trains_and_loads(tmp_path):
   summary = train_and_evaluate(module.get_config("tiny"), tmp_path / "run")
   assert np.isfinite(summary.val_loss)
   assert isinstance(bytelm.load(tmp_path / "run"), hierarchical.Hierarchical)
+
+
+def test_cached_generation_computes_what_the_whole_model_computes(model):
+  segmenter = None if model.config.segmenter == "learned" else segment.Segmenter("words", 16)
+  prompt = "The cat sat on the mat, and then "  # longer than the window, several segments
+  out, logits = hierarchical_generation.generate(model, prompt, 24, segmenter=segmenter,
+                                                 return_logits=True)
+  ref, ref_logits = hierarchical_generation.generate(model, prompt, 24, segmenter=segmenter,
+                                                     cached=False, return_logits=True)
+  assert out == ref and logits.shape == ref_logits.shape
+  np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-4)
+  # Sampling follows the same distribution: the same seed gives the same bytes.
+  assert hierarchical_generation.generate(model, prompt, 12, segmenter=segmenter,
+                                          temperature=1.0, seed=3) == \
+      hierarchical_generation.generate(model, prompt, 12, segmenter=segmenter,
+                                       temperature=1.0, seed=3, cached=False)

@@ -20,15 +20,16 @@ def words(text: str) -> list[str]:
 
 
 def test_words_take_the_space_before_them():
-  assert words("Hello, world!") == ["Hello", ",", " world", "!"]
-  assert words("  don't l’é  ") == ["  don", "'", "t", " l", "’", "é", "  "]
-  assert words("in 2026-11-26") == ["in", " 2026", "-", "11", "-", "26"]
+  assert words("Hello, world!") == ["Hello,", " world!"]
+  assert words("  don't l’é  ") == ["  don't", " l’é", "  "]
+  assert words("in 2026-11-26 (3.14)") == ["in", " 2026-11-26", " (3.14)"]
   assert words("a\nb\t c") == ["a", "\nb", "\t c"]
   assert words("naïve ño") == ["naïve", " ño"]  # marks, composed or not, stay in the word
 
 
 def test_unspaced_scripts_and_invalid_bytes_stand_alone():
   assert words("日本語 and ไทย") == ["日", "本", "語", " and", " ไ", "ท", "ย"]
+  assert words("本。次") == ["本", "。", "次"]  # 。 is punctuation: it joins no CJK character
   data = b"ab\xff\xfecd"
   assert pieces(data, tokenizer.word_starts(data)) == [b"ab", b"\xff", b"\xfe", b"cd"]
   assert tokenizer.word_starts(b"") == []
@@ -82,13 +83,14 @@ def test_pool_by_hand():
 
 
 def test_context_ids_name_segments_settled_before_each_byte():
-  data = "ab日x,".encode("utf-8")  # segments "ab", "日" (bytes 2-4), "x", ","
+  data = "ab日x, y".encode("utf-8")  # segments "ab", "日" (bytes 2-4), "x,", " y"
   starts = tokenizer.word_starts(data)
-  assert pieces(data, starts) == [b"ab", "日".encode(), b"x", b","]
-  # "ab" | 日: settled once 日 is complete (byte 4), from byte 5 on; 日 | x: at byte 5, from 6.
-  assert list(segment.context_ids(data, starts, max_segments=4)) == [-1] * 5 + [0, 1]
+  assert pieces(data, starts) == [b"ab", "日".encode(), b"x,", b" y"]
+  # "ab" | 日: settled once 日 is complete (byte 4), from byte 5 on; 日 | x: at byte 5, from 6;
+  # "x," | " y": at the space (byte 7), from byte 8.
+  assert list(segment.context_ids(data, starts, max_segments=4)) == [-1] * 5 + [0, 1, 1, 2]
   # Only kept segments are named.
-  assert list(segment.context_ids(data, starts, max_segments=1, length=9)) == [-1] * 5 + [0] * 4
+  assert list(segment.context_ids(data, starts, max_segments=1, length=11)) == [-1] * 5 + [0] * 6
   # Two invalid bytes are two segments only once the byte after them shows it.
   broken = b"ab\xe6\x97X"
   assert tokenizer.word_starts(broken) == [0, 2, 3, 4]

@@ -4,20 +4,28 @@ Neitemeier et al. (2025), "Hierarchical Autoregressive Transformers": a small by
 summarises each segment (a word), a causal backbone runs over the segments, and a small byte
 decoder spells out the bytes; the backbone, where most parameters sit, sees ~5x fewer positions.
 
-Here, for a row of target bytes y (the "causal_lm" objective's targets), its segment ids and
-context ids (`segment.segment_ids`, `segment.context_ids`, computed on the host):
-1. encoder: causal self-attention over the bytes of y within a local window (`window` bytes);
-   each segment is summarised by its last byte's state (`pool`), which has seen the whole
-   segment and nothing after it;
-2. backbone: a causal stack over the N segment summaries;
-3. decoder: causal self-attention within the same window over the *inputs* (y shifted right by
-   one); position t adds the backbone state of the last segment whose end was settled before
-   t (`unpool` of the context ids) and predicts y[t]. So y[t] is predicted from bytes before t
-   only (a test changes the bytes from t on and checks the logits up to t).
-All positions train in parallel. Every block is `t5.EncoderBlock` with a causal bias, as in
-models/decoder.py, so the flat decoder and this model differ only in what the positions are.
+Here, for a row of target bytes y (the "causal_lm" objective's targets):
+1. encoder: causal self-attention over the bytes of y within a local window (`window` bytes,
+   computed in blocks so its cost grows with T, not T^2), at the narrower byte width
+   (`byte_d_model`); each segment is summarised by its last byte's state (`segment.pool`),
+   which has seen the whole segment and nothing after it, projected up to the backbone width;
+2. backbone: a causal stack over the N segment summaries, at the full width;
+3. decoder: the same local causal attention over the *inputs* (y shifted right by one);
+   position t adds the backbone state (projected down) of the last segment whose end was
+   settled before t (`segment.unpool` of the context ids) and predicts y[t]. So y[t] is
+   predicted from bytes before t only (tests change the bytes from t on and check).
+All positions train in parallel. Every block is `t5.EncoderBlock`, as in models/decoder.py, so
+with equal width and depth the flat decoder and the backbone differ only in what the positions
+are (bytes or segments).
 
-Axis legend: B batch, T bytes, N segments, D d_model, H heads, V vocab.
+Where segments come from (`segmenter`):
+- "given": the batch carries `segment_ids` and `context_ids` (words, entropy or fixed
+  segments, computed on the host by the data pipeline: `segment.Segmenter`);
+- "learned": a boundary predictor on the byte encoder's states decides (H-Net's routing,
+  `segment.BoundaryPredictor`), pulled toward `target_segment_bytes` by a ratio loss.
+
+Axis legend: B batch, T bytes, N segments, D d_model (backbone), d byte_d_model, H heads,
+V vocab, W window, S keys.
 """
 
 from __future__ import annotations
@@ -30,29 +38,63 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bytelm.models import decoder, segment, t5
+from bytelm.nn import Dense
 from bytelm.nn.attention import MASK_VALUE
+
+SEGMENTERS = ("given", "learned")
 
 
 @dataclasses.dataclass(frozen=True)
 class HierarchicalConfig(t5.T5Config):
-  """T5Config's width fields, and the three stacks' depths (num_encoder_layers is the byte
-  encoder's, num_decoder_layers the byte decoder's)."""
+  """T5Config's width fields are the backbone's; the byte encoder and decoder have their own
+  (num_encoder_layers is the byte encoder's depth, num_decoder_layers the byte decoder's)."""
 
   POSITIVE_FIELDS: ClassVar[tuple[str, ...]] = t5.T5Config.POSITIVE_FIELDS + (
-      "num_backbone_layers", "window", "max_segments")
+      "num_backbone_layers", "window", "max_segments", "byte_d_model", "byte_d_ff",
+      "byte_num_heads", "max_segment_bytes", "target_segment_bytes")
 
   num_encoder_layers: int = 1
   num_backbone_layers: int = 4
   num_decoder_layers: int = 1
   window: int = 16  # bytes the byte encoder and decoder attend to, itself included
   max_segments: int = 64  # N: segments per row the backbone sees
+  byte_d_model: int = 128  # width of the byte encoder and decoder
+  byte_d_ff: int = 320
+  byte_num_heads: int = 2  # of d_kv each
+  segmenter: str = "given"  # or "learned"
+  # The learned segmenter: a segment reaching max_segment_bytes ends there; the ratio loss
+  # (weight ratio_loss_weight) pulls the mean segment length toward target_segment_bytes.
+  max_segment_bytes: int = 16
+  target_segment_bytes: float = 5.0
+  ratio_loss_weight: float = 0.03
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.segmenter not in SEGMENTERS:
+      raise ValueError(f"HierarchicalConfig.segmenter must be one of {SEGMENTERS}, got "
+                       f"{self.segmenter!r}")
+    if self.segmenter == "learned" and self.target_segment_bytes <= 1:
+      raise ValueError("target_segment_bytes must be above 1 (a boundary at every byte is "
+                       f"no compression), got {self.target_segment_bytes}")
+
+  def byte_config(self) -> "HierarchicalConfig":
+    """The config of the byte layers: the byte width, the backbone's everything else."""
+    return self.replace(d_model=self.byte_d_model, d_ff=self.byte_d_ff,
+                        num_heads=self.byte_num_heads)
 
 
-def local_causal_bias(rel_bias, length: int, window: int) -> jax.Array:
-  """bias_HTT: causal and at most `window` positions back (itself included)."""
-  pos_T = jnp.arange(length)
-  near_TT = (pos_T[:, None] - pos_T[None, :]) < window
-  return decoder.causal_bias(rel_bias, length) + jnp.where(near_TT, 0.0, MASK_VALUE)
+def window_bias(rel_bias, window: int) -> jax.Array:
+  """bias_HWS for `t5.EncoderBlock.local`: query W + i over keys 0..2W-1, causal and at most
+  W - 1 back."""
+  q_W, k_S = window + jnp.arange(window), jnp.arange(2 * window)
+  back_WS = q_W[:, None] - k_S[None, :]
+  allowed_WS = (back_WS >= 0) & (back_WS < window)
+  return rel_bias(q_W, k_S) + jnp.where(allowed_WS, 0.0, MASK_VALUE)
+
+
+def _ste_one(c: jax.Array) -> jax.Array:
+  """1 in the forward pass, with c's gradient (a straight-through estimator)."""
+  return c + jax.lax.stop_gradient(1.0 - c)
 
 
 class Hierarchical(nnx.Module):
@@ -60,56 +102,177 @@ class Hierarchical(nnx.Module):
 
   def __init__(self, cfg: HierarchicalConfig, *, rngs: nnx.Rngs):
     self.config = cfg
-    self.shared = t5.embedding(cfg, rngs)
-    self.byte_bias = t5._rel_bias(cfg, bidirectional=False, rngs=rngs)
+    bcfg = cfg.byte_config()
+    kw = t5._layer_kwargs(cfg, rngs)
+    self.shared = t5.embedding(bcfg, rngs)
+    self.byte_bias = t5._rel_bias(bcfg, bidirectional=False, rngs=rngs)
+    self.encoder = nnx.List([t5.EncoderBlock(bcfg, rngs) for _ in range(cfg.num_encoder_layers)])
+    self.encoder_norm = t5._norm(bcfg)
+    self.router = (segment.BoundaryPredictor(cfg.byte_d_model, **kw)
+                   if cfg.segmenter == "learned" else None)
+    self.up = Dense(cfg.byte_d_model, cfg.d_model, std=cfg.byte_d_model**-0.5, **kw)
     self.segment_bias = t5._rel_bias(cfg, bidirectional=False, rngs=rngs)
-    self.encoder = nnx.List([t5.EncoderBlock(cfg, rngs) for _ in range(cfg.num_encoder_layers)])
-    self.encoder_norm = t5._norm(cfg)
     self.backbone = nnx.List([t5.EncoderBlock(cfg, rngs) for _ in range(cfg.num_backbone_layers)])
     self.backbone_norm = t5._norm(cfg)
+    self.down = Dense(cfg.d_model, cfg.byte_d_model, std=cfg.d_model**-0.5, **kw)
     # What the bytes of the first segment see instead of a backbone state.
-    self.start = nnx.Param(jnp.zeros((cfg.d_model,), cfg.storage_dtype))
-    self.decoder = nnx.List([t5.EncoderBlock(cfg, rngs) for _ in range(cfg.num_decoder_layers)])
-    self.final_norm = t5._norm(cfg)
-    self.lm_head = t5.lm_head(cfg, rngs)
+    self.start = nnx.Param(jnp.zeros((cfg.byte_d_model,), cfg.storage_dtype))
+    self.decoder = nnx.List([t5.EncoderBlock(bcfg, rngs) for _ in range(cfg.num_decoder_layers)])
+    self.final_norm = t5._norm(bcfg)
+    self.lm_head = t5.lm_head(bcfg, rngs)
 
-  def segments(self, targets_BT: jax.Array, segment_ids_BT: jax.Array) -> jax.Array:
-    """Backbone states h_BND: segment n's state has read segments 0..n."""
+  # ---- the three stacks (training: all positions at once)
+
+  def _local(self, blocks, x_BTd: jax.Array) -> jax.Array:
+    bias_HWS = window_bias(self.byte_bias, self.config.window)
+    for block in blocks:
+      x_BTd = block.local(x_BTd, bias_HWS, self.config.window)
+    return x_BTd
+
+  def encode_bytes(self, targets_BT: jax.Array) -> jax.Array:
+    """e_BTd: the byte encoder's state of each byte (causal: it has read bytes 0..t)."""
+    return self.encoder_norm(self._local(self.encoder, self.shared(targets_BT)))
+
+  def backbone_states(self, e_BTd: jax.Array, segment_ids_BT: jax.Array) -> jax.Array:
+    """h_BNd: segment n's backbone state (it has read segments 0..n), at the byte width."""
     cfg = self.config
-    key_bias_BT = jnp.zeros(targets_BT.shape, jnp.float32)  # causal: padding comes last
-    bias_HTT = local_causal_bias(self.byte_bias, targets_BT.shape[1], cfg.window)
-    x_BTD = self.shared(targets_BT)
-    for block in self.encoder:
-      x_BTD, _ = block(x_BTD, bias_HTT, key_bias_BT)
-    s_BND = segment.pool(self.encoder_norm(x_BTD), segment_ids_BT, cfg.max_segments, "last")
+    s_BND = self.up(segment.pool(e_BTd, segment_ids_BT, cfg.max_segments, "last"))
     seg_bias_HNN = decoder.causal_bias(self.segment_bias, cfg.max_segments)
     present_BN = (segment_ids_BT[..., None] == jnp.arange(cfg.max_segments)).any(axis=1)
     seg_key_bias_BN = jnp.where(present_BN, 0.0, MASK_VALUE)
     for block in self.backbone:
       s_BND, _ = block(s_BND, seg_bias_HNN, seg_key_bias_BN)
-    return self.backbone_norm(s_BND)
+    return self.down(self.backbone_norm(s_BND))
 
-  def __call__(self, inputs_BT: jax.Array, targets_BT: jax.Array, segment_ids_BT: jax.Array,
-               context_ids_BT: jax.Array) -> jax.Array:
-    """logits_BTV: position t predicts targets_BT[t]; inputs_BT is targets_BT shifted right by
-    one (the "causal_lm" objective's pair); segment_ids_BT and context_ids_BT as from
-    `segment.segment_ids` and `segment.context_ids` of the targets."""
-    h_BND = self.segments(targets_BT, segment_ids_BT)
-    context_BTD = segment.unpool(h_BND, context_ids_BT, self.start[...])
-    bias_HTT = local_causal_bias(self.byte_bias, inputs_BT.shape[1], self.config.window)
-    key_bias_BT = jnp.zeros(inputs_BT.shape, jnp.float32)
-    y_BTD = self.shared(inputs_BT) + context_BTD.astype(self.config.compute_dtype)
-    for block in self.decoder:
-      y_BTD, _ = block(y_BTD, bias_HTT, key_bias_BT)
-    return self.lm_head(self.final_norm(y_BTD))
+  def decode_bytes(self, inputs_BT: jax.Array, context_BTd: jax.Array) -> jax.Array:
+    """logits_BTV from the shifted inputs and each position's backbone context."""
+    y_BTd = self.shared(inputs_BT) + context_BTd.astype(self.config.compute_dtype)
+    return self.lm_head(self.final_norm(self._local(self.decoder, y_BTd)))
+
+  def forward(self, inputs_BT: jax.Array, targets_BT: jax.Array,
+              segment_ids_BT: jax.Array | None = None,
+              context_ids_BT: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """(logits_BTV, aux): position t predicts targets_BT[t]; inputs_BT is targets_BT shifted
+    right by one (the "causal_lm" pair). With the "given" segmenter, segment_ids_BT and
+    context_ids_BT are `segment.segment_ids` / `segment.context_ids` of the targets. aux holds
+    `bytes_per_segment` and, for the learned segmenter, its `ratio_loss`."""
+    cfg = self.config
+    T = targets_BT.shape[1]
+    pad = -T % cfg.window  # the local layers work in whole windows; padding comes last
+    if pad:
+      targets_BT, inputs_BT = (jnp.pad(a, ((0, 0), (0, pad))) for a in (targets_BT, inputs_BT))
+    valid_BT = targets_BT != cfg.pad_id
+    e_BTd = self.encode_bytes(targets_BT)
+    aux = {}
+    scale_BT = None
+    if cfg.segmenter == "learned":
+      p_BT = self.router(e_BTd)
+      starts_BT = segment.force_max_length(p_BT >= 0.5, cfg.max_segment_bytes)
+      segment_ids_BT, context_ids_BT = segment.ids_from_starts(starts_BT & valid_BT,
+                                                               cfg.max_segments)
+      aux["ratio_loss"] = segment.ratio_loss(p_BT, starts_BT, valid_BT, cfg.target_segment_bytes)
+      # H-Net's confidence: forward 1, but the LM loss's gradient reaches the boundary
+      # probabilities. Position t reads the decision about byte t - 1 (settled before t).
+      c_BT = jnp.where(starts_BT, p_BT, 1.0 - p_BT)
+      scale_BT = _ste_one(jnp.pad(c_BT, ((0, 0), (1, 0)), constant_values=1.0)[:, :-1])
+    elif segment_ids_BT is None or context_ids_BT is None:
+      raise ValueError("the 'given' segmenter needs segment_ids and context_ids in the batch; "
+                       "give the data pipeline a `segments` setting (configs/hat.py)")
+    elif pad:
+      segment_ids_BT, context_ids_BT = (jnp.pad(a, ((0, 0), (0, pad)), constant_values=-1)
+                                        for a in (segment_ids_BT, context_ids_BT))
+    aux["bytes_per_segment"] = segment.bytes_per_segment(segment_ids_BT, valid_BT)
+    h_BNd = self.backbone_states(e_BTd, segment_ids_BT)
+    context_BTd = segment.unpool(h_BNd, context_ids_BT, self.start[...])
+    if scale_BT is not None:
+      context_BTd = context_BTd * scale_BT[..., None].astype(context_BTd.dtype)
+    return self.decode_bytes(inputs_BT, context_BTd)[:, :T], aux
+
+  def __call__(self, inputs_BT, targets_BT, segment_ids_BT=None, context_ids_BT=None):
+    """logits_BTV (see `forward`)."""
+    return self.forward(inputs_BT, targets_BT, segment_ids_BT, context_ids_BT)[0]
+
+  # ---- one position at a time, with caches (bytelm/hierarchical_generation.py runs the loop)
+
+  def init_cache(self, batch: int) -> dict:
+    """Empty caches: the last `window` keys and values of each byte layer, all max_segments of
+    each backbone layer, the backbone states so far, and the router's previous key."""
+    cfg = self.config
+
+    def slots(n, heads):
+      zeros = jnp.zeros((batch, heads, n, cfg.d_kv), cfg.compute_dtype)
+      return {"k": zeros, "v": zeros}
+
+    return {"encoder": [slots(cfg.window, cfg.byte_num_heads) for _ in self.encoder],
+            "decoder": [slots(cfg.window, cfg.byte_num_heads) for _ in self.decoder],
+            "backbone": [slots(cfg.max_segments, cfg.num_heads) for _ in self.backbone],
+            "router_k": jnp.zeros((batch, cfg.byte_d_model), jnp.float32)}
+
+  def _local_step(self, blocks, layers, x_B1d, t):
+    """Position t (a traced scalar) through local blocks whose caches hold positions
+    t - W + 1 .. t - 1 in slot (position mod W)."""
+    W = self.config.window
+    pos_S = t - (t - jnp.arange(W)) % W  # the position each slot holds once t is written
+    bias_1H1S = self.byte_bias(jnp.reshape(t, (1,)), pos_S)[None]
+    key_bias_BS = jnp.broadcast_to(jnp.where(pos_S >= 0, 0.0, MASK_VALUE),
+                                   (x_B1d.shape[0], W))
+    slot_B = jnp.full((x_B1d.shape[0],), t % W)
+    new = []
+    for block, layer in zip(blocks, layers):
+      x_B1d, layer = block.step(x_B1d, layer, slot_B, bias_1H1S, key_bias_BS)
+      new.append(layer)
+    return x_B1d, new
+
+  def encoder_step(self, ids_B: jax.Array, t, cache: dict):
+    """(e_Bd, p_B, cache): the byte encoder's state of byte t (ids_B) and, for the learned
+    segmenter, the probability that a segment starts at t (1 at t = 0)."""
+    x_B1d, cache["encoder"] = self._local_step(self.encoder, cache["encoder"],
+                                               self.shared(ids_B[:, None]), t)
+    e_Bd = self.encoder_norm(x_B1d)[:, 0]
+    p_B = jnp.ones(ids_B.shape, jnp.float32)
+    if self.router is not None:
+      q_Bd = self.router.q(e_Bd).astype(jnp.float32)
+      k_prev_Bd = cache["router_k"]
+      cos_B = (q_Bd * k_prev_Bd).sum(-1) * jax.lax.rsqrt(
+          (q_Bd**2).sum(-1) * (k_prev_Bd**2).sum(-1) + 1e-12)
+      p_B = jnp.where(t == 0, 1.0, jnp.clip((1.0 - cos_B) / 2.0, 0.0, 1.0))
+      cache["router_k"] = self.router.k(e_Bd).astype(jnp.float32)
+    return e_Bd, p_B, cache
+
+  def backbone_step(self, e_Bd: jax.Array, n_B: jax.Array, cache: dict):
+    """(h_Bd, cache): the backbone state of segment n_B, given its last byte's encoder state
+    e_Bd; segments 0 .. n_B - 1 must be in the cache already."""
+    N = self.config.max_segments
+    bias_BH1N = self.segment_bias(n_B[:, None], jnp.arange(N)[None])
+    key_bias_BN = jnp.where(jnp.arange(N)[None] <= n_B[:, None], 0.0, MASK_VALUE)
+    s_B1D = self.up(e_Bd[:, None])
+    new = []
+    for block, layer in zip(self.backbone, cache["backbone"]):
+      s_B1D, layer = block.step(s_B1D, layer, n_B, bias_BH1N, key_bias_BN)
+      new.append(layer)
+    cache["backbone"] = new
+    return self.down(self.backbone_norm(s_B1D))[:, 0], cache
+
+  def decoder_step(self, ids_B: jax.Array, t, context_Bd: jax.Array, cache: dict):
+    """(logits_BV, cache): the prediction of byte t from byte t - 1 (ids_B; pad at t = 0) and
+    the backbone context of position t (`start` where none)."""
+    y_B1d = self.shared(ids_B[:, None]) + context_Bd[:, None].astype(self.config.compute_dtype)
+    y_B1d, cache["decoder"] = self._local_step(self.decoder, cache["decoder"], y_B1d, t)
+    return self.lm_head(self.final_norm(y_B1d))[:, 0], cache
 
 
 def loss_fn(model: Hierarchical, batch: dict[str, jax.Array], z_loss: float = 0.0):
-  """Mean next-byte cross-entropy over non-pad targets -> (loss, metrics), as t5.loss_fn.
+  """Mean next-byte cross-entropy over non-pad targets (+ the learned segmenter's weighted
+  ratio loss) -> (loss, metrics), as t5.loss_fn; metrics add `bytes_per_segment`.
 
-  batch: `inputs`, `targets` int32 [B, T] (the causal_lm pair), `segment_ids` and
-  `context_ids` int32 [B, T] (of the targets; see `segment`).
+  batch: `inputs`, `targets` int32 [B, T] (the causal_lm pair); for the "given" segmenter also
+  `segment_ids` and `context_ids` int32 [B, T] (of the targets; see `segment`).
   """
-  logits_BTV = model(batch["inputs"], batch["targets"], batch["segment_ids"],
-                     batch["context_ids"])
-  return t5.cross_entropy(logits_BTV, batch["targets"], model.config.pad_id, z_loss)
+  logits_BTV, aux = model.forward(batch["inputs"], batch["targets"], batch.get("segment_ids"),
+                                  batch.get("context_ids"))
+  loss, metrics = t5.cross_entropy(logits_BTV, batch["targets"], model.config.pad_id, z_loss)
+  metrics = dict(metrics, bytes_per_segment=aux["bytes_per_segment"])
+  if "ratio_loss" in aux:
+    loss = loss + model.config.ratio_loss_weight * aux["ratio_loss"]
+    metrics.update(loss=loss, ratio_loss=aux["ratio_loss"])
+  return loss, metrics

@@ -1,4 +1,4 @@
-"""Dynamic token merging, part 1: cutting bytes into segments, and moving between the two.
+"""Dynamic token merging: cutting bytes into segments, and moving between the two.
 
 A segmenter maps a byte sequence to segment start offsets; `segment_ids` turns those into
 static shapes: at most `max_segments` segments per sequence, at most `max_segment_bytes` bytes
@@ -6,27 +6,48 @@ per segment. A segment longer than that is split into chunks (at UTF-8 character
 where it can), never dropped; bytes after the last segment that fits are reported, not lost, so
 the data pipeline can start its next window there.
 
-Segmenters (the entropy and learned ones come with the hierarchical model):
-- `bytelm.tokenizer.word_starts` (word splitting lives with the tokenizer): Unicode-aware
-  words, each with the whitespace before it; punctuation, symbols, unspaced scripts and invalid
-  bytes stand alone. It never looks past the character it decides, so a boundary is settled by
-  the character that starts the next segment (see `context_ids`).
-- `fixed_starts`: every n bytes (MEGABYTE's patches, the control).
+Segmenters on the host (`Segmenter` runs one of them, then `split_long`):
+- "words" (`bytelm.tokenizer.word_starts`; word splitting lives with the tokenizer):
+  Unicode-aware words, each with the whitespace before it; punctuation, symbols, unspaced
+  scripts and invalid bytes stand alone.
+- "entropy" (BLT, Pagnoni et al. 2024): a segment starts where a small byte LM's entropy over
+  the next byte crosses a global threshold, or rises by more than a relative one. The small LM
+  here is a byte n-gram model fitted on the training text (`EntropyModel`); the global
+  threshold is the entropy quantile that gives a target mean segment length.
+- "fixed": every n bytes (MEGABYTE's patches, the control).
+None of them looks past the character it decides, so a boundary is settled by the character
+that starts the next segment (see `context_ids`).
+
+In the model (JAX): "learned" boundaries (H-Net, Hwang et al. 2025): `BoundaryPredictor` on the
+byte encoder's causal states, hard boundaries where its probability is >= 0.5 (and wherever a
+segment reached max_segment_bytes, `force_max_length`), and `ratio_loss` toward a target
+compression; `ids_from_starts` gives the same segment and context ids as the host path.
 
 Pooling (`pool`) turns byte states B T D into segment states B N D; `unpool` hands each byte
 the backbone state of the last segment whose end was already known before that byte
 (`context_ids`), so that predicting byte t never depends on byte t or later (tested).
 
-Axis legend: B batch, T bytes, N segments, D width.
+Axis legend: B batch, T bytes, N segments, D width, C n-gram contexts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import dataclasses
+import os
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+
+from bytelm.nn import Dense
+from bytelm.tokenizer import word_starts
+
+KINDS = ("words", "entropy", "fixed")
+
 
 def fixed_starts(num_bytes: int, size: int) -> list[int]:
   """Every `size` bytes: 0, size, 2 size, ..."""
@@ -107,6 +128,117 @@ def context_ids(data: bytes, starts: Sequence[int], max_segments: int,
   return ctx_T
 
 
+# ---- the entropy segmenter (BLT) ---------------------------------------------------------------
+
+
+class EntropyModel:
+  """A byte n-gram LM reduced to what BLT's patcher needs: the entropy (bits) of the next byte
+  after each context of `order` bytes, and the global threshold above which a segment starts.
+
+  Probabilities are interpolated down the orders (each order's counts plus `pseudo` counts of
+  the order below; the unigram gets add-one), so every context has a finite entropy. Contexts
+  before the start of the data are filled with 0xFF, the pipeline's document separator.
+  """
+
+  def __init__(self, entropy_C: np.ndarray, order: int, threshold: float,
+               relative: float = 0.0):
+    if entropy_C.shape != (256**order,):
+      raise ValueError(f"an order-{order} entropy table has {256**order} entries, got "
+                       f"{entropy_C.shape}")
+    self.entropy_C, self.order = entropy_C.astype(np.float32), int(order)
+    self.threshold, self.relative = float(threshold), float(relative)
+
+  @classmethod
+  def fit(cls, stream: np.ndarray, *, order: int = 2, target_segment_bytes: float = 5.0,
+          relative: float = 0.0, pseudo: float = 4.0) -> "EntropyModel":
+    """Counts of the uint8 `stream`; the threshold makes a segment start at a fraction
+    1 / target_segment_bytes of its positions (before max_segment_bytes cuts)."""
+    if order not in (1, 2):
+      raise ValueError(f"entropy model order must be 1 or 2 (a table of 256**order "
+                       f"contexts), got {order}")
+    if target_segment_bytes <= 1:
+      raise ValueError(f"target_segment_bytes must be above 1, got {target_segment_bytes}")
+    x = np.asarray(stream, np.uint8).astype(np.int64)
+    if x.size <= order:
+      raise ValueError(f"{x.size} bytes are too few to fit an order-{order} entropy model")
+    probs_V = (np.bincount(x, minlength=256) + 1.0) / (x.size + 256.0)
+    probs_CV = probs_V[None]
+    for k in range(1, order + 1):
+      context = np.zeros(x.size - k, np.int64)
+      for j in range(k):  # the k bytes before each position, oldest first
+        context = context * 256 + x[j: x.size - k + j]
+      counts_CV = np.bincount(context * 256 + x[k:], minlength=256**(k + 1)).reshape(-1, 256)
+      # The order below is indexed by the newest k - 1 bytes: context % 256**(k-1).
+      lower_CV = probs_CV[np.arange(256**k) % probs_CV.shape[0]]
+      probs_CV = (counts_CV + pseudo * lower_CV) / (counts_CV.sum(1, keepdims=True) + pseudo)
+    entropy_C = -(probs_CV * np.log2(probs_CV)).sum(axis=1)
+    model = cls(entropy_C, order, threshold=0.0, relative=relative)
+    entropy_T = model.entropies(np.asarray(stream, np.uint8).tobytes())
+    model.threshold = float(np.quantile(entropy_T, 1.0 - 1.0 / target_segment_bytes))
+    return model
+
+  def entropies(self, data: bytes) -> np.ndarray:
+    """entropy_T: bits of uncertainty about byte t given the `order` bytes before it."""
+    x = np.concatenate([np.full(self.order, 0xFF, np.int64),
+                        np.frombuffer(data, np.uint8).astype(np.int64)])
+    context = np.zeros(len(data), np.int64)
+    for j in range(self.order):
+      context = context * 256 + x[j: j + len(data)]
+    return self.entropy_C[context]
+
+  def starts(self, data: bytes) -> list[int]:
+    """Segment starts: 0, and each t whose entropy is above the threshold or (with a relative
+    threshold) above the entropy at t - 1 by more than it. Reads only bytes before t."""
+    entropy_T = self.entropies(data)
+    cut_T = entropy_T > self.threshold
+    if self.relative > 0:
+      cut_T[1:] |= np.diff(entropy_T) > self.relative
+    return [0] + [int(t) for t in np.flatnonzero(cut_T) if t > 0] if len(data) else []
+
+  def save(self, path) -> None:
+    """An .npz (no pickle), written to a temporary name and renamed."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, entropy_C=self.entropy_C, order=self.order, threshold=self.threshold,
+             relative=self.relative)
+    os.replace(tmp, path)
+
+  @classmethod
+  def load(cls, path) -> "EntropyModel":
+    try:
+      with np.load(path, allow_pickle=False) as f:
+        return cls(f["entropy_C"], int(f["order"]), float(f["threshold"]), float(f["relative"]))
+    except (OSError, KeyError, ValueError) as e:
+      raise ValueError(f"{path} is not a readable entropy model ({e}); delete it and the "
+                       "trainer fits a new one from the training text") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class Segmenter:
+  """A host segmenter with the static bounds: bytes -> starts, long segments split."""
+
+  kind: str = "words"
+  max_segment_bytes: int = 16
+  fixed_size: int = 4
+  entropy_model: EntropyModel | None = None
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"segmenter kind must be one of {KINDS}, got {self.kind!r}")
+    if self.kind == "entropy" and self.entropy_model is None:
+      raise ValueError("the entropy segmenter needs an EntropyModel (EntropyModel.fit on the "
+                       "training bytes, or .load of the workdir's entropy_model.npz)")
+
+  def __call__(self, data: bytes) -> list[int]:
+    if self.kind == "words":
+      starts = word_starts(data)
+    elif self.kind == "entropy":
+      starts = self.entropy_model.starts(data)
+    else:
+      starts = fixed_starts(len(data), self.fixed_size)
+    return split_long(data, starts, self.max_segment_bytes)
+
+
 # ---- pooling (JAX) -------------------------------------------------------------------------------
 
 
@@ -133,3 +265,71 @@ def unpool(h_BND: jax.Array, context_BT: jax.Array, start_D: jax.Array) -> jax.A
   index_BT = jnp.maximum(context_BT, 0)
   gathered_BTD = jnp.take_along_axis(h_BND, index_BT[..., None], axis=1)
   return jnp.where((context_BT >= 0)[..., None], gathered_BTD, start_D.astype(h_BND.dtype))
+
+
+# ---- learned boundaries (JAX) --------------------------------------------------------------------
+
+
+class BoundaryPredictor(nnx.Module):
+  """H-Net's routing module: a segment starts at byte t with probability
+  p_t = (1 - cos(q_t, k_{t-1})) / 2, q = W_q e, k = W_k e of the byte encoder's (causal) states:
+  where consecutive states disagree, a new unit begins. p_0 = 1."""
+
+  def __init__(self, dim: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    kw = dict(std=dim**-0.5, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q, self.k = Dense(dim, dim, **kw), Dense(dim, dim, **kw)
+
+  def __call__(self, e_BTD: jax.Array) -> jax.Array:
+    """p_BT (fp32) from the states e_BTD."""
+    q_BTD = self.q(e_BTD).astype(jnp.float32)
+    k_BTD = self.k(e_BTD).astype(jnp.float32)
+    k_BTD = jnp.pad(k_BTD, ((0, 0), (1, 0), (0, 0)))[:, :-1]  # k_{t-1}
+    cos_BT = (q_BTD * k_BTD).sum(-1) * jax.lax.rsqrt(
+        (q_BTD**2).sum(-1) * (k_BTD**2).sum(-1) + 1e-12)
+    p_BT = jnp.clip((1.0 - cos_BT) / 2.0, 0.0, 1.0)
+    return p_BT.at[:, 0].set(1.0)
+
+
+def force_max_length(starts_BT: jax.Array, max_segment_bytes: int) -> jax.Array:
+  """starts_BT (bool) with a start wherever the running segment already has max_segment_bytes
+  bytes, and at t = 0. Depends on past decisions only."""
+  def step(run_B, start_B):
+    start_B = start_B | (run_B >= max_segment_bytes)
+    return jnp.where(start_B, 1, run_B + 1), start_B
+
+  first_B = jnp.full(starts_BT.shape[:1], max_segment_bytes, jnp.int32)  # forces t = 0
+  _, starts_TB = jax.lax.scan(step, first_B, starts_BT.T)
+  return starts_TB.T
+
+
+def ids_from_starts(starts_BT: jax.Array, max_segments: int) -> tuple[jax.Array, jax.Array]:
+  """(segment_ids_BT, context_ids_BT) as `segment_ids` / `context_ids` give them on the host,
+  for boundaries decided from bytes 0..t alone: byte t reads the segment before the one byte
+  t - 1 is in. Segments past max_segments get id -1 (their bytes read segment N - 1). Positions
+  where starts_BT is False after the last valid byte stay in the last segment."""
+  seg_BT = jnp.cumsum(starts_BT.astype(jnp.int32), axis=1) - 1
+  ids_BT = jnp.where(seg_BT < max_segments, seg_BT, -1)
+  before_BT = jnp.pad(seg_BT, ((0, 0), (1, 0)), constant_values=0)[:, :-1]
+  ctx_BT = jnp.minimum(before_BT - 1, max_segments - 1)
+  return ids_BT, ctx_BT.at[:, 0].set(-1)
+
+
+def ratio_loss(p_BT: jax.Array, starts_BT: jax.Array, valid_BT: jax.Array,
+               target_segment_bytes: float) -> jax.Array:
+  """H-Net's ratio loss, N/(N-1) ((N-1) F G + (1-F)(1-G)) with F the fraction of bytes that
+  start a segment (hard), G the mean probability and N the target bytes per segment: 1 at
+  F = G = 1/N, and its gradient in G pushes F toward 1/N from either side."""
+  w_BT = valid_BT.astype(jnp.float32)
+  count = jnp.maximum(w_BT.sum(), 1.0)
+  f = (starts_BT.astype(jnp.float32) * w_BT).sum() / count
+  g = (p_BT * w_BT).sum() / count
+  n = target_segment_bytes
+  return n / (n - 1.0) * ((n - 1.0) * f * g + (1.0 - f) * (1.0 - g))
+
+
+def bytes_per_segment(ids_BT: jax.Array, valid_BT: jax.Array) -> jax.Array:
+  """Mean bytes per segment over a batch: bytes in a segment / segments."""
+  inside_BT = (ids_BT >= 0) & valid_BT
+  previous_BT = jnp.pad(ids_BT, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
+  firsts = (inside_BT & (ids_BT != previous_BT)).sum()
+  return inside_BT.sum() / jnp.maximum(firsts, 1)

@@ -181,8 +181,51 @@ class EncoderBlock(nnx.Module):
     excess_B = _score_excess(self.attn, h_BTD, k_BHTK, pos_bias_HTT, key_bias_BT, excess_above)
     attn_BTD = self.attn.attend(h_BTD, k_BHTK, v_BHTK, pos_bias_HTT,
                                 _add_gate(key_bias_BT, gate_bias_BT))
-    x_BTD = x_BTD + self.dropout(attn_BTD)
-    return x_BTD + self.dropout(self.mlp(self.mlp_norm(x_BTD))), excess_B
+    return self._mlp(x_BTD + self.dropout(attn_BTD)), excess_B
+
+  def _mlp(self, x_BTD: jax.Array) -> jax.Array:
+    return x_BTD + self.dropout(self.mlp(self.mlp_norm(x_BTD)))
+
+  def local(self, x_BTD: jax.Array, pos_bias_HWS: jax.Array, window: int) -> jax.Array:
+    """The block with causal attention to the last `window` positions (itself included), in
+    blocks: the W = window queries of each block attend to their own block and the one before
+    (S = 2W keys), so the cost grows with T * W instead of T * T. pos_bias_HWS is the bias of
+    query W + i over keys 0..2W-1 and must mask what is further than W - 1 back or ahead.
+    T must be a multiple of the window."""
+    B, T, D = x_BTD.shape
+    if T % window:
+      raise ValueError(f"local attention needs a length that is a multiple of the window "
+                       f"{window}, got {T}")
+    nb = T // window
+    h_BTD = self.attn_norm(x_BTD)
+    k_BHTK, v_BHTK = self.attn.project_kv(h_BTD)
+
+    def with_previous_block(z_BHTK):  # -> (B nb) H 2W K
+      z_BHnWK = z_BHTK.reshape(B, z_BHTK.shape[1], nb, window, -1)
+      prev_BHnWK = jnp.pad(z_BHnWK, ((0, 0), (0, 0), (1, 0), (0, 0), (0, 0)))[:, :, :-1]
+      both = jnp.concatenate([prev_BHnWK, z_BHnWK], axis=3)
+      return both.transpose(0, 2, 1, 3, 4).reshape(B * nb, z_BHTK.shape[1], 2 * window, -1)
+
+    # The first block has no block before it: its zero keys are masked.
+    first_S = jnp.where(jnp.arange(2 * window) < window, MASK_VALUE, 0.0)
+    key_bias_nS = jnp.zeros((nb, 2 * window), jnp.float32).at[0].set(first_S)
+    attn_BTD = self.attn.attend(h_BTD.reshape(B * nb, window, D), with_previous_block(k_BHTK),
+                                with_previous_block(v_BHTK), pos_bias_HWS,
+                                jnp.tile(key_bias_nS, (B, 1))).reshape(B, T, D)
+    return self._mlp(x_BTD + self.dropout(attn_BTD))
+
+  def step(self, x_B1D: jax.Array, cache: dict[str, jax.Array], slot_B: jax.Array,
+           pos_bias_BH1S: jax.Array, key_bias_BS: jax.Array):
+    """One new position per row, written to cache slot slot_B (k, v: B H S K) before it
+    attends to the cache; pos_bias_BH1S and key_bias_BS say which slots it may see, and how
+    far back they are. Returns (x_B1D, cache)."""
+    h_B1D = self.attn_norm(x_B1D)
+    k_BH1K, v_BH1K = self.attn.project_kv(h_B1D)
+    write_BS = (jnp.arange(cache["k"].shape[2]) == slot_B[:, None])[:, None, :, None]
+    cache = {"k": jnp.where(write_BS, k_BH1K.astype(cache["k"].dtype), cache["k"]),
+             "v": jnp.where(write_BS, v_BH1K.astype(cache["v"].dtype), cache["v"])}
+    attn_B1D = self.attn.attend(h_B1D, cache["k"], cache["v"], pos_bias_BH1S, key_bias_BS)
+    return self._mlp(x_B1D + self.dropout(attn_B1D)), cache
 
 
 class DecoderBlock(nnx.Module):
