@@ -16,21 +16,12 @@ byte layers here are as wide as the backbone and attend over the whole row, mask
 """
 
 import dataclasses
-import importlib.util
 import pathlib
 
 import ml_collections
 
 from bytelm.models import hierarchical
-
-
-def _bytes_decoder_config(variant: str) -> ml_collections.ConfigDict:
-  """configs/bytes_decoder.py's config, found next to this file (configs/ is not a package)."""
-  path = pathlib.Path(__file__).with_name("bytes_decoder.py")
-  spec = importlib.util.spec_from_file_location("bytes_decoder_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(variant)
+from bytelm.training import config_file
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -38,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant not in ("default", "tiny"):
     raise ValueError(f"unknown variant {variant!r} of configs/hat.py; use '' or 'tiny'")
   tiny = variant == "tiny"
-  c = _bytes_decoder_config(variant)
+  c = config_file.load(pathlib.Path(__file__).with_name("bytes_decoder.py"), variant)
   c.model_family = "hierarchical"
   width = {k: v for k, v in c.model.to_dict().items()
            if k not in ("num_encoder_layers", "num_decoder_layers")}

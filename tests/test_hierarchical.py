@@ -1,11 +1,11 @@
 """The hierarchical byte LM (models/hierarchical.py): no byte is predicted from itself or later."""
 
-import importlib.util
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -13,7 +13,7 @@ import bytelm
 from bytelm import hierarchical_generation, tokenizer
 from bytelm.data import pipeline
 from bytelm.models import hierarchical, segment
-from bytelm.training import train_and_evaluate
+from bytelm.training import config_file, train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -142,13 +142,33 @@ def test_the_pipeline_adds_segments_of_the_targets():
                          segments=segments)
 
 
-def test_the_recipe_trains_and_loads(tmp_path):
-  spec = importlib.util.spec_from_file_location("hat", ROOT / "configs" / "hat.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  summary = train_and_evaluate(module.get_config("tiny"), tmp_path / "run")
+@pytest.mark.parametrize("recipe", ["hat", "blt", "hnet"])
+def test_the_recipes_train_and_load(tmp_path, recipe):
+  summary = train_and_evaluate(config_file.load(ROOT / "configs" / f"{recipe}.py", "tiny"),
+                               tmp_path / "run")
   assert np.isfinite(summary.val_loss)
   assert isinstance(bytelm.load(tmp_path / "run"), hierarchical.Hierarchical)
+  assert (tmp_path / "run" / "entropy_model.npz").exists() == (recipe == "blt")
+
+
+def test_the_learned_segmenter_moves_toward_its_target_compression():
+  cfg = LEARNED.replace(target_segment_bytes=8.0, ratio_loss_weight=1.0, max_segment_bytes=16)
+  model = hierarchical.Hierarchical(cfg, rngs=nnx.Rngs(1))
+  optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+  text = b"the quick brown fox jumps over the lazy dog; " * 2
+  batch = batch_of(text[:64], length=64)
+
+  @nnx.jit
+  def step(model, optimizer, batch):
+    (_, metrics), grads = nnx.value_and_grad(hierarchical.loss_fn, has_aux=True)(model, batch)
+    optimizer.update(model, grads)
+    return metrics["bytes_per_segment"]
+
+  before = float(hierarchical.loss_fn(model, batch)[1]["bytes_per_segment"])
+  for _ in range(40):
+    step(model, optimizer, batch)
+  after = float(hierarchical.loss_fn(model, batch)[1]["bytes_per_segment"])
+  assert before < 4 and abs(after - 8.0) < 0.5 * abs(before - 8.0), (before, after)
 
 
 def test_cached_generation_computes_what_the_whole_model_computes(model):

@@ -32,7 +32,7 @@ FAMILIES = {
                    eval_metrics=("deleted_frac",), report=mrt5.report),
     "decoder": Family(decoder.DecoderConfig, decoder.DecoderLM, decoder.loss_fn),
     "hierarchical": Family(hierarchical.HierarchicalConfig, hierarchical.Hierarchical,
-                           hierarchical.loss_fn),
+                           hierarchical.loss_fn, eval_metrics=("bytes_per_segment",)),
     "tagger": Family(tagger.TaggerConfig, tagger.Tagger, tagger.loss_fn,
                      eval_metrics=("accuracy", "changed_accuracy")),
 }

@@ -1,0 +1,31 @@
+"""A hierarchical byte LM that learns its own segments (H-Net-style) on the embedded corpus.
+
+  python train.py --config configs/hnet.py [--workdir DIR] [--config.train.steps=100]
+
+configs/hat.py (read from it) with the segments decided inside the model: a boundary predictor
+on the byte encoder's states (`segment.BoundaryPredictor`, Hwang et al. 2025, "Dynamic Chunking
+for End-to-End Hierarchical Sequence Modeling") starts a segment where consecutive states
+disagree, trained through the LM loss (a straight-through confidence) and a ratio loss that
+pulls the mean segment length toward `model.target_segment_bytes`. The data pipeline computes
+no segments. `:tiny` is what the tests use.
+"""
+
+import pathlib
+
+import ml_collections
+
+from bytelm.training import config_file
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "default"
+  if variant not in ("default", "tiny"):
+    raise ValueError(f"unknown variant {variant!r} of configs/hnet.py; use '' or 'tiny'")
+  c = config_file.load(pathlib.Path(__file__).with_name("hat.py"), variant)
+  del c.data["segments"]
+  c.model.segmenter = "learned"
+  # About the words' mean on English (configs/hat.py), so the backbone sees as many segments.
+  c.model.target_segment_bytes = 6.0
+  c.model.max_segment_bytes = 16
+  c.model.ratio_loss_weight = 0.03
+  return c
