@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bytelm import generation
 from bytelm.models import hierarchical, segment
 from bytelm.tokenizer import EOS_ID, OFFSET, PAD_ID
 
@@ -69,16 +70,6 @@ class _Segments:
     return int(segment.context_ids(data, starts, self.max_segments, t + 1)[t]), starts
 
 
-def _choose(logits_V: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
-  logits_V = logits_V.astype(np.float64)
-  logits_V[PAD_ID] = -np.inf  # never a prediction
-  if temperature <= 0:
-    return int(np.argmax(logits_V))
-  z = logits_V / temperature
-  p = np.exp(z - z.max())
-  return int(rng.choice(len(p), p=p / p.sum()))
-
-
 def generate(model: hierarchical.Hierarchical, prompt: str | bytes, max_new_bytes: int = 64, *,
              segmenter: segment.Segmenter | None = None, temperature: float = 0.0,
              seed: int = 0, cached: bool = True, return_logits: bool = False):
@@ -97,7 +88,7 @@ def generate(model: hierarchical.Hierarchical, prompt: str | bytes, max_new_byte
     if t < len(data):
       continue
     chosen_logits.append(logits_V)
-    new = _choose(logits_V, temperature, rng)
+    new = generation.choose(logits_V, temperature, rng)
     if new == EOS_ID:
       break
     out += bytes([min(max(new - OFFSET, 0), 255)])

@@ -9,6 +9,7 @@ import numpy as np
 from flax import nnx
 
 import bytelm
+from bytelm import generation
 from bytelm.models import decoder
 from bytelm.training import train_and_evaluate
 
@@ -65,3 +66,21 @@ def test_the_recipe_trains_and_loads(tmp_path):
   assert np.isfinite(summary.val_loss) and summary.val_bpb > 0
   model = bytelm.load(tmp_path / "run")
   assert isinstance(model, decoder.DecoderLM) and model.config.num_decoder_layers == 2
+
+
+def test_cached_steps_compute_what_the_whole_model_computes():
+  model = tiny_model()
+  ids_BT = jnp.asarray(np.random.default_rng(0).integers(3, 259, (2, 20)), jnp.int32)
+  cache = model.init_cache(2, 24)
+  steps = []
+  for t in range(20):
+    logits_BV, cache = model.step(ids_BT[:, t], t, cache)
+    steps.append(logits_BV)
+  np.testing.assert_allclose(np.stack(steps, 1), model(ids_BT), rtol=1e-4, atol=1e-4)
+  # Greedy generation follows the whole model's argmax.
+  prompt = [1] + list(np.asarray(ids_BT[0, :5]))
+  out = generation.generate_decoder_ids(model, prompt, 6)
+  for k, new in enumerate(out):
+    logits_V = np.array(model(jnp.asarray([prompt + out[:k]], jnp.int32))[0, -1])
+    logits_V[0] = -np.inf
+    assert new == int(np.argmax(logits_V))
