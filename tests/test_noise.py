@@ -96,3 +96,22 @@ def test_corrupt_and_bad_arguments():
     noise.corrupt(text, "spelling")
   with pytest.raises(ValueError, match="rate"):
     noise.add_typos(text, rate=2.0)
+
+
+def test_perturbations_change_about_rate_of_the_characters():
+  text = "The Quick brown fox jumps over the lazy dog. " * 40
+  assert noise.perturb(text, "swap_delete", 0.0) == text
+  for kind in noise.PERTURBATIONS:
+    out = noise.perturb(text, kind, 0.05, seed=1)
+    assert out == noise.perturb(text, kind, 0.05, seed=1) and out != text
+  flipped = noise.perturb(text, "case_flip", 0.05, seed=1)
+  assert flipped.lower() == text.lower() and len(flipped) == len(text)
+  changed = sum(a != b for a, b in zip(flipped, text)) / sum(c.isalpha() for c in text)
+  assert 0.02 < changed < 0.08
+  spaced = noise.perturb(text, "whitespace", 0.05, seed=1)
+  assert spaced.replace(" ", "") == text.replace(" ", "")
+  assert 0.03 < (len(spaced) - len(text)) / len(text) < 0.07
+  shuffled = noise.perturb(text, "swap_delete", 0.05, seed=1)
+  assert sorted(shuffled) != sorted(text) and len(shuffled) < len(text)  # some deletions
+  with pytest.raises(ValueError, match="perturbation"):
+    noise.perturb(text, "reverse", 0.1)

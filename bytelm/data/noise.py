@@ -148,3 +148,37 @@ def corrupt(text: str, task: str, *, rate: float = 0.02, layout: str = "qwerty",
   if task in ("typos", "both"):
     text = add_typos(text, rate, layout, seed)
   return text
+
+
+# ---- perturbations for robustness studies (HAT's: eval/hierarchical.py) -----------------------
+
+PERTURBATIONS = ("swap_delete", "case_flip", "whitespace")
+
+
+def perturb(text: str, kind: str, rate: float, seed: int = 0) -> str:
+  """text with each character, with probability `rate`:
+  - "swap_delete": swapped with the next character or deleted (even odds);
+  - "case_flip": upper-cased if lower, lower-cased if upper (other characters never change);
+  - "whitespace": followed by an extra space.
+  Deterministic given the seed; rate 0 returns the text."""
+  if kind not in PERTURBATIONS:
+    raise ValueError(f"unknown perturbation {kind!r}; use one of {PERTURBATIONS}")
+  if not 0.0 <= rate <= 1.0:
+    raise ValueError(f"rate must be in [0, 1], got {rate}")
+  rng = random.Random(seed)
+  chars, out, i = list(text), [], 0
+  while i < len(chars):
+    ch = chars[i]
+    if rng.random() >= rate:
+      out.append(ch)
+    elif kind == "swap_delete":
+      if rng.random() < 0.5 and i + 1 < len(chars):
+        out += [chars[i + 1], ch]
+        i += 1
+      # else: deleted
+    elif kind == "case_flip":
+      out.append(ch.lower() if ch.isupper() else ch.upper() if ch.islower() else ch)
+    else:
+      out += [ch, " "]
+    i += 1
+  return "".join(out)

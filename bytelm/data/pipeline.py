@@ -26,17 +26,28 @@ stream order (causal LM windows share one boundary id, so each id is predicted o
 noise masks from a fixed seed. The last batch is padded with rows of zeros (pad id 0 in inputs
 and targets, so a loss that ignores target 0 ignores them); the tail of the stream shorter than
 one window is not evaluated. `eval_bytes` counts the text bytes the windows cover.
+
+Subword tokens (`tokenizer=`, causal LM only; a byte-level BPE of bytelm.data.bpe): the stream
+holds the same documents in the same order, each encoded to token ids and joined by the eos id;
+a position is a token, a window T + 1 tokens, and batches also hold `target_bytes` [B, T], the
+UTF-8 bytes each target spells (eos 1, as the byte stream's eos marker is one position that the
+byte models predict; pad 0). Bits per byte are then the total log-loss over the targets divided
+by ln 2 * the sum of target_bytes: the bytes actually predicted. The evaluation windows walk the
+same held-out documents in the same order as the byte models' windows, so `eval_batches(n)`
+covers a prefix of the same text; its length matches theirs only as far as T tokens hold the
+bytes of a byte window (token windows end at token boundaries).
 """
 
+import pathlib
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import datasets
 import numpy as np
 
-from bytelm.data import noise, objectives, sources, tags
+from bytelm.data import bpe, noise, objectives, sources, tags
 from bytelm.models import segment
-from bytelm.tokenizer import EOS_ID, OFFSET, PAD_ID, word_starts
+from bytelm.tokenizer import EOS_ID, OFFSET, PAD_ID
 
 Objective = Literal["span_corruption", "causal_lm", "correction", "diacritics_tagging"]
 OBJECTIVES = ("span_corruption", "causal_lm", "correction", "diacritics_tagging")
@@ -97,7 +108,7 @@ class BatchSource:
                process_index: int = 0, process_count: int = 1,
                shuffle_seed: int | None = 0, correction_task: str = "diacritics",
                typo_rate: float = 0.02, keyboard: str = "qwerty",
-               segments: dict | None = None):
+               segments: dict | None = None, tokenizer=None):
     """Args:
       texts: documents (a Dataset with a "text" column, or a sequence of str).
       objective: "span_corruption" (encoder-decoder, ByT5) or "causal_lm" (decoder-only).
@@ -114,9 +125,13 @@ class BatchSource:
         (objectives.correction): inputs are whole words of a window of S - 1 bytes, corrupted;
         targets are the words themselves. S defaults to T. ("diacritics_tagging" needs no
         settings: inputs are stripped of diacritics, targets are bytelm.data.tags labels.)
-      segments: for hierarchical models (causal LM only): {"kind": "words" | "fixed",
-        "max_segments": N, "max_segment_bytes": L, "fixed_size": n}. Batches then also hold
-        `segment_ids` and `context_ids` [B, T] of the targets (bytelm.models.segment).
+      segments: for hierarchical models (causal LM only): {"kind": "words" | "entropy" |
+        "fixed", "max_segments": N, "max_segment_bytes": L, "fixed_size": n, "entropy_model":
+        path (see `fit_entropy_model`)}. Batches then also hold `segment_ids` and
+        `context_ids` [B, T] of the targets (bytelm.models.segment).
+      tokenizer: a byte-level BPE `tokenizers.Tokenizer` (bytelm.data.bpe), causal LM only:
+        positions are its tokens instead of bytes, and batches also hold `target_bytes`
+        (module docstring). input_length then counts tokens.
     """
     if objective not in OBJECTIVES:
       raise ValueError(f"unknown objective {objective!r}; use one of {OBJECTIVES}")
@@ -140,6 +155,9 @@ class BatchSource:
     self.input_length = int(input_length)
     self.correction = dict(task=correction_task, typo_rate=float(typo_rate), layout=keyboard)
     self.segments = _check_segments(segments, objective)
+    if tokenizer is not None and (objective != "causal_lm" or segments is not None):
+      raise ValueError(f"a tokenizer is for the causal_lm objective without segments (a subword "
+                       f"decoder), not {objective!r}" + (" with segments" if segments else ""))
 
     # ---- shapes
     if objective == "span_corruption":
@@ -168,17 +186,25 @@ class BatchSource:
                        f"{input_length}: {what} gives {derived} targets; pass "
                        f"target_length={derived} or None")
     self.target_length = derived
-    # Bytes of stream one example consumes (span corruption) or predicts (causal LM).
-    self.bytes_per_example = self.stride
-    self.bytes_per_batch = self.batch_size * self.stride  # global, for throughput reports
 
-    # ---- stream
+    # ---- stream (of byte markers, or of token ids under a tokenizer)
     self._stream, self.num_documents = build_stream(texts, shuffle_seed)
+    self.tokenizer, self._token_bytes, byte_length = tokenizer, None, len(self._stream)
+    if tokenizer is not None:
+      self._stream, self._token_bytes = _token_stream(self._stream, bpe.check(tokenizer))
+    unit = "bytes" if tokenizer is None else "tokens"
     if len(self._stream) < self.raw_length:
       raise ValueError(
-          f"the dataset is too small: its byte stream has {len(self._stream)} bytes (with "
+          f"the dataset is too small: its stream has {len(self._stream)} {unit} (with "
           f"document separators), fewer than the {self.raw_length} one window needs for "
           f"input_length {self.input_length}; add text or lower input_length")
+    # Bytes per position (1 for bytes; the stream's mean for tokens, separators counting 1).
+    self.bytes_per_token = byte_length / len(self._stream)
+    # Bytes of stream one example consumes (span corruption) or predicts (causal LM), and a
+    # global batch (for throughput reports). Over tokens they are expected values: training
+    # windows start anywhere, so a window holds the stream's mean bytes per token.
+    self.bytes_per_example = round(self.stride * self.bytes_per_token)
+    self.bytes_per_batch = round(self.batch_size * self.stride * self.bytes_per_token)
     self.stream_length = len(self._stream)
     self.eval_windows = (self.stream_length - self.raw_length) // self.stride + 1
     self.eval_num_batches = -(-self.eval_windows // self.batch_size)  # ceil: last is padded
@@ -223,6 +249,8 @@ class BatchSource:
     # Causal LM predicts ids 1 .. windows*T; span corruption reads ids 0 .. windows*raw - 1.
     lo = 1 if self.objective == "causal_lm" else 0
     covered = self._stream[lo: lo + windows * self.stride]
+    if self._token_bytes is not None:
+      return int(self._token_bytes[covered].sum() - np.count_nonzero(covered == EOS_ID))
     return int(covered.size - np.count_nonzero(covered == _EOS_BYTE))
 
   # ---- helpers
@@ -234,7 +262,8 @@ class BatchSource:
                                    target_length=self.target_length, **self.correction)
     if self.objective == "diacritics_tagging":
       return tags.example(self._window_text(start), self.input_length)
-    ids = stream_to_ids(self._stream[start: start + self.raw_length])
+    window = self._stream[start: start + self.raw_length]
+    ids = stream_to_ids(window) if self._token_bytes is None else window.astype(np.int32)
     if self.objective == "causal_lm":
       return objectives.causal_lm(ids)
     return objectives.span_corruption(ids, rng, self.noise_density,
@@ -267,36 +296,75 @@ class BatchSource:
       inputs[r, : len(x)], targets[r, : len(y)] = x, y
     batch = {"inputs": inputs, "targets": targets}
     if self.segments is not None:
-      batch.update(_segment_rows(targets, **self.segments))
+      batch.update(segment_rows(targets, **self.segments))
+    if self._token_bytes is not None:  # a token model's bits per byte divide by these
+      batch["target_bytes"] = self._token_bytes[targets]
     return batch
 
   def __repr__(self) -> str:
+    unit = "bytes" if self._token_bytes is None else (
+        f"tokens ({self.bytes_per_token:.2f} bytes each)")
     return (f"BatchSource({self.objective}, batch {self.batch_size} "
             f"(local {self.local_batch_size}), inputs {self.input_length}, targets "
             f"{self.target_length}, raw {self.raw_length}, {self.num_documents} documents, "
-            f"{self.stream_length} stream bytes, seed {self.seed})")
+            f"{self.stream_length} stream {unit}, seed {self.seed})")
 
 
-_SEGMENT_KEYS = {"kind", "max_segments", "max_segment_bytes", "fixed_size"}
+def _token_stream(stream: np.ndarray, tokenizer) -> tuple[np.ndarray, np.ndarray]:
+  """(token stream, bytes of each id): the byte stream's documents, in order, encoded and joined
+  by the eos id, as uint16 where the vocabulary fits (half of int32's memory)."""
+  documents = [d.decode("utf-8") for d in stream.tobytes().split(bytes([_EOS_BYTE]))]
+  parts = []
+  for i, ids in enumerate(bpe.encode_documents(tokenizer, documents)):
+    parts += [np.asarray([EOS_ID], np.int32), ids] if i else [ids]
+  vocab = tokenizer.get_vocab_size()
+  tokens = np.concatenate(parts).astype(np.uint16 if vocab <= 1 << 16 else np.int32)
+  lengths = np.asarray([len(b) for b in bpe.token_bytes(tokenizer)], np.int32)
+  lengths[EOS_ID] = 1  # the eos marker: one position of the byte stream, one byte-model target
+  return tokens, lengths
+
+
+_SEGMENT_KEYS = {"kind", "max_segments", "max_segment_bytes", "fixed_size", "entropy_model",
+                 "entropy_order", "target_segment_bytes", "entropy_relative"}
 
 
 def _check_segments(segments: dict | None, objective: str) -> dict | None:
+  """{"segmenter": segment.Segmenter, "max_segments": N} from the `segments` setting."""
   if segments is None:
     return None
   segments = dict(segments)
   unknown = set(segments) - _SEGMENT_KEYS
-  if unknown or segments.get("kind") not in ("words", "fixed"):
-    raise ValueError(f"segments must be a dict with kind 'words' or 'fixed' and keys from "
+  if unknown or segments.get("kind") not in segment.KINDS:
+    raise ValueError(f"segments must be a dict with kind one of {segment.KINDS} and keys from "
                      f"{sorted(_SEGMENT_KEYS)}; got {segments!r}")
   if objective != "causal_lm":
     raise ValueError(f"segments are for the causal_lm objective, not {objective!r}")
-  return {"kind": segments["kind"], "max_segments": int(segments.get("max_segments", 64)),
-          "max_segment_bytes": int(segments.get("max_segment_bytes", 16)),
-          "fixed_size": int(segments.get("fixed_size", 4))}
+  model = None
+  if segments["kind"] == "entropy":
+    if not segments.get("entropy_model"):
+      raise ValueError("entropy segments need segments.entropy_model, the path of a fitted "
+                       "model (the trainer fits one: `fit_entropy_model`)")
+    model = segment.EntropyModel.load(segments["entropy_model"])
+  segmenter = segment.Segmenter(segments["kind"], int(segments.get("max_segment_bytes", 16)),
+                                int(segments.get("fixed_size", 4)), model)
+  return {"segmenter": segmenter, "max_segments": int(segments.get("max_segments", 64))}
 
 
-def _segment_rows(targets: np.ndarray, *, kind: str, max_segments: int, max_segment_bytes: int,
-                  fixed_size: int) -> dict[str, np.ndarray]:
+def fit_entropy_model(spec: str, path, *, entropy_order: int = 2,
+                      target_segment_bytes: float = 5.0, entropy_relative: float = 0.0,
+                      **unused) -> pathlib.Path:
+  """The entropy segmenter's n-gram model of the training split of `spec`, saved at `path`;
+  an existing file is kept (a resumed run segments as before). Returns the path."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    stream, _ = build_stream(sources.load_text(spec, "train"))
+    segment.EntropyModel.fit(stream, order=entropy_order, target_segment_bytes=target_segment_bytes,
+                             relative=entropy_relative).save(path)
+  return path
+
+
+def segment_rows(targets: np.ndarray, *, segmenter: segment.Segmenter,
+                  max_segments: int) -> dict[str, np.ndarray]:
   """segment_ids and context_ids [B, T] of each row of target ids; the eos between documents
   stands as byte 0xFF (never valid UTF-8: a segment of its own), padding gets -1."""
   ids = np.full(targets.shape, -1, np.int32)
@@ -304,9 +372,7 @@ def _segment_rows(targets: np.ndarray, *, kind: str, max_segments: int, max_segm
   for r, row in enumerate(targets):
     row = row[row != PAD_ID]
     data = np.where(row == EOS_ID, _EOS_BYTE, row - OFFSET).astype(np.uint8).tobytes()
-    starts = (word_starts(data) if kind == "words"
-              else segment.fixed_starts(len(data), fixed_size))
-    starts = segment.split_long(data, starts, max_segment_bytes)
+    starts = segmenter(data)
     ids[r], _ = segment.segment_ids(len(data), starts, max_segments, targets.shape[1])
     ctx[r] = segment.context_ids(data, starts, max_segments, targets.shape[1])
   return {"segment_ids": ids, "context_ids": ctx}

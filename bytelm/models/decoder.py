@@ -1,4 +1,5 @@
-"""A decoder-only LM over bytes: the flat baseline of the hierarchical models.
+"""A decoder-only LM over bytes (the flat baseline of the hierarchical models) or over subword
+tokens (the BPE baseline, configs/bpe_decoder.py).
 
 T5's blocks (pre-norm RMSNorm, gated-GELU MLP, no biases) as a causal stack: each position
 attends to itself and the positions before it, with T5's unidirectional relative position
@@ -8,6 +9,9 @@ are (bytes or segments).
 
 Trained with the "causal_lm" objective (inputs = a window of ids, targets = the same window
 shifted by one); bits per byte count every predicted id, the eos between documents included.
+Over tokens, batches carry `target_bytes` (the bytes each target spells, bytelm.data.pipeline)
+and bits per byte are the summed log-loss over the bytes those targets spell, so that the two
+kinds of model are scored on the same text in the same unit.
 
 Axis legend: B batch, T positions, D d_model, H heads, V vocab.
 """
@@ -15,6 +19,7 @@ Axis legend: B batch, T positions, D d_model, H heads, V vocab.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import ClassVar
 
 import jax
@@ -68,12 +73,43 @@ class DecoderLM(nnx.Module):
       x_BTD, _ = block(x_BTD, bias_HTT, key_bias_BT)
     return self.lm_head(self.dropout(self.final_norm(x_BTD)))
 
+  def init_cache(self, batch: int, max_len: int) -> list[dict[str, jax.Array]]:
+    """Empty keys and values (B H L K) of each block, for `step`."""
+    cfg = self.config
+    zeros = jnp.zeros((batch, cfg.num_heads, max_len, cfg.d_kv), cfg.compute_dtype)
+    return [{"k": zeros, "v": zeros} for _ in self.blocks]
+
+  def step(self, ids_B: jax.Array, t, cache):
+    """(logits_BV of the id after position t, cache): position t (a traced scalar) reads
+    ids_B and the cached positions before it (KV-cached generation)."""
+    max_len = cache[0]["k"].shape[2]
+    pos_L = jnp.arange(max_len)
+    bias_1H1L = (self.rel_bias(jnp.reshape(t, (1,)), pos_L)
+                 + jnp.where(pos_L <= t, 0.0, MASK_VALUE))[None]
+    key_bias_BL = jnp.zeros((ids_B.shape[0], max_len), jnp.float32)
+    slot_B = jnp.full(ids_B.shape, t)
+    x_B1D = self.shared(ids_B[:, None])
+    new = []
+    for block, layer in zip(self.blocks, cache):
+      x_B1D, layer = block.step(x_B1D, layer, slot_B, bias_1H1L, key_bias_BL)
+      new.append(layer)
+    return self.lm_head(self.final_norm(x_B1D))[:, 0], new
+
 
 def loss_fn(model: DecoderLM, batch: dict[str, jax.Array], z_loss: float = 0.0):
   """Mean next-id cross-entropy over non-pad targets -> (loss, metrics), as t5.loss_fn.
 
   batch: `inputs` int32 [B, T] and `targets` int32 [B, T] (the inputs shifted by one; pad 0 is
-  ignored, as are the all-pad rows that fill the last evaluation batch).
+  ignored, as are the all-pad rows that fill the last evaluation batch), and for a token model
+  `target_bytes` int32 [B, T]: then metrics also hold `num_bytes`, and `bits_per_byte` is the
+  summed cross-entropy / (ln 2 * num_bytes) instead of the mean per target / ln 2.
   """
   logits_BTV = model(batch["inputs"])
-  return t5.cross_entropy(logits_BTV, batch["targets"], model.config.pad_id, z_loss)
+  loss, metrics = t5.cross_entropy(logits_BTV, batch["targets"], model.config.pad_id, z_loss)
+  if "target_bytes" in batch:
+    keep_BT = batch["targets"] != model.config.pad_id
+    num_bytes = jnp.where(keep_BT, batch["target_bytes"], 0).sum().astype(jnp.float32)
+    ce_sum = metrics["ce"] * metrics["num_targets"]
+    metrics = dict(metrics, num_bytes=num_bytes,
+                   bits_per_byte=ce_sum / (math.log(2) * jnp.maximum(num_bytes, 1.0)))
+  return loss, metrics

@@ -29,7 +29,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bytelm import convert, models
-from bytelm.data import pipeline
+from bytelm.data import bpe, pipeline
 from bytelm.training import checkpoint as ckpt_lib
 from bytelm.training import export as export_lib
 from bytelm.training import metrics as metrics_lib
@@ -204,6 +204,18 @@ def load(workdir, **runtime) -> nnx.Module:
   return model
 
 
+def _tokenizer(dc, workdir: pathlib.Path, model_cfg, write: bool):
+  """The run's BPE tokenizer (workdir/tokenizer.json, trained there on first use), checked to
+  fit the model's embedding."""
+  tok = bpe.load_or_train(workdir / bpe.FILENAME, dc.train, dc.tokenizer.vocab_size,
+                          write=write)
+  if tok.get_vocab_size() > model_cfg.vocab_size:
+    raise ValueError(f"the tokenizer has {tok.get_vocab_size()} tokens but the model only "
+                     f"{model_cfg.vocab_size} embedding rows; set model.vocab_size >= "
+                     f"{tok.get_vocab_size()} (a multiple of 128)")
+  return tok
+
+
 # ---- steps ----------------------------------------------------------------------------------------
 
 
@@ -232,21 +244,33 @@ def _eval_step(state, batch, *, graphdef, loss_fn, extra=()):
   model, _ = nnx.merge(graphdef, state)
   _, metrics = loss_fn(nnx.view(model, deterministic=True, raise_if_not_found=False), batch)
   n = metrics["num_targets"]
-  return {"ce_sum": metrics["ce"] * n, "num_targets": n, **{k: metrics[k] for k in extra}}
+  out = {"ce_sum": metrics["ce"] * n, "num_targets": n, **{k: metrics[k] for k in extra}}
+  if "num_bytes" in metrics:  # a token model: bits per byte divide by the bytes predicted
+    out["num_bytes"] = metrics["num_bytes"]
+  return out
 
 
 def evaluate(eval_fn, state, batches) -> dict[str, float]:
   """Held-out loss and bits per byte, weighted by the number of targets of each batch, and the
   mean over batches of any extra metric of eval_fn (as val_<name>).
 
+  val_loss is per target (a byte, or a token). Where eval_fn reports `num_bytes` (a token
+  model), val_bpb is the summed loss over ln 2 * the bytes the targets spell, and val_bytes
+  says how many bytes that was; otherwise one target is one byte.
+
   Sums stay on the device; the host reads them once, after the last batch.
   """
   outs = [eval_fn(state, batch) for batch in batches]
   totals = jax.device_get(jax.tree.map(lambda *x: sum(x), *outs))
   count = float(totals.pop("num_targets"))
-  loss = float(totals.pop("ce_sum")) / max(count, 1.0)
+  ce_sum = float(totals.pop("ce_sum"))
+  loss = ce_sum / max(count, 1.0)
+  bpb = {"val_bpb": loss / math.log(2)}
+  if "num_bytes" in totals:
+    num_bytes = float(totals.pop("num_bytes"))
+    bpb = {"val_bpb": ce_sum / (math.log(2) * max(num_bytes, 1.0)), "val_bytes": num_bytes}
   extra = {f"val_{k}": float(v) / len(outs) for k, v in totals.items()}
-  return {"val_loss": loss, "val_bpb": loss / math.log(2), "val_targets": count, **extra}
+  return {"val_loss": loss, **bpb, "val_targets": count, **extra}
 
 
 # ---- the loop -------------------------------------------------------------------------------------
@@ -281,6 +305,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
     data_kw.update({k: dc[k] for k in ("correction_task", "typo_rate", "keyboard") if k in dc})
   if "segments" in dc:  # hierarchical models: segment ids in every batch
     data_kw["segments"] = dc.segments.to_dict()
+    if dc.segments.kind == "entropy" and not dc.segments.get("entropy_model"):
+      # Fitted on the training text once; kept in the workdir for resume, eval and generation.
+      data_kw["segments"]["entropy_model"] = str(pipeline.fit_entropy_model(
+          dc.train, workdir / "entropy_model.npz", **data_kw["segments"]))
+  if "tokenizer" in dc:  # a subword LM: BPE trained on the training text once, in the workdir
+    data_kw["tokenizer"] = _tokenizer(dc, workdir, model_cfg, write=is_main)
   train_data = pipeline.make_source(dc.train, "train", seed=config.seed, **data_kw)
   val_data = pipeline.make_source(dc.validation or dc.train, "validation", seed=config.seed,
                                   **data_kw)
