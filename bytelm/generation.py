@@ -374,11 +374,6 @@ def generate(model, tokenizer, texts: Sequence[str | bytes], *, max_new_bytes: i
 # -- decoder-only models (models/decoder.py) --------------------------------------------------
 
 
-@nnx.jit
-def _decoder_step(model, ids_B, t, cache):
-  return model.step(ids_B, t, cache)
-
-
 def choose(logits_V: np.ndarray, temperature: float, rng: np.random.Generator,
            pad_id: int = 0) -> int:
   """The next id from one row of logits: the argmax at temperature 0, else a sample of
@@ -400,10 +395,11 @@ def generate_decoder_ids(model, prompt_ids: Sequence[int], max_new: int, *,
   if not prompt_ids:
     raise ValueError("a decoder needs at least one prompt id; start from eos (id 1)")
   rng = np.random.default_rng(seed)
+  compiled = Compiled(model)
   cache = model.init_cache(1, len(prompt_ids) + max_new)
   ids, out = list(prompt_ids), []
   for t in range(len(prompt_ids) + max_new - 1):
-    logits_BV, cache = _decoder_step(model, jnp.asarray([ids[t]], jnp.int32), t, cache)
+    logits_BV, cache = compiled("step", np.array([ids[t]], np.int32), np.int32(t), cache)
     if t + 1 < len(prompt_ids):
       continue
     new = choose(np.asarray(logits_BV[0]), temperature, rng)

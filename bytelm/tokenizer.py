@@ -173,6 +173,22 @@ def _kind(ch: str | None) -> str:
   return "word"
 
 
+# ASCII characters that str.isspace() calls whitespace (\t \n \v \f \r, \x1c-\x1f, space).
+_ASCII_SPACE = np.array([chr(b).isspace() for b in range(128)])
+
+
+def _ascii_word_starts(data: bytes) -> list[int]:
+  """word_starts of ASCII data, vectorised: in ASCII every non-space is a word character, so a
+  word starts at 0 and where each run of whitespace begins."""
+  if not data:
+    return []
+  space_T = _ASCII_SPACE[np.frombuffer(data, np.uint8)]
+  run_start_T = space_T.copy()
+  run_start_T[1:] &= ~space_T[:-1]
+  run_start_T[0] = True
+  return np.flatnonzero(run_start_T).tolist()
+
+
 def word_starts(data: bytes) -> list[int]:
   """Byte offsets where the words of data begin, for word-pooled models (models/segment.py).
 
@@ -185,11 +201,13 @@ def word_starts(data: bytes) -> list[int]:
   at the character it decides and the one before, so a boundary is settled by the character
   that starts the next word.
   """
-  chars = _characters(bytes(data))
+  data = bytes(data)
+  if data.isascii():
+    return _ascii_word_starts(data)
   starts = []
   space_start = None  # where the whitespace before the next word began
   previous = None  # kind of the last character of the word in progress; None after whitespace
-  for offset, ch in chars:
+  for offset, ch in _characters(data):
     kind = _kind(ch)
     if kind == "space":
       space_start = offset if space_start is None else space_start

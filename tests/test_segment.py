@@ -103,3 +103,12 @@ def test_unpool_gathers_the_named_states():
   start = jnp.full((4,), 7.0)
   out = segment.unpool(h, ctx, start)
   np.testing.assert_allclose(out[0], jnp.stack([start, h[0, 0], h[0, 0], h[0, 2], h[0, 1]]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab .,'\n\t\x1c\x0b7"), max_size=40))
+def test_the_ascii_fast_path_splits_as_the_general_rules_do(text):
+  data = text.encode("ascii")
+  # The general path runs on the same text with a non-ASCII word put after it.
+  general = tokenizer.word_starts(data + " é".encode("utf-8"))
+  assert tokenizer.word_starts(data) == [s for s in general if s < len(data)]

@@ -194,9 +194,10 @@ class Hierarchical(nnx.Module):
 
   # ---- one position at a time, with caches (bytelm/hierarchical_generation.py runs the loop)
 
-  def init_cache(self, batch: int) -> dict:
-    """Empty caches: the last `window` keys and values of each byte layer, all max_segments of
-    each backbone layer, the backbone states so far, and the router's previous key."""
+  def init_cache(self, batch: int, max_len: int) -> dict:
+    """Empty caches for up to max_len bytes: the last `window` keys and values of each byte
+    layer, all max_segments of each backbone layer, the encoder states of the bytes and the
+    backbone states of the segments so far, and the learned segmenter's running state."""
     cfg = self.config
 
     def slots(n, heads):
@@ -206,7 +207,11 @@ class Hierarchical(nnx.Module):
     return {"encoder": [slots(cfg.window, cfg.byte_num_heads) for _ in self.encoder],
             "decoder": [slots(cfg.window, cfg.byte_num_heads) for _ in self.decoder],
             "backbone": [slots(cfg.max_segments, cfg.num_heads) for _ in self.backbone],
-            "router_k": jnp.zeros((batch, cfg.byte_d_model), jnp.float32)}
+            "e": jnp.zeros((batch, max_len, cfg.byte_d_model), cfg.compute_dtype),
+            "h": jnp.zeros((batch, cfg.max_segments, cfg.byte_d_model), cfg.compute_dtype),
+            "router_k": jnp.zeros((batch, cfg.byte_d_model), jnp.float32),
+            "run": jnp.zeros((batch,), jnp.int32),  # bytes in the learned segment so far
+            "started": jnp.zeros((batch,), jnp.int32)}  # learned segments started so far
 
   def _local_step(self, blocks, layers, x_B1d, t):
     """Position t (a traced scalar) through local blocks whose caches hold positions
@@ -223,39 +228,73 @@ class Hierarchical(nnx.Module):
       new.append(layer)
     return x_B1d, new
 
-  def encoder_step(self, ids_B: jax.Array, t, cache: dict):
-    """(e_Bd, p_B, cache): the byte encoder's state of byte t (ids_B) and, for the learned
-    segmenter, the probability that a segment starts at t (1 at t = 0)."""
+  def _encode_step(self, ids_B, t, cache):
+    """Byte t (ids_B) through the encoder into cache["e"]; p_B: the learned segmenter's
+    probability that a segment starts at t (1 at t = 0)."""
     x_B1d, cache["encoder"] = self._local_step(self.encoder, cache["encoder"],
                                                self.shared(ids_B[:, None]), t)
     e_Bd = self.encoder_norm(x_B1d)[:, 0]
+    cache["e"] = jax.lax.dynamic_update_slice_in_dim(cache["e"], e_Bd[:, None], t, axis=1)
     p_B = jnp.ones(ids_B.shape, jnp.float32)
     if self.router is not None:
       q_Bd = self.router.q(e_Bd).astype(jnp.float32)
-      k_prev_Bd = cache["router_k"]
-      cos_B = (q_Bd * k_prev_Bd).sum(-1) * jax.lax.rsqrt(
-          (q_Bd**2).sum(-1) * (k_prev_Bd**2).sum(-1) + 1e-12)
+      k_Bd = cache["router_k"]
+      cos_B = (q_Bd * k_Bd).sum(-1) * jax.lax.rsqrt((q_Bd**2).sum(-1) * (k_Bd**2).sum(-1) + 1e-12)
       p_B = jnp.where(t == 0, 1.0, jnp.clip((1.0 - cos_B) / 2.0, 0.0, 1.0))
       cache["router_k"] = self.router.k(e_Bd).astype(jnp.float32)
-    return e_Bd, p_B, cache
+    return p_B, cache
 
-  def backbone_step(self, e_Bd: jax.Array, n_B: jax.Array, cache: dict):
-    """(h_Bd, cache): the backbone state of segment n_B, given its last byte's encoder state
-    e_Bd; segments 0 .. n_B - 1 must be in the cache already."""
+  def backbone_step(self, n_B: jax.Array, last_B: jax.Array, cache: dict) -> dict:
+    """Segment n_B (whose last byte is last_B) through the backbone into cache["h"]; rows
+    with n_B = -1 are left alone. Segments 0 .. n_B - 1 must be in the cache already."""
     N = self.config.max_segments
     bias_BH1N = self.segment_bias(n_B[:, None], jnp.arange(N)[None])
     key_bias_BN = jnp.where(jnp.arange(N)[None] <= n_B[:, None], 0.0, MASK_VALUE)
+    e_Bd = jnp.take_along_axis(cache["e"], jnp.maximum(last_B, 0)[:, None, None], axis=1)[:, 0]
     s_B1D = self.up(e_Bd[:, None])
     new = []
     for block, layer in zip(self.backbone, cache["backbone"]):
-      s_B1D, layer = block.step(s_B1D, layer, n_B, bias_BH1N, key_bias_BN)
+      s_B1D, layer = block.step(s_B1D, layer, n_B, bias_BH1N, key_bias_BN)  # slot -1: no write
       new.append(layer)
     cache["backbone"] = new
-    return self.down(self.backbone_norm(s_B1D))[:, 0], cache
+    h_Bd = self.down(self.backbone_norm(s_B1D))[:, 0]
+    write_BN1 = (jnp.arange(N)[None] == n_B[:, None])[..., None]
+    cache["h"] = jnp.where(write_BN1, h_Bd[:, None].astype(cache["h"].dtype), cache["h"])
+    return cache
 
-  def decoder_step(self, ids_B: jax.Array, t, context_Bd: jax.Array, cache: dict):
-    """(logits_BV, cache): the prediction of byte t from byte t - 1 (ids_B; pad at t = 0) and
-    the backbone context of position t (`start` where none)."""
+  def _learned_plan(self, p_B, t, cache):
+    """The learned segmenter's decision about byte t - 1 (probability p_B): (segment to run
+    through the backbone or -1, its last byte, the context of position t, cache)."""
+    cfg = self.config
+    starts_B = (t == 1) | (p_B >= 0.5) | (cache["run"] >= cfg.max_segment_bytes)
+    cache["run"] = jnp.where(starts_B, 1, cache["run"] + 1)
+    cache["started"] = cache["started"] + starts_B
+    # A segment starting at t - 1 settles the one that ended at t - 2.
+    settled_B = cache["started"] - 2
+    n_B = jnp.where(starts_B & (settled_B >= 0) & (settled_B < cfg.max_segments), settled_B, -1)
+    context_B = jnp.minimum(settled_B, cfg.max_segments - 1)
+    return n_B, jnp.full_like(n_B, t - 2), context_B, cache
+
+  def generation_step(self, ids_B: jax.Array, t, cache: dict, plan: dict):
+    """(logits_BV, cache): byte t - 1 (ids_B; pad at t = 0) through the encoder, a settled
+    segment through the backbone, and the decoder's prediction of byte t.
+
+    plan, for a host segmenter (from the bytes before t): `segment_B` to run through the
+    backbone (-1: none), `last_B` its last byte, `context_B` the segment position t reads (-1:
+    none). The learned segmenter makes the plan here (the plan's values are ignored).
+    """
+    p_B, cache = jax.lax.cond(t > 0, lambda c: self._encode_step(ids_B, t - 1, c),
+                              lambda c: (jnp.ones(ids_B.shape, jnp.float32), c), cache)
+    n_B, last_B, context_B = plan["segment_B"], plan["last_B"], plan["context_B"]
+    if self.router is not None:
+      n_B, last_B, context_B, cache = jax.lax.cond(
+          t > 0, lambda c: self._learned_plan(p_B, t, c),
+          lambda c: (jnp.full_like(n_B, -1), last_B, jnp.full_like(n_B, -1), c), cache)
+    cache = jax.lax.cond((n_B >= 0).any(), lambda c: self.backbone_step(n_B, last_B, c),
+                         lambda c: c, cache)
+    h_Bd = jnp.take_along_axis(cache["h"], jnp.maximum(context_B, 0)[:, None, None],
+                               axis=1)[:, 0]
+    context_Bd = jnp.where((context_B >= 0)[:, None], h_Bd, self.start[...].astype(h_Bd.dtype))
     y_B1d = self.shared(ids_B[:, None]) + context_Bd[:, None].astype(self.config.compute_dtype)
     y_B1d, cache["decoder"] = self._local_step(self.decoder, cache["decoder"], y_B1d, t)
     return self.lm_head(self.final_norm(y_B1d))[:, 0], cache
