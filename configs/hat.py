@@ -36,8 +36,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dataclasses.asdict(hierarchical.HierarchicalConfig(
       **width, num_encoder_layers=1, num_decoder_layers=1,
       num_backbone_layers=2 if tiny else 4, window=8 if tiny else 16,
-      max_segments=16 if tiny else 48, byte_d_model=32 if tiny else 128,
-      byte_d_ff=64 if tiny else 320, byte_num_heads=1 if tiny else 2)))
+      max_segments=16 if tiny else 48, byte_d_model=32 if tiny else 96,
+      byte_d_ff=64 if tiny else 256, byte_num_heads=1)))
   c.data.segments = ml_collections.ConfigDict(dict(
       kind="words", max_segments=c.model.max_segments, max_segment_bytes=16, fixed_size=4))
   return c
