@@ -110,7 +110,7 @@ def step_timer(c, workdir):
     box["i"] += 1
     batch = {k: jnp.asarray(v) for k, v in source.batch(box["i"]).items()}
     box["state"], metrics = step(box["state"], batch)
-    jax.block_until_ready(metrics)
+    jax.block_until_ready((box["state"], metrics))
 
   return call, source.bytes_per_batch, float(cost.get("flops", math.nan))
 
@@ -228,7 +228,7 @@ def main() -> None:
   p.add_argument("--budget", choices=("wall", "flops"), default="wall")
   p.add_argument("--recipes", default=",".join(RECIPES))
   p.add_argument("--root", default="workdirs/eval_hierarchical")
-  p.add_argument("--timing-steps", type=int, default=5, help="alternating timed steps each")
+  p.add_argument("--timing-steps", type=int, default=8, help="alternating timed steps each")
   p.add_argument("--piece-bytes", type=int, default=240)
   p.add_argument("--eval-bytes", type=int, default=65536)
   p.add_argument("--language-bytes", type=int, default=16384)
