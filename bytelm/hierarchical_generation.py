@@ -35,12 +35,13 @@ class _HostPlan:
     self.segmenter, self.max_segments = segmenter, max_segments
     self.done = 0  # segments 0 .. done - 1 are in the backbone cache
 
-  def pending(self, data: bytes) -> tuple[list[tuple[int, int]], int]:
-    """([(segment, its last byte)] newly settled, the context of position len(data))."""
+  def pending(self, data: bytes) -> tuple[list[tuple[int, int, int]], int]:
+    """([(segment, its first byte, its last byte)] newly settled, the context of position
+    len(data))."""
     t = len(data)
     starts = self.segmenter(data)
     context = int(segment.context_ids(data, starts, self.max_segments, t + 1)[t])
-    new = [(n, starts[n + 1] - 1) for n in range(self.done, context + 1)]
+    new = [(n, starts[n], starts[n + 1] - 1) for n in range(self.done, context + 1)]
     self.done = max(self.done, context + 1)
     return new, context
 
@@ -97,19 +98,17 @@ def _cached_steps(model, max_len: int, segmenter):
   def step(data: bytes, need: bool):
     nonlocal cache
     t = len(data)
-    segment_B, last_B, context_B = none, none, none
+    plan_B = {"segment_B": none, "first_B": none, "last_B": none, "context_B": none}
     if plan is not None:
       new, context = plan.pending(data)
-      for n, last in new[:-1]:  # rare (several boundaries settled by one byte)
-        cache = compiled("backbone_step", np.array([n], np.int32), np.array([last], np.int32),
-                         cache)
+      for settled in new[:-1]:  # rare (several boundaries settled by one byte)
+        cache = compiled("backbone_step", *(np.array([i], np.int32) for i in settled), cache)
       if new:
-        segment_B, last_B = np.array([new[-1][0]], np.int32), np.array([new[-1][1]], np.int32)
-      context_B = np.array([context], np.int32)
+        plan_B.update(zip(("segment_B", "first_B", "last_B"),
+                          (np.array([i], np.int32) for i in new[-1])))
+      plan_B["context_B"] = np.array([context], np.int32)
     previous = _ids(data[-1:]) if t else np.array([EOS_ID], np.int32)  # a document start
-    logits_BV, cache = compiled("generation_step", previous, np.int32(t), cache,
-                                {"segment_B": segment_B, "last_B": last_B,
-                                 "context_B": context_B})
+    logits_BV, cache = compiled("generation_step", previous, np.int32(t), cache, plan_B)
     return np.asarray(logits_BV[0]) if need else None
 
   return step

@@ -44,9 +44,17 @@ def make(cfg):
   return m
 
 
-@pytest.fixture(scope="module", params=["words", "learned"])
+@pytest.fixture(scope="module", params=["words", "learned", "words-query"])
 def model(request):
-  return make(CFG if request.param == "words" else LEARNED)
+  """Word segments pooled by the last byte; learned segments by their mean; word segments by
+  a learned query (trained a little away from zero, so it is not the mean)."""
+  if request.param == "words":
+    return make(CFG)
+  if request.param == "learned":
+    return make(LEARNED.replace(pool="mean"))
+  m = make(CFG.replace(pool="query"))
+  m.pooler.query[...] = jax.random.normal(jax.random.key(1), (CFG.byte_d_model,)) * 3.0
+  return m
 
 
 def logits(model, batch):

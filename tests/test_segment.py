@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from hypothesis import given, settings, strategies as st
 
 from bytelm import tokenizer
@@ -112,3 +113,17 @@ def test_the_ascii_fast_path_splits_as_the_general_rules_do(text):
   # The general path runs on the same text with a non-ASCII word put after it.
   general = tokenizer.word_starts(data + " é".encode("utf-8"))
   assert tokenizer.word_starts(data) == [s for s in general if s < len(data)]
+
+
+def test_query_pooling_weighs_only_the_segments_bytes():
+  x = jax.random.normal(jax.random.key(0), (1, 5, 4))
+  ids = jnp.array([[0, 0, 1, 1, -1]])
+  pool = segment.QueryPool(4, rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(pool(x, ids, 3), segment.pool(x, ids, 3, "mean"), atol=1e-6)
+  pool.query[...] = jnp.array([5.0, -3.0, 2.0, 1.0])
+  out = pool(x, ids, 3)
+  assert not np.allclose(out, segment.pool(x, ids, 3, "mean"), atol=1e-3)
+  for n, members in ((0, [0, 1]), (1, [2, 3])):  # a convex mix of the segment's own bytes
+    mix = np.linalg.lstsq(np.asarray(x[0, members]).T, np.asarray(out[0, n]), rcond=None)[0]
+    assert np.all(mix > 0) and np.isclose(mix.sum(), 1.0, atol=1e-5)
+  np.testing.assert_array_equal(out[0, 2], 0.0)  # an empty slot

@@ -7,8 +7,9 @@ decoder spells out the bytes; the backbone, where most parameters sit, sees ~5x 
 Here, for a row of target bytes y (the "causal_lm" objective's targets):
 1. encoder: causal self-attention over the bytes of y within a local window (`window` bytes,
    computed in blocks so its cost grows with T, not T^2), at the narrower byte width
-   (`byte_d_model`); each segment is summarised by its last byte's state (`segment.pool`),
-   which has seen the whole segment and nothing after it, projected up to the backbone width;
+   (`byte_d_model`); each segment is summarised by its last byte's state (`pool`: or its first
+   byte, its mean, or a learned query attending over it), which has seen the whole segment and
+   nothing after it, projected up to the backbone width;
 2. backbone: a causal stack over the N segment summaries, at the full width;
 3. decoder: the same local causal attention over the *inputs* (y shifted right by one);
    position t adds the backbone state (projected down) of the last segment whose end was
@@ -42,6 +43,7 @@ from bytelm.nn import Dense
 from bytelm.nn.attention import MASK_VALUE
 
 SEGMENTERS = ("given", "learned")
+POOLS = ("last", "first", "mean", "query")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +64,7 @@ class HierarchicalConfig(t5.T5Config):
   byte_d_ff: int = 320
   byte_num_heads: int = 2  # of d_kv each
   segmenter: str = "given"  # or "learned"
+  pool: str = "last"  # a segment's summary: its "last" or "first" byte, "mean", or "query"
   # The learned segmenter: a segment reaching max_segment_bytes ends there; the ratio loss
   # (weight ratio_loss_weight) pulls the mean segment length toward target_segment_bytes.
   max_segment_bytes: int = 16
@@ -73,6 +76,8 @@ class HierarchicalConfig(t5.T5Config):
     if self.segmenter not in SEGMENTERS:
       raise ValueError(f"HierarchicalConfig.segmenter must be one of {SEGMENTERS}, got "
                        f"{self.segmenter!r}")
+    if self.pool not in POOLS:
+      raise ValueError(f"HierarchicalConfig.pool must be one of {POOLS}, got {self.pool!r}")
     if self.segmenter == "learned" and self.target_segment_bytes <= 1:
       raise ValueError("target_segment_bytes must be above 1 (a boundary at every byte is "
                        f"no compression), got {self.target_segment_bytes}")
@@ -110,6 +115,7 @@ class Hierarchical(nnx.Module):
     self.encoder_norm = t5._norm(bcfg)
     self.router = (segment.BoundaryPredictor(cfg.byte_d_model, **kw)
                    if cfg.segmenter == "learned" else None)
+    self.pooler = (segment.QueryPool(cfg.byte_d_model, **kw) if cfg.pool == "query" else None)
     self.up = Dense(cfg.byte_d_model, cfg.d_model, std=cfg.byte_d_model**-0.5, **kw)
     self.segment_bias = t5._rel_bias(cfg, bidirectional=False, rngs=rngs)
     self.backbone = nnx.List([t5.EncoderBlock(cfg, rngs) for _ in range(cfg.num_backbone_layers)])
@@ -133,10 +139,15 @@ class Hierarchical(nnx.Module):
     """e_BTd: the byte encoder's state of each byte (causal: it has read bytes 0..t)."""
     return self.encoder_norm(self._local(self.encoder, self.shared(targets_BT)))
 
+  def _pool(self, e_BTd: jax.Array, ids_BT: jax.Array, num_segments: int) -> jax.Array:
+    if self.pooler is not None:
+      return self.pooler(e_BTd, ids_BT, num_segments)
+    return segment.pool(e_BTd, ids_BT, num_segments, self.config.pool)
+
   def backbone_states(self, e_BTd: jax.Array, segment_ids_BT: jax.Array) -> jax.Array:
     """h_BNd: segment n's backbone state (it has read segments 0..n), at the byte width."""
     cfg = self.config
-    s_BND = self.up(segment.pool(e_BTd, segment_ids_BT, cfg.max_segments, "last"))
+    s_BND = self.up(self._pool(e_BTd, segment_ids_BT, cfg.max_segments))
     seg_bias_HNN = decoder.causal_bias(self.segment_bias, cfg.max_segments)
     present_BN = (segment_ids_BT[..., None] == jnp.arange(cfg.max_segments)).any(axis=1)
     seg_key_bias_BN = jnp.where(present_BN, 0.0, MASK_VALUE)
@@ -210,8 +221,11 @@ class Hierarchical(nnx.Module):
             "e": jnp.zeros((batch, max_len, cfg.byte_d_model), cfg.compute_dtype),
             "h": jnp.zeros((batch, cfg.max_segments, cfg.byte_d_model), cfg.compute_dtype),
             "router_k": jnp.zeros((batch, cfg.byte_d_model), jnp.float32),
-            "run": jnp.zeros((batch,), jnp.int32),  # bytes in the learned segment so far
-            "started": jnp.zeros((batch,), jnp.int32)}  # learned segments started so far
+            # The learned segmenter: bytes in the segment so far, segments started so far,
+            # and where the current one started.
+            "run": jnp.zeros((batch,), jnp.int32),
+            "started": jnp.zeros((batch,), jnp.int32),
+            "first": jnp.zeros((batch,), jnp.int32)}
 
   def _local_step(self, blocks, layers, x_B1d, t):
     """Position t (a traced scalar) through local blocks whose caches hold positions
@@ -244,14 +258,16 @@ class Hierarchical(nnx.Module):
       cache["router_k"] = self.router.k(e_Bd).astype(jnp.float32)
     return p_B, cache
 
-  def backbone_step(self, n_B: jax.Array, last_B: jax.Array, cache: dict) -> dict:
-    """Segment n_B (whose last byte is last_B) through the backbone into cache["h"]; rows
-    with n_B = -1 are left alone. Segments 0 .. n_B - 1 must be in the cache already."""
+  def backbone_step(self, n_B: jax.Array, first_B: jax.Array, last_B: jax.Array,
+                    cache: dict) -> dict:
+    """Segment n_B (bytes first_B .. last_B) through the backbone into cache["h"]; rows with
+    n_B = -1 are left alone. Segments 0 .. n_B - 1 must be in the cache already."""
     N = self.config.max_segments
     bias_BH1N = self.segment_bias(n_B[:, None], jnp.arange(N)[None])
     key_bias_BN = jnp.where(jnp.arange(N)[None] <= n_B[:, None], 0.0, MASK_VALUE)
-    e_Bd = jnp.take_along_axis(cache["e"], jnp.maximum(last_B, 0)[:, None, None], axis=1)[:, 0]
-    s_B1D = self.up(e_Bd[:, None])
+    pos_T = jnp.arange(cache["e"].shape[1])[None]
+    inside_BT = (pos_T >= first_B[:, None]) & (pos_T <= last_B[:, None])
+    s_B1D = self.up(self._pool(cache["e"], jnp.where(inside_BT, 0, -1), 1))
     new = []
     for block, layer in zip(self.backbone, cache["backbone"]):
       s_B1D, layer = block.step(s_B1D, layer, n_B, bias_BH1N, key_bias_BN)  # slot -1: no write
@@ -264,7 +280,7 @@ class Hierarchical(nnx.Module):
 
   def _learned_plan(self, p_B, t, cache):
     """The learned segmenter's decision about byte t - 1 (probability p_B): (segment to run
-    through the backbone or -1, its last byte, the context of position t, cache)."""
+    through the backbone or -1, its first and last byte, the context of position t, cache)."""
     cfg = self.config
     starts_B = (t == 1) | (p_B >= 0.5) | (cache["run"] >= cfg.max_segment_bytes)
     cache["run"] = jnp.where(starts_B, 1, cache["run"] + 1)
@@ -272,25 +288,30 @@ class Hierarchical(nnx.Module):
     # A segment starting at t - 1 settles the one that ended at t - 2.
     settled_B = cache["started"] - 2
     n_B = jnp.where(starts_B & (settled_B >= 0) & (settled_B < cfg.max_segments), settled_B, -1)
+    first_B = cache["first"]
+    cache["first"] = jnp.where(starts_B, t - 1, cache["first"])
     context_B = jnp.minimum(settled_B, cfg.max_segments - 1)
-    return n_B, jnp.full_like(n_B, t - 2), context_B, cache
+    return n_B, first_B, jnp.full_like(n_B, t - 2), context_B, cache
 
   def generation_step(self, ids_B: jax.Array, t, cache: dict, plan: dict):
     """(logits_BV, cache): byte t - 1 (ids_B; pad at t = 0) through the encoder, a settled
     segment through the backbone, and the decoder's prediction of byte t.
 
     plan, for a host segmenter (from the bytes before t): `segment_B` to run through the
-    backbone (-1: none), `last_B` its last byte, `context_B` the segment position t reads (-1:
-    none). The learned segmenter makes the plan here (the plan's values are ignored).
+    backbone (-1: none), `first_B` and `last_B` its bytes, `context_B` the segment position t
+    reads (-1: none). The learned segmenter makes the plan here (the plan's values are ignored).
     """
     p_B, cache = jax.lax.cond(t > 0, lambda c: self._encode_step(ids_B, t - 1, c),
                               lambda c: (jnp.ones(ids_B.shape, jnp.float32), c), cache)
-    n_B, last_B, context_B = plan["segment_B"], plan["last_B"], plan["context_B"]
+    n_B, first_B, last_B = plan["segment_B"], plan["first_B"], plan["last_B"]
+    context_B = plan["context_B"]
     if self.router is not None:
-      n_B, last_B, context_B, cache = jax.lax.cond(
+      n_B, first_B, last_B, context_B, cache = jax.lax.cond(
           t > 0, lambda c: self._learned_plan(p_B, t, c),
-          lambda c: (jnp.full_like(n_B, -1), last_B, jnp.full_like(n_B, -1), c), cache)
-    cache = jax.lax.cond((n_B >= 0).any(), lambda c: self.backbone_step(n_B, last_B, c),
+          lambda c: (jnp.full_like(n_B, -1), first_B, last_B, jnp.full_like(n_B, -1), c),
+          cache)
+    cache = jax.lax.cond((n_B >= 0).any(),
+                         lambda c: self.backbone_step(n_B, first_B, last_B, c),
                          lambda c: c, cache)
     h_Bd = jnp.take_along_axis(cache["h"], jnp.maximum(context_B, 0)[:, None, None],
                                axis=1)[:, 0]

@@ -23,7 +23,8 @@ byte encoder's causal states, hard boundaries where its probability is >= 0.5 (a
 segment reached max_segment_bytes, `force_max_length`), and `ratio_loss` toward a target
 compression; `ids_from_starts` gives the same segment and context ids as the host path.
 
-Pooling (`pool`) turns byte states B T D into segment states B N D; `unpool` hands each byte
+Pooling (`pool`: mean, last or first byte; `QueryPool`: a learned query attending within the
+segment) turns byte states B T D into segment states B N D; `unpool` hands each byte
 the backbone state of the last segment whose end was already known before that byte
 (`context_ids`), so that predicting byte t never depends on byte t or later (tested).
 
@@ -258,6 +259,28 @@ def pool(x_BTD: jax.Array, ids_BT: jax.Array, num_segments: int, how: str = "mea
   else:
     raise ValueError(f"pool how must be 'mean', 'last' or 'first', got {how!r}")
   return jnp.einsum("btn,btd->bnd", weights_BTN, x_BTD)
+
+
+class QueryPool(nnx.Module):
+  """Pooling by a learned query attending over each segment's bytes (its keys: a projection
+  of the byte states); the query starts at zero, so pooling starts as the segment's mean."""
+
+  def __init__(self, dim: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.key = Dense(dim, dim, std=dim**-0.5, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.query = nnx.Param(jnp.zeros((dim,), param_dtype))
+
+  def __call__(self, x_BTD: jax.Array, ids_BT: jax.Array, num_segments: int) -> jax.Array:
+    """x_BND as `pool` gives it, weighted by softmax(query . key) within each segment."""
+    dim = x_BTD.shape[-1]
+    score_BT = (self.key(x_BTD).astype(jnp.float32) @ self.query[...].astype(jnp.float32)
+                * dim**-0.5)
+    inside_BTN = ids_BT[..., None] == jnp.arange(num_segments)
+    score_BTN = jnp.where(inside_BTN, score_BT[..., None], -jnp.inf)
+    top_BN = jnp.max(score_BTN, axis=1, keepdims=True)
+    e_BTN = jnp.where(inside_BTN, jnp.exp(score_BTN - jnp.where(jnp.isfinite(top_BN), top_BN,
+                                                                 0.0)), 0.0)
+    weights_BTN = e_BTN / jnp.maximum(e_BTN.sum(axis=1, keepdims=True), 1e-30)
+    return jnp.einsum("btn,btd->bnd", weights_BTN.astype(x_BTD.dtype), x_BTD)
 
 
 def unpool(h_BND: jax.Array, context_BT: jax.Array, start_D: jax.Array) -> jax.Array:
