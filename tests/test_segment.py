@@ -127,3 +127,30 @@ def test_query_pooling_weighs_only_the_segments_bytes():
     mix = np.linalg.lstsq(np.asarray(x[0, members]).T, np.asarray(out[0, n]), rcond=None)[0]
     assert np.all(mix > 0) and np.isclose(mix.sum(), 1.0, atol=1e-5)
   np.testing.assert_array_equal(out[0, 2], 0.0)  # an empty slot
+
+
+def test_the_entropy_segmenter_hits_its_target_and_reads_no_byte_ahead(tmp_path):
+  rng = np.random.default_rng(0)
+  words = [b"the", b"cat", b"sat", b"on", b"a", b"mat", b"zyx" + bytes(rng.integers(97, 123, 3).astype(np.uint8))]
+  stream = b" ".join(words[i] for i in rng.integers(0, len(words), 3000))
+  stream = np.frombuffer(stream, np.uint8)
+  model = segment.EntropyModel.fit(stream, order=2, target_segment_bytes=4.0)
+  data = stream[:2000].tobytes()
+  starts = model.starts(data)
+  assert 3.5 < len(data) / len(starts) < 4.5  # the threshold is the entropy quantile
+  for k in (1, 7, 100, 999):  # a boundary at t is decided by the bytes before t
+    assert model.starts(data[:k]) == [s for s in starts if s < k]
+  # Highest entropy right after a space (which word comes next?): segments start there.
+  assert np.mean([data[s - 1:s] == b" " for s in starts[1:]]) > 0.5
+  model.save(tmp_path / "e.npz")
+  again = segment.EntropyModel.load(tmp_path / "e.npz")
+  assert again.starts(data) == starts and again.threshold == model.threshold
+  (tmp_path / "bad.npz").write_bytes(b"not a model")
+  with pytest.raises(ValueError, match="entropy model"):
+    segment.EntropyModel.load(tmp_path / "bad.npz")
+  with pytest.raises(ValueError, match="EntropyModel"):
+    segment.Segmenter("entropy")
+  with pytest.raises(ValueError, match="kind"):
+    segment.Segmenter("sentences")
+  cut = segment.Segmenter("entropy", max_segment_bytes=4, entropy_model=model)(data)
+  assert max(np.diff(cut + [len(data)])) <= 4
