@@ -21,7 +21,7 @@ entropy patch, a learned segment, a BPE token). In one run:
    generation bytes/s (cached, greedy, one sequence), timed in alternation.
 Writes eval/results/hierarchical.{json,png}. The last line: throughput_ratio (hat / bytes
 decoder training bytes/s), bpb_hat, bpb_bytes, bpb_bpe, noise_rise_hat, noise_rise_bpe (relative
-bpb rise with 5% swaps/deletions).
+bpb rise with 5% swaps/deletions). `--timing-only` stops after step 1 (an accelerator's side).
 """
 
 from __future__ import annotations
@@ -234,6 +234,10 @@ def main() -> None:
   p.add_argument("--language-bytes", type=int, default=16384)
   p.add_argument("--generate-bytes", type=int, default=128)
   p.add_argument("--out", default=str(ROOT / "eval" / "results" / "hierarchical"))
+  p.add_argument("--batch-size", type=int, default=0,
+                 help="rows per step for every recipe (0: each config's own)")
+  p.add_argument("--timing-only", action="store_true",
+                 help="step 1 alone (e.g. on an accelerator); its last line: throughput_ratio")
   args = p.parse_args()
   names = args.recipes.split(",")
   for n in names:
@@ -245,6 +249,8 @@ def main() -> None:
 
   # 1. throughput
   configs = {n: recipe_config(n, root / n) for n in names}
+  for c in configs.values():
+    c.train.batch_size = args.batch_size or c.train.batch_size
   timers = {n: step_timer(configs[n], root / n) for n in names}
   seconds = timing.compare({n: t[0] for n, t in timers.items()}, args.timing_steps)
   train_bps = {n: timers[n][1] / seconds[n] for n in names}
@@ -255,6 +261,10 @@ def main() -> None:
   for n in names:
     print(f"| {n} | {train_bps[n]:,.0f} | {train_bps[n] / train_bps[base]:.2f} | "
           f"{flops_per_byte[n]:,.0f} |")
+
+  if args.timing_only:
+    print(f"throughput_ratio={train_bps['hat'] / train_bps[base]:.4f}" if "hat" in names else "")
+    return
 
   # 2. the same budget
   runs = {}

@@ -122,11 +122,19 @@ def context_ids(data: bytes, starts: Sequence[int], max_segments: int,
   In ASCII a segment is readable from the byte after the one that starts the next segment.
   """
   length = len(data) if length is None else length
-  ctx_T = np.full((length,), -1, np.int32)
-  kept = list(starts)[:max_segments + 1]  # the start after the last kept segment ends it
-  for m in range(len(kept) - 1):
-    ctx_T[settled_at(data, kept[m + 1]) + 1:] = m
-  return ctx_T
+  nexts = np.asarray(list(starts)[1:max_segments + 1], np.int64)  # each kept segment's end
+  if not len(nexts):
+    return np.full((length,), -1, np.int32)
+  # settled_at for every start at once: the furthest end of a character declared at s - 3..s.
+  x = np.frombuffer(data, np.uint8)
+  end_T = np.arange(len(x)) + np.select([x < 0xC0, x < 0xE0, x < 0xF0], [0, 1, 2], 3)
+  settled_M = end_T[nexts]
+  for back in (1, 2, 3):
+    settled_M = np.maximum(settled_M, np.where(nexts >= back, end_T[np.maximum(nexts - back, 0)],
+                                               -1))
+  # ctx[t] = the largest m with settled_M[m] < t; a suffix minimum makes that a sorted search.
+  suffix_min_M = np.minimum.accumulate(settled_M[::-1])[::-1]
+  return (np.searchsorted(suffix_min_M, np.arange(length), side="left") - 1).astype(np.int32)
 
 
 # ---- the entropy segmenter (BLT) ---------------------------------------------------------------
