@@ -367,7 +367,8 @@ def plot(names, variants, bpb, train_bps, path) -> None:
   left.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
   left.set_ylabel("held-out bits per byte")
   left.set_title("Same training budget: clean and perturbed text")
-  left.legend(fontsize=8)
+  left.set_ylim(0, max(bpb.values()) * 1.25)  # room for the legend above the bars
+  left.legend(fontsize=8, loc="upper center", ncol=len(variants))
   right.bar(names, [train_bps[n] / 1000 for n in names], color="tab:gray")
   right.set_ylabel("training kB/s")
   right.set_title("Training throughput")
