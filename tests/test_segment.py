@@ -42,8 +42,9 @@ def test_unspaced_scripts_and_invalid_bytes_stand_alone():
                  .map(lambda t: t.encode("utf-8"))),
        st.integers(4, 12), st.integers(1, 8))
 def test_segments_rejoin_fit_and_cover_what_they_say(data, max_bytes, max_segments):
-  for starts in (tokenizer.word_starts(data), segment.fixed_starts(len(data), 5)):
-    starts = segment.split_long(data, starts, max_bytes)
+  entropy = segment.EntropyModel(np.arange(256, dtype=np.float32) % 7, order=1, threshold=3.5)
+  for kind in segment.KINDS:
+    starts = segment.Segmenter(kind, max_bytes, 5, entropy)(data)
     assert starts == sorted(set(starts)) and (not data or starts[0] == 0)
     parts = pieces(data, starts)
     assert b"".join(parts) == data  # nothing dropped, nothing added
@@ -154,3 +155,20 @@ def test_the_entropy_segmenter_hits_its_target_and_reads_no_byte_ahead(tmp_path)
     segment.Segmenter("sentences")
   cut = segment.Segmenter("entropy", max_segment_bytes=4, entropy_model=model)(data)
   assert max(np.diff(cut + [len(data)])) <= 4
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=40), st.integers(2, 6),
+       st.integers(1, 8))
+def test_learned_boundaries_give_the_host_rules_ids(probs, max_bytes, max_segments):
+  """On the device, boundaries from probabilities: segments fit max_segment_bytes, and the ids
+  are what the host's segment_ids / context_ids give for the same starts (ASCII text, where a
+  boundary at s is settled by byte s)."""
+  starts_1T = segment.force_max_length(jnp.asarray([probs]) >= 0.5, max_bytes)
+  starts = np.flatnonzero(np.asarray(starts_1T[0])).tolist()
+  assert starts[0] == 0 and max(np.diff(starts + [len(probs)])) <= max_bytes
+  ids_1T, ctx_1T = segment.ids_from_starts(starts_1T, max_segments)
+  data = b"x" * len(probs)
+  ids, _ = segment.segment_ids(len(data), starts, max_segments)
+  np.testing.assert_array_equal(ids_1T[0], ids)
+  np.testing.assert_array_equal(ctx_1T[0], segment.context_ids(data, starts, max_segments))
