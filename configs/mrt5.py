@@ -22,27 +22,18 @@ Variants:
 """
 
 import dataclasses
-import importlib.util
 import pathlib
 
 import ml_collections
 
 from bytelm.models import mrt5
-
-
-def _byt5_config_module():
-  """configs/byt5.py, found next to this file (configs/ is not a package)."""
-  path = pathlib.Path(__file__).with_name("byt5.py")
-  spec = importlib.util.spec_from_file_location("_bytelm_config_byt5", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from bytelm.training import config_file
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variant = arg or "default"
   # The same data, optimizer and training budget as the baseline.
-  c = _byt5_config_module().get_config(variant)
+  c = config_file.load(pathlib.Path(__file__).with_name("byt5.py"), variant)
   c.model_family = "mrt5"
   gate_fields = {f.name: f.default for f in dataclasses.fields(mrt5.MrT5Config)
                  if not hasattr(c.model, f.name)}

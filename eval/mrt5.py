@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import pathlib
@@ -38,14 +37,11 @@ from bytelm import timing  # noqa: E402
 from bytelm.data import pipeline, sources  # noqa: E402
 from bytelm.models import mrt5, t5  # noqa: E402
 from bytelm.nn.compiled import Compiled, jit_call  # noqa: E402
-from bytelm.training import train_and_evaluate  # noqa: E402
+from bytelm.training import config_file, train_and_evaluate  # noqa: E402
 
 
 def _mrt5_config(delta: float | None, steps: int | None, data: str):
-  spec = importlib.util.spec_from_file_location("mrt5_config", ROOT / "configs" / "mrt5.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = config_file.load(ROOT / "configs" / "mrt5.py")
   c.data.train = data
   if steps:
     c.train.steps = steps
