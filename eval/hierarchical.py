@@ -91,8 +91,10 @@ def train_source(c, workdir):
   return pipeline.make_source(c.data.train, "train", **kw)
 
 
-def step_timer(c, workdir):
-  """(call, bytes per step, FLOPs per step): call() runs one train step on a fresh batch."""
+def step_timer(c, workdir, steps_per_call: int = 1):
+  """(call, bytes per call, FLOPs per step): call() runs steps_per_call train steps on fresh
+  batches, waiting only after the last, as the trainer does between log steps (so that the
+  host's batch assembly overlaps the device's previous step, where the device is separate)."""
   family = models.family(c.model_family)
   model = family.model_cls(family.config_cls(**c.model.to_dict()), rngs=nnx.Rngs(c.seed))
   tx, schedule = optim.make_optimizer(c.opt, c.train.steps)
@@ -107,12 +109,13 @@ def step_timer(c, workdir):
   box = {"state": state, "i": 0}
 
   def call():
-    box["i"] += 1
-    batch = {k: jnp.asarray(v) for k, v in source.batch(box["i"]).items()}
-    box["state"], metrics = step(box["state"], batch)
+    for _ in range(steps_per_call):
+      box["i"] += 1
+      batch = {k: jnp.asarray(v) for k, v in source.batch(box["i"]).items()}
+      box["state"], metrics = step(box["state"], batch)
     jax.block_until_ready((box["state"], metrics))
 
-  return call, source.bytes_per_batch, float(cost.get("flops", math.nan))
+  return call, source.bytes_per_batch * steps_per_call, float(cost.get("flops", math.nan))
 
 
 # ---- held-out bits ------------------------------------------------------------------------------
@@ -228,7 +231,9 @@ def main() -> None:
   p.add_argument("--budget", choices=("wall", "flops"), default="wall")
   p.add_argument("--recipes", default=",".join(RECIPES))
   p.add_argument("--root", default="workdirs/eval_hierarchical")
-  p.add_argument("--timing-steps", type=int, default=8, help="alternating timed steps each")
+  p.add_argument("--timing-steps", type=int, default=8, help="alternating timed calls each")
+  p.add_argument("--steps-per-call", type=int, default=1,
+                 help="train steps per timed call, synced after the last (an accelerator: 4)")
   p.add_argument("--piece-bytes", type=int, default=240)
   p.add_argument("--eval-bytes", type=int, default=65536)
   p.add_argument("--language-bytes", type=int, default=16384)
@@ -251,10 +256,10 @@ def main() -> None:
   configs = {n: recipe_config(n, root / n) for n in names}
   for c in configs.values():
     c.train.batch_size = args.batch_size or c.train.batch_size
-  timers = {n: step_timer(configs[n], root / n) for n in names}
+  timers = {n: step_timer(configs[n], root / n, args.steps_per_call) for n in names}
   seconds = timing.compare({n: t[0] for n, t in timers.items()}, args.timing_steps)
   train_bps = {n: timers[n][1] / seconds[n] for n in names}
-  flops_per_byte = {n: timers[n][2] / timers[n][1] for n in names}
+  flops_per_byte = {n: timers[n][2] * args.steps_per_call / timers[n][1] for n in names}
   del timers
   base = "bytes_decoder" if "bytes_decoder" in names else names[0]
   print(f"\n| recipe | train bytes/s | x {base} | FLOPs / byte |\n|---|---|---|---|")
