@@ -1,0 +1,117 @@
+"""Canonical tokenization by a byte-level BPE, on bytes: what makes a token sequence valid.
+
+A tokenized LM puts mass only on the token sequences its tokenizer produces; the exact byte
+probabilities of Phan et al. (2024) sum over those ("valid") sequences and no others, so they
+need the tokenizer as a function on bytes that can be run on any candidate: `BPE.encode` and
+`BPE.is_valid`. This reimplements a Hugging Face byte-level BPE from its tokenizer.json (vocab,
+merges, the ByteLevel pre-tokenizer) rather than calling `tokenizers`, which encodes str only:
+the byte strings of candidate token sequences can end inside a UTF-8 character.
+
+Pre-tokenization. With the ByteLevel pre-tokenizer's `use_regex` (GPT-2's pattern, the default),
+text is first split into pieces (a word with the space before it, a number, a run of
+punctuation, whitespace) and BPE never merges across pieces, so the split decides which token
+sequences are valid: " world" can be one token but "o w" never is. The split is made on the text
+decoded from the bytes; a byte that is not valid UTF-8 is decoded as a lone surrogate
+(`surrogateescape`), which the pattern treats as punctuation. On valid UTF-8 this is exactly
+what `tokenizers` computes (tested); beyond it, where `tokenizers` has no answer, this is the
+definition used. Without the regex the whole text is one piece.
+
+Merges. Within a piece, starting from single bytes, the adjacent pair whose merge was learned
+first is merged, the leftmost where it occurs several times, until no learned pair is left (as
+`tokenizers` does).
+
+Axis legend: none (host code on Python bytes and ints).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Sequence
+
+import regex
+
+from bytelm.data.bpe import byte_chars
+
+# The ByteLevel pre-tokenizer's pattern (GPT-2's), as `tokenizers` applies it.
+GPT2_PATTERN = regex.compile(
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+
+
+class BPE:
+  """A byte-level BPE: encode(bytes) -> ids, the bytes of each id, and validity of id lists."""
+
+  def __init__(self, vocab: dict[bytes, int], merges: Sequence[tuple[bytes, bytes]],
+               use_regex: bool = True, special_ids: Sequence[int] = ()):
+    """vocab: the bytes each (non-special) token spells -> its id; merges: pairs in the order
+    they were learned; special_ids: ids that spell nothing (pad, eos)."""
+    missing = [b for b in range(256) if bytes([b]) not in vocab]
+    if missing:
+      raise ValueError(f"a byte-level BPE has a token for each of the 256 bytes; {len(missing)} "
+                       f"are missing (e.g. {missing[0]:#04x})")
+    self.vocab, self.use_regex = dict(vocab), bool(use_regex)
+    self.ranks = {pair: rank for rank, pair in enumerate(merges)}
+    for left, right in self.ranks:
+      if left + right not in self.vocab:
+        raise ValueError(f"the merge {left!r} + {right!r} makes no token of the vocabulary")
+    size = max(list(self.vocab.values()) + list(special_ids)) + 1
+    self.token_bytes: list[bytes] = [b""] * size  # specials (and unused ids) spell nothing
+    for token, i in self.vocab.items():
+      self.token_bytes[i] = token
+    self.max_token_bytes = max(len(t) for t in self.vocab)
+
+  @classmethod
+  def from_json(cls, text: str) -> "BPE":
+    """From the contents of a Hugging Face tokenizer.json with a BPE model and a ByteLevel
+    pre-tokenizer (GPT-2 style; bytelm.data.bpe makes these)."""
+    spec = json.loads(text)
+    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
+    if model.get("type") != "BPE" or pre.get("type") != "ByteLevel":
+      raise ValueError(f"need a BPE model with a ByteLevel pre-tokenizer, got model "
+                       f"{model.get('type')!r} and pre-tokenizer {pre.get('type')!r}")
+    if pre.get("add_prefix_space") or spec.get("normalizer"):
+      raise ValueError("a prefix space or a normalizer changes the bytes; not supported")
+    byte_of = {c: b for b, c in enumerate(byte_chars())}
+    specials = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
+
+    def as_bytes(token: str) -> bytes:
+      return bytes(byte_of[c] for c in token)
+
+    vocab = {as_bytes(t): i for t, i in model["vocab"].items() if t not in specials}
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return cls(vocab, [(as_bytes(a), as_bytes(b)) for a, b in merges],
+               use_regex=pre.get("use_regex", True), special_ids=list(specials.values()))
+
+  @classmethod
+  def from_file(cls, path) -> "BPE":
+    return cls.from_json(pathlib.Path(path).read_text(encoding="utf-8"))
+
+  def pieces(self, data: bytes) -> list[bytes]:
+    """The pre-tokenization of data: pieces that BPE merges within, never across."""
+    if not self.use_regex or not data:
+      return [data] if data else []
+    text = data.decode("utf-8", errors="surrogateescape")
+    return [m.encode("utf-8", errors="surrogateescape") for m in GPT2_PATTERN.findall(text)]
+
+  def _merge(self, piece: bytes) -> list[bytes]:
+    parts = [piece[i:i + 1] for i in range(len(piece))]
+    while len(parts) > 1:
+      ranked = [(self.ranks.get((a, b), len(self.ranks)), i)
+                for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+      rank, i = min(ranked)
+      if rank == len(self.ranks):
+        break
+      parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    return parts
+
+  def encode(self, data: bytes) -> list[int]:
+    """The canonical token ids of data (any bytes)."""
+    return [self.vocab[token] for piece in self.pieces(bytes(data))
+            for token in self._merge(piece)]
+
+  def decode(self, ids: Sequence[int]) -> bytes:
+    return b"".join(self.token_bytes[int(i)] for i in ids)
+
+  def is_valid(self, ids: Sequence[int]) -> bool:
+    """Whether ids is the canonical tokenization of the bytes it spells."""
+    return self.encode(self.decode(ids)) == [int(i) for i in ids]
