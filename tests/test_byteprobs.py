@@ -1,10 +1,15 @@
 """Exact byte probabilities from tokenized LMs (bytelm/byteprobs): the canonical tokenization."""
 
+import itertools
+import math
+
+import numpy as np
 import pytest
 import tokenizers
 from hypothesis import given, settings, strategies as st
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from bytelm.byteprobs.byte_lm import END, ByteLM
 from bytelm.byteprobs.tokenization import BPE
 from bytelm.data import bpe
 
@@ -71,3 +76,90 @@ def test_bad_tokenizer_files_are_clear_errors():
     BPE.from_json('{"model": {"type": "WordPiece"}, "pre_tokenizer": null}')
   with pytest.raises(ValueError, match="256 bytes"):
     BPE({b"a": 0}, [])
+
+
+# ---- exactness against brute force -------------------------------------------------------------
+
+ALPHABET = b"abc"
+MAX_BYTES = 5  # the brute force's strings end by this length
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """A BPE with a handful of merges over a, b, c (no regex), and a random token model that puts
+  its mass on canonical continuations only, ending every text by MAX_BYTES bytes."""
+  hf = _hf(False, vocab_size=len(bpe.SPECIAL_TOKENS) + 256 + 6)
+  hf_texts = ["abcabcaab", "aabbcc", "cabcab", "bcabca"] * 30
+  hf.train_from_iterator(hf_texts, trainers.BpeTrainer(
+      vocab_size=len(bpe.SPECIAL_TOKENS) + 256 + 6, special_tokens=list(bpe.SPECIAL_TOKENS),
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+  ours = BPE.from_json(hf.to_str())
+  eot = 1
+  tokens = [i for i, t in enumerate(ours.token_bytes) if t and set(t) <= set(ALPHABET)]
+  assert len(tokens) >= 3 + 4, "the tiny BPE should have merges over a, b, c"
+  size = len(ours.token_bytes)
+
+  def token_lm(prefixes):
+    out = np.full((len(prefixes), size), -np.inf)
+    for row, p in zip(out, prefixes):
+      text = ours.decode(p)
+      support = [v for v in tokens if len(text) + len(ours.token_bytes[v]) <= MAX_BYTES
+                 and ours.encode(text + ours.token_bytes[v]) == list(p) + [v]]
+      support.append(eot)
+      if len(text) >= MAX_BYTES:
+        support = [eot]
+      logits = np.random.default_rng(list(p) + [7]).normal(size=len(support)) * 1.5
+      row[support] = logits - np.log(np.exp(logits).sum())
+    return out
+
+  # Brute force: every complete token sequence the model can produce, with its probability.
+  complete = {}
+
+  def walk(p, logp):
+    row = token_lm([p])[0]
+    for v in np.flatnonzero(np.isfinite(row)):
+      if v == eot:
+        text = ours.decode(p)
+        assert text not in complete  # one canonical sequence per text
+        complete[text] = math.exp(logp + row[v])
+      else:
+        walk(p + (int(v),), logp + row[v])
+
+  walk((), 0.0)
+  assert abs(sum(complete.values()) - 1.0) < 1e-9
+  return ByteLM(token_lm, ours, eot), complete
+
+
+def _all_strings(max_len):
+  for n in range(1, max_len + 1):
+    for combo in itertools.product(ALPHABET, repeat=n):
+      yield bytes(combo)
+
+
+def test_prefix_probabilities_equal_the_brute_force_sum(tiny):
+  lm, complete = tiny
+  for x in _all_strings(MAX_BYTES):
+    want = sum(p for text, p in complete.items() if text.startswith(x))
+    got = math.exp(lm.prefix_logprob(x))
+    assert abs(got - want) < 1e-6 * max(1.0, want), (x, got, want)
+
+
+def test_next_byte_distributions_sum_to_one_and_are_ratios_of_masses(tiny):
+  lm, complete = tiny
+  for x in [b"", b"a", b"ab", b"abc", b"ca", b"aab", b"bbca"]:
+    logp = lm.next_byte_logprobs(x)
+    assert abs(np.exp(logp).sum() - 1.0) < 1e-6, x
+    mass = sum(p for text, p in complete.items() if text.startswith(x))
+    for b in ALPHABET:
+      want = sum(p for text, p in complete.items() if text.startswith(x + bytes([b]))) / mass
+      assert abs(math.exp(logp[b]) - want) < 1e-6
+    assert abs(math.exp(logp[END]) - complete.get(x, 0.0) / mass) < 1e-6
+
+
+def test_whole_texts_score_as_their_canonical_tokenization(tiny):
+  lm, complete = tiny
+  for text, p in complete.items():
+    ids = lm.bpe.encode(text) + [lm.eot_id]
+    rows = lm.token_lm([tuple(ids[:i]) for i in range(len(ids))])
+    token_way = sum(row[t] for row, t in zip(rows, ids))
+    assert abs(lm.logprob(text) - token_way) < 1e-5 and abs(math.exp(token_way) - p) < 1e-9
