@@ -163,3 +163,32 @@ def test_whole_texts_score_as_their_canonical_tokenization(tiny):
     rows = lm.token_lm([tuple(ids[:i]) for i in range(len(ids))])
     token_way = sum(row[t] for row, t in zip(rows, ids))
     assert abs(lm.logprob(text) - token_way) < 1e-5 and abs(math.exp(token_way) - p) < 1e-9
+
+
+def test_one_pass_next_bytes_agree_with_prefix_ratios(tiny):
+  lm, _ = tiny
+  for x in [b"", b"a", b"abc", b"cab", b"aabc"]:
+    logp = lm.next_byte_logprobs(x)
+    base = lm.prefix_logprob(x)
+    for b in ALPHABET:
+      assert abs(logp[b] - (lm.prefix_logprob(x + bytes([b])) - base)) < 1e-9
+    assert abs(logp[END] - (lm.logprob(x) - base)) < 1e-9
+
+
+def test_byte_samples_are_reproducible_and_follow_the_exact_distribution(tiny):
+  lm, complete = tiny
+  assert lm.sample(b"a", 5, seed=3) == lm.sample(b"a", 5, seed=3)
+  # Texts sampled from nothing: their frequencies against the brute-force probabilities.
+  counts = {}
+  for seed in range(1500):
+    text = lm.sample(b"", MAX_BYTES + 1, seed=seed)
+    counts[text] = counts.get(text, 0) + 1
+  assert set(counts) <= set(complete)
+  expected = {t: p * 1500 for t, p in complete.items()}
+  # Chi-square over texts expected at least 5 times, the rest pooled.
+  big = [t for t, e in expected.items() if e >= 5]
+  obs = [counts.get(t, 0) for t in big] + [1500 - sum(counts.get(t, 0) for t in big)]
+  exp = [expected[t] for t in big] + [1500 - sum(expected[t] for t in big)]
+  chi2 = sum((o - e) ** 2 / e for o, e in zip(obs, exp) if e > 0)
+  dof = len(big)
+  assert chi2 < dof + 4 * math.sqrt(2 * dof), (chi2, dof)  # ~ the 99.99th percentile

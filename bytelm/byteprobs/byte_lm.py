@@ -92,12 +92,52 @@ class ByteLM:
     return self._sequence_logprob(ids + [self.eot_id])
 
   def next_byte_logprobs(self, prefix: bytes) -> np.ndarray:
-    """log P(next byte | prefix) for the 256 bytes, and the end of text at index END (257)."""
-    base = self.prefix_logprob(prefix)
-    out = np.empty(257)
-    for b in range(256):
-      out[b] = self.prefix_logprob(bytes(prefix) + bytes([b])) - base
-    out[END] = self.logprob(prefix) - base
+    """log P(next byte | prefix) for the 256 bytes, and the end of text at index END (257).
+
+    One pass over the covers of prefix: a cover whose last token reaches past the prefix puts
+    its mass on the token's next byte; one that ends exactly at the prefix's end puts it on
+    the tokens that start there (and on the end of text). At most max_token_bytes + 1 token
+    prefixes are scored, in one batch.
+    """
+    x = bytes(prefix)
+    positions = range(max(0, len(x) + 1 - self.bpe.max_token_bytes), len(x) + 1)
+    heads = [self.bpe.encode(x[:pos]) for pos in positions]
+    rows = self._token_logprobs([tuple(h) for h in heads])
+    mass = np.zeros(257)
+    for pos, head, row in zip(positions, heads, rows):
+      base = self._sequence_logprob(head)
+      if not np.isfinite(base):
+        continue
+      tail = x[pos:]
+      for v in self._tokens_starting_with(tail):
+        token = self.bpe.token_bytes[v]
+        if len(token) <= len(tail) or not np.isfinite(row[v]):
+          continue  # ends inside the prefix: a cover of it, counted at a later position
+        if self.bpe.encode(x[:pos] + token) == head + [int(v)]:
+          mass[token[len(tail)]] += math.exp(base + row[v])
+      if pos == len(x):
+        mass[END] = math.exp(base + row[self.eot_id])
+    total = mass.sum()
+    if total <= 0:
+      raise ValueError(f"the model gives the prefix {x[-20:]!r} no probability")
+    with np.errstate(divide="ignore"):
+      return np.log(mass / total)
+
+  def sample(self, prefix: bytes, max_bytes: int, seed: int = 0,
+             temperature: float = 1.0) -> bytes:
+    """Bytes sampled one at a time from next_byte_logprobs (softmax of logprobs / temperature)
+    after prefix, until the end of text or max_bytes; reproducible for a seed."""
+    if temperature <= 0:
+      raise ValueError(f"temperature must be > 0, got {temperature}")
+    rng = np.random.default_rng(seed)
+    out = b""
+    for _ in range(max_bytes):
+      logp = self.next_byte_logprobs(bytes(prefix) + out) / temperature
+      p = np.exp(logp - logp.max())
+      b = int(rng.choice(257, p=p / p.sum()))
+      if b == END:
+        break
+      out += bytes([b])
     return out
 
   def bits_per_byte(self, texts: Sequence[bytes]) -> float:
