@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from bytelm.byteprobs.byte_lm import END, ByteLM
+from bytelm.byteprobs.ensemble import chain_logprob, ensemble
 from bytelm.byteprobs.tokenization import BPE
 from bytelm.data import bpe
 
@@ -192,3 +193,36 @@ def test_byte_samples_are_reproducible_and_follow_the_exact_distribution(tiny):
   chi2 = sum((o - e) ** 2 / e for o, e in zip(obs, exp) if e > 0)
   dof = len(big)
   assert chi2 < dof + 4 * math.sqrt(2 * dof), (chi2, dof)  # ~ the 99.99th percentile
+
+
+def test_chained_next_bytes_give_the_whole_text_probability(tiny):
+  lm, complete = tiny
+  for text in list(complete)[:25]:
+    assert abs(chain_logprob(lm, text) - lm.logprob(text)) < 1e-9
+
+
+class _Unigram:
+  """A byte model that ignores context: its next-byte distribution is fixed."""
+
+  def __init__(self, probs_257):
+    with np.errstate(divide="ignore"):
+      self.logp = np.log(np.asarray(probs_257, np.float64) / np.sum(probs_257))
+
+  def next_byte_logprobs(self, prefix):
+    return self.logp
+
+
+def test_an_ensemble_averages_probabilities_and_beats_a_bad_member(tiny):
+  lm, complete = tiny
+  flat = np.zeros(257)
+  flat[list(ALPHABET)] = 1.0
+  flat[END] = 1.0
+  other = _Unigram(flat)
+  mix = ensemble([lm, other], [3.0, 1.0])
+  for x in [b"", b"ab", b"cab"]:
+    want = 0.75 * np.exp(lm.next_byte_logprobs(x)) + 0.25 * np.exp(other.next_byte_logprobs(x))
+    np.testing.assert_allclose(np.exp(mix.next_byte_logprobs(x)), want, atol=1e-12)
+  texts = [lm.sample(b"", MAX_BYTES + 1, seed=s) for s in range(60)]  # the model's own text
+  assert mix.bits_per_byte(texts) < ensemble([other]).bits_per_byte(texts)
+  with pytest.raises(ValueError, match="weight"):
+    ensemble([lm, other], [1.0])

@@ -1,6 +1,10 @@
-"""Exact byte-level probabilities from tokenized LMs (Phan et al., 2024): work in progress.
+"""Exact byte-level probabilities from tokenized LMs (Phan et al., 2024). Work in progress
+(issue 7): tokenizers with a pre-tokenization regex are not handled yet.
 
-`tokenization.BPE` is the canonical tokenization the exact conversion rests on: a byte-level BPE
-read from a Hugging Face tokenizer.json, encoding any bytes, so that a token sequence's validity
-(is it what the tokenizer itself produces for its bytes?) can be decided.
+- `tokenization.BPE`: the canonical tokenization of any bytes by a byte-level BPE read from a
+  Hugging Face tokenizer.json, and the validity of token sequences;
+- `byte_lm.ByteLM`: a tokenized LM as a byte LM: prefix, next-byte and whole-text probabilities
+  by cover encodings, byte-by-byte sampling;
+- `ensemble.ensemble`: mixtures of byte LMs' next-byte distributions;
+- `adapters`: bytelm's own models behind these interfaces.
 """
