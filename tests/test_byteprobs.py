@@ -2,17 +2,23 @@
 
 import itertools
 import math
+import pathlib
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tokenizers
+from flax import nnx
 from hypothesis import given, settings, strategies as st
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from bytelm.byteprobs import adapters
 from bytelm.byteprobs.byte_lm import END, ByteLM
 from bytelm.byteprobs.ensemble import chain_logprob, ensemble
 from bytelm.byteprobs.tokenization import BPE
 from bytelm.data import bpe
+from bytelm.models import decoder
+from bytelm.training import config_file
 
 TEXTS = ["The quick brown fox jumps over the lazy dog's back, 123 times!",
          "Žluťoučký kůň úpěl ďábelské ódy. Ça va? Tiếng Việt có dấu.",
@@ -226,3 +232,21 @@ def test_an_ensemble_averages_probabilities_and_beats_a_bad_member(tiny):
   assert mix.bits_per_byte(texts) < ensemble([other]).bits_per_byte(texts)
   with pytest.raises(ValueError, match="weight"):
     ensemble([lm, other], [1.0])
+
+
+def test_bytelm_decoders_plug_in():
+  cfg = decoder.DecoderConfig(**config_file.load(
+      pathlib.Path(__file__).resolve().parents[1] / "configs" / "bytes_decoder.py",
+      "tiny").model.to_dict())
+  model = decoder.DecoderLM(cfg, rngs=nnx.Rngs(0))
+  byte_lm = adapters.ByteDecoderLM(model)
+  logp = byte_lm.next_byte_logprobs(b"ab")
+  assert logp.shape == (257,) and abs(np.exp(logp).sum() - 1) < 1e-9
+  # The same numbers as the model's own logits after eos, a, b.
+  logits = np.asarray(model(jnp.asarray([[1, 100, 101]]))[0, -1], np.float64)
+  want = np.concatenate([logits[3:259], logits[1:2]])
+  np.testing.assert_allclose(logp, want - np.logaddexp.reduce(want), atol=1e-5)
+  token_lm = adapters.decoder_token_lm(model, vocab_size=300)
+  rows = token_lm([(), (5, 6), (7,)])
+  assert rows.shape == (3, 300) and np.allclose(np.exp(rows).sum(1), 1.0)
+  np.testing.assert_allclose(rows[1], token_lm([(5, 6)])[0], atol=1e-6)  # padding is harmless
