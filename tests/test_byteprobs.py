@@ -250,3 +250,73 @@ def test_bytelm_decoders_plug_in():
   rows = token_lm([(), (5, 6), (7,)])
   assert rows.shape == (3, 300) and np.allclose(np.exp(rows).sum(1), 1.0)
   np.testing.assert_allclose(rows[1], token_lm([(5, 6)])[0], atol=1e-6)  # padding is harmless
+
+
+# ---- with GPT-2's pre-tokenization regex ------------------------------------------------------
+
+REGEX_ALPHABET = "as' 1!"
+REGEX_MAX = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_regex():
+  """A regex BPE over a, s, apostrophe, space, 1, ! and a token model defined from a random
+  distribution over every text of up to REGEX_MAX characters: P(next token | tokens) is the
+  mass of the texts whose canonical tokenization (then eot) continues that way. So the model
+  puts mass on canonical sequences only, and the exact answer for a prefix is the mass of the
+  texts that start with it."""
+  hf = bpe.train(["a's as aa   s'a", "'s a    as a's!!", "sa 'a     as1!"] * 30,
+                 len(bpe.SPECIAL_TOKENS) + 256 + 8)
+  ours = BPE.from_json(hf.to_str())
+  # "  " is a token but " 1" is not: "a  " alone is [a]["  "], inside "a  1" it is [a][ ][ ]
+  # (the regex leaves the last space of a run to what follows), the case that makes the
+  # tokenization of a prefix differ from the start of the tokenization of the whole text.
+  assert ours.encode(b"a  ")[-1] != ours.encode(b"a  1")[2]
+  rng = np.random.default_rng(0)
+  texts = [""] + ["".join(c) for n in range(1, REGEX_MAX + 1)
+                  for c in itertools.product(REGEX_ALPHABET, repeat=n)]
+  weights = rng.random(len(texts)) ** 3
+  weights /= weights.sum()
+  eot = 1
+  mass = {}
+  for text, w in zip(texts, weights):
+    seq = tuple(ours.encode(text.encode())) + (eot,)
+    for k in range(len(seq) + 1):
+      mass[seq[:k]] = mass.get(seq[:k], 0.0) + w
+  size = len(ours.token_bytes)
+
+  def token_lm(prefixes):
+    out = np.full((len(prefixes), size), -np.inf)
+    for row, p in zip(out, prefixes):
+      for v in range(size):
+        if p + (v,) in mass:
+          row[v] = math.log(mass[p + (v,)] / mass[p])
+    return out
+
+  truth = {t.encode(): w for t, w in zip(texts, weights)}
+  return ByteLM(token_lm, ours, eot), truth
+
+
+def test_with_the_regex_prefix_probabilities_equal_the_brute_force_sum(tiny_regex):
+  lm, truth = tiny_regex
+  rng = np.random.default_rng(1)
+  alphabet = REGEX_ALPHABET.encode()
+  prefixes = [bytes(c) for n in range(1, 4) for c in itertools.product(alphabet, repeat=n)]
+  prefixes += [bytes(rng.choice(list(alphabet), 4)) for _ in range(60)]
+  # The whitespace and contraction cases that break "tokenize the prefix" approaches.
+  prefixes += [b"a  ", b"a  a", b"'s", b"a'", b"a's", b" '", b"  1"]
+  for x in prefixes:
+    want = sum(w for text, w in truth.items() if text.startswith(x))
+    got = math.exp(lm.prefix_logprob(x))
+    assert abs(got - want) < 1e-9, (x, got, want)
+
+
+def test_with_the_regex_next_bytes_are_ratios_of_masses(tiny_regex):
+  lm, truth = tiny_regex
+  for x in [b"", b"a", b"a ", b"a  ", b"'", b"a'", b"s 1"]:
+    logp = lm.next_byte_logprobs(x)
+    mass = sum(w for text, w in truth.items() if text.startswith(x))
+    for b in REGEX_ALPHABET.encode():
+      want = sum(w for text, w in truth.items() if text.startswith(x + bytes([b]))) / mass
+      assert abs(math.exp(logp[b]) - want) < 1e-9, (x, bytes([b]))
+    assert abs(math.exp(logp[END]) - truth.get(x, 0.0) / mass) < 1e-9

@@ -1,5 +1,5 @@
 """Exact byte-level probabilities from tokenized LMs (Phan et al., 2024). Work in progress
-(issue 7): tokenizers with a pre-tokenization regex are not handled yet.
+(issue 7): completion / fill-in-the-middle, batched evaluation and eval/byteprobs.py are next.
 
 - `tokenization.BPE`: the canonical tokenization of any bytes by a byte-level BPE read from a
   Hugging Face tokenizer.json, and the validity of token sequences;

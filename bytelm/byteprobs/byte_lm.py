@@ -1,24 +1,25 @@
 """A tokenized LM read as a byte LM, exactly (Phan et al. 2024, the Byte-Token Representation
 Lemma).
 
-A tokenized LM gives probabilities to token sequences; its tokenizer maps each byte string to
-one of them (the canonical tokenization, `tokenization.BPE`). If the LM puts its mass on
-canonical sequences only, the probability that the text starts with the bytes x is
+A tokenized LM gives probabilities to token sequences; its tokenizer maps each text to one of
+them (the canonical tokenization, `tokenization.BPE`). If the LM puts its mass on canonical
+sequences only, the probability that the text starts with the bytes x is
 
     P(x...) = sum over cover encodings t of x of P_tok(t...),
 
-where a cover encoding is a canonical token sequence whose bytes, all but the last token's, lie
-inside x, and whose last token reaches to or past the end of x. Canonical tokens of a prefix of
-x are the tokenization of that prefix, so there is one candidate per position `pos` where the
-last token can start (at most max_token_bytes of them) and one per token that begins with
-x[pos:]: P(x...) = sum_pos P_tok(enc(x[:pos])...) * sum_v P_tok(v | enc(x[:pos])), over v with
-enc(x[:pos]) + [v] canonical. Then P(b | x) = P(x b...) / P(x...), and the end of text after x
-is P(enc(x), eot) / P(x...).
+where a cover encoding starts the canonical tokenization of some text that begins with x, and
+its last token, alone, reaches to or past the end of x. The last token starts at one of the
+max_token_bytes positions before the end and begins with the rest of x; the tokens before it
+(`_heads`) are the ones the tokenizer gives that start of x *inside a longer text*. Without a
+pre-tokenization regex that is just the tokenization of that start. With GPT-2's regex it can
+differ: "a  " alone is [a]["  "], but in "a  1" the run leaves its last space to what follows,
+[a][" "][" "]...; so the heads are read off the tokenization of the start followed by each of a
+set of probe continuations (`BPE.probes`). Tests compare every prefix with a brute-force sum
+over all texts, with and without the regex.
 
-Works in progress (issue 7): tokenizers with GPT-2's pre-tokenization regex are refused for now.
-The regex's look-ahead makes the tokenization of a prefix differ from the start of the
-tokenization of the whole text, so the one-candidate-per-position argument above needs a
-treatment of its own.
+Then P(b | x) = P(x b...) / P(x...), and the end of text after x is P(enc(x), eot) / P(x...).
+The token LM is asked for at most max_token_bytes + 1 distinct prefixes a byte (cached); the
+tokenizer runs once per candidate token and probe, in Python, which is the slow part.
 
 token_lm: a callable taking a list of token-id prefixes and returning their next-token
 log-probabilities, float [len(prefixes), V]. Results are cached per prefix.
@@ -41,10 +42,6 @@ class ByteLM:
 
   def __init__(self, token_lm: Callable[[list[tuple[int, ...]]], np.ndarray], bpe: BPE,
                eot_id: int):
-    if bpe.use_regex:
-      raise ValueError("exact byte probabilities under a pre-tokenization regex are not "
-                       "supported yet (issue 7 in progress); use a ByteLevel BPE trained "
-                       "with use_regex=False")
     self.token_lm, self.bpe, self.eot_id = token_lm, bpe, int(eot_id)
     self._next: dict[tuple[int, ...], np.ndarray] = {}
     self._starts_with: dict[bytes, np.ndarray] = {}
@@ -70,20 +67,32 @@ class ByteLM:
     rows = self._token_logprobs(prefixes)
     return float(sum(row[t] for row, t in zip(rows, ids)))
 
+  def _heads(self, x: bytes, pos: int, v: int) -> set[tuple[int, ...]]:
+    """The token sequences h spelling x[:pos] such that h + [v] starts the canonical
+    tokenization of some text beginning with x[:pos] + token v (see `_probes`)."""
+    y = x[:pos] + self.bpe.token_bytes[v]
+    heads = set()
+    for r in self.bpe.probes(y):
+      ids, n = [], 0
+      for t in self.bpe.encode(y + r):
+        ids.append(t)
+        n += len(self.bpe.token_bytes[t])
+        if n >= len(y):
+          break
+      if n == len(y) and ids[-1] == v:
+        heads.add(tuple(ids[:-1]))
+    return heads
+
   def prefix_logprob(self, x: bytes) -> float:
-    """log P(the text starts with x)."""
+    """log P(the text starts with x): the sum over its cover encodings."""
     x = bytes(x)
     if not x:
       return 0.0
     terms = []
     for pos in range(max(0, len(x) - self.bpe.max_token_bytes), len(x)):
-      head = self.bpe.encode(x[:pos])
-      candidates = [v for v in self._tokens_starting_with(x[pos:])
-                    if self.bpe.encode(x[:pos] + self.bpe.token_bytes[v]) == head + [int(v)]]
-      if not candidates:
-        continue
-      row = self._token_logprobs([tuple(head)])[0]
-      terms.append(self._sequence_logprob(head) + _logsumexp(row[candidates]))
+      for v in self._tokens_starting_with(x[pos:]):
+        for head in self._heads(x, pos, int(v)):
+          terms.append(self._sequence_logprob(head + (int(v),)))
     return _logsumexp(np.asarray(terms)) if terms else -math.inf
 
   def logprob(self, text: bytes) -> float:
@@ -100,23 +109,16 @@ class ByteLM:
     prefixes are scored, in one batch.
     """
     x = bytes(prefix)
-    positions = range(max(0, len(x) + 1 - self.bpe.max_token_bytes), len(x) + 1)
-    heads = [self.bpe.encode(x[:pos]) for pos in positions]
-    rows = self._token_logprobs([tuple(h) for h in heads])
     mass = np.zeros(257)
-    for pos, head, row in zip(positions, heads, rows):
-      base = self._sequence_logprob(head)
-      if not np.isfinite(base):
-        continue
+    for pos in range(max(0, len(x) + 1 - self.bpe.max_token_bytes), len(x) + 1):
       tail = x[pos:]
       for v in self._tokens_starting_with(tail):
         token = self.bpe.token_bytes[v]
-        if len(token) <= len(tail) or not np.isfinite(row[v]):
+        if len(token) <= len(tail):
           continue  # ends inside the prefix: a cover of it, counted at a later position
-        if self.bpe.encode(x[:pos] + token) == head + [int(v)]:
-          mass[token[len(tail)]] += math.exp(base + row[v])
-      if pos == len(x):
-        mass[END] = math.exp(base + row[self.eot_id])
+        for head in self._heads(x, pos, int(v)):
+          mass[token[len(tail)]] += math.exp(self._sequence_logprob(head + (int(v),)))
+    mass[END] = math.exp(self.logprob(x))
     total = mass.sum()
     if total <= 0:
       raise ValueError(f"the model gives the prefix {x[-20:]!r} no probability")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import unicodedata
 from collections.abc import Sequence
 
 import regex
@@ -93,6 +94,21 @@ class BPE:
     text = data.decode("utf-8", errors="surrogateescape")
     return [m.encode("utf-8", errors="surrogateescape") for m in GPT2_PATTERN.findall(text)]
 
+  def probes(self, y: bytes) -> list[bytes]:
+    """Continuations that show every way text after y can change the tokens of y: without a
+    regex none can (a token boundary inside a piece sees nothing to its right), so [b""];
+    with GPT-2's, the split near the end of y depends on the next character's class (a
+    space before a word joins it, whitespace before a non-space leaves its last space to
+    it, an apostrophe makes "'s", "'re", ... with the letters after it), and a character cut
+    at the end of y on how it is completed."""
+    if not self.use_regex:
+      return [b""]
+    probes = [p.encode("utf-8") for p in _PROBES]
+    cut = _cut_character(y)
+    if cut:
+      probes = [c + p for c in _completions(cut) for p in probes]
+    return probes
+
   def _merge(self, piece: bytes) -> list[bytes]:
     parts = [piece[i:i + 1] for i in range(len(piece))]
     while len(parts) > 1:
@@ -115,3 +131,46 @@ class BPE:
   def is_valid(self, ids: Sequence[int]) -> bool:
     """Whether ids is the canonical tokenization of the bytes it spells."""
     return self.encode(self.decode(ids)) == [int(i) for i in ids]
+
+
+# Characters after a text that stand for every class the GPT-2 pattern tells apart: end of text,
+# the space that joins a word, other whitespace, letters (with the contraction endings), digits,
+# other symbols, and pairs of them (two characters decide every look-ahead of the pattern).
+_PROBES = ["", " ", "  ", " a", "  a", "\n", "\n\n", "\u00a0", "a", "a ", "A", "1", "!", "'",
+           "s", "t", "m", "d", "re", "ve", "ll", "e", "l", "\u00e9", "\u65e5"]
+
+
+def _cut_character(y: bytes) -> bytes:
+  """The bytes of a UTF-8 character that y ends inside of (b"" if none)."""
+  for back in (1, 2, 3):
+    if len(y) < back:
+      break
+    lead = y[-back]
+    width = 2 if 0xC0 <= lead < 0xE0 else 3 if 0xE0 <= lead < 0xF0 else 4 if lead >= 0xF0 else 0
+    if width:
+      return y[-back:] if width > back else b""
+    if lead < 0x80 or lead >= 0xC0:
+      break
+  return b""
+
+
+_COMPLETIONS: dict[bytes, list[bytes]] = {}
+
+
+def _completions(cut: bytes) -> list[bytes]:
+  """The rest of a cut character, one completion per class of character it can become (and
+  a byte that completes nothing, which leaves it invalid)."""
+  if cut not in _COMPLETIONS:
+    width = {0xC: 2, 0xD: 2, 0xE: 3, 0xF: 4}[cut[0] >> 4]
+    missing = width - len(cut)
+    seen = {}
+    for n in range(64 ** missing):
+      rest = bytes(0x80 | (n >> (6 * k)) & 0x3F for k in reversed(range(missing)))
+      try:
+        ch = (cut + rest).decode("utf-8")
+      except UnicodeDecodeError:
+        continue
+      cls = ("space" if ch.isspace() else unicodedata.category(ch)[0])
+      seen.setdefault(cls, rest)
+    _COMPLETIONS[cut] = list(seen.values()) + [b"!"]
+  return _COMPLETIONS[cut]
