@@ -96,20 +96,24 @@ def segment_ids(num_bytes: int, starts: Sequence[int], max_segments: int,
   return ids_T, covered
 
 
-def _declared_width(byte: int) -> int:
-  """Bytes of the character a byte starts, as its bit pattern declares (1 for ASCII and for
-  bytes that cannot start one)."""
-  return 1 if byte < 0xC0 else 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+def _settled(data: bytes, starts_M: np.ndarray) -> np.ndarray:
+  """settled_at for many boundaries at once (int64 [M])."""
+  x = np.frombuffer(data, np.uint8)
+  # Where each byte's character ends, as the byte's bit pattern declares (itself for ASCII and
+  # for bytes that cannot start a character).
+  end_T = np.arange(len(x)) + np.select([x < 0xC0, x < 0xE0, x < 0xF0], [0, 1, 2], 3)
+  settled_M = end_T[starts_M]
+  for back in (1, 2, 3):
+    earlier_M = np.where(starts_M >= back, end_T[np.maximum(starts_M - back, 0)], -1)
+    settled_M = np.maximum(settled_M, earlier_M)
+  return settled_M
 
 
 def settled_at(data: bytes, s: int) -> int:
   """The last byte that can still change a segment boundary at s: the end of the character
   starting at s, or of one before it whose declared bytes reach past s (whether "\\xe6\\x97"
   starts a character or is two invalid bytes, each a segment, depends on the byte after)."""
-  last = s + _declared_width(data[s]) - 1
-  for q in range(max(0, s - 3), s):
-    last = max(last, q + _declared_width(data[q]) - 1)
-  return last
+  return int(_settled(data, np.asarray([s], np.int64))[0])
 
 
 def context_ids(data: bytes, starts: Sequence[int], max_segments: int,
@@ -125,13 +129,7 @@ def context_ids(data: bytes, starts: Sequence[int], max_segments: int,
   nexts = np.asarray(list(starts)[1:max_segments + 1], np.int64)  # each kept segment's end
   if not len(nexts):
     return np.full((length,), -1, np.int32)
-  # settled_at for every start at once: the furthest end of a character declared at s - 3..s.
-  x = np.frombuffer(data, np.uint8)
-  end_T = np.arange(len(x)) + np.select([x < 0xC0, x < 0xE0, x < 0xF0], [0, 1, 2], 3)
-  settled_M = end_T[nexts]
-  for back in (1, 2, 3):
-    settled_M = np.maximum(settled_M, np.where(nexts >= back, end_T[np.maximum(nexts - back, 0)],
-                                               -1))
+  settled_M = _settled(data, nexts)
   # ctx[t] = the largest m with settled_M[m] < t; a suffix minimum makes that a sorted search.
   suffix_min_M = np.minimum.accumulate(settled_M[::-1])[::-1]
   return (np.searchsorted(suffix_min_M, np.arange(length), side="left") - 1).astype(np.int32)
@@ -238,6 +236,20 @@ class Segmenter:
       raise ValueError("the entropy segmenter needs an EntropyModel (EntropyModel.fit on the "
                        "training bytes, or .load of the workdir's entropy_model.npz)")
 
+  @classmethod
+  def from_settings(cls, settings) -> "Segmenter":
+    """From a config's data.segments (a dict or ConfigDict): kind, max_segment_bytes,
+    fixed_size and, for "entropy", entropy_model, the path of a saved EntropyModel."""
+    kind = settings.get("kind")
+    model = None
+    if kind == "entropy":
+      if not settings.get("entropy_model"):
+        raise ValueError("entropy segments need segments.entropy_model, the path of a fitted "
+                         "model (the trainer fits one: pipeline.fit_entropy_model)")
+      model = EntropyModel.load(settings["entropy_model"])
+    return cls(kind, int(settings.get("max_segment_bytes", 16)),
+               int(settings.get("fixed_size", 4)), model)
+
   def __call__(self, data: bytes) -> list[int]:
     if self.kind == "words":
       starts = word_starts(data)
@@ -310,15 +322,18 @@ class BoundaryPredictor(nnx.Module):
     kw = dict(std=dim**-0.5, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.q, self.k = Dense(dim, dim, **kw), Dense(dim, dim, **kw)
 
+  @staticmethod
+  def probability(q_BTD: jax.Array, k_prev_BTD: jax.Array) -> jax.Array:
+    """(1 - cos(q_t, k_{t-1})) / 2 in fp32 (also what one cached generation step computes)."""
+    q_BTD, k_prev_BTD = q_BTD.astype(jnp.float32), k_prev_BTD.astype(jnp.float32)
+    cos_BT = (q_BTD * k_prev_BTD).sum(-1) * jax.lax.rsqrt(
+        (q_BTD**2).sum(-1) * (k_prev_BTD**2).sum(-1) + 1e-12)
+    return jnp.clip((1.0 - cos_BT) / 2.0, 0.0, 1.0)
+
   def __call__(self, e_BTD: jax.Array) -> jax.Array:
     """p_BT (fp32) from the states e_BTD."""
-    q_BTD = self.q(e_BTD).astype(jnp.float32)
-    k_BTD = self.k(e_BTD).astype(jnp.float32)
-    k_BTD = jnp.pad(k_BTD, ((0, 0), (1, 0), (0, 0)))[:, :-1]  # k_{t-1}
-    cos_BT = (q_BTD * k_BTD).sum(-1) * jax.lax.rsqrt(
-        (q_BTD**2).sum(-1) * (k_BTD**2).sum(-1) + 1e-12)
-    p_BT = jnp.clip((1.0 - cos_BT) / 2.0, 0.0, 1.0)
-    return p_BT.at[:, 0].set(1.0)
+    k_prev_BTD = jnp.pad(self.k(e_BTD), ((0, 0), (1, 0), (0, 0)))[:, :-1]  # k_{t-1}
+    return self.probability(self.q(e_BTD), k_prev_BTD).at[:, 0].set(1.0)
 
 
 def force_max_length(starts_BT: jax.Array, max_segment_bytes: int) -> jax.Array:
