@@ -24,7 +24,7 @@ import numpy as np
 from bytelm import generation
 from bytelm.models import hierarchical, segment
 from bytelm.nn.compiled import Compiled
-from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET
+from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer
 
 
 class _HostPlan:
@@ -82,7 +82,7 @@ def generate(model: hierarchical.Hierarchical, prompt: str | bytes, max_new_byte
 
 
 def _ids(data: bytes) -> np.ndarray:
-  return np.frombuffer(data, np.uint8).astype(np.int32) + OFFSET
+  return ByteTokenizer().encode(data, add_eos=False)
 
 
 def _cached_steps(model, max_len: int, segmenter):

@@ -49,7 +49,7 @@ import bytelm  # noqa: E402
 from bytelm import generation, hierarchical_generation, models, timing  # noqa: E402
 from bytelm.data import bpe, noise, pipeline, sources  # noqa: E402
 from bytelm.models import segment  # noqa: E402
-from bytelm.tokenizer import EOS_ID, OFFSET  # noqa: E402
+from bytelm.tokenizer import EOS_ID, ByteTokenizer  # noqa: E402
 from bytelm.training import config_file, optimizer as optim, train_and_evaluate  # noqa: E402
 from bytelm.training import trainer  # noqa: E402
 
@@ -104,7 +104,8 @@ def step_timer(c, workdir, steps_per_call: int = 1):
                  donate_argnums=0)
   source = train_source(c, workdir)
   first = {k: jnp.asarray(v) for k, v in source.batch(0).items()}
-  cost = step.lower(state, first).compile().cost_analysis()
+  step = step.lower(state, first).compile()  # compiled once, for the count and the calls
+  cost = step.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   box = {"state": state, "i": 0}
 
@@ -157,12 +158,8 @@ class Scorer:
     self.model = bytelm.load(workdir)
     self.family = models.family(c.model_family)
     self.tok = tokenizer_of(c, workdir)
-    self.segmenter = None
-    if "segments" in c.data:
-      s = c.data.segments
-      self.segmenter = segment.Segmenter(
-          s.kind, s.max_segment_bytes, s.fixed_size,
-          segment.EntropyModel.load(s.entropy_model) if s.kind == "entropy" else None)
+    self.segmenter = (segment.Segmenter.from_settings(c.data.segments)
+                      if "segments" in c.data else None)
     graphdef, state = nnx.split(self.model)
 
     @jax.jit
@@ -176,7 +173,7 @@ class Scorer:
   def ids(self, text: str) -> np.ndarray:
     if self.tok is not None:
       return bpe.encode_documents(self.tok, [text])[0]
-    return np.frombuffer(text.encode("utf-8"), np.uint8).astype(np.int32) + OFFSET
+    return ByteTokenizer().encode(text, add_eos=False)
 
   def bits(self, pieces: list[str]) -> float:
     all_ids = [self.ids(p) for p in pieces]

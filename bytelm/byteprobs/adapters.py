@@ -21,7 +21,7 @@ import numpy as np
 
 from bytelm.byteprobs.byte_lm import END
 from bytelm.nn.compiled import Compiled
-from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET
+from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer
 
 
 def _last_logprobs(compiled: Compiled, rows: list[list[int]], pad_to: int = 64) -> np.ndarray:
@@ -59,7 +59,7 @@ class ByteDecoderLM:
     self.compiled = Compiled(model)
 
   def next_byte_logprobs(self, prefix: bytes) -> np.ndarray:
-    ids = [EOS_ID] + (np.frombuffer(bytes(prefix), np.uint8).astype(np.int64) + OFFSET).tolist()
+    ids = [EOS_ID] + ByteTokenizer().encode(prefix, add_eos=False).tolist()
     logp_V = _last_logprobs(self.compiled, [ids])[0]
     out = np.empty(257)
     out[:256], out[END] = logp_V[OFFSET:NUM_BYTE_IDS], logp_V[EOS_ID]

@@ -339,15 +339,8 @@ def _check_segments(segments: dict | None, objective: str) -> dict | None:
                      f"{sorted(_SEGMENT_KEYS)}; got {segments!r}")
   if objective != "causal_lm":
     raise ValueError(f"segments are for the causal_lm objective, not {objective!r}")
-  model = None
-  if segments["kind"] == "entropy":
-    if not segments.get("entropy_model"):
-      raise ValueError("entropy segments need segments.entropy_model, the path of a fitted "
-                       "model (the trainer fits one: `fit_entropy_model`)")
-    model = segment.EntropyModel.load(segments["entropy_model"])
-  segmenter = segment.Segmenter(segments["kind"], int(segments.get("max_segment_bytes", 16)),
-                                int(segments.get("fixed_size", 4)), model)
-  return {"segmenter": segmenter, "max_segments": int(segments.get("max_segments", 64))}
+  return {"segmenter": segment.Segmenter.from_settings(segments),
+          "max_segments": int(segments.get("max_segments", 64))}
 
 
 def fit_entropy_model(spec: str, path, *, entropy_order: int = 2,

@@ -251,10 +251,8 @@ class Hierarchical(nnx.Module):
     cache["e"] = jax.lax.dynamic_update_slice_in_dim(cache["e"], e_Bd[:, None], t, axis=1)
     p_B = jnp.ones(ids_B.shape, jnp.float32)
     if self.router is not None:
-      q_Bd = self.router.q(e_Bd).astype(jnp.float32)
-      k_Bd = cache["router_k"]
-      cos_B = (q_Bd * k_Bd).sum(-1) * jax.lax.rsqrt((q_Bd**2).sum(-1) * (k_Bd**2).sum(-1) + 1e-12)
-      p_B = jnp.where(t == 0, 1.0, jnp.clip((1.0 - cos_B) / 2.0, 0.0, 1.0))
+      p_B = jnp.where(t == 0, 1.0, self.router.probability(self.router.q(e_Bd),
+                                                           cache["router_k"]))
       cache["router_k"] = self.router.k(e_Bd).astype(jnp.float32)
     return p_B, cache
 
