@@ -61,6 +61,31 @@ def test_any_bytes_encode_to_a_valid_sequence_that_spells_them(data):
   assert ours.decode(ids) == data and ours.is_valid(ids)
 
 
+PIECE_TEXT = st.text(st.sampled_from(list("as'ltrevdm 1!\n\t\u00a0é日")), max_size=14)
+
+
+@settings(max_examples=300, deadline=None)
+@given(PIECE_TEXT, PIECE_TEXT, st.integers(0, 3), st.binary(max_size=2))
+def test_the_stable_prefix_separates_what_no_continuation_changes(text, more, trim, junk):
+  # Texts cut anywhere (inside a UTF-8 character too), continued by anything.
+  ours = BPE.from_json(_hf(True).to_str())
+  data = text.encode("utf-8")
+  data = data[:max(0, len(data) - trim)]
+  s, ids = ours.stable_prefix(data)
+  assert 0 <= s <= len(data) and ours.decode(ids) == data[:s]
+  for z in (more.encode("utf-8"), junk + more.encode("utf-8"), b""):
+    assert ours.encode(data + z) == ids + ours.encode(data[s:] + z)
+
+
+def test_the_stable_prefix_keeps_the_text_before_the_last_pieces():
+  ours = BPE.from_json(_hf(True).to_str())
+  data = b"The quick brown fox jumps over"
+  assert ours.stable_prefix(data)[0] == len(b"The quick brown fox jumps")
+  assert ours.stable_prefix(b"don'")[0] == 3 and ours.stable_prefix(b"a'l")[0] == 1  # 'll
+  assert ours.stable_prefix(b"\n\n11") == (2, ours.encode(b"\n") * 2)  # not "\n\n" alone
+  assert BPE.from_json(_hf(False).to_str()).stable_prefix(data) == (0, [])  # no locality
+
+
 def test_a_sequence_other_than_the_canonical_one_is_invalid(pair):
   _, ours = pair
   ids = ours.encode(b"the quick brown fox")
@@ -184,11 +209,11 @@ def test_one_pass_next_bytes_agree_with_prefix_ratios(tiny):
 
 def test_byte_samples_are_reproducible_and_follow_the_exact_distribution(tiny):
   lm, complete = tiny
-  assert lm.sample(b"a", 5, seed=3) == lm.sample(b"a", 5, seed=3)
+  assert lm.sample(b"a", 5, key=3) == lm.sample(b"a", 5, key=3)
   # Texts sampled from nothing: their frequencies against the brute-force probabilities.
   counts = {}
   for seed in range(1500):
-    text = lm.sample(b"", MAX_BYTES + 1, seed=seed)
+    text = lm.sample(b"", MAX_BYTES + 1, key=seed)
     counts[text] = counts.get(text, 0) + 1
   assert set(counts) <= set(complete)
   expected = {t: p * 1500 for t, p in complete.items()}
@@ -228,7 +253,7 @@ def test_an_ensemble_averages_probabilities_and_beats_a_bad_member(tiny):
   for x in [b"", b"ab", b"cab"]:
     want = 0.75 * np.exp(lm.next_byte_logprobs(x)) + 0.25 * np.exp(other.next_byte_logprobs(x))
     np.testing.assert_allclose(np.exp(mix.next_byte_logprobs(x)), want, atol=1e-12)
-  texts = [lm.sample(b"", MAX_BYTES + 1, seed=s) for s in range(60)]  # the model's own text
+  texts = [lm.sample(b"", MAX_BYTES + 1, key=s) for s in range(60)]  # the model's own text
   assert mix.bits_per_byte(texts) < ensemble([other]).bits_per_byte(texts)
   with pytest.raises(ValueError, match="weight"):
     ensemble([lm, other], [1.0])
@@ -320,3 +345,123 @@ def test_with_the_regex_next_bytes_are_ratios_of_masses(tiny_regex):
       want = sum(w for text, w in truth.items() if text.startswith(x + bytes([b]))) / mass
       assert abs(math.exp(logp[b]) - want) < 1e-9, (x, bytes([b]))
     assert abs(math.exp(logp[END]) - truth.get(x, 0.0) / mass) < 1e-9
+
+
+def test_a_batch_of_prefixes_is_one_token_lm_call_with_the_same_answers(tiny_regex):
+  lm, _ = tiny_regex
+  prefixes = [b"a ", b"s'", b"as 1", b"", b"a  "]
+  fresh = ByteLM(lm.token_lm, lm.bpe, lm.eot_id)
+  batch = fresh.next_byte_logprobs_batch(prefixes)
+  assert fresh.batches == 1 and batch.shape == (5, 257)
+  for x, row in zip(prefixes, batch):
+    np.testing.assert_allclose(row, lm.next_byte_logprobs(x), atol=1e-12)
+
+
+def _with_context(lm, context):
+  """lm's token model behind a context: the same answers, for prefixes that start with it."""
+  seen = []
+
+  def token_lm(prefixes):
+    assert all(p[:len(context)] == context for p in prefixes)
+    seen.extend(prefixes)
+    return lm.token_lm([p[len(context):] for p in prefixes])
+
+  return token_lm, seen
+
+
+def test_a_context_conditions_every_prefix(tiny_regex):
+  lm, _ = tiny_regex
+  context = (7, 8, 9)
+  token_lm, seen = _with_context(lm, context)
+  conditioned = ByteLM(token_lm, lm.bpe, lm.eot_id, context=context)
+  for x in [b"", b"a'", b"s 1"]:
+    np.testing.assert_allclose(conditioned.next_byte_logprobs(x), lm.next_byte_logprobs(x))
+  assert seen and conditioned.logprob(b"as") == lm.logprob(b"as")
+
+
+def test_fill_in_the_middle_reads_the_middle_after_the_sentinels(tiny_regex):
+  lm, _ = tiny_regex
+  pre, suf, mid = 3, 4, 5
+  prefix, suffix = b"a 's", b"1!"
+  context = (pre, *lm.bpe.encode(prefix), suf, *lm.bpe.encode(suffix), mid)
+  token_lm, seen = _with_context(lm, context)
+  fim = ByteLM(token_lm, lm.bpe, lm.eot_id, fim_ids=(pre, suf, mid))
+  for key in range(5):
+    got = fim.complete(prefix, suffix, max_bytes=6, key=key, temperature=1.0)
+    assert got == lm.sample(b"", 6, key=key)  # the middle, sampled as a text of its own
+  assert seen and fim.calls > 0
+  with pytest.raises(ValueError, match="FIM sentinels"):
+    lm.complete(prefix, suffix)
+
+
+def test_completion_after_a_cut_token_is_the_most_likely_bytes(tiny_regex):
+  lm, truth = tiny_regex
+  x = b"a "  # most texts continue " as"/" a" differently than the token "  " suggests
+  got = lm.complete(x, max_bytes=3)
+  want = b""
+  for _ in range(3):
+    logp = lm.next_byte_logprobs(x + want)
+    if int(np.argmax(logp)) == END:
+      break
+    want += bytes([int(np.argmax(logp))])
+  assert got == want
+  import jax  # a JAX key works like an int seed
+  assert lm.sample(b"a", 4, key=jax.random.key(2)) == lm.sample(b"a", 4, key=jax.random.key(2))
+
+
+def test_a_prefix_tree_serves_prefixes_from_the_longest_row():
+  rows = [[1, 2, 3], [1, 2], [1], [1, 3], [2], [1, 2, 3, 4]]
+  leaves, leaf_of = adapters.prefix_tree(rows)
+  assert sorted(map(tuple, leaves)) == [(1, 2, 3, 4), (1, 3), (2,)]
+  for row, leaf in zip(rows, leaf_of):
+    assert leaves[leaf][:len(row)] == row
+
+
+@pytest.fixture(scope="module")
+def trained_bpe_decoder(tmp_path_factory):
+  """configs/bpe_decoder.py:tiny trained for its few steps: a real token model and tokenizer."""
+  from bytelm.training import train_and_evaluate
+
+  workdir = tmp_path_factory.mktemp("bpe") / "run"
+  c = config_file.load(pathlib.Path(__file__).resolve().parents[1] / "configs" /
+                       "bpe_decoder.py", "tiny")
+  train_and_evaluate(c, workdir)
+  return workdir
+
+
+def test_a_trained_bpe_decoder_scores_the_same_the_token_way_and_the_byte_way(
+    trained_bpe_decoder):
+  lm = adapters.from_workdir(trained_bpe_decoder)
+  model = adapters.trainer.load(trained_bpe_decoder)
+  for text in [b"The cat sat.", "Žluťoučký".encode()]:
+    ids = [1] + lm.bpe.encode(text) + [1]  # eos, the text, eos
+    logits = np.asarray(model(jnp.asarray([ids]))[0], np.float64)[:, :len(lm.bpe.token_bytes)]
+    logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    token_way = sum(logp[i, ids[i + 1]] for i in range(len(ids) - 1))
+    assert abs(lm.logprob(text) - token_way) < 1e-4
+    # Byte by byte, the lemma's ratios telescope to the token way; normalised distributions
+    # give back the mass this barely trained model puts on non-canonical token sequences.
+    assert abs(chain_logprob(lm, text, normalize=False) - token_way) < 1e-4
+    assert chain_logprob(lm, text) > token_way + 1e-3
+  with pytest.raises(FileNotFoundError, match="bpe_decoder"):
+    adapters.from_workdir(trained_bpe_decoder.parent)
+
+
+def test_a_hugging_face_causal_lm_reads_as_bytes(tmp_path):
+  torch = pytest.importorskip("torch", reason="the optional 'hf' extra")
+  transformers = pytest.importorskip("transformers", reason="the optional 'hf' extra")
+  tok = bpe.train(TEXTS, 300)
+  (tmp_path / "tokenizer.json").write_text(tok.to_str(), encoding="utf-8")
+  torch.manual_seed(0)
+  model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+      vocab_size=300, n_positions=64, n_embd=32, n_layer=1, n_head=2, eos_token_id=1,
+      bos_token_id=1)).eval()  # no dropout
+  model.save_pretrained(tmp_path)
+  lm = adapters.from_hugging_face(tmp_path)
+  text = b"the fox's 12!"
+  ids = [1] + lm.bpe.encode(text) + [1]
+  with torch.no_grad():
+    logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1).numpy()
+  token_way = sum(logp[i, ids[i + 1]] for i in range(len(ids) - 1))
+  assert abs(lm.logprob(text) - token_way) < 1e-6
+  assert abs(chain_logprob(lm, text, normalize=False) - token_way) < 1e-6

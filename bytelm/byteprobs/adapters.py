@@ -2,39 +2,73 @@
 
 - `decoder_token_lm(model)`: a decoder-only LM over BPE tokens (configs/bpe_decoder.py) as the
   `token_lm` callable of `ByteLM`: next-token log-probabilities for a batch of token prefixes.
-- `ByteDecoderLM(model)`: a decoder-only byte LM (configs/bytes_decoder.py) with
-  `next_byte_logprobs`, so it can join an ensemble.
+- `from_workdir(path)`: the same, with the tokenizer.json the recipe trained, as a `ByteLM`;
+- `from_hugging_face(model_dir)`: a local Hugging Face causal LM and its tokenizer.json, the
+  same way (PyTorch, an optional extra);
+- `ByteDecoderLM(model)`, `HierarchicalLM(model, segmenter)`, `byte_model_from_workdir(path)`:
+  bytelm's byte models with `next_byte_logprobs` (and `next_byte_logprobs_along` a text, one
+  pass), so they can join an ensemble.
 
-Both models were trained on documents separated by eos, so a prefix is read after an eos: the
-start of a document. Prefixes of one batch are right-padded to one length, a multiple of 64
-so that few shapes are compiled; the model is causal, so padding after a prefix changes
-nothing before it.
+bytelm's models were trained on documents separated by eos, so a prefix is read after an eos:
+the start of a document. A batch of prefixes is run as the leaves of its prefix tree
+(`prefix_tree`): ByteLM asks for a head together with the prefixes its probability needs, and
+one causal pass over the longest serves them all.
 
-Axis legend: B prefixes, T positions, V vocab.
+Axis legend: B leaves, T positions, V vocab, R requested prefixes.
 """
 
 from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bytelm.byteprobs.byte_lm import END
+from bytelm.byteprobs.byte_lm import END, ByteLM
+from bytelm.byteprobs.tokenization import BPE
+from bytelm.data import bpe
+from bytelm.models import segment
 from bytelm.nn.compiled import Compiled
+from bytelm.training import trainer
 from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer
 
 
+def prefix_tree(rows: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[int]]:
+  """(leaves, leaf_of): rows that are no other row's prefix, and for each row the leaf whose
+  causal pass holds it (at position len(row) - 1). A batch of a sequence and its own
+  prefixes (a head and the rows its probability needs) is one leaf."""
+  order = sorted(range(len(rows)), key=lambda i: list(rows[i]))
+  # Sorted, a row that starts another starts the row right after it.
+  leaf_of, leaves = [0] * len(rows), []
+  for k in reversed(range(len(order))):
+    i = order[k]
+    nxt = rows[order[k + 1]] if k + 1 < len(order) else None
+    if nxt is not None and len(rows[i]) <= len(nxt) and list(nxt[:len(rows[i])]) == list(rows[i]):
+      leaf_of[i] = leaf_of[order[k + 1]]
+    else:
+      leaf_of[i] = len(leaves)
+      leaves.append(list(rows[i]))
+  return leaves, leaf_of
+
+
 def _last_logprobs(compiled: Compiled, rows: list[list[int]], pad_to: int = 64) -> np.ndarray:
-  """log_softmax of the logits at each row's last position, float64 [B, V]."""
-  length = -(-max(len(r) for r in rows) // pad_to) * pad_to
-  ids_BT = np.zeros((len(rows), length), np.int32)
-  mask_BT = np.zeros((len(rows), length), bool)
-  for b, r in enumerate(rows):
+  """log_softmax of the logits at each row's last position, float64 [len(rows), V]: one pass
+  over the prefix tree's leaves, right-padded to a multiple of pad_to, their number to a
+  power of two, so that few shapes are compiled (the model is causal: padding after a row
+  changes nothing in it)."""
+  leaves, leaf_of = prefix_tree(rows)
+  length = -(-max(len(r) for r in leaves) // pad_to) * pad_to
+  batch = 1 << (len(leaves) - 1).bit_length()
+  ids_BT = np.zeros((batch, length), np.int32)
+  mask_BT = np.zeros((batch, length), bool)
+  for b, r in enumerate(leaves):
     ids_BT[b, :len(r)], mask_BT[b, :len(r)] = r, True
   logits_BTV = compiled("__call__", ids_BT, mask_BT)
-  last_B = jnp.asarray([len(r) - 1 for r in rows])
-  logits_BV = jnp.take_along_axis(logits_BTV, last_B[:, None, None], axis=1)[:, 0]
-  return np.asarray(jax.nn.log_softmax(logits_BV.astype(jnp.float32), axis=-1), np.float64)
+  logits_RV = logits_BTV[jnp.asarray(leaf_of), jnp.asarray([len(r) - 1 for r in rows])]
+  return np.asarray(jax.nn.log_softmax(logits_RV.astype(jnp.float32), axis=-1), np.float64)
 
 
 def decoder_token_lm(model, vocab_size: int | None = None):
@@ -51,16 +85,128 @@ def decoder_token_lm(model, vocab_size: int | None = None):
   return token_lm
 
 
-class ByteDecoderLM:
-  """A decoder-only byte LM's next-byte distribution: its 256 byte ids and eos (the end of
-  text), renormalised over those 257."""
+def from_workdir(workdir) -> ByteLM:
+  """A bytelm BPE decoder (python train.py --config configs/bpe_decoder.py) read as bytes: its
+  model and the tokenizer.json in its workdir."""
+  path = pathlib.Path(workdir) / bpe.FILENAME
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: from_workdir needs the workdir of a BPE "
+                            f"recipe (configs/bpe_decoder.py), which keeps its tokenizer there")
+  tokenizer = BPE.from_file(path)
+  model = trainer.load(workdir)
+  return ByteLM(decoder_token_lm(model, len(tokenizer.token_bytes)), tokenizer, EOS_ID)
+
+
+def from_hugging_face(model_dir, tokenizer_file=None, device: str = "cpu",
+                      batch_size: int = 16) -> ByteLM:
+  """A local Hugging Face causal LM directory (and its byte-level BPE tokenizer.json) as a
+  `ByteLM`. Needs PyTorch and transformers (pip install "bytelm[hf]"); nothing else in
+  bytelm does. Every prefix is read after the model's eos token (GPT-2's <|endoftext|>
+  starts documents too); the eos also ends texts. Prefixes sharing a leaf of the prefix tree
+  share one pass; leaves go batch_size at a time.
+  """
+  try:
+    import torch
+    import transformers
+  except ImportError as e:
+    raise ImportError("from_hugging_face needs PyTorch and transformers: "
+                      "pip install 'bytelm[hf]'") from e
+  model_dir = pathlib.Path(model_dir)
+  tokenizer = BPE.from_file(tokenizer_file or model_dir / "tokenizer.json")
+  model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+  eos = model.config.eos_token_id
+  if eos is None:
+    raise ValueError(f"{model_dir}: the model config names no eos_token_id, which bytelm uses "
+                     f"to start and end texts")
+  size = len(tokenizer.token_bytes)
+
+  def token_lm(prefixes):
+    rows = [[eos] + list(p) for p in prefixes]
+    leaves, leaf_of = prefix_tree(rows)
+    out = []
+    with torch.no_grad():
+      for start in range(0, len(leaves), batch_size):
+        chunk = leaves[start:start + batch_size]
+        length = max(len(r) for r in chunk)
+        ids = torch.zeros((len(chunk), length), dtype=torch.long)
+        mask = torch.zeros((len(chunk), length), dtype=torch.long)
+        for b, r in enumerate(chunk):
+          ids[b, :len(r)], mask[b, :len(r)] = torch.tensor(r), 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        out.append(torch.log_softmax(logits[..., :size].double(), -1).cpu().numpy())
+    per_leaf = [row for chunk in out for row in chunk]
+    return np.stack([per_leaf[leaf_of[i]][len(r) - 1] for i, r in enumerate(rows)])
+
+  return ByteLM(token_lm, tokenizer, eos)
+
+
+class _ByteModel:
+  """A bytelm byte model's next-byte distributions: its 256 byte ids and eos (the end of text),
+  renormalised over those 257. One causal pass over a text gives them at every position."""
+
+  def next_byte_logprobs(self, prefix: bytes) -> np.ndarray:
+    return self.next_byte_logprobs_along(prefix)[-1]
+
+  def next_byte_logprobs_along(self, text: bytes) -> np.ndarray:
+    """[len(text) + 1, 257]: row t is log P(next byte | text[:t])."""
+    logits_TV = np.asarray(self._logits(bytes(text)), np.float64)[:len(text) + 1]
+    out = np.concatenate([logits_TV[:, OFFSET:NUM_BYTE_IDS], logits_TV[:, EOS_ID:EOS_ID + 1]], 1)
+    return out - np.logaddexp.reduce(out, axis=1, keepdims=True)
+
+
+class ByteDecoderLM(_ByteModel):
+  """A decoder-only byte LM (`models.decoder.DecoderLM` over bytes) as a byte LM."""
 
   def __init__(self, model):
     self.compiled = Compiled(model)
 
-  def next_byte_logprobs(self, prefix: bytes) -> np.ndarray:
-    ids = [EOS_ID] + ByteTokenizer().encode(prefix, add_eos=False).tolist()
-    logp_V = _last_logprobs(self.compiled, [ids])[0]
-    out = np.empty(257)
-    out[:256], out[END] = logp_V[OFFSET:NUM_BYTE_IDS], logp_V[EOS_ID]
-    return out - np.logaddexp.reduce(out)
+  def _logits(self, text: bytes):
+    ids = [EOS_ID] + ByteTokenizer().encode(text, add_eos=False).tolist()
+    length = -(-len(ids) // 64) * 64
+    ids_1T = np.zeros((1, length), np.int32)
+    ids_1T[0, :len(ids)] = ids
+    mask_1T = np.arange(length)[None] < len(ids)
+    return self.compiled("__call__", ids_1T, mask_1T)[0]
+
+
+class HierarchicalLM(_ByteModel):
+  """A word-pooled or learned-boundary byte LM (`models.hierarchical`) as a byte LM; segmenter:
+  the host segmenter it was trained with (None for learned boundaries). Segments settled by
+  position t only are read there (tested in tests/test_hierarchical.py), so one pass over a
+  text gives each prefix's next-byte distribution."""
+
+  def __init__(self, model, segmenter: segment.Segmenter | None = None):
+    if model.config.segmenter != "learned" and segmenter is None:
+      raise ValueError("a model trained on given segments needs its segmenter")
+    self.model, self.segmenter = model, segmenter
+
+  def _logits(self, text: bytes):
+    cfg, t = self.model.config, len(text)
+    length = -(-(t + 1) // cfg.window) * cfg.window
+    targets = np.zeros((1, length), np.int32)
+    targets[0, :t] = ByteTokenizer().encode(text, add_eos=False)
+    inputs = np.concatenate([[[EOS_ID]], targets[:, :-1]], axis=1)  # a document start
+    if cfg.segmenter == "learned":
+      return self.model(jnp.asarray(inputs), jnp.asarray(targets))[0]
+    starts = self.segmenter(text)
+    ids, _ = segment.segment_ids(t, starts, cfg.max_segments, length)
+    ctx = segment.context_ids(text, starts, cfg.max_segments, length)
+    return self.model(jnp.asarray(inputs), jnp.asarray(targets), jnp.asarray(ids[None]),
+                      jnp.asarray(ctx[None]))[0]
+
+
+def byte_model_from_workdir(workdir) -> _ByteModel:
+  """The byte LM a bytelm workdir holds: a decoder (configs/bytes_decoder.py) or a
+  hierarchical model (configs/hat.py, blt.py, hnet.py)."""
+  workdir = pathlib.Path(workdir)
+  config = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
+  model = trainer.load(workdir)
+  if config["model_family"] == "decoder" and "tokenizer" not in config["data"]:
+    return ByteDecoderLM(model)
+  if config["model_family"] == "hierarchical":
+    segments = config["data"].get("segments")
+    return HierarchicalLM(model, segment.Segmenter.from_settings(segments)
+                          if model.config.segmenter != "learned" else None)
+  raise ValueError(f"{workdir} holds a {config['model_family']!r} model over "
+                   f"{'tokens' if 'tokenizer' in config['data'] else 'bytes'}; a byte LM is "
+                   f"a byte decoder or a hierarchical model (a BPE decoder: from_workdir)")

@@ -5,24 +5,31 @@ A tokenized LM gives probabilities to token sequences; its tokenizer maps each t
 them (the canonical tokenization, `tokenization.BPE`). If the LM puts its mass on canonical
 sequences only, the probability that the text starts with the bytes x is
 
-    P(x...) = sum over cover encodings t of x of P_tok(t...),
+    P(x...) = sum over cover encodings (h, v) of x of P_tok(h, v),
 
-where a cover encoding starts the canonical tokenization of some text that begins with x, and
-its last token, alone, reaches to or past the end of x. The last token starts at one of the
-max_token_bytes positions before the end and begins with the rest of x; the tokens before it
-(`_heads`) are the ones the tokenizer gives that start of x *inside a longer text*. Without a
-pre-tokenization regex that is just the tokenization of that start. With GPT-2's regex it can
-differ: "a  " alone is [a]["  "], but in "a  1" the run leaves its last space to what follows,
-[a][" "][" "]...; so the heads are read off the tokenization of the start followed by each of a
-set of probe continuations (`BPE.probes`). Tests compare every prefix with a brute-force sum
-over all texts, with and without the regex.
+where h + [v] starts the canonical tokenization of some text that begins with x, h spells a
+start of x and the last token v, alone, reaches to or past the end of x. v starts at one of the
+max_token_bytes positions before the end and begins with the rest of x; the heads h are the
+tokens the tokenizer gives that start of x *inside a longer text*. Without a pre-tokenization
+regex that is just the tokenization of that start. With GPT-2's regex it can differ: "a  " alone
+is [a]["  "], but in "a  1" the run leaves its last space to what follows, [a][" "][" "]...; so
+the heads are read off the tokenization of the start and v followed by each of a set of probe
+continuations (`BPE.probes`). Tests compare every prefix with a brute-force sum over all texts,
+with and without the regex.
 
-Then P(b | x) = P(x b...) / P(x...), and the end of text after x is P(enc(x), eot) / P(x...).
-The token LM is asked for at most max_token_bytes + 1 distinct prefixes a byte (cached); the
-tokenizer runs once per candidate token and probe, in Python, which is the slow part.
+Then P(b | x) = P(x b...) / P(x...), computed in one pass: a cover of x whose last token reaches
+past x puts its mass on that token's next byte, and the end of text after x is
+P(enc(x), eot).
 
-token_lm: a callable taking a list of token-id prefixes and returning their next-token
-log-probabilities, float [len(prefixes), V]. Results are cached per prefix.
+Cost. Text before `BPE.stable_prefix` tokenizes the same whatever follows, so only the last piece
+or two are re-tokenized per candidate token, and those results are memoised by their bytes.
+The token LM is asked, per byte of a text read left to right, for the few new heads (one or
+two on average, at most max_token_bytes + 1), in one batch; its rows are cached per prefix.
+
+token_lm: a callable taking a list of token-id prefixes (tuples) and returning their
+next-token log-probabilities, float [len(prefixes), V]. Prefixes of one call often extend one
+another (a head and its own prefixes), so an implementation can serve them from one causal
+pass (`adapters.decoder_token_lm` does).
 """
 
 from __future__ import annotations
@@ -36,25 +43,91 @@ from bytelm.byteprobs.tokenization import BPE
 
 END = 256  # index of the end of text in next_byte_logprobs
 
+TokenLM = Callable[[list[tuple[int, ...]]], np.ndarray]
+
 
 class ByteLM:
-  """next_byte_logprobs / prefix_logprob / logprob of a tokenized LM, over bytes."""
+  """A tokenized LM over bytes: next_byte_logprobs, prefix_logprob, logprob, sample, complete.
 
-  def __init__(self, token_lm: Callable[[list[tuple[int, ...]]], np.ndarray], bpe: BPE,
-               eot_id: int):
+  context: token ids every sequence is conditioned on (e.g. a fill-in-the-middle prompt);
+  probabilities are of what follows them.
+  """
+
+  def __init__(self, token_lm: TokenLM, bpe: BPE, eot_id: int, context: Sequence[int] = (),
+               fim_ids: Sequence[int] | None = None):
+    """fim_ids: (prefix, suffix, middle) sentinel ids of a model trained for fill in the middle
+    in prefix-suffix-middle order, if it was; `complete` needs them for a suffix."""
     self.token_lm, self.bpe, self.eot_id = token_lm, bpe, int(eot_id)
-    self._next: dict[tuple[int, ...], np.ndarray] = {}
-    self._starts_with: dict[bytes, np.ndarray] = {}
-    self.calls = 0  # prefixes sent to token_lm
+    self.context = tuple(int(i) for i in context)
+    self.fim_ids = None if fim_ids is None else tuple(int(i) for i in fim_ids)
+    self.calls = 0  # token prefixes scored by token_lm
+    self.batches = 0  # times token_lm was called
+    self.clear()
 
-  def _token_logprobs(self, prefixes: Sequence[tuple[int, ...]]) -> list[np.ndarray]:
-    todo = [p for p in dict.fromkeys(prefixes) if p not in self._next]
+  def clear(self) -> None:
+    """Forget the cached LM rows and tokenizations (they grow with the text read)."""
+    self._rows: dict[tuple[int, ...], np.ndarray] = {}
+    self._logp: dict[tuple[int, ...], float] = {(): 0.0}
+    self._stable: dict[bytes, tuple[int, tuple[int, ...]]] = {}
+    self._local: dict[tuple[bytes, int], tuple[tuple[int, ...], ...]] = {}
+    self._tails: dict[bytes, frozenset[tuple[int, ...]]] = {}
+    self._starts_with: dict[bytes, np.ndarray] = {}
+
+  # ---- token side -------------------------------------------------------------------------
+
+  def _score(self, heads: Sequence[tuple[int, ...]]) -> None:
+    """Make rows and log-probabilities of heads (and of their own prefixes) available, asking
+    token_lm once for everything not cached."""
+    todo = {}
+    for h in heads:
+      todo[h] = None
+      k = len(h)
+      while h[:k] not in self._logp:  # the log-probability needs every row before it
+        k -= 1
+        todo[h[:k]] = None
+    todo = [p for p in todo if p not in self._rows]
     if todo:
-      out = np.asarray(self.token_lm(todo), np.float64)
+      out = np.asarray(self.token_lm([self.context + p for p in todo]), np.float64)
       self.calls += len(todo)
+      self.batches += 1
       for p, row in zip(todo, out):
-        self._next[p] = row
-    return [self._next[p] for p in prefixes]
+        self._rows[p] = row
+    for h in heads:
+      k = len(h)
+      while h[:k] not in self._logp:
+        k -= 1
+      for i in range(k, len(h)):
+        self._logp[h[:i + 1]] = self._logp[h[:i]] + self._rows[h[:i]][h[i]]
+
+  def _sequence_logprob(self, ids: Sequence[int]) -> float:
+    ids = tuple(int(i) for i in ids)
+    self._score([ids])
+    return self._logp[ids]
+
+  # ---- byte side: cover encodings ------------------------------------------------------------
+
+  def _stable_ids(self, prefix: bytes) -> tuple[int, tuple[int, ...]]:
+    """`BPE.stable_prefix` of prefix, memoised."""
+    if prefix not in self._stable:
+      s, ids = self.bpe.stable_prefix(prefix)
+      self._stable[prefix] = s, tuple(ids)
+    return self._stable[prefix]
+
+  def _tail_tokens(self, w: bytes) -> frozenset[tuple[int, ...]]:
+    if w not in self._tails:
+      self._tails[w] = self.bpe.prefix_tokenizations(w)
+    return self._tails[w]
+
+  def _local_heads(self, u: bytes, v: int) -> tuple[tuple[int, ...], ...]:
+    """The heads h spelling u such that h + [v] starts the tokenization of some text that
+    begins with u + token v (u starts at a stable cut)."""
+    key = (u, v)
+    if key not in self._local:
+      y = u + self.bpe.token_bytes[v]
+      s, before = self.bpe.stable_prefix(y)
+      before = tuple(before)
+      self._local[key] = tuple(before + t[:-1] for t in self._tail_tokens(y[s:]) if t[-1] == v)
+    return self._local[key]
 
   def _tokens_starting_with(self, tail: bytes) -> np.ndarray:
     if tail not in self._starts_with:
@@ -62,84 +135,130 @@ class ByteLM:
           [i for i, t in enumerate(self.bpe.token_bytes) if t.startswith(tail) and t], np.int64)
     return self._starts_with[tail]
 
-  def _sequence_logprob(self, ids: Sequence[int]) -> float:
-    prefixes = [tuple(ids[:i]) for i in range(len(ids))]
-    rows = self._token_logprobs(prefixes)
-    return float(sum(row[t] for row, t in zip(rows, ids)))
-
-  def _heads(self, x: bytes, pos: int, v: int) -> set[tuple[int, ...]]:
-    """The token sequences h spelling x[:pos] such that h + [v] starts the canonical
-    tokenization of some text beginning with x[:pos] + token v (see `_probes`)."""
-    y = x[:pos] + self.bpe.token_bytes[v]
-    heads = set()
-    for r in self.bpe.probes(y):
-      ids, n = [], 0
-      for t in self.bpe.encode(y + r):
-        ids.append(t)
-        n += len(self.bpe.token_bytes[t])
-        if n >= len(y):
-          break
-      if n == len(y) and ids[-1] == v:
-        heads.add(tuple(ids[:-1]))
-    return heads
+  def _covers(self, x: bytes, past_end: bool) -> dict[tuple[int, ...], list[tuple[int, int]]]:
+    """head -> [(v, the byte of v at len(x), or -1)] over cover encodings (h, v) of x whose last
+    token v starts inside x (and at its end, if past_end) and reaches past its end (if
+    past_end) or to or past it."""
+    m = self.bpe.max_token_bytes
+    first = max(0, len(x) + 1 - m) if past_end else max(0, len(x) - m)
+    covers: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+    for pos in range(first, len(x) + 1 if past_end else len(x)):
+      tail = x[pos:]
+      s, base = self._stable_ids(x[:pos])
+      for v in self._tokens_starting_with(tail):
+        token = self.bpe.token_bytes[v]
+        if past_end and len(token) == len(tail):
+          continue
+        nxt = token[len(tail)] if len(token) > len(tail) else -1
+        for h in self._local_heads(x[s:pos], int(v)):
+          covers.setdefault(base + h, []).append((int(v), nxt))
+    return covers
 
   def prefix_logprob(self, x: bytes) -> float:
     """log P(the text starts with x): the sum over its cover encodings."""
     x = bytes(x)
     if not x:
       return 0.0
-    terms = []
-    for pos in range(max(0, len(x) - self.bpe.max_token_bytes), len(x)):
-      for v in self._tokens_starting_with(x[pos:]):
-        for head in self._heads(x, pos, int(v)):
-          terms.append(self._sequence_logprob(head + (int(v),)))
+    covers = self._covers(x, past_end=False)
+    self._score(list(covers))
+    terms = [self._logp[h] + self._rows[h][v] for h, vs in covers.items() for v, _ in vs]
     return _logsumexp(np.asarray(terms)) if terms else -math.inf
 
   def logprob(self, text: bytes) -> float:
     """log P(the text is exactly `text`): its canonical tokenization, then the end of text."""
-    ids = self.bpe.encode(bytes(text))
-    return self._sequence_logprob(ids + [self.eot_id])
+    return self._sequence_logprob(self.bpe.encode(bytes(text)) + [self.eot_id])
 
-  def next_byte_logprobs(self, prefix: bytes) -> np.ndarray:
-    """log P(next byte | prefix) for the 256 bytes, and the end of text at index END (257).
+  def next_byte_logprobs(self, prefix: bytes, normalize: bool = True) -> np.ndarray:
+    """log P(next byte | prefix) for the 256 bytes, and the end of text at index END (257)."""
+    return self.next_byte_logprobs_batch([prefix], normalize)[0]
 
-    One pass over the covers of prefix: a cover whose last token reaches past the prefix puts
-    its mass on the token's next byte; one that ends exactly at the prefix's end puts it on
-    the tokens that start there (and on the end of text). At most max_token_bytes + 1 token
-    prefixes are scored, in one batch.
+  def next_byte_logprobs_batch(self, prefixes: Sequence[bytes],
+                               normalize: bool = True) -> np.ndarray:
+    """next_byte_logprobs of many prefixes, float64 [len(prefixes), 257], with one token_lm
+    call for all their cover encodings (the heads of every prefix in one batch).
+
+    normalize: divide by the mass of the next bytes (a distribution, the default), or by
+    P(prefix...) as the lemma writes it. They differ only by the mass a real model puts on
+    token sequences the tokenizer never makes, which the lemma drops: unnormalised, the
+    chain of next-byte probabilities of a text is exactly the token way's P(canonical tokens,
+    eot); normalised, that leaked mass goes back to the valid continuations.
     """
-    x = bytes(prefix)
-    mass = np.zeros(257)
-    for pos in range(max(0, len(x) + 1 - self.bpe.max_token_bytes), len(x) + 1):
-      tail = x[pos:]
-      for v in self._tokens_starting_with(tail):
-        token = self.bpe.token_bytes[v]
-        if len(token) <= len(tail):
-          continue  # ends inside the prefix: a cover of it, counted at a later position
-        for head in self._heads(x, pos, int(v)):
-          mass[token[len(tail)]] += math.exp(self._sequence_logprob(head + (int(v),)))
-    mass[END] = math.exp(self.logprob(x))
-    total = mass.sum()
-    if total <= 0:
-      raise ValueError(f"the model gives the prefix {x[-20:]!r} no probability")
-    with np.errstate(divide="ignore"):
-      return np.log(mass / total)
+    prefixes = [bytes(x) for x in prefixes]
+    covers = [self._covers(x, past_end=True) for x in prefixes]
+    ends = [tuple(self.bpe.encode(x)) for x in prefixes]
+    self._score([h for c in covers for h in c] + list(ends))
+    out = np.empty((len(prefixes), 257))
+    for row, x, c, end in zip(out, prefixes, covers, ends):
+      # Mass per next byte; log-probabilities are shifted by the largest so long prefixes,
+      # whose probabilities underflow, keep their ratios.
+      logps = [self._logp[end] + self._rows[end][self.eot_id]]
+      nexts = [END]
+      for h, vs in c.items():
+        v_, b_ = np.asarray(vs).T
+        logps.extend(self._logp[h] + self._rows[h][v_])
+        nexts.extend(b_)
+      logps = np.asarray(logps)
+      top = logps.max()
+      if not np.isfinite(top):
+        raise ValueError(f"the model gives the prefix {x[-20:]!r} no probability")
+      mass = np.bincount(np.asarray(nexts), np.exp(logps - top), minlength=257)
+      with np.errstate(divide="ignore"):
+        row[:] = np.log(mass) - (np.log(mass.sum()) if normalize
+                                 else self.prefix_logprob(x) - top)
+    return out
 
-  def sample(self, prefix: bytes, max_bytes: int, seed: int = 0,
-             temperature: float = 1.0) -> bytes:
-    """Bytes sampled one at a time from next_byte_logprobs (softmax of logprobs / temperature)
-    after prefix, until the end of text or max_bytes; reproducible for a seed."""
-    if temperature <= 0:
-      raise ValueError(f"temperature must be > 0, got {temperature}")
-    rng = np.random.default_rng(seed)
+  def next_byte_logprobs_along(self, text: bytes, normalize: bool = True) -> np.ndarray:
+    """[len(text) + 1, 257]: row t is next_byte_logprobs(text[:t]), in one batch."""
+    text = bytes(text)
+    return self.next_byte_logprobs_batch([text[:t] for t in range(len(text) + 1)], normalize)
+
+  # ---- generation ---------------------------------------------------------------------------
+
+  def sample(self, prefix: bytes, max_bytes: int, key=0, temperature: float = 1.0,
+             stop: bytes | None = None) -> bytes:
+    """Bytes drawn one at a time from next_byte_logprobs after prefix (softmax of logprobs /
+    temperature; temperature 0 takes the most likely byte) until the end of text, `stop`, or
+    max_bytes. key: an int seed or a JAX PRNG key; the same key gives the same bytes."""
+    if temperature < 0:
+      raise ValueError(f"temperature must be >= 0, got {temperature}")
+    rng = np.random.default_rng(_seed(key))
     out = b""
     for _ in range(max_bytes):
-      logp = self.next_byte_logprobs(bytes(prefix) + out) / temperature
-      p = np.exp(logp - logp.max())
-      b = int(rng.choice(257, p=p / p.sum()))
+      logp = self.next_byte_logprobs(bytes(prefix) + out)
+      if temperature == 0:
+        b = int(np.argmax(logp))
+      else:
+        z = logp / temperature
+        p = np.exp(z - z.max())
+        b = int(rng.choice(257, p=p / p.sum()))
       if b == END:
         break
       out += bytes([b])
+      if stop and out.endswith(stop):
+        break
+    return out
+
+  def complete(self, prefix: bytes, suffix: bytes | None = None, max_bytes: int = 64, key=0,
+               temperature: float = 0.0, stop: bytes | None = None) -> bytes:
+    """The bytes that follow prefix, which may end anywhere, inside a token or a UTF-8
+    character (no token healing needed: the distribution is exact).
+
+    With a suffix, fill in the middle: the model must have been trained with FIM sentinels
+    (`fim_ids`, prefix-suffix-middle order). The prompt is [PRE] prefix [SUF] suffix [MID],
+    prefix and suffix tokenized each on its own as in FIM training, and the middle is read
+    byte by byte up to the end-of-text token (eot_id), which ends the middle.
+    """
+    if suffix is None:
+      return self.sample(prefix, max_bytes, key=key, temperature=temperature, stop=stop)
+    if self.fim_ids is None:
+      raise ValueError("fill in the middle needs a model trained with FIM sentinels; pass "
+                       "fim_ids=(prefix_id, suffix_id, middle_id) to ByteLM")
+    pre, suf, mid = self.fim_ids
+    context = (self.context + (pre,) + tuple(self.bpe.encode(bytes(prefix))) + (suf,)
+               + tuple(self.bpe.encode(bytes(suffix))) + (mid,))
+    middle = ByteLM(self.token_lm, self.bpe, self.eot_id, context=context)
+    out = middle.sample(b"", max_bytes, key=key, temperature=temperature, stop=stop)
+    self.calls, self.batches = self.calls + middle.calls, self.batches + middle.batches
     return out
 
   def bits_per_byte(self, texts: Sequence[bytes]) -> float:
@@ -147,6 +266,17 @@ class ByteLM:
     byte models count the eos they predict)."""
     bits = -sum(self.logprob(t) for t in texts) / math.log(2)
     return bits / sum(len(t) + 1 for t in texts)
+
+
+def _seed(key) -> int:
+  """An int seed from an int or a JAX PRNG key."""
+  if isinstance(key, (int, np.integer)):
+    return int(key)
+  import jax  # only for keys
+
+  data = np.asarray(jax.random.key_data(key) if jax.dtypes.issubdtype(
+      getattr(key, "dtype", None), jax.dtypes.prng_key) else key).ravel()
+  return int.from_bytes(data.astype(np.uint32).tobytes(), "little")
 
 
 def _logsumexp(a: np.ndarray) -> float:

@@ -15,11 +15,20 @@ import numpy as np
 END = 256  # the end of text, after the 256 bytes
 
 
-def chain_logprob(lm, text: bytes) -> float:
-  """log P(text, then its end) from next-byte distributions, one byte at a time."""
+def along(lm, text: bytes, **kwargs) -> np.ndarray:
+  """[len(text) + 1, 257]: row t is lm's log P(next byte | text[:t]); from the model's
+  `next_byte_logprobs_along` (one pass or one batch) where it has one."""
   text = bytes(text)
-  total = sum(float(lm.next_byte_logprobs(text[:t])[text[t]]) for t in range(len(text)))
-  return total + float(lm.next_byte_logprobs(text)[END])
+  if hasattr(lm, "next_byte_logprobs_along"):
+    return lm.next_byte_logprobs_along(text, **kwargs)
+  return np.stack([lm.next_byte_logprobs(text[:t], **kwargs) for t in range(len(text) + 1)])
+
+
+def chain_logprob(lm, text: bytes, **kwargs) -> float:
+  """log P(text, then its end) from next-byte distributions, one byte at a time (kwargs go to
+  the lm's next_byte_logprobs)."""
+  steps = along(lm, text, **kwargs)
+  return float(steps[np.arange(len(text) + 1), list(bytes(text)) + [END]].sum())
 
 
 class Ensemble:
@@ -32,15 +41,20 @@ class Ensemble:
     if weights.shape != (len(members),) or np.any(weights < 0) or weights.sum() <= 0:
       raise ValueError(f"need one non-negative weight per member ({len(members)}), not all "
                        f"zero; got {weights.tolist()}")
-    self.members, self.log_weights = list(members), np.log(weights / weights.sum())
+    self.members, self.weights = list(members), weights / weights.sum()
 
   def next_byte_logprobs(self, prefix: bytes) -> np.ndarray:
-    logp_M257 = np.stack([m.next_byte_logprobs(prefix) for m in self.members])
-    z_M257 = self.log_weights[:, None] + logp_M257
-    top_257 = np.max(z_M257, axis=0)
-    safe_257 = np.where(np.isfinite(top_257), top_257, 0.0)
+    return self.mix([m.next_byte_logprobs(prefix) for m in self.members])
+
+  def next_byte_logprobs_along(self, text: bytes) -> np.ndarray:
+    return self.mix([along(m, text) for m in self.members])
+
+  def mix(self, member_logprobs: Sequence[np.ndarray]) -> np.ndarray:
+    """log sum_m w_m exp(member_logprobs[m]), elementwise: the mixture of the members'
+    next-byte log-probabilities (any shape ending in 257)."""
     with np.errstate(divide="ignore"):
-      return safe_257 + np.log(np.exp(z_M257 - safe_257).sum(axis=0))
+      z_M = np.log(self.weights).reshape((-1,) + (1,) * np.ndim(member_logprobs[0]))
+    return np.logaddexp.reduce(z_M + np.stack(member_logprobs), axis=0)
 
   def logprob(self, text: bytes) -> float:
     return chain_logprob(self, text)
