@@ -122,23 +122,6 @@ def step_timer(c, workdir, steps_per_call: int = 1):
 # ---- held-out bits ------------------------------------------------------------------------------
 
 
-def held_out_pieces(spec: str, piece_bytes: int, total_bytes: int) -> list[str]:
-  """The validation documents in order, cut into pieces of at most piece_bytes (at character
-  boundaries), until total_bytes."""
-  pieces, size = [], 0
-  for doc in sources.load_text(spec, "validation")["text"]:
-    data = doc.encode("utf-8")
-    if not data:
-      continue
-    starts = segment.split_long(data, [0], piece_bytes)  # cuts between characters
-    for start, end in zip(starts, starts[1:] + [len(data)]):
-      pieces.append(data[start:end].decode("utf-8"))
-      size += end - start
-      if size >= total_bytes:
-        return pieces
-  return pieces
-
-
 def _rows(pieces_ids: list[np.ndarray], length: int) -> dict[str, np.ndarray]:
   """causal_lm rows: each piece predicted from an eos (a document start)."""
   inputs = np.zeros((len(pieces_ids), length), np.int32)
@@ -294,7 +277,7 @@ def main() -> None:
           f"{runs[n]['val_bpb']:.3f}", flush=True)
 
   # 3. held-out bits, clean and perturbed
-  pieces = held_out_pieces("embedded:en", args.piece_bytes, args.eval_bytes)
+  pieces = sources.held_out_pieces("embedded:en", args.piece_bytes, args.eval_bytes)
   variants = {"clean": pieces}
   for kind, rate in NOISES:
     # Extra spaces can push a piece past a byte row (256): cut back, the same for everyone.
@@ -317,7 +300,7 @@ def main() -> None:
   # 4. bytes per segment per language; generation speed
   per_language = {}
   for lang, spec in LANGUAGES.items():
-    texts = held_out_pieces(spec, args.piece_bytes, args.language_bytes)
+    texts = sources.held_out_pieces(spec, args.piece_bytes, args.language_bytes)
     for n in names:
       per_language[n, lang] = scorers[n].bytes_per_segment(texts)
   print("\nMean bytes per backbone position (segment; BPE: token) on held-out text:\n")

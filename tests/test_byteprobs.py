@@ -14,7 +14,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from bytelm.byteprobs import adapters
 from bytelm.byteprobs.byte_lm import END, ByteLM
-from bytelm.byteprobs.ensemble import chain_logprob, ensemble
+from bytelm.byteprobs.mixture import chain_logprob, ensemble
 from bytelm.byteprobs.tokenization import BPE
 from bytelm.data import bpe
 from bytelm.models import decoder
@@ -465,3 +465,11 @@ def test_a_hugging_face_causal_lm_reads_as_bytes(tmp_path):
   token_way = sum(logp[i, ids[i + 1]] for i in range(len(ids) - 1))
   assert abs(lm.logprob(text) - token_way) < 1e-6
   assert abs(chain_logprob(lm, text, normalize=False) - token_way) < 1e-6
+
+
+def test_the_package_exposes_ensemble_as_a_function(tiny):
+  import bytelm.byteprobs as byteprobs
+  lm, _ = tiny
+  mix = byteprobs.ensemble([lm, lm], [1.0, 3.0])
+  np.testing.assert_allclose(mix.next_byte_logprobs(b"ab"), lm.next_byte_logprobs(b"ab"),
+                             atol=1e-12)  # a mixture of one model with itself is that model

@@ -1,10 +1,19 @@
-"""Exact byte-level probabilities from tokenized LMs (Phan et al., 2024). Work in progress
-(issue 7): completion / fill-in-the-middle, batched evaluation and eval/byteprobs.py are next.
+"""Exact byte-level probabilities from tokenized LMs (Phan et al., 2024).
 
 - `tokenization.BPE`: the canonical tokenization of any bytes by a byte-level BPE read from a
-  Hugging Face tokenizer.json, and the validity of token sequences;
-- `byte_lm.ByteLM`: a tokenized LM as a byte LM: prefix, next-byte and whole-text probabilities
-  by cover encodings, byte-by-byte sampling;
-- `ensemble.ensemble`: mixtures of byte LMs' next-byte distributions;
-- `adapters`: bytelm's own models behind these interfaces.
+  Hugging Face tokenizer.json (GPT-2's pre-tokenization regex or none), and which token
+  sequences start the tokenization of some text (what makes an encoding valid);
+- `byte_lm.ByteLM`: a tokenized LM as a byte LM: prefix, next-byte and whole-text
+  probabilities by cover encodings, batched; byte-by-byte sampling, completion of prompts that
+  end mid-token, fill in the middle;
+- `mixture.ensemble` (also `bytelm.byteprobs.ensemble`): mixtures of byte LMs' next-byte distributions, whatever their
+  vocabularies;
+- `adapters`: bytelm's BPE and byte models, and local Hugging Face causal LMs, behind these
+  interfaces.
 """
+
+from bytelm.byteprobs.byte_lm import END, ByteLM
+from bytelm.byteprobs.mixture import Ensemble, ensemble
+from bytelm.byteprobs.tokenization import BPE
+
+__all__ = ["BPE", "END", "ByteLM", "Ensemble", "ensemble"]

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bytelm.byteprobs.byte_lm import END, ByteLM
+from bytelm.byteprobs.byte_lm import ByteLM
 from bytelm.byteprobs.tokenization import BPE
 from bytelm.data import bpe
 from bytelm.models import segment

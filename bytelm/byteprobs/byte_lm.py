@@ -71,7 +71,6 @@ class ByteLM:
     self._stable: dict[bytes, tuple[int, tuple[int, ...]]] = {}
     self._local: dict[tuple[bytes, int], tuple[tuple[int, ...], ...]] = {}
     self._tails: dict[bytes, frozenset[tuple[int, ...]]] = {}
-    self._starts_with: dict[bytes, np.ndarray] = {}
 
   # ---- token side -------------------------------------------------------------------------
 
@@ -99,10 +98,17 @@ class ByteLM:
       for i in range(k, len(h)):
         self._logp[h[:i + 1]] = self._logp[h[:i]] + self._rows[h[:i]][h[i]]
 
-  def _sequence_logprob(self, ids: Sequence[int]) -> float:
+  def sequence_logprob(self, ids: Sequence[int]) -> float:
+    """log P(the token sequence ids | context), from cached LM rows."""
     ids = tuple(int(i) for i in ids)
     self._score([ids])
     return self._logp[ids]
+
+  def next_token_logprobs(self, ids: Sequence[int]) -> np.ndarray:
+    """log P(next token | context + ids), float64 [V], cached."""
+    ids = tuple(int(i) for i in ids)
+    self._score([ids])
+    return self._rows[ids]
 
   # ---- byte side: cover encodings ------------------------------------------------------------
 
@@ -129,12 +135,6 @@ class ByteLM:
       self._local[key] = tuple(before + t[:-1] for t in self._tail_tokens(y[s:]) if t[-1] == v)
     return self._local[key]
 
-  def _tokens_starting_with(self, tail: bytes) -> np.ndarray:
-    if tail not in self._starts_with:
-      self._starts_with[tail] = np.asarray(
-          [i for i, t in enumerate(self.bpe.token_bytes) if t.startswith(tail) and t], np.int64)
-    return self._starts_with[tail]
-
   def _covers(self, x: bytes, past_end: bool) -> dict[tuple[int, ...], list[tuple[int, int]]]:
     """head -> [(v, the byte of v at len(x), or -1)] over cover encodings (h, v) of x whose last
     token v starts inside x (and at its end, if past_end) and reaches past its end (if
@@ -145,7 +145,7 @@ class ByteLM:
     for pos in range(first, len(x) + 1 if past_end else len(x)):
       tail = x[pos:]
       s, base = self._stable_ids(x[:pos])
-      for v in self._tokens_starting_with(tail):
+      for v in self.bpe.tokens_starting_with(tail):
         token = self.bpe.token_bytes[v]
         if past_end and len(token) == len(tail):
           continue
@@ -166,7 +166,7 @@ class ByteLM:
 
   def logprob(self, text: bytes) -> float:
     """log P(the text is exactly `text`): its canonical tokenization, then the end of text."""
-    return self._sequence_logprob(self.bpe.encode(bytes(text)) + [self.eot_id])
+    return self.sequence_logprob(self.bpe.encode(bytes(text)) + [self.eot_id])
 
   def next_byte_logprobs(self, prefix: bytes, normalize: bool = True) -> np.ndarray:
     """log P(next byte | prefix) for the 256 bytes, and the end of text at index END (257)."""

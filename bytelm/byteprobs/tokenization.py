@@ -32,6 +32,7 @@ import pathlib
 import unicodedata
 from collections.abc import Sequence
 
+import numpy as np
 import regex
 
 from bytelm.data.bpe import byte_chars
@@ -64,6 +65,7 @@ class BPE:
     self.max_token_bytes = max(len(t) for t in self.vocab)
     # Pieces recur (words, spaces); their merges are memoised per tokenizer.
     self._merge = functools.lru_cache(maxsize=1 << 16)(self._merge_piece)
+    self._starting_with: dict[bytes, np.ndarray] = {}
 
   @classmethod
   def from_json(cls, text: str) -> "BPE":
@@ -191,6 +193,13 @@ class BPE:
     """The canonical token ids of data (any bytes)."""
     return [self.vocab[token] for piece in self.pieces(bytes(data))
             for token in self._merge(piece)]
+
+  def tokens_starting_with(self, prefix: bytes) -> np.ndarray:
+    """The ids of the (non-special) tokens whose bytes start with prefix, memoised."""
+    if prefix not in self._starting_with:
+      self._starting_with[prefix] = np.asarray(
+          [i for i, t in enumerate(self.token_bytes) if t and t.startswith(prefix)], np.int64)
+    return self._starting_with[prefix]
 
   def decode(self, ids: Sequence[int]) -> bytes:
     return b"".join(self.token_bytes[int(i)] for i in ids)

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import datasets
 
+from bytelm.models.segment import split_long
+
 # The embedded corpus lives beside this file. Tests point it elsewhere by monkeypatching this
 # module attribute; every function below reads it at call time through `corpus_dir()`.
 CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
@@ -65,6 +67,23 @@ def load_text(spec: str, split: str = "train") -> datasets.Dataset:
     raise ValueError(f"unknown text spec scheme {scheme!r} in {spec!r}; use one of "
                      + ", ".join(f"'{s}:'" for s in SCHEMES) + " or a plain path/glob")
   return _to_dataset(texts, f"{where} (split {split!r})")
+
+
+def held_out_pieces(spec: str, piece_bytes: int, total_bytes: int) -> list[str]:
+  """The validation documents in order, cut into pieces of at most piece_bytes (at character
+  boundaries), until total_bytes."""
+  pieces, size = [], 0
+  for doc in load_text(spec, "validation")["text"]:
+    data = doc.encode("utf-8")
+    if not data:
+      continue
+    starts = split_long(data, [0], piece_bytes)  # cuts between characters
+    for start, end in zip(starts, starts[1:] + [len(data)]):
+      pieces.append(data[start:end].decode("utf-8"))
+      size += end - start
+      if size >= total_bytes:
+        return pieces
+  return pieces
 
 
 def embedded_names() -> dict[str, list[str]]:

@@ -31,6 +31,15 @@ def chain_logprob(lm, text: bytes, **kwargs) -> float:
   return float(steps[np.arange(len(text) + 1), list(bytes(text)) + [END]].sum())
 
 
+def mix(member_logprobs: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+  """log sum_m w_m exp(member_logprobs[m]), elementwise: a mixture of next-byte
+  log-probabilities (arrays of one shape, e.g. [257] or [T, 257]; weights summing to 1)."""
+  with np.errstate(divide="ignore"):
+    z_M = np.log(np.asarray(weights, np.float64)).reshape(
+        (-1,) + (1,) * np.ndim(member_logprobs[0]))
+  return np.logaddexp.reduce(z_M + np.stack(member_logprobs), axis=0)
+
+
 class Ensemble:
   """A mixture of byte LMs: P(b | x) = sum_m w_m P_m(b | x), weights normalised to sum to 1."""
 
@@ -44,17 +53,10 @@ class Ensemble:
     self.members, self.weights = list(members), weights / weights.sum()
 
   def next_byte_logprobs(self, prefix: bytes) -> np.ndarray:
-    return self.mix([m.next_byte_logprobs(prefix) for m in self.members])
+    return mix([m.next_byte_logprobs(prefix) for m in self.members], self.weights)
 
   def next_byte_logprobs_along(self, text: bytes) -> np.ndarray:
-    return self.mix([along(m, text) for m in self.members])
-
-  def mix(self, member_logprobs: Sequence[np.ndarray]) -> np.ndarray:
-    """log sum_m w_m exp(member_logprobs[m]), elementwise: the mixture of the members'
-    next-byte log-probabilities (any shape ending in 257)."""
-    with np.errstate(divide="ignore"):
-      z_M = np.log(self.weights).reshape((-1,) + (1,) * np.ndim(member_logprobs[0]))
-    return np.logaddexp.reduce(z_M + np.stack(member_logprobs), axis=0)
+    return mix([along(m, text) for m in self.members], self.weights)
 
   def logprob(self, text: bytes) -> float:
     return chain_logprob(self, text)

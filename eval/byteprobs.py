@@ -1,0 +1,307 @@
+"""A BPE decoder read exactly as bytes (bytelm.byteprobs): prompts cut mid-token, whole-text
+agreement with the token way, an ensemble with a byte model, and the cost.
+
+  python eval/byteprobs.py [--prompts 300] [--texts 24] [--bpe-workdir DIR] [--byte-workdir DIR]
+
+Models: the BPE decoder of configs/bpe_decoder.py (2048 tokens; by default the run
+eval/hierarchical.py trained, 1,481 steps; trained here with --bpe-steps if missing) and the
+word-pooled byte model of configs/hat.py trained here for --byte-steps (4,400 steps x 16 x 256
+bytes: the ~18M bytes the BPE decoder's 1,481 x 16 x 256 tokens of ~3 bytes spell). Held-out
+text: pieces of the validation split of embedded:en, each read from a document start.
+1. Prompts: held-out pieces cut at a random byte (at least 8 in, at least --continuation
+   before the end); a cut is mid-token when it falls inside a token of the piece's
+   tokenization. For each prompt, the most likely next byte and the bits of the next
+   --continuation bytes, three ways:
+   - exact: `ByteLM` (the next byte's distribution; the continuation's P(x c...) / P(x...));
+   - naive: the prompt's own tokenization, then the model's next-token distribution summed
+     by first byte; the continuation's own tokenization scored after the prompt's;
+   - token healing: the prompt's last token removed and the next token constrained to start
+     with its bytes (renormalised); a token equal to them is followed by the naive
+     distribution. The continuation: the tokenization of the removed bytes + continuation,
+     first token constrained the same way.
+2. Whole texts (--texts pieces of --text-bytes): bits per byte of the BPE decoder the token
+   way (canonical tokens, then eos) and the byte way (the chain of next-byte probabilities:
+   the lemma's ratios, which must equal the token way, and the normalised distributions,
+   which return the mass the model puts on token sequences the tokenizer never makes).
+3. Ensemble: the mixture of the converted BPE decoder and the byte model, its weight chosen
+   on the first half of the texts, bits per byte on the second half against each member.
+4. Cost: texts read byte by byte from a cold cache (what sampling costs): token prefixes the
+   LM scores per byte, LM calls per byte, ms per byte.
+Writes eval/results/byteprobs.{json,png}. Last line: acc_exact acc_naive acc_healing (next-byte
+accuracy on mid-token prompts), bpb_ensemble, bpb_best_member, calls_per_byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import pathlib
+import platform
+import sys
+import time
+
+import jax
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bytelm.byteprobs import adapters  # noqa: E402
+from bytelm.byteprobs.byte_lm import END, ByteLM  # noqa: E402
+from bytelm.byteprobs.mixture import along, mix  # noqa: E402
+from bytelm.data import sources  # noqa: E402
+from bytelm.training import config_file, train_and_evaluate  # noqa: E402
+
+LN2 = math.log(2)
+
+
+def trained(recipe: str, workdir: pathlib.Path, steps: int) -> pathlib.Path:
+  """workdir, trained with configs/<recipe>.py for `steps` steps unless it holds a finished
+  run."""
+  if not (workdir / "eval_summary.json").exists():
+    c = config_file.load(ROOT / "configs" / f"{recipe}.py")
+    c.train.steps = steps
+    print(f"training {recipe} for {steps} steps in {workdir}", flush=True)
+    train_and_evaluate(c, workdir)
+  return workdir
+
+
+# ---- the two token-level baselines ----------------------------------------------------------
+
+
+class TokenWays:
+  """Naive prompting and token healing with the ByteLM's own token model and caches."""
+
+  def __init__(self, lm: ByteLM):
+    self.lm, self.bpe = lm, lm.bpe
+    first = np.full(len(self.bpe.token_bytes), END)  # a special token (eos) ends the text
+    for i, t in enumerate(self.bpe.token_bytes):
+      if t:
+        first[i] = t[0]
+    self.first_byte = first
+
+  def naive_next(self, x: bytes) -> np.ndarray:
+    """P(next byte) from the prompt's own tokens: next-token probabilities by first byte."""
+    p = np.exp(self.lm.next_token_logprobs(self.bpe.encode(x)))
+    return np.bincount(self.first_byte, p, minlength=257)
+
+  def healing_next(self, x: bytes) -> np.ndarray:
+    ids = self.bpe.encode(x)
+    removed = self.bpe.token_bytes[ids[-1]]
+    p = np.exp(self.lm.next_token_logprobs(ids[:-1]))
+    out = np.zeros(257)
+    for v in self.bpe.tokens_starting_with(removed):
+      t = self.bpe.token_bytes[v]
+      if len(t) > len(removed):
+        out[t[len(removed)]] += p[v]
+    exact = self.bpe.vocab[removed]  # the removed token again: then the naive distribution
+    out += p[exact] * self.naive_next(x)
+    return out / out.sum()
+
+  def naive_bits(self, x: bytes, cont: bytes) -> float:
+    ids, more = self.bpe.encode(x), self.bpe.encode(cont)
+    return -(self.lm.sequence_logprob(ids + more) - self.lm.sequence_logprob(ids)) / LN2
+
+  def healing_bits(self, x: bytes, cont: bytes) -> tuple[float, bool]:
+    """(bits, whether the constraint allowed the continuation's first token)."""
+    ids = self.bpe.encode(x)
+    removed = self.bpe.token_bytes[ids[-1]]
+    more = self.bpe.encode(removed + cont)
+    logp = self.lm.sequence_logprob(ids[:-1] + more) - self.lm.sequence_logprob(ids[:-1])
+    allowed = self.bpe.token_bytes[more[0]].startswith(removed)
+    if allowed:
+      row = self.lm.next_token_logprobs(ids[:-1])
+      logp -= np.logaddexp.reduce(row[self.bpe.tokens_starting_with(removed)])
+    return -logp / LN2, allowed
+
+
+def mid_token(bpe, text: bytes, cut: int) -> bool:
+  ends = np.cumsum([len(bpe.token_bytes[i]) for i in bpe.encode(text)])
+  return cut not in set(ends.tolist())
+
+
+# ---- main -----------------------------------------------------------------------------------
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--bpe-workdir", default="workdirs/eval_hierarchical/bpe_decoder")
+  p.add_argument("--bpe-steps", type=int, default=1481)
+  p.add_argument("--byte-workdir", default="workdirs/eval_byteprobs/hat")
+  p.add_argument("--byte-steps", type=int, default=4400)
+  p.add_argument("--prompts", type=int, default=300)
+  p.add_argument("--continuation", type=int, default=16)
+  p.add_argument("--texts", type=int, default=24)
+  p.add_argument("--text-bytes", type=int, default=128)
+  p.add_argument("--cost-texts", type=int, default=4)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default=str(ROOT / "eval" / "results" / "byteprobs"))
+  args = p.parse_args()
+  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"jax {jax.__version__} on {jax.default_backend()}; {datetime.date.today()}")
+  lm = adapters.from_workdir(trained("bpe_decoder", pathlib.Path(args.bpe_workdir),
+                                     args.bpe_steps))
+  byte_model = adapters.byte_model_from_workdir(
+      trained("hat", pathlib.Path(args.byte_workdir), args.byte_steps))
+  ways = TokenWays(lm)
+  rng = np.random.default_rng(args.seed)
+  pieces = [t.encode() for t in sources.held_out_pieces(
+      "embedded:en", args.text_bytes, args.text_bytes * (args.texts + args.prompts) * 4)]
+  pieces = [t for t in pieces if len(t) >= 8 + args.continuation + 1]
+  texts, prompt_pieces = pieces[:args.texts], pieces[args.texts:]
+  if len(prompt_pieces) < args.prompts:
+    raise SystemExit(f"only {len(prompt_pieces)} held-out pieces for {args.prompts} prompts")
+  results = {"machine": platform.processor() or platform.machine(),
+             "date": str(datetime.date.today()), "args": vars(args),
+             "max_token_bytes": lm.bpe.max_token_bytes}
+
+  # 1. prompts cut at random bytes
+  rows = []
+  t0 = time.perf_counter()
+  for n, text in enumerate(rng.choice(len(prompt_pieces), args.prompts, replace=False)):
+    text = prompt_pieces[text]
+    cut = int(rng.integers(8, len(text) - args.continuation + 1))
+    x, nxt, cont = text[:cut], text[cut], text[cut:cut + args.continuation]
+    lm.clear()
+    exact = lm.next_byte_logprobs(x)
+    heal_bits, allowed = ways.healing_bits(x, cont)
+    rows.append({
+        "mid_token": mid_token(lm.bpe, text, cut),
+        "exact": int(np.argmax(exact)) == nxt,
+        "naive": int(np.argmax(ways.naive_next(x))) == nxt,
+        "healing": int(np.argmax(ways.healing_next(x))) == nxt,
+        "bits_exact": -(lm.prefix_logprob(x + cont) - lm.prefix_logprob(x)) / LN2,
+        "bits_naive": ways.naive_bits(x, cont), "bits_healing": heal_bits,
+        "healing_allowed": allowed})
+    if (n + 1) % 50 == 0:
+      print(f"  prompts {n + 1}/{args.prompts} ({time.perf_counter() - t0:.0f} s)", flush=True)
+  prompts = {}
+  for subset, keep in (("mid_token", True), ("boundary", False)):
+    sel = [r for r in rows if r["mid_token"] == keep]
+    prompts[subset] = {"count": len(sel)} | {
+        f"acc_{k}": float(np.mean([r[k] for r in sel])) if sel else float("nan")
+        for k in ("exact", "naive", "healing")} | {
+        f"bpb_{k}": float(np.sum([r[f"bits_{k}"] for r in sel]) / (len(sel) * args.continuation))
+        if sel else float("nan") for k in ("exact", "naive", "healing")}
+    prompts[subset]["healing_disallowed"] = sum(not r["healing_allowed"] for r in sel)
+  results["prompts"] = prompts
+  print(f"\nprompts cut at random bytes ({len(rows)}, {prompts['mid_token']['count']} mid-token)")
+  print(f"{'cut':10s} {'n':>4s} | next-byte accuracy: exact / naive / healing | "
+        f"bpb of the next {args.continuation} bytes: exact / naive / healing")
+  for subset, r in prompts.items():
+    print(f"{subset:10s} {r['count']:4d} | {r['acc_exact']:.3f} / {r['acc_naive']:.3f} / "
+          f"{r['acc_healing']:.3f} | {r['bpb_exact']:.3f} / {r['bpb_naive']:.3f} / "
+          f"{r['bpb_healing']:.3f}")
+
+  # 2. whole texts, token way and byte way; 3. the ensemble
+  n_bytes = [len(t) + 1 for t in texts]  # the end counted as a byte
+  token_bits, lemma_bits, bpe_steps, byte_steps = [], [], [], []
+  for text in texts:
+    lm.clear()
+    token_bits.append(-lm.logprob(text) / LN2)
+    targets = list(text) + [END]
+    lemma = along(lm, text, normalize=False)
+    lemma_bits.append(-lemma[np.arange(len(text) + 1), targets].sum() / LN2)
+    bpe_steps.append(along(lm, text)[np.arange(len(text) + 1), targets])
+    byte_steps.append(along(byte_model, text)[np.arange(len(text) + 1), targets])
+  whole = {"bpb_token_way": sum(token_bits) / sum(n_bytes),
+           "bpb_byte_way_lemma": sum(lemma_bits) / sum(n_bytes),
+           "bpb_byte_way_normalised": -sum(map(np.sum, bpe_steps)) / LN2 / sum(n_bytes),
+           "max_text_bits_difference": float(np.max(np.abs(np.subtract(token_bits,
+                                                                       lemma_bits))))}
+  results["whole_texts"] = whole
+  print(f"\nwhole texts ({len(texts)}, {sum(n_bytes)} bytes): BPE decoder bits per byte the token "
+        f"way {whole['bpb_token_way']:.5f}, the byte way {whole['bpb_byte_way_lemma']:.5f} "
+        f"(largest difference on a text {whole['max_text_bits_difference']:.2e} bits), "
+        f"normalised {whole['bpb_byte_way_normalised']:.5f}")
+
+  half = len(texts) // 2
+
+  def bpb(w: float, sel: slice) -> float:
+    logp = [mix([a, b], [w, 1 - w]) for a, b in zip(bpe_steps[sel], byte_steps[sel])]
+    return -sum(map(np.sum, logp)) / LN2 / sum(n_bytes[sel])
+
+  grid = np.round(np.arange(0.05, 1.0, 0.05), 2)
+  tune = [bpb(w, slice(0, half)) for w in grid]
+  w = float(grid[int(np.argmin(tune))])
+  test = slice(half, None)
+  test_bytes = sum(n_bytes[test])
+  members = {"bpe_byte_way": -sum(map(np.sum, bpe_steps[test])) / LN2 / test_bytes,
+             "bpe_token_way": sum(token_bits[test]) / test_bytes,
+             "hat": -sum(map(np.sum, byte_steps[test])) / LN2 / test_bytes}
+  ens = {"weight_bpe": w, "bpb_ensemble": bpb(w, test), "bpb_equal_weights": bpb(0.5, test),
+         "members": members, "bpb_best_member": min(members.values()),
+         "tune_curve": dict(zip(grid.tolist(), tune))}
+  results["ensemble"] = ens
+  print(f"\nensemble (weight {w} on the BPE decoder, chosen on {half} texts; {test_bytes} "
+        f"bytes of the other {len(texts) - half}): {ens['bpb_ensemble']:.4f} bits per byte; "
+        f"equal weights {ens['bpb_equal_weights']:.4f}; members: " +
+        ", ".join(f"{k} {v:.4f}" for k, v in members.items()))
+
+  # 4. cost of reading byte by byte
+  calls = batches = nbytes = 0
+  t0 = time.perf_counter()
+  for text in texts[:args.cost_texts]:
+    lm.clear()
+    lm.calls = lm.batches = 0
+    for t in range(len(text) + 1):
+      lm.next_byte_logprobs(text[:t])
+    calls, batches, nbytes = calls + lm.calls, batches + lm.batches, nbytes + len(text) + 1
+  ms = (time.perf_counter() - t0) * 1000 / nbytes
+  cost = {"prefixes_per_byte": calls / nbytes, "lm_calls_per_byte": batches / nbytes,
+          "ms_per_byte": ms, "bound": lm.bpe.max_token_bytes}
+  results["cost"] = cost
+  print(f"\ncost, byte by byte from a cold cache ({nbytes} bytes): {cost['prefixes_per_byte']:.2f} "
+        f"token prefixes scored and {cost['lm_calls_per_byte']:.2f} batched LM calls per byte "
+        f"(bound: max token length {lm.bpe.max_token_bytes}), {ms:.1f} ms per byte")
+
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps(results, indent=1), encoding="utf-8")
+  tmp.replace(out.with_suffix(".json"))
+  plot(results, out.with_suffix(".png"))
+  mid = prompts["mid_token"]
+  print(f"acc_exact={mid['acc_exact']:.4f} acc_naive={mid['acc_naive']:.4f} "
+        f"acc_healing={mid['acc_healing']:.4f} bpb_ensemble={ens['bpb_ensemble']:.4f} "
+        f"bpb_best_member={ens['bpb_best_member']:.4f} "
+        f"calls_per_byte={cost['prefixes_per_byte']:.4f}")
+
+
+def plot(results, path: pathlib.Path) -> None:
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    print("(no matplotlib: pip install 'bytelm[eval]' for the plot)")
+    return
+  fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+  ways = ("exact", "naive", "healing")
+  for k, subset in enumerate(("mid_token", "boundary")):
+    r = results["prompts"][subset]
+    a.bar(np.arange(3) + 0.38 * k, [r[f"acc_{w}"] for w in ways], 0.36,
+          label=f"{subset.replace('_', '-')} cuts ({r['count']})")
+  a.set_xticks(np.arange(3) + 0.19, ways)
+  a.set_ylabel("next-byte accuracy")
+  a.set_title("prompts cut at random bytes")
+  a.legend()
+  ens = results["ensemble"]
+  curve = ens["tune_curve"]
+  b.plot(list(map(float, curve)), list(curve.values()), marker=".", label="mixture (tuning half)")
+  b.axvline(ens["weight_bpe"], color="gray", ls=":")
+  b.set_xlabel("weight on the converted BPE decoder")
+  b.set_ylabel("bits per byte")
+  b.set_title(f"ensemble: {ens['bpb_ensemble']:.3f} vs best member "
+              f"{ens['bpb_best_member']:.3f} (test half)")
+  b.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  main()
