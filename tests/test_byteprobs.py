@@ -283,23 +283,17 @@ REGEX_ALPHABET = "as' 1!"
 REGEX_MAX = 4
 
 
-@pytest.fixture(scope="module")
-def tiny_regex():
-  """A regex BPE over a, s, apostrophe, space, 1, ! and a token model defined from a random
-  distribution over every text of up to REGEX_MAX characters: P(next token | tokens) is the
-  mass of the texts whose canonical tokenization (then eot) continues that way. So the model
-  puts mass on canonical sequences only, and the exact answer for a prefix is the mass of the
-  texts that start with it."""
-  hf = bpe.train(["a's as aa   s'a", "'s a    as a's!!", "sa 'a     as1!"] * 30,
-                 len(bpe.SPECIAL_TOKENS) + 256 + 8)
-  ours = BPE.from_json(hf.to_str())
-  # "  " is a token but " 1" is not: "a  " alone is [a]["  "], inside "a  1" it is [a][ ][ ]
-  # (the regex leaves the last space of a run to what follows), the case that makes the
-  # tokenization of a prefix differ from the start of the tokenization of the whole text.
-  assert ours.encode(b"a  ")[-1] != ours.encode(b"a  1")[2]
+def _regex_world(training_texts, alphabet, max_chars, extra_tokens):
+  """A regex BPE trained on training_texts, and a token model defined from a random
+  distribution over every text of up to max_chars characters of alphabet: P(next token |
+  tokens) is the mass of the texts whose canonical tokenization (then eot) continues that way.
+  So the model puts mass on canonical sequences only, and the exact answer for a prefix is the
+  mass of the texts that start with it."""
+  ours = BPE.from_json(bpe.train(training_texts,
+                                 len(bpe.SPECIAL_TOKENS) + 256 + extra_tokens).to_str())
   rng = np.random.default_rng(0)
-  texts = [""] + ["".join(c) for n in range(1, REGEX_MAX + 1)
-                  for c in itertools.product(REGEX_ALPHABET, repeat=n)]
+  texts = [""] + ["".join(c) for n in range(1, max_chars + 1)
+                  for c in itertools.product(alphabet, repeat=n)]
   weights = rng.random(len(texts)) ** 3
   weights /= weights.sum()
   eot = 1
@@ -320,6 +314,47 @@ def tiny_regex():
 
   truth = {t.encode(): w for t, w in zip(texts, weights)}
   return ByteLM(token_lm, ours, eot), truth
+
+
+@pytest.fixture(scope="module")
+def tiny_regex():
+  """Over a, s, apostrophe, space, 1, !: "  " is a token but " 1" is not: "a  " alone is
+  [a]["  "], inside "a  1" it is [a][ ][ ] (the regex leaves the last space of a run to what
+  follows), the case that makes the tokenization of a prefix differ from the start of the
+  tokenization of the whole text."""
+  lm, truth = _regex_world(["a's as aa   s'a", "'s a    as a's!!", "sa 'a     as1!"] * 30,
+                           REGEX_ALPHABET, REGEX_MAX, 8)
+  assert lm.bpe.encode(b"a  ")[-1] != lm.bpe.encode(b"a  1")[2]
+  return lm, truth
+
+
+def test_prefixes_cut_inside_a_character_are_exact():
+  # Two- and three-byte characters, merged into tokens: every byte prefix of every text, many
+  # cut inside a character. "aé" and "aà" make "a" + the lead byte of both a token ("a\xc3"),
+  # which is valid when the cut character becomes a letter (one piece with the "a") and not
+  # when it becomes punctuation: only completing the character as each class tells.
+  lm, truth = _regex_world(["aé aà aé aà 日日 a日 é", " é日 aà  日"] * 30, ["a", "é", "à", " ", "日"],
+                           3, 10)
+  assert b"a\xc3" in lm.bpe.vocab
+  prefixes = sorted({t[:k] for t in truth for k in range(1, len(t) + 1)})
+  assert sum(1 for x in prefixes if _cut_inside(x)) >= 60
+  for x in prefixes:
+    want = sum(w for text, w in truth.items() if text.startswith(x))
+    assert abs(math.exp(lm.prefix_logprob(x)) - want) < 1e-9, x
+  for x in [b"\xc3", b"a\xe6\x97", b"\xe6", b" \xc3", b"\xc3\xa9 "]:
+    logp = lm.next_byte_logprobs(x)
+    mass = sum(w for text, w in truth.items() if text.startswith(x))
+    for b in range(256):
+      want = sum(w for text, w in truth.items() if text.startswith(x + bytes([b]))) / mass
+      assert abs(math.exp(logp[b]) - want) < 1e-9, (x, b)
+
+
+def _cut_inside(x: bytes) -> bool:
+  try:
+    x.decode("utf-8")
+    return False
+  except UnicodeDecodeError:
+    return True
 
 
 def test_with_the_regex_prefix_probabilities_equal_the_brute_force_sum(tiny_regex):
