@@ -109,7 +109,8 @@ class BPE:
     at the end of y on how it is completed."""
     if not self.use_regex:
       return [b""]
-    probes = [p.encode("utf-8") for p in _PROBES]
+    # Letters differ only after an apostrophe, where they may finish a contraction.
+    probes = _PROBES if b"'" in y[-2:] else _PROBES_AWAY_FROM_APOSTROPHES
     cut = _cut_character(y)
     if cut:
       probes = [c + p for c in _completions(cut) for p in probes]
@@ -214,8 +215,10 @@ _SPACE_RUN = regex.compile(r"\s+")
 # Characters after a text that stand for every class the GPT-2 pattern tells apart: end of text,
 # the space that joins a word, other whitespace, letters (with the contraction endings), digits,
 # other symbols, and pairs of them (two characters decide every look-ahead of the pattern).
-_PROBES = ["", " ", "  ", " a", "  a", "\n", "\n\n", "\u00a0", "a", "a ", "A", "1", "!", "'",
-           "s", "t", "m", "d", "re", "ve", "ll", "e", "l", "\u00e9", "\u65e5"]
+_PROBES = [p.encode("utf-8") for p in [
+    "", " ", "  ", " a", "  a", "\n", "\n\n", "\u00a0", "a", "a ", "1", "!", "'",
+    "A", "s", "t", "m", "d", "re", "ve", "ll", "e", "l", "\u00e9", "\u65e5"]]
+_PROBES_AWAY_FROM_APOSTROPHES = _PROBES[:13]
 
 
 def _cut_character(y: bytes) -> bytes:
