@@ -1,7 +1,7 @@
 """A BPE decoder read exactly as bytes (bytelm.byteprobs): prompts cut mid-token, whole-text
 agreement with the token way, an ensemble with a byte model, and the cost.
 
-  python eval/byteprobs.py [--prompts 300] [--texts 24] [--bpe-workdir DIR] [--byte-workdir DIR]
+  python eval/byteprobs.py [--prompts 300] [--texts 48] [--bpe-workdir DIR] [--byte-workdir DIR]
 
 Models: the BPE decoder of configs/bpe_decoder.py (2048 tokens; by default the run
 eval/hierarchical.py trained, 1,481 steps; trained here with --bpe-steps if missing) and the
@@ -23,8 +23,9 @@ text: pieces of the validation split of embedded:en, each read from a document s
    way (canonical tokens, then eos) and the byte way (the chain of next-byte probabilities:
    the lemma's ratios, which must equal the token way, and the normalised distributions,
    which return the mass the model puts on token sequences the tokenizer never makes).
-3. Ensemble: the mixture of the converted BPE decoder and the byte model, its weight chosen
-   on the first half of the texts, bits per byte on the second half against each member.
+3. Ensemble: the mixture of the converted BPE decoder and the byte model against each alone,
+   on the same texts; the weight used on each half of the texts is the one that does best on
+   the other half (two-fold cross-fitting: no text is scored with a weight tuned on it).
 4. Cost: texts read byte by byte from a cold cache (what sampling costs): token prefixes the
    LM scores per byte, LM calls per byte, ms per byte.
 Writes eval/results/byteprobs.{json,png}. Last line: acc_exact acc_naive acc_healing (next-byte
@@ -59,12 +60,14 @@ LN2 = math.log(2)
 
 
 def trained(recipe: str, workdir: pathlib.Path, steps: int) -> pathlib.Path:
-  """workdir, trained with configs/<recipe>.py for `steps` steps unless it holds a finished
-  run."""
-  if not (workdir / "eval_summary.json").exists():
+  """workdir, trained with configs/<recipe>.py for `steps` steps unless it already holds a
+  run evaluated at that step or later (a shorter one resumes)."""
+  metrics = workdir / "metrics.jsonl"
+  lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.exists() else []
+  if not any("val_bpb" in r and r["step"] >= steps for r in map(json.loads, lines)):
     c = config_file.load(ROOT / "configs" / f"{recipe}.py")
     c.train.steps = steps
-    print(f"training {recipe} for {steps} steps in {workdir}", flush=True)
+    print(f"training {recipe} to step {steps} in {workdir}", flush=True)
     train_and_evaluate(c, workdir)
   return workdir
 
@@ -134,7 +137,7 @@ def main() -> None:
   p.add_argument("--byte-steps", type=int, default=4400)
   p.add_argument("--prompts", type=int, default=300)
   p.add_argument("--continuation", type=int, default=16)
-  p.add_argument("--texts", type=int, default=24)
+  p.add_argument("--texts", type=int, default=48)
   p.add_argument("--text-bytes", type=int, default=128)
   p.add_argument("--cost-texts", type=int, default=4)
   p.add_argument("--seed", type=int, default=0)
@@ -218,27 +221,29 @@ def main() -> None:
         f"(largest difference on a text {whole['max_text_bits_difference']:.2e} bits), "
         f"normalised {whole['bpb_byte_way_normalised']:.5f}")
 
-  half = len(texts) // 2
-
-  def bpb(w: float, sel: slice) -> float:
-    logp = [mix([a, b], [w, 1 - w]) for a, b in zip(bpe_steps[sel], byte_steps[sel])]
-    return -sum(map(np.sum, logp)) / LN2 / sum(n_bytes[sel])
-
+  # Two folds: the weight for each half is the one that does best on the other half.
+  folds = [range(0, len(texts) // 2), range(len(texts) // 2, len(texts))]
   grid = np.round(np.arange(0.05, 1.0, 0.05), 2)
-  tune = [bpb(w, slice(0, half)) for w in grid]
-  w = float(grid[int(np.argmin(tune))])
-  test = slice(half, None)
-  test_bytes = sum(n_bytes[test])
-  members = {"bpe_byte_way": -sum(map(np.sum, bpe_steps[test])) / LN2 / test_bytes,
-             "bpe_token_way": sum(token_bits[test]) / test_bytes,
-             "hat": -sum(map(np.sum, byte_steps[test])) / LN2 / test_bytes}
-  ens = {"weight_bpe": w, "bpb_ensemble": bpb(w, test), "bpb_equal_weights": bpb(0.5, test),
+
+  def bits(w: float, fold) -> float:
+    return -sum(mix([bpe_steps[i], byte_steps[i]], [w, 1 - w]).sum() for i in fold) / LN2
+
+  curves = [[bits(w, fold) for w in grid] for fold in folds]
+  weights = [float(grid[int(np.argmin(curves[1 - k]))]) for k in range(2)]
+  total = sum(n_bytes)
+  members = {"bpe_byte_way": -sum(map(np.sum, bpe_steps)) / LN2 / total,
+             "bpe_token_way": sum(token_bits) / total,
+             "hat": -sum(map(np.sum, byte_steps)) / LN2 / total}
+  ens = {"weights_bpe": weights,
+         "bpb_ensemble": sum(bits(w, fold) for w, fold in zip(weights, folds)) / total,
+         "bpb_equal_weights": sum(bits(0.5, fold) for fold in folds) / total,
          "members": members, "bpb_best_member": min(members.values()),
-         "tune_curve": dict(zip(grid.tolist(), tune))}
+         "curve": dict(zip(grid.tolist(), (np.sum(curves, axis=0) / total).tolist()))}
   results["ensemble"] = ens
-  print(f"\nensemble (weight {w} on the BPE decoder, chosen on {half} texts; {test_bytes} "
-        f"bytes of the other {len(texts) - half}): {ens['bpb_ensemble']:.4f} bits per byte; "
-        f"equal weights {ens['bpb_equal_weights']:.4f}; members: " +
+  print(f"\nensemble of the converted BPE decoder and hat ({total} bytes; the weight of each "
+        f"half chosen on the other: {weights[0]}, {weights[1]} on the BPE decoder): "
+        f"{ens['bpb_ensemble']:.4f} bits per byte; equal weights "
+        f"{ens['bpb_equal_weights']:.4f}; members: " +
         ", ".join(f"{k} {v:.4f}" for k, v in members.items()))
 
   # 4. cost of reading byte by byte
@@ -290,13 +295,15 @@ def plot(results, path: pathlib.Path) -> None:
   a.set_title("prompts cut at random bytes")
   a.legend()
   ens = results["ensemble"]
-  curve = ens["tune_curve"]
-  b.plot(list(map(float, curve)), list(curve.values()), marker=".", label="mixture (tuning half)")
-  b.axvline(ens["weight_bpe"], color="gray", ls=":")
+  curve = ens["curve"]
+  b.plot(list(map(float, curve)), list(curve.values()), marker=".", label="mixture")
+  for name, value in ens["members"].items():
+    b.axhline(value, ls=":", color="gray")
+    b.annotate(name, (0.5, value), fontsize=8, va="bottom")
   b.set_xlabel("weight on the converted BPE decoder")
   b.set_ylabel("bits per byte")
-  b.set_title(f"ensemble: {ens['bpb_ensemble']:.3f} vs best member "
-              f"{ens['bpb_best_member']:.3f} (test half)")
+  b.set_title(f"ensemble {ens['bpb_ensemble']:.4f} (weights chosen on the other half) vs "
+              f"best member {ens['bpb_best_member']:.4f}", fontsize=9)
   b.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=120)

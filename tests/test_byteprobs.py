@@ -508,3 +508,14 @@ def test_the_package_exposes_ensemble_as_a_function(tiny):
   mix = byteprobs.ensemble([lm, lm], [1.0, 3.0])
   np.testing.assert_allclose(mix.next_byte_logprobs(b"ab"), lm.next_byte_logprobs(b"ab"),
                              atol=1e-12)  # a mixture of one model with itself is that model
+
+
+def test_with_the_regex_whole_texts_score_as_their_canonical_tokenization(tiny_regex):
+  lm, truth = tiny_regex
+  for text in list(truth)[::7]:
+    ids = lm.bpe.encode(text) + [lm.eot_id]
+    rows = lm.token_lm([tuple(ids[:i]) for i in range(len(ids))])
+    token_way = sum(row[t] for row, t in zip(rows, ids))
+    assert abs(lm.logprob(text) - token_way) < 1e-5
+    assert abs(math.exp(lm.logprob(text)) - truth[text]) < 1e-9
+    assert abs(chain_logprob(lm, text) - token_way) < 1e-5  # byte by byte
