@@ -297,9 +297,8 @@ def plot(results, path: pathlib.Path) -> None:
   ens = results["ensemble"]
   curve = ens["curve"]
   b.plot(list(map(float, curve)), list(curve.values()), marker=".", label="mixture")
-  for name, value in ens["members"].items():
-    b.axhline(value, ls=":", color="gray")
-    b.annotate(name, (0.5, value), fontsize=8, va="bottom")
+  for (name, value), color in zip(ens["members"].items(), ("C1", "C2", "C3")):
+    b.axhline(value, ls=":", color=color, label=f"{name} alone {value:.4f}")
   b.set_xlabel("weight on the converted BPE decoder")
   b.set_ylabel("bits per byte")
   b.set_title(f"ensemble {ens['bpb_ensemble']:.4f} (weights chosen on the other half) vs "
