@@ -1,0 +1,124 @@
+"""Quantized number formats (bytelm/quant): int8 vector-wise with outliers, ternary, packing."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from bytelm.quant import numerics as qn
+
+
+def _rand(shape, seed=0, scale=1.0):
+  return jnp.asarray(np.random.default_rng(seed).normal(size=shape) * scale, jnp.float32)
+
+
+def test_int8_round_trip_error_is_within_half_a_step():
+  w_KN = _rand((64, 48), scale=0.3)
+  q_KN, scale_N = qn.quantize_weight(w_KN)
+  assert q_KN.dtype == jnp.int8 and scale_N.shape == (48,)
+  assert int(jnp.max(jnp.abs(q_KN))) == 127  # each column's largest value uses the full range
+  err_KN = jnp.abs(qn.dequantize_weight(q_KN, scale_N) - w_KN)
+  assert bool(jnp.all(err_KN <= scale_N / 2 + 1e-7))
+  q_MK, s_M1 = qn.absmax_int8(jnp.zeros((3, 5)), axis=1)  # all zeros: no NaN
+  assert bool(jnp.all(q_MK == 0)) and bool(jnp.all(jnp.isfinite(s_M1)))
+
+
+def test_the_integer_product_is_exact():
+  rng = np.random.default_rng(1)
+  a = rng.integers(-127, 128, (33, 70)).astype(np.int8)
+  b = rng.integers(-127, 128, (70, 21)).astype(np.int8)
+  got = qn.int8_dot(jnp.asarray(a), jnp.asarray(b))
+  assert got.dtype == jnp.int32
+  np.testing.assert_array_equal(np.asarray(got), a.astype(np.int64) @ b.astype(np.int64))
+
+
+def test_int8_matmul_is_the_float_product_within_the_scales_error():
+  x_MK, w_KN = _rand((16, 96), 2), _rand((96, 40), 3, 0.1)
+  q_KN, scale_N = qn.quantize_weight(w_KN)
+  got = qn.int8_matmul(x_MK, q_KN, scale_N, outlier_columns=0)
+  want = x_MK @ w_KN
+  # |x w - x~ w~| <= sum_k |x| |w - w~| + |x - x~| |w~|: half a step of each operand.
+  _, sx_M1 = qn.absmax_int8(x_MK, axis=1)
+  w_deq = qn.dequantize_weight(q_KN, scale_N)
+  bound = (jnp.abs(x_MK) @ jnp.broadcast_to(scale_N / 2, w_KN.shape)
+           + (sx_M1 / 2) * jnp.sum(jnp.abs(w_deq), axis=0))
+  assert bool(jnp.all(jnp.abs(got - want) <= bound + 1e-5))
+  assert float(jnp.max(jnp.abs(got - want))) > 0  # it did quantize
+
+
+def test_outlier_columns_are_exactly_those_over_the_threshold():
+  x_MK = _rand((32, 64), 4)
+  # An outlier feature (column 7, large at every position, as LLM.int8 finds them), a single
+  # large value (column 30) and one just under the threshold (column 50).
+  x_MK = x_MK.at[:, 7].set(20.0).at[9, 30].set(-8.0).at[0, 50].set(5.9)
+  mask = qn.outlier_mask(x_MK, 6.0)
+  assert np.flatnonzero(np.asarray(mask)).tolist() == [7, 30]
+  w_KN = _rand((64, 24), 5, 0.1)
+  q_KN, scale_N = qn.quantize_weight(w_KN)
+  exact = x_MK @ qn.dequantize_weight(q_KN, scale_N)
+  decomposed = qn.int8_matmul(x_MK, q_KN, scale_N, threshold=6.0, outlier_columns=4)
+  plain = qn.int8_matmul(x_MK, q_KN, scale_N, outlier_columns=0)
+  # The big columns no longer inflate the row scales: far closer to the float product.
+  assert float(jnp.mean(jnp.abs(decomposed - exact))) < 0.25 * float(
+      jnp.mean(jnp.abs(plain - exact)))
+  # Decomposition by hand: float for columns 7 and 30, int8 for the rest.
+  keep = np.ones(64, bool)
+  keep[[7, 30]] = False
+  by_hand = (qn.int8_matmul(jnp.where(keep, x_MK, 0.0), q_KN, scale_N, outlier_columns=0)
+             + jnp.where(~keep, x_MK, 0.0) @ qn.dequantize_weight(q_KN, scale_N))
+  np.testing.assert_allclose(np.asarray(decomposed), np.asarray(by_hand), atol=1e-5)
+
+
+def test_the_compiled_int8_matmul_holds_an_integer_dot():
+  x_MK, w_KN = _rand((8, 128), 6), _rand((128, 64), 7)
+  q_KN, scale_N = qn.quantize_weight(w_KN)
+  hlo = jax.jit(qn.int8_matmul).lower(x_MK, q_KN, scale_N).compile().as_text()
+  # The product is an integer dot (an s32 result only comes from integer operands)...
+  assert re.search(r"= s32\[8,64\]\{[^}]*\} dot\(", hlo), "no int8 x int8 -> int32 dot"
+  assert not re.search(r"= f32\[8,64\]\{[^}]*\} dot\([^)]*s8", hlo)
+  # ...which XLA:CPU runs as a YNNPACK GEMM (the path that makes int8 faster than float32 here;
+  # without it XLA's integer dot is ~3x slower than float32: pinned jax, see pyproject.toml).
+  if jax.default_backend() == "cpu":
+    assert re.search(r"s32\[8,64\]\{[^}]*\} fusion\([^\n]*__ynn_fusion", hlo)
+
+
+def test_ternary_codes_scale_and_straight_through_gradient():
+  w = _rand((40, 30), 8, 0.05)
+  s = qn.ternary_scale(w)
+  np.testing.assert_allclose(float(s), float(jnp.mean(jnp.abs(w))), rtol=1e-6)
+  codes = qn.ternary_codes(w, s)
+  assert set(np.unique(np.asarray(codes)).tolist()) == {-1, 0, 1}
+  np.testing.assert_array_equal(np.asarray(codes == 0), np.asarray(jnp.abs(w) < s / 2))
+  assert float(qn.ternary_scale(w, "median")) == pytest.approx(float(jnp.median(jnp.abs(w))))
+  # The forward sees codes * scale; the gradient is the float one (identity through Q).
+  x = _rand((5, 40), 9)
+  loss = lambda w: jnp.sum(jnp.tanh(x @ qn.fake_quant_ternary(w)))  # noqa: E731
+  g = jax.grad(loss)(w)
+  wq = codes.astype(jnp.float32) * s
+  g_float = jax.grad(lambda v: jnp.sum(jnp.tanh(x @ v)))(wq)
+  assert float(jnp.max(jnp.abs(g))) > 0
+  np.testing.assert_allclose(np.asarray(g), np.asarray(g_float), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(qn.fake_quant_ternary(w)), np.asarray(wq), atol=1e-7)
+  gx = jax.grad(lambda x: jnp.sum(qn.fake_quant_int8_rows(x) ** 2))(x)
+  np.testing.assert_allclose(np.asarray(gx), np.asarray(2 * qn.fake_quant_int8_rows(x)),
+                             rtol=1e-5)
+
+
+def test_ternary_inference_matmul_equals_the_fake_quantized_forward():
+  w, x = _rand((48, 20), 10, 0.05), _rand((6, 48), 11)
+  s = qn.ternary_scale(w)
+  got = qn.ternary_matmul(x, qn.ternary_codes(w, s), s)
+  want = qn.fake_quant_int8_rows(x) @ qn.fake_quant_ternary(w)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 13), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_packed_ternary_unpacks_to_the_same_codes(k, n, seed):
+  codes = jnp.asarray(np.random.default_rng(seed).integers(-1, 2, (k, n)), jnp.int8)
+  packed = qn.pack_ternary(codes)
+  assert packed.dtype == jnp.uint8 and packed.shape == (-(-k // 4), n)
+  np.testing.assert_array_equal(np.asarray(qn.unpack_ternary(packed, k)), np.asarray(codes))
