@@ -122,3 +122,73 @@ def test_packed_ternary_unpacks_to_the_same_codes(k, n, seed):
   packed = qn.pack_ternary(codes)
   assert packed.dtype == jnp.uint8 and packed.shape == (-(-k // 4), n)
   np.testing.assert_array_equal(np.asarray(qn.unpack_ternary(packed, k)), np.asarray(codes))
+
+
+# ---- quantized models ---------------------------------------------------------------------------
+
+import dataclasses  # noqa: E402
+
+from flax import nnx  # noqa: E402
+
+import bytelm  # noqa: E402
+from bytelm.models import decoder, t5  # noqa: E402
+from bytelm.nn.layers import Dense  # noqa: E402
+from bytelm.quant.convert import quantization_of, quantize  # noqa: E402
+from bytelm.quant.dense import QuantDense  # noqa: E402
+from bytelm.training import export  # noqa: E402
+
+IDS = jnp.asarray(np.random.default_rng(0).integers(3, 259, (2, 24)), jnp.int32)
+
+
+def _decoder(**kw):
+  shape = {**t5.PRESETS["tiny"], "num_encoder_layers": 0, **kw}
+  return decoder.DecoderLM(decoder.DecoderConfig(**shape), rngs=nnx.Rngs(0))
+
+
+def _count(model, cls):
+  return sum(isinstance(node, cls) for _, node in nnx.iter_graph(model))
+
+
+@pytest.mark.parametrize("mode,tolerance", [("int8_weight", 0.02), ("int8", 0.03)])
+def test_post_training_int8_replaces_the_block_matmuls_and_keeps_the_logits(mode, tolerance):
+  model = _decoder()
+  want = model(IDS)
+  dense = _count(model, Dense)
+  quantize(model, mode)
+  assert _count(model, QuantDense) == 2 * 7 and _count(model, Dense) == dense - 14
+  assert isinstance(model.lm_head, Dense)  # the head stays float unless asked
+  got = model(IDS)
+  assert float(jnp.max(jnp.abs(got - want))) < tolerance * float(jnp.max(jnp.abs(want)))
+  assert quantization_of(model)["mode"] == mode
+  with pytest.raises(ValueError, match="mode must be"):
+    quantize(_decoder(), "int4")
+
+
+def test_a_ternary_model_trains_through_the_straight_through_estimator_and_packs_exactly():
+  model = _decoder(quant="ternary")
+  assert model.blocks[0].mlp.sub_norm is not None and model.blocks[0].attn.sub_norm is not None
+  loss = lambda m: jnp.mean(m(IDS) ** 2)  # noqa: E731
+  grads = nnx.grad(loss)(model)
+  g = grads.blocks[0].mlp.wo.kernel[...]
+  assert float(jnp.max(jnp.abs(g))) > 0  # gradients reach the latent float weights
+  want = model(IDS)
+  quantize(model, "ternary")
+  assert model.blocks[0].mlp.wo.packed[...].dtype == jnp.uint8
+  np.testing.assert_allclose(np.asarray(model(IDS)), np.asarray(want), atol=1e-4, rtol=1e-4)
+  with pytest.raises(ValueError, match="quant must be"):
+    t5.T5Config(quant="int4")
+
+
+@pytest.mark.parametrize("mode", ["int8", "ternary"])
+def test_quantized_exports_store_integers_and_load_to_identical_outputs(tmp_path, mode):
+  model = _decoder(quant="ternary" if mode == "ternary" else None)
+  quantize(model, mode)
+  want = model(IDS)
+  config = {"model_family": "decoder", "model": dataclasses.asdict(model.config)}
+  out = export.export(model, config, tmp_path / "q", dtype="float32")  # the float rest exact
+  from safetensors.numpy import load_file
+  arrays = load_file(str(out / export.WEIGHTS))
+  key = "blocks/0/mlp/wo/" + ("packed" if mode == "ternary" else "qvalue")
+  assert arrays[key].dtype == (np.uint8 if mode == "ternary" else np.int8)
+  loaded = bytelm.load(out)
+  np.testing.assert_array_equal(np.asarray(loaded(IDS)), np.asarray(want))

@@ -23,6 +23,7 @@ from flax import nnx
 
 from bytelm.nn import Attention, Dense, GatedGeluMLP, RelativePositionBias, RMSNorm, key_mask_bias
 from bytelm.nn.attention import MASK_VALUE
+from bytelm.nn.layers import QUANT_MODES
 from bytelm.nn.batching import loop_is_faster, map_over_batch
 from bytelm.nn.compiled import Compiled
 
@@ -57,8 +58,18 @@ class T5Config:
   pad_id: int = 0
   eos_id: int = 1
   decoder_start_id: int = 0  # T5 starts decoding from the pad id
+  # Quantization-aware training of the blocks' matmuls (bytelm.nn.Dense): None, "int8_weight",
+  # "int8" (W8A8) or "ternary" (BitNet b1.58, with an RMSNorm before the attention output and
+  # `wo`); embeddings, LM head and MrT5's gate stay float. quant_statistic: the ternary scale,
+  # "mean" or "median" of |W|.
+  quant: str | None = None
+  quant_statistic: str = "mean"
 
   def __post_init__(self):
+    if self.quant not in QUANT_MODES:
+      raise ValueError(f"quant must be one of {QUANT_MODES}, got {self.quant!r}")
+    if self.quant_statistic not in ("mean", "median"):
+      raise ValueError(f"quant_statistic must be 'mean' or 'median', got {self.quant_statistic!r}")
     if self.attention_softmax not in ("softmax", "softmax1"):
       raise ValueError(f"attention_softmax must be 'softmax' or 'softmax1', got "
                        f"{self.attention_softmax!r}")
@@ -124,6 +135,11 @@ def _layer_kwargs(cfg: T5Config, rngs: nnx.Rngs) -> dict:
   return dict(dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, rngs=rngs)
 
 
+def _block_kwargs(cfg: T5Config, rngs: nnx.Rngs) -> dict:
+  """The blocks' matmuls (attention, feed-forward) are the ones quantized."""
+  return dict(_layer_kwargs(cfg, rngs), quant=cfg.quant, statistic=cfg.quant_statistic)
+
+
 def _norm(cfg: T5Config) -> RMSNorm:
   return RMSNorm(cfg.d_model, eps=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
                  param_dtype=cfg.storage_dtype)
@@ -131,7 +147,7 @@ def _norm(cfg: T5Config) -> RMSNorm:
 
 def _attention(cfg: T5Config, rngs: nnx.Rngs) -> Attention:
   return Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, dropout_rate=cfg.dropout_rate,
-                   softmax=cfg.attention_softmax, **_layer_kwargs(cfg, rngs))
+                   softmax=cfg.attention_softmax, **_block_kwargs(cfg, rngs))
 
 
 def _rel_bias(cfg: T5Config, bidirectional: bool, rngs: nnx.Rngs) -> RelativePositionBias:
@@ -169,7 +185,7 @@ class EncoderBlock(nnx.Module):
     self.attn_norm, self.attn = _norm(cfg), _attention(cfg, rngs)
     self.mlp_norm = _norm(cfg)
     self.mlp = GatedGeluMLP(cfg.d_model, cfg.d_ff, dropout_rate=cfg.dropout_rate,
-                            **_layer_kwargs(cfg, rngs))
+                            **_block_kwargs(cfg, rngs))
     self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
   def __call__(self, x_BTD: jax.Array, pos_bias_HTT: jax.Array, key_bias_BT: jax.Array,
@@ -236,7 +252,7 @@ class DecoderBlock(nnx.Module):
     self.cross_attn_norm, self.cross_attn = _norm(cfg), _attention(cfg, rngs)
     self.mlp_norm = _norm(cfg)
     self.mlp = GatedGeluMLP(cfg.d_model, cfg.d_ff, dropout_rate=cfg.dropout_rate,
-                            **_layer_kwargs(cfg, rngs))
+                            **_block_kwargs(cfg, rngs))
     self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
   def __call__(self, y_BSD, self_pos_bias_HSL, self_key_bias_BL, enc_kv, cross_key_bias_BT,

@@ -20,7 +20,7 @@ from einops import rearrange
 from flax import nnx
 
 from bytelm.nn import attention_kernel
-from bytelm.nn.layers import Dense, normal_init
+from bytelm.nn.layers import Dense, RMSNorm, normal_init
 
 # Additive bias for a forbidden key. HF uses finfo(float32).min; adding finite biases to it stays
 # finite, so fully masked rows give a uniform distribution instead of NaN.
@@ -98,18 +98,20 @@ class Attention(nnx.Module):
 
   def __init__(self, d_model: int, num_heads: int, d_kv: int, *, dropout_rate: float,
                softmax: str = "softmax", dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               quant: str | None = None, statistic: str = "mean", rngs: nnx.Rngs):
     if softmax not in ("softmax", "softmax1"):
       raise ValueError(f"attention_softmax must be 'softmax' or 'softmax1', got {softmax!r}")
     self.num_heads, self.d_kv, self.softmax, self.dtype = num_heads, d_kv, softmax, dtype
     inner = num_heads * d_kv
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, quant=quant, statistic=statistic, rngs=rngs)
     # HF's initialisation; the query's extra 1/sqrt(K) replaces the missing score scaling.
     self.q = Dense(d_model, inner, std=(d_model * d_kv) ** -0.5, **kw)
     self.k = Dense(d_model, inner, std=d_model**-0.5, **kw)
     self.v = Dense(d_model, inner, std=d_model**-0.5, **kw)
     self.o = Dense(inner, d_model, std=inner**-0.5, **kw)
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    # BitNet's SubLN: the heads' output is normalised before a ternary output projection.
+    self.sub_norm = RMSNorm(inner, dtype=dtype, param_dtype=param_dtype) if quant == "ternary" else None
 
   def project_kv(self, kv_BSD: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Keys and values, k_BHSK and v_BHSK (what a KV cache stores)."""
@@ -133,13 +135,19 @@ class Attention(nnx.Module):
     if self.dropout.rate == 0 or self.dropout.deterministic:
       out_BHTK = attention_kernel.attention(q_BHTK, k_BHSK, v_BHSK, pos_bias_HTS, key_bias_BS,
                                             self.softmax == "softmax1")
-      return self.o(rearrange(out_BHTK, "B H T K -> B T (H K)"))
+      return self._out(out_BHTK)
     # With dropout on the probabilities, plain autodiff (it must see the dropped probabilities).
     probs_fn = jax.nn.softmax if self.softmax == "softmax" else softmax1
     scores_BHTS = attention_kernel.scores(q_BHTK, k_BHSK, pos_bias_HTS, key_bias_BS)
     probs_BHTS = self.dropout(probs_fn(scores_BHTS, axis=-1).astype(self.dtype))  # fp32 softmax
     out_BHTK = jnp.einsum("BHTS,BHSK->BHTK", probs_BHTS, v_BHSK)
-    return self.o(rearrange(out_BHTK, "B H T K -> B T (H K)"))
+    return self._out(out_BHTK)
+
+  def _out(self, out_BHTK: jax.Array) -> jax.Array:
+    out_BTI = rearrange(out_BHTK, "B H T K -> B T (H K)")
+    if self.sub_norm is not None:
+      out_BTI = self.sub_norm(out_BTI)
+    return self.o(out_BTI)
 
   def score_excess(self, x_BTD: jax.Array, k_BHSK: jax.Array, pos_bias_HTS=None,
                    key_bias_BS=None, *, above: float) -> jax.Array:

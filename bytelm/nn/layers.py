@@ -13,27 +13,50 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bytelm.quant import numerics as qn
+
 
 def normal_init(std: float):
   """A N(0, std^2) initializer (T5 initialises every matrix this way, std from fan-in)."""
   return jax.nn.initializers.normal(stddev=std)
 
 
+QUANT_MODES = (None, "int8_weight", "int8", "ternary")
+
+
 class Dense(nnx.Module):
   """y = x @ W with no bias; W is stored (in, out).
 
-  Every matrix multiply of the models goes through this class, so a quantized variant can
-  replace it in one place.
+  Every matrix multiply of the models goes through this class, so quantization happens in one
+  place. quant (training, with straight-through estimators: the forward sees quantized values,
+  the backward the float ones; bytelm.quant.numerics):
+    None: float; "int8_weight": per-output-column int8 weights; "int8": those and per-row
+    8-bit activations (LLM.int8's vector-wise W8A8); "ternary": BitNet b1.58 weights
+    round-clip(W / mean|W|, -1, 1) (statistic="median" for the median) and 8-bit activations.
+  After training, `bytelm.quant.quantize` stores the weights as integers for inference.
   """
 
   def __init__(self, in_features: int, out_features: int, *, std: float, dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+               param_dtype=jnp.float32, quant: str | None = None, statistic: str = "mean",
+               rngs: nnx.Rngs):
+    if quant not in QUANT_MODES:
+      raise ValueError(f"quant must be one of {QUANT_MODES}, got {quant!r}")
     self.in_features, self.out_features = in_features, out_features
-    self.dtype = dtype
+    self.dtype, self.quant, self.statistic = dtype, quant, statistic
     self.kernel = nnx.Param(normal_init(std)(rngs.params(), (in_features, out_features), param_dtype))
 
   def __call__(self, x_BTI: jax.Array) -> jax.Array:
-    return jnp.dot(x_BTI.astype(self.dtype), self.kernel[...].astype(self.dtype))
+    w_IO = self.kernel[...]
+    if self.quant is None:
+      return jnp.dot(x_BTI.astype(self.dtype), w_IO.astype(self.dtype))
+    if self.quant == "ternary":
+      w_IO = qn.fake_quant_ternary(w_IO, self.statistic)
+    else:
+      q_IO, scale_O = qn.quantize_weight(w_IO)
+      w_IO = qn.ste(w_IO, qn.dequantize_weight(q_IO, jax.lax.stop_gradient(scale_O)))
+    if self.quant != "int8_weight":
+      x_BTI = qn.fake_quant_int8_rows(x_BTI)
+    return jnp.dot(x_BTI.astype(self.dtype), w_IO.astype(self.dtype))
 
 
 class RMSNorm(nnx.Module):
@@ -56,14 +79,20 @@ class GatedGeluMLP(nnx.Module):
   """T5.1.1's feed-forward: wo(dropout(gelu_tanh(x wi_0) * (x wi_1)))."""
 
   def __init__(self, d_model: int, d_ff: int, *, dropout_rate: float, dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+               param_dtype=jnp.float32, quant: str | None = None, statistic: str = "mean",
+               rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, quant=quant, statistic=statistic, rngs=rngs)
     self.wi_0 = Dense(d_model, d_ff, std=d_model**-0.5, **kw)
     self.wi_1 = Dense(d_model, d_ff, std=d_model**-0.5, **kw)
     self.wo = Dense(d_ff, d_model, std=d_ff**-0.5, **kw)
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
+    # BitNet's SubLN: an RMSNorm right before a ternary matmul whose input is not normalised.
+    self.sub_norm = (RMSNorm(d_ff, dtype=dtype, param_dtype=param_dtype)
+                     if quant == "ternary" else None)
 
   def __call__(self, x_BTD: jax.Array) -> jax.Array:
     # HF's "gelu_new" is the tanh approximation; approximate=True is the same formula.
     h_BTF = jax.nn.gelu(self.wi_0(x_BTD), approximate=True) * self.wi_1(x_BTD)
+    if self.sub_norm is not None:
+      h_BTF = self.sub_norm(h_BTF)
     return self.wo(self.dropout(h_BTF))

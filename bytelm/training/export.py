@@ -22,6 +22,8 @@ import numpy as np
 from flax import nnx
 from safetensors.flax import load_file, save_file
 
+from bytelm.quant.convert import quantization_of
+
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 _SAVED = nnx.Not(nnx.RngState)  # dropout keys are not part of a trained model
@@ -41,7 +43,8 @@ def export(model: nnx.Module, config: dict, directory, dtype: str = "bfloat16",
   """Write `model` and its run config (a workdir's config.json, as a dict) to `directory`.
 
   dtype: what floating-point parameters are stored as ("bfloat16", "float32"); other state
-  (integers, controller state) is stored as it is. extra: JSON-able notes kept in config.json
+  (integers, controller state, the integer weights of a `bytelm.quant.quantize`d model, whose
+  settings config.json records under export.quantized) is stored as it is. extra: JSON-able notes kept in config.json
   under "export" (e.g. the command and commit that trained it). The directory is written
   next to itself and renamed into place, so a failed export leaves nothing half-written.
   """
@@ -52,7 +55,8 @@ def export(model: nnx.Module, config: dict, directory, dtype: str = "bfloat16",
     if isinstance(value, nnx.Param) and jnp.issubdtype(array.dtype, jnp.floating):
       array = array.astype(dtype)
     arrays[_key(path)] = array
-  saved = dict(config, export=dict(extra or {}, stored_dtype=dtype))
+  saved = dict(config, export=dict(extra or {}, stored_dtype=dtype,
+                                   quantized=quantization_of(model)))
   directory.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
   try:

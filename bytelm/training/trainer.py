@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bytelm import convert, models
 from bytelm.data import bpe, pipeline
+from bytelm.quant import convert as quant_convert
 from bytelm.training import checkpoint as ckpt_lib
 from bytelm.training import export as export_lib
 from bytelm.training import metrics as metrics_lib
@@ -187,6 +188,9 @@ def load(workdir, **runtime) -> nnx.Module:
                      f"{', '.join(family.config_cls.RUNTIME_FIELDS)}")
   model = family.model_cls(family.config_cls(**{**saved["model"], **runtime}), rngs=nnx.Rngs(0))
   if export_lib.is_export(workdir):
+    quantized = saved.get("export", {}).get("quantized")
+    if quantized:  # the same integer structure, then its arrays
+      model = quant_convert.quantize(model, **quantized)
     model = export_lib.restore(model, workdir)
     model.eval()
     return model
