@@ -19,12 +19,14 @@ import dataclasses
 import ml_collections
 
 from bytelm.models import t5
+from bytelm.quant import recipe
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
+  variant, ternary = recipe.split_variant(arg)
   if variant not in ("default", "small", "tiny"):
-    raise ValueError(f"unknown variant {variant!r} of configs/byt5.py; use '', 'small' or 'tiny'")
+    raise ValueError(f"unknown variant {variant!r} of configs/byt5.py; use '', 'small' or "
+                     f"'tiny', each also with '_ternary' ('ternary' alone: the default's)")
   c = ml_collections.ConfigDict()
   c.seed = 0  # parameters, dropout and data order all derive from it
   c.init_from = ""  # a Hugging Face ByT5 directory or a bytelm workdir to start from
@@ -86,4 +88,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.opt.warmup_steps = 2
     c.train.update(steps=8, batch_size=4, log_every=2, eval_every=4, eval_batches=2)
     c.ckpt.every = 4
+  if ternary:
+    recipe.make_ternary(c)
   return c

@@ -14,12 +14,14 @@ import dataclasses
 import ml_collections
 
 from bytelm.models import decoder, t5
+from bytelm.quant import recipe
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
+  variant, ternary = recipe.split_variant(arg)
   if variant not in ("default", "tiny"):
-    raise ValueError(f"unknown variant {variant!r} of configs/bytes_decoder.py; use '' or 'tiny'")
+    raise ValueError(f"unknown variant {variant!r} of configs/bytes_decoder.py; use '', 'tiny', "
+                     f"'ternary' or 'tiny_ternary'")
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.init_from = ""  # a bytelm workdir of the same family to start from
@@ -70,4 +72,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.update(steps=4, batch_size=4, log_every=2, eval_every=4, eval_batches=1)
     c.opt.warmup_steps = 1
     c.ckpt.every = 4
+  if ternary:
+    recipe.make_ternary(c)
   return c

@@ -21,13 +21,15 @@ import pathlib
 import ml_collections
 
 from bytelm.models import hierarchical
+from bytelm.quant import recipe
 from bytelm.training import config_file
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
+  variant, ternary = recipe.split_variant(arg)
   if variant not in ("default", "tiny"):
-    raise ValueError(f"unknown variant {variant!r} of configs/hat.py; use '' or 'tiny'")
+    raise ValueError(f"unknown variant {variant!r} of configs/hat.py; use '', 'tiny', "
+                     f"'ternary' or 'tiny_ternary'")
   tiny = variant == "tiny"
   c = config_file.load(pathlib.Path(__file__).with_name("bytes_decoder.py"), variant)
   c.model_family = "hierarchical"
@@ -40,4 +42,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       byte_d_ff=64 if tiny else 256, byte_num_heads=1)))
   c.data.segments = ml_collections.ConfigDict(dict(
       kind="words", max_segments=c.model.max_segments, max_segment_bytes=16, fixed_size=4))
+  if ternary:
+    recipe.make_ternary(c)
   return c

@@ -27,11 +27,12 @@ import pathlib
 import ml_collections
 
 from bytelm.models import mrt5
+from bytelm.quant import recipe
 from bytelm.training import config_file
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
+  variant, ternary = recipe.split_variant(arg)
   # The same data, optimizer and training budget as the baseline.
   c = config_file.load(pathlib.Path(__file__).with_name("byt5.py"), variant)
   c.model_family = "mrt5"
@@ -76,4 +77,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.ckpt.every = 500
   if variant == "tiny":  # the default's gate, controlled from the first step
     c.model.regularizer_delay = 0
+  if ternary:
+    recipe.make_ternary(c)
   return c

@@ -192,3 +192,39 @@ def test_quantized_exports_store_integers_and_load_to_identical_outputs(tmp_path
   assert arrays[key].dtype == (np.uint8 if mode == "ternary" else np.int8)
   loaded = bytelm.load(out)
   np.testing.assert_array_equal(np.asarray(loaded(IDS)), np.asarray(want))
+
+
+# ---- recipes --------------------------------------------------------------------------------------
+
+import pathlib  # noqa: E402
+
+import ml_collections  # noqa: E402
+
+from bytelm.training import config_file, optimizer, train_and_evaluate  # noqa: E402
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_the_ternary_schedule_drops_half_way_and_stops_weight_decay_late():
+  c = config_file.load(CONFIGS / "byt5.py", "ternary")
+  plain = config_file.load(CONFIGS / "byt5.py")
+  assert c.model.quant == "ternary" and plain.model.quant is None
+  assert c.opt.lr == pytest.approx(3 * plain.opt.lr) and c.train.steps == plain.train.steps
+  opt = ml_collections.ConfigDict(dict(c.opt.to_dict(), warmup_steps=0, final_lr_fraction=0.1))
+  schedule = optimizer.make_schedule(opt, 100)
+  before, after = float(schedule(49)), float(schedule(50))
+  assert after == pytest.approx(0.6 * before, rel=0.03)  # the drop, on a slow linear decay
+  assert float(schedule(0)) == pytest.approx(opt.lr)
+  decay = optimizer._weight_decay(opt, 90)
+  assert float(decay(59)) == pytest.approx(opt.weight_decay) and float(decay(60)) == 0.0
+  for name in ("mrt5", "hat", "bytes_decoder"):
+    assert config_file.load(CONFIGS / f"{name}.py", "tiny_ternary").model.quant == "ternary"
+
+
+def test_a_ternary_mrt5_recipe_trains_and_loads(tmp_path):
+  summary = train_and_evaluate(config_file.load(CONFIGS / "mrt5.py", "tiny_ternary"),
+                               tmp_path / "run")
+  assert np.isfinite(summary.val_loss)
+  model = bytelm.load(tmp_path / "run")
+  assert model.config.quant == "ternary"
+  assert model.encoder.blocks[0].mlp.sub_norm is not None

@@ -111,7 +111,8 @@ class Attention(nnx.Module):
     self.o = Dense(inner, d_model, std=inner**-0.5, **kw)
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
     # BitNet's SubLN: the heads' output is normalised before a ternary output projection.
-    self.sub_norm = RMSNorm(inner, dtype=dtype, param_dtype=param_dtype) if quant == "ternary" else None
+    self.sub_norm = (RMSNorm(inner, dtype=dtype, param_dtype=param_dtype)
+                     if quant == "ternary" else None)
 
   def project_kv(self, kv_BSD: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Keys and values, k_BHSK and v_BHSK (what a KV cache stores)."""

@@ -63,7 +63,8 @@ class QuantDense(nnx.Module):
   def weight(self) -> jax.Array:
     """The dequantized weight, float32 [I, O] (what the integers stand for)."""
     if self.mode == "ternary":
-      return qn.unpack_ternary(self.packed[...], self.in_features).astype(jnp.float32) * self.scale[...]
+      codes_IO = qn.unpack_ternary(self.packed[...], self.in_features)
+      return codes_IO.astype(jnp.float32) * self.scale[...]
     return qn.dequantize_weight(self.qvalue[...], self.scale[...])
 
   def __call__(self, x_BTI: jax.Array) -> jax.Array:

@@ -150,7 +150,8 @@ def pack_ternary(codes_KN: jax.Array) -> jax.Array:
   unpacking is a shift and a mask per plane (rows past K are padding, code 0)."""
   k, n = codes_KN.shape
   k4 = -(-k // 4)
-  c = jnp.zeros((4 * k4, n), jnp.uint8).at[:k].set((codes_KN.astype(jnp.int32) + 1).astype(jnp.uint8))
+  c = jnp.zeros((4 * k4, n), jnp.uint8).at[:k].set(
+      (codes_KN.astype(jnp.int32) + 1).astype(jnp.uint8))
   planes_4kN = c.reshape(4, k4, n)
   shifts = jnp.arange(4, dtype=jnp.uint8)[:, None, None] * 2
   return (planes_4kN << shifts).sum(axis=0, dtype=jnp.uint8)  # the bits do not overlap

@@ -17,7 +17,7 @@ import optax
 
 from bytelm.training.sharding import path_str
 
-SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
+SCHEDULES = ("cosine", "linear", "constant", "rsqrt", "two_stage")
 OPTIMIZERS = ("adamw", "adafactor")
 
 
@@ -33,10 +33,15 @@ def make_schedule(opt, total_steps: int) -> optax.Schedule:
     lr, floor = float(opt.lr), float(max(warmup, 1))
     return lambda step: lr * jnp.sqrt(floor / jnp.maximum(step, floor))
   decay_steps = max(total_steps - warmup, 1)
+  linear = optax.linear_schedule(opt.lr, opt.lr * opt.final_lr_fraction, decay_steps)
   decay = {
       "cosine": optax.cosine_decay_schedule(opt.lr, decay_steps, alpha=opt.final_lr_fraction),
-      "linear": optax.linear_schedule(opt.lr, opt.lr * opt.final_lr_fraction, decay_steps),
+      "linear": linear,
       "constant": optax.constant_schedule(opt.lr),
+      # BitNet b1.58 / TriLM's recipe for ternary weights: linear decay whose peak drops to
+      # opt.second_stage_lr (a fraction) half-way through training.
+      "two_stage": lambda step: linear(step) * jnp.where(
+          step + warmup >= total_steps // 2, opt.get("second_stage_lr", 0.6), 1.0),
   }[opt.schedule]
   if not warmup:
     return decay
@@ -47,7 +52,8 @@ def make_optimizer(opt, total_steps: int) -> tuple[optax.GradientTransformation,
   """(optax transformation, schedule) with gradient clipping by global norm when grad_clip > 0."""
   schedule = make_schedule(opt, total_steps)
   if opt.name == "adamw":
-    tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
+    tx = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
+                     weight_decay=_weight_decay(opt, total_steps))
   elif opt.name == "adafactor":
     tx = optax.adafactor(schedule, decay_rate=0.8, weight_decay_rate=opt.weight_decay or None,
                          multiply_by_parameter_scale=False)
@@ -60,6 +66,15 @@ def make_optimizer(opt, total_steps: int) -> tuple[optax.GradientTransformation,
   if opt.get("sgd"):
     tx = _with_sgd_modules(tx, dict(opt.sgd), schedule, float(opt.lr))
   return tx, schedule
+
+
+def _weight_decay(opt, total_steps: int):
+  """AdamW's decoupled weight decay, constant, or (opt.weight_decay_until < 1, TriLM's ternary
+  recipe) switched off after that fraction of the steps."""
+  until = opt.get("weight_decay_until", 1.0)
+  if until >= 1.0:
+    return opt.weight_decay
+  return lambda step: jnp.where(step < until * total_steps, opt.weight_decay, 0.0)
 
 
 def _with_sgd_modules(tx, lrs: dict[str, float], schedule, peak_lr: float):
