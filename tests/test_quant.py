@@ -228,3 +228,15 @@ def test_a_ternary_mrt5_recipe_trains_and_loads(tmp_path):
   model = bytelm.load(tmp_path / "run")
   assert model.config.quant == "ternary"
   assert model.encoder.blocks[0].mlp.sub_norm is not None
+
+
+@pytest.mark.parametrize("mode", ["int8_weight", "int8"])
+def test_int8_aware_training_sees_the_post_training_numbers(mode):
+  # The forward of a quantization-aware Dense is what QuantDense computes after training
+  # (up to float rounding), and its gradient is the float one.
+  dense = Dense(48, 20, std=0.1, quant=mode, rngs=nnx.Rngs(0))
+  x = _rand((2, 5, 48), 12)
+  after = QuantDense.from_dense(dense, mode, outlier_columns=0)
+  np.testing.assert_allclose(np.asarray(dense(x)), np.asarray(after(x)), rtol=1e-5, atol=1e-5)
+  g = nnx.grad(lambda d: jnp.sum(d(x) ** 2))(dense)
+  assert float(jnp.max(jnp.abs(g.kernel[...]))) > 0
