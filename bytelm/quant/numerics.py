@@ -31,9 +31,12 @@ def absmax_int8(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
   """(q, scale): q = round(x / scale) in int8 [-127, 127], scale = max|x| / 127 along axis
   (kept as a size-1 axis), so x ~ q * scale with error at most scale / 2."""
   x = x.astype(jnp.float32)
-  scale = jnp.maximum(jnp.max(jnp.abs(x), axis=axis, keepdims=True), EPS) / 127.0
-  q = jnp.clip(jnp.round(x / scale), -127, 127).astype(jnp.int8)
-  return q, scale
+  return _to_int8(x, jnp.max(jnp.abs(x), axis=axis, keepdims=True))
+
+
+def _to_int8(x: jax.Array, absmax: jax.Array) -> tuple[jax.Array, jax.Array]:
+  scale = jnp.maximum(absmax, EPS) / 127.0
+  return jnp.clip(jnp.round(x / scale), -127, 127).astype(jnp.int8), scale
 
 
 def quantize_weight(w_KN: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -87,8 +90,7 @@ def int8_matmul(x_MK: jax.Array, q_KN: jax.Array, scale_N: jax.Array,
 
 def _w8a8(x_MK, absmax_M1, q_KN, scale_N) -> jax.Array:
   """The int8 product with rows scaled by their given absolute maxima."""
-  scale_M1 = jnp.maximum(absmax_M1, EPS) / 127.0
-  q_MK = jnp.clip(jnp.round(x_MK / scale_M1), -127, 127).astype(jnp.int8)
+  q_MK, scale_M1 = _to_int8(x_MK, absmax_M1)
   return int8_dot(q_MK, q_KN).astype(jnp.float32) * scale_M1 * scale_N
 
 
