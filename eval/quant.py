@@ -103,7 +103,8 @@ def disk_bytes(model, config: dict) -> int:
 
 def outliers(model, family, batches, threshold: float = 6.0) -> dict[str, dict[str, float]]:
   """Per quantized layer: the fraction of input features that reach threshold in some call,
-  and the fraction of calls with any (the model run eagerly, inputs recorded)."""
+  and the fraction of calls with any (inputs recorded on two validation batches; a call is an
+  example where the encoder maps over the batch, a batch elsewhere)."""
   seen: dict[str, list[np.ndarray]] = {}
   names = {id(node): "/".join(map(str, path)) for path, node in nnx.iter_graph(model)
            if isinstance(node, QuantDense)}
@@ -111,7 +112,9 @@ def outliers(model, family, batches, threshold: float = 6.0) -> dict[str, dict[s
 
   def recording(self, x_BTI):
     mask = numerics.outlier_mask(x_BTI.reshape(-1, self.in_features), threshold)
-    seen.setdefault(names[id(self)], []).append(np.asarray(mask))
+    # A callback: the encoder may map over the batch (traced), one call per example.
+    jax.debug.callback(lambda m, name=names[id(self)]: seen.setdefault(name, []).append(
+        np.asarray(m)), mask)
     return original(self, x_BTI)
 
   QuantDense.__call__ = recording
