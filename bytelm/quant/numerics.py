@@ -35,8 +35,10 @@ def absmax_int8(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
 
 
 def _to_int8(x: jax.Array, absmax: jax.Array) -> tuple[jax.Array, jax.Array]:
-  scale = jnp.maximum(absmax, EPS) / 127.0
-  return jnp.clip(jnp.round(x / scale), -127, 127).astype(jnp.int8), scale
+  absmax = jnp.maximum(absmax, EPS)
+  # A multiply by 127 / max per row, not a division per element (several times cheaper).
+  q = jnp.clip(jnp.round(x * (127.0 / absmax)), -127, 127).astype(jnp.int8)
+  return q, absmax / 127.0
 
 
 def quantize_weight(w_KN: jax.Array) -> tuple[jax.Array, jax.Array]:
