@@ -3,7 +3,8 @@
   python eval/quant.py [--root workdirs/eval_quant] [--speed-layers 12] [--speed-repeats 5]
 
 1. Post-training quantization of the float32 MrT5 of `configs/mrt5.py` (trained into
-   ROOT/mrt5 if missing): for int8_weight, int8 (W8A8 with LLM.int8's outlier decomposition)
+   ROOT/mrt5 if missing): for int8_weight, int8 (W8A8 with LLM.int8's outlier decomposition,
+   the columns searched per call; int8_calibrated: fixed per layer from two training batches)
    and ternary (rounded after the fact: the lower-quality option), validation bits per byte
    (the trainer's measure, soft deletion, on the trainer's validation batches) and its change
    from float32; the quantized layers' weight bytes in memory and the whole model's bytes on
@@ -14,8 +15,9 @@
    same steps, batch and data; BitNet's schedule), its validation bits per byte against the
    float32 run's, and its packed export.
 4. Speed: the encoder of byt5-small's shape (d_model 1472, d_ff 3584, 6 heads, --speed-layers
-   layers; random weights, 8 x 512 bytes) in float32, bfloat16, int8, int8_weight and ternary,
-   timed in alternation (bytelm.timing); ratios to float32 and to bfloat16.
+   layers; random weights, 8 x 512 bytes) in float32, bfloat16, int8_weight, int8,
+   int8_calibrated (outlier columns from another random batch) and ternary, timed in
+   alternation (bytelm.timing); ratios to float32 and to bfloat16.
 Writes eval/results/quant.json. Last line: int8_bpb_delta, int8_bytes_ratio,
 ternary_bytes_ratio, int8_speedup, ternary_bpb_delta (deltas relative).
 """
@@ -69,6 +71,15 @@ def validation_batches(c) -> list[dict]:
       batch_size=c.train.batch_size, input_length=dc.input_length, target_length=dc.target_length,
       noise_density=dc.noise_density, mean_noise_span_length=dc.mean_noise_span_length)
   return list(source.eval_batches(c.train.eval_batches))
+
+
+def training_batches(c, n: int) -> list[dict]:
+  dc = c.data
+  source = pipeline.make_source(
+      dc.train, "train", seed=c.seed, objective=dc.objective, batch_size=c.train.batch_size,
+      input_length=dc.input_length, target_length=dc.target_length,
+      noise_density=dc.noise_density, mean_noise_span_length=dc.mean_noise_span_length)
+  return [{k: jnp.asarray(v) for k, v in source.batch(i).items()} for i in range(n)]
 
 
 def val_bpb(model, family, batches) -> float:
@@ -132,11 +143,14 @@ def speed(layers: int, repeats: int) -> dict[str, float]:
   """Median seconds of the byt5-small-shaped encoder's forward per variant."""
   cfg = t5.byt5_small(num_encoder_layers=layers, num_decoder_layers=1)
   ids = jnp.asarray(np.random.default_rng(0).integers(3, 259, (8, 512)), jnp.int32)
+  other = jnp.asarray(np.random.default_rng(1).integers(3, 259, (8, 512)), jnp.int32)
   fns = {}
-  for name in ("float32", "bfloat16") + MODES:
+  for name in ("float32", "bfloat16") + MODES + ("int8_calibrated",):
     model = t5.T5(cfg.replace(dtype="bfloat16") if name == "bfloat16" else cfg,
                   rngs=nnx.Rngs(0))
-    if name in MODES:
+    if name == "int8_calibrated":  # outlier columns from another batch
+      quantize(model, "int8", calibrate=lambda m: m.encode(other))
+    elif name in MODES:
       quantize(model, name)
     graphdef, state = nnx.split(model)
     fn = jax.jit(lambda state, ids, g=graphdef: nnx.merge(g, state).encode(ids))
@@ -165,9 +179,15 @@ def main() -> None:
   base = bytelm.load(workdir)
   fp32_bpb = val_bpb(base, family, batches)
   fp32_disk = disk_bytes(base, saved)
+  calibration = training_batches(c, 2)
+
+  def calibrate(model):  # two training batches through the quantized model
+    return [family.loss_fn(model, b)[0] for b in calibration]
+
   ptq = {}
-  for mode in MODES:
-    model = quantize(bytelm.load(workdir), mode)
+  for mode in MODES + ("int8_calibrated",):
+    kw = {"calibrate": calibrate} if mode == "int8_calibrated" else {}
+    model = quantize(bytelm.load(workdir), mode.replace("_calibrated", ""), **kw)
     stored, full = layer_bytes(model)
     bpb = val_bpb(model, family, batches)
     ptq[mode] = {"val_bpb": bpb, "bpb_delta": bpb / fp32_bpb - 1,

@@ -240,3 +240,53 @@ def test_int8_aware_training_sees_the_post_training_numbers(mode):
   np.testing.assert_allclose(np.asarray(dense(x)), np.asarray(after(x)), rtol=1e-5, atol=1e-5)
   g = nnx.grad(lambda d: jnp.sum(d(x) ** 2))(dense)
   assert float(jnp.max(jnp.abs(g.kernel[...]))) > 0
+
+
+def test_calibrated_outlier_columns_are_the_ones_that_reached_the_threshold(tmp_path):
+  x_MK = _rand((32, 64), 13).at[:, 9].set(15.0).at[3, 40].set(-7.0)
+  w_KN = _rand((64, 24), 14, 0.1)
+  q_KN, scale_N = qn.quantize_weight(w_KN)
+  idx_k, use_k = jnp.asarray([9, 40, 0, 1], jnp.int32), jnp.asarray([1, 1, 0, 0], jnp.int8)
+  # Fixed columns 9 and 40: the same as the per-call search, which finds those two.
+  np.testing.assert_allclose(np.asarray(qn.int8_matmul_fixed(x_MK, q_KN, scale_N, idx_k, use_k)),
+                             np.asarray(qn.int8_matmul(x_MK, q_KN, scale_N, outlier_columns=4)),
+                             atol=1e-5)
+  # A model calibrated on text: its layers keep the columns that reached 6.0 there.
+  model = _decoder()
+  want = model(IDS)
+  quantize(model, "int8", calibrate=lambda m: m(IDS))
+  wo = model.blocks[0].mlp.wo
+  assert wo.outliers == "calibrated" and wo.recording is None
+  got = model(IDS)
+  assert float(jnp.max(jnp.abs(got - want))) < 0.03 * float(jnp.max(jnp.abs(want)))
+  # Inputs seen now (a layer's input can move a little once the layers before it decompose,
+  # hence the margin around 6.0).
+  for layer in (wo, model.blocks[0].attn.q):
+    seen = np.asarray(jnp.max(jnp.abs(_inputs_of(model, layer)), axis=0))
+    used = set(np.asarray(layer.outlier_idx[...])[np.asarray(layer.outlier_use[...]) > 0].tolist())
+    if (seen >= 6.0).sum() <= layer.outlier_columns:
+      assert set(np.flatnonzero(seen >= 6.1).tolist()) <= used
+    assert not used & set(np.flatnonzero(seen < 5.9).tolist())
+  assert np.asarray(wo.outlier_use[...]).sum() > 0, "the test model's wo sees values over 6"
+  config = {"model_family": "decoder", "model": dataclasses.asdict(model.config)}
+  out = export.export(model, config, tmp_path / "c", dtype="float32")
+  np.testing.assert_array_equal(np.asarray(bytelm.load(out)(IDS)), np.asarray(got))
+
+
+def _inputs_of(model, layer):
+  """The inputs a layer receives on IDS, [M, K] (recorded through its calibration hook)."""
+  seen = []
+  layer.recording = None
+  original = type(layer).__call__
+
+  def spy(self, x_BTI):
+    if self is layer:
+      seen.append(x_BTI.reshape(-1, self.in_features))
+    return original(self, x_BTI)
+
+  type(layer).__call__ = spy
+  try:
+    model(IDS)
+  finally:
+    type(layer).__call__ = original
+  return jnp.concatenate(seen)

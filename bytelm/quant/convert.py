@@ -8,6 +8,11 @@ quality comes from training with the rounding).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from bytelm.nn.attention import Attention
@@ -16,11 +21,18 @@ from bytelm.quant.dense import MODES, QuantDense
 
 
 def quantize(model: nnx.Module, mode: str, *, head: bool = False, threshold: float = 6.0,
-             outlier_columns: int = 16) -> nnx.Module:
+             outlier_columns: int = 16, outliers: str = "dynamic",
+             calibrate: Callable[[nnx.Module], object] | None = None) -> nnx.Module:
   """Replace, in place, every Dense of an attention or feed-forward block (and the LM head if
   head) by a `QuantDense` of the given mode; returns the model. Embeddings, norms, MrT5's
   gate and the hierarchical models' width projections stay as they are. threshold and
-  outlier_columns: LLM.int8's outlier decomposition ("int8" mode)."""
+  outlier_columns: LLM.int8's outlier decomposition ("int8" mode), searched per call
+  (outliers="dynamic") or fixed beforehand: calibrate(model) runs the quantized model on
+  calibration text, and each layer keeps, of the outlier_columns input columns that were
+  largest there, those that reached the threshold (outliers="calibrated", no per-call search).
+  """
+  if calibrate is not None:
+    outliers = "calibrated"
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   targets = []
@@ -33,12 +45,39 @@ def quantize(model: nnx.Module, mode: str, *, head: bool = False, threshold: flo
   if not targets:
     raise ValueError(f"{type(model).__name__} has no attention or feed-forward Dense to quantize")
   for parent, name, dense in targets:
-    q = QuantDense.from_dense(dense, mode, threshold=threshold, outlier_columns=outlier_columns)
+    q = QuantDense.from_dense(dense, mode, threshold=threshold, outlier_columns=outlier_columns,
+                              outliers=outliers)
     if isinstance(name, int):
       parent[name] = q
     else:
       setattr(parent, name, q)
+  if calibrate is not None and mode == "int8":
+    _calibrate(model, calibrate)
   return model
+
+
+def _calibrate(model: nnx.Module, run: Callable[[nnx.Module], object]) -> None:
+  """Fix each int8 layer's outlier columns from the input column maxima seen during run."""
+  layers = [node for _, node in nnx.iter_graph(model) if isinstance(node, QuantDense)]
+  maxima = {id(q): np.zeros(q.in_features, np.float32) for q in layers}
+
+  def recorder(key):
+    def record(colmax_K):
+      maxima[key][:] = np.maximum(maxima[key], np.asarray(colmax_K))
+    return record
+
+  for q in layers:
+    q.recording = recorder(id(q))
+  try:
+    jax.block_until_ready(run(model))
+    jax.effects_barrier()
+  finally:
+    for q in layers:
+      q.recording = None
+  for q in layers:
+    idx_k = np.argsort(-maxima[id(q)], kind="stable")[:q.outlier_idx[...].shape[0]]
+    q.outlier_idx[...] = jnp.asarray(idx_k, jnp.int32)
+    q.outlier_use[...] = jnp.asarray(maxima[id(q)][idx_k] >= q.threshold, jnp.int8)
 
 
 def _walk(node, path):
@@ -58,4 +97,5 @@ def quantization_of(model: nnx.Module) -> dict | None:
     raise ValueError(f"the model mixes quantized modes {sorted(modes)}; quantize it with one")
   node = found[0][1]
   return dict(mode=node.mode, head=any(path[-1] == "lm_head" for path, _ in found),
-              threshold=node.threshold, outlier_columns=node.outlier_columns)
+              threshold=node.threshold, outlier_columns=node.outlier_columns,
+              outliers=node.outliers)

@@ -34,12 +34,22 @@ class QuantDense(nnx.Module):
   """y = x @ W with W stored quantized (see the module docstring for the modes)."""
 
   def __init__(self, in_features: int, out_features: int, mode: str, *, dtype=jnp.float32,
-               threshold: float = 6.0, outlier_columns: int = 16):
+               threshold: float = 6.0, outlier_columns: int = 16, outliers: str = "dynamic"):
+    """outliers ("int8"): "dynamic", the outlier_columns largest input columns of each call,
+    those reaching threshold; or "calibrated", columns fixed by `bytelm.quant.calibrate`."""
     if mode not in MODES:
       raise ValueError(f"quantized mode must be one of {MODES}, got {mode!r}")
+    if outliers not in ("dynamic", "calibrated"):
+      raise ValueError(f"outliers must be 'dynamic' or 'calibrated', got {outliers!r}")
     self.in_features, self.out_features, self.mode, self.dtype = (
         in_features, out_features, mode, dtype)
     self.threshold, self.outlier_columns = float(threshold), int(outlier_columns)
+    self.outliers = outliers
+    self.recording = None  # while calibrating: a callback receiving each call's column maxima
+    if mode == "int8" and outliers == "calibrated":
+      k = min(self.outlier_columns, in_features)
+      self.outlier_idx = QuantWeight(jnp.zeros((k,), jnp.int32))
+      self.outlier_use = QuantWeight(jnp.zeros((k,), jnp.int8))
     if mode == "ternary":
       self.packed = QuantWeight(jnp.zeros((-(-in_features // 4), out_features), jnp.uint8))
       self.scale = QuantWeight(jnp.ones((), jnp.float32))
@@ -73,8 +83,14 @@ class QuantDense(nnx.Module):
     if self.mode == "int8_weight":
       y_MO = jnp.dot(x_MI.astype(self.dtype), self.weight().astype(self.dtype))
     elif self.mode == "int8":
-      y_MO = qn.int8_matmul(x_MI, self.qvalue[...], self.scale[...], self.threshold,
-                            self.outlier_columns)
+      if self.recording is not None:
+        jax.debug.callback(self.recording, jnp.max(jnp.abs(x_MI.astype(jnp.float32)), axis=0))
+      if self.outliers == "calibrated":
+        y_MO = qn.int8_matmul_fixed(x_MI, self.qvalue[...], self.scale[...],
+                                    self.outlier_idx[...], self.outlier_use[...])
+      else:
+        y_MO = qn.int8_matmul(x_MI, self.qvalue[...], self.scale[...], self.threshold,
+                              self.outlier_columns)
     else:
       codes_IO = qn.unpack_ternary(self.packed[...], self.in_features)
       y_MO = qn.ternary_matmul(x_MI, codes_IO, self.scale[...])

@@ -90,6 +90,24 @@ def int8_matmul(x_MK: jax.Array, q_KN: jax.Array, scale_N: jax.Array,
                       lambda x_MK: _w8a8(x_MK, absmax_M1, q_KN, scale_N), x_MK)
 
 
+def int8_matmul_fixed(x_MK: jax.Array, q_KN: jax.Array, scale_N: jax.Array, idx_k: jax.Array,
+                      use_k: jax.Array) -> jax.Array:
+  """int8_matmul with the outlier columns chosen beforehand (`bytelm.quant.calibrate`: the
+  columns that reached the threshold on calibration text; LLM.int8 finds outlier features
+  systematic, the same few dimensions in every sequence): idx_k int32 [k] columns, use_k [k]
+  nonzero where a column is an outlier. No per-call search (no column-maximum pass, no top-k,
+  no branch). A large value in another column goes through int8, with a coarser row scale."""
+  x_MK = x_MK.astype(jnp.float32)
+  use_k = use_k.astype(bool)
+  keep_K = jnp.ones(x_MK.shape[1], jnp.float32).at[idx_k].min(jnp.where(use_k, 0.0, 1.0))
+  xm_MK = x_MK * keep_K
+  y_MN = _w8a8(xm_MK, jnp.max(jnp.abs(xm_MK), axis=1, keepdims=True), q_KN, scale_N)
+  xo_Mk = jnp.where(use_k, x_MK[:, idx_k], 0.0)
+  return jax.lax.cond(jnp.any(use_k),
+                      lambda: y_MN + jnp.dot(xo_Mk, dequantize_weight(q_KN[idx_k], scale_N)),
+                      lambda: y_MN)
+
+
 def _w8a8(x_MK, absmax_M1, q_KN, scale_N) -> jax.Array:
   """The int8 product with rows scaled by their given absolute maxima."""
   q_MK, scale_M1 = _to_int8(x_MK, absmax_M1)
