@@ -55,8 +55,11 @@ def export(model: nnx.Module, config: dict, directory, dtype: str = "bfloat16",
     if isinstance(value, nnx.Param) and jnp.issubdtype(array.dtype, jnp.floating):
       array = array.astype(dtype)
     arrays[_key(path)] = array
-  saved = dict(config, export=dict(extra or {}, stored_dtype=dtype,
-                                   quantized=quantization_of(model)))
+  notes = dict(extra or {}, stored_dtype=dtype)
+  quantized = quantization_of(model)
+  if quantized:
+    notes["quantized"] = quantized
+  saved = dict(config, export=notes)
   directory.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
   try:
