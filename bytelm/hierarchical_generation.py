@@ -116,24 +116,27 @@ def _cached_steps(model, max_len: int, segmenter):
 
 def _uncached_step(model, segmenter):
   """The reference: the whole model on the bytes so far, read at position len(bytes)."""
-  cfg = model.config
 
   def step(data: bytes, need: bool):
-    if not need:
-      return None
-    t = len(data)
-    length = -(-(t + 1) // cfg.window) * cfg.window
-    targets = np.zeros((1, length), np.int32)
-    targets[0, :t] = _ids(data)
-    inputs = np.concatenate([[[EOS_ID]], targets[:, :-1]], axis=1)  # a document start
-    if cfg.segmenter == "learned":
-      logits = model(jnp.asarray(inputs), jnp.asarray(targets))
-    else:
-      starts = segmenter(data)
-      ids, _ = segment.segment_ids(t, starts, cfg.max_segments, length)
-      ctx = segment.context_ids(data, starts, cfg.max_segments, length)
-      logits = model(jnp.asarray(inputs), jnp.asarray(targets), jnp.asarray(ids[None]),
-                     jnp.asarray(ctx[None]))
-    return np.asarray(logits[0, t])
+    return np.asarray(prefix_logits(model, data, segmenter)[len(data)]) if need else None
 
   return step
+
+
+def prefix_logits(model: hierarchical.Hierarchical, data: bytes,
+                  segmenter: segment.Segmenter | None = None):
+  """The whole model on data from a document start: logits [T, V] (T >= len(data) + 1, a
+  multiple of the window), row t predicting byte t from data[:t]. Only segments settled by
+  position t are read there, so each row is what the model gives that prefix alone."""
+  cfg, t = model.config, len(data)
+  length = -(-(t + 1) // cfg.window) * cfg.window
+  targets = np.zeros((1, length), np.int32)
+  targets[0, :t] = _ids(data)
+  inputs = np.concatenate([[[EOS_ID]], targets[:, :-1]], axis=1)  # a document start
+  if cfg.segmenter == "learned":
+    return model(jnp.asarray(inputs), jnp.asarray(targets))[0]
+  starts = segmenter(data)
+  ids, _ = segment.segment_ids(t, starts, cfg.max_segments, length)
+  ctx = segment.context_ids(data, starts, cfg.max_segments, length)
+  return model(jnp.asarray(inputs), jnp.asarray(targets), jnp.asarray(ids[None]),
+               jnp.asarray(ctx[None]))[0]

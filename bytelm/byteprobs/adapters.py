@@ -30,6 +30,7 @@ import numpy as np
 from bytelm.byteprobs.byte_lm import ByteLM
 from bytelm.byteprobs.tokenization import BPE
 from bytelm.data import bpe
+from bytelm import hierarchical_generation
 from bytelm.models import segment
 from bytelm.nn.compiled import Compiled
 from bytelm.training import trainer
@@ -181,18 +182,7 @@ class HierarchicalLM(_ByteModel):
     self.model, self.segmenter = model, segmenter
 
   def _logits(self, text: bytes):
-    cfg, t = self.model.config, len(text)
-    length = -(-(t + 1) // cfg.window) * cfg.window
-    targets = np.zeros((1, length), np.int32)
-    targets[0, :t] = ByteTokenizer().encode(text, add_eos=False)
-    inputs = np.concatenate([[[EOS_ID]], targets[:, :-1]], axis=1)  # a document start
-    if cfg.segmenter == "learned":
-      return self.model(jnp.asarray(inputs), jnp.asarray(targets))[0]
-    starts = self.segmenter(text)
-    ids, _ = segment.segment_ids(t, starts, cfg.max_segments, length)
-    ctx = segment.context_ids(text, starts, cfg.max_segments, length)
-    return self.model(jnp.asarray(inputs), jnp.asarray(targets), jnp.asarray(ids[None]),
-                      jnp.asarray(ctx[None]))[0]
+    return hierarchical_generation.prefix_logits(self.model, text, self.segmenter)
 
 
 def byte_model_from_workdir(workdir) -> _ByteModel:
