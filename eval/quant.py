@@ -45,9 +45,9 @@ import bytelm  # noqa: E402
 from bytelm import models, timing  # noqa: E402
 from bytelm.data import pipeline  # noqa: E402
 from bytelm.models import t5  # noqa: E402
-from bytelm.quant import numerics, quantize  # noqa: E402
+from bytelm.quant import quantize  # noqa: E402
 from bytelm.quant.dense import QuantDense  # noqa: E402
-from bytelm.training import config_file, export, train_and_evaluate  # noqa: E402
+from bytelm.training import config_file, export, train_and_evaluate, trainer  # noqa: E402
 
 MODES = ("int8_weight", "int8", "ternary")
 
@@ -56,29 +56,23 @@ def trained(arg: str | None, workdir: pathlib.Path):
   """(config, workdir) of configs/mrt5.py[:arg], trained unless it already holds a finished
   run."""
   c = config_file.load(ROOT / "configs" / "mrt5.py", arg)
-  metrics = workdir / "metrics.jsonl"
-  lines = metrics.read_text(encoding="utf-8").splitlines() if metrics.exists() else []
-  if not any("val_bpb" in r and r["step"] >= c.train.steps for r in map(json.loads, lines)):
+  if not trainer.evaluated_at(workdir, c.train.steps):
     print(f"training configs/mrt5.py:{arg or ''} into {workdir}", flush=True)
     train_and_evaluate(c, workdir)
   return c, workdir
 
 
-def validation_batches(c) -> list[dict]:
+def batches_of(c, split: str, n: int) -> list[dict]:
+  """n batches of the run's data: the trainer's validation batches ("validation") or the first
+  training batches ("train")."""
   dc = c.data
   source = pipeline.make_source(
-      dc.validation or dc.train, "validation", seed=c.seed, objective=dc.objective,
-      batch_size=c.train.batch_size, input_length=dc.input_length, target_length=dc.target_length,
-      noise_density=dc.noise_density, mean_noise_span_length=dc.mean_noise_span_length)
-  return list(source.eval_batches(c.train.eval_batches))
-
-
-def training_batches(c, n: int) -> list[dict]:
-  dc = c.data
-  source = pipeline.make_source(
-      dc.train, "train", seed=c.seed, objective=dc.objective, batch_size=c.train.batch_size,
-      input_length=dc.input_length, target_length=dc.target_length,
-      noise_density=dc.noise_density, mean_noise_span_length=dc.mean_noise_span_length)
+      dc.validation or dc.train if split == "validation" else dc.train, split, seed=c.seed,
+      objective=dc.objective, batch_size=c.train.batch_size, input_length=dc.input_length,
+      target_length=dc.target_length, noise_density=dc.noise_density,
+      mean_noise_span_length=dc.mean_noise_span_length)
+  if split == "validation":
+    return list(source.eval_batches(n))
   return [{k: jnp.asarray(v) for k, v in source.batch(i).items()} for i in range(n)]
 
 
@@ -114,26 +108,21 @@ def disk_bytes(model, config: dict) -> int:
 
 def outliers(model, family, batches, threshold: float = 6.0) -> dict[str, dict[str, float]]:
   """Per quantized layer: the fraction of input features that reach threshold in some call,
-  and the fraction of calls with any (inputs recorded on two validation batches; a call is an
-  example where the encoder maps over the batch, a batch elsewhere)."""
+  and the fraction of calls with any (two validation batches, through QuantDense's calibration
+  hook; a call is an example where the encoder maps over the batch, a batch elsewhere)."""
   seen: dict[str, list[np.ndarray]] = {}
-  names = {id(node): "/".join(map(str, path)) for path, node in nnx.iter_graph(model)
-           if isinstance(node, QuantDense)}
-  original = QuantDense.__call__
-
-  def recording(self, x_BTI):
-    mask = numerics.outlier_mask(x_BTI.reshape(-1, self.in_features), threshold)
-    # A callback: the encoder may map over the batch (traced), one call per example.
-    jax.debug.callback(lambda m, name=names[id(self)]: seen.setdefault(name, []).append(
-        np.asarray(m)), mask)
-    return original(self, x_BTI)
-
-  QuantDense.__call__ = recording
+  layers = [("/".join(map(str, path)), node) for path, node in nnx.iter_graph(model)
+            if isinstance(node, QuantDense)]
+  for name, layer in layers:
+    layer.recording = lambda colmax_K, name=name: seen.setdefault(name, []).append(
+        np.asarray(colmax_K) >= threshold)
   try:
     for batch in batches[:2]:
-      family.loss_fn(model, {k: jnp.asarray(v) for k, v in batch.items()})
+      jax.block_until_ready(family.loss_fn(model, {k: jnp.asarray(v) for k, v in batch.items()}))
+    jax.effects_barrier()
   finally:
-    QuantDense.__call__ = original
+    for _, layer in layers:
+      layer.recording = None
   return {name: {"features": float(np.mean(np.any(masks, axis=0))),
                  "calls": float(np.mean([m.any() for m in masks]))}
           for name, masks in seen.items()}
@@ -174,12 +163,12 @@ def main() -> None:
   # 1. post-training quantization of the float32 run
   c, workdir = trained(args.variant or None, root / "mrt5")
   family = models.family(c.model_family)
-  batches = validation_batches(c)
+  batches = batches_of(c, "validation", c.train.eval_batches)
   saved = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
   base = bytelm.load(workdir)
   fp32_bpb = val_bpb(base, family, batches)
   fp32_disk = disk_bytes(base, saved)
-  calibration = training_batches(c, 2)
+  calibration = batches_of(c, "train", 2)
 
   def calibrate(model):  # two training batches through the quantized model
     return [family.loss_fn(model, b)[0] for b in calibration]

@@ -160,6 +160,16 @@ def _with_config(model, src_cfg, family, rngs, model_cfg):
   return fresh
 
 
+def evaluated_at(workdir, steps: int) -> bool:
+  """Whether the run in workdir was evaluated at step `steps` or later (a finished run: eval
+  scripts reuse it rather than train again)."""
+  metrics = pathlib.Path(workdir) / "metrics.jsonl"
+  if not metrics.exists():
+    return False
+  records = map(json.loads, metrics.read_text(encoding="utf-8").splitlines())
+  return any("val_bpb" in r and r["step"] >= steps for r in records)
+
+
 def load(workdir, **runtime) -> nnx.Module:
   """The model of the newest readable checkpoint in a bytelm workdir, ready for inference.
 
