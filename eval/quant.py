@@ -1,6 +1,7 @@
 """int8 and ternary MrT5 against float32: quality, bytes and speed (bytelm.quant).
 
   python eval/quant.py [--root workdirs/eval_quant] [--speed-layers 12] [--speed-repeats 5]
+  python eval/quant.py --speed-only [--speed-batch 64]     # part 4 alone (e.g. on a GPU)
 
 1. Post-training quantization of the float32 MrT5 of `configs/mrt5.py` (trained into
    ROOT/mrt5 if missing): for int8_weight, int8 (W8A8 with LLM.int8's outlier decomposition,
@@ -128,11 +129,11 @@ def outliers(model, family, batches, threshold: float = 6.0) -> dict[str, dict[s
           for name, masks in seen.items()}
 
 
-def speed(layers: int, repeats: int) -> dict[str, float]:
+def speed(layers: int, repeats: int, batch: int = 8) -> dict[str, float]:
   """Median seconds of the byt5-small-shaped encoder's forward per variant."""
   cfg = t5.byt5_small(num_encoder_layers=layers, num_decoder_layers=1)
-  ids = jnp.asarray(np.random.default_rng(0).integers(3, 259, (8, 512)), jnp.int32)
-  other = jnp.asarray(np.random.default_rng(1).integers(3, 259, (8, 512)), jnp.int32)
+  ids = jnp.asarray(np.random.default_rng(0).integers(3, 259, (batch, 512)), jnp.int32)
+  other = jnp.asarray(np.random.default_rng(1).integers(3, 259, (batch, 512)), jnp.int32)
   fns = {}
   for name in ("float32", "bfloat16") + MODES + ("int8_calibrated",):
     model = t5.T5(cfg.replace(dtype="bfloat16") if name == "bfloat16" else cfg,
@@ -147,18 +148,49 @@ def speed(layers: int, repeats: int) -> dict[str, float]:
   return timing.compare(fns, repeats)
 
 
+def report_speed(args, results: dict) -> dict[str, float]:
+  """Part 4: times the variants, prints the table, records it in results."""
+  sec = speed(args.speed_layers, args.speed_repeats, args.speed_batch)
+  results["speed_seconds"] = sec
+  print(f"\nencoder forward on {results['device']}, byt5-small shape, {args.speed_layers} "
+        f"layers, {args.speed_batch} x 512 bytes (median of {args.speed_repeats}, alternating):")
+  for name, s in sec.items():
+    print(f"  {name:15s} {1000 * s:8.1f} ms   x float32 {sec['float32'] / s:.2f}   "
+          f"x bfloat16 {sec['bfloat16'] / s:.2f}")
+  return sec
+
+
+def write(results: dict, path: str) -> None:
+  out = pathlib.Path(path)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = out.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps(results, indent=1), encoding="utf-8")
+  tmp.replace(out)
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--root", default="workdirs/eval_quant")
   p.add_argument("--variant", default="", help="of configs/mrt5.py ('tiny': a smoke test)")
   p.add_argument("--speed-layers", type=int, default=12)
   p.add_argument("--speed-repeats", type=int, default=5)
+  p.add_argument("--speed-batch", type=int, default=8, help="examples of 512 bytes")
+  p.add_argument("--speed-only", action="store_true",
+                 help="only part 4 (no training or data; for an accelerator)")
   p.add_argument("--out", default=str(ROOT / "eval" / "results" / "quant.json"))
   args = p.parse_args()
   root = pathlib.Path(args.root)
   print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"jax {jax.__version__} on {jax.default_backend()}; {datetime.date.today()}")
-  results = {"date": str(datetime.date.today()), "args": vars(args)}
+  results = {"date": str(datetime.date.today()), "args": vars(args),
+             "device": jax.devices()[0].device_kind}
+  if args.speed_only:
+    sec = report_speed(args, results)
+    write(results, args.out)
+    print(f"int8_speedup={sec['float32'] / sec['int8']:.3f} "
+          f"ternary_speedup={sec['float32'] / sec['ternary']:.3f} "
+          f"int8_vs_bf16={sec['bfloat16'] / sec['int8']:.3f}")
+    return
 
   # 1. post-training quantization of the float32 run
   c, workdir = trained(args.variant or None, root / "mrt5")
@@ -212,20 +244,8 @@ def main() -> None:
         f"validation bpb {t_bpb:.4f} vs float32 {fp32_bpb:.4f} ({100 * r['bpb_delta']:+.2f}%); "
         f"packed layers {r['layer_bytes_ratio']:.4f}x, on disk {r['disk_bytes_ratio']:.3f}x")
 
-  # 4. speed
-  sec = speed(args.speed_layers, args.speed_repeats)
-  results["speed_seconds"] = sec
-  print(f"\nencoder forward, byt5-small shape, {args.speed_layers} layers, 8 x 512 bytes "
-        f"(median of {args.speed_repeats}, alternating):")
-  for name, s in sec.items():
-    print(f"  {name:12s} {1000 * s:8.1f} ms   x float32 {sec['float32'] / s:.2f}   "
-          f"x bfloat16 {sec['bfloat16'] / s:.2f}")
-
-  out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(results, indent=1), encoding="utf-8")
-  tmp.replace(out)
+  sec = report_speed(args, results)
+  write(results, args.out)
   print(f"int8_bpb_delta={ptq['int8']['bpb_delta']:.5f} "
         f"int8_bytes_ratio={ptq['int8']['layer_bytes_ratio']:.4f} "
         f"ternary_bytes_ratio={results['ternary_qat']['layer_bytes_ratio']:.4f} "
