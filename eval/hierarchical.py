@@ -138,7 +138,7 @@ class Scorer:
 
   def __init__(self, name, c, workdir, batch_size: int = 16):
     self.name, self.c, self.batch_size = name, c, batch_size
-    self.model = bytelm.load(workdir)
+    self.model = bytelm.load_module(workdir)
     self.family = models.family(c.model_family)
     self.tok = tokenizer_of(c, workdir)
     self.segmenter = (segment.Segmenter.from_settings(c.data.segments)

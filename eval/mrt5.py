@@ -102,8 +102,8 @@ def main():
 
   def load(name, delta):
     if delta is None or args.bucket_multiple is None:
-      return bytelm.load(root / name)
-    return bytelm.load(root / name, bucket_multiple=args.bucket_multiple)
+      return bytelm.load_module(root / name)
+    return bytelm.load_module(root / name, bucket_multiple=args.bucket_multiple)
 
   models = {name: load(name, delta) for name, delta in runs.items()}
 

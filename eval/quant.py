@@ -197,7 +197,7 @@ def main() -> None:
   family = models.family(c.model_family)
   batches = batches_of(c, "validation", c.train.eval_batches)
   saved = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
-  base = bytelm.load(workdir)
+  base = bytelm.load_module(workdir)
   fp32_bpb = val_bpb(base, family, batches)
   fp32_disk = disk_bytes(base, saved)
   calibration = batches_of(c, "train", 2)
@@ -208,7 +208,7 @@ def main() -> None:
   ptq = {}
   for mode in MODES + ("int8_calibrated",):
     kw = {"calibrate": calibrate} if mode == "int8_calibrated" else {}
-    model = quantize(bytelm.load(workdir), mode.replace("_calibrated", ""), **kw)
+    model = quantize(bytelm.load_module(workdir), mode.replace("_calibrated", ""), **kw)
     stored, full = layer_bytes(model)
     bpb = val_bpb(model, family, batches)
     ptq[mode] = {"val_bpb": bpb, "bpb_delta": bpb / fp32_bpb - 1,
@@ -222,7 +222,7 @@ def main() -> None:
           f"{r['layer_bytes_ratio']:11.4f}x {r['disk_bytes_ratio']:7.3f}x")
 
   # 2. outliers
-  found = outliers(quantize(bytelm.load(workdir), "int8"), family, batches)
+  found = outliers(quantize(bytelm.load_module(workdir), "int8"), family, batches)
   results["outliers"] = found
   print("\nint8 outliers (|x| >= 6): fraction of input features / of calls, per layer")
   for name, r in found.items():
@@ -231,7 +231,7 @@ def main() -> None:
   # 3. ternary, trained with quantization
   ct, tdir = trained(f"{args.variant}_ternary" if args.variant else "ternary",
                      root / "mrt5_ternary")
-  ternary = quantize(bytelm.load(tdir), "ternary")
+  ternary = quantize(bytelm.load_module(tdir), "ternary")
   t_bpb = val_bpb(ternary, family, batches)
   stored, full = layer_bytes(ternary)
   tsaved = json.loads((tdir / "config.json").read_text(encoding="utf-8"))

@@ -64,7 +64,7 @@ def test_the_recipe_trains_and_loads(tmp_path):
   c = config()
   summary = train_and_evaluate(c, tmp_path / "run")
   assert np.isfinite(summary.val_loss) and summary.val_bpb > 0
-  model = bytelm.load(tmp_path / "run")
+  model = bytelm.load_module(tmp_path / "run")
   assert isinstance(model, decoder.DecoderLM) and model.config.num_decoder_layers == 2
 
 

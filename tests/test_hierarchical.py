@@ -155,7 +155,7 @@ def test_the_recipes_train_and_load(tmp_path, recipe):
   summary = train_and_evaluate(config_file.load(ROOT / "configs" / f"{recipe}.py", "tiny"),
                                tmp_path / "run")
   assert np.isfinite(summary.val_loss)
-  assert isinstance(bytelm.load(tmp_path / "run"), hierarchical.Hierarchical)
+  assert isinstance(bytelm.load_module(tmp_path / "run"), hierarchical.Hierarchical)
   assert (tmp_path / "run" / "entropy_model.npz").exists() == (recipe == "blt")
 
 

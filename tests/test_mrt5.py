@@ -292,7 +292,7 @@ def test_controller_updates_once_per_training_step(trained):
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
   train = [r for r in rows if "alpha" in r]
   assert [r["step"] for r in train] == list(range(1, 9))
-  cfg = bytelm.load(workdir).config
+  cfg = bytelm.load_module(workdir).config
   p = i = alpha = 0.0
   for r in train:
     np.testing.assert_allclose(r["alpha"], alpha, atol=1e-7)  # the alpha this step used
@@ -300,7 +300,7 @@ def test_controller_updates_once_per_training_step(trained):
         p, i, r["deleted_frac"], target=cfg.target_deletion, kp=cfg.controller_kp,
         ki=cfg.controller_ki, i_max=cfg.controller_i_max, alpha_min=cfg.controller_alpha_min))
   assert alpha > 0
-  loaded = bytelm.load(workdir)  # the controller state is in the checkpoint
+  loaded = bytelm.load_module(workdir)  # the controller state is in the checkpoint
   np.testing.assert_allclose(float(loaded.controller.alpha[...]), alpha, rtol=1e-5)
   assert int(loaded.controller.steps[...]) == 8
 
@@ -314,7 +314,7 @@ def test_summary_reports_deletion_and_speedup(trained):
 
 def test_load_and_generate_with_hard_deletion(trained):
   workdir, _ = trained
-  model = bytelm.load(workdir)
+  model = bytelm.load_module(workdir)
   assert isinstance(model, mrt5.MrT5)
   m = saturated(model, seed=2)  # make hard deletion really delete
   inputs = text_batch(TEXTS)
@@ -330,21 +330,21 @@ def test_load_and_generate_with_hard_deletion(trained):
 
 def test_load_errors_are_clear(trained, tmp_path):
   with pytest.raises(FileNotFoundError, match="not a bytelm workdir"):
-    bytelm.load(tmp_path)
+    bytelm.load_module(tmp_path)
   # A run made by another version, with a model field this one does not have.
   saved = json.loads((trained[0] / "config.json").read_text())
   saved["model"]["gate_from_the_future"] = 1
   (tmp_path / "config.json").write_text(json.dumps(saved))
   with pytest.raises(ValueError, match="gate_from_the_future.*another version"):
-    bytelm.load(tmp_path)
+    bytelm.load_module(tmp_path)
   with pytest.raises(ValueError, match="gate_layer cannot be overridden"):
-    bytelm.load(trained[0], gate_layer=0)
+    bytelm.load_module(trained[0], gate_layer=0)
 
 
 def test_load_overrides_runtime_fields(trained):
-  model = bytelm.load(trained[0], bucket_multiple=16)
+  model = bytelm.load_module(trained[0], bucket_multiple=16)
   assert model.config.bucket_multiple == 16
-  assert bytelm.load(trained[0]).config.bucket_multiple == tiny_run_config().model.bucket_multiple
+  assert bytelm.load_module(trained[0]).config.bucket_multiple == tiny_run_config().model.bucket_multiple
 
 
 def test_init_from_byt5_fills_all_but_the_gate(tmp_path):

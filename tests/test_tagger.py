@@ -36,7 +36,7 @@ def run(tmp_path_factory):
   config = diacritics_config()
   config.data.train = f"file:{root / 'docs.txt'}"
   summary = train_and_evaluate(config, root / "run")
-  model = bytelm.load(root / "run")
+  model = bytelm.load_module(root / "run")
   saved = json.loads((root / "run" / "config.json").read_text(encoding="utf-8"))
   for dtype in ("float32", "bfloat16"):
     export.export(model, saved, root / dtype, dtype, extra={"note": "test"})
@@ -80,9 +80,9 @@ def test_the_recipe_trains_and_loads(run):
 def test_an_export_loads_as_the_same_model(run):
   root, _, model = run
   ids = jnp.asarray([tags.example("Laba diena, as esu is Lietuvos", 32)[0]])
-  exact = bytelm.load(root / "float32")
+  exact = bytelm.load_module(root / "float32")
   np.testing.assert_array_equal(np.asarray(exact(ids)), np.asarray(model(ids)))
-  half = bytelm.load(root / "bfloat16")
+  half = bytelm.load_module(root / "bfloat16")
   assert half.shared.embedding[...].dtype == jnp.float32  # the model's own dtype again
   np.testing.assert_allclose(np.asarray(half(ids)), np.asarray(model(ids)), atol=0.1, rtol=0.05)
   sizes = {d: (root / d / export.WEIGHTS).stat().st_size for d in ("float32", "bfloat16")}
@@ -97,7 +97,7 @@ def test_a_mismatched_export_is_a_clear_error(run, tmp_path):
   saved["model"]["d_model"] *= 2
   export.export(model, saved, tmp_path / "bad", "float32")
   with pytest.raises(ValueError, match="shape"):
-    bytelm.load(tmp_path / "bad")
+    bytelm.load_module(tmp_path / "bad")
 
 
 def test_init_from_a_byt5_takes_its_encoder():

@@ -136,7 +136,7 @@ class Corrector:
     else:
       raise ValueError(f"{path} holds a model trained for {objective!r}, not a corrector; "
                        "train one with configs/diacritics.py")
-    model = bytelm.load(path)
+    model = bytelm.load_module(path)
     if lexicon and isinstance(model, Tagger):
       kwargs["lexicons"] = [metrics.Lexicon(line for text in sources.load_text(spec, "train")["text"]
                                             for line in text.split("\n"))

@@ -173,7 +173,7 @@ def evaluated_at(workdir, steps: int) -> bool:
 def load(workdir, **runtime) -> nnx.Module:
   """The model of the newest readable checkpoint in a bytelm workdir, ready for inference.
 
-  `bytelm.load(workdir)`: also reads an export (`bytelm.training.export`). The family (T5, MrT5, ...) and its config come from the run's
+  `bytelm.load_module(workdir)`: also reads an export (`bytelm.training.export`). The family (T5, MrT5, ...) and its config come from the run's
   config.json; the optimizer state is not kept. The workdir is only read. Keyword arguments
   override the config's runtime fields (those a checkpoint does not depend on, e.g. `dtype`,
   or MrT5's `bucket_multiple`).
@@ -256,6 +256,13 @@ def _global_norm(tree) -> jax.Array:
 
 def _eval_step(state, batch, *, graphdef, loss_fn, extra=()):
   model, _ = nnx.merge(graphdef, state)
+  return eval_sums(model, batch, loss_fn, extra)
+
+
+def eval_sums(model, batch, loss_fn, extra=()) -> dict:
+  """What evaluation adds up over a batch: summed cross-entropy, targets (and, for a token
+  model, the bytes they spell), and the extra metrics; dropout off. `bytelm.api` scores texts
+  with it too."""
   _, metrics = loss_fn(nnx.view(model, deterministic=True, raise_if_not_found=False), batch)
   n = metrics["num_targets"]
   out = {"ce_sum": metrics["ce"] * n, "num_targets": n, **{k: metrics[k] for k in extra}}

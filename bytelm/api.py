@@ -1,0 +1,338 @@
+"""One interface to every trained bytelm model: `bytelm.load(path)` -> `LanguageModel`.
+
+    lm = bytelm.load("workdirs/mrt5")            # a workdir, an export, or a HF ByT5 directory
+    lm.score(["Le chat dort.", "def f(x):"])     # bits per byte of each text
+    lm.next_byte_logprobs("The quick brown f")   # [257]: bytes 0..255, then the end of text
+    lm.generate(["The quick"], max_new_bytes=32)  # decoders continue; encoder-decoders answer
+    lm.info()                                    # parameters, bytes, quantization, segmenter
+
+What a score is, per kind of model, is what its training loop evaluates:
+- decoders (byte, BPE and hierarchical): each text is a document, read from its start (after an
+  eos, as the trainer's windows read a document after the eos that separates it from the
+  previous one); every byte of it is predicted, in windows of the run's input length that
+  share one boundary byte, as the evaluation windows do. A BPE model's bits are its tokens'
+  log-loss, divided by the bytes they spell.
+- encoder-decoders (ByT5, MrT5), trained on span corruption: each text is cut into the run's
+  raw windows, corrupted with the evaluation's fixed noise (window w of a text gets the mask the
+  pipeline gives evaluation window w), and scored as the trainer does: bits per target id
+  (sentinels and eos included). These bits are not comparable with a decoder's: they measure
+  filling in 15% of the bytes from the rest.
+A text that is exactly the validation split's window gives the trainer's evaluation to float
+precision (tests/test_api.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bytelm import generation, hierarchical_generation, models
+from bytelm.byteprobs import adapters
+from bytelm.byteprobs.byte_lm import ByteLM
+from bytelm.byteprobs.tokenization import BPE
+from bytelm.convert import hf_t5
+from bytelm.data import bpe, objectives, pipeline
+from bytelm.models import segment
+from bytelm.nn.compiled import Compiled
+from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, PAD_ID, ByteTokenizer
+from bytelm.training import export as export_lib
+from bytelm.training import trainer
+
+ENCODER_DECODERS = ("t5", "mrt5")
+# A Hugging Face ByT5 has no run config: it was trained with ByT5's span corruption.
+_HF_DATA = {"objective": "span_corruption", "input_length": 1024,
+            "noise_density": objectives.NOISE_DENSITY,
+            "mean_noise_span_length": objectives.MEAN_NOISE_SPAN_LENGTH}
+
+
+def load(path, **runtime) -> "LanguageModel":
+  """The model in `path` behind one interface (see the module docstring).
+
+  path: a bytelm workdir (the newest checkpoint), an export (`bytelm.training.export`), or a
+  Hugging Face T5/ByT5 directory (config.json with "model_type": "t5" and safetensors
+  weights). runtime: overrides of the model config's runtime fields, as in
+  `bytelm.training.trainer.load` (e.g. dtype="bfloat16").
+  """
+  path = pathlib.Path(path).expanduser()
+  config_path = path / "config.json"
+  if not config_path.is_file():
+    raise FileNotFoundError(f"{path} has no config.json: give a bytelm workdir or export, or a "
+                            "Hugging Face ByT5 directory")
+  saved = json.loads(config_path.read_text(encoding="utf-8"))
+  if "model_family" not in saved and saved.get("model_type") in ("t5", "mt5"):
+    module, _ = hf_t5.load_hf(path, **runtime)
+    return LanguageModel(module, "t5", _HF_DATA, path, source="hugging_face")
+  module = trainer.load(path, **runtime)
+  family = saved.get("model_family", "t5")
+  if family == "tagger":
+    raise ValueError(f"{path} holds a tagger (a labeller of bytes, e.g. the diacritics "
+                     "restorer), not a language model: use bytelm.demos, or trainer.load for "
+                     "the module")
+  return LanguageModel(module, family, saved["data"], path,
+                       source="export" if export_lib.is_export(path) else "workdir",
+                       quantized=saved.get("export", {}).get("quantized"))
+
+
+@dataclasses.dataclass
+class LanguageModel:
+  """A trained byte model and the data settings it was trained with.
+
+  module: the `nnx.Module` (for the family's own methods); family: its `model_family`; data:
+  the run's data config (objective, input_length, noise, segments, tokenizer).
+  """
+
+  module: nnx.Module
+  family: str
+  data: dict
+  path: pathlib.Path
+  source: str = "workdir"
+  quantized: dict | None = None
+
+  def __post_init__(self):
+    self.encoder_decoder = self.family in ENCODER_DECODERS
+    self.tokenizer = None  # a BPE decoder's tokenizers.Tokenizer
+    if self.data.get("tokenizer"):
+      self.tokenizer = bpe.load(self.path / bpe.FILENAME)
+    segments = self.data.get("segments")
+    self.segments = (pipeline._check_segments(segments, "causal_lm")
+                     if segments and self.family == "hierarchical" else None)
+    self._compiled = Compiled(self.module)
+    self._row_sums = None
+    self._byte_lm = None
+
+  # ---- scoring ----------------------------------------------------------------------------------
+
+  def score(self, texts: Sequence[str], batch_size: int = 8) -> np.ndarray:
+    """Bits per byte of each text (float64 [len(texts)]); see the module docstring for what is
+    predicted. Texts are scored batch_size rows at a time, each row alone (no text sees
+    another)."""
+    texts = _check_texts(texts)
+    rows, owner = [], []
+    for i, text in enumerate(texts):
+      if not text:
+        raise ValueError(f"text {i} is empty: there is nothing to score")
+      for row in self._rows(text):
+        rows.append(row)
+        owner.append(i)
+    bits, count = np.zeros(len(texts)), np.zeros(len(texts))
+    for lo in range(0, len(rows), batch_size):
+      chunk = rows[lo:lo + batch_size]
+      batch = self._stack(chunk + [None] * (batch_size - len(chunk)))
+      ce_R, n_R = jax.device_get(self._per_row(batch))
+      for r in range(len(chunk)):
+        bits[owner[lo + r]] += ce_R[r] / math.log(2)
+        count[owner[lo + r]] += n_R[r]
+    return bits / count
+
+  def _rows(self, text: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(inputs, targets) rows covering the text, as the trainer's evaluation windows do."""
+    data = text.encode("utf-8")
+    length = int(self.data["input_length"])
+    if self.encoder_decoder:
+      raw, _ = objectives.span_corruption_lengths(
+          length, self.data["noise_density"], self.data["mean_noise_span_length"])
+      ids = ByteTokenizer().encode(data, add_eos=False)
+      return [objectives.span_corruption(
+          ids[w * raw:(w + 1) * raw], np.random.default_rng([pipeline._EVAL_SALT, w]),
+          self.data["noise_density"], self.data["mean_noise_span_length"])
+          for w in range(-(-len(ids) // raw))]
+    if self.tokenizer is not None:
+      ids = bpe.encode_documents(self.tokenizer, [text])[0]
+    else:
+      ids = ByteTokenizer().encode(data, add_eos=False)
+    stream = np.concatenate([[EOS_ID], ids]).astype(np.int32)  # read from a document start
+    return [objectives.causal_lm(stream[s:s + length + 1])
+            for s in range(0, len(stream) - 1, length)]
+
+  def _stack(self, rows) -> dict[str, jax.Array]:
+    """A batch of rows padded with 0 (ignored targets) to the run's shapes."""
+    length = int(self.data["input_length"])
+    target_length = length
+    if self.encoder_decoder:
+      target_length = objectives.span_corruption_lengths(
+          length, self.data["noise_density"], self.data["mean_noise_span_length"])[1]
+    inputs = np.full((len(rows), length), PAD_ID, np.int32)
+    targets = np.full((len(rows), target_length), PAD_ID, np.int32)
+    for r, row in enumerate(rows):
+      if row is not None:
+        inputs[r, :len(row[0])], targets[r, :len(row[1])] = row
+    batch = {"inputs": inputs, "targets": targets}
+    if self.segments is not None:
+      batch.update(pipeline.segment_rows(targets, **self.segments))
+    if self.tokenizer is not None:
+      batch["target_bytes"] = self._token_lengths()[targets]
+    return {k: jnp.asarray(v) for k, v in batch.items()}
+
+  def _token_lengths(self) -> np.ndarray:
+    lengths = np.asarray([len(b) for b in bpe.token_bytes(self.tokenizer)], np.int32)
+    lengths[PAD_ID] = 0
+    return lengths
+
+  def _per_row(self, batch):
+    """(summed cross-entropy [B], targets or bytes [B]): the trainer's evaluation step on each
+    row alone."""
+    if self._row_sums is None:
+      loss_fn = models.family(self.family).loss_fn
+      graphdef, state = self._compiled.graphdef, self._compiled.state
+
+      def one(row):
+        out = trainer.eval_sums(nnx.merge(graphdef, state), jax.tree.map(lambda x: x[None], row),
+                                loss_fn)
+        return out["ce_sum"], out.get("num_bytes", out["num_targets"])
+
+      self._row_sums = jax.jit(jax.vmap(one))
+    return self._row_sums(batch)
+
+  # ---- next byte --------------------------------------------------------------------------------
+
+  def next_byte_logprobs(self, prefix: str | bytes, inputs: str | bytes = b"") -> np.ndarray:
+    """log P(next byte | prefix), float64 [257]: bytes 0..255, then the end of text (eos),
+    renormalised over those 257. A decoder reads prefix from a document start; an
+    encoder-decoder reads it as the start of its output for `inputs`."""
+    prefix = _as_bytes(prefix, "prefix")
+    if not self.encoder_decoder:
+      return self._byte_model().next_byte_logprobs(prefix)
+    x = ByteTokenizer().encode(_as_bytes(inputs, "inputs"), add_eos=True)
+    y = [self.module.config.decoder_start_id] + ByteTokenizer().encode(prefix,
+                                                                       add_eos=False).tolist()
+    x_1T, y_1S = _padded(x), _padded(y)
+    # The decoder's start id is the pad id: the masks come from the lengths.
+    logits = np.asarray(self._compiled(
+        "__call__", x_1T, y_1S, np.arange(x_1T.shape[1])[None] < len(x),
+        np.arange(y_1S.shape[1])[None] < len(y))[0, len(y) - 1], np.float64)
+    out = np.concatenate([logits[OFFSET:NUM_BYTE_IDS], logits[EOS_ID:EOS_ID + 1]])
+    return out - np.logaddexp.reduce(out)
+
+  def _byte_model(self):
+    """The byteprobs view of a decoder: exact next-byte distributions (a BPE decoder's through
+    its covering token sequences)."""
+    if self._byte_lm is None:
+      if self.tokenizer is not None:
+        tokens = BPE.from_file(self.path / bpe.FILENAME)
+        self._byte_lm = ByteLM(adapters.decoder_token_lm(self.module, len(tokens.token_bytes)),
+                               tokens, EOS_ID)
+      elif self.family == "hierarchical":
+        self._byte_lm = adapters.HierarchicalLM(self.module, self._segmenter())
+      else:
+        self._byte_lm = adapters.ByteDecoderLM(self.module)
+    return self._byte_lm
+
+  def _segmenter(self) -> segment.Segmenter | None:
+    return None if self.segments is None else self.segments["segmenter"]
+
+  # ---- generation -------------------------------------------------------------------------------
+
+  def generate(self, prompts: Sequence[str], max_new_bytes: int = 64, *,
+               temperature: float = 0.0, seed: int = 0) -> list[str]:
+    """One continuation per prompt (greedy at temperature 0, else sampled with `seed`), up to
+    max_new_bytes bytes or the end of text. Encoder-decoders take each prompt as their input
+    and return their output; decoders continue the prompt (returned without it). Invalid UTF-8
+    in the output (a character cut by the byte limit) becomes U+FFFD."""
+    prompts = _check_texts(prompts)
+    if max_new_bytes < 1:
+      raise ValueError(f"max_new_bytes must be >= 1, got {max_new_bytes}")
+    if self.encoder_decoder:
+      method = "greedy" if temperature == 0 else "sample"
+      return generation.generate(self.module, ByteTokenizer(), prompts,
+                                 max_new_bytes=max_new_bytes, method=method,
+                                 temperature=temperature or 1.0, rng=seed)
+    return [self._continue(p, max_new_bytes, temperature, seed).decode("utf-8", "replace")
+            for p in prompts]
+
+  def _continue(self, prompt: str, max_new_bytes: int, temperature: float, seed: int) -> bytes:
+    if self.family == "hierarchical":
+      return hierarchical_generation.generate(self.module, prompt, max_new_bytes,
+                                              segmenter=self._segmenter(),
+                                              temperature=temperature, seed=seed)
+    if self.tokenizer is None:
+      ids = [EOS_ID] + ByteTokenizer().encode(prompt, add_eos=False).tolist()
+      new = generation.generate_decoder_ids(self.module, ids, max_new_bytes,
+                                            temperature=temperature, seed=seed)
+      return bytes(i - OFFSET for i in new if OFFSET <= i < NUM_BYTE_IDS)
+    # Tokens: at least one byte each, so max_new_bytes tokens are enough.
+    ids = [EOS_ID] + bpe.encode_documents(self.tokenizer, [prompt])[0].tolist()
+    new = generation.generate_decoder_ids(self.module, ids, max_new_bytes,
+                                          temperature=temperature, seed=seed)
+    spelled = bpe.token_bytes(self.tokenizer)
+    # Ids past the tokenizer's vocabulary (the embedding's padding rows) spell nothing.
+    return bpe.decode_bytes([i for i in new if i != EOS_ID and i < len(spelled)],
+                            spelled)[:max_new_bytes]
+
+  # ---- description ------------------------------------------------------------------------------
+
+  def info(self) -> dict:
+    """What the model is: family, kind, parameters, bytes of its weights in memory and of its
+    files on disk, quantization, and what a position of its backbone is (the segmenter)."""
+    arrays = jax.tree.leaves(nnx.state(self.module))
+    params = jax.tree.leaves(nnx.state(self.module, nnx.Param))
+    cfg = self.module.config
+    return {
+        "family": self.family,
+        "kind": "encoder-decoder" if self.encoder_decoder else "decoder",
+        "parameters": int(sum(p.size for p in params)),
+        "weight_bytes": int(sum(a.nbytes for a in arrays)),
+        "bytes_on_disk": _disk_bytes(self.path, self.source),
+        "quantization": (self.quantized or {}).get("mode") or getattr(cfg, "quant", None),
+        "segmenter": self._segmenter_name(),
+        "source": self.source,
+        "path": str(self.path),
+    }
+
+  def _segmenter_name(self) -> str:
+    if self.tokenizer is not None:
+      return f"BPE tokens ({self.tokenizer.get_vocab_size()})"
+    if self.family == "hierarchical":
+      cfg = self.module.config
+      if cfg.segmenter == "learned":
+        return "learned boundaries"
+      return f"{self.data['segments']['kind']} segments"
+    if self.family == "mrt5":
+      return f"bytes, delete gate after encoder layer {self.module.config.gate_layer}"
+    return "bytes"
+
+
+# ---- helpers --------------------------------------------------------------------------------------
+
+
+def _check_texts(texts) -> list[str]:
+  if isinstance(texts, (str, bytes)):
+    raise TypeError("pass a list of texts; wrap a single one: [text]")
+  texts = list(texts)
+  for i, t in enumerate(texts):
+    if not isinstance(t, str):
+      raise TypeError(f"text {i} is {type(t).__name__}, not str; decode it first")
+  return texts
+
+
+def _as_bytes(x, what: str) -> bytes:
+  if isinstance(x, str):
+    return x.encode("utf-8")
+  if isinstance(x, (bytes, bytearray)):
+    return bytes(x)
+  raise TypeError(f"{what} must be str or bytes, got {type(x).__name__}")
+
+
+def _padded(ids, multiple: int = 64) -> np.ndarray:
+  """[1, L] ids padded with 0 to a multiple of `multiple` (few compilations)."""
+  out = np.zeros((1, max(multiple, -(-len(ids) // multiple) * multiple)), np.int32)
+  out[0, :len(ids)] = ids
+  return out
+
+
+def _disk_bytes(path: pathlib.Path, source: str) -> int:
+  """The model's files: an export's or a Hugging Face directory's weights and config, or a
+  workdir's newest checkpoint (which also holds the optimizer state)."""
+  if source != "workdir":
+    return sum(p.stat().st_size for p in path.iterdir()
+               if p.is_file() and p.suffix in (".safetensors", ".json"))
+  steps = [p for p in (path / "checkpoints").iterdir() if p.name.isdigit()]
+  newest = max(steps, key=lambda p: int(p.name))
+  return sum(p.stat().st_size for p in newest.rglob("*") if p.is_file())

@@ -1,0 +1,219 @@
+"""bytelm.load / score / next_byte_logprobs / generate / info on every recipe's model.
+
+The models are the recipes' tiny configs, untrained (an export of the initial weights): what is
+tested is that the API reads a text exactly as the training loop's evaluation does, and that
+each method is consistent with the model's own forward pass; training would add nothing to that
+and minutes to the suite.
+"""
+
+import dataclasses
+import functools
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import bytelm
+from bytelm import models
+from bytelm.data import bpe, pipeline
+from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET
+from bytelm.training import config_file, export, trainer
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RECIPES = ("byt5", "mrt5", "bytes_decoder", "bpe_decoder", "hat", "blt", "hnet")
+TEXT = ("Byte models read raw UTF-8: café, naïve, Straße, 東京, and even emoji 🙂. "
+        "They need no tokenizer, so a typo costs one byte and not a whole new token. ") * 4
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+  """recipe -> (export directory of its tiny model, its run config)."""
+  root = tmp_path_factory.mktemp("api")
+  out = {}
+  for name in RECIPES:
+    c = config_file.load(ROOT / "configs" / f"{name}.py", "tiny")
+    workdir = root / name
+    workdir.mkdir()
+    if "segments" in c.data and c.data.segments.kind == "entropy":
+      c.data.segments.entropy_model = str(pipeline.fit_entropy_model(
+          c.data.train, workdir / "entropy_model.npz", **c.data.segments.to_dict()))
+    if "tokenizer" in c.data:
+      bpe.load_or_train(workdir / bpe.FILENAME, c.data.train, c.data.tokenizer.vocab_size)
+    family = models.family(c.model_family)
+    model_cfg = family.config_cls(**c.model.to_dict())
+    model = family.model_cls(model_cfg, rngs=nnx.Rngs(0))
+    saved = c.to_dict()
+    saved["model"] = dataclasses.asdict(model_cfg)
+    export.export(model, saved, workdir / "export", dtype="float32")
+    if "tokenizer" in c.data:
+      (workdir / "export" / bpe.FILENAME).write_bytes((workdir / bpe.FILENAME).read_bytes())
+    out[name] = (workdir / "export", c)
+  return out
+
+
+@pytest.fixture(scope="session")
+def loaded(exported):
+  return {name: bytelm.load(path) for name, (path, _) in exported.items()}
+
+
+def trainer_bpb(lm, c, documents, window: int) -> float:
+  """The training loop's evaluation (pipeline windows, trainer.evaluate) of one window of a
+  validation split holding `documents` in this order."""
+  dc = c.data
+  kw = dict(objective=dc.objective, batch_size=1, input_length=dc.input_length,
+            noise_density=dc.noise_density, mean_noise_span_length=dc.mean_noise_span_length,
+            shuffle_seed=None)
+  if "segments" in dc:
+    kw["segments"] = dc.segments.to_dict()
+  if lm.tokenizer is not None:
+    kw["tokenizer"] = lm.tokenizer
+  batches = list(pipeline.BatchSource(documents, **kw).eval_batches())
+  loss_fn = models.family(c.model_family).loss_fn
+  eval_fn = jax.jit(lambda _, batch: trainer.eval_sums(lm.module, batch, loss_fn))
+  return trainer.evaluate(eval_fn, None, [batches[window]])["val_bpb"]
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_score_is_the_training_loops_evaluation(name, exported, loaded):
+  lm, c = loaded[name], exported[name][1]
+  length = c.data.input_length
+  if lm.encoder_decoder:
+    # One raw window: the pipeline's evaluation window 0 of a split holding only this text.
+    raw = pipeline.BatchSource([TEXT * 9], objective="span_corruption", batch_size=1,
+                               input_length=length).raw_length
+    text = (TEXT * 9).encode("utf-8")[:raw].decode("utf-8", "ignore")
+    text += "x" * (raw - len(text.encode("utf-8")))
+    expected = trainer_bpb(lm, c, [text], 0)
+  else:
+    # Window 1 of [a, text, z] is an eos, then the text's first `length` positions, when a
+    # holds `length` positions (window 0: a, then the eos).
+    filler = "\x07" * length  # never merged into a longer token
+    text = lm.tokenizer.decode(bpe.encode_documents(lm.tokenizer, [TEXT])[0][:length].tolist()) \
+        if lm.tokenizer is not None else TEXT.encode("utf-8")[:length].decode("utf-8", "ignore")
+    if lm.tokenizer is None:
+      text += "x" * (length - len(text.encode("utf-8")))
+    expected = trainer_bpb(lm, c, [filler, text, "z"], 1)
+  got = lm.score([text])
+  assert got.shape == (1,)
+  np.testing.assert_allclose(got[0], expected, rtol=1e-5)
+  assert 0 < got[0] < 20
+
+
+@pytest.mark.parametrize("name", ("bytes_decoder", "hat", "mrt5"))
+def test_score_batches_rows_independently(name, loaded):
+  """A text's score does not depend on what it is scored with, and long texts span rows."""
+  lm = loaded[name]
+  texts = ["short one", TEXT, "Zwölf Boxkämpfer jagen Viktor quer über den großen Sylter Deich."]
+  together = lm.score(texts, batch_size=2)
+  alone = np.array([lm.score([t])[0] for t in texts])
+  np.testing.assert_allclose(together, alone, rtol=1e-5)
+  with pytest.raises(ValueError, match="empty"):
+    lm.score(["fine", ""])
+  with pytest.raises(TypeError, match="list of texts"):
+    lm.score("not a list")
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_next_byte_logprobs_is_a_distribution(name, loaded):
+  lm = loaded[name]
+  logp = lm.next_byte_logprobs("Byte models re")
+  assert logp.shape == (257,)
+  np.testing.assert_allclose(np.exp(logp).sum(), 1.0, rtol=1e-6)
+  assert np.all(np.isfinite(logp))
+  assert not np.allclose(logp, lm.next_byte_logprobs("Something else entirely "))
+
+
+@pytest.mark.parametrize("name", ("bytes_decoder", "byt5"))
+def test_next_byte_logprobs_are_the_models_logits(name, loaded):
+  """The byte entries are the model's own next-id logits, renormalised over bytes and eos."""
+  lm = loaded[name]
+  prefix = "Byte mo"
+  ids = [OFFSET + b for b in prefix.encode("utf-8")]
+  if lm.encoder_decoder:
+    x = jnp.asarray([[OFFSET + b for b in b"input text"] + [EOS_ID]])
+    y = jnp.asarray([[lm.module.config.decoder_start_id] + ids])
+    logits = lm.module(x, y)[0, -1]
+    got = lm.next_byte_logprobs(prefix, inputs="input text")
+  else:
+    logits = lm.module(jnp.asarray([[EOS_ID] + ids]))[0, -1]
+    got = lm.next_byte_logprobs(prefix)
+  logits = np.asarray(logits, np.float64)
+  want = np.concatenate([logits[OFFSET:NUM_BYTE_IDS], logits[EOS_ID:EOS_ID + 1]])
+  np.testing.assert_allclose(got, want - np.logaddexp.reduce(want), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_generate(name, loaded):
+  lm = loaded[name]
+  prompts = ["The cat", "Byte models"]
+  out = lm.generate(prompts, max_new_bytes=6)
+  assert len(out) == 2 and all(isinstance(o, str) for o in out)
+  assert all(len(o.encode("utf-8")) <= 6 * 3 for o in out)  # U+FFFD is 3 bytes
+  assert out == lm.generate(prompts, max_new_bytes=6)  # greedy is deterministic
+  sampled = lm.generate(prompts, max_new_bytes=6, temperature=1.0, seed=3)
+  assert sampled == lm.generate(prompts, max_new_bytes=6, temperature=1.0, seed=3)
+  with pytest.raises(ValueError, match="max_new_bytes"):
+    lm.generate(prompts, max_new_bytes=0)
+
+
+def test_greedy_generation_follows_next_byte_logprobs(loaded):
+  lm = loaded["bytes_decoder"]
+  logp = lm.next_byte_logprobs("The cat")
+  first = lm._continue("The cat", 1, 0.0, 0)
+  best = int(np.argmax(logp))
+  assert first == (bytes([best]) if best < 256 else b"")
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_info(name, exported, loaded):
+  lm = loaded[name]
+  info = lm.info()
+  n = sum(p.size for p in jax.tree.leaves(nnx.state(lm.module, nnx.Param)))
+  assert info["parameters"] == n > 0
+  assert info["weight_bytes"] >= 4 * n  # float32
+  files = exported[name][0]
+  assert info["bytes_on_disk"] == sum(
+      p.stat().st_size for p in files.iterdir() if p.suffix in (".safetensors", ".json"))
+  assert info["kind"] == ("encoder-decoder" if name in ("byt5", "mrt5") else "decoder")
+  assert info["quantization"] is None
+  assert isinstance(info["segmenter"], str)
+  if name == "bpe_decoder":
+    assert info["segmenter"].startswith("BPE")
+  if name == "hnet":
+    assert info["segmenter"] == "learned boundaries"
+
+
+def test_load_a_hugging_face_byt5_directory():
+  """The parity fixture (a tiny HF T5 written by transformers): scored with ByT5's span
+  corruption, the same number as the bytelm model converted from it."""
+  path = ROOT / "tests" / "fixtures" / "t5_tied"
+  lm = bytelm.load(path)
+  assert lm.info()["source"] == "hugging_face" and lm.encoder_decoder
+  got = lm.score([TEXT])
+  module, _ = bytelm.load_hf(path)
+  again = bytelm.api.LanguageModel(module, "t5", lm.data, path, source="hugging_face")
+  np.testing.assert_allclose(got, again.score([TEXT]), rtol=1e-6)
+  assert math.isfinite(got[0]) and got[0] > 0
+  assert len(lm.generate(["hello"], max_new_bytes=4)) == 1
+
+
+def test_load_errors(tmp_path):
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    bytelm.load(tmp_path)
+
+
+def test_quantized_model_reports_its_mode(exported, tmp_path):
+  from bytelm.quant import quantize
+  path, c = exported["bytes_decoder"]
+  model = quantize(bytelm.load(path).module, "int8")
+  saved = c.to_dict()
+  saved["model"] = dataclasses.asdict(model.config)
+  export.export(model, saved, tmp_path / "q", dtype="float32")
+  lm = bytelm.load(tmp_path / "q")
+  assert lm.info()["quantization"] == "int8"
+  plain = bytelm.load(path).score([TEXT])[0]
+  assert abs(lm.score([TEXT])[0] / plain - 1) < 0.02
