@@ -102,6 +102,9 @@ class LanguageModel:
     if self.data.get("tokenizer"):
       self.tokenizer = bpe.load(self.path / bpe.FILENAME)
     segments = self.data.get("segments")
+    if segments and segments.get("kind") == "entropy" and not segments.get("entropy_model"):
+      # train.py fits it into the workdir without naming it in config.json
+      segments = {**segments, "entropy_model": str(self.path / "entropy_model.npz")}
     self.segments = (pipeline._check_segments(segments, "causal_lm")
                      if segments and self.family == "hierarchical" else None)
     self._compiled = Compiled(self.module)
@@ -110,10 +113,16 @@ class LanguageModel:
 
   # ---- scoring ----------------------------------------------------------------------------------
 
-  def score(self, texts: Sequence[str], batch_size: int = 8) -> np.ndarray:
+  def score(self, texts: Sequence[str], batch_size: int = 8, *, total: bool = False):
     """Bits per byte of each text (float64 [len(texts)]); see the module docstring for what is
     predicted. Texts are scored batch_size rows at a time, each row alone (no text sees
-    another)."""
+    another). total: one number instead, the texts' summed bits over their summed predicted
+    bytes (targets, for an encoder-decoder), as an evaluation over all of them reports."""
+    bits, count = self._bits(texts, batch_size)
+    return float(bits.sum() / count.sum()) if total else bits / count
+
+  def _bits(self, texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bits, predicted bytes or targets) of each text."""
     texts = _check_texts(texts)
     rows, owner = [], []
     for i, text in enumerate(texts):
@@ -130,7 +139,28 @@ class LanguageModel:
       for r in range(len(chunk)):
         bits[owner[lo + r]] += ce_R[r] / math.log(2)
         count[owner[lo + r]] += n_R[r]
-    return bits / count
+    return bits, count
+
+  def continuation_bits(self, prompt: str, continuations: Sequence[str]) -> np.ndarray:
+    """Bits of each continuation after the prompt, float64 [len(continuations)]: a decoder
+    reads prompt + continuation as one document (the prompt's own bits are subtracted); an
+    encoder-decoder reads the prompt as its input and the continuation as its output, eos
+    included. The likeliest continuation is the model's answer to a multiple-choice prompt
+    (eval/compare.py's character tasks)."""
+    continuations = _check_texts(continuations)
+    if not self.encoder_decoder:
+      if not prompt:
+        return self._bits(continuations, 8)[0]
+      bits, _ = self._bits([prompt] + [prompt + c for c in continuations], 8)
+      return bits[1:] - bits[0]
+    x = ByteTokenizer().encode(_as_bytes(prompt, "prompt"), add_eos=True)
+    out = []
+    for c in continuations:
+      y = ByteTokenizer().encode(_as_bytes(c, "continuation"), add_eos=True)
+      rows = self._stack([(x[:int(self.data["input_length"])], y)])
+      ce, _ = jax.device_get(self._per_row(rows))
+      out.append(float(ce[0]) / math.log(2))
+    return np.asarray(out)
 
   def _rows(self, text: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """(inputs, targets) rows covering the text, as the trainer's evaluation windows do."""

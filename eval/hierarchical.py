@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import functools
 import json
 import math
 import os
@@ -50,8 +49,7 @@ from bytelm import generation, hierarchical_generation, models, timing  # noqa: 
 from bytelm.data import bpe, noise, pipeline, sources  # noqa: E402
 from bytelm.models import segment  # noqa: E402
 from bytelm.tokenizer import EOS_ID, ByteTokenizer  # noqa: E402
-from bytelm.training import config_file, optimizer as optim, train_and_evaluate  # noqa: E402
-from bytelm.training import trainer  # noqa: E402
+from bytelm.training import budget, config_file, train_and_evaluate  # noqa: E402
 
 RECIPES = ("bytes_decoder", "hat", "blt", "hnet", "bpe_decoder")
 NOISES = (("swap_delete", 0.02), ("swap_delete", 0.05), ("case_flip", 0.05),
@@ -66,57 +64,7 @@ LANGUAGES = {"en": "embedded:en", "es": "embedded:bible_es", "fr": "embedded:l10
 
 def recipe_config(name: str, workdir: pathlib.Path):
   """The recipe's config, with its fitted parts (entropy model, tokenizer) in its workdir."""
-  c = config_file.load(ROOT / "configs" / f"{name}.py")
-  workdir.mkdir(parents=True, exist_ok=True)
-  if "segments" in c.data and c.data.segments.kind == "entropy":
-    c.data.segments.entropy_model = str(pipeline.fit_entropy_model(
-        c.data.train, workdir / "entropy_model.npz", **c.data.segments.to_dict()))
-  return c
-
-
-def tokenizer_of(c, workdir: pathlib.Path):
-  if "tokenizer" not in c.data:
-    return None
-  return bpe.load_or_train(workdir / bpe.FILENAME, c.data.train, c.data.tokenizer.vocab_size)
-
-
-def train_source(c, workdir):
-  kw = dict(objective=c.data.objective, batch_size=c.train.batch_size,
-            input_length=c.data.input_length, seed=c.seed)
-  if "segments" in c.data:
-    kw["segments"] = c.data.segments.to_dict()
-  tok = tokenizer_of(c, workdir)
-  if tok is not None:
-    kw["tokenizer"] = tok
-  return pipeline.make_source(c.data.train, "train", **kw)
-
-
-def step_timer(c, workdir, steps_per_call: int = 1):
-  """(call, bytes per call, FLOPs per step): call() runs steps_per_call train steps on fresh
-  batches, waiting only after the last, as the trainer does between log steps (so that the
-  host's batch assembly overlaps the device's previous step, where the device is separate)."""
-  family = models.family(c.model_family)
-  model = family.model_cls(family.config_cls(**c.model.to_dict()), rngs=nnx.Rngs(c.seed))
-  tx, schedule = optim.make_optimizer(c.opt, c.train.steps)
-  graphdef, state = nnx.split((model, nnx.Optimizer(model, tx, wrt=nnx.Param)))
-  step = jax.jit(functools.partial(trainer.train_step, graphdef=graphdef,
-                                   loss_fn=family.loss_fn, schedule=schedule, z_loss=0.0),
-                 donate_argnums=0)
-  source = train_source(c, workdir)
-  first = {k: jnp.asarray(v) for k, v in source.batch(0).items()}
-  step = step.lower(state, first).compile()  # compiled once, for the count and the calls
-  cost = step.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  box = {"state": state, "i": 0}
-
-  def call():
-    for _ in range(steps_per_call):
-      box["i"] += 1
-      batch = {k: jnp.asarray(v) for k, v in source.batch(box["i"]).items()}
-      box["state"], metrics = step(box["state"], batch)
-    jax.block_until_ready((box["state"], metrics))
-
-  return call, source.bytes_per_batch * steps_per_call, float(cost.get("flops", math.nan))
+  return budget.prepare(config_file.load(ROOT / "configs" / f"{name}.py"), workdir)
 
 
 # ---- held-out bits ------------------------------------------------------------------------------
@@ -140,7 +88,7 @@ class Scorer:
     self.name, self.c, self.batch_size = name, c, batch_size
     self.model = bytelm.load_module(workdir)
     self.family = models.family(c.model_family)
-    self.tok = tokenizer_of(c, workdir)
+    self.tok = budget.tokenizer_of(c, workdir)
     self.segmenter = (segment.Segmenter.from_settings(c.data.segments)
                       if "segments" in c.data else None)
     graphdef, state = nnx.split(self.model)
@@ -236,7 +184,7 @@ def main() -> None:
   configs = {n: recipe_config(n, root / n) for n in names}
   for c in configs.values():
     c.train.batch_size = args.batch_size or c.train.batch_size
-  timers = {n: step_timer(configs[n], root / n, args.steps_per_call) for n in names}
+  timers = {n: budget.step_timer(configs[n], root / n, args.steps_per_call) for n in names}
   seconds = timing.compare({n: t[0] for n, t in timers.items()}, args.timing_steps)
   train_bps = {n: timers[n][1] / seconds[n] for n in names}
   flops_per_byte = {n: timers[n][2] * args.steps_per_call / timers[n][1] for n in names}
@@ -259,10 +207,7 @@ def main() -> None:
       budget_bytes = args.minutes * 60 * train_bps[n]
     else:
       budget_bytes = args.minutes * 60 * train_bps[base] * flops_per_byte[base] / flops_per_byte[n]
-    steps = max(10, round(budget_bytes / train_source(c, root / n).bytes_per_batch))
-    c.train.steps = steps
-    c.opt.warmup_steps = min(c.opt.warmup_steps, steps // 10)
-    c.train.eval_every = c.ckpt.every = steps
+    steps = budget.steps_for(c, root / n, budget_bytes)
     workdir = root / n
     done = workdir / "eval_summary.json"
     if done.exists() and json.loads(done.read_text())["steps"] == steps:

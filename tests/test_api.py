@@ -7,7 +7,6 @@ and minutes to the suite.
 """
 
 import dataclasses
-import functools
 import math
 import pathlib
 
@@ -21,7 +20,7 @@ import bytelm
 from bytelm import models
 from bytelm.data import bpe, pipeline
 from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET
-from bytelm.training import config_file, export, trainer
+from bytelm.training import budget, config_file, export, trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPES = ("byt5", "mrt5", "bytes_decoder", "bpe_decoder", "hat", "blt", "hnet")
@@ -37,12 +36,7 @@ def exported(tmp_path_factory):
   for name in RECIPES:
     c = config_file.load(ROOT / "configs" / f"{name}.py", "tiny")
     workdir = root / name
-    workdir.mkdir()
-    if "segments" in c.data and c.data.segments.kind == "entropy":
-      c.data.segments.entropy_model = str(pipeline.fit_entropy_model(
-          c.data.train, workdir / "entropy_model.npz", **c.data.segments.to_dict()))
-    if "tokenizer" in c.data:
-      bpe.load_or_train(workdir / bpe.FILENAME, c.data.train, c.data.tokenizer.vocab_size)
+    budget.prepare(c, workdir)  # the entropy model or tokenizer a recipe fits
     family = models.family(c.model_family)
     model_cfg = family.config_cls(**c.model.to_dict())
     model = family.model_cls(model_cfg, rngs=nnx.Rngs(0))
@@ -217,3 +211,22 @@ def test_quantized_model_reports_its_mode(exported, tmp_path):
   assert lm.info()["quantization"] == "int8"
   plain = bytelm.load(path).score([TEXT])[0]
   assert abs(lm.score([TEXT])[0] / plain - 1) < 0.02
+
+
+@pytest.mark.parametrize("name", ("bytes_decoder", "bpe_decoder", "byt5"))
+def test_continuation_bits(name, loaded):
+  lm = loaded[name]
+  got = lm.continuation_bits("The cat sat on the ", ["mat", "hat."])
+  assert got.shape == (2,) and np.all(got > 0)
+  if not lm.encoder_decoder:  # the continuation's bits are the whole text's minus the prompt's
+    whole = lm.score(["The cat sat on the mat"], total=True) * len("The cat sat on the mat")
+    prompt = lm.score(["The cat sat on the "], total=True) * len("The cat sat on the ")
+    if lm.tokenizer is None:
+      np.testing.assert_allclose(got[0], whole - prompt, rtol=1e-5)
+  else:  # the output's bits: the cross-entropy of its ids (eos included) given the prompt
+    x = jnp.asarray([[OFFSET + b for b in b"The cat sat on the "] + [EOS_ID]])
+    y = [OFFSET + b for b in b"mat"] + [EOS_ID]
+    logits = lm.module(x, jnp.asarray([[lm.module.config.decoder_start_id] + y[:-1]]))[0]
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    want = -float(sum(logp[t, i] for t, i in enumerate(y))) / math.log(2)
+    np.testing.assert_allclose(got[0], want, rtol=1e-5)

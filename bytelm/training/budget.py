@@ -1,0 +1,96 @@
+"""The same training budget for different recipes: measure, then size the run.
+
+A fair comparison gives every recipe the same minutes (or FLOPs) on the same machine. Steps
+are not comparable across recipes (a step of a word-pooled model costs less than a byte
+decoder's), so the budget is set in bytes of training text: each recipe's train step is timed
+from a fresh model (`step_timer`, in alternation with the others through `bytelm.timing`), and
+`steps_for` turns minutes at the measured bytes/s into its number of steps. eval/hierarchical.py
+and eval/compare.py use these.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from bytelm import models
+from bytelm.data import bpe, pipeline
+from bytelm.training import optimizer as optim
+from bytelm.training import trainer
+
+
+def prepare(c, workdir: pathlib.Path):
+  """c with its fitted parts made once in workdir (an entropy segmenter's n-gram model); a
+  BPE recipe's tokenizer is trained there too. Returns c."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  if "segments" in c.data and c.data.segments.kind == "entropy":
+    c.data.segments.entropy_model = str(pipeline.fit_entropy_model(
+        c.data.train, workdir / "entropy_model.npz", **c.data.segments.to_dict()))
+  tokenizer_of(c, workdir)
+  return c
+
+
+def tokenizer_of(c, workdir: pathlib.Path):
+  """A BPE recipe's tokenizer (trained into workdir on first use), else None."""
+  if "tokenizer" not in c.data:
+    return None
+  return bpe.load_or_train(workdir / bpe.FILENAME, c.data.train, c.data.tokenizer.vocab_size)
+
+
+def train_source(c, workdir: pathlib.Path) -> pipeline.BatchSource:
+  """The recipe's training batches, as the trainer makes them."""
+  dc = c.data
+  kw = dict(objective=dc.objective, batch_size=c.train.batch_size,
+            input_length=dc.input_length, target_length=dc.get("target_length"),
+            noise_density=dc.noise_density, mean_noise_span_length=dc.mean_noise_span_length,
+            seed=c.seed)
+  if "segments" in dc:
+    kw["segments"] = dc.segments.to_dict()
+  tok = tokenizer_of(c, workdir)
+  if tok is not None:
+    kw["tokenizer"] = tok
+  return pipeline.make_source(dc.train, "train", **kw)
+
+
+def step_timer(c, workdir: pathlib.Path, steps_per_call: int = 1):
+  """(call, bytes per call, FLOPs per step): call() runs steps_per_call train steps on fresh
+  batches, waiting only after the last, as the trainer does between log steps (so that the
+  host's batch assembly overlaps the device's previous step, where the device is separate)."""
+  family = models.family(c.model_family)
+  model = family.model_cls(family.config_cls(**c.model.to_dict()), rngs=nnx.Rngs(c.seed))
+  tx, schedule = optim.make_optimizer(c.opt, c.train.steps)
+  graphdef, state = nnx.split((model, nnx.Optimizer(model, tx, wrt=nnx.Param)))
+  step = jax.jit(functools.partial(trainer.train_step, graphdef=graphdef,
+                                   loss_fn=family.loss_fn, schedule=schedule, z_loss=0.0,
+                                   after_step=family.after_step),
+                 donate_argnums=0)
+  source = train_source(c, workdir)
+  first = {k: jnp.asarray(v) for k, v in source.batch(0).items()}
+  step = step.lower(state, first).compile()  # compiled once, for the count and the calls
+  cost = step.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  box = {"state": state, "i": 0}
+
+  def call():
+    for _ in range(steps_per_call):
+      box["i"] += 1
+      batch = {k: jnp.asarray(v) for k, v in source.batch(box["i"]).items()}
+      box["state"], metrics = step(box["state"], batch)
+    jax.block_until_ready((box["state"], metrics))
+
+  return call, source.bytes_per_batch * steps_per_call, float(cost.get("flops", math.nan))
+
+
+def steps_for(c, workdir: pathlib.Path, budget_bytes: float) -> int:
+  """Sets c's steps (and its warmup, evaluation and checkpoint cadence) to train on about
+  budget_bytes of text (at least 10 steps). Returns the steps."""
+  steps = max(10, round(budget_bytes / train_source(c, workdir).bytes_per_batch))
+  c.train.steps = steps
+  c.opt.warmup_steps = min(c.opt.warmup_steps, steps // 10)
+  c.train.eval_every = c.ckpt.every = steps
+  return steps
