@@ -61,8 +61,10 @@ def run_page(page: pathlib.Path, scratch: pathlib.Path) -> tuple[int, str]:
       cmd = ["bash", "-e", "-c", tiny(code)]
     else:
       cmd = [sys.executable, "-c", code]
+    # `python` in the blocks is this interpreter, whatever PATH says.
+    path = os.pathsep.join([str(pathlib.Path(sys.executable).parent), os.environ["PATH"]])
     done = subprocess.run(cmd, cwd=scratch, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          env={**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1"})
     log.append(f"$ {' '.join(cmd[-1:])}\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
     if done.returncode:
       return done.returncode, "\n".join(log)
