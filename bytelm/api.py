@@ -74,8 +74,8 @@ def load(path, **runtime) -> "LanguageModel":
   family = saved.get("model_family", "t5")
   if family == "tagger":
     raise ValueError(f"{path} holds a tagger (a labeller of bytes, e.g. the diacritics "
-                     "restorer), not a language model: use bytelm.demos, or trainer.load for "
-                     "the module")
+                     "restorer), not a language model: use bytelm.demos, or bytelm.load_module "
+                     "for the module")
   return LanguageModel(module, family, saved["data"], path,
                        source="export" if export_lib.is_export(path) else "workdir",
                        quantized=saved.get("export", {}).get("quantized"))
@@ -157,6 +157,9 @@ class LanguageModel:
     out = []
     for c in continuations:
       y = ByteTokenizer().encode(_as_bytes(c, "continuation"), add_eos=True)
+      if len(y) > self._target_length():
+        raise ValueError(f"a continuation of {len(y)} ids (eos included) is longer than the "
+                         f"model's {self._target_length()} target positions; shorten it")
       rows = self._stack([(x[:int(self.data["input_length"])], y)])
       ce, _ = jax.device_get(self._per_row(rows))
       out.append(float(ce[0]) / math.log(2))
@@ -185,12 +188,8 @@ class LanguageModel:
   def _stack(self, rows) -> dict[str, jax.Array]:
     """A batch of rows padded with 0 (ignored targets) to the run's shapes."""
     length = int(self.data["input_length"])
-    target_length = length
-    if self.encoder_decoder:
-      target_length = objectives.span_corruption_lengths(
-          length, self.data["noise_density"], self.data["mean_noise_span_length"])[1]
     inputs = np.full((len(rows), length), PAD_ID, np.int32)
-    targets = np.full((len(rows), target_length), PAD_ID, np.int32)
+    targets = np.full((len(rows), self._target_length()), PAD_ID, np.int32)
     for r, row in enumerate(rows):
       if row is not None:
         inputs[r, :len(row[0])], targets[r, :len(row[1])] = row
@@ -200,6 +199,14 @@ class LanguageModel:
     if self.tokenizer is not None:
       batch["target_bytes"] = self._token_lengths()[targets]
     return {k: jnp.asarray(v) for k, v in batch.items()}
+
+  def _target_length(self) -> int:
+    """Targets per row: the input length, or span corruption's targets for it."""
+    length = int(self.data["input_length"])
+    if not self.encoder_decoder:
+      return length
+    return objectives.span_corruption_lengths(
+        length, self.data["noise_density"], self.data["mean_noise_span_length"])[1]
 
   def _token_lengths(self) -> np.ndarray:
     lengths = np.asarray([len(b) for b in bpe.token_bytes(self.tokenizer)], np.int32)

@@ -195,9 +195,13 @@ def test_load_a_hugging_face_byt5_directory():
   assert len(lm.generate(["hello"], max_new_bytes=4)) == 1
 
 
-def test_load_errors(tmp_path):
+def test_load_errors(tmp_path, loaded):
   with pytest.raises(FileNotFoundError, match="config.json"):
     bytelm.load(tmp_path)
+  with pytest.raises(ValueError, match="longer than the model's"):
+    loaded["byt5"].continuation_bits("prompt", ["x" * 5000])
+  with pytest.raises(TypeError, match="str or bytes"):
+    loaded["bytes_decoder"].next_byte_logprobs(42)
 
 
 def test_quantized_model_reports_its_mode(exported, tmp_path):
