@@ -1,12 +1,13 @@
 """bytelm.load / score / next_byte_logprobs / generate / info on every recipe's model.
 
-The models are the recipes' tiny configs, untrained (an export of the initial weights): what is
+The models are the recipes' tiny configs, untrained (a workdir holding the initial weights): what is
 tested is that the API reads a text exactly as the training loop's evaluation does, and that
 each method is consistent with the model's own forward pass; training would add nothing to that
 and minutes to the suite.
 """
 
 import dataclasses
+import json
 import math
 import pathlib
 
@@ -20,7 +21,7 @@ import bytelm
 from bytelm import models
 from bytelm.data import bpe, pipeline
 from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET
-from bytelm.training import budget, config_file, export, trainer
+from bytelm.training import budget, checkpoint, config_file, export, optimizer, trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPES = ("byt5", "mrt5", "bytes_decoder", "bpe_decoder", "hat", "blt", "hnet")
@@ -30,7 +31,8 @@ TEXT = ("Byte models read raw UTF-8: café, naïve, Straße, 東京, and even em
 
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
-  """recipe -> (export directory of its tiny model, its run config)."""
+  """recipe -> (a workdir holding its tiny model's step-0 checkpoint, its run config): what
+  `python train.py` leaves, without the training."""
   root = tmp_path_factory.mktemp("api")
   out = {}
   for name in RECIPES:
@@ -42,10 +44,12 @@ def exported(tmp_path_factory):
     model = family.model_cls(model_cfg, rngs=nnx.Rngs(0))
     saved = c.to_dict()
     saved["model"] = dataclasses.asdict(model_cfg)
-    export.export(model, saved, workdir / "export", dtype="float32")
-    if "tokenizer" in c.data:
-      (workdir / "export" / bpe.FILENAME).write_bytes((workdir / bpe.FILENAME).read_bytes())
-    out[name] = (workdir / "export", c)
+    (workdir / "config.json").write_text(json.dumps(saved), encoding="utf-8")
+    tx, _ = optimizer.make_optimizer(c.opt, c.train.steps)
+    _, state = nnx.split((model, nnx.Optimizer(model, tx, wrt=nnx.Param)))
+    with checkpoint.Checkpointer(workdir / "checkpoints", keep=1, async_save=False) as ckpt:
+      ckpt.save(0, state, {"step": 0, "config": saved})
+    out[name] = (workdir, c)
   return out
 
 
@@ -169,9 +173,9 @@ def test_info(name, exported, loaded):
   n = sum(p.size for p in jax.tree.leaves(nnx.state(lm.module, nnx.Param)))
   assert info["parameters"] == n > 0
   assert info["weight_bytes"] >= 4 * n  # float32
-  files = exported[name][0]
-  assert info["bytes_on_disk"] == sum(
-      p.stat().st_size for p in files.iterdir() if p.suffix in (".safetensors", ".json"))
+  newest = exported[name][0] / "checkpoints" / "0"
+  assert info["bytes_on_disk"] == sum(p.stat().st_size for p in newest.rglob("*") if p.is_file())
+  assert info["source"] == "workdir"
   assert info["kind"] == ("encoder-decoder" if name in ("byt5", "mrt5") else "decoder")
   assert info["quantization"] is None
   assert isinstance(info["segmenter"], str)
@@ -212,7 +216,8 @@ def test_quantized_model_reports_its_mode(exported, tmp_path):
   saved["model"] = dataclasses.asdict(model.config)
   export.export(model, saved, tmp_path / "q", dtype="float32")
   lm = bytelm.load(tmp_path / "q")
-  assert lm.info()["quantization"] == "int8"
+  assert lm.info()["quantization"] == "int8" and lm.info()["source"] == "export"
+  assert lm.info()["bytes_on_disk"] == sum(p.stat().st_size for p in (tmp_path / "q").iterdir())
   plain = bytelm.load(path).score([TEXT])[0]
   assert abs(lm.score([TEXT])[0] / plain - 1) < 0.02
 
