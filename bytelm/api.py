@@ -87,6 +87,9 @@ class LanguageModel:
 
   module: the `nnx.Module` (for the family's own methods); family: its `model_family`; data:
   the run's data config (objective, input_length, noise, segments, tokenizer).
+  The module is split once, for compiled calls: to change it (`bytelm.quant.quantize` converts
+  a module in place), make a new one, `dataclasses.replace(lm, module=quantize(...))`, from a
+  module no other LanguageModel holds.
   """
 
   module: nnx.Module

@@ -20,8 +20,8 @@
    - compression: bytes per position the big model sees (1 for flat byte models; MrT5: after
      hard deletion; word/entropy/learned segments; BPE tokens), from the trainer's evaluation;
    - character tasks made from held-out words, every model prompted the same way (multiple
-     choice by `.continuation_bits`, 4 options, chance 25%): restore a misspelled word, count a
-     letter in a word, reverse a word.
+     choice by `.continuation_bits`): restore a misspelled word (4 options), count a letter in
+     a word (1, 2 or 3, as many items of each), reverse a word (4 options).
 Decoders (byte, BPE, hierarchical) are scored on every byte of a text read from its start; the
 encoder-decoders (ByT5, MrT5) were trained on span corruption, and their bits are its bits per
 target id (the trainer's measure), marked "span": a different task, not comparable with the
@@ -143,10 +143,10 @@ def positions(name: str, lm, run: dict) -> float:
   return 1.0
 
 
-def held_out_words(pieces: list[str], n: int, rng: random.Random) -> list[str]:
-  words = sorted({w.strip(".,;:!?\"'()").lower() for p in pieces for w in p.split()})
-  words = [w for w in words if w.isascii() and w.isalpha() and 4 <= len(w) <= 10]
-  return rng.sample(words, min(n, len(words)))
+def held_out_words(pieces: list[str]) -> list[str]:
+  """The distinct lower-case ASCII words of 4-10 letters in the pieces, sorted."""
+  words = {w.strip(".,;:!?\"'()").lower() for p in pieces for w in p.split()}
+  return sorted(w for w in words if w.isascii() and w.isalpha() and 4 <= len(w) <= 10)
 
 
 def typo(word: str, rng: random.Random) -> str:
@@ -164,22 +164,28 @@ def typo(word: str, rng: random.Random) -> str:
       return out
 
 
-def tasks(words: list[str], seed: int = 0) -> dict[str, list[tuple[str, list[str], int]]]:
-  """(prompt, 4 options, index of the right one) per item of each character task."""
+def tasks(words: list[str], n: int, seed: int = 0) -> dict[str, list[tuple[str, list[str], int]]]:
+  """(prompt, options, index of the right one) for n items of each character task, made from
+  words: 4 options
+  (chance 25%) for spelling and reversing; counting asks for 1, 2 or 3 (chance 33%), with as
+  many items of each answer, so that always answering the commonest count earns only chance."""
   rng = random.Random(seed)
   out = {"spelling": [], "counting": [], "reversing": []}
-  for w in words:
+  by_count = {k: [(w, c) for w in words for c in sorted(set(w)) if w.count(c) == k]
+              for k in (1, 2, 3)}
+  per_count = min(n // 3, *(len(v) for v in by_count.values()))
+  for k, pairs in by_count.items():
+    for w, letter in rng.sample(pairs, per_count):
+      out["counting"].append((f"The word '{w}' has this many '{letter}': ",
+                              [f"{j}." for j in (1, 2, 3)], k - 1))
+  rng.shuffle(out["counting"])
+  for w in rng.sample(words, min(n, len(words))):
     wrong = set()
     while len(wrong) < 3:
       wrong.add(typo(w, rng))
     options = [w] + sorted(wrong)
     out["spelling"].append((f"The word '{typo(w, rng)}' is spelled correctly as '",
                             [o + "'" for o in options], 0))
-    letter = rng.choice(sorted(set(w)))
-    count = w.count(letter)
-    if count <= 4:
-      out["counting"].append((f"The word '{w}' has this many '{letter}': ",
-                              [str(k) + "." for k in range(1, 5)], count - 1))
     shuffles = set()
     while len(shuffles) < 3 and len(set(w)) > 2:
       s = "".join(rng.sample(w, len(w)))
@@ -229,7 +235,7 @@ def main() -> None:
   models = {n: bytelm.load(root / n) for n in trained}
   for n, base in POST_TRAINING.items():
     if n in names:
-      lm = models[base]
+      lm = bytelm.load(root / base)  # its own copy: quantize converts a module in place
       models[n] = dataclasses.replace(lm, module=quantize(lm.module, "int8"),
                                       quantized={"mode": "int8"})
       train_bps[n], runs[n] = train_bps[base], runs[base]
@@ -253,7 +259,7 @@ def main() -> None:
   infer_bps = {n: size / seconds[n] for n in names}
 
   # character tasks
-  items = tasks(held_out_words(pieces, args.task_items, random.Random(0)))
+  items = tasks(held_out_words(pieces), args.task_items)
   task_acc = {(n, t): accuracy(lm, its) for n, lm in models.items() for t, its in items.items()}
 
   info = {n: {**lm.info(), "disk_bytes": disk_bytes(lm)} for n, lm in models.items()}
