@@ -25,6 +25,9 @@ from bytelm.training import budget, checkpoint, config_file, export, optimizer, 
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPES = ("byt5", "mrt5", "bytes_decoder", "bpe_decoder", "hat", "blt", "hnet")
+# One of each code path behind next_byte_logprobs, generate and info (blt is hat with another
+# host segmenter, which test_score_is_the_training_loops_evaluation covers).
+PATHS = ("byt5", "mrt5", "bytes_decoder", "bpe_decoder", "hat", "hnet")
 TEXT = ("Byte models read raw UTF-8: café, naïve, Straße, 東京, and even emoji 🙂. "
         "They need no tokenizer, so a typo costs one byte and not a whole new token. ") * 4
 
@@ -115,7 +118,7 @@ def test_score_batches_rows_independently(name, loaded):
     lm.score("not a list")
 
 
-@pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.parametrize("name", PATHS)
 def test_next_byte_logprobs_is_a_distribution(name, loaded):
   lm = loaded[name]
   logp = lm.next_byte_logprobs("Byte models re")
@@ -144,7 +147,7 @@ def test_next_byte_logprobs_are_the_models_logits(name, loaded):
   np.testing.assert_allclose(got, want - np.logaddexp.reduce(want), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.parametrize("name", PATHS)
 def test_generate(name, loaded):
   lm = loaded[name]
   prompts = ["The cat", "Byte models"]
@@ -166,7 +169,7 @@ def test_greedy_generation_follows_next_byte_logprobs(loaded):
   assert first == (bytes([best]) if best < 256 else b"")
 
 
-@pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.parametrize("name", PATHS)
 def test_info(name, exported, loaded):
   lm = loaded[name]
   info = lm.info()

@@ -1,8 +1,8 @@
 """The docs' runnable blocks run, so the docs cannot drift from the code.
 
 Every fenced block whose info string is `bash runnable` or `python runnable` in docs/ is run, in
-page order, in one scratch directory per page (holding links to train.py, configs/, eval/ and
-tests/fixtures/, so relative paths in the docs work). The commands are the docs' own, with tiny
+page order, in a scratch directory holding links to train.py, configs/, eval/ and
+tests/fixtures/, so relative paths in the docs work. The commands are the docs' own, with tiny
 overrides: a recipe's `:tiny` config and two steps for `train.py`, a one-recipe smoke run for
 eval/compare.py. Pages run two at a time (the CI machine has 2 cores).
 """
@@ -24,9 +24,10 @@ BLOCK = re.compile(r"^```(bash|python) runnable\n(.*?)^```", re.S | re.M)
 TRAIN = re.compile(r"python train\.py --config configs/(\w+)\.py(?::(\w+))?")
 TRAIN_STEPS = (" --config.train.steps=2 --config.train.eval_every=2 --config.ckpt.every=2"
                " --config.train.eval_batches=1")
+# The byte decoder that docs/recipes/bytes_decoder.md trained, reused (a finished run).
 COMPARE_SMOKE = (" --variant tiny --recipes bytes_decoder --budget-minutes 0.01"
-                 " --eval-bytes 1024 --language-bytes 256 --task-items 2 --timing-steps 1"
-                 " --root workdirs/compare --out results/compare")
+                 " --eval-bytes 1024 --language-bytes 256 --task-items 3 --timing-steps 1"
+                 " --root workdirs --out results/compare")
 
 
 def blocks(page: pathlib.Path) -> list[tuple[str, str]]:
@@ -50,11 +51,6 @@ def tiny(command: str) -> str:
 
 def run_page(page: pathlib.Path, scratch: pathlib.Path) -> tuple[int, str]:
   """(exit status, output) of the page's runnable blocks, in order, stopping at a failure."""
-  scratch.mkdir(parents=True)
-  for name in ("train.py", "export.py", "configs", "eval"):
-    (scratch / name).symlink_to(ROOT / name)
-  (scratch / "tests").mkdir()
-  (scratch / "tests" / "fixtures").symlink_to(ROOT / "tests" / "fixtures")
   log = []
   for kind, code in blocks(page):
     if kind == "bash":
@@ -76,11 +72,19 @@ RUNNABLE = [p for p in PAGES if blocks(p)]
 
 @pytest.fixture(scope="session")
 def page_results(tmp_path_factory):
+  """Every page's result. The pages share one scratch directory, as a reader's checkout would
+  (each trains into its own workdir); the index runs last, as its comparison reuses a run."""
   scratch = tmp_path_factory.mktemp("docs")
+  for name in ("train.py", "export.py", "configs", "eval"):
+    (scratch / name).symlink_to(ROOT / name)
+  (scratch / "tests").mkdir()
+  (scratch / "tests" / "fixtures").symlink_to(ROOT / "tests" / "fixtures")
+  index = ROOT / "docs" / "README.md"
   with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    futures = {p: pool.submit(run_page, p, scratch / p.relative_to(ROOT / "docs").with_suffix(""))
-               for p in RUNNABLE}
-    return {p: f.result() for p, f in futures.items()}
+    futures = {p: pool.submit(run_page, p, scratch) for p in RUNNABLE if p != index}
+    results = {p: f.result() for p, f in futures.items()}
+  results[index] = run_page(index, scratch)
+  return results
 
 
 @pytest.mark.parametrize("page", RUNNABLE, ids=lambda p: str(p.relative_to(ROOT / "docs")))
