@@ -42,6 +42,7 @@ from bytelm.convert import hf_t5
 from bytelm.data import bpe, objectives, pipeline
 from bytelm.models import segment
 from bytelm.nn.compiled import Compiled
+from bytelm.quant.dense import QuantDense
 from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, PAD_ID, ByteTokenizer
 from bytelm.training import export as export_lib
 from bytelm.training import trainer
@@ -309,15 +310,19 @@ class LanguageModel:
   # ---- description ------------------------------------------------------------------------------
 
   def info(self) -> dict:
-    """What the model is: family, kind, parameters, bytes of its weights in memory and of its
-    files on disk, quantization, and what a position of its backbone is (the segmenter)."""
+    """What the model is: family, kind, parameters (a quantized layer's weights counted as
+    parameters), bytes of its weights in memory and of its files on disk, quantization, and
+    what a position of its backbone is (the segmenter)."""
     arrays = jax.tree.leaves(nnx.state(self.module))
-    params = jax.tree.leaves(nnx.state(self.module, nnx.Param))
+    params = sum(p.size for p in jax.tree.leaves(nnx.state(self.module, nnx.Param)))
+    # A quantized layer's weights are not Params (nothing trains them) but still parameters.
+    params += sum(node.in_features * node.out_features
+                  for _, node in nnx.iter_graph(self.module) if isinstance(node, QuantDense))
     cfg = self.module.config
     return {
         "family": self.family,
         "kind": "encoder-decoder" if self.encoder_decoder else "decoder",
-        "parameters": int(sum(p.size for p in params)),
+        "parameters": int(params),
         "weight_bytes": int(sum(a.nbytes for a in arrays)),
         "bytes_on_disk": _disk_bytes(self.path, self.source),
         "quantization": (self.quantized or {}).get("mode") or getattr(cfg, "quant", None),

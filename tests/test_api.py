@@ -213,6 +213,7 @@ def test_load_errors(tmp_path, loaded):
 
 def test_quantized_model_reports_its_mode(exported, tmp_path):
   from bytelm.quant import quantize
+  from bytelm.quant.dense import QuantDense
   path, c = exported["bytes_decoder"]
   model = quantize(bytelm.load(path).module, "int8")
   saved = c.to_dict()
@@ -220,6 +221,11 @@ def test_quantized_model_reports_its_mode(exported, tmp_path):
   export.export(model, saved, tmp_path / "q", dtype="float32")
   lm = bytelm.load(tmp_path / "q")
   assert lm.info()["quantization"] == "int8" and lm.info()["source"] == "export"
+  assert lm.info()["parameters"] == bytelm.load(path).info()["parameters"]
+  quantized = sum(n.in_features * n.out_features for _, n in nnx.iter_graph(lm.module)
+                  if isinstance(n, QuantDense))
+  assert quantized > 0  # 1 byte a weight instead of 4, and a float32 scale per column
+  assert bytelm.load(path).info()["weight_bytes"] - lm.info()["weight_bytes"] >= 2 * quantized
   assert lm.info()["bytes_on_disk"] == sum(p.stat().st_size for p in (tmp_path / "q").iterdir())
   plain = bytelm.load(path).score([TEXT])[0]
   assert abs(lm.score([TEXT])[0] / plain - 1) < 0.02
