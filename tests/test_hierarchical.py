@@ -9,11 +9,9 @@ import optax
 import pytest
 from flax import nnx
 
-import bytelm
 from bytelm import hierarchical_generation, tokenizer
 from bytelm.data import pipeline
 from bytelm.models import hierarchical, segment
-from bytelm.training import config_file, train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -148,17 +146,6 @@ def test_the_pipeline_adds_segments_of_the_targets():
   with pytest.raises(ValueError, match="causal_lm"):
     pipeline.BatchSource(docs, objective="span_corruption", batch_size=4, input_length=24,
                          segments=segments)
-
-
-# hat and hnet train from train.py and load through bytelm.load in tests/test_docs.py; blt,
-# the one with a fitted part, is checked here too.
-@pytest.mark.parametrize("recipe", ["blt"])
-def test_the_recipes_train_and_load(tmp_path, recipe):
-  summary = train_and_evaluate(config_file.load(ROOT / "configs" / f"{recipe}.py", "tiny"),
-                               tmp_path / "run")
-  assert np.isfinite(summary.val_loss)
-  assert isinstance(bytelm.load_module(tmp_path / "run"), hierarchical.Hierarchical)
-  assert (tmp_path / "run" / "entropy_model.npz").exists() == (recipe == "blt")
 
 
 def test_the_learned_segmenter_moves_toward_its_target_compression():
