@@ -24,7 +24,6 @@ precision (tests/test_api.py).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pathlib
 from collections.abc import Sequence
@@ -63,11 +62,7 @@ def load(path, **runtime) -> "LanguageModel":
   `bytelm.training.trainer.load` (e.g. dtype="bfloat16").
   """
   path = pathlib.Path(path).expanduser()
-  config_path = path / "config.json"
-  if not config_path.is_file():
-    raise FileNotFoundError(f"{path} has no config.json: give a bytelm workdir or export, or a "
-                            "Hugging Face ByT5 directory")
-  saved = json.loads(config_path.read_text(encoding="utf-8"))
+  saved = trainer.read_config(path)
   if "model_family" not in saved and saved.get("model_type") in ("t5", "mt5"):
     module, _ = hf_t5.load_hf(path, **runtime)
     return LanguageModel(module, "t5", _HF_DATA, path, source="hugging_face")
@@ -105,6 +100,10 @@ class LanguageModel:
     self.tokenizer = None  # a BPE decoder's tokenizers.Tokenizer
     if self.data.get("tokenizer"):
       self.tokenizer = bpe.load(self.path / bpe.FILENAME)
+      # UTF-8 bytes each token id spells (pad 0): what bits per byte divide by
+      self._token_bytes = np.asarray([len(b) for b in bpe.token_bytes(self.tokenizer)],
+                                     np.int32)
+      self._token_bytes[PAD_ID] = 0
     segments = self.data.get("segments")
     if segments and segments.get("kind") == "entropy" and not segments.get("entropy_model"):
       # train.py fits it into the workdir without naming it in config.json
@@ -201,7 +200,7 @@ class LanguageModel:
     if self.segments is not None:
       batch.update(pipeline.segment_rows(targets, **self.segments))
     if self.tokenizer is not None:
-      batch["target_bytes"] = self._token_lengths()[targets]
+      batch["target_bytes"] = self._token_bytes[targets]
     return {k: jnp.asarray(v) for k, v in batch.items()}
 
   def _target_length(self) -> int:
@@ -211,11 +210,6 @@ class LanguageModel:
       return length
     return objectives.span_corruption_lengths(
         length, self.data["noise_density"], self.data["mean_noise_span_length"])[1]
-
-  def _token_lengths(self) -> np.ndarray:
-    lengths = np.asarray([len(b) for b in bpe.token_bytes(self.tokenizer)], np.int32)
-    lengths[PAD_ID] = 0
-    return lengths
 
   def _per_row(self, batch):
     """(summed cross-entropy [B], targets or bytes [B]): the trainer's evaluation step on each

@@ -132,7 +132,7 @@ def disk_bytes(lm) -> int:
     return sum(p.stat().st_size for p in out.iterdir())
 
 
-def positions(name: str, lm, run: dict) -> float:
+def positions(run: dict) -> float:
   """Bytes per position of the model's big part, from the trainer's evaluation."""
   if "hard_deletion" in run:  # MrT5: encoder positions left after hard deletion
     return 1.0 / max(1e-9, 1.0 - run["hard_deletion"])
@@ -263,7 +263,7 @@ def main() -> None:
   task_acc = {(n, t): accuracy(lm, its) for n, lm in models.items() for t, its in items.items()}
 
   info = {n: {**lm.info(), "disk_bytes": disk_bytes(lm)} for n, lm in models.items()}
-  compression = {n: positions(n, models[n], runs[n]) for n in names}
+  compression = {n: positions(runs[n]) for n in names}
 
   # report
   header = ("| recipe | scored on | params | disk MB | train kB/s | infer kB/s | bytes/position "

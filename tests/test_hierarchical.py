@@ -1,6 +1,5 @@
 """The hierarchical byte LM (models/hierarchical.py): no byte is predicted from itself or later."""
 
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +11,6 @@ from flax import nnx
 from bytelm import hierarchical_generation, tokenizer
 from bytelm.data import pipeline
 from bytelm.models import hierarchical, segment
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 CFG = hierarchical.HierarchicalConfig(
     d_model=32, d_ff=64, num_heads=2, d_kv=16, relative_attention_num_buckets=8,

@@ -170,6 +170,17 @@ def evaluated_at(workdir, steps: int) -> bool:
   return any("val_bpb" in r and r["step"] >= steps for r in records)
 
 
+def read_config(directory) -> dict:
+  """The config.json of a workdir or export (or of a Hugging Face model directory)."""
+  directory = pathlib.Path(directory).expanduser()
+  config_path = directory / "config.json"
+  if not config_path.is_file():
+    raise FileNotFoundError(f"{directory} is not a bytelm workdir: it has no config.json "
+                            "(train into it with `python train.py --config ... --workdir DIR`, "
+                            "or give an export or a Hugging Face ByT5 directory)")
+  return json.loads(config_path.read_text(encoding="utf-8"))
+
+
 def load(workdir, **runtime) -> nnx.Module:
   """The model of the newest readable checkpoint in a bytelm workdir, ready for inference.
 
@@ -179,11 +190,8 @@ def load(workdir, **runtime) -> nnx.Module:
   or MrT5's `bucket_multiple`).
   """
   workdir = pathlib.Path(workdir).expanduser()
+  saved = read_config(workdir)
   config_path = workdir / "config.json"
-  if not config_path.is_file():
-    raise FileNotFoundError(f"{workdir} is not a bytelm workdir: it has no config.json (train "
-                            "into it with `python train.py --config ... --workdir DIR`)")
-  saved = json.loads(config_path.read_text(encoding="utf-8"))
   family = models.family(saved.get("model_family", "t5"))
   known = {f.name for f in dataclasses.fields(family.config_cls)}
   unknown = sorted(set(saved["model"]) - known)
