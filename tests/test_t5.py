@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from bytelm.models import t5
-from bytelm.nn import softmax1
+from bytelm.nn import layers, softmax1
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,24 @@ def test_bfloat16_compute_is_close_to_float32(model):
   m16 = t5.T5(t5.preset("tiny", dtype="bfloat16"), rngs=nnx.Rngs(0))  # same seed, same params
   l32, l16 = model(inputs, dec), m16(inputs, dec)
   assert l16.dtype == jnp.bfloat16
-  assert float(jnp.abs(l32 - l16.astype(jnp.float32)).max()) < 0.1 * float(jnp.abs(l32).max())
+  # Measured 0.9% of the largest logit (2026-12, AMD EPYC); RMSNorm without its float32
+  # upcast gives 1.3%, which test_rmsnorm_in_bfloat16_rounds_only_its_output pins down.
+  assert float(jnp.abs(l32 - l16.astype(jnp.float32)).max()) < 0.02 * float(jnp.abs(l32).max())
+
+
+def test_rmsnorm_in_bfloat16_rounds_only_its_output():
+  """bf16 activations are normalised in float32: the only error left is the final rounding
+  to bf16 (measured 2^-8 relative at most). Squares summed in bf16 give 1.1%."""
+  d = 512
+  x_BTD = (jax.random.normal(jax.random.key(0), (4, 16, d)) * 30 + 5).astype(jnp.bfloat16)
+  norm = layers.RMSNorm(d, dtype=jnp.bfloat16)
+  norm.scale[...] = jax.random.uniform(jax.random.key(1), (d,), minval=0.5, maxval=2)
+  x = np.asarray(x_BTD, np.float64)
+  want = np.asarray(norm.scale[...], np.float64) * x / np.sqrt(
+      (x**2).mean(-1, keepdims=True) + 1e-6)
+  got = norm(x_BTD)
+  assert got.dtype == jnp.bfloat16
+  assert np.abs(np.asarray(got, np.float64) / want - 1).max() < 0.006
 
 
 def test_loss_ignores_padded_targets(model):

@@ -84,7 +84,11 @@ def test_an_export_loads_as_the_same_model(run):
   np.testing.assert_array_equal(np.asarray(exact(ids)), np.asarray(model(ids)))
   half = bytelm.load_module(root / "bfloat16")
   assert half.shared.embedding[...].dtype == jnp.float32  # the model's own dtype again
-  np.testing.assert_allclose(np.asarray(half(ids)), np.asarray(model(ids)), atol=0.1, rtol=0.05)
+  # Weights rounded to bf16 move the allowed labels' logits by 0.5% of their largest (measured
+  # 2026-12); a weight left out of the export or stored wrongly moves them by far more.
+  allowed = tags.allowed_table()[np.asarray(ids)]
+  got, want = np.asarray(half(ids))[allowed], np.asarray(model(ids))[allowed]
+  assert np.abs(got - want).max() < 0.02 * np.abs(want).max()
   sizes = {d: (root / d / export.WEIGHTS).stat().st_size for d in ("float32", "bfloat16")}
   assert sizes["bfloat16"] < 0.55 * sizes["float32"]
   saved = json.loads((root / "bfloat16" / export.CONFIG).read_text())
