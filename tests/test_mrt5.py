@@ -301,6 +301,32 @@ def test_deleted_frac_counts_only_the_real_bytes(reads_bytes):
     np.testing.assert_allclose(frac, expected, rtol=1e-6, err_msg=deletion)
 
 
+def test_hard_deletion_threshold_is_k_over_2(reads_bytes):
+  """Gates a hair either side of k/2: 'a' at k/2 + 7.5e-5 is kept, 'b' at k/2 - 7.5e-5 and 'c'
+  at k/2 exactly are deleted (G <= k/2 is dropped), every other byte (G = 0) is kept. The
+  compacted positions carry exactly the kept bytes' gate values, in order."""
+  m = byte_gates(reads_bytes, {"a": 1e-5, "b": -1e-5, "c": 0.0})
+  inputs = text_batch(TEXTS)
+  ids, mask = np.asarray(inputs), inputs != 0
+  _, gate = jit_call(m, "gate_prefix", inputs, mask)
+  gate = np.asarray(gate)
+  above, below, at = (ids == byte_id(c) for c in "abc")
+  assert above.any() and below.any() and at.any()
+  assert np.all((gate[above] > K / 2) & (gate[above] < K / 2 + 1e-4))
+  assert np.all((gate[below] < K / 2) & (gate[below] > K / 2 - 1e-4))
+  assert np.all(gate[at] == K / 2)
+
+  keep = (ids != 0) & ~below & ~at  # by hand
+  e = jit_call(m, "encode", inputs, deletion="hard")  # compacted, to the input length
+  np.testing.assert_allclose(float(e.deleted_frac), 1 - keep.sum() / (ids != 0).sum(),
+                             rtol=1e-6)
+  _, bias = m.encode_for_inference(inputs, mask)  # compacted to a bucket, as inference runs
+  for compact_gate, valid in ((e.key_gate_BT, e.mask_BT), (bias, bias > -1e8)):
+    compact_gate, valid = np.asarray(compact_gate), np.asarray(valid)
+    for b in range(len(TEXTS)):
+      np.testing.assert_array_equal(compact_gate[b][valid[b]], gate[b][keep[b]])
+
+
 def test_pi_controller_drives_a_toy_deleted_fraction_to_its_target():
   """Toy plant: the gate logit u moves with the deletion pressure alpha against a constant pull
   back (0.03), and the deleted fraction is sigmoid(u). It settles only where alpha = 0.03: a
