@@ -327,6 +327,41 @@ def test_hard_deletion_threshold_is_k_over_2(reads_bytes):
       np.testing.assert_array_equal(compact_gate[b][valid[b]], gate[b][keep[b]])
 
 
+def test_report_figures_equal_a_hand_computation(reads_bytes):
+  """report's hard figures for a gate that deletes exactly the vowels and spaces (G = k) and
+  keeps every other byte (G = 0): hard_deletion is their share of the real bytes pooled over
+  the batches, and hard_val_loss the cross-entropy of the same weights run as plain ByT5 with
+  those bytes masked like padding (no gate, no compaction). With the gate at layer 0 no block
+  sees a deleted byte, so the two computations are the same one."""
+  m = byte_gates(reads_bytes, deleting(DELETED))
+  inputs = [TEXTS, ["Hello, world", "abc", "MrT5 deletes bytes"]]  # different real counts
+  targets = [["jumps over", "den", "return"], ["world", "b", "bytes"]]
+  batches = [dict(inputs=text_batch(i), targets=text_batch(t, length=12))
+             for i, t in zip(inputs, targets)]
+  figures = mrt5.report(m, batches, repeats=1)
+
+  np.testing.assert_allclose(figures["hard_deletion"],
+                             deleted_share(inputs[0] + inputs[1], DELETED), rtol=1e-6)
+
+  deleted_ids = [byte_id(c) for c in DELETED]
+  ce, ce_all, n = 0.0, 0.0, 0
+  for batch in batches:
+    ids, targets_BS = np.asarray(batch["inputs"]), np.asarray(batch["targets"])
+    dec_BS = t5.shift_right(batch["targets"], m.config.decoder_start_id)
+    real_BS = targets_BS != 0
+    nll = []
+    for keep_BT in ((ids != 0) & ~np.isin(ids, deleted_ids), ids != 0):
+      # ByT5's computation (deletion="none"), the deleted bytes masked like padding.
+      enc_BTD, bias_BT = jit_call(m, "encode_memory", batch["inputs"], jnp.asarray(keep_BT),
+                                  deletion="none")
+      logits_BSV = np.asarray(jit_call(m, "decode_memory", dec_BS, enc_BTD, bias_BT), np.float64)
+      logp_BSV = logits_BSV - np.log(np.exp(logits_BSV).sum(-1, keepdims=True))
+      nll.append(-np.take_along_axis(logp_BSV, targets_BS[..., None], -1)[..., 0][real_BS].sum())
+    ce, ce_all, n = ce + nll[0], ce_all + nll[1], n + real_BS.sum()
+  np.testing.assert_allclose(figures["hard_val_loss"], ce / n, rtol=1e-5)
+  assert abs(ce_all - ce) / n > 1e-2  # the deleted bytes matter: keeping them would show
+
+
 def test_pi_controller_drives_a_toy_deleted_fraction_to_its_target():
   """Toy plant: the gate logit u moves with the deletion pressure alpha against a constant pull
   back (0.03), and the deleted fraction is sigmoid(u). It settles only where alpha = 0.03: a
