@@ -16,6 +16,7 @@ import bytelm
 from bytelm import models
 from bytelm.models import mrt5, t5
 from bytelm.nn import key_mask_bias
+from bytelm.nn.compiled import jit_call
 from bytelm.training import train_and_evaluate, trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -68,6 +69,11 @@ def test_gate_starts_by_keeping():
   assert (gate[~real] == K).all()  # padding is always deleted
   reference = mrt5.MrT5(tiny_config(gate_init_bias=1.0), rngs=nnx.Rngs(0)).encode(inputs)
   assert 0.1 < float(reference.deleted_frac) < 0.4
+  # Exactly the share of the real bytes at or below k/2: the batch is half padding, which
+  # would pull the fraction down by about half were it counted.
+  for enc in (e, reference):
+    np.testing.assert_allclose(float(enc.deleted_frac),
+                               np.mean(np.asarray(enc.gate_BT)[real] <= K / 2), rtol=1e-6)
 
 
 def gate_logits(gate_BT):
@@ -227,6 +233,133 @@ def test_per_example_compaction_gives_the_batched_result(model):
   assert len(set(kept)) > 1  # the rows really keep different numbers of bytes
   np.testing.assert_allclose(np.asarray(m.decode_memory(dec, enc_rows, bias_rows)),
                              np.asarray(m.decode_memory(dec, enc, bias)), atol=1e-4)
+
+
+# ---- a gate set by hand: exact deletion figures -----------------------------------------------
+
+DELETED = " aeiou"  # the bytes byte_gates(..., deleting(DELETED)) deletes
+
+
+@pytest.fixture(scope="module")
+def reads_bytes():
+  """A tiny MrT5 whose gate reads the byte embeddings directly (gate_layer 0)."""
+  return mrt5.MrT5(tiny_config(gate_layer=0), rngs=nnx.Rngs(0))
+
+
+def byte_id(char):
+  return int(bytelm.ByteTokenizer().encode(char, add_eos=False)[0])
+
+
+def deleting(chars):
+  """Gate logits that delete these bytes outright: G = k sigmoid(-z) is k exactly at z = -200."""
+  return {c: -200.0 for c in chars}
+
+
+def byte_gates(model, logits, scale=100.0):
+  """A copy of model (gate_layer 0) whose gate logit z is logits[c] at every byte c given and
+  +200 (G = 0 exactly: kept) on every other id, so that each G is known by hand.
+
+  With w = scale e_0 and b = 0 the gate computes z = scale x_0 / rms(x) of the embedding row x;
+  each row's x_0 is solved for x_0 / rms(x) = z / scale, its other coordinates stay as
+  initialised (so the bytes stay distinguishable to the rest of the model). z = 0 gives
+  x_0 = 0 and G = k/2 exactly.
+  """
+  m = nnx.clone(model)
+  emb_VD = np.array(m.shared.embedding[...], np.float64)
+  num_ids, d = emb_VD.shape
+  z_V = np.full(num_ids, 200.0)
+  for char, z in logits.items():
+    z_V[byte_id(char)] = z
+  t_V = z_V / scale  # x_0^2 (d - t^2) = t^2 (sum of the other squares)
+  assert np.all(t_V ** 2 < d), "z / scale must stay below sqrt(d_model)"
+  rest_V = np.sum(emb_VD[:, 1:] ** 2, axis=1)
+  emb_VD[:, 0] = t_V * np.sqrt(rest_V / (d - t_V ** 2))
+  m.shared.embedding[...] = jnp.asarray(emb_VD, jnp.float32)
+  m.gate.norm.scale[...] = jnp.ones_like(m.gate.norm.scale[...])
+  m.gate.kernel[...] = jnp.zeros((d, 1)).at[0, 0].set(scale)
+  m.gate.bias[...] = jnp.zeros((1,))
+  return m
+
+
+def deleted_share(texts, chars):
+  """Share of the real input bytes (each text's UTF-8 bytes and its eos) that are in chars,
+  counted on the strings."""
+  real = sum(len(t.encode()) + 1 for t in texts)
+  return sum(t.encode().count(ord(c)) for t in texts for c in chars) / real
+
+
+def test_deleted_frac_counts_only_the_real_bytes(reads_bytes):
+  """deleted_frac, what the controller reads, is the share of the real input bytes with
+  G <= k/2, in soft and in hard deletion; the padding (G = k, half the batch) is in neither
+  count."""
+  m = byte_gates(reads_bytes, deleting(DELETED))
+  inputs = text_batch(TEXTS)
+  assert np.mean(np.asarray(inputs) == 0) > 0.4  # counting padding would show
+  expected = deleted_share(TEXTS, DELETED)
+  for deletion in ("soft", "hard"):
+    frac = float(jit_call(m, "encode", inputs, deletion=deletion).deleted_frac)
+    np.testing.assert_allclose(frac, expected, rtol=1e-6, err_msg=deletion)
+
+
+def test_hard_deletion_threshold_is_k_over_2(reads_bytes):
+  """Gates a hair either side of k/2: 'a' at k/2 + 7.5e-5 is kept, 'b' at k/2 - 7.5e-5 and 'c'
+  at k/2 exactly are deleted (G <= k/2 is dropped), every other byte (G = 0) is kept. The
+  compacted positions carry exactly the kept bytes' gate values, in order."""
+  m = byte_gates(reads_bytes, {"a": 1e-5, "b": -1e-5, "c": 0.0})
+  inputs = text_batch(TEXTS)
+  ids, mask = np.asarray(inputs), inputs != 0
+  _, gate = jit_call(m, "gate_prefix", inputs, mask)
+  gate = np.asarray(gate)
+  above, below, at = (ids == byte_id(c) for c in "abc")
+  assert above.any() and below.any() and at.any()
+  assert np.all((gate[above] > K / 2) & (gate[above] < K / 2 + 1e-4))
+  assert np.all((gate[below] < K / 2) & (gate[below] > K / 2 - 1e-4))
+  assert np.all(gate[at] == K / 2)
+
+  keep = (ids != 0) & ~below & ~at  # by hand
+  e = jit_call(m, "encode", inputs, deletion="hard")  # compacted, to the input length
+  np.testing.assert_allclose(float(e.deleted_frac), 1 - keep.sum() / (ids != 0).sum(),
+                             rtol=1e-6)
+  _, bias = m.encode_for_inference(inputs, mask)  # compacted to a bucket, as inference runs
+  for compact_gate, valid in ((e.key_gate_BT, e.mask_BT), (bias, bias > -1e8)):
+    compact_gate, valid = np.asarray(compact_gate), np.asarray(valid)
+    for b in range(len(TEXTS)):
+      np.testing.assert_array_equal(compact_gate[b][valid[b]], gate[b][keep[b]])
+
+
+def test_report_figures_equal_a_hand_computation(reads_bytes):
+  """report's hard figures for a gate that deletes exactly the vowels and spaces (G = k) and
+  keeps every other byte (G = 0): hard_deletion is their share of the real bytes pooled over
+  the batches, and hard_val_loss the cross-entropy of the same weights run as plain ByT5 with
+  those bytes masked like padding (no gate, no compaction). With the gate at layer 0 no block
+  sees a deleted byte, so the two computations are the same one."""
+  m = byte_gates(reads_bytes, deleting(DELETED))
+  inputs = [TEXTS, ["Hello, world", "abc", "MrT5 deletes bytes"]]  # different real counts
+  targets = [["jumps over", "den", "return"], ["world", "b", "bytes"]]
+  batches = [dict(inputs=text_batch(i), targets=text_batch(t, length=12))
+             for i, t in zip(inputs, targets)]
+  figures = mrt5.report(m, batches, repeats=1)
+
+  np.testing.assert_allclose(figures["hard_deletion"],
+                             deleted_share(inputs[0] + inputs[1], DELETED), rtol=1e-6)
+
+  deleted_ids = [byte_id(c) for c in DELETED]
+  ce, ce_all, n = 0.0, 0.0, 0
+  for batch in batches:
+    ids, targets_BS = np.asarray(batch["inputs"]), np.asarray(batch["targets"])
+    dec_BS = t5.shift_right(batch["targets"], m.config.decoder_start_id)
+    real_BS = targets_BS != 0
+    nll = []
+    for keep_BT in ((ids != 0) & ~np.isin(ids, deleted_ids), ids != 0):
+      # ByT5's computation (deletion="none"), the deleted bytes masked like padding.
+      enc_BTD, bias_BT = jit_call(m, "encode_memory", batch["inputs"], jnp.asarray(keep_BT),
+                                  deletion="none")
+      logits_BSV = np.asarray(jit_call(m, "decode_memory", dec_BS, enc_BTD, bias_BT), np.float64)
+      logp_BSV = logits_BSV - np.log(np.exp(logits_BSV).sum(-1, keepdims=True))
+      nll.append(-np.take_along_axis(logp_BSV, targets_BS[..., None], -1)[..., 0][real_BS].sum())
+    ce, ce_all, n = ce + nll[0], ce_all + nll[1], n + real_BS.sum()
+  np.testing.assert_allclose(figures["hard_val_loss"], ce / n, rtol=1e-5)
+  assert abs(ce_all - ce) / n > 1e-2  # the deleted bytes matter: keeping them would show
 
 
 def test_pi_controller_drives_a_toy_deleted_fraction_to_its_target():
