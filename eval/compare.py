@@ -95,8 +95,9 @@ def last_eval(workdir: pathlib.Path) -> dict:
   return out
 
 
-def train_all(names, variant, root, minutes, timing_steps) -> dict:
-  """Train each recipe for `minutes` at its measured bytes/s (reusing finished runs)."""
+def train_all(names, variant, root, minutes, timing_steps, fixed_steps=0) -> dict:
+  """Train each recipe for `minutes` at its measured bytes/s (reusing finished runs), or for
+  fixed_steps steps each where that is set (a smoke test: the same steps on any machine)."""
   configs = {n: budget.prepare(config_of(n, variant), root / n) for n in names}
   timers = {n: budget.step_timer(configs[n], root / n) for n in names}
   seconds = timing.compare({n: t[0] for n, t in timers.items()}, timing_steps)
@@ -112,7 +113,8 @@ def train_all(names, variant, root, minutes, timing_steps) -> dict:
         runs[n] = {"steps": steps, "reused": True, **last_eval(workdir)}
         print(f"{n}: reusing the finished run in {workdir} ({steps} steps)", flush=True)
         continue
-    steps = budget.steps_for(c, workdir, minutes * 60 * train_bps[n])
+    steps = (budget.set_steps(c, fixed_steps) if fixed_steps else
+             budget.steps_for(c, workdir, minutes * 60 * train_bps[n]))
     start = time.perf_counter()
     train_and_evaluate(c, workdir)
     runs[n] = {"steps": steps, "seconds": time.perf_counter() - start, **last_eval(workdir)}
@@ -211,6 +213,8 @@ def main() -> None:
   p.add_argument("--budget-minutes", type=float, default=5.0, help="training per recipe")
   p.add_argument("--root", default="workdirs/compare")
   p.add_argument("--variant", default="", help="of every config ('tiny': a smoke test)")
+  p.add_argument("--steps", type=int, default=0,
+                 help="train every recipe this many steps instead of the budget (a smoke test)")
   p.add_argument("--recipes", default=",".join(list(TRAINED) + list(POST_TRAINING)))
   p.add_argument("--timing-steps", type=int, default=4, help="alternating timed calls each")
   p.add_argument("--piece-bytes", type=int, default=240)
@@ -230,7 +234,8 @@ def main() -> None:
         f"jax {jax.__version__} on {jax.default_backend()}; {datetime.date.today()}", flush=True)
 
   # 1-2. the same budget
-  done = train_all(trained, args.variant, root, args.budget_minutes, args.timing_steps)
+  done = train_all(trained, args.variant, root, args.budget_minutes, args.timing_steps,
+                   args.steps)
   train_bps, runs = done["train_bytes_per_s"], done["runs"]
   models = {n: bytelm.load(root / n) for n in trained}
   for n, base in POST_TRAINING.items():

@@ -89,7 +89,12 @@ def step_timer(c, workdir: pathlib.Path, steps_per_call: int = 1):
 def steps_for(c, workdir: pathlib.Path, budget_bytes: float) -> int:
   """Sets c's steps (and its warmup, evaluation and checkpoint cadence) to train on about
   budget_bytes of text (at least 10 steps). Returns the steps."""
-  steps = max(10, round(budget_bytes / train_source(c, workdir).bytes_per_batch))
+  return set_steps(c, max(10, round(budget_bytes / train_source(c, workdir).bytes_per_batch)))
+
+
+def set_steps(c, steps: int) -> int:
+  """Sets c's steps, with its warmup, evaluation and checkpoint cadence to match. Returns the
+  steps."""
   c.train.steps = steps
   c.opt.warmup_steps = min(c.opt.warmup_steps, steps // 10)
   c.train.eval_every = c.ckpt.every = steps
