@@ -35,8 +35,6 @@ from flax import nnx
 
 from bytelm import generation, hierarchical_generation, models
 from bytelm.byteprobs import adapters
-from bytelm.byteprobs.byte_lm import ByteLM
-from bytelm.byteprobs.tokenization import BPE
 from bytelm.convert import hf_t5
 from bytelm.data import bpe, objectives, pipeline
 from bytelm.models import segment
@@ -251,9 +249,7 @@ class LanguageModel:
     its covering token sequences)."""
     if self._byte_lm is None:
       if self.tokenizer is not None:
-        tokens = BPE.from_file(self.path / bpe.FILENAME)
-        self._byte_lm = ByteLM(adapters.decoder_token_lm(self.module, len(tokens.token_bytes)),
-                               tokens, EOS_ID)
+        self._byte_lm = adapters.from_model(self.module, self.path / bpe.FILENAME)
       elif self.family == "hierarchical":
         self._byte_lm = adapters.HierarchicalLM(self.module, self._segmenter())
       else:
