@@ -35,8 +35,6 @@ from flax import nnx
 
 from bytelm import generation, hierarchical_generation, models
 from bytelm.byteprobs import adapters
-from bytelm.byteprobs.byte_lm import ByteLM
-from bytelm.byteprobs.tokenization import BPE
 from bytelm.convert import hf_t5
 from bytelm.data import bpe, objectives, pipeline
 from bytelm.models import segment
@@ -145,12 +143,28 @@ class LanguageModel:
     return bits, count
 
   def continuation_bits(self, prompt: str, continuations: Sequence[str]) -> np.ndarray:
-    """Bits of each continuation after the prompt, float64 [len(continuations)]: a decoder
-    reads prompt + continuation as one document (the prompt's own bits are subtracted); an
-    encoder-decoder reads the prompt as its input and the continuation as its output, eos
-    included. The likeliest continuation is the model's answer to a multiple-choice prompt
-    (eval/compare.py's character tasks)."""
+    """Bits of each continuation after the prompt, float64 [len(continuations)]. The likeliest
+    continuation is the model's answer to a multiple-choice prompt (eval/compare.py's
+    character tasks).
+
+    A decoder gives -log2 P(the document goes on with the continuation | it starts with the
+    prompt), prefix probabilities: the text may go on after the continuation, so no end of
+    text is predicted (an option is the start of an answer; `score` predicts none either). A
+    byte decoder reads prompt + continuation as one document and subtracts the prompt's bits.
+    A BPE decoder cannot: a prompt ending in a space ends in a lone space token that the
+    whole text merges into the next word, so one tokenization does not extend the other. It
+    takes the byteprobs ratio P(prompt + continuation...) / P(prompt...), each summed over
+    the canonical token sequences that cover it, in one pass (not the run's windows). Mass
+    the model puts on other sequences is not counted, where next_byte_logprobs renormalises
+    it away, so these bits can exceed the sum of those bytes' bits. An encoder-decoder reads
+    the prompt as its input and the continuation as its output, eos included.
+    """
     continuations = _check_texts(continuations)
+    if self.tokenizer is not None:
+      lm, start = self._byte_model(), _as_bytes(prompt, "prompt")
+      before = lm.prefix_logprob(start)
+      return np.asarray([before - lm.prefix_logprob(start + c.encode("utf-8"))
+                         for c in continuations]) / math.log(2)
     if not self.encoder_decoder:
       if not prompt:
         return self._bits(continuations, 8)[0]
@@ -251,9 +265,7 @@ class LanguageModel:
     its covering token sequences)."""
     if self._byte_lm is None:
       if self.tokenizer is not None:
-        tokens = BPE.from_file(self.path / bpe.FILENAME)
-        self._byte_lm = ByteLM(adapters.decoder_token_lm(self.module, len(tokens.token_bytes)),
-                               tokens, EOS_ID)
+        self._byte_lm = adapters.from_model(self.module, self.path / bpe.FILENAME)
       elif self.family == "hierarchical":
         self._byte_lm = adapters.HierarchicalLM(self.module, self._segmenter())
       else:

@@ -19,6 +19,7 @@ from flax import nnx
 
 import bytelm
 from bytelm import models
+from bytelm.byteprobs import adapters
 from bytelm.data import bpe, pipeline
 from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET
 from bytelm.training import budget, checkpoint, config_file, export, optimizer, trainer
@@ -232,19 +233,28 @@ def test_quantized_model_reports_its_mode(exported, tmp_path):
 
 
 @pytest.mark.parametrize("name", ("bytes_decoder", "bpe_decoder", "byt5"))
-def test_continuation_bits(name, loaded):
+def test_continuation_bits(name, exported, loaded):
   lm = loaded[name]
-  got = lm.continuation_bits("The cat sat on the ", ["mat", "hat."])
+  prompt = "The cat sat on the "  # ends in a space: a BPE gives it a lone space token
+  got = lm.continuation_bits(prompt, ["mat", "hat."])
   assert got.shape == (2,) and np.all(got > 0)
-  if not lm.encoder_decoder:  # the continuation's bits are the whole text's minus the prompt's
-    whole = lm.score(["The cat sat on the mat"], total=True) * len("The cat sat on the mat")
-    prompt = lm.score(["The cat sat on the "], total=True) * len("The cat sat on the ")
-    if lm.tokenizer is None:
-      np.testing.assert_allclose(got[0], whole - prompt, rtol=1e-5)
-  else:  # the output's bits: the cross-entropy of its ids (eos included) given the prompt
-    x = jnp.asarray([[OFFSET + b for b in b"The cat sat on the "] + [EOS_ID]])
+  if lm.encoder_decoder:  # the output's bits: the cross-entropy of its ids (eos included)
+    x = jnp.asarray([[OFFSET + b for b in prompt.encode()] + [EOS_ID]])
     y = [OFFSET + b for b in b"mat"] + [EOS_ID]
     logits = lm.module(x, jnp.asarray([[lm.module.config.decoder_start_id] + y[:-1]]))[0]
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     want = -float(sum(logp[t, i] for t, i in enumerate(y))) / math.log(2)
-    np.testing.assert_allclose(got[0], want, rtol=1e-5)
+  elif lm.tokenizer is not None:
+    # The prompt's tokens are not a prefix of the whole text's ("Ġ" vs "Ġmat"), so the
+    # difference of the two scores is no continuation's bits: the exact byte-level prefix
+    # probabilities are.
+    ids = bpe.encode_documents(lm.tokenizer, [prompt, prompt + "mat"])
+    assert lm.tokenizer.id_to_token(int(ids[0][-1])) == "Ġ"
+    assert list(ids[1][:len(ids[0])]) != list(ids[0])
+    exact = adapters.from_workdir(exported[name][0])
+    whole = exact.prefix_logprob((prompt + "mat").encode())
+    want = (exact.prefix_logprob(prompt.encode()) - whole) / math.log(2)
+  else:  # the whole text's bits minus the prompt's (each text scored as a document start)
+    whole = lm.score([prompt + "mat"], total=True) * len(prompt + "mat")
+    want = whole - lm.score([prompt], total=True) * len(prompt)
+  np.testing.assert_allclose(got[0], want, rtol=1e-5)

@@ -519,3 +519,109 @@ def test_with_the_regex_whole_texts_score_as_their_canonical_tokenization(tiny_r
     assert abs(lm.logprob(text) - token_way) < 1e-5
     assert abs(math.exp(lm.logprob(text)) - truth[text]) < 1e-9
     assert abs(chain_logprob(lm, text) - token_way) < 1e-5  # byte by byte
+
+
+# ---- a token model with mass off the canonical sequences ---------------------------------------
+
+
+def _leaky_token_lm(ours, tokens, eot, variant):
+  """A token model that also puts mass on sequences the tokenizer never makes, as a real
+  model does. After a canonical prefix (one that starts the tokenization of some text) the
+  canonical next tokens get probabilities that are the same in every variant; what is left
+  of the row, a random 20-70%, goes to the other tokens split differently per variant, and
+  after a non-canonical prefix the whole row depends on the variant. So two variants differ
+  only in how mass is spread among non-canonical sequences. Canonical is what
+  `BPE.prefix_tokenizations` says (without a regex: the tokenization of the text spelled),
+  over the given tokens; the others get no mass."""
+  size = len(ours.token_bytes)
+  rows = {}
+
+  def canonical(s):
+    return tuple(s) in ours.prefix_tokenizations(ours.decode(s))
+
+  def row(p):
+    if p not in rows:
+      valid = [v for v in tokens if canonical(p + (v,))]
+      valid += [eot] if ours.encode(ours.decode(p)) == list(p) else []
+      others = [v for v in tokens + [eot] if v not in valid]
+      out = np.zeros(size)
+      if canonical(p):
+        rng = np.random.default_rng([*p, 7])
+        kept = rng.uniform(0.3, 0.8) if others else 1.0
+        out[valid] = rng.dirichlet(np.ones(len(valid))) * kept
+        if others:  # concentrated, so the variants disagree a lot
+          out[others] = np.random.default_rng([variant, *p, 11]).dirichlet(
+              np.full(len(others), 0.3)) * (1 - kept)
+      else:
+        out[tokens + [eot]] = np.random.default_rng([variant, *p, 13]).dirichlet(
+            np.full(len(tokens) + 1, 0.3))
+      with np.errstate(divide="ignore"):
+        rows[p] = np.log(out)
+    return rows[p]
+
+  def token_lm(prefixes):
+    return np.stack([row(tuple(p)) for p in prefixes])
+
+  return token_lm
+
+
+def _leaky_pair(lm, alphabet):
+  """Two variants of a leaky token model over lm's tokenizer, as ByteLMs."""
+  tokens = [i for i, t in enumerate(lm.bpe.token_bytes) if t and set(t) <= set(alphabet)]
+  return [ByteLM(_leaky_token_lm(lm.bpe, tokens, lm.eot_id, variant), lm.bpe, lm.eot_id)
+          for variant in (0, 1)]
+
+
+def test_byte_probabilities_count_only_canonical_token_sequences(tiny):
+  # The lemma sums P(h, v) over canonical covers only: mass the model puts on other token
+  # sequences, however it is spread, changes neither prefix nor next-byte probabilities.
+  # Without a regex a canonical prefix is the tokenization of the text it spells, so the
+  # covers of x are the tokenizations of the texts that start with x whose last token starts
+  # inside x: a brute force over those texts.
+  ours = tiny[0].bpe
+  a, b = _leaky_pair(tiny[0], ALPHABET)
+  split = [ours.vocab[b"a"], ours.vocab[b"b"]]  # "ab" is one token: [a][b] is not canonical
+  assert ours.encode(b"ab") != split
+  assert abs(a.sequence_logprob(split) - b.sequence_logprob(split)) > 0.5  # mass was moved
+
+  def brute(x):
+    total = 0.0
+    for n in range(ours.max_token_bytes):
+      for rest in itertools.product(ALPHABET, repeat=n):
+        ids = ours.encode(x + bytes(rest))
+        if len(ours.decode(ids[:-1])) < len(x):  # the last token starts inside x
+          total += math.exp(a.sequence_logprob(ids))
+    return math.log(total)
+
+  for x in _all_strings(4):
+    want = brute(x)
+    assert abs(a.prefix_logprob(x) - want) < 1e-9 and abs(b.prefix_logprob(x) - want) < 1e-9, x
+  lost = []  # mass the unnormalised next bytes miss: on non-canonical sequences
+  for x in [b"", b"a", b"ab", b"cab", b"abca"]:
+    want = np.full(257, -np.inf)
+    base = brute(x) if x else 0.0
+    for c in ALPHABET:
+      want[c] = brute(x + bytes([c])) - base
+    want[END] = a.sequence_logprob(ours.encode(x) + [a.eot_id]) - base
+    np.testing.assert_allclose(a.next_byte_logprobs(x, normalize=False), want, atol=1e-9)
+    np.testing.assert_allclose(b.next_byte_logprobs(x, normalize=False), want, atol=1e-9)
+    normal = want - np.logaddexp.reduce(want)
+    np.testing.assert_allclose(a.next_byte_logprobs(x), normal, atol=1e-9)
+    np.testing.assert_allclose(b.next_byte_logprobs(x), normal, atol=1e-9)
+    lost.append(1 - math.exp(np.logaddexp.reduce(want)))
+  assert max(lost) > 0.2, lost
+
+
+def test_with_the_regex_moving_non_canonical_mass_changes_no_byte_probability(tiny_regex):
+  # The regex makes the canonical heads of a prefix depend on what follows it ("a  " vs
+  # "a  1"): mass on the heads it rules out must not count either.
+  a, b = _leaky_pair(tiny_regex[0], REGEX_ALPHABET.encode())
+  prefixes = [b"", b"a", b"a ", b"a  ", b"a  a", b"'", b"a'", b"a's", b" '", b"s 1", b"  1",
+              b"as!"]
+  for x in prefixes:
+    assert abs(a.prefix_logprob(x) - b.prefix_logprob(x)) < 1e-9, x
+  for normalize in (True, False):
+    np.testing.assert_allclose(a.next_byte_logprobs_batch(prefixes, normalize),
+                               b.next_byte_logprobs_batch(prefixes, normalize), atol=1e-9)
+  kept = np.logaddexp.reduce(a.next_byte_logprobs_batch(prefixes, normalize=False), axis=1)
+  assert kept.min() < math.log(0.8)  # the model does leak: unnormalised rows miss mass

@@ -2,7 +2,8 @@
 
 - `decoder_token_lm(model)`: a decoder-only LM over BPE tokens (configs/bpe_decoder.py) as the
   `token_lm` callable of `ByteLM`: next-token log-probabilities for a batch of token prefixes.
-- `from_workdir(path)`: the same, with the tokenizer.json the recipe trained, as a `ByteLM`;
+- `from_workdir(path)`: the same, with the tokenizer.json the recipe trained, as a `ByteLM`
+  (`from_model(model, tokenizer_file)` for a model already loaded);
 - `from_hugging_face(model_dir)`: a local Hugging Face causal LM and its tokenizer.json, the
   same way (PyTorch, an optional extra);
 - `ByteDecoderLM(model)`, `HierarchicalLM(model, segmenter)`, `byte_model_from_workdir(path)`:
@@ -93,8 +94,13 @@ def from_workdir(workdir) -> ByteLM:
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: from_workdir needs the workdir of a BPE "
                             f"recipe (configs/bpe_decoder.py), which keeps its tokenizer there")
-  tokenizer = BPE.from_file(path)
-  model = trainer.load(workdir)
+  return from_model(trainer.load(workdir), path)
+
+
+def from_model(model, tokenizer_file) -> ByteLM:
+  """A loaded BPE decoder and its tokenizer.json as a `ByteLM` (from_workdir, and
+  `bytelm.load` for a BPE model's byte probabilities)."""
+  tokenizer = BPE.from_file(tokenizer_file)
   return ByteLM(decoder_token_lm(model, len(tokenizer.token_bytes)), tokenizer, EOS_ID)
 
 
