@@ -482,9 +482,10 @@ def test_a_trained_bpe_decoder_scores_the_same_the_token_way_and_the_byte_way(
     adapters.from_workdir(trained_bpe_decoder.parent)
 
 
+@pytest.mark.hf
 def test_a_hugging_face_causal_lm_reads_as_bytes(tmp_path):
-  torch = pytest.importorskip("torch", reason="the optional 'hf' extra")
-  transformers = pytest.importorskip("transformers", reason="the optional 'hf' extra")
+  import torch  # the optional [hf] extra: run with pytest -m hf
+  import transformers
   tok = bpe.train(TEXTS, 300)
   (tmp_path / "tokenizer.json").write_text(tok.to_str(), encoding="utf-8")
   torch.manual_seed(0)
