@@ -25,15 +25,23 @@ def _commit() -> str:
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("workdir", help="a bytelm workdir (train.py --workdir)")
-  parser.add_argument("out_dir", help="where the export goes (replaced if it exists)")
+  parser.add_argument("out_dir", help="where the export goes: a new or empty directory")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace the config.json and model.safetensors of an earlier "
+                           "export in out_dir (its other files stay)")
   parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
                       help="what floating-point parameters are stored as")
   parser.add_argument("--note", default="", help="kept in config.json, e.g. how it was trained")
   args = parser.parse_args()
+  try:  # before loading the model: a refused destination is known at once
+    export.check_destination(args.out_dir, args.overwrite)
+  except FileExistsError as e:
+    parser.exit(2, f"export.py: error: {e}\n")
   model = trainer.load(args.workdir)
   config = json.loads((pathlib.Path(args.workdir) / export.CONFIG).read_text(encoding="utf-8"))
   out = export.export(model, config, args.out_dir, args.dtype,
-                      extra={"note": args.note, "exported_with_commit": _commit()})
+                      extra={"note": args.note, "exported_with_commit": _commit()},
+                      overwrite=args.overwrite)
   size = (out / export.WEIGHTS).stat().st_size
   print(f"exported {args.workdir} to {out}: {size / 2**20:.1f} MiB of weights ({args.dtype})")
 

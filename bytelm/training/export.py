@@ -27,6 +27,8 @@ from bytelm.quant.convert import quantization_of
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 _SAVED = nnx.Not(nnx.RngState)  # dropout keys are not part of a trained model
+# What marks a training run's workdir (bytelm.training.trainer writes both).
+_RUN_FILES = ("checkpoints", "metrics.jsonl")
 
 
 def is_export(path) -> bool:
@@ -38,17 +40,48 @@ def _key(path) -> str:
   return "/".join(str(p) for p in path)
 
 
+def check_destination(directory, overwrite: bool = False) -> None:
+  """Raise unless an export may be written to `directory`: absent or empty; or, with
+  overwrite, one whose config.json and model.safetensors may be replaced. Never a training
+  run's workdir (its config.json would be lost) nor a directory above one: an export is a
+  thing to ship or delete whole, and a run inside it would go with it."""
+  directory = pathlib.Path(directory)
+  if directory.exists() and not directory.is_dir():
+    raise FileExistsError(f"{directory} is a file; export to a directory (a new or empty one)")
+  if not directory.is_dir() or not any(directory.iterdir()):
+    return
+  # The directory itself first (cheap, and the likeliest slip), the whole tree only when it
+  # is about to be written to.
+  found = next((directory / n for n in _RUN_FILES if (directory / n).exists()), None)
+  if found is None and overwrite:
+    found = next((p for p in directory.rglob("*") if p.name in _RUN_FILES), None)
+  if found is not None:
+    raise FileExistsError(
+        f"{directory} holds a training run ({found.parent}, with its {found.name}); an export "
+        "never goes there, even with overwrite. Export to a new directory; nothing was "
+        "changed.")
+  if not overwrite:
+    held = sorted(p.name for p in directory.iterdir())
+    raise FileExistsError(
+        f"{directory} is not empty ({', '.join(held[:5])}{', ...' if len(held) > 5 else ''}). "
+        f"Export to a new or empty directory, or pass overwrite=True (export.py --overwrite) "
+        f"to replace its {CONFIG} and {WEIGHTS} (other files stay); nothing was changed.")
+
+
 def export(model: nnx.Module, config: dict, directory, dtype: str = "bfloat16",
-           extra: dict | None = None) -> pathlib.Path:
+           extra: dict | None = None, overwrite: bool = False) -> pathlib.Path:
   """Write `model` and its run config (a workdir's config.json, as a dict) to `directory`.
 
   dtype: what floating-point parameters are stored as ("bfloat16", "float32"); other state
   (integers, controller state, the integer weights of a `bytelm.quant.quantize`d model, whose
-  settings config.json records under export.quantized) is stored as it is. extra: JSON-able notes kept in config.json
-  under "export" (e.g. the command and commit that trained it). The directory is written
-  next to itself and renamed into place, so a failed export leaves nothing half-written.
+  settings config.json records under export.quantized) is stored as it is. extra: JSON-able
+  notes kept in config.json under "export" (e.g. the command and commit that trained it).
+  directory: new or empty, or, with overwrite, one whose two export files are replaced (its
+  other files are left alone); see `check_destination`. Files are written under temporary
+  names and renamed into place, so a failed export leaves nothing half-written.
   """
   directory = pathlib.Path(directory)
+  check_destination(directory, overwrite)
   arrays = {}
   for path, value in nnx.to_flat_state(nnx.state(model, _SAVED)):
     array = jnp.asarray(value.get_value() if hasattr(value, "get_value") else value)
@@ -69,9 +102,13 @@ def export(model: nnx.Module, config: dict, directory, dtype: str = "bfloat16",
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; an export is meant to be shared
     for path in tmp.iterdir():
       os.chmod(path, 0o644)
-    if directory.exists():
-      shutil.rmtree(directory)
-    os.replace(tmp, directory)
+    if directory.is_dir() and any(directory.iterdir()):  # overwrite: the two files only
+      # The weights first: a crash between the renames leaves the old config.json, which
+      # restore() then finds at odds with the new weights' shapes, or both old.
+      for name in (WEIGHTS, CONFIG):
+        os.replace(tmp / name, directory / name)
+    else:
+      os.replace(tmp, directory)  # rename(2) replaces an empty directory
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return directory
