@@ -2,6 +2,7 @@
 
 import logging
 import pathlib
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
@@ -27,6 +28,8 @@ def main(argv):
   workdir = FLAGS.workdir or f"workdirs/{config_name}"
   summary = train_and_evaluate(FLAGS.config, workdir)
   print(summary)
+  if summary.stop_signal:  # saved and stopped on a signal: exit as the signal's default would
+    sys.exit(128 + summary.stop_signal)  # 143 for SIGTERM, 130 for Ctrl-C; rerun to resume
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The trainer: exact resume (in process and after SIGKILL), multi-device equivalence, and clear
+"""The trainer: exact resume (in process, after SIGTERM and after SIGKILL), multi-device equivalence, and clear
 errors that lose nothing (unknown key, missing data, another model's workdir, NaN, truncation)."""
 
 import importlib.util
@@ -9,6 +9,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -140,46 +141,76 @@ def _run_until(config, workdir, stop_at):
   finally:
     trainer._check_finite = original
   assert summary.interrupted and summary.steps == stop_at
+  assert summary.stop_signal == signal.SIGINT  # train.py exits 130
   return summary
 
 
-# train.py, killed with SIGKILL by itself right after the log step `step` (where the
-# checkpoint before it may still be being written): a crash at a known point, whatever the
-# machine's speed.
-KILLED_AT = """
-import os, runpy, signal, sys
+# train.py, paused after the log step `step`: it touches `marker` and waits there (a minute at
+# most) until the trainer has received a stop signal, so that the test signals a real process
+# at a known step, whatever the machine's speed. SIGKILL ends it during the wait.
+PAUSED_AT = """
+import pathlib, runpy, signal, sys, time
 from bytelm.training import trainer
-original = trainer._check_finite
-def check_then_die(metrics, step, *args):
+original, paused = trainer._check_finite, []
+def check_then_wait(metrics, step, *args):
   original(metrics, step, *args)
-  if step == {step}:
-    os.kill(os.getpid(), signal.SIGKILL)
-trainer._check_finite = check_then_die
+  if step == {step} and not paused:  # once: the stop's own save checks step {step} again
+    paused.append(step)
+    pathlib.Path({marker!r}).touch()
+    stop = signal.getsignal(signal.SIGTERM).__self__  # the trainer's _StopRequested
+    deadline = time.time() + 60
+    while not stop.requested and time.time() < deadline:
+      time.sleep(0.01)
+trainer._check_finite = check_then_wait
 sys.argv = [{train!r}] + sys.argv[1:]
 runpy.run_path({train!r}, run_name="__main__")
 """
 
 
-def test_sigkill_loses_only_the_steps_since_the_last_checkpoint(corpus, straight_run, tmp_path):
-  """train.py killed with SIGKILL resumes from its last checkpoint and ends bit for bit where
-  the straight run did, dropout streams included."""
+def _signal_at(step, sig, flags, marker) -> int:
+  """Run train.py with flags, send it `sig` when it reaches `step`; its exit status."""
+  script = PAUSED_AT.format(step=step, marker=str(marker), train=str(ROOT / "train.py"))
+  log = marker.with_suffix(".log")
+  with log.open("w") as err:  # a file, not a pipe nobody reads while it runs
+    proc = subprocess.Popen([sys.executable, "-c", script, *flags], stdout=subprocess.DEVNULL,
+                            stderr=err)
+    try:
+      while not marker.exists():
+        if proc.poll() is not None:
+          raise AssertionError(f"train.py ended before step {step}: {log.read_text()[-3000:]}")
+        time.sleep(0.05)
+      marker.unlink()
+      proc.send_signal(sig)
+      proc.wait(timeout=300)
+    finally:
+      proc.kill()
+  return proc.returncode
+
+
+def test_stopped_and_killed_runs_resume_bit_for_bit(corpus, straight_run, tmp_path):
+  """train.py stopped by SIGTERM saves and exits 143; killed by SIGKILL it loses only the
+  steps since its last checkpoint; rerun after each, it ends bit for bit where the straight
+  run did, dropout streams included."""
   reference, _ = straight_run
-  train = str(ROOT / "train.py")
   # straight_run's config from the command line (a checkpoint cadence changes no step).
+  workdir, marker = tmp_path / "run", tmp_path / "paused"
   flags = ["--config", str(ROOT / "configs/byt5.py:tiny"), f"--config.data.train={corpus}",
            "--config.train.log_every=1", f"--config.model.dropout_rate={DROPOUT}",
-           "--config.ckpt.every=2", "--config.ckpt.keep=100", f"--workdir={tmp_path}"]
-  proc = subprocess.run([sys.executable, "-c", KILLED_AT.format(step=7, train=train), *flags],
-                        capture_output=True, timeout=300)
-  assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
-  # Orbax finishes one save before it starts the next: step 6's may have been cut short.
-  kept = saved_steps(tmp_path)
-  assert kept in ([2, 4], [2, 4, 6]), kept
-  assert len(losses(tmp_path)) == 6  # step 7 died before its metrics were written
+           "--config.ckpt.every=2", "--config.ckpt.keep=100", f"--workdir={workdir}"]
 
-  subprocess.run([sys.executable, train, *flags], check=True, capture_output=True, timeout=300)
-  assert losses(tmp_path) == losses(reference)
-  assert_trees_equal(final_params(tmp_path), final_params(reference))
+  assert _signal_at(3, signal.SIGTERM, flags, marker) == 128 + signal.SIGTERM
+  assert saved_steps(workdir) == [2, 3]  # it saved where it stopped
+  assert len(losses(workdir)) == 3
+
+  assert _signal_at(7, signal.SIGKILL, flags, marker) == -signal.SIGKILL
+  # Orbax finishes one save before it starts the next: step 6's may have been cut short.
+  assert saved_steps(workdir) in ([2, 3, 4], [2, 3, 4, 6])
+  assert len(losses(workdir)) == 6  # step 7 died before its metrics were written
+
+  subprocess.run([sys.executable, str(ROOT / "train.py"), *flags], check=True,
+                 capture_output=True, timeout=300)
+  assert losses(workdir) == losses(reference)
+  assert_trees_equal(final_params(workdir), final_params(reference))
 
 
 MULTI_DEVICE_SCRIPT = """

@@ -55,6 +55,7 @@ class Summary:
   val_bpb: float
   checkpoint: str
   interrupted: bool = False
+  stop_signal: int = 0  # the signal that interrupted the run (SIGTERM, SIGINT), 0 if none
   extras: dict[str, float] = dataclasses.field(default_factory=dict)  # the family's report
 
   def __str__(self):
@@ -73,6 +74,7 @@ class _StopRequested:
 
   def __init__(self):
     self.requested = False
+    self.signum = 0  # the first signal received
     self._previous = {}
 
   def __enter__(self):
@@ -83,7 +85,7 @@ class _StopRequested:
   def _handle(self, signum, frame):
     if self.requested:  # a second Ctrl-C: the user really wants out
       raise KeyboardInterrupt
-    self.requested = True
+    self.requested, self.signum = True, signum
     log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
 
   def __exit__(self, *exc):
@@ -414,7 +416,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
   bytes_per_step = train_data.bytes_per_batch
   start_time = time.perf_counter()
   step, metrics, host_metrics, val = start_step, None, {}, {}
-  interrupted = False
+  interrupted, stop_signal = False, 0
   try:
     with _StopRequested() as stop:
       while step < tc.steps:
@@ -442,7 +444,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
         if step % config.ckpt.every == 0 or step == tc.steps:
           save(step, metrics)
         if stop.requested:
-          interrupted = True
+          interrupted, stop_signal = True, stop.signum
           if last_saved != step:
             save(step, metrics)
           break
@@ -468,7 +470,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
                     train_bpb=float(host_metrics.get("bits_per_byte", math.nan)),
                     val_loss=val["val_loss"], val_bpb=val["val_bpb"],
                     checkpoint=str(checkpoints.directory / str(last_saved)),
-                    interrupted=interrupted, extras=extras)
+                    interrupted=interrupted, stop_signal=stop_signal, extras=extras)
   return summary
 
 
