@@ -1,5 +1,6 @@
-"""The trainer: exact resume (in process, after SIGTERM and after SIGKILL), multi-device equivalence, and clear
-errors that lose nothing (unknown key, missing data, another model's workdir, NaN, truncation)."""
+"""The trainer: exact resume (in process, after SIGTERM and after SIGKILL), multi-device
+equivalence, and clear errors that lose nothing (unknown key, missing data, another model's
+workdir, a workdir in use, NaN, truncation)."""
 
 import importlib.util
 import json
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from bytelm.training import checkpoint as ckpt_lib
+from bytelm.training import lock as lock_lib
 from bytelm.training import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -189,8 +191,8 @@ def _signal_at(step, sig, flags, marker) -> int:
 
 def test_stopped_and_killed_runs_resume_bit_for_bit(corpus, straight_run, tmp_path):
   """train.py stopped by SIGTERM saves and exits 143; killed by SIGKILL it loses only the
-  steps since its last checkpoint; rerun after each, it ends bit for bit where the straight
-  run did, dropout streams included."""
+  steps since its last checkpoint (and leaves no lock behind); rerun after each, it ends bit
+  for bit where the straight run did, dropout streams included."""
   reference, _ = straight_run
   # straight_run's config from the command line (a checkpoint cadence changes no step).
   workdir, marker = tmp_path / "run", tmp_path / "paused"
@@ -267,6 +269,17 @@ def test_unknown_config_key_is_an_error_naming_it(tmp_path):
   assert proc.returncode != 0
   assert "d_modle" in proc.stderr
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_workdir_in_use_is_refused_and_a_released_lock_is_taken(corpus, tmp_path):
+  with lock_lib.WorkdirLock(tmp_path):  # another run, as far as the trainer can tell
+    with pytest.raises(lock_lib.WorkdirLocked, match=f'in use .*"pid": {os.getpid()}'):
+      train_and_evaluate(tiny_config(corpus), tmp_path)
+  assert [p.name for p in tmp_path.iterdir()] == ["lock"]  # nothing else was written
+  # A run that ended, however (a SIGKILL too: the kernel drops its lock), leaves the file
+  # but not the lock; the next run takes it and names itself.
+  with lock_lib.WorkdirLock(tmp_path) as held:
+    assert json.loads(held.path.read_text())["pid"] == os.getpid()
 
 
 def test_missing_data_is_a_clear_error(tmp_path):

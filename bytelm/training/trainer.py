@@ -33,6 +33,7 @@ from bytelm.data import bpe, pipeline
 from bytelm.quant import convert as quant_convert
 from bytelm.training import checkpoint as ckpt_lib
 from bytelm.training import export as export_lib
+from bytelm.training import lock as lock_lib
 from bytelm.training import metrics as metrics_lib
 from bytelm.training import optimizer as optim
 from bytelm.training import sharding
@@ -308,12 +309,18 @@ def evaluate(eval_fn, state, batches) -> dict[str, float]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
-  """Train the model described by `config`, resuming from `workdir` if it holds a checkpoint."""
-  # -- set-up --
+  """Train the model described by `config`, resuming from `workdir` if it holds a checkpoint.
+  One run at a time per workdir: another run's lock is an error (`lock.WorkdirLocked`)."""
   _maybe_init_distributed()
-  is_main = jax.process_index() == 0
   workdir = pathlib.Path(workdir).expanduser().absolute()
   workdir.mkdir(parents=True, exist_ok=True)
+  with lock_lib.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Summary:
+  # -- set-up --
+  is_main = jax.process_index() == 0
   family = models.family(config.model_family)
   model_cfg = _model_config(config, family)
   tc = config.train
