@@ -55,9 +55,12 @@ class Summary:
   val_loss: float
   val_bpb: float
   checkpoint: str
-  interrupted: bool = False
   stop_signal: int = 0  # the signal that interrupted the run (SIGTERM, SIGINT), 0 if none
   extras: dict[str, float] = dataclasses.field(default_factory=dict)  # the family's report
+
+  @property
+  def interrupted(self) -> bool:
+    return self.stop_signal != 0
 
   def __str__(self):
     state = "interrupted" if self.interrupted else "finished"
@@ -74,9 +77,12 @@ class _StopRequested:
   """SIGTERM / Ctrl-C set a flag; the loop saves a checkpoint and returns at the next step."""
 
   def __init__(self):
-    self.requested = False
-    self.signum = 0  # the first signal received
+    self.signum = 0  # the first signal received; 0 while none was
     self._previous = {}
+
+  @property
+  def requested(self) -> bool:
+    return self.signum != 0
 
   def __enter__(self):
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -86,7 +92,7 @@ class _StopRequested:
   def _handle(self, signum, frame):
     if self.requested:  # a second Ctrl-C: the user really wants out
       raise KeyboardInterrupt
-    self.requested, self.signum = True, signum
+    self.signum = signum
     log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
 
   def __exit__(self, *exc):
@@ -423,7 +429,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   bytes_per_step = train_data.bytes_per_batch
   start_time = time.perf_counter()
   step, metrics, host_metrics, val = start_step, None, {}, {}
-  interrupted, stop_signal = False, 0
+  stop_signal = 0
   try:
     with _StopRequested() as stop:
       while step < tc.steps:
@@ -451,7 +457,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         if step % config.ckpt.every == 0 or step == tc.steps:
           save(step, metrics)
         if stop.requested:
-          interrupted, stop_signal = True, stop.signum
+          stop_signal = stop.signum
           if last_saved != step:
             save(step, metrics)
           break
@@ -466,7 +472,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   if not val:
     val = evaluate(eval_fn, state, val_batches)
   extras = {k: v for k, v in val.items() if k not in ("val_loss", "val_bpb", "val_targets")}
-  if family.report is not None and not interrupted:
+  if family.report is not None and not stop_signal:
     model, _ = nnx.merge(graphdef, state)
     log.info("measuring the trained model (%s)", config.model_family)
     extras.update(family.report(model, val_batches))
@@ -477,7 +483,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
                     train_bpb=float(host_metrics.get("bits_per_byte", math.nan)),
                     val_loss=val["val_loss"], val_bpb=val["val_bpb"],
                     checkpoint=str(checkpoints.directory / str(last_saved)),
-                    interrupted=interrupted, stop_signal=stop_signal, extras=extras)
+                    stop_signal=stop_signal, extras=extras)
   return summary
 
 
