@@ -3,6 +3,8 @@
   echo "Laba diena, as esu is Lietuvos" | python -m bytelm.demos.correct
   python -m bytelm.demos.correct [--model DIR] [--task diacritics|typos|both] [--diff] [TEXT ...]
 
+`bytelm-correct` is the same command, installed with the package.
+
 With TEXT, prints its correction; without, reads stdin and writes one corrected line per input
 line (a filter: `cat notes.txt | python -m bytelm.demos.correct > fixed.txt`). The default model
 is the diacritics restorer shipped in bytelm/demos/diacritics/ (configs/diacritics.py); --model
@@ -282,9 +284,9 @@ def mark_changes(before: str, after: str, color: bool) -> str:
   return "".join(out)
 
 
-def _parse(argv):
+def _parse(argv, prog):
   parser = argparse.ArgumentParser(
-      prog="python -m bytelm.demos.correct",
+      prog=prog,
       description="Restore diacritics (or fix typos) in text with a byte-level model.")
   parser.add_argument("text", nargs="*", help="text to correct; none: read lines from stdin")
   parser.add_argument("--model", default=None,
@@ -299,8 +301,10 @@ def _parse(argv):
   return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-  args = _parse(argv)
+def main(argv=None, prog: str = "python -m bytelm.demos.correct") -> int:
+  """The command line (the module docstring); prog: its name in usage and help (bytelm-correct
+  is this main)."""
+  args = _parse(argv, prog)
   try:
     corrector = Corrector.load(args.model, lexicon=not args.no_lexicon)
     corrector.check_task(args.task)
