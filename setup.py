@@ -3,7 +3,9 @@ configs/ shipped as bytelm.configs (so `bytelm-train --config mrt5` works after 
 the README's `python train.py --config configs/mrt5.py` keeps its path). Everything else is in
 pyproject.toml."""
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
-setup(packages=find_packages(include=["bytelm", "bytelm.*"]) + ["bytelm.configs"],
+# Namespace packages, as pyproject's packages.find gives: the data folders (bytelm/data/corpus,
+# bytelm/demos/diacritics) are listed too, so their package-data ships without a warning.
+setup(packages=find_namespace_packages(include=["bytelm", "bytelm.*"]) + ["bytelm.configs"],
       package_dir={"bytelm.configs": "configs"})
