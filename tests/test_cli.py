@@ -71,17 +71,21 @@ def test_an_unknown_config_is_one_line_naming_it_and_the_choices(value, capsys):
 # ---- bytelm-score -------------------------------------------------------------------------------
 
 
-def test_score_prints_each_files_bits_per_byte_and_the_total(tmp_path, capsys):
+def test_score_prints_each_files_bits_per_byte_and_the_total(tmp_path, capsys, monkeypatch):
   texts = ["Byte models read raw UTF-8: café, naïve, Straße, 東京.", "short " * 40]
   files = [tmp_path / "a.txt", tmp_path / "b.txt"]
   for path, text in zip(files, texts):
     path.write_text(text, encoding="utf-8")
-  score_cli.main([*map(str, files), "--model", str(MODEL)])
+  lm, loaded = bytelm.load(MODEL), []
+  # The command's model is this one (compiled once for both), loaded from --model.
+  monkeypatch.setattr(bytelm, "load", lambda path: loaded.append(path) or lm)
+  # Two rows a call: each file is one row here; a smaller compile than the default 8.
+  score_cli.main([*map(str, files), "--model", str(MODEL), "--batch-size", "2"])
+  assert loaded == [MODEL]
   out = capsys.readouterr()
   rows = [line.split("  ") for line in out.out.strip().splitlines()]
   assert [name for _, name in rows] == [str(files[0]), str(files[1]), "total"]
-  lm = bytelm.load(MODEL)
-  expected = [*lm.score(texts), lm.score(texts, total=True)]
+  expected = [*lm.score(texts, 2), lm.score(texts, 2, total=True)]
   np.testing.assert_allclose([float(value) for value, _ in rows], expected, atol=6e-5)
   # Files of different lengths: the total weighs by bytes, not a mean of the files.
   assert abs(expected[2] - np.mean(expected[:2])) > 1e-3
