@@ -80,7 +80,7 @@ def test_the_compiled_int8_matmul_holds_an_integer_dot():
   assert re.search(r"= s32\[8,64\]\{[^}]*\} dot\(", hlo), "no int8 x int8 -> int32 dot"
   assert not re.search(r"= f32\[8,64\]\{[^}]*\} dot\([^)]*s8", hlo)
   # ...which XLA:CPU runs as a YNNPACK GEMM (the path that makes int8 faster than float32 here;
-  # without it XLA's integer dot is ~3x slower than float32: pinned jax, see pyproject.toml).
+  # without it XLA's integer dot is ~3x slower than float32; jax >= 0.10, see pyproject.toml).
   if jax.default_backend() == "cpu":
     assert re.search(r"s32\[8,64\]\{[^}]*\} fusion\([^\n]*__ynn_fusion", hlo)
 
