@@ -21,7 +21,7 @@ import bytelm
 from bytelm import models
 from bytelm.byteprobs import adapters
 from bytelm.data import bpe, pipeline
-from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET
+from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET
 from bytelm.training import budget, checkpoint, config_file, export, optimizer, trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ Here, for a row of target bytes y (the "causal_lm" objective's targets):
 2. backbone: a causal stack over the N segment summaries, at the full width;
 3. decoder: the same local causal attention over the *inputs* (y shifted right by one);
    position t adds the backbone state (projected down) of the last segment whose end was
-   settled before t (`segment.unpool` of the context ids) and predicts y[t]. So y[t] is
+   settled before t (`pooling.unpool` of the context ids) and predicts y[t]. So y[t] is
    predicted from bytes before t only (tests change the bytes from t on and check).
 All positions train in parallel. Every block is `t5.EncoderBlock`, as in models/decoder.py, so
 with equal width and depth the flat decoder and the backbone differ only in what the positions
@@ -21,9 +21,9 @@ are (bytes or segments).
 
 Where segments come from (`segmenter`):
 - "given": the batch carries `segment_ids` and `context_ids` (words, entropy or fixed
-  segments, computed on the host by the data pipeline: `segment.Segmenter`);
+  segments, computed on the host by the data pipeline: `bytelm.text.segment.Segmenter`);
 - "learned": a boundary predictor on the byte encoder's states decides (H-Net's routing,
-  `segment.BoundaryPredictor`), pulled toward `target_segment_bytes` by a ratio loss.
+  `pooling.BoundaryPredictor`), pulled toward `target_segment_bytes` by a ratio loss.
 
 Axis legend: B batch, T bytes, N segments, D d_model (backbone), d byte_d_model, H heads,
 V vocab, W window, S keys.
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bytelm.models import decoder, segment, t5
+from bytelm.models import decoder, pooling, t5
 from bytelm.nn import Dense
 from bytelm.nn.attention import MASK_VALUE
 
@@ -113,9 +113,9 @@ class Hierarchical(nnx.Module):
     self.byte_bias = t5._rel_bias(bcfg, bidirectional=False, rngs=rngs)
     self.encoder = nnx.List([t5.EncoderBlock(bcfg, rngs) for _ in range(cfg.num_encoder_layers)])
     self.encoder_norm = t5._norm(bcfg)
-    self.router = (segment.BoundaryPredictor(cfg.byte_d_model, **kw)
+    self.router = (pooling.BoundaryPredictor(cfg.byte_d_model, **kw)
                    if cfg.segmenter == "learned" else None)
-    self.pooler = (segment.QueryPool(cfg.byte_d_model, **kw) if cfg.pool == "query" else None)
+    self.pooler = (pooling.QueryPool(cfg.byte_d_model, **kw) if cfg.pool == "query" else None)
     self.up = Dense(cfg.byte_d_model, cfg.d_model, std=cfg.byte_d_model**-0.5, **kw)
     self.segment_bias = t5._rel_bias(cfg, bidirectional=False, rngs=rngs)
     self.backbone = nnx.List([t5.EncoderBlock(cfg, rngs) for _ in range(cfg.num_backbone_layers)])
@@ -142,7 +142,7 @@ class Hierarchical(nnx.Module):
   def _pool(self, e_BTd: jax.Array, ids_BT: jax.Array, num_segments: int) -> jax.Array:
     if self.pooler is not None:
       return self.pooler(e_BTd, ids_BT, num_segments)
-    return segment.pool(e_BTd, ids_BT, num_segments, self.config.pool)
+    return pooling.pool(e_BTd, ids_BT, num_segments, self.config.pool)
 
   def backbone_states(self, e_BTd: jax.Array, segment_ids_BT: jax.Array) -> jax.Array:
     """h_BNd: segment n's backbone state (it has read segments 0..n), at the byte width."""
@@ -165,8 +165,8 @@ class Hierarchical(nnx.Module):
               context_ids_BT: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """(logits_BTV, aux): position t predicts targets_BT[t]; inputs_BT is targets_BT shifted
     right by one (the "causal_lm" pair). With the "given" segmenter, segment_ids_BT and
-    context_ids_BT are `segment.segment_ids` / `segment.context_ids` of the targets. aux holds
-    `bytes_per_segment` and, for the learned segmenter, its `ratio_loss`."""
+    context_ids_BT are `bytelm.text.segment`'s `segment_ids` / `context_ids` of the targets.
+    aux holds `bytes_per_segment` and, for the learned segmenter, its `ratio_loss`."""
     cfg = self.config
     T = targets_BT.shape[1]
     pad = -T % cfg.window  # the local layers work in whole windows; padding comes last
@@ -178,10 +178,10 @@ class Hierarchical(nnx.Module):
     scale_BT = None
     if cfg.segmenter == "learned":
       p_BT = self.router(e_BTd)
-      starts_BT = segment.force_max_length(p_BT >= 0.5, cfg.max_segment_bytes)
-      segment_ids_BT, context_ids_BT = segment.ids_from_starts(starts_BT & valid_BT,
+      starts_BT = pooling.force_max_length(p_BT >= 0.5, cfg.max_segment_bytes)
+      segment_ids_BT, context_ids_BT = pooling.ids_from_starts(starts_BT & valid_BT,
                                                                cfg.max_segments)
-      aux["ratio_loss"] = segment.ratio_loss(p_BT, starts_BT, valid_BT, cfg.target_segment_bytes)
+      aux["ratio_loss"] = pooling.ratio_loss(p_BT, starts_BT, valid_BT, cfg.target_segment_bytes)
       # H-Net's confidence: forward 1, but the LM loss's gradient reaches the boundary
       # probabilities. Position t reads the decision about byte t - 1 (settled before t).
       c_BT = jnp.where(starts_BT, p_BT, 1.0 - p_BT)
@@ -192,9 +192,9 @@ class Hierarchical(nnx.Module):
     elif pad:
       segment_ids_BT, context_ids_BT = (jnp.pad(a, ((0, 0), (0, pad)), constant_values=-1)
                                         for a in (segment_ids_BT, context_ids_BT))
-    aux["bytes_per_segment"] = segment.bytes_per_segment(segment_ids_BT, valid_BT)
+    aux["bytes_per_segment"] = pooling.bytes_per_segment(segment_ids_BT, valid_BT)
     h_BNd = self.backbone_states(e_BTd, segment_ids_BT)
-    context_BTd = segment.unpool(h_BNd, context_ids_BT, self.start[...])
+    context_BTd = pooling.unpool(h_BNd, context_ids_BT, self.start[...])
     if scale_BT is not None:
       context_BTd = context_BTd * scale_BT[..., None].astype(context_BTd.dtype)
     return self.decode_bytes(inputs_BT, context_BTd)[:, :T], aux

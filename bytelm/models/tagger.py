@@ -1,6 +1,6 @@
 """A byte tagger: the ByT5 encoder with a label head, one label per input byte.
 
-Used for diacritics restoration (`bytelm.data.tags`): the encoder reads the stripped text in
+Used for diacritics restoration (`bytelm.text.tags`): the encoder reads the stripped text in
 both directions and, at every ASCII letter, picks "keep" or one of the decorated letters that
 strip to it. Labels a byte cannot take are masked out of the logits (`tags.allowed_table`), so
 the model only ever chooses between valid restorations.
@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from bytelm.data import tags
 from bytelm.models import t5
 from bytelm.nn import Dense
 from bytelm.nn.attention import MASK_VALUE
+from bytelm.text import tags
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,7 @@ class TaggerConfig(t5.T5Config):
       f for f in t5.T5Config.POSITIVE_FIELDS if f != "num_decoder_layers")
 
   num_decoder_layers: int = 0
-  letters: str = tags.LETTERS  # label 2 + k puts back letters[k] (see bytelm.data.tags)
+  letters: str = tags.LETTERS  # label 2 + k puts back letters[k] (see bytelm.text.tags)
   # Each byte's embedding also sees this many bytes on each side, through one dense layer over
   # the window (a convolution), before the encoder; 0 turns it off. See LocalContext.
   context_width: int = 0
