@@ -214,7 +214,7 @@ def test_load_errors(tmp_path, loaded):
 
 def test_quantized_model_reports_its_mode(exported, tmp_path):
   from bytelm.quant import quantize
-  from bytelm.quant.dense import QuantDense
+  from bytelm.nn.quant_dense import QuantDense
   path, c = exported["bytes_decoder"]
   model = quantize(bytelm.load(path).module, "int8")
   saved = c.to_dict()
