@@ -15,9 +15,9 @@ Here, for a row of target bytes y (the "causal_lm" objective's targets):
    position t adds the backbone state (projected down) of the last segment whose end was
    settled before t (`pooling.unpool` of the context ids) and predicts y[t]. So y[t] is
    predicted from bytes before t only (tests change the bytes from t on and check).
-All positions train in parallel. Every block is `t5.EncoderBlock`, as in models/decoder.py, so
-with equal width and depth the flat decoder and the backbone differ only in what the positions
-are (bytes or segments).
+All positions train in parallel. Every block is `blocks.EncoderBlock`, as in models/decoder.py,
+so with equal width and depth the flat decoder and the backbone differ only in what the
+positions are (bytes or segments).
 
 Where segments come from (`segmenter`):
 - "given": the batch carries `segment_ids` and `context_ids` (words, entropy or fixed
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bytelm.models import decoder, pooling, t5
+from bytelm.models import blocks, decoder, pooling, t5
 from bytelm.nn import Dense
 from bytelm.nn.attention import MASK_VALUE
 
@@ -89,7 +89,7 @@ class HierarchicalConfig(t5.T5Config):
 
 
 def window_bias(rel_bias, window: int) -> jax.Array:
-  """bias_HWS for `t5.EncoderBlock.local`: query W + i over keys 0..2W-1, causal and at most
+  """bias_HWS for `blocks.EncoderBlock.local`: query W + i over keys 0..2W-1, causal and at most
   W - 1 back."""
   q_W, k_S = window + jnp.arange(window), jnp.arange(2 * window)
   back_WS = q_W[:, None] - k_S[None, :]
@@ -108,24 +108,27 @@ class Hierarchical(nnx.Module):
   def __init__(self, cfg: HierarchicalConfig, *, rngs: nnx.Rngs):
     self.config = cfg
     bcfg = cfg.byte_config()
-    kw = t5._layer_kwargs(cfg, rngs)
-    self.shared = t5.embedding(bcfg, rngs)
-    self.byte_bias = t5._rel_bias(bcfg, bidirectional=False, rngs=rngs)
-    self.encoder = nnx.List([t5.EncoderBlock(bcfg, rngs) for _ in range(cfg.num_encoder_layers)])
-    self.encoder_norm = t5._norm(bcfg)
+    kw = blocks.layer_kwargs(cfg, rngs)
+    self.shared = blocks.embedding(bcfg, rngs)
+    self.byte_bias = blocks.rel_bias(bcfg, bidirectional=False, rngs=rngs)
+    self.encoder = nnx.List([blocks.EncoderBlock(bcfg, rngs)
+                             for _ in range(cfg.num_encoder_layers)])
+    self.encoder_norm = blocks.norm(bcfg)
     self.router = (pooling.BoundaryPredictor(cfg.byte_d_model, **kw)
                    if cfg.segmenter == "learned" else None)
     self.pooler = (pooling.QueryPool(cfg.byte_d_model, **kw) if cfg.pool == "query" else None)
     self.up = Dense(cfg.byte_d_model, cfg.d_model, std=cfg.byte_d_model**-0.5, **kw)
-    self.segment_bias = t5._rel_bias(cfg, bidirectional=False, rngs=rngs)
-    self.backbone = nnx.List([t5.EncoderBlock(cfg, rngs) for _ in range(cfg.num_backbone_layers)])
-    self.backbone_norm = t5._norm(cfg)
+    self.segment_bias = blocks.rel_bias(cfg, bidirectional=False, rngs=rngs)
+    self.backbone = nnx.List([blocks.EncoderBlock(cfg, rngs)
+                              for _ in range(cfg.num_backbone_layers)])
+    self.backbone_norm = blocks.norm(cfg)
     self.down = Dense(cfg.d_model, cfg.byte_d_model, std=cfg.d_model**-0.5, **kw)
     # What the bytes of the first segment see instead of a backbone state.
     self.start = nnx.Param(jnp.zeros((cfg.byte_d_model,), cfg.storage_dtype))
-    self.decoder = nnx.List([t5.EncoderBlock(bcfg, rngs) for _ in range(cfg.num_decoder_layers)])
-    self.final_norm = t5._norm(bcfg)
-    self.lm_head = t5.lm_head(bcfg, rngs)
+    self.decoder = nnx.List([blocks.EncoderBlock(bcfg, rngs)
+                             for _ in range(cfg.num_decoder_layers)])
+    self.final_norm = blocks.norm(bcfg)
+    self.lm_head = blocks.lm_head(bcfg, rngs)
 
   # ---- the three stacks (training: all positions at once)
 
@@ -328,7 +331,7 @@ def loss_fn(model: Hierarchical, batch: dict[str, jax.Array], z_loss: float = 0.
   """
   logits_BTV, aux = model.forward(batch["inputs"], batch["targets"], batch.get("segment_ids"),
                                   batch.get("context_ids"))
-  loss, metrics = t5.cross_entropy(logits_BTV, batch["targets"], model.config.pad_id, z_loss)
+  loss, metrics = blocks.cross_entropy(logits_BTV, batch["targets"], model.config.pad_id, z_loss)
   metrics = dict(metrics, bytes_per_segment=aux["bytes_per_segment"])
   if "ratio_loss" in aux:
     loss = loss + model.config.ratio_loss_weight * aux["ratio_loss"]

@@ -54,7 +54,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bytelm import timing
-from bytelm.models import t5
+from bytelm.models import blocks, t5
 from bytelm.nn import batching, key_mask_bias
 from bytelm.nn.compiled import Compiled, jit_call
 
@@ -171,7 +171,7 @@ class DeleteGate(nnx.Module):
 
   def __init__(self, cfg: MrT5Config, rngs: nnx.Rngs):
     self.scale = cfg.gate_scale
-    self.norm = t5._norm(cfg)
+    self.norm = blocks.norm(cfg)
     init = nnx.initializers.xavier_uniform()
     self.kernel = nnx.Param(init(rngs.params(), (cfg.d_model, 1), cfg.storage_dtype))
     self.bias = nnx.Param(jnp.full((1,), cfg.gate_init_bias, cfg.storage_dtype))  # > 0: keep
@@ -387,7 +387,7 @@ def loss_fn(model: MrT5, batch, z_loss: float = 0.0, deletion: str = "soft"):
   targets_BS = batch["targets"]
   logits_BSV, e = model.forward(batch["inputs"], t5.shift_right(targets_BS, cfg.decoder_start_id),
                                 batch.get("input_mask"), deletion=deletion)
-  loss, metrics = t5.cross_entropy(logits_BSV, targets_BS, cfg.pad_id, z_loss)
+  loss, metrics = blocks.cross_entropy(logits_BSV, targets_BS, cfg.pad_id, z_loss)
   gate_mean = masked_mean(e.gate_BT, batch.get("input_mask", batch["inputs"] != cfg.pad_id))
   alpha = jax.lax.stop_gradient(model.controller.alpha[...])
   excess = jnp.mean(e.score_excess_B)
