@@ -3,7 +3,8 @@
 There is no iterator state: `batch(step)` draws example i of global batch `step` from
 `np.random.default_rng([seed, step, i])`, which picks a random window of the byte stream and
 (for span corruption) its noise mask. Resuming needs only the step, which the trainer already
-saves (levanter's property; notes/jax_conventions.md A.6): `state(step)` is `{"step", "seed"}`.
+saves (as in levanter, a restart reproduces the data exactly): `state(step)` is
+`{"step", "seed"}`.
 Calls may come in any order, and any process can build its slice of any batch.
 
 The byte stream. Documents are UTF-8 encoded and joined with an eos between them, in an
