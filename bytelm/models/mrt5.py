@@ -53,15 +53,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bytelm import timing
 from bytelm.models import blocks, t5
 from bytelm.nn import batching, key_mask_bias
 from bytelm.nn.compiled import Compiled, jit_call
 
 DELETIONS = ("soft", "hard", "none")
-
-# Incremented each time hard-deletion compaction is traced (once per bucket): tests count it.
-_NUM_COMPACT_TRACES = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,8 +252,6 @@ class MrT5(t5.T5):
     same result without the speed-up and without a host round trip, e.g. inside a jitted
     evaluation.
     """
-    global _NUM_COMPACT_TRACES
-    _NUM_COMPACT_TRACES += 1  # runs at trace time only
     keep_BT = (gate_BT > self.config.threshold) & input_mask_BT
     index_BL, valid_BL = compaction(keep_BT, length or x_BTD.shape[1])
     x_BLD = jnp.take_along_axis(x_BTD, index_BL[..., None], axis=1)
@@ -402,27 +396,14 @@ def after_step(model: MrT5, metrics) -> None:
   model.controller.update(metrics["deleted_frac"], model.config)
 
 
-def report(model: MrT5, batches, repeats: int = 5) -> dict[str, float]:
-  """End-of-training figures on held-out batches: loss and deletion with hard deletion, and the
-  encoder's speed-up of hard deletion over the same model without deletion (measured)."""
-  batches = list(batches)
+def report(model: MrT5, batches) -> dict[str, float]:
+  """End-of-training figures on held-out batches: loss and deletion with hard deletion. (The
+  training summary adds the measured encoder speed-up: bytelm.training.report.)"""
   totals = {"ce_sum": 0.0, "num_targets": 0.0, "deleted": 0.0, "real": 0.0}
   for batch in batches:
     m = jax.device_get(jit_call(model, "eval_sums", batch, deletion="hard"))
     for key in totals:
       totals[key] += float(m[key])
   val_loss = totals["ce_sum"] / max(totals["num_targets"], 1.0)
-
-  inputs_BT = jnp.asarray(batches[0]["inputs"])
-  mask_BT = inputs_BT != model.config.pad_id
-  compiled = Compiled(model)  # split once: no timed call pays for it
-  times = timing.compare({
-      "hard": lambda: jax.block_until_ready(
-          model.encode_for_inference(inputs_BT, mask_BT, compiled)),
-      "none": lambda: jax.block_until_ready(
-          compiled("encode_memory", inputs_BT, mask_BT, deletion="none")),
-  }, repeats=repeats)
   return {"hard_val_loss": val_loss, "hard_val_bpb": val_loss / math.log(2),
-          "hard_deletion": totals["deleted"] / max(totals["real"], 1.0),
-          "encoder_speedup": times["none"] / times["hard"],
-          "encoder_ms_per_example": 1e3 * times["hard"] / inputs_BT.shape[0]}
+          "hard_deletion": totals["deleted"] / max(totals["real"], 1.0)}
