@@ -37,10 +37,10 @@ from bytelm import generation, hierarchical_generation, models
 from bytelm.byteprobs import adapters
 from bytelm.convert import hf_t5
 from bytelm.data import bpe, objectives, pipeline
-from bytelm.models import segment
+from bytelm.text import segment
 from bytelm.nn.compiled import Compiled
-from bytelm.quant.dense import QuantDense
-from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, PAD_ID, ByteTokenizer
+from bytelm.nn.quant_dense import QuantDense
+from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, PAD_ID, ByteTokenizer
 from bytelm.training import export as export_lib
 from bytelm.training import trainer
 

@@ -8,7 +8,7 @@ emits pad (0) from then on, so the result is a dense int32 [B, N] array: the gen
 eos, then zeros.
 
 Compilation. `generate_ids` splits the model once per call (`Compiled`) and hands the state to a
-`jax.jit` function that merges it inside (see notes/jax_conventions.md, A.4). One compile per
+`jax.jit` function that merges it inside (the pattern of `bytelm.nn.compiled`). One compile per
 (graphdef, batch, encoder-output length, max_new_bytes, method, top_k, num_beams, length_penalty,
 and whether top-p is on); temperature and top_p are traced, so sweeping them does not recompile.
 `generate` pads inputs up to a multiple of `pad_to_multiple` ids (64 by default) for the same

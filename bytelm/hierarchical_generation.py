@@ -22,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from bytelm import generation
-from bytelm.models import hierarchical, segment
+from bytelm.models import hierarchical
 from bytelm.nn.compiled import Compiled
-from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer
+from bytelm.text import segment
+from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer
 
 
 class _HostPlan:

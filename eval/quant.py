@@ -47,7 +47,7 @@ from bytelm import models, timing  # noqa: E402
 from bytelm.data import pipeline  # noqa: E402
 from bytelm.models import t5  # noqa: E402
 from bytelm.quant import quantize  # noqa: E402
-from bytelm.quant.dense import QuantDense  # noqa: E402
+from bytelm.nn.quant_dense import QuantDense  # noqa: E402
 from bytelm.training import config_file, export, train_and_evaluate, trainer  # noqa: E402
 
 MODES = ("int8_weight", "int8", "ternary")

@@ -21,7 +21,7 @@ import bytelm
 from bytelm import models
 from bytelm.byteprobs import adapters
 from bytelm.data import bpe, pipeline
-from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET
+from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET
 from bytelm.training import budget, checkpoint, config_file, export, optimizer, trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -214,7 +214,7 @@ def test_load_errors(tmp_path, loaded):
 
 def test_quantized_model_reports_its_mode(exported, tmp_path):
   from bytelm.quant import quantize
-  from bytelm.quant.dense import QuantDense
+  from bytelm.nn.quant_dense import QuantDense
   path, c = exported["bytes_decoder"]
   model = quantize(bytelm.load(path).module, "int8")
   saved = c.to_dict()

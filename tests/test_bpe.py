@@ -18,7 +18,7 @@ from tokenizers import pre_tokenizers
 import bytelm
 from bytelm.data import bpe, pipeline
 from bytelm.models import decoder
-from bytelm.tokenizer import EOS_ID, PAD_ID
+from bytelm.text.tokenizer import EOS_ID, PAD_ID
 from bytelm.training import config_file, train_and_evaluate, trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from flax import nnx
 from bytelm import generation
 from bytelm.generation import generate, generate_ids
 from bytelm.models import t5
-from bytelm.tokenizer import EOS_ID, ByteTokenizer
+from bytelm.text.tokenizer import EOS_ID, ByteTokenizer
 
 N = 24  # new ids per row in most tests
 

@@ -183,7 +183,22 @@ def test_gate_disabled_is_exactly_byt5(model):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_hard_deletion_compiles_once_per_bucket(model):
+@pytest.fixture
+def compaction_traces(monkeypatch):
+  """A list that grows by one each time hard-deletion compaction (MrT5.encode_kept) is traced:
+  the method runs in Python only while jax traces it, so its calls count compilations."""
+  traces = []
+  encode_kept = mrt5.MrT5.encode_kept
+
+  def counting(self, *args, **kwargs):
+    traces.append(1)
+    return encode_kept(self, *args, **kwargs)
+
+  monkeypatch.setattr(mrt5.MrT5, "encode_kept", counting)
+  return traces
+
+
+def test_hard_deletion_compiles_once_per_bucket(model, compaction_traces):
   m = nnx.clone(model)
   m.gate.kernel[...] = jnp.zeros_like(m.gate.kernel[...])
   m.gate.bias[...] = jnp.full((1,), 50.0)  # keep every real byte: kept count = length
@@ -195,10 +210,10 @@ def test_hard_deletion_compiles_once_per_bucket(model):
     return jnp.asarray(x)
 
   def traces(lengths):
-    before = mrt5._NUM_COMPACT_TRACES
+    before = len(compaction_traces)
     x = batch(lengths)
     enc, _ = m.encode_for_inference(x, x != 0)
-    return mrt5._NUM_COMPACT_TRACES - before, enc.shape[1]
+    return len(compaction_traces) - before, enc.shape[1]
 
   assert traces([40, 30]) == (1, 40)
   assert traces([35, 33]) == (0, 40)  # same bucket: no new compile
@@ -209,11 +224,11 @@ def test_hard_deletion_compiles_once_per_bucket(model):
   # Each example to its own bucket: one compile per bucket (of one example), reused across
   # batches; the outputs padded to the largest.
   def traces_per_example(lengths):
-    before = mrt5._NUM_COMPACT_TRACES
+    before = len(compaction_traces)
     x = batch(lengths)
     enc, bias = m.encode_for_inference(x, x != 0, per_example=True)
     assert (np.asarray(bias[:, max(lengths):]) < -1e8).all()  # padding beyond each row
-    return mrt5._NUM_COMPACT_TRACES - before, enc.shape[1]
+    return len(compaction_traces) - before, enc.shape[1]
 
   assert traces_per_example([40, 10]) == (2, 40)
   assert traces_per_example([12, 36]) == (0, 40)
@@ -338,7 +353,7 @@ def test_report_figures_equal_a_hand_computation(reads_bytes):
   targets = [["jumps over", "den", "return"], ["world", "b", "bytes"]]
   batches = [dict(inputs=text_batch(i), targets=text_batch(t, length=12))
              for i, t in zip(inputs, targets)]
-  figures = mrt5.report(m, batches, repeats=1)
+  figures = mrt5.report(m, batches)
 
   np.testing.assert_allclose(figures["hard_deletion"],
                              deleted_share(inputs[0] + inputs[1], DELETED), rtol=1e-6)

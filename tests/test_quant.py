@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from bytelm.quant import numerics as qn
+from bytelm.nn import quant as qn
 
 
 def _rand(shape, seed=0, scale=1.0):
@@ -134,7 +134,7 @@ import bytelm  # noqa: E402
 from bytelm.models import decoder, t5  # noqa: E402
 from bytelm.nn.layers import Dense  # noqa: E402
 from bytelm.quant.convert import quantization_of, quantize  # noqa: E402
-from bytelm.quant.dense import QuantDense  # noqa: E402
+from bytelm.nn.quant_dense import QuantDense  # noqa: E402
 from bytelm.training import export  # noqa: E402
 
 IDS = jnp.asarray(np.random.default_rng(0).integers(3, 259, (2, 24)), jnp.int32)

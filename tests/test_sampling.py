@@ -26,7 +26,7 @@ from bytelm import generation, hierarchical_generation
 from bytelm.generation import generate_ids
 from bytelm.models import decoder, hierarchical, t5
 from bytelm.nn.compiled import Compiled
-from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, PAD_ID
+from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, PAD_ID
 from bytelm.training import config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 import bytelm
-from bytelm.data import tags
+from bytelm.text import tags
 from bytelm.models import tagger
 from bytelm.training import export, train_and_evaluate, trainer
 

@@ -32,10 +32,10 @@ from bytelm.byteprobs.byte_lm import ByteLM
 from bytelm.byteprobs.tokenization import BPE
 from bytelm.data import bpe
 from bytelm import hierarchical_generation
-from bytelm.models import segment
+from bytelm.text import segment
 from bytelm.nn.compiled import Compiled
 from bytelm.training import trainer
-from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer
+from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer
 
 
 def prefix_tree(rows: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[int]]:

@@ -3,7 +3,8 @@
 There is no iterator state: `batch(step)` draws example i of global batch `step` from
 `np.random.default_rng([seed, step, i])`, which picks a random window of the byte stream and
 (for span corruption) its noise mask. Resuming needs only the step, which the trainer already
-saves (levanter's property; notes/jax_conventions.md A.6): `state(step)` is `{"step", "seed"}`.
+saves (as in levanter, a restart reproduces the data exactly): `state(step)` is
+`{"step", "seed"}`.
 Calls may come in any order, and any process can build its slice of any batch.
 
 The byte stream. Documents are UTF-8 encoded and joined with an eos between them, in an
@@ -19,7 +20,7 @@ window holds raw_length = span_corruption_lengths(T)[0] ids (only degenerate noi
 leave the inputs one id short, padded with 0; see span_corruption_lengths). Causal LM:
 windows of T + 1 ids, inputs = window[:-1], targets = window[1:], S = T. Correction and
 diacritics tagging: whole words of a window of S - 1 text bytes (`_window_text`), their noised
-form as inputs; rows are padded with 0. Tagging's targets are labels (bytelm.data.tags), S = T.
+form as inputs; rows are padded with 0. Tagging's targets are labels (bytelm.text.tags), S = T.
 
 Evaluation: `eval_batches()` cuts the stream into consecutive, non-overlapping windows in
 stream order (causal LM windows share one boundary id, so each id is predicted once), with
@@ -45,9 +46,9 @@ from typing import Literal
 import datasets
 import numpy as np
 
-from bytelm.data import bpe, noise, objectives, sources, tags
-from bytelm.models import segment
-from bytelm.tokenizer import EOS_ID, OFFSET, PAD_ID
+from bytelm.data import bpe, noise, objectives, sources
+from bytelm.text import segment, tags
+from bytelm.text.tokenizer import EOS_ID, OFFSET, PAD_ID
 
 Objective = Literal["span_corruption", "causal_lm", "correction", "diacritics_tagging"]
 OBJECTIVES = ("span_corruption", "causal_lm", "correction", "diacritics_tagging")
@@ -124,11 +125,11 @@ class BatchSource:
       correction_task, typo_rate, keyboard: the "correction" objective's noise
         (objectives.correction): inputs are whole words of a window of S - 1 bytes, corrupted;
         targets are the words themselves. S defaults to T. ("diacritics_tagging" needs no
-        settings: inputs are stripped of diacritics, targets are bytelm.data.tags labels.)
+        settings: inputs are stripped of diacritics, targets are bytelm.text.tags labels.)
       segments: for hierarchical models (causal LM only): {"kind": "words" | "entropy" |
         "fixed", "max_segments": N, "max_segment_bytes": L, "fixed_size": n, "entropy_model":
         path (see `fit_entropy_model`)}. Batches then also hold `segment_ids` and
-        `context_ids` [B, T] of the targets (bytelm.models.segment).
+        `context_ids` [B, T] of the targets (bytelm.text.segment).
       tokenizer: a byte-level BPE `tokenizers.Tokenizer` (bytelm.data.bpe), causal LM only:
         positions are its tokens instead of bytes, and batches also hold `target_bytes`
         (module docstring). input_length then counts tokens.

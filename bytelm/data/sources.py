@@ -31,7 +31,7 @@ from pathlib import Path
 
 import datasets
 
-from bytelm.models.segment import split_long
+from bytelm.text.segment import split_long
 
 # The embedded corpus lives beside this file. Tests point it elsewhere by monkeypatching this
 # module attribute; every function below reads it at call time through `corpus_dir()`.

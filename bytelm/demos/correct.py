@@ -35,11 +35,12 @@ from collections.abc import Sequence
 import numpy as np
 
 import bytelm
-from bytelm.data import noise, sources, tags
+from bytelm.data import noise, sources
 from bytelm.demos import metrics
 from bytelm.models.tagger import Tagger
 from bytelm.nn.compiled import Compiled
-from bytelm.tokenizer import ByteTokenizer
+from bytelm.text import tags
+from bytelm.text.tokenizer import ByteTokenizer
 
 SHIPPED = pathlib.Path(__file__).parent / "diacritics"
 TASKS = ("diacritics", "typos", "both")

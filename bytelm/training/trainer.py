@@ -3,7 +3,7 @@
 Reads top to bottom in execution order: set-up, mesh, data, model and optimizer, restore, step
 functions, loop, summary. The train step is a pure function of (state, batch) -> (state, metrics),
 jitted once with the state donated; the model and optimizer are split once (`nnx.split`) and merged
-inside the compiled function, which costs no Python per step (notes/jax_conventions.md, A.4).
+inside the compiled function, which costs no Python per step (docs/architecture.md, "the step").
 
 A run is reproducible from its workdir: config.json, metrics.jsonl, and checkpoints holding model,
 optimizer, RNG state and the data position. The data of step s is a function of (seed, s) only,
@@ -36,6 +36,7 @@ from bytelm.training import export as export_lib
 from bytelm.training import lock as lock_lib
 from bytelm.training import metrics as metrics_lib
 from bytelm.training import optimizer as optim
+from bytelm.training import report as report_lib
 from bytelm.training import sharding
 
 log = logging.getLogger(__name__)
@@ -475,7 +476,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   if family.report is not None and not stop_signal:
     model, _ = nnx.merge(graphdef, state)
     log.info("measuring the trained model (%s)", config.model_family)
-    extras.update(family.report(model, val_batches))
+    extras.update(report_lib.end_of_run(family, model, val_batches))
     if metrics is not None:  # a rerun of a finished run logged its report already
       writer.write(step, **extras)
   summary = Summary(steps=step, seconds=time.perf_counter() - start_time,
