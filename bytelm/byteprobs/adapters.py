@@ -31,7 +31,7 @@ import numpy as np
 from bytelm.byteprobs.byte_lm import ByteLM
 from bytelm.byteprobs.tokenization import BPE
 from bytelm.data import bpe
-from bytelm import hierarchical_generation
+from bytelm import generation
 from bytelm.models import segment
 from bytelm.nn.compiled import Compiled
 from bytelm.training import trainer
@@ -188,7 +188,7 @@ class HierarchicalLM(_ByteModel):
     self.model, self.segmenter = model, segmenter
 
   def _logits(self, text: bytes):
-    return hierarchical_generation.prefix_logits(self.model, text, self.segmenter)
+    return generation.prefix_logits(self.model, text, self.segmenter)
 
 
 def byte_model_from_workdir(workdir) -> _ByteModel:
