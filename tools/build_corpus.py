@@ -36,7 +36,7 @@ import zlib
 
 # The output ships inside the package; this builder does not (it needs Debian packages).
 CORPUS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                    "bytelm", "data", "corpus")
+                          "bytelm", "data", "corpus")
 SPLITS = ("train", "validation")
 VALIDATION_MODULUS = 20  # validation = sha256(name/id) % 20 == 0, i.e. 5% of the documents
 L10N_LINES_PER_DOC = 20  # translated strings per l10n document
