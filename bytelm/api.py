@@ -263,6 +263,16 @@ class LanguageModel:
     out = np.concatenate([logits[OFFSET:NUM_BYTE_IDS], logits[EOS_ID:EOS_ID + 1]])
     return out - np.logaddexp.reduce(out)
 
+  def byte_lm(self):
+    """The model as a `bytelm.byteprobs` byte LM (decoders only): exact next-byte
+    distributions, prefix and text probabilities, byte-by-byte sampling and completion, and
+    ensembles with other byte LMs (`bytelm.byteprobs.ensemble`). A BPE decoder's is a `ByteLM`
+    that sums over the token sequences covering each prefix."""
+    if self.encoder_decoder:
+      raise ValueError(f"a {self.family} model is an encoder-decoder: its output depends on an "
+                       "input, so it is no byte LM; use next_byte_logprobs(prefix, inputs=...)")
+    return self._byte_model()
+
   def _byte_model(self):
     """The byteprobs view of a decoder: exact next-byte distributions (a BPE decoder's through
     its covering token sequences)."""

@@ -251,6 +251,12 @@ def test_the_names_the_readme_showed_warn_and_still_work(exported, loaded):
   with pytest.warns(DeprecationWarning, match=r"bytelm\.load\(path\)\.generate"):
     out = hierarchical_generation.generate(hat.module, "The cat", 6, segmenter=hat._segmenter())
   assert out == hat._continue("The cat", 6, 0.0, 0)
+  with pytest.warns(DeprecationWarning, match=r"bytelm\.load\(workdir\)\.byte_lm\(\)"):
+    old = adapters.byte_model_from_workdir(exported["hat"][0])
+  np.testing.assert_allclose(old.next_byte_logprobs(b"The c"),
+                             hat.byte_lm().next_byte_logprobs(b"The c"), rtol=1e-6)
+  with pytest.raises(ValueError, match="encoder-decoder.*next_byte_logprobs"):
+    loaded["byt5"].byte_lm()
 
 
 def test_load_errors(tmp_path, loaded):
@@ -301,7 +307,7 @@ def test_continuation_bits(name, exported, loaded):
     ids = bpe.encode_documents(lm.tokenizer, [prompt, prompt + "mat"])
     assert lm.tokenizer.id_to_token(int(ids[0][-1])) == "Ġ"
     assert list(ids[1][:len(ids[0])]) != list(ids[0])
-    exact = adapters.from_workdir(exported[name][0])
+    exact = bytelm.load(exported[name][0]).byte_lm()  # loaded afresh
     whole = exact.prefix_logprob((prompt + "mat").encode())
     want = (exact.prefix_logprob(prompt.encode()) - whole) / math.log(2)
   else:  # the whole text's bits minus the prompt's (each text scored as a document start)
