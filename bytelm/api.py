@@ -5,6 +5,8 @@
     lm.next_byte_logprobs("The quick brown f")   # [257]: bytes 0..255, then the end of text
     lm.generate(["The quick"], max_new_bytes=32)  # decoders continue; encoder-decoders answer
     lm.info()                                    # parameters, bytes, quantization, segmenter
+    lm.module                                    # the nnx.Module (to quantize, export, ...)
+    lm.byte_lm()                                 # a decoder as a bytelm.byteprobs byte LM
 
 What a score is, per kind of model, is what its training loop evaluates:
 - decoders (byte, BPE and hierarchical): each text is a document, read from its start (after an
