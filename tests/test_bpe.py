@@ -215,5 +215,5 @@ def test_the_recipe_trains_and_keeps_its_tokenizer(tmp_path):
   assert summary.extras["val_bytes"] > 0
   tok = bpe.load(tmp_path / "run" / "tokenizer.json")
   assert tok.get_vocab_size() == 300
-  model = bytelm.load_module(tmp_path / "run")
+  model = bytelm.load(tmp_path / "run").module
   assert isinstance(model, decoder.DecoderLM) and model.config.vocab_size == 384

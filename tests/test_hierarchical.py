@@ -8,7 +8,8 @@ import optax
 import pytest
 from flax import nnx
 
-from bytelm import hierarchical_generation
+from bytelm import generation
+from bytelm.text import tokenizer
 from bytelm.data import pipeline
 from bytelm.models import hierarchical
 from bytelm.text import segment
@@ -169,14 +170,14 @@ def test_the_learned_segmenter_moves_toward_its_target_compression():
 def test_cached_generation_computes_what_the_whole_model_computes(model):
   segmenter = None if model.config.segmenter == "learned" else segment.Segmenter("words", 16)
   prompt = "The cat sat on the mat, and then "  # longer than the window, several segments
-  out, logits = hierarchical_generation.generate(model, prompt, 24, segmenter=segmenter,
-                                                 return_logits=True)
-  ref, ref_logits = hierarchical_generation.generate(model, prompt, 24, segmenter=segmenter,
-                                                     cached=False, return_logits=True)
+  out, logits = generation.hierarchical_bytes(model, prompt, 24, segmenter=segmenter,
+                                              return_logits=True)
+  ref, ref_logits = generation.hierarchical_bytes(model, prompt, 24, segmenter=segmenter,
+                                                  cached=False, return_logits=True)
   assert out == ref and logits.shape == ref_logits.shape
   np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-4)
   # Sampling follows the same distribution: the same seed gives the same bytes.
-  assert hierarchical_generation.generate(model, prompt, 12, segmenter=segmenter,
-                                          temperature=1.0, seed=3) == \
-      hierarchical_generation.generate(model, prompt, 12, segmenter=segmenter,
-                                       temperature=1.0, seed=3, cached=False)
+  assert generation.hierarchical_bytes(model, prompt, 12, segmenter=segmenter,
+                                       temperature=1.0, seed=3) == \
+      generation.hierarchical_bytes(model, prompt, 12, segmenter=segmenter,
+                                    temperature=1.0, seed=3, cached=False)

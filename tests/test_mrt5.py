@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 import bytelm
-from bytelm import models
+from bytelm import generation, models
 from bytelm.models import mrt5, t5
 from bytelm.nn import key_mask_bias
 from bytelm.nn.compiled import jit_call
@@ -440,7 +440,7 @@ def test_controller_updates_once_per_training_step(trained):
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
   train = [r for r in rows if "alpha" in r]
   assert [r["step"] for r in train] == list(range(1, 9))
-  cfg = bytelm.load_module(workdir).config
+  cfg = bytelm.load(workdir).module.config
   p = i = alpha = 0.0
   for r in train:
     np.testing.assert_allclose(r["alpha"], alpha, atol=1e-7)  # the alpha this step used
@@ -448,7 +448,7 @@ def test_controller_updates_once_per_training_step(trained):
         p, i, r["deleted_frac"], target=cfg.target_deletion, kp=cfg.controller_kp,
         ki=cfg.controller_ki, i_max=cfg.controller_i_max, alpha_min=cfg.controller_alpha_min))
   assert alpha > 0
-  loaded = bytelm.load_module(workdir)  # the controller state is in the checkpoint
+  loaded = bytelm.load(workdir).module  # the controller state is in the checkpoint
   np.testing.assert_allclose(float(loaded.controller.alpha[...]), alpha, rtol=1e-5)
   assert int(loaded.controller.steps[...]) == 8
 
@@ -462,37 +462,39 @@ def test_summary_reports_deletion_and_speedup(trained):
 
 def test_load_and_generate_with_hard_deletion(trained):
   workdir, _ = trained
-  model = bytelm.load_module(workdir)
+  model = bytelm.load(workdir).module
   assert isinstance(model, mrt5.MrT5)
   m = saturated(model, seed=2)  # make hard deletion really delete
   inputs = text_batch(TEXTS)
-  ids = np.asarray(bytelm.generate_ids(m, inputs, max_new_bytes=6))
+  ids = np.asarray(generation.encoder_decoder_ids(m, inputs, max_new_bytes=6))
   # Greedy: each generated id is the argmax of the hard-deletion teacher-forced logits.
   logits = m(inputs, t5.shift_right(jnp.asarray(ids)), deletion="hard")
   best = np.asarray(jnp.argmax(logits, -1))
   alive = np.cumsum(ids == 1, axis=1) - (ids == 1) == 0  # up to and including eos
   np.testing.assert_array_equal(ids[alive], best[alive])
-  texts = bytelm.generate(model, bytelm.ByteTokenizer(), ["hello"], max_new_bytes=4)
+  texts = generation.encoder_decoder_texts(model, bytelm.ByteTokenizer(), ["hello"],
+                                           max_new_bytes=4)
   assert len(texts) == 1 and isinstance(texts[0], str)
 
 
 def test_load_errors_are_clear(trained, tmp_path):
   with pytest.raises(FileNotFoundError, match="not a bytelm workdir"):
-    bytelm.load_module(tmp_path)
+    bytelm.load(tmp_path)
   # A run made by another version, with a model field this one does not have.
   saved = json.loads((trained[0] / "config.json").read_text())
   saved["model"]["gate_from_the_future"] = 1
   (tmp_path / "config.json").write_text(json.dumps(saved))
   with pytest.raises(ValueError, match="gate_from_the_future.*another version"):
-    bytelm.load_module(tmp_path)
+    bytelm.load(tmp_path)
   with pytest.raises(ValueError, match="gate_layer cannot be overridden"):
-    bytelm.load_module(trained[0], gate_layer=0)
+    bytelm.load(trained[0], gate_layer=0)
 
 
 def test_load_overrides_runtime_fields(trained):
-  model = bytelm.load_module(trained[0], bucket_multiple=16)
+  model = bytelm.load(trained[0], bucket_multiple=16).module
   assert model.config.bucket_multiple == 16
-  assert bytelm.load_module(trained[0]).config.bucket_multiple == tiny_run_config().model.bucket_multiple
+  assert bytelm.load(trained[0]).module.config.bucket_multiple == \
+      tiny_run_config().model.bucket_multiple
 
 
 def test_init_from_byt5_fills_all_but_the_gate(tmp_path):
@@ -502,7 +504,7 @@ def test_init_from_byt5_fills_all_but_the_gate(tmp_path):
   family = models.family("mrt5")
   model, cfg = trainer._init_model(config, family, trainer._model_config(config, family),
                                    nnx.Rngs(1))
-  source, _ = bytelm.load_hf(config.init_from)
+  source, _ = bytelm.convert.load_hf(config.init_from)
   assert isinstance(model, mrt5.MrT5) and cfg.d_model == source.config.d_model
   assert cfg.gate_layer == 1 and cfg.attention_softmax == "softmax1"  # from this run
   np.testing.assert_array_equal(np.asarray(model.shared.embedding[...]),

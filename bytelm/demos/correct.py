@@ -34,13 +34,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-import bytelm
+from bytelm import generation
 from bytelm.data import noise, sources
+from bytelm.text import tags
 from bytelm.demos import metrics
 from bytelm.models.tagger import Tagger
 from bytelm.nn.compiled import Compiled
-from bytelm.text import tags
 from bytelm.text.tokenizer import ByteTokenizer
+from bytelm.training import trainer
 
 SHIPPED = pathlib.Path(__file__).parent / "diacritics"
 TASKS = ("diacritics", "typos", "both")
@@ -139,7 +140,7 @@ class Corrector:
     else:
       raise ValueError(f"{path} holds a model trained for {objective!r}, not a corrector; "
                        "train one with configs/diacritics.py")
-    model = bytelm.load_module(path)
+    model = trainer.load(path)  # any family: a tagger is no LanguageModel
     if lexicon and isinstance(model, Tagger):
       kwargs["lexicons"] = [metrics.Lexicon(line for text in sources.load_text(spec, "train")["text"]
                                             for line in text.split("\n"))
@@ -213,9 +214,9 @@ class Corrector:
     for start in range(0, len(texts), self.batch_size):
       chunk = texts[start:start + self.batch_size]
       # A restored letter takes up to 3 bytes where its input took 1; typos change little.
-      generated = bytelm.generate(self.model, ByteTokenizer(), chunk,
-                                  max_new_bytes=2 * self.input_length, method="greedy",
-                                  max_input_bytes=self.input_length)
+      generated = generation.encoder_decoder_texts(
+          self.model, ByteTokenizer(), chunk, max_new_bytes=2 * self.input_length,
+          method="greedy", max_input_bytes=self.input_length)
       if task == "diacritics":
         generated = [diacritics_only(t, g) for t, g in zip(chunk, generated)]
       out.extend(generated)

@@ -206,7 +206,7 @@ class Hierarchical(nnx.Module):
     """logits_BTV (see `forward`)."""
     return self.forward(inputs_BT, targets_BT, segment_ids_BT, context_ids_BT)[0]
 
-  # ---- one position at a time, with caches (bytelm/hierarchical_generation.py runs the loop)
+  # ---- one position at a time, with caches (bytelm/generation/hierarchical.py runs the loop)
 
   def init_cache(self, batch: int, max_len: int) -> dict:
     """Empty caches for up to max_len bytes: the last `window` keys and values of each byte
