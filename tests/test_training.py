@@ -18,7 +18,7 @@ import pytest
 
 from bytelm.training import checkpoint as ckpt_lib
 from bytelm.training import lock as lock_lib
-from bytelm.training import train_and_evaluate
+from bytelm.training import reuse, trainer, train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -109,6 +109,40 @@ def test_rerunning_a_finished_run_reports_it_without_training(corpus, straight_r
   assert (again.steps, again.train_loss, again.val_loss) == (8, first.train_loss, first.val_loss)
   assert saved_steps(workdir) == [4, 8] and len(losses(workdir)) == 8
   assert saved_steps(workdir) == [4, 8]
+
+
+def test_a_finished_run_is_reused_untouched_and_an_empty_workdir_is_trained(
+    corpus, straight_run, tmp_path):
+  """train_unless_finished (what eval/ trains through): a run evaluated at the asked steps or
+  later is not trained, evaluated or rewritten; an empty workdir is trained to its end."""
+  workdir, first = straight_run
+  before = {name: ((workdir / name).read_bytes(), (workdir / name).stat().st_mtime_ns)
+            for name in ("metrics.jsonl", "config.json")}
+  for steps in (8, 4):  # evaluated at 8: finished for 8 steps and for fewer
+    assert reuse.train_unless_finished(tiny_config(corpus, steps=steps), workdir) == workdir
+  assert before == {name: ((workdir / name).read_bytes(), (workdir / name).stat().st_mtime_ns)
+                    for name in before}
+  assert reuse.finished_steps(workdir) == 8
+  last = reuse.last_evaluation(workdir)
+  assert last["step"] == 8 and last["val_bpb"] == pytest.approx(first.val_bpb)
+  assert "bits_per_byte" not in last  # the evaluation's figures, not the training log's
+
+  fresh = tmp_path / "fresh"
+  assert reuse.finished_steps(fresh) is None
+  config = tiny_config(corpus, steps=2, eval_every=2, eval_batches=1)
+  assert reuse.train_unless_finished(config, fresh) == fresh
+  assert reuse.finished_steps(fresh) == 2 and len(losses(fresh)) == 2
+  assert reuse.last_evaluation(fresh)["step"] == 2
+
+
+def test_training_stopped_by_a_signal_is_an_error_not_a_finished_run(corpus, tmp_path,
+                                                                     monkeypatch):
+  """A benchmark must not go on to measure a run that SIGTERM stopped half-way."""
+  stopped = trainer.Summary(steps=3, seconds=1.0, train_loss=1.0, train_bpb=1.0, val_loss=1.0,
+                            val_bpb=1.0, checkpoint="", stop_signal=signal.SIGTERM)
+  monkeypatch.setattr(trainer, "train_and_evaluate", lambda config, workdir: stopped)
+  with pytest.raises(reuse.TrainingStopped, match="SIGTERM at step 3.*again to resume"):
+    reuse.train_unless_finished(tiny_config(corpus, steps=8), tmp_path)
 
 
 def test_resume_is_exact(corpus, straight_run, tmp_path):
