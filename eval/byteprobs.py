@@ -35,39 +35,27 @@ accuracy on mid-token prompts), bpb_ensemble, bpb_best_member, calls_per_byte.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
-import os
 import pathlib
-import platform
-import sys
 import time
 
-import jax
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bytelm.byteprobs import adapters  # noqa: E402
-from bytelm.byteprobs.byte_lm import END, ByteLM  # noqa: E402
-from bytelm.byteprobs.mixture import along, mix  # noqa: E402
-from bytelm.data import sources  # noqa: E402
-from bytelm.training import config_file, train_and_evaluate, trainer  # noqa: E402
+import common  # eval/common.py; before bytelm, so that a missing install is one clear line
+import bytelm
+from bytelm.byteprobs.byte_lm import END, ByteLM
+from bytelm.byteprobs.mixture import along, mix
+from bytelm.data import sources
+from bytelm.training import train_unless_finished
 
 LN2 = math.log(2)
 
 
-def trained(recipe: str, workdir: pathlib.Path, steps: int) -> pathlib.Path:
-  """workdir, trained with configs/<recipe>.py for `steps` steps unless it already holds a
-  run evaluated at that step or later (a shorter one resumes)."""
-  if not trainer.evaluated_at(workdir, steps):
-    c = config_file.load(ROOT / "configs" / f"{recipe}.py")
-    c.train.steps = steps
-    print(f"training {recipe} to step {steps} in {workdir}", flush=True)
-    train_and_evaluate(c, workdir)
-  return workdir
+def recipe(name: str, steps: int):
+  """configs/<name>.py's config, set to train for `steps` steps."""
+  c = common.config(name)
+  c.train.steps = steps
+  return c
 
 
 # ---- the two token-level baselines ----------------------------------------------------------
@@ -139,14 +127,13 @@ def main() -> None:
   p.add_argument("--text-bytes", type=int, default=128)
   p.add_argument("--cost-texts", type=int, default=4)
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--out", default=str(ROOT / "eval" / "results" / "byteprobs"))
+  p.add_argument("--out", default=str(common.RESULTS / "byteprobs"))
   args = p.parse_args()
-  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"jax {jax.__version__} on {jax.default_backend()}; {datetime.date.today()}")
-  lm = adapters.from_workdir(trained("bpe_decoder", pathlib.Path(args.bpe_workdir),
-                                     args.bpe_steps))
-  byte_model = adapters.byte_model_from_workdir(
-      trained("hat", pathlib.Path(args.byte_workdir), args.byte_steps))
+  machine = common.start()
+  lm = bytelm.load(train_unless_finished(recipe("bpe_decoder", args.bpe_steps),
+                                         args.bpe_workdir)).byte_lm()
+  byte_model = bytelm.load(train_unless_finished(recipe("hat", args.byte_steps),
+                                                 args.byte_workdir)).byte_lm()
   ways = TokenWays(lm)
   rng = np.random.default_rng(args.seed)
   pieces = [t.encode() for t in sources.held_out_pieces(
@@ -155,8 +142,7 @@ def main() -> None:
   texts, prompt_pieces = pieces[:args.texts], pieces[args.texts:]
   if len(prompt_pieces) < args.prompts:
     raise SystemExit(f"only {len(prompt_pieces)} held-out pieces for {args.prompts} prompts")
-  results = {"machine": platform.processor() or platform.machine(),
-             "date": str(datetime.date.today()), "args": vars(args),
+  results = {**machine, "args": vars(args),
              "max_token_bytes": lm.bpe.max_token_bytes}
 
   # 1. prompts cut at random bytes
@@ -262,25 +248,18 @@ def main() -> None:
         f"(bound: max token length {lm.bpe.max_token_bytes}), {ms:.1f} ms per byte")
 
   out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(results, indent=1), encoding="utf-8")
-  tmp.replace(out.with_suffix(".json"))
+  common.write_json(out.with_suffix(".json"), results)
   plot(results, out.with_suffix(".png"))
   mid = prompts["mid_token"]
-  print(f"acc_exact={mid['acc_exact']:.4f} acc_naive={mid['acc_naive']:.4f} "
-        f"acc_healing={mid['acc_healing']:.4f} bpb_ensemble={ens['bpb_ensemble']:.4f} "
-        f"bpb_best_member={ens['bpb_best_member']:.4f} "
-        f"calls_per_byte={cost['prefixes_per_byte']:.4f}")
+  common.last_line({"acc_exact": mid["acc_exact"], "acc_naive": mid["acc_naive"],
+                    "acc_healing": mid["acc_healing"], "bpb_ensemble": ens["bpb_ensemble"],
+                    "bpb_best_member": ens["bpb_best_member"],
+                    "calls_per_byte": cost["prefixes_per_byte"]})
 
 
 def plot(results, path: pathlib.Path) -> None:
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    print("(no matplotlib: pip install 'bytelm[eval]' for the plot)")
+  plt = common.pyplot()
+  if plt is None:
     return
   fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
   ways = ("exact", "naive", "healing")
@@ -302,9 +281,7 @@ def plot(results, path: pathlib.Path) -> None:
   b.set_title(f"ensemble {ens['bpb_ensemble']:.4f} (weights chosen on the other half) vs "
               f"best member {ens['bpb_best_member']:.4f}", fontsize=9)
   b.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  print(f"wrote {path}")
+  common.save_figure(fig, path)
 
 
 if __name__ == "__main__":

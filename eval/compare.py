@@ -34,27 +34,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
-import json
-import os
 import pathlib
-import platform
 import random
-import sys
-import tempfile
-import time
 
-import jax
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import bytelm  # noqa: E402
-from bytelm import timing  # noqa: E402
-from bytelm.data import noise, sources  # noqa: E402
-from bytelm.quant import quantize  # noqa: E402
-from bytelm.training import budget, config_file, export, train_and_evaluate, trainer  # noqa: E402
+import common  # eval/common.py; before bytelm, so that a missing install is one clear line
+import bytelm
+from bytelm import timing
+from bytelm.data import noise, sources
+from bytelm.quant import quantize
+from bytelm.training import budget, trainer
 
 # name -> (config file, variant suffix): what is trained
 TRAINED = {"byt5": ("byt5", ""), "mrt5": ("mrt5", ""), "mrt5_ternary": ("mrt5", "ternary"),
@@ -79,25 +69,13 @@ LANGUAGES = {"en": "embedded:en", "es": "embedded:bible_es", "fr": "embedded:l10
 
 def config_of(name: str, variant: str):
   file, suffix = TRAINED[name]
-  arg = "_".join(a for a in (variant, suffix) if a) or None
-  return config_file.load(ROOT / "configs" / f"{file}.py", arg)
-
-
-def last_eval(workdir: pathlib.Path) -> dict:
-  """The trainer's figures at its last evaluation (all records of that step, merged)."""
-  records = [json.loads(line) for line in
-             (workdir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-  step = max(r["step"] for r in records if "val_bpb" in r)
-  out = {}
-  for r in records:
-    if r["step"] == step and "bits_per_byte" not in r:
-      out.update(r)
-  return out
+  return common.config(file, "_".join(a for a in (variant, suffix) if a))
 
 
 def train_all(names, variant, root, minutes, timing_steps, fixed_steps=0) -> dict:
-  """Train each recipe for `minutes` at its measured bytes/s (reusing finished runs), or for
-  fixed_steps steps each where that is set (a smoke test: the same steps on any machine)."""
+  """Train each recipe for `minutes` at its measured bytes/s, or for fixed_steps steps each where
+  that is set (a smoke test: the same steps on any machine). A finished run is reused at the
+  steps it has (its budget was measured when it was trained)."""
   configs = {n: budget.prepare(config_of(n, variant), root / n) for n in names}
   timers = {n: budget.step_timer(configs[n], root / n) for n in names}
   seconds = timing.compare({n: t[0] for n, t in timers.items()}, timing_steps)
@@ -105,21 +83,12 @@ def train_all(names, variant, root, minutes, timing_steps, fixed_steps=0) -> dic
   del timers
   runs = {}
   for n in names:
-    workdir, c = root / n, configs[n]
-    saved = workdir / "config.json"
-    if saved.exists():
-      steps = json.loads(saved.read_text(encoding="utf-8"))["train"]["steps"]
-      if trainer.evaluated_at(workdir, steps):
-        runs[n] = {"steps": steps, "reused": True, **last_eval(workdir)}
-        print(f"{n}: reusing the finished run in {workdir} ({steps} steps)", flush=True)
-        continue
-    steps = (budget.set_steps(c, fixed_steps) if fixed_steps else
-             budget.steps_for(c, workdir, minutes * 60 * train_bps[n]))
-    start = time.perf_counter()
-    train_and_evaluate(c, workdir)
-    runs[n] = {"steps": steps, "seconds": time.perf_counter() - start, **last_eval(workdir)}
-    print(f"{n}: {steps} steps in {runs[n]['seconds']:.0f} s, trainer's validation bpb "
-          f"{runs[n]['val_bpb']:.3f}", flush=True)
+    runs[n] = budget.train_within(configs[n], root / n, minutes * 60 * train_bps[n],
+                                  steps=fixed_steps)
+    print(f"{n}: " + (f"reusing the finished run in {root / n}" if runs[n]["reused"] else
+                      f"trained in {runs[n]['seconds']:.0f} s") +
+          f" ({runs[n]['steps']} steps), trainer's validation bpb {runs[n]['val_bpb']:.3f}",
+          flush=True)
   return {"train_bytes_per_s": train_bps, "runs": runs}
 
 
@@ -128,10 +97,7 @@ def train_all(names, variant, root, minutes, timing_steps, fixed_steps=0) -> dic
 
 def disk_bytes(lm) -> int:
   """Bytes of a float32 export of the model (integers stay integers)."""
-  saved = json.loads((lm.path / "config.json").read_text(encoding="utf-8"))
-  with tempfile.TemporaryDirectory() as tmp:
-    out = export.export(lm.module, saved, pathlib.Path(tmp) / "m", dtype="float32")
-    return sum(p.stat().st_size for p in out.iterdir())
+  return common.export_bytes(lm.module, trainer.read_config(lm.path))
 
 
 def positions(run: dict) -> float:
@@ -221,7 +187,7 @@ def main() -> None:
   p.add_argument("--eval-bytes", type=int, default=32768)
   p.add_argument("--language-bytes", type=int, default=4096)
   p.add_argument("--task-items", type=int, default=60, help="words per character task")
-  p.add_argument("--out", default=str(ROOT / "eval" / "results" / "compare"))
+  p.add_argument("--out", default=str(common.RESULTS / "compare"))
   args = p.parse_args()
   names = args.recipes.split(",")
   for n in names:
@@ -230,8 +196,7 @@ def main() -> None:
   trained = [n for n in TRAINED if n in names or
              any(POST_TRAINING.get(m) == n for m in names)]
   root = pathlib.Path(args.root)
-  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"jax {jax.__version__} on {jax.default_backend()}; {datetime.date.today()}", flush=True)
+  machine = common.start()
 
   # 1-2. the same budget
   done = train_all(trained, args.variant, root, args.budget_minutes, args.timing_steps,
@@ -289,8 +254,8 @@ def main() -> None:
     lang_lines.append(f"| {WHAT[n]} | " + " | ".join(f"{per_language[n, l]:.3f}"
                                                      for l in LANGUAGES) + " |")
   budget_line = (f"Budget: {args.budget_minutes:g} minutes of training per recipe on "
-                 f"{os.cpu_count()} cores ({platform.machine()}, jax {jax.__version__} on "
-                 f"{jax.default_backend()}), {datetime.date.today()}. Held-out: {size:,} bytes "
+                 f"{machine['cores']} cores ({machine['machine']}, jax {machine['jax']} on "
+                 f"{machine['backend']}), {machine['date']}. Held-out: {size:,} bytes "
                  f"of embedded:en validation ({len(pieces)} pieces); tasks: "
                  + ", ".join(f"{len(v)} {k}" for k, v in items.items()) + " items.")
   table = "\n".join([budget_line, "", *lines, "", "Bits per byte per language (held-out):", "",
@@ -298,36 +263,24 @@ def main() -> None:
   print("\n" + table + "\n")
 
   out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  results = {"date": str(datetime.date.today()), "machine": platform.machine(),
-             "cores": os.cpu_count(), "args": vars(args), "train_bytes_per_s": train_bps,
+  results = {**machine, "args": vars(args), "train_bytes_per_s": train_bps,
              "inference_bytes_per_s": infer_bps, "runs": runs, "info": info,
              "bytes_per_position": compression,
              "bpb": {f"{n}|{v}": x for (n, v), x in bpb.items()},
              "bpb_per_language": {f"{n}|{l}": x for (n, l), x in per_language.items()},
              "tasks": {f"{n}|{t}": x for (n, t), x in task_acc.items()}}
-  write(out.with_suffix(".json"), json.dumps(results, indent=1, default=str))
-  write(out.with_suffix(".md"), table + "\n")
+  common.write_json(out.with_suffix(".json"), results)
+  common.write_text(out.with_suffix(".md"), table + "\n")
   plot(names, models, bpb, infer_bps, variants, out)
 
   causal = [n for n in names if not models[n].encoder_decoder]
   best = min(causal, key=lambda n: bpb[n, "clean"]) if causal else "none"
-  print(" ".join(f"bpb_{n}={bpb[n, 'clean']:.4f}" for n in names) + f" best_causal={best}")
-
-
-def write(path: pathlib.Path, text: str) -> None:
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text, encoding="utf-8")
-  tmp.replace(path)
+  common.last_line({**{f"bpb_{n}": bpb[n, "clean"] for n in names}, "best_causal": best})
 
 
 def plot(names, models, bpb, infer_bps, variants, out: pathlib.Path) -> None:
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    print("(matplotlib is not installed: no plots; pip install -e '.[eval]')")
+  plt = common.pyplot()
+  if plt is None:
     return
   fig, ax = plt.subplots(figsize=(7.5, 5))
   for n in names:
@@ -339,7 +292,7 @@ def plot(names, models, bpb, infer_bps, variants, out: pathlib.Path) -> None:
   ax.set_xlabel("inference kB/s (scoring, this machine)")
   ax.set_ylabel("held-out bits per byte (squares: span corruption)")
   ax.set_title("Same training budget: quality vs speed")
-  save(fig, out.with_suffix(".png"))
+  common.save_figure(fig, out.with_suffix(".png"))
 
   fig, ax = plt.subplots(figsize=(7.5, 5))
   levels = ["clean", "swap_delete 2%", "swap_delete 5%"]
@@ -350,17 +303,7 @@ def plot(names, models, bpb, infer_bps, variants, out: pathlib.Path) -> None:
   ax.set_ylabel("held-out bits per byte")
   ax.set_title("Robustness to character noise (dashed: span corruption)")
   ax.legend(fontsize=8)
-  save(fig, out.with_name(out.name + "_noise.png"))
-
-
-def save(fig, path: pathlib.Path) -> None:
-  import matplotlib.pyplot as plt
-  fig.tight_layout()
-  tmp = path.with_name(path.stem + ".tmp.png")
-  fig.savefig(tmp, dpi=110)
-  os.replace(tmp, path)
-  plt.close(fig)
-  print(f"plot: {path}")
+  common.save_figure(fig, out.with_name(out.name + "_noise.png"))
 
 
 if __name__ == "__main__":

@@ -27,29 +27,18 @@ bpb rise with 5% swaps/deletions). `--timing-only` stops after step 1 (an accele
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import math
-import os
 import pathlib
-import platform
-import sys
-import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import bytelm  # noqa: E402
-from bytelm import generation, hierarchical_generation, models, timing  # noqa: E402
-from bytelm.data import bpe, noise, pipeline, sources  # noqa: E402
-from bytelm.text import segment  # noqa: E402
-from bytelm.text.tokenizer import EOS_ID, ByteTokenizer  # noqa: E402
-from bytelm.training import budget, config_file, train_and_evaluate  # noqa: E402
+import common  # eval/common.py; before bytelm, so that a missing install is one clear line
+import bytelm
+from bytelm import generation, timing
+from bytelm.data import bpe, noise, objectives, sources
+from bytelm.text.tokenizer import EOS_ID, ByteTokenizer
+from bytelm.training import budget
 
 RECIPES = ("bytes_decoder", "hat", "blt", "hnet", "bpe_decoder")
 NOISES = (("swap_delete", 0.02), ("swap_delete", 0.05), ("case_flip", 0.05),
@@ -64,90 +53,52 @@ LANGUAGES = {"en": "embedded:en", "es": "embedded:bible_es", "fr": "embedded:l10
 
 def recipe_config(name: str, workdir: pathlib.Path):
   """The recipe's config, with its fitted parts (entropy model, tokenizer) in its workdir."""
-  return budget.prepare(config_file.load(ROOT / "configs" / f"{name}.py"), workdir)
+  return budget.prepare(common.config(name), workdir)
 
 
-# ---- held-out bits ------------------------------------------------------------------------------
+# ---- what a backbone position is, and generation -------------------------------------------------
 
 
-def _rows(pieces_ids: list[np.ndarray], length: int) -> dict[str, np.ndarray]:
-  """causal_lm rows: each piece predicted from an eos (a document start)."""
-  inputs = np.zeros((len(pieces_ids), length), np.int32)
-  targets = np.zeros((len(pieces_ids), length), np.int32)
-  for r, ids in enumerate(pieces_ids):
-    ids = ids[:length]
-    targets[r, :len(ids)] = ids
-    inputs[r, :len(ids)] = np.concatenate([[EOS_ID], ids[:-1]])
-  return {"inputs": inputs, "targets": targets}
+def ids_of(lm, text: str) -> np.ndarray:
+  """The ids the model reads for text: its BPE tokens, or its bytes."""
+  if lm.tokenizer is not None:
+    return bpe.encode_documents(lm.tokenizer, [text])[0]
+  return ByteTokenizer().encode(text, add_eos=False)
 
 
-class Scorer:
-  """Total bits of a trained recipe on pieces of text."""
+def bytes_per_position(lm, pieces: list[str]) -> float:
+  """Mean bytes per backbone position on pieces: 1 for bytes, per token for BPE, per segment for
+  the hierarchical models (given segments: the host segmenter's; learned: the model's own
+  boundaries on the pieces, each read from a document start)."""
+  data = [p.encode("utf-8") for p in pieces]
+  if lm.tokenizer is not None:
+    return sum(map(len, data)) / sum(len(ids_of(lm, p)) for p in pieces)
+  if lm.family == "decoder":
+    return 1.0
+  if lm.segments is not None:
+    return sum(map(len, data)) / sum(len(lm.segments["segmenter"](d)) for d in data)
+  length = int(lm.data["input_length"])
+  inputs_BT = np.zeros((len(pieces), length), np.int32)
+  targets_BT = np.zeros((len(pieces), length), np.int32)
+  for r, p in enumerate(pieces):
+    inputs_T, targets_T = objectives.causal_lm(np.concatenate([[EOS_ID], ids_of(lm, p)])
+                                               [:length + 1])
+    inputs_BT[r, :len(inputs_T)], targets_BT[r, :len(targets_T)] = inputs_T, targets_T
+  _, aux = lm.module.forward(jnp.asarray(inputs_BT), jnp.asarray(targets_BT))
+  return float(aux["bytes_per_segment"])
 
-  def __init__(self, name, c, workdir, batch_size: int = 16):
-    self.name, self.c, self.batch_size = name, c, batch_size
-    self.model = bytelm.load_module(workdir)
-    self.family = models.family(c.model_family)
-    self.tok = budget.tokenizer_of(c, workdir)
-    self.segmenter = (segment.Segmenter.from_settings(c.data.segments)
-                      if "segments" in c.data else None)
-    graphdef, state = nnx.split(self.model)
 
-    @jax.jit
-    def ce_sum(state, batch):
-      model = nnx.merge(graphdef, state)
-      _, metrics = self.family.loss_fn(model, batch)
-      return metrics["ce"] * metrics["num_targets"]
-
-    self._ce_sum, self._state = ce_sum, state
-
-  def ids(self, text: str) -> np.ndarray:
-    if self.tok is not None:
-      return bpe.encode_documents(self.tok, [text])[0]
-    return ByteTokenizer().encode(text, add_eos=False)
-
-  def bits(self, pieces: list[str]) -> float:
-    all_ids = [self.ids(p) for p in pieces]
-    length = self.c.data.input_length
-    if self.tok is not None:  # tokens: as long as the longest piece, in steps of 64
-      length = -(-max(len(i) for i in all_ids) // 64) * 64
-    elif max(len(i) for i in all_ids) > length:
-      raise ValueError(f"pieces of {max(len(i) for i in all_ids)} bytes do not fit rows of "
-                       f"{length}; lower --piece-bytes")
-    total = 0.0
-    for lo in range(0, len(all_ids), self.batch_size):
-      chunk = all_ids[lo: lo + self.batch_size]
-      chunk += [np.zeros(0, np.int32)] * (self.batch_size - len(chunk))  # fixed shapes
-      batch = _rows(chunk, length)
-      if self.segmenter is not None:
-        batch.update(pipeline.segment_rows(batch["targets"], segmenter=self.segmenter,
-                                           max_segments=self.c.model.max_segments))
-      total += float(self._ce_sum(self._state, {k: jnp.asarray(v) for k, v in batch.items()}))
-    return total / math.log(2)
-
-  def bytes_per_segment(self, pieces: list[str]) -> float:
-    """Mean bytes per backbone position on pieces: 1 for bytes, per token for BPE."""
-    data = [p.encode("utf-8") for p in pieces]
-    if self.tok is not None:
-      return sum(map(len, data)) / sum(len(self.ids(p)) for p in pieces)
-    if self.c.model_family == "decoder":
-      return 1.0
-    if self.segmenter is not None:
-      return sum(map(len, data)) / sum(len(self.segmenter(d)) for d in data)
-    batch = _rows([self.ids(p) for p in pieces], self.c.data.input_length)
-    _, aux = self.model.forward(jnp.asarray(batch["inputs"]), jnp.asarray(batch["targets"]))
-    return float(aux["bytes_per_segment"])
-
-  def generator(self, prompt: str, new_bytes: int):
-    """A call that generates about new_bytes after prompt (greedy, cached)."""
-    if self.c.model_family == "hierarchical":
-      return lambda: hierarchical_generation.generate(self.model, prompt, new_bytes,
-                                                      segmenter=self.segmenter,
-                                                      stop_at_eos=False)
-    prompt_ids = [EOS_ID] + list(self.ids(prompt))
-    per_token = 1.0 if self.tok is None else self.bytes_per_segment([prompt])
-    new = max(1, round(new_bytes / per_token))
-    return lambda: generation.generate_decoder_ids(self.model, prompt_ids, new, eos_id=-1)
+def generator(lm, prompt: str, new_bytes: int):
+  """A call that generates about new_bytes after prompt (greedy, cached, never stopping early:
+  every model generates as many bytes)."""
+  if lm.family == "hierarchical":
+    segmenter = lm.segments["segmenter"] if lm.segments is not None else None
+    return lambda: generation.hierarchical_bytes(lm.module, prompt, new_bytes,
+                                                 segmenter=segmenter, stop_at_eos=False)
+  prompt_ids = [EOS_ID] + list(ids_of(lm, prompt))
+  per_token = 1.0 if lm.tokenizer is None else bytes_per_position(lm, [prompt])
+  new = max(1, round(new_bytes / per_token))
+  return lambda: generation.decoder_ids(lm.module, prompt_ids, new, eos_id=-1)
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -166,7 +117,7 @@ def main() -> None:
   p.add_argument("--eval-bytes", type=int, default=65536)
   p.add_argument("--language-bytes", type=int, default=16384)
   p.add_argument("--generate-bytes", type=int, default=128)
-  p.add_argument("--out", default=str(ROOT / "eval" / "results" / "hierarchical"))
+  p.add_argument("--out", default=str(common.RESULTS / "hierarchical"))
   p.add_argument("--batch-size", type=int, default=0,
                  help="rows per step for every recipe (0: each config's own)")
   p.add_argument("--timing-only", action="store_true",
@@ -177,8 +128,7 @@ def main() -> None:
     if n not in RECIPES:
       raise SystemExit(f"unknown recipe {n!r}; choose from {RECIPES}")
   root = pathlib.Path(args.root)
-  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"jax {jax.__version__} on {jax.default_backend()}; {datetime.date.today()}")
+  machine = common.start()
 
   # 1. throughput
   configs = {n: recipe_config(n, root / n) for n in names}
@@ -196,42 +146,33 @@ def main() -> None:
           f"{flops_per_byte[n]:,.0f} |")
 
   if args.timing_only:
-    print(f"throughput_ratio={train_bps['hat'] / train_bps[base]:.4f}" if "hat" in names else "")
+    common.last_line({"throughput_ratio": train_bps.get("hat", math.nan) / train_bps[base]})
     return
 
   # 2. the same budget
   runs = {}
   for n in names:
-    c = configs[n]
     if args.budget == "wall":
       budget_bytes = args.minutes * 60 * train_bps[n]
     else:
       budget_bytes = args.minutes * 60 * train_bps[base] * flops_per_byte[base] / flops_per_byte[n]
-    steps = budget.steps_for(c, root / n, budget_bytes)
-    workdir = root / n
-    done = workdir / "eval_summary.json"
-    if done.exists() and json.loads(done.read_text())["steps"] == steps:
-      runs[n] = json.loads(done.read_text())
-    else:
-      start = time.perf_counter()
-      summary = train_and_evaluate(c, workdir)
-      runs[n] = {"steps": steps, "seconds": time.perf_counter() - start,
-                 "val_bpb": summary.val_bpb}
-      done.write_text(json.dumps(runs[n]))
-    print(f"{n}: {steps} steps in {runs[n]['seconds']:.0f} s, trainer's val bpb "
-          f"{runs[n]['val_bpb']:.3f}", flush=True)
+    runs[n] = budget.train_within(configs[n], root / n, budget_bytes)
+    print(f"{n}: " + ("reused" if runs[n]["reused"] else f"trained in {runs[n]['seconds']:.0f} s")
+          + f" ({runs[n]['steps']} steps), trainer's val bpb {runs[n]['val_bpb']:.3f}",
+          flush=True)
 
   # 3. held-out bits, clean and perturbed
   pieces = sources.held_out_pieces("embedded:en", args.piece_bytes, args.eval_bytes)
   variants = {"clean": pieces}
   for kind, rate in NOISES:
-    # Extra spaces can push a piece past a byte row (256): cut back, the same for everyone.
+    # Extra spaces lengthen a piece: cut back to 255 bytes, the same for every model (one row of
+    # the byte models' 256, as this benchmark has always read them).
     variants[f"{kind} {rate:.0%}"] = [
         noise.perturb(t, kind, rate, seed=i).encode("utf-8")[:255].decode("utf-8", "ignore")
         for i, t in enumerate(pieces)]
   sizes = {v: sum(len(t.encode("utf-8")) for t in texts) for v, texts in variants.items()}
-  scorers = {n: Scorer(n, configs[n], root / n) for n in names}
-  bpb = {(n, v): scorers[n].bits(texts) / sizes[v] for n in names
+  lms = {n: bytelm.load(root / n) for n in names}
+  bpb = {(n, v): lms[n].score(texts, batch_size=16, total=True) for n in names
          for v, texts in variants.items()}
   print(f"\nHeld-out bits per byte on {sizes['clean']:,} bytes of embedded:en's validation "
         f"split ({len(pieces)} pieces of <= {args.piece_bytes} bytes):\n")
@@ -247,28 +188,26 @@ def main() -> None:
   for lang, spec in LANGUAGES.items():
     texts = sources.held_out_pieces(spec, args.piece_bytes, args.language_bytes)
     for n in names:
-      per_language[n, lang] = scorers[n].bytes_per_segment(texts)
+      per_language[n, lang] = bytes_per_position(lms[n], texts)
   print("\nMean bytes per backbone position (segment; BPE: token) on held-out text:\n")
   print("| recipe | " + " | ".join(LANGUAGES) + " |\n|---|" + "---|" * len(LANGUAGES))
   for n in names:
     print(f"| {n} | " + " | ".join(f"{per_language[n, l]:.2f}" for l in LANGUAGES) + " |")
   prompt = pieces[0][:64]
-  gen_seconds = timing.compare({n: scorers[n].generator(prompt, args.generate_bytes)
+  gen_seconds = timing.compare({n: generator(lms[n], prompt, args.generate_bytes)
                                 for n in names}, repeats=3)
   gen_bps = {n: args.generate_bytes / gen_seconds[n] for n in names}
   print("\n| recipe | generation bytes/s (greedy, cached, 1 sequence) |\n|---|---|")
   for n in names:
     print(f"| {n} | {gen_bps[n]:,.0f} |")
 
-  results = {"date": str(datetime.date.today()), "machine": platform.machine(),
-             "cores": os.cpu_count(), "budget": args.budget, "minutes": args.minutes,
+  results = {**machine, "budget": args.budget, "minutes": args.minutes,
              "train_bytes_per_s": train_bps, "flops_per_byte": flops_per_byte, "runs": runs,
              "bpb": {f"{n}|{v}": x for (n, v), x in bpb.items()},
              "bytes_per_segment": {f"{n}|{l}": x for (n, l), x in per_language.items()},
              "generation_bytes_per_s": gen_bps}
   out = pathlib.Path(args.out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+  common.write_json(out.with_suffix(".json"), results)
   plot(names, variants, bpb, train_bps, out.with_suffix(".png"))
 
   keys = {"throughput_ratio": train_bps.get("hat", math.nan) / train_bps.get("bytes_decoder",
@@ -278,16 +217,12 @@ def main() -> None:
           "bpb_bpe": bpb.get(("bpe_decoder", "clean"), math.nan),
           "noise_rise_hat": rise.get("hat", math.nan),
           "noise_rise_bpe": rise.get("bpe_decoder", math.nan)}
-  print(" ".join(f"{k}={v:.4f}" for k, v in keys.items()))
+  common.last_line(keys)
 
 
 def plot(names, variants, bpb, train_bps, path) -> None:
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    print("(matplotlib is not installed: no plot; pip install -e '.[eval]')")
+  plt = common.pyplot()
+  if plt is None:
     return
   fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5),
                                     gridspec_kw={"width_ratios": [3, 1.2]})
@@ -303,11 +238,7 @@ def plot(names, variants, bpb, train_bps, path) -> None:
   right.set_ylabel("training kB/s")
   right.set_title("Training throughput")
   right.tick_params(axis="x", rotation=45)
-  fig.tight_layout()
-  tmp = path.with_name(path.stem + ".tmp.png")
-  fig.savefig(tmp, dpi=110)
-  os.replace(tmp, path)
-  print(f"plot: {path}")
+  common.save_figure(fig, path)
 
 
 if __name__ == "__main__":

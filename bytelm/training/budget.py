@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 import pathlib
+import time
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ from flax import nnx
 from bytelm import models
 from bytelm.data import bpe, pipeline
 from bytelm.training import optimizer as optim
-from bytelm.training import trainer
+from bytelm.training import reuse, trainer
 
 
 def prepare(c, workdir: pathlib.Path):
@@ -99,3 +100,22 @@ def set_steps(c, steps: int) -> int:
   c.opt.warmup_steps = min(c.opt.warmup_steps, steps // 10)
   c.train.eval_every = c.ckpt.every = steps
   return steps
+
+
+def train_within(c, workdir: pathlib.Path, budget_bytes: float = 0.0, steps: int = 0) -> dict:
+  """Trains c into workdir on about budget_bytes of text (`steps_for`), or for `steps` steps
+  where that is set, unless workdir holds a finished run: that is reused at the steps it has
+  (its budget was measured when it was trained; delete it to retrain). Returns what the run
+  reported at its last evaluation (`reuse.last_evaluation`), with "steps", "reused" and the
+  "seconds" this call trained (none when reused)."""
+  finished = reuse.finished_steps(workdir)
+  if finished or steps:
+    set_steps(c, finished or steps)
+  else:
+    steps_for(c, workdir, budget_bytes)
+  start = time.perf_counter()
+  reuse.train_unless_finished(c, workdir)
+  out = {**reuse.last_evaluation(workdir), "steps": c.train.steps, "reused": bool(finished)}
+  if not finished:
+    out["seconds"] = time.perf_counter() - start
+  return out
