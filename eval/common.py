@@ -76,12 +76,13 @@ def pyplot():
   return plt
 
 
-def save_figure(fig, path) -> pathlib.Path:
-  """Saves fig as path (atomically, as write_text), closes it and says where it went."""
+def save_figure(fig, path, rect=(0, 0, 1, 1)) -> pathlib.Path:
+  """Saves fig as path (atomically, as write_text), closes it and says where it went; rect:
+  the part of the figure tight_layout fills (leave room for a legend outside the axes)."""
   import matplotlib.pyplot as plt
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fig.tight_layout()
+  fig.tight_layout(rect=rect)
   tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # the suffix names the format
   fig.savefig(tmp, dpi=120)
   os.replace(tmp, path)
@@ -102,8 +103,8 @@ def export_bytes(module, run_config: dict) -> int:
     return sum(p.stat().st_size for p in out.iterdir())
 
 
-def last_line(figures: dict, digits: int = 4) -> None:
+def last_line(figures: dict, digits: int | None = 4) -> None:
   """The script's last line: its headline figures as key=value pairs (floats to `digits`
-  decimals; pass a str to format one otherwise)."""
-  print(" ".join(f"{k}={v:.{digits}f}" if isinstance(v, float) else f"{k}={v}"
-                 for k, v in figures.items()), flush=True)
+  decimals, or as they are with digits=None; pass a str to format one otherwise)."""
+  print(" ".join(f"{k}={v:.{digits}f}" if isinstance(v, float) and digits is not None else
+                 f"{k}={v}" for k, v in figures.items()), flush=True)

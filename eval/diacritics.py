@@ -21,21 +21,14 @@ Prints tables, draws eval/results/diacritics.png, and ends with
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import pathlib
-import platform
-import sys
 import time
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from bytelm.data import noise, sources  # noqa: E402
-from bytelm.demos import metrics  # noqa: E402
-from bytelm.demos.correct import Corrector  # noqa: E402
+import common  # eval/common.py; before bytelm, so that a missing install is one clear line
+from bytelm.data import noise, sources
+from bytelm.demos import metrics
+from bytelm.demos.correct import Corrector
 
 LANGUAGES = {"lt": "l10n_lt", "cs": "l10n_cs", "vi": "l10n_vi", "ro": "l10n_ro",
              "pl": "l10n_pl", "fr": "l10n_fr", "es": "bible_es"}
@@ -81,12 +74,13 @@ def main() -> None:
   p.add_argument("--model", default=None, help="workdir or export (default: the shipped model)")
   p.add_argument("--languages", default=",".join(LANGUAGES))
   p.add_argument("--max-lines", type=int, default=1000, help="held-out lines per language")
-  p.add_argument("--plot", default=str(ROOT / "eval" / "results" / "diacritics.png"))
+  p.add_argument("--plot", default=str(common.RESULTS / "diacritics.png"))
   args = p.parse_args()
   languages = [lang.strip() for lang in args.languages.split(",") if lang.strip()]
   unknown = [lang for lang in languages if lang not in LANGUAGES]
   if unknown:
     p.error(f"unknown languages {unknown}; choose from {','.join(LANGUAGES)}")
+  machine = common.start()
 
   demo = Corrector.load(args.model, lexicon=True)  # the model is loaded once, for both
   correctors = {"model": Corrector(demo.model, trained_task=demo.trained_task,
@@ -104,7 +98,7 @@ def main() -> None:
 
   print(f"\nDiacritics restoration, held-out lines of embedded:diacritics; model "
         f"{args.model or 'shipped (bytelm/demos/diacritics)'}; "
-        f"{datetime.date.today()}, {platform.machine()}, {os.cpu_count()} cores\n")
+        f"{machine['date']}, {machine['machine']}, {machine['cores']} cores\n")
   kinds = (("alpha", "alpha words"), ("diacritic", "diacritic words"), ("unseen", "unseen words"))
   mean = {(s, kind): float(np.mean([r["counts"][s].accuracy(kind) for r in results.values()]))
           for s in systems for kind, _ in kinds}
@@ -139,24 +133,24 @@ def main() -> None:
                           for name in ("model", "copy")}
   if args.plot:
     plot(results, systems, args.plot)
-    print(f"\nplot: {args.plot}")
-  print(f"alpha_acc_mean={mean[shipped, 'alpha']:.4f} "
-        f"lexicon_acc_mean={mean['lexicon', 'alpha']:.4f} "
-        f"unseen_acc_mean={mean[shipped, 'unseen']:.4f} "
-        f"lexicon_unseen_acc_mean={mean['lexicon', 'unseen']:.4f} "
-        f"model_alone_acc_mean={mean['model', 'alpha']:.4f} "
-        f"model_alone_unseen_acc_mean={mean['model', 'unseen']:.4f} "
-        f"copy_acc_mean={mean['copy', 'alpha']:.4f} "
-        f"diacritic_acc_mean={mean[shipped, 'diacritic']:.4f}"
-        + "".join(f" {task}_acc_mean={m['model']:.4f} {task}_copy_acc_mean={m['copy']:.4f}"
-                  for task, m in typo_means.items()))
+  figures = {"alpha_acc_mean": mean[shipped, "alpha"],
+             "lexicon_acc_mean": mean["lexicon", "alpha"],
+             "unseen_acc_mean": mean[shipped, "unseen"],
+             "lexicon_unseen_acc_mean": mean["lexicon", "unseen"],
+             "model_alone_acc_mean": mean["model", "alpha"],
+             "model_alone_unseen_acc_mean": mean["model", "unseen"],
+             "copy_acc_mean": mean["copy", "alpha"],
+             "diacritic_acc_mean": mean[shipped, "diacritic"]}
+  for task, m in typo_means.items():
+    figures.update({f"{task}_acc_mean": m["model"], f"{task}_copy_acc_mean": m["copy"]})
+  common.last_line(figures)
 
 
 def plot(results: dict, systems: list[str], path: str) -> None:
   """Bars per language: alpha-word and unseen-word accuracy of each system."""
-  import matplotlib  # noqa: PLC0415  (only this script draws)
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
+  plt = common.pyplot()
+  if plt is None:
+    return
   langs = list(results)
   x = np.arange(len(langs))
   fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
@@ -172,12 +166,7 @@ def plot(results: dict, systems: list[str], path: str) -> None:
     ax.grid(axis="y", alpha=0.3)
   handles, labels = axes[0].get_legend_handles_labels()
   fig.legend(handles, labels, loc="lower center", ncol=len(systems), frameon=False)
-  fig.tight_layout(rect=(0, 0.08, 1, 1))
-  out = pathlib.Path(path)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_name(f".{out.name}.tmp.png")
-  fig.savefig(tmp, dpi=120)
-  os.replace(tmp, out)
+  common.save_figure(fig, path, rect=(0, 0.08, 1, 1))  # the legend below the axes
 
 
 if __name__ == "__main__":

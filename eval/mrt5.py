@@ -17,11 +17,9 @@ model_speedup, loss_increase (relative to the baseline's validation loss).
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
-import json
-import os
 import pathlib
-import platform
 import sys
 
 import jax
@@ -29,19 +27,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import bytelm  # noqa: E402
-from bytelm import timing  # noqa: E402
-from bytelm.data import pipeline, sources  # noqa: E402
-from bytelm.models import mrt5, t5  # noqa: E402
-from bytelm.nn.compiled import Compiled, jit_call  # noqa: E402
-from bytelm.training import config_file, train_and_evaluate  # noqa: E402
+import common  # eval/common.py; before bytelm, so that a missing install is one clear line
+import bytelm
+from bytelm import timing
+from bytelm.data import sources
+from bytelm.models import mrt5, t5
+from bytelm.nn.compiled import Compiled, jit_call
+from bytelm.training import budget, reuse, train_unless_finished
 
 
 def _mrt5_config(delta: float | None, steps: int | None, data: str):
-  c = config_file.load(ROOT / "configs" / "mrt5.py")
+  c = common.config("mrt5")
   c.data.train = data
   if steps:
     c.train.steps = steps
@@ -58,9 +54,13 @@ def _mrt5_config(delta: float | None, steps: int | None, data: str):
   return c
 
 
-def _languages(group: str) -> list[str]:
-  manifest = json.loads((sources.CORPUS_DIR / "manifest.json").read_text())
-  return manifest["groups"].get(group.removeprefix("embedded:"), [])
+def _held_out(config, workdir, data: str, batch_size: int, input_length: int):
+  """The validation batches of `data` as the run's objective makes them, at another size."""
+  c = copy.deepcopy(config)
+  c.data.train, c.data.validation = data, ""
+  c.data.input_length, c.data.target_length = input_length, None  # targets from the noise
+  c.train.batch_size = batch_size
+  return budget.train_source(c, workdir, "validation")  # data: one library function
 
 
 def _deleted(model, inputs_BT) -> float:
@@ -75,55 +75,50 @@ def main():
   p.add_argument("--deltas", default="0.3,0.5,0.7")
   p.add_argument("--steps", type=int, default=None, help="default: configs/mrt5.py's")
   p.add_argument("--data", default="embedded:multilingual")
-  p.add_argument("--root", default=str(ROOT / "workdirs" / "eval_mrt5"))
+  p.add_argument("--root", default=str(common.ROOT / "workdirs" / "eval_mrt5"))
   p.add_argument("--time-bytes", type=int, default=1024)
   p.add_argument("--time-batch", type=int, default=8)
   p.add_argument("--repeats", type=int, default=15)
   p.add_argument("--bucket-multiple", type=int, default=None,
                  help="hard deletion's bucket size at inference (default: each run's own)")
-  p.add_argument("--plot", default=str(ROOT / "eval" / "results" / "mrt5_loss_vs_runtime.png"))
+  p.add_argument("--plot", default=str(common.RESULTS / "mrt5_loss_vs_runtime.png"))
   args = p.parse_args()
   deltas = [float(d) for d in args.deltas.split(",")]
   root = pathlib.Path(args.root)
+  common.start()
 
   # -- train (or reuse) every run with the same budget --
   runs = {"byt5": None, **{f"mrt5_{d:g}": d for d in deltas}}
-  results = {}
+  results, models = {}, {}
   for name, delta in runs.items():
     config = _mrt5_config(delta, args.steps, args.data)
     print(f"== {name}: {config.train.steps} steps, {config.data.train}", flush=True)
-    summary = train_and_evaluate(config, root / name)
-    if summary.interrupted:  # Ctrl-C / SIGTERM: the run saved its checkpoint; stop here
-      sys.exit(f"interrupted during {name}; rerun to resume")
-    results[name] = {"val_loss": summary.extras.get("hard_val_loss", summary.val_loss),
-                     "soft_val_loss": summary.val_loss, "train_seconds": summary.seconds}
-    input_length = config.data.input_length
-    batch_size = config.train.batch_size
-
-  def load(name, delta):
-    if delta is None or args.bucket_multiple is None:
-      return bytelm.load_module(root / name)
-    return bytelm.load_module(root / name, bucket_multiple=args.bucket_multiple)
-
-  models = {name: load(name, delta) for name, delta in runs.items()}
+    try:
+      workdir = train_unless_finished(config, root / name)
+    except reuse.TrainingStopped as e:  # Ctrl-C / SIGTERM: the checkpoint is saved
+      sys.exit(f"{name}: {e}")
+    last = reuse.last_evaluation(workdir)  # MrT5's report adds the hard-deletion loss
+    results[name] = {"val_loss": last.get("hard_val_loss", last["val_loss"]),
+                     "soft_val_loss": last["val_loss"]}
+    runtime = ({} if delta is None or args.bucket_multiple is None else
+               {"bucket_multiple": args.bucket_multiple})
+    models[name] = bytelm.load(workdir, **runtime).module
 
   # -- deletion per language, on held-out bytes of the trained length --
-  langs = _languages(args.data)
+  langs = sources.embedded_names().get(args.data.removeprefix("embedded:"), [])
   for name, delta in runs.items():
     if delta is None:
       continue
     per_lang = {}
     for lang in langs:
-      src = pipeline.make_source(f"embedded:{lang}", "validation", seed=0,
-                                 objective="span_corruption", batch_size=batch_size,
-                                 input_length=input_length)
+      src = _held_out(config, root / name, f"embedded:{lang}", config.train.batch_size,
+                      config.data.input_length)
       fracs = [_deleted(models[name], jnp.asarray(b["inputs"])) for b in src.eval_batches(4)]
       per_lang[lang] = float(np.mean(fracs))
     results[name]["per_language"] = per_lang
 
   # -- inference time at --time-bytes, all models in alternation --
-  src = pipeline.make_source(args.data, "validation", seed=0, objective="span_corruption",
-                             batch_size=args.time_batch, input_length=args.time_bytes)
+  src = _held_out(config, root / "byt5", args.data, args.time_batch, args.time_bytes)
   batch = next(iter(src.eval_batches(1)))
   inputs_BT = jnp.asarray(batch["inputs"])
   mask_BT = inputs_BT != 0
@@ -161,8 +156,6 @@ def main():
         f"d_model {cfg.d_model}, {cfg.num_encoder_layers}/{cfg.num_decoder_layers} layers; "
         f"timing: batch {args.time_batch} x {args.time_bytes} input bytes, "
         f"{dec_BS.shape[1]} target bytes, median of {args.repeats}")
-  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"jax {jax.__version__} on {jax.default_backend()}\n")
   header = ("| model | val loss (hard) | bpb | loss vs ByT5 | deletion @1024 | encoder ms/ex | "
             "encoder speed-up | model ms/ex | model speed-up |")
   print(header)
@@ -180,18 +173,18 @@ def main():
         print(f"| {name} | " + " | ".join(f"{r['per_language'][l]:.2f}" for l in langs) + " |")
 
   _plot(results, args.plot)
-  print(f"\nplot: {args.plot}")
   key = "mrt5_0.5" if "mrt5_0.5" in results else next(n for n in results if n != "byt5")
   r = results[key]
-  print(f"deletion={r['deletion']:.3f} encoder_speedup={r['encoder_speedup']:.3f} "
-        f"model_speedup={r['model_speedup']:.3f} loss_increase={r['loss_increase']:.4f}")
+  common.last_line({"deletion": f"{r['deletion']:.3f}",
+                    "encoder_speedup": f"{r['encoder_speedup']:.3f}",
+                    "model_speedup": f"{r['model_speedup']:.3f}",
+                    "loss_increase": f"{r['loss_increase']:.4f}"})
 
 
 def _plot(results, path):
-  import matplotlib  # noqa: PLC0415  (only this script draws)
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # noqa: PLC0415
-
+  plt = common.pyplot()
+  if plt is None:
+    return
   fig, ax = plt.subplots(figsize=(6, 4))
   for name, r in results.items():
     ax.scatter(r["model_ms"], r["val_loss"], color="k" if name == "byt5" else "C0")
@@ -200,12 +193,7 @@ def _plot(results, path):
   ax.set_xlabel("inference time, encoder + decoder (ms per example)")
   ax.set_ylabel("validation loss, hard deletion (nats)")
   ax.set_title("MrT5 vs ByT5: loss against runtime")
-  fig.tight_layout()
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp.png")
-  fig.savefig(tmp, dpi=120)
-  os.replace(tmp, path)
+  common.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -26,68 +26,40 @@ ternary_bytes_ratio, int8_speedup, ternary_bpb_delta (deltas relative).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
 import pathlib
-import platform
-import sys
-import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import bytelm  # noqa: E402
-from bytelm import models, timing  # noqa: E402
-from bytelm.data import pipeline  # noqa: E402
-from bytelm.models import t5  # noqa: E402
-from bytelm.quant import quantize  # noqa: E402
-from bytelm.nn.quant_dense import QuantDense  # noqa: E402
-from bytelm.training import config_file, export, train_and_evaluate, trainer  # noqa: E402
+import common  # eval/common.py; before bytelm, so that a missing install is one clear line
+import bytelm
+from bytelm import models, timing
+from bytelm.models import t5
+from bytelm.quant import quantize
+from bytelm.nn.quant_dense import QuantDense
+from bytelm.training import budget, train_unless_finished, trainer
 
 MODES = ("int8_weight", "int8", "ternary")
 
 
-def trained(arg: str | None, workdir: pathlib.Path):
-  """(config, workdir) of configs/mrt5.py[:arg], trained unless it already holds a finished
-  run."""
-  c = config_file.load(ROOT / "configs" / "mrt5.py", arg)
-  if not trainer.evaluated_at(workdir, c.train.steps):
-    print(f"training configs/mrt5.py:{arg or ''} into {workdir}", flush=True)
-    train_and_evaluate(c, workdir)
-  return c, workdir
-
-
-def batches_of(c, split: str, n: int) -> list[dict]:
+def batches_of(c, workdir, split: str, n: int) -> list[dict]:
   """n batches of the run's data: the trainer's validation batches ("validation") or the first
   training batches ("train")."""
-  dc = c.data
-  source = pipeline.make_source(
-      dc.validation or dc.train if split == "validation" else dc.train, split, seed=c.seed,
-      objective=dc.objective, batch_size=c.train.batch_size, input_length=dc.input_length,
-      target_length=dc.target_length, noise_density=dc.noise_density,
-      mean_noise_span_length=dc.mean_noise_span_length)
+  source = budget.train_source(c, workdir, split)  # data: one library function
   if split == "validation":
     return list(source.eval_batches(n))
   return [{k: jnp.asarray(v) for k, v in source.batch(i).items()} for i in range(n)]
 
 
-def val_bpb(model, family, batches) -> float:
-  """The trainer's validation bits per byte: summed cross-entropy / targets / ln 2."""
+def validation(model, family, batches) -> dict[str, float]:
+  """The trainer's evaluation (`trainer.evaluate` of `trainer.eval_sums`) of model on batches:
+  val_loss, val_bpb."""
   graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def sums(state, batch):
-    _, m = family.loss_fn(nnx.merge(graphdef, state), batch)
-    return m["ce"] * m["num_targets"], m["num_targets"]
-
-  ce, n = zip(*(jax.device_get(sums(state, b)) for b in batches))
-  return float(sum(ce) / sum(n) / np.log(2))
+  eval_fn = jax.jit(lambda state, batch: trainer.eval_sums(nnx.merge(graphdef, state), batch,
+                                                           family.loss_fn))
+  return trainer.evaluate(eval_fn, state, batches)
 
 
 def layer_bytes(model) -> tuple[int, int]:
@@ -99,12 +71,6 @@ def layer_bytes(model) -> tuple[int, int]:
       stored += sum(a.nbytes for a in arrays) + node.scale[...].nbytes
       full += 4 * node.in_features * node.out_features
   return stored, full
-
-
-def disk_bytes(model, config: dict) -> int:
-  with tempfile.TemporaryDirectory() as tmp:
-    out = export.export(model, config, pathlib.Path(tmp) / "m", dtype="float32")
-    return sum(p.stat().st_size for p in out.iterdir())
 
 
 def outliers(model, family, batches, threshold: float = 6.0) -> dict[str, dict[str, float]]:
@@ -160,14 +126,6 @@ def report_speed(args, results: dict) -> dict[str, float]:
   return sec
 
 
-def write(results: dict, path: str) -> None:
-  out = pathlib.Path(path)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = out.with_suffix(".json.tmp")
-  tmp.write_text(json.dumps(results, indent=1), encoding="utf-8")
-  tmp.replace(out)
-
-
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--root", default="workdirs/eval_quant")
@@ -177,30 +135,29 @@ def main() -> None:
   p.add_argument("--speed-batch", type=int, default=8, help="examples of 512 bytes")
   p.add_argument("--speed-only", action="store_true",
                  help="only part 4 (no training or data; for an accelerator)")
-  p.add_argument("--out", default=str(ROOT / "eval" / "results" / "quant.json"))
+  p.add_argument("--out", default=str(common.RESULTS / "quant.json"))
   args = p.parse_args()
   root = pathlib.Path(args.root)
-  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"jax {jax.__version__} on {jax.default_backend()}; {datetime.date.today()}")
-  results = {"date": str(datetime.date.today()), "args": vars(args),
-             "device": jax.devices()[0].device_kind}
+  machine = common.start()
+  results = {**machine, "args": vars(args), "device": jax.devices()[0].device_kind}
   if args.speed_only:
     sec = report_speed(args, results)
-    write(results, args.out)
-    print(f"int8_speedup={sec['float32'] / sec['int8']:.3f} "
-          f"ternary_speedup={sec['float32'] / sec['ternary']:.3f} "
-          f"int8_vs_bf16={sec['bfloat16'] / sec['int8']:.3f}")
+    common.write_json(args.out, results)
+    common.last_line({"int8_speedup": sec["float32"] / sec["int8"],
+                      "ternary_speedup": sec["float32"] / sec["ternary"],
+                      "int8_vs_bf16": sec["bfloat16"] / sec["int8"]}, digits=3)
     return
 
   # 1. post-training quantization of the float32 run
-  c, workdir = trained(args.variant or None, root / "mrt5")
+  c = common.config("mrt5", args.variant)
+  workdir = train_unless_finished(c, root / "mrt5")
   family = models.family(c.model_family)
-  batches = batches_of(c, "validation", c.train.eval_batches)
-  saved = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
-  base = bytelm.load_module(workdir)
-  fp32_bpb = val_bpb(base, family, batches)
-  fp32_disk = disk_bytes(base, saved)
-  calibration = batches_of(c, "train", 2)
+  batches = batches_of(c, workdir, "validation", c.train.eval_batches)
+  saved = trainer.read_config(workdir)
+  base = bytelm.load(workdir).module
+  fp32_bpb = validation(base, family, batches)["val_bpb"]
+  fp32_disk = common.export_bytes(base, saved)
+  calibration = batches_of(c, workdir, "train", 2)
 
   def calibrate(model):  # two training batches through the quantized model
     return [family.loss_fn(model, b)[0] for b in calibration]
@@ -208,12 +165,12 @@ def main() -> None:
   ptq = {}
   for mode in MODES + ("int8_calibrated",):
     kw = {"calibrate": calibrate} if mode == "int8_calibrated" else {}
-    model = quantize(bytelm.load_module(workdir), mode.replace("_calibrated", ""), **kw)
+    model = quantize(bytelm.load(workdir).module, mode.replace("_calibrated", ""), **kw)
     stored, full = layer_bytes(model)
-    bpb = val_bpb(model, family, batches)
+    bpb = validation(model, family, batches)["val_bpb"]
     ptq[mode] = {"val_bpb": bpb, "bpb_delta": bpb / fp32_bpb - 1,
                  "layer_bytes_ratio": stored / full,
-                 "disk_bytes_ratio": disk_bytes(model, saved) / fp32_disk}
+                 "disk_bytes_ratio": common.export_bytes(model, saved) / fp32_disk}
   results["ptq"] = {"float32_val_bpb": fp32_bpb, **ptq}
   print(f"\npost-training, MrT5 of configs/mrt5.py (validation bpb, float32 {fp32_bpb:.4f}):")
   print(f"{'mode':12s} {'val bpb':>8s} {'change':>8s} {'layer bytes':>12s} {'disk':>8s}")
@@ -222,22 +179,22 @@ def main() -> None:
           f"{r['layer_bytes_ratio']:11.4f}x {r['disk_bytes_ratio']:7.3f}x")
 
   # 2. outliers
-  found = outliers(quantize(bytelm.load_module(workdir), "int8"), family, batches)
+  found = outliers(quantize(bytelm.load(workdir).module, "int8"), family, batches)
   results["outliers"] = found
   print("\nint8 outliers (|x| >= 6): fraction of input features / of calls, per layer")
   for name, r in found.items():
     print(f"  {name:40s} {r['features']:.4f} / {r['calls']:.2f}")
 
   # 3. ternary, trained with quantization
-  ct, tdir = trained(f"{args.variant}_ternary" if args.variant else "ternary",
-                     root / "mrt5_ternary")
-  ternary = quantize(bytelm.load_module(tdir), "ternary")
-  t_bpb = val_bpb(ternary, family, batches)
+  ct = common.config("mrt5", f"{args.variant}_ternary" if args.variant else "ternary")
+  tdir = train_unless_finished(ct, root / "mrt5_ternary")
+  ternary = quantize(bytelm.load(tdir).module, "ternary")
+  t_bpb = validation(ternary, family, batches)["val_bpb"]
   stored, full = layer_bytes(ternary)
-  tsaved = json.loads((tdir / "config.json").read_text(encoding="utf-8"))
   results["ternary_qat"] = {"val_bpb": t_bpb, "bpb_delta": t_bpb / fp32_bpb - 1,
                             "layer_bytes_ratio": stored / full,
-                            "disk_bytes_ratio": disk_bytes(ternary, tsaved) / fp32_disk,
+                            "disk_bytes_ratio": common.export_bytes(
+                                ternary, trainer.read_config(tdir)) / fp32_disk,
                             "steps": ct.train.steps, "lr": ct.opt.lr}
   r = results["ternary_qat"]
   print(f"\nternary MrT5 trained with quantization ({ct.train.steps} steps, peak lr {ct.opt.lr}): "
@@ -245,12 +202,12 @@ def main() -> None:
         f"packed layers {r['layer_bytes_ratio']:.4f}x, on disk {r['disk_bytes_ratio']:.3f}x")
 
   sec = report_speed(args, results)
-  write(results, args.out)
-  print(f"int8_bpb_delta={ptq['int8']['bpb_delta']:.5f} "
-        f"int8_bytes_ratio={ptq['int8']['layer_bytes_ratio']:.4f} "
-        f"ternary_bytes_ratio={results['ternary_qat']['layer_bytes_ratio']:.4f} "
-        f"int8_speedup={sec['float32'] / sec['int8']:.3f} "
-        f"ternary_bpb_delta={results['ternary_qat']['bpb_delta']:.5f}")
+  common.write_json(args.out, results)
+  common.last_line({"int8_bpb_delta": f"{ptq['int8']['bpb_delta']:.5f}",
+                    "int8_bytes_ratio": f"{ptq['int8']['layer_bytes_ratio']:.4f}",
+                    "ternary_bytes_ratio": f"{results['ternary_qat']['layer_bytes_ratio']:.4f}",
+                    "int8_speedup": f"{sec['float32'] / sec['int8']:.3f}",
+                    "ternary_bpb_delta": f"{results['ternary_qat']['bpb_delta']:.5f}"})
 
 
 if __name__ == "__main__":

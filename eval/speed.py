@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -32,6 +30,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+import common  # eval/common.py; before bytelm, so that a missing install is one clear line
 from bytelm import convert, generation
 from bytelm.models import t5
 from bytelm.training import trainer
@@ -122,6 +121,7 @@ def main():
   if args.new_bytes is None:
     args.new_bytes = 192 if args.what == "train_step" else 128  # the issues' benchmark shapes
 
+  common.start()
   cfg = t5.preset(args.preset)
   model = t5.T5(cfg, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
@@ -161,8 +161,6 @@ def main():
         f"{cfg.num_heads}x{cfg.d_kv} heads, {cfg.num_encoder_layers}/{cfg.num_decoder_layers} "
         f"layers), batch {args.batch}, {args.input_bytes} input bytes, {args.new_bytes} "
         f"{'new' if args.what == 'generate' else 'target'} bytes, fp32")
-  print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"jax {jax.__version__} on {jax.default_backend()}")
   t_ours = statistics.median(times_ours)
   print(f"bytelm: {t_ours:.3f} s/call (median of {args.repeats}; first call with compile "
         f"{compile_s:.1f} s) -> {unit / t_ours:,.0f} {unit_name}")
@@ -181,7 +179,7 @@ def main():
       fields["first_loss_diff"] = float(f"{loss_diff:.2e}")
   else:
     print("hf: skipped (install torch and transformers for the side-by-side)")
-  print(" ".join(f"{k}={v}" for k, v in fields.items()))
+  common.last_line(fields, digits=None)
 
 
 if __name__ == "__main__":

@@ -43,8 +43,9 @@ def tokenizer_of(c, workdir: pathlib.Path):
   return bpe.load_or_train(workdir / bpe.FILENAME, c.data.train, c.data.tokenizer.vocab_size)
 
 
-def train_source(c, workdir: pathlib.Path) -> pipeline.BatchSource:
-  """The recipe's training batches, as the trainer makes them."""
+def train_source(c, workdir: pathlib.Path, split: str = "train") -> pipeline.BatchSource:
+  """The recipe's training batches, as the trainer makes them (split="validation": its
+  validation batches, `eval_batches`)."""
   dc = c.data
   kw = dict(objective=dc.objective, batch_size=c.train.batch_size,
             input_length=dc.input_length, target_length=dc.get("target_length"),
@@ -55,7 +56,8 @@ def train_source(c, workdir: pathlib.Path) -> pipeline.BatchSource:
   tok = tokenizer_of(c, workdir)
   if tok is not None:
     kw["tokenizer"] = tok
-  return pipeline.make_source(dc.train, "train", **kw)
+  data = dc.train if split == "train" else dc.get("validation") or dc.train
+  return pipeline.make_source(data, split, **kw)
 
 
 def step_timer(c, workdir: pathlib.Path, steps_per_call: int = 1):
