@@ -15,6 +15,7 @@ import logging
 import os
 import pathlib
 import platform
+import sys
 
 try:
   import jax
@@ -31,8 +32,13 @@ RESULTS = ROOT / "eval" / "results"
 def start() -> dict:
   """Prints the machine line every result is read against (and shows the library's progress:
   training, reuse); returns the same facts for the results file."""
-  logging.basicConfig(format="%(message)s")
-  logging.getLogger("bytelm").setLevel(logging.INFO)
+  log = logging.getLogger("bytelm")
+  if not log.handlers:  # the library's INFO lines, in order with this script's own output
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
   machine = {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
              "jax": jax.__version__, "backend": jax.default_backend(),
              "date": str(datetime.date.today())}

@@ -39,7 +39,7 @@ def train_unless_finished(config, workdir) -> pathlib.Path:
   if trainer.evaluated_at(workdir, steps):
     log.info("reusing the run in %s: it was evaluated at step %d or later", workdir, steps)
     return workdir
-  log.info("training %s to step %d in %s", config.get("model_family", "a model"), steps, workdir)
+  log.info("training %s to step %d", workdir, steps)
   summary = trainer.train_and_evaluate(config, workdir)
   if summary.interrupted:
     raise TrainingStopped(workdir, summary)
