@@ -85,8 +85,7 @@ def train_all(names, variant, root, minutes, timing_steps, fixed_steps=0) -> dic
   for n in names:
     runs[n] = budget.train_within(configs[n], root / n, minutes * 60 * train_bps[n],
                                   steps=fixed_steps)
-    print(f"{n}: " + (f"reusing the finished run in {root / n}" if runs[n]["reused"] else
-                      f"trained in {runs[n]['seconds']:.0f} s") +
+    print(f"{n}: " + ("reused" if runs[n]["reused"] else f"trained in {runs[n]['seconds']:.0f} s") +
           f" ({runs[n]['steps']} steps), trainer's validation bpb {runs[n]['val_bpb']:.3f}",
           flush=True)
   return {"train_bytes_per_s": train_bps, "runs": runs}

@@ -40,7 +40,7 @@ def _mrt5_config(delta: float | None, steps: int | None, data: str):
   c = common.config("mrt5")
   c.data.train = data
   if steps:
-    c.train.steps = steps
+    budget.set_steps(c, steps)  # warmup, evaluation and checkpoints fitted to the steps
     c.model.regularizer_delay = min(c.model.regularizer_delay, steps // 3)
   if delta is not None:
     c.model.target_deletion = delta
