@@ -46,15 +46,16 @@ import bytelm
 from bytelm.byteprobs.byte_lm import END, ByteLM
 from bytelm.byteprobs.mixture import along, mix
 from bytelm.data import sources
-from bytelm.training import train_unless_finished
+from bytelm.training import budget, train_unless_finished
 
 LN2 = math.log(2)
 
 
 def recipe(name: str, steps: int):
-  """configs/<name>.py's config, set to train for `steps` steps."""
+  """configs/<name>.py's config, set to train for `steps` steps (warmup, evaluation and
+  checkpoints fitted to them)."""
   c = common.config(name)
-  c.train.steps = steps
+  budget.set_steps(c, steps)
   return c
 
 

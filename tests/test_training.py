@@ -16,9 +16,11 @@ import jax
 import numpy as np
 import pytest
 
+import bytelm
+from bytelm import models
+from bytelm.training import budget, reuse, trainer, train_and_evaluate
 from bytelm.training import checkpoint as ckpt_lib
 from bytelm.training import lock as lock_lib
-from bytelm.training import reuse, trainer, train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -133,6 +135,26 @@ def test_a_finished_run_is_reused_untouched_and_an_empty_workdir_is_trained(
   assert reuse.train_unless_finished(config, fresh) == fresh
   assert reuse.finished_steps(fresh) == 2 and len(losses(fresh)) == 2
   assert reuse.last_evaluation(fresh)["step"] == 2
+
+
+def test_a_budgeted_benchmark_reuses_a_finished_run_and_reads_the_trainers_validation(
+    corpus, straight_run):
+  """budget.train_within (eval/compare.py, eval/hierarchical.py) keeps a finished run at the
+  steps it has, whatever budget is asked; budget.train_source(..., "validation") gives the
+  batches the trainer evaluated (eval/quant.py measures quantized models on them)."""
+  workdir, first = straight_run
+  config = tiny_config(corpus, steps=3)
+  run = budget.train_within(config, workdir, budget_bytes=1e9)
+  assert run["reused"] and run["steps"] == config.train.steps == 8 and "seconds" not in run
+  assert run["val_bpb"] == pytest.approx(first.val_bpb)
+
+  module = bytelm.load(workdir).module
+  loss_fn = models.family(config.model_family).loss_fn
+  batches = list(budget.train_source(config, workdir, "validation")
+                 .eval_batches(config.train.eval_batches))
+  eval_fn = jax.jit(lambda _, batch: trainer.eval_sums(module, batch, loss_fn))
+  assert trainer.evaluate(eval_fn, None, batches)["val_bpb"] == pytest.approx(first.val_bpb,
+                                                                              rel=1e-5)
 
 
 def test_training_stopped_by_a_signal_is_an_error_not_a_finished_run(corpus, tmp_path,
