@@ -64,7 +64,7 @@ def _bytelm_runner(model, what, inputs_BT, targets_BS, new_bytes):
     graphdef, state = nnx.split(model)
     fwd = jax.jit(lambda st, x, y: nnx.merge(graphdef, st)(x, t5.shift_right(y)))
     return lambda: fwd(state, inputs_BT, targets_BS).block_until_ready()
-  return lambda: np.asarray(generation.generate_ids(  # np.asarray waits for the result
+  return lambda: np.asarray(generation.encoder_decoder_ids(  # np.asarray waits for the result
       model, inputs_BT, max_new_bytes=new_bytes, min_new_bytes=new_bytes, method="greedy"))
 
 

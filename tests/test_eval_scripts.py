@@ -11,6 +11,7 @@ check that fires on legitimate code fails too.
 from __future__ import annotations
 
 import ast
+import importlib
 import pathlib
 import re
 import textwrap
@@ -176,6 +177,39 @@ def test_an_eval_script_uses_the_library(script):
   assert ends_with_key_values(source), (
       f"{script.relative_to(ROOT)} must end its output with its figures as one key=value line "
       "(common.last_line): BENCHMARKS.md quotes that line")
+
+
+def bytelm_names(source: str) -> set[str]:
+  """Every dotted bytelm name the source uses ("bytelm.training.trainer.read_config")."""
+  tree = ast.parse(source)
+  bound = _bytelm_names(tree)
+  return {q for n in ast.walk(tree) if isinstance(n, (ast.Name, ast.Attribute))
+          for q in [_qualified(n, bound)] if q}
+
+
+def _resolves(name: str) -> bool:
+  parts = name.split(".")
+  for cut in range(len(parts), 0, -1):  # the longest prefix that is a module, then attributes
+    try:
+      obj = importlib.import_module(".".join(parts[:cut]))
+    except ImportError:
+      continue
+    try:
+      for attr in parts[cut:]:
+        obj = getattr(obj, attr)
+    except AttributeError:
+      return False
+    return True
+  return False
+
+
+@pytest.mark.parametrize("script", SCRIPTS + [ROOT / "eval" / "common.py"], ids=lambda p: p.name)
+def test_every_name_of_bytelm_an_eval_script_uses_exists(script):
+  """A renamed or moved library function breaks the script that calls it only when that line
+  runs (eval/speed.py called generation.generate_ids after it had gone): read, not run."""
+  missing = sorted(n for n in bytelm_names(script.read_text(encoding="utf-8"))
+                   if not _resolves(n))
+  assert not missing, f"{script.relative_to(ROOT)} uses names bytelm does not have: {missing}"
 
 
 def test_eval_common_holds_no_library_work():
