@@ -7,6 +7,6 @@ from bytelm.models.mrt5 import MrT5, MrT5Config
 from bytelm.models.t5 import T5, T5Config, byt5_small, preset
 from bytelm.models.tagger import Tagger, TaggerConfig
 from bytelm.tokenizer import ByteTokenizer
-from bytelm.training.trainer import load as load_module
+from bytelm.runs.load import load as load_module
 
 __version__ = "0.1.0"

@@ -41,8 +41,10 @@ from bytelm.models import segment
 from bytelm.nn.compiled import Compiled
 from bytelm.quant.dense import QuantDense
 from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, PAD_ID, ByteTokenizer
-from bytelm.training import export as export_lib
-from bytelm.training import trainer
+from bytelm.runs import export as export_lib
+from bytelm.runs import workdir as workdir_lib
+from bytelm.runs.load import load as load_module
+from bytelm.training import evaluation
 
 ENCODER_DECODERS = ("t5", "mrt5")
 # A Hugging Face ByT5 has no run config: it was trained with ByT5's span corruption.
@@ -54,17 +56,17 @@ _HF_DATA = {"objective": "span_corruption", "input_length": 1024,
 def load(path, **runtime) -> "LanguageModel":
   """The model in `path` behind one interface (see the module docstring).
 
-  path: a bytelm workdir (the newest checkpoint), an export (`bytelm.training.export`), or a
+  path: a bytelm workdir (the newest checkpoint), an export (`bytelm.runs.export`), or a
   Hugging Face T5/ByT5 directory (config.json with "model_type": "t5" and safetensors
   weights). runtime: overrides of the model config's runtime fields, as in
-  `bytelm.training.trainer.load` (e.g. dtype="bfloat16").
+  `bytelm.load_module` (e.g. dtype="bfloat16").
   """
   path = pathlib.Path(path).expanduser()
-  saved = trainer.read_config(path)
+  saved = workdir_lib.read_config(path)
   if "model_family" not in saved and saved.get("model_type") in ("t5", "mt5"):
     module, _ = hf_t5.load_hf(path, **runtime)
     return LanguageModel(module, "t5", _HF_DATA, path, source="hugging_face")
-  module = trainer.load(path, **runtime)
+  module = load_module(path, **runtime)
   family = saved.get("model_family", "t5")
   if family == "tagger":
     raise ValueError(f"{path} holds a tagger (a labeller of bytes, e.g. the diacritics "
@@ -233,7 +235,7 @@ class LanguageModel:
       graphdef, state = self._compiled.graphdef, self._compiled.state
 
       def one(row):
-        out = trainer.eval_sums(nnx.merge(graphdef, state), jax.tree.map(lambda x: x[None], row),
+        out = evaluation.eval_sums(nnx.merge(graphdef, state), jax.tree.map(lambda x: x[None], row),
                                 loss_fn)
         return out["ce_sum"], out.get("num_bytes", out["num_targets"])
 

@@ -54,7 +54,8 @@ from bytelm.byteprobs import adapters  # noqa: E402
 from bytelm.byteprobs.byte_lm import END, ByteLM  # noqa: E402
 from bytelm.byteprobs.mixture import along, mix  # noqa: E402
 from bytelm.data import sources  # noqa: E402
-from bytelm.training import config_file, train_and_evaluate, trainer  # noqa: E402
+from bytelm.runs import workdir as workdir_lib  # noqa: E402
+from bytelm.training import config_file, train_and_evaluate  # noqa: E402
 
 LN2 = math.log(2)
 
@@ -62,7 +63,7 @@ LN2 = math.log(2)
 def trained(recipe: str, workdir: pathlib.Path, steps: int) -> pathlib.Path:
   """workdir, trained with configs/<recipe>.py for `steps` steps unless it already holds a
   run evaluated at that step or later (a shorter one resumes)."""
-  if not trainer.evaluated_at(workdir, steps):
+  if not workdir_lib.evaluated_at(workdir, steps):
     c = config_file.load(ROOT / "configs" / f"{recipe}.py")
     c.train.steps = steps
     print(f"training {recipe} to step {steps} in {workdir}", flush=True)

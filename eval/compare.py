@@ -54,7 +54,9 @@ import bytelm  # noqa: E402
 from bytelm import timing  # noqa: E402
 from bytelm.data import noise, sources  # noqa: E402
 from bytelm.quant import quantize  # noqa: E402
-from bytelm.training import budget, config_file, export, train_and_evaluate, trainer  # noqa: E402
+from bytelm.runs import export  # noqa: E402
+from bytelm.runs import workdir as workdir_lib  # noqa: E402
+from bytelm.training import budget, config_file, train_and_evaluate  # noqa: E402
 
 # name -> (config file, variant suffix): what is trained
 TRAINED = {"byt5": ("byt5", ""), "mrt5": ("mrt5", ""), "mrt5_ternary": ("mrt5", "ternary"),
@@ -109,7 +111,7 @@ def train_all(names, variant, root, minutes, timing_steps, fixed_steps=0) -> dic
     saved = workdir / "config.json"
     if saved.exists():
       steps = json.loads(saved.read_text(encoding="utf-8"))["train"]["steps"]
-      if trainer.evaluated_at(workdir, steps):
+      if workdir_lib.evaluated_at(workdir, steps):
         runs[n] = {"steps": steps, "reused": True, **last_eval(workdir)}
         print(f"{n}: reusing the finished run in {workdir} ({steps} steps)", flush=True)
         continue

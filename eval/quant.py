@@ -44,11 +44,13 @@ sys.path.insert(0, str(ROOT))
 
 import bytelm  # noqa: E402
 from bytelm import models, timing  # noqa: E402
-from bytelm.data import pipeline  # noqa: E402
 from bytelm.models import t5  # noqa: E402
 from bytelm.quant import quantize  # noqa: E402
 from bytelm.quant.dense import QuantDense  # noqa: E402
-from bytelm.training import config_file, export, train_and_evaluate, trainer  # noqa: E402
+from bytelm.runs import data as run_data  # noqa: E402
+from bytelm.runs import export  # noqa: E402
+from bytelm.runs import workdir as workdir_lib  # noqa: E402
+from bytelm.training import config_file, train_and_evaluate  # noqa: E402
 
 MODES = ("int8_weight", "int8", "ternary")
 
@@ -57,7 +59,7 @@ def trained(arg: str | None, workdir: pathlib.Path):
   """(config, workdir) of configs/mrt5.py[:arg], trained unless it already holds a finished
   run."""
   c = config_file.load(ROOT / "configs" / "mrt5.py", arg)
-  if not trainer.evaluated_at(workdir, c.train.steps):
+  if not workdir_lib.evaluated_at(workdir, c.train.steps):
     print(f"training configs/mrt5.py:{arg or ''} into {workdir}", flush=True)
     train_and_evaluate(c, workdir)
   return c, workdir
@@ -66,12 +68,7 @@ def trained(arg: str | None, workdir: pathlib.Path):
 def batches_of(c, split: str, n: int) -> list[dict]:
   """n batches of the run's data: the trainer's validation batches ("validation") or the first
   training batches ("train")."""
-  dc = c.data
-  source = pipeline.make_source(
-      dc.validation or dc.train if split == "validation" else dc.train, split, seed=c.seed,
-      objective=dc.objective, batch_size=c.train.batch_size, input_length=dc.input_length,
-      target_length=dc.target_length, noise_density=dc.noise_density,
-      mean_noise_span_length=dc.mean_noise_span_length)
+  source = run_data.sources(c, splits=(split,))[split]  # MrT5 fits nothing: no workdir
   if split == "validation":
     return list(source.eval_batches(n))
   return [{k: jnp.asarray(v) for k, v in source.batch(i).items()} for i in range(n)]

@@ -1,4 +1,4 @@
-"""bytelm.training.export and export.py: an export never deletes what is at its destination.
+"""bytelm.runs.export and export.py: an export never deletes what is at its destination.
 
 A new or empty directory receives the export; a non-empty one is refused unless overwrite is
 asked for, and then only the export's two files are replaced; a training run's workdir, or a
@@ -17,7 +17,8 @@ from flax import nnx
 
 import bytelm
 from bytelm import models
-from bytelm.training import config_file, export
+from bytelm.runs import export
+from bytelm.training import config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 IDS = np.asarray([[1, 75, 104, 3, 50]], np.int32)

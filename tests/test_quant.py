@@ -135,7 +135,7 @@ from bytelm.models import decoder, t5  # noqa: E402
 from bytelm.nn.layers import Dense  # noqa: E402
 from bytelm.quant.convert import quantization_of, quantize  # noqa: E402
 from bytelm.quant.dense import QuantDense  # noqa: E402
-from bytelm.training import export  # noqa: E402
+from bytelm.runs import export  # noqa: E402
 
 IDS = jnp.asarray(np.random.default_rng(0).integers(3, 259, (2, 24)), jnp.int32)
 

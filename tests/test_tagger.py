@@ -12,9 +12,11 @@ import pytest
 from flax import nnx
 
 import bytelm
+from bytelm import models
 from bytelm.data import tags
 from bytelm.models import tagger
-from bytelm.training import export, train_and_evaluate, trainer
+from bytelm.runs import export
+from bytelm.training import model_init, train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ["Laba diena, aš esu iš Lietuvos ir čia gyvenu.", "Příliš žluťoučký kůň úpěl ďábelské ódy.",
@@ -107,9 +109,9 @@ def test_a_mismatched_export_is_a_clear_error(run, tmp_path):
 def test_init_from_a_byt5_takes_its_encoder():
   config = diacritics_config()
   config.init_from = str(ROOT / "tests" / "fixtures" / "t5_untied")
-  family = trainer.models.family("tagger")
-  model, cfg = trainer._init_model(config, family, trainer._model_config(config, family),
-                                   nnx.Rngs(1))
+  family = models.family("tagger")
+  model, cfg = model_init.init_model(config, family, model_init.model_config(config, family),
+                                     nnx.Rngs(1))
   byt5, _ = bytelm.load_hf(config.init_from)
   assert isinstance(model, tagger.Tagger) and cfg.d_model == byt5.config.d_model
   np.testing.assert_array_equal(np.asarray(model.shared.embedding[...]),
