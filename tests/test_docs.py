@@ -25,6 +25,7 @@ import pytest
 import bytelm
 from bytelm import models
 from bytelm.data import pipeline
+from bytelm.runs import workdir as workdir_lib
 from bytelm.training import evaluation
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -52,7 +53,10 @@ def tiny(command: str) -> str:
   lines = []
   for line in command.splitlines():
     if TRAIN.search(line):
-      line = TRAIN.sub(config, line) + TRAIN_STEPS
+      # Into the workdir the docs' own command uses, which the pages then load.
+      default = "" if "--workdir" in line else " --workdir " + str(workdir_lib.default_workdir(
+          TRAIN.search(line).group(0).split("--config ")[1]))
+      line = TRAIN.sub(config, line) + TRAIN_STEPS + default
     elif "eval/compare.py" in line:
       line += COMPARE_SMOKE
     lines.append(line)
