@@ -77,7 +77,7 @@ def test_an_empty_workdir_takes_a_run_whatever_resume_says(tmp_path):
   (tmp_path / "lock").touch()  # a lock file alone is what a refused or ended run may leave
   workdir_lib.check_resume(tmp_path, requested)
   workdir_lib.write_config(tmp_path, requested)
-  with pytest.raises(workdir_lib.ConfigMismatch, match="already holds a run"):
+  with pytest.raises(workdir_lib.WorkdirNotEmpty, match="already holds a run"):
     workdir_lib.check_resume(tmp_path, requested)
   workdir_lib.check_resume(tmp_path, dict(requested, resume=True))  # the same run: resumed
 

@@ -351,11 +351,11 @@ def test_resume_false_refuses_a_workdir_that_holds_a_run(corpus, straight_run, t
   config = tiny_config(corpus, steps=8)
   config.model.dropout_rate = DROPOUT  # the run's own config: still refused
   config.resume = False
-  with pytest.raises(workdir_lib.ConfigMismatch, match="already holds a run.*another --workdir"):
+  with pytest.raises(workdir_lib.WorkdirNotEmpty, match="already holds a run.*another --workdir"):
     train_and_evaluate(config, workdir)
   assert _snapshot(workdir) == before
   (tmp_path / "notes.txt").write_text("a user's file")  # anything at all: never deleted
-  with pytest.raises(workdir_lib.ConfigMismatch, match="already holds files"):
+  with pytest.raises(workdir_lib.WorkdirNotEmpty, match="already holds files"):
     train_and_evaluate(config, tmp_path)
   assert sorted(p.name for p in tmp_path.iterdir()) == ["lock", "notes.txt"]
 

@@ -39,7 +39,11 @@ SAFE_TO_CHANGE = (
 
 
 class ConfigMismatch(ValueError):
-  """The workdir holds a run of another config (or resume=false and it holds a run)."""
+  """The workdir holds a run of another config: resuming it would continue another run."""
+
+
+class WorkdirNotEmpty(ConfigMismatch):
+  """config.resume is false and the workdir already holds something."""
 
 
 def is_safe_to_change(field: str) -> bool:
@@ -132,7 +136,7 @@ def check_resume(workdir, requested: Mapping, ignore: tuple[str, ...] = ()) -> N
   """Raise ConfigMismatch unless a run of `requested` (a resolved config as a dict) may train
   into workdir: an empty workdir, or one whose config.json is the same run's (up to
   SAFE_TO_CHANGE), which it then resumes. With requested["resume"] false, a workdir that holds
-  anything is refused outright; nothing is ever deleted.
+  anything is refused outright (WorkdirNotEmpty); nothing is ever deleted.
 
   Called before anything is written, so a refused run leaves the workdir as it was. ignore:
   fields (patterns) not known yet: with init_from, the model's architecture comes from the
@@ -141,7 +145,7 @@ def check_resume(workdir, requested: Mapping, ignore: tuple[str, ...] = ()) -> N
   workdir = pathlib.Path(workdir)
   if not requested.get("resume", True) and holds_run(workdir):
     what = "a run" if (workdir / CONFIG).exists() else "files"
-    raise ConfigMismatch(
+    raise WorkdirNotEmpty(
         f"{workdir} already holds {what}, and resume=false asks for a new run, not to resume "
         f"one. Train into another --workdir, or delete {workdir} yourself if what it holds is "
         "not wanted; nothing was changed.")
