@@ -1,7 +1,7 @@
 """Export a trained model for shipping: python export.py WORKDIR OUT_DIR [--dtype bfloat16].
 
 Writes OUT_DIR/config.json (the run's config, the note and the commit) and
-OUT_DIR/model.safetensors (the model alone); `bytelm.load(OUT_DIR)` (or `bytelm.load_module`) reads it back.
+OUT_DIR/model.safetensors (the model alone); `bytelm.load(OUT_DIR)` reads it back.
 """
 
 import argparse

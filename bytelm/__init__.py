@@ -1,12 +1,16 @@
-"""bytelm: tokenizer-free language modeling on raw UTF-8 bytes, in JAX/Flax NNX."""
+"""bytelm: tokenizer-free language modeling on raw UTF-8 bytes, in JAX/Flax NNX.
 
+`bytelm.load(path)` -> `LanguageModel` is the way to load and to use any trained model
+(score, next_byte_logprobs, generate, info); docs/api.md. Importing bytelm is light: checkpoint
+libraries (orbax) and datasets are imported by the calls that need them.
+"""
+
+from bytelm._deprecated import generate, load_hf, load_module  # one release, then removed
 from bytelm.api import LanguageModel, load
-from bytelm.convert import load_hf, save_hf
-from bytelm.generation import generate, generate_ids
+from bytelm.convert import save_hf
 from bytelm.models.mrt5 import MrT5, MrT5Config
 from bytelm.models.t5 import T5, T5Config, byt5_small, preset
 from bytelm.models.tagger import Tagger, TaggerConfig
-from bytelm.tokenizer import ByteTokenizer
-from bytelm.runs.load import load as load_module
+from bytelm.text.tokenizer import ByteTokenizer
 
 __version__ = "0.1.0"

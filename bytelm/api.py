@@ -5,6 +5,8 @@
     lm.next_byte_logprobs("The quick brown f")   # [257]: bytes 0..255, then the end of text
     lm.generate(["The quick"], max_new_bytes=32)  # decoders continue; encoder-decoders answer
     lm.info()                                    # parameters, bytes, quantization, segmenter
+    lm.module                                    # the nnx.Module (to quantize, export, ...)
+    lm.byte_lm()                                 # a decoder as a bytelm.byteprobs byte LM
 
 What a score is, per kind of model, is what its training loop evaluates:
 - decoders (byte, BPE and hierarchical): each text is a document, read from its start (after an
@@ -33,18 +35,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bytelm import generation, hierarchical_generation, models
-from bytelm.byteprobs import adapters
+from bytelm import generation, models
 from bytelm.convert import hf_t5
 from bytelm.data import bpe, objectives, pipeline
-from bytelm.models import segment
+from bytelm.text import segment
 from bytelm.nn.compiled import Compiled
-from bytelm.quant.dense import QuantDense
-from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, PAD_ID, ByteTokenizer
-from bytelm.runs import export as export_lib
-from bytelm.runs import workdir as workdir_lib
-from bytelm.runs.load import load as load_module
-from bytelm.training import evaluation
+from bytelm.nn.quant_dense import QuantDense
+from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, PAD_ID, ByteTokenizer
+
+# Checkpoints (orbax) and the byteprobs adapters are imported inside the functions that use them:
+# `import bytelm` stays light (tests/test_api.py checks that it does not import orbax).
 
 ENCODER_DECODERS = ("t5", "mrt5")
 # A Hugging Face ByT5 has no run config: it was trained with ByT5's span corruption.
@@ -58,9 +58,12 @@ def load(path, **runtime) -> "LanguageModel":
 
   path: a bytelm workdir (the newest checkpoint), an export (`bytelm.runs.export`), or a
   Hugging Face T5/ByT5 directory (config.json with "model_type": "t5" and safetensors
-  weights). runtime: overrides of the model config's runtime fields, as in
-  `bytelm.load_module` (e.g. dtype="bfloat16").
+  weights). runtime: overrides of the model config's runtime fields (those a checkpoint does
+  not depend on: e.g. dtype="bfloat16", MrT5's bucket_multiple). `.module` is the nnx.Module.
   """
+  from bytelm.runs import export as export_lib
+  from bytelm.runs import workdir as workdir_lib
+  from bytelm.runs.load import load as load_module
   path = pathlib.Path(path).expanduser()
   saved = workdir_lib.read_config(path)
   if "model_family" not in saved and saved.get("model_type") in ("t5", "mt5"):
@@ -70,8 +73,8 @@ def load(path, **runtime) -> "LanguageModel":
   family = saved.get("model_family", "t5")
   if family == "tagger":
     raise ValueError(f"{path} holds a tagger (a labeller of bytes, e.g. the diacritics "
-                     "restorer), not a language model: use bytelm.demos, or bytelm.load_module "
-                     "for the module")
+                     "restorer), not a language model: load it with "
+                     "bytelm.demos.correct.Corrector.load(path)")
   return LanguageModel(module, family, saved["data"], path,
                        source="export" if export_lib.is_export(path) else "workdir",
                        quantized=saved.get("export", {}).get("quantized"))
@@ -108,7 +111,7 @@ class LanguageModel:
     if segments and segments.get("kind") == "entropy" and not segments.get("entropy_model"):
       # train.py fits it into the workdir without naming it in config.json
       segments = {**segments, "entropy_model": str(self.path / "entropy_model.npz")}
-    self.segments = (pipeline._check_segments(segments, "causal_lm")
+    self.segments = (pipeline.segment_settings(segments, "causal_lm")
                      if segments and self.family == "hierarchical" else None)
     self._compiled = Compiled(self.module)
     self._row_sums = None
@@ -193,7 +196,7 @@ class LanguageModel:
           length, self.data["noise_density"], self.data["mean_noise_span_length"])
       ids = ByteTokenizer().encode(data, add_eos=False)
       return [objectives.span_corruption(
-          ids[w * raw:(w + 1) * raw], np.random.default_rng([pipeline._EVAL_SALT, w]),
+          ids[w * raw:(w + 1) * raw], pipeline.eval_rng(w),
           self.data["noise_density"], self.data["mean_noise_span_length"])
           for w in range(-(-len(ids) // raw))]
     if self.tokenizer is not None:
@@ -231,12 +234,13 @@ class LanguageModel:
     """(summed cross-entropy [B], targets or bytes [B]): the trainer's evaluation step on each
     row alone."""
     if self._row_sums is None:
+      from bytelm.training import evaluation
       loss_fn = models.family(self.family).loss_fn
       graphdef, state = self._compiled.graphdef, self._compiled.state
 
       def one(row):
-        out = evaluation.eval_sums(nnx.merge(graphdef, state), jax.tree.map(lambda x: x[None], row),
-                                loss_fn)
+        out = evaluation.eval_sums(nnx.merge(graphdef, state),
+                                   jax.tree.map(lambda x: x[None], row), loss_fn)
         return out["ce_sum"], out.get("num_bytes", out["num_targets"])
 
       self._row_sums = jax.jit(jax.vmap(one))
@@ -262,10 +266,21 @@ class LanguageModel:
     out = np.concatenate([logits[OFFSET:NUM_BYTE_IDS], logits[EOS_ID:EOS_ID + 1]])
     return out - np.logaddexp.reduce(out)
 
+  def byte_lm(self):
+    """The model as a `bytelm.byteprobs` byte LM (decoders only): exact next-byte
+    distributions, prefix and text probabilities, byte-by-byte sampling and completion, and
+    ensembles with other byte LMs (`bytelm.byteprobs.ensemble`). A BPE decoder's is a `ByteLM`
+    that sums over the token sequences covering each prefix."""
+    if self.encoder_decoder:
+      raise ValueError(f"a {self.family} model is an encoder-decoder: its output depends on an "
+                       "input, so it is no byte LM; use next_byte_logprobs(prefix, inputs=...)")
+    return self._byte_model()
+
   def _byte_model(self):
     """The byteprobs view of a decoder: exact next-byte distributions (a BPE decoder's through
     its covering token sequences)."""
     if self._byte_lm is None:
+      from bytelm.byteprobs import adapters
       if self.tokenizer is not None:
         self._byte_lm = adapters.from_model(self.module, self.path / bpe.FILENAME)
       elif self.family == "hierarchical":
@@ -280,36 +295,47 @@ class LanguageModel:
   # ---- generation -------------------------------------------------------------------------------
 
   def generate(self, prompts: Sequence[str], max_new_bytes: int = 64, *,
-               temperature: float = 0.0, seed: int = 0) -> list[str]:
+               temperature: float = 0.0, seed: int = 0, num_beams: int = 1, top_k: int = 0,
+               top_p: float = 1.0) -> list[str]:
     """One continuation per prompt (greedy at temperature 0, else sampled with `seed`), up to
     max_new_bytes bytes or the end of text. Encoder-decoders take each prompt as their input
     and return their output; decoders continue the prompt (returned without it). Invalid UTF-8
-    in the output (a character cut by the byte limit) becomes U+FFFD."""
+    in the output (a character cut by the byte limit) becomes U+FFFD.
+
+    Encoder-decoders also search: num_beams > 1 is beam search (at temperature 0), and a sample
+    can be cut to the top_k likeliest bytes (0: off) and the top_p nucleus (1.0: off)."""
     prompts = _check_texts(prompts)
     if max_new_bytes < 1:
       raise ValueError(f"max_new_bytes must be >= 1, got {max_new_bytes}")
     if self.encoder_decoder:
-      method = "greedy" if temperature == 0 else "sample"
-      return generation.generate(self.module, ByteTokenizer(), prompts,
-                                 max_new_bytes=max_new_bytes, method=method,
-                                 temperature=temperature or 1.0, rng=seed)
+      if num_beams > 1 and temperature != 0:
+        raise ValueError(f"beam search (num_beams={num_beams}) picks the likeliest output, it "
+                         "does not sample: pass temperature=0, or num_beams=1 to sample")
+      method = "beam" if num_beams > 1 else "greedy" if temperature == 0 else "sample"
+      return generation.encoder_decoder_texts(
+          self.module, ByteTokenizer(), prompts, max_new_bytes=max_new_bytes, method=method,
+          temperature=temperature or 1.0, top_k=top_k, top_p=top_p, num_beams=num_beams,
+          rng=seed)
+    if (num_beams, top_k, top_p) != (1, 0, 1.0):
+      raise ValueError(f"num_beams, top_k and top_p are for encoder-decoders; a {self.family} "
+                       "model generates greedily or samples with temperature: leave them out")
     return [self._continue(p, max_new_bytes, temperature, seed).decode("utf-8", "replace")
             for p in prompts]
 
   def _continue(self, prompt: str, max_new_bytes: int, temperature: float, seed: int) -> bytes:
     if self.family == "hierarchical":
-      return hierarchical_generation.generate(self.module, prompt, max_new_bytes,
-                                              segmenter=self._segmenter(),
-                                              temperature=temperature, seed=seed)
+      return generation.hierarchical_bytes(self.module, prompt, max_new_bytes,
+                                           segmenter=self._segmenter(),
+                                           temperature=temperature, seed=seed)
     if self.tokenizer is None:
       ids = [EOS_ID] + ByteTokenizer().encode(prompt, add_eos=False).tolist()
-      new = generation.generate_decoder_ids(self.module, ids, max_new_bytes,
-                                            temperature=temperature, seed=seed)
+      new = generation.decoder_ids(self.module, ids, max_new_bytes, temperature=temperature,
+                                   seed=seed)
       return bytes(i - OFFSET for i in new if OFFSET <= i < NUM_BYTE_IDS)
     # Tokens: at least one byte each, so max_new_bytes tokens are enough.
     ids = [EOS_ID] + bpe.encode_documents(self.tokenizer, [prompt])[0].tolist()
-    new = generation.generate_decoder_ids(self.module, ids, max_new_bytes,
-                                          temperature=temperature, seed=seed)
+    new = generation.decoder_ids(self.module, ids, max_new_bytes, temperature=temperature,
+                                 seed=seed)
     spelled = bpe.token_bytes(self.tokenizer)
     # Ids past the tokenizer's vocabulary (the embedding's padding rows) spell nothing.
     return bpe.decode_bytes([i for i in new if i != EOS_ID and i < len(spelled)],

@@ -4,8 +4,8 @@
 
 Default: bytelm.models.hierarchical with a backbone of configs/bytes_decoder.py's width and
 depth (d_model 256, d_ff 640, 4 heads x 64, 4 layers) over up to 48 word segments per 256-byte
-row (`bytelm.tokenizer.word_starts`: split at whitespace, the space on the word after it; words
-longer than 16 bytes cut), and a 1-layer byte encoder and 1-layer byte decoder of width 96 (one
+row (`bytelm.text.segment.word_starts`: split at whitespace, the space on the word after it;
+words longer than 16 bytes cut), and a 1-layer byte encoder and 1-layer byte decoder of width 96 (one
 head of 64, d_ff 256) attending 16 bytes back. Data, objective, optimizer and steps are
 configs/bytes_decoder.py's (read from it), so the two compare directly; configs/blt.py and
 configs/hnet.py change only the segmenter. `:tiny` is what the tests use.

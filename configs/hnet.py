@@ -3,10 +3,10 @@
   python train.py --config configs/hnet.py [--workdir DIR] [--config.train.steps=100]
 
 configs/hat.py (read from it) with the segments decided inside the model: a boundary predictor
-on the byte encoder's states (`segment.BoundaryPredictor`, Hwang et al. 2025, "Dynamic Chunking
-for End-to-End Hierarchical Sequence Modeling") starts a segment where consecutive states
-disagree, trained through the LM loss (a straight-through confidence) and a ratio loss that
-pulls the mean segment length toward `model.target_segment_bytes`. The data pipeline computes
+on the byte encoder's states (`bytelm.models.pooling.BoundaryPredictor`, Hwang et al. 2025,
+"Dynamic Chunking for End-to-End Hierarchical Sequence Modeling") starts a segment where
+consecutive states disagree, trained through the LM loss (a straight-through confidence) and a
+ratio loss that pulls the mean segment length toward `model.target_segment_bytes`. The data pipeline computes
 no segments. `:tiny` is what the tests use.
 """
 

@@ -47,8 +47,8 @@ sys.path.insert(0, str(ROOT))
 import bytelm  # noqa: E402
 from bytelm import generation, hierarchical_generation, models, timing  # noqa: E402
 from bytelm.data import bpe, noise, pipeline, sources  # noqa: E402
-from bytelm.models import segment  # noqa: E402
-from bytelm.tokenizer import EOS_ID, ByteTokenizer  # noqa: E402
+from bytelm.text import segment  # noqa: E402
+from bytelm.text.tokenizer import EOS_ID, ByteTokenizer  # noqa: E402
 from bytelm.training import budget, config_file, train_and_evaluate  # noqa: E402
 
 RECIPES = ("bytes_decoder", "hat", "blt", "hnet", "bpe_decoder")

@@ -46,7 +46,7 @@ import bytelm  # noqa: E402
 from bytelm import models, timing  # noqa: E402
 from bytelm.models import t5  # noqa: E402
 from bytelm.quant import quantize  # noqa: E402
-from bytelm.quant.dense import QuantDense  # noqa: E402
+from bytelm.nn.quant_dense import QuantDense  # noqa: E402
 from bytelm.runs import data as run_data  # noqa: E402
 from bytelm.runs import export  # noqa: E402
 from bytelm.runs import workdir as workdir_lib  # noqa: E402

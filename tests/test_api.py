@@ -10,6 +10,8 @@ import dataclasses
 import json
 import math
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,11 +20,12 @@ import pytest
 from flax import nnx
 
 import bytelm
-from bytelm import models
+from bytelm import generation, models
 from bytelm.byteprobs import adapters
 from bytelm.data import bpe, pipeline
-from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET
+from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer
 from bytelm.runs import checkpoint, export
+from bytelm.runs.load import load as load_run
 from bytelm.training import budget, config_file, evaluation, optimizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -163,6 +166,22 @@ def test_generate(name, loaded):
     lm.generate(prompts, max_new_bytes=0)
 
 
+def test_encoder_decoders_search_and_cut_samples(loaded):
+  """num_beams, top_k and top_p reach the compiled search (tests/test_generation.py checks it);
+  one beam is greedy, and a sample cut to the likeliest byte (top_k=1) is greedy too."""
+  lm, prompts = loaded["byt5"], ["The cat", "Byte models"]
+  greedy = lm.generate(prompts, max_new_bytes=6)
+  assert lm.generate(prompts, max_new_bytes=6, num_beams=1) == greedy
+  assert lm.generate(prompts, max_new_bytes=6, temperature=1.0, seed=3, top_k=1) == greedy
+  beams = generation.encoder_decoder_texts(lm.module, ByteTokenizer(), prompts,
+                                           max_new_bytes=6, method="beam", num_beams=2)
+  assert lm.generate(prompts, max_new_bytes=6, num_beams=2) == beams
+  with pytest.raises(ValueError, match="temperature=0"):
+    lm.generate(prompts, max_new_bytes=6, num_beams=2, temperature=1.0)
+  with pytest.raises(ValueError, match="num_beams, top_k and top_p are for encoder-decoders"):
+    loaded["bytes_decoder"].generate(prompts, max_new_bytes=6, num_beams=2)
+
+
 def test_greedy_generation_follows_next_byte_logprobs(loaded):
   lm = loaded["bytes_decoder"]
   logp = lm.next_byte_logprobs("The cat")
@@ -197,11 +216,50 @@ def test_load_a_hugging_face_byt5_directory():
   lm = bytelm.load(path)
   assert lm.info()["source"] == "hugging_face" and lm.encoder_decoder
   got = lm.score([TEXT])
-  module, _ = bytelm.load_hf(path)
+  module, _ = bytelm.convert.load_hf(path)
   again = bytelm.api.LanguageModel(module, "t5", lm.data, path, source="hugging_face")
   np.testing.assert_allclose(got, again.score([TEXT]), rtol=1e-6)
   assert math.isfinite(got[0]) and got[0] > 0
   assert len(lm.generate(["hello"], max_new_bytes=4)) == 1
+
+
+def test_import_is_light():
+  """`import bytelm` imports no checkpoint, dataset or PyTorch library (orbax alone takes about
+  0.4 s, datasets 0.8 s): the calls that need them import them."""
+  code = ("import bytelm, sys; print(sorted({m.split('.')[0] for m in sys.modules} "
+          "& {'orbax', 'datasets', 'torch'}))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip() == "[]", f"import bytelm imported {out.stdout.strip()}"
+
+
+def test_the_names_the_readme_showed_warn_and_still_work(exported, loaded):
+  """bytelm.load_module, load_hf, generate and hierarchical_generation.generate: one release
+  more, each warning with its replacement, each giving what the replacement gives."""
+  path = exported["byt5"][0]
+  with pytest.warns(DeprecationWarning, match=r"bytelm\.load\(path\)\.module"):
+    module = bytelm.load_module(path)
+  want = jax.tree.leaves(nnx.state(loaded["byt5"].module, nnx.Param))
+  got = jax.tree.leaves(nnx.state(module, nnx.Param))
+  assert len(got) == len(want) > 0 and all(np.array_equal(a, b) for a, b in zip(got, want))
+  fixture = ROOT / "tests" / "fixtures" / "t5_tied"
+  with pytest.warns(DeprecationWarning, match=r"bytelm\.load\(path\)"):
+    hf_module, hf_config = bytelm.load_hf(fixture)
+  assert hf_config == bytelm.convert.load_hf(fixture)[1]
+  with pytest.warns(DeprecationWarning, match=r"bytelm\.load\(path\)\.generate"):
+    texts = bytelm.generate(module, ByteTokenizer(), ["The cat"], max_new_bytes=6)
+  assert texts == loaded["byt5"].generate(["The cat"], max_new_bytes=6)
+  hat = loaded["hat"]
+  from bytelm import hierarchical_generation
+  with pytest.warns(DeprecationWarning, match=r"bytelm\.load\(path\)\.generate"):
+    out = hierarchical_generation.generate(hat.module, "The cat", 6, segmenter=hat._segmenter())
+  assert out == hat._continue("The cat", 6, 0.0, 0)
+  with pytest.warns(DeprecationWarning, match=r"bytelm\.load\(workdir\)\.byte_lm\(\)"):
+    old = adapters.byte_model_from_workdir(exported["hat"][0])
+  np.testing.assert_allclose(old.next_byte_logprobs(b"The c"),
+                             hat.byte_lm().next_byte_logprobs(b"The c"), rtol=1e-6)
+  with pytest.raises(ValueError, match="encoder-decoder.*next_byte_logprobs"):
+    loaded["byt5"].byte_lm()
 
 
 def test_load_errors(tmp_path, loaded):
@@ -215,7 +273,7 @@ def test_load_errors(tmp_path, loaded):
 
 def test_quantized_model_reports_its_mode(exported, tmp_path):
   from bytelm.quant import quantize
-  from bytelm.quant.dense import QuantDense
+  from bytelm.nn.quant_dense import QuantDense
   path, c = exported["bytes_decoder"]
   model = quantize(bytelm.load(path).module, "int8")
   saved = c.to_dict()
@@ -252,7 +310,7 @@ def test_continuation_bits(name, exported, loaded):
     ids = bpe.encode_documents(lm.tokenizer, [prompt, prompt + "mat"])
     assert lm.tokenizer.id_to_token(int(ids[0][-1])) == "Ġ"
     assert list(ids[1][:len(ids[0])]) != list(ids[0])
-    exact = adapters.from_workdir(exported[name][0])
+    exact = bytelm.load(exported[name][0]).byte_lm()  # loaded afresh
     whole = exact.prefix_logprob((prompt + "mat").encode())
     want = (exact.prefix_logprob(prompt.encode()) - whole) / math.log(2)
   else:  # the whole text's bits minus the prompt's (each text scored as a document start)

@@ -18,7 +18,7 @@ from tokenizers import pre_tokenizers
 import bytelm
 from bytelm.data import bpe, pipeline
 from bytelm.models import decoder
-from bytelm.tokenizer import EOS_ID, PAD_ID
+from bytelm.text.tokenizer import EOS_ID, PAD_ID
 from bytelm.training import config_file, evaluation, train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -215,5 +215,5 @@ def test_the_recipe_trains_and_keeps_its_tokenizer(tmp_path):
   assert summary.extras["val_bytes"] > 0
   tok = bpe.load(tmp_path / "run" / "tokenizer.json")
   assert tok.get_vocab_size() == 300
-  model = bytelm.load_module(tmp_path / "run")
+  model = bytelm.load(tmp_path / "run").module
   assert isinstance(model, decoder.DecoderLM) and model.config.vocab_size == 384

@@ -14,7 +14,8 @@ from hypothesis import given, settings, strategies as st
 
 import bytelm
 
-from bytelm.data import noise, tags
+from bytelm.data import noise
+from bytelm.text import tags
 from bytelm.demos import correct, metrics
 from bytelm.training import train_and_evaluate
 

@@ -9,7 +9,7 @@ import pytest
 
 from bytelm.data import noise, pipeline
 from bytelm.training import train_and_evaluate
-from bytelm.tokenizer import ByteTokenizer
+from bytelm.text.tokenizer import ByteTokenizer
 
 DOCS = ["Laba diena, aš esu iš Lietuvos ir čia gyvenu jau daug metų.",
         "Dobrý den, jmenuji se Petr a bydlím v Českých Budějovicích.",

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from bytelm.data import objectives, pipeline, sources
 from bytelm.data import (BatchSource, causal_lm, load_text, make_source, random_spans_noise_mask,
                          span_corruption, span_corruption_from_mask, span_corruption_lengths)
-from bytelm.tokenizer import EOS_ID, ByteTokenizer, sentinel_id
+from bytelm.text.tokenizer import EOS_ID, ByteTokenizer, sentinel_id
 
 tok = ByteTokenizer()
 

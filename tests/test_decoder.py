@@ -64,7 +64,7 @@ def test_the_recipe_trains_and_loads(tmp_path):
   c = config()
   summary = train_and_evaluate(c, tmp_path / "run")
   assert np.isfinite(summary.val_loss) and summary.val_bpb > 0
-  model = bytelm.load_module(tmp_path / "run")
+  model = bytelm.load(tmp_path / "run").module
   assert isinstance(model, decoder.DecoderLM) and model.config.num_decoder_layers == 2
 
 
@@ -79,7 +79,7 @@ def test_cached_steps_compute_what_the_whole_model_computes():
   np.testing.assert_allclose(np.stack(steps, 1), model(ids_BT), rtol=1e-4, atol=1e-4)
   # Greedy generation follows the whole model's argmax.
   prompt = [1] + list(np.asarray(ids_BT[0, :5]))
-  out = generation.generate_decoder_ids(model, prompt, 6)
+  out = generation.decoder_ids(model, prompt, 6)
   for k, new in enumerate(out):
     logits_V = np.array(model(jnp.asarray([prompt + out[:k]], jnp.int32))[0, -1])
     logits_V[0] = -np.inf

@@ -1,6 +1,7 @@
-"""Properties of bytelm.generation: the KV-cache loop equals recomputing the prefix, beam search
-with one beam is greedy and four beams find a likelier output, sampling is reproducible (what it
-draws from: tests/test_sampling.py), eos ends a row, one trace per shape, bad input fails loudly.
+"""Properties of bytelm.generation.encoder_decoder: the KV-cache loop equals recomputing the
+prefix, beam search with one beam is greedy and four beams find a likelier output, sampling is
+reproducible (what it draws from: tests/test_sampling.py), eos ends a row, one trace per shape,
+bad input fails loudly.
 
 Random tiny models either repeat themselves or say eos at once, so two variants are used:
 `no_eos` (the eos column of the LM head is zeroed: its logit 0 never beats the best of 383 ~N(0,1)
@@ -16,10 +17,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bytelm import generation
-from bytelm.generation import generate, generate_ids
+from bytelm.generation import encoder_decoder
+from bytelm.generation.encoder_decoder import encoder_decoder_ids, encoder_decoder_texts
 from bytelm.models import t5
-from bytelm.tokenizer import EOS_ID, ByteTokenizer
+from bytelm.text.tokenizer import EOS_ID, ByteTokenizer
 
 N = 24  # new ids per row in most tests
 
@@ -48,7 +49,7 @@ def no_eos():
 
 @pytest.fixture(scope="module")
 def eos_prone(no_eos, inputs):
-  frequent = np.bincount(np.asarray(generate_ids(no_eos, *inputs, max_new_bytes=N)).ravel())
+  frequent = np.bincount(np.asarray(encoder_decoder_ids(no_eos, *inputs, max_new_bytes=N)).ravel())
   model = nnx.clone(no_eos)
   kernel = model.lm_head.kernel
   kernel[...] = kernel[...].at[:, EOS_ID].set(1.05 * kernel[:, int(np.argmax(frequent))])
@@ -103,10 +104,10 @@ def first_eos(ids):
 
 
 def _beam_via_jit(model, inputs, mask, n, num_beams, length_penalty):
-  """The beam loop itself, also for num_beams=1 (which generate_ids routes to greedy)."""
+  """The beam loop itself, also for num_beams=1 (which encoder_decoder_ids routes to greedy)."""
   graphdef, state = nnx.split(nnx.view(model, deterministic=True))
   enc, cross_bias = model.encode_for_inference(inputs, mask)
-  return generation._generate_jit(
+  return encoder_decoder._generate_jit(
       state, enc, cross_bias, jax.random.key(0), jnp.float32(1), jnp.float32(1), graphdef=graphdef,
       max_new=n, min_new=0, method="beam", top_k=0, use_top_p=False, num_beams=num_beams,
       length_penalty=length_penalty)
@@ -117,7 +118,7 @@ def _beam_via_jit(model, inputs, mask, n, num_beams, length_penalty):
 def test_cached_step_logits_equal_teacher_forced(no_eos, inputs):
   """decode_step fed a sequence id by id gives the teacher-forced logits at every position."""
   ids, mask = inputs
-  targets = np.asarray(generate_ids(no_eos, ids, mask, max_new_bytes=N))
+  targets = np.asarray(encoder_decoder_ids(no_eos, ids, mask, max_new_bytes=N))
   graphdef, state = nnx.split(no_eos)
 
   @jax.jit
@@ -141,7 +142,7 @@ def test_cached_step_logits_equal_teacher_forced(no_eos, inputs):
 def test_greedy_equals_recomputing_the_prefix(variant, inputs, request):
   model = request.getfixturevalue(variant)
   ids, mask = inputs
-  got = np.asarray(generate_ids(model, ids, mask, max_new_bytes=N))
+  got = np.asarray(encoder_decoder_ids(model, ids, mask, max_new_bytes=N))
   assert got.dtype == np.int32 and got.shape == (3, N)
   np.testing.assert_array_equal(got, reference_greedy(model, ids, mask, N))
   ends = first_eos(got)
@@ -159,9 +160,10 @@ def test_greedy_equals_recomputing_the_prefix(variant, inputs, request):
 def test_one_beam_is_greedy(variant, inputs, request):
   model = request.getfixturevalue(variant)
   ids, mask = inputs
-  greedy = np.asarray(generate_ids(model, ids, mask, max_new_bytes=N))
+  greedy = np.asarray(encoder_decoder_ids(model, ids, mask, max_new_bytes=N))
   np.testing.assert_array_equal(
-      np.asarray(generate_ids(model, ids, mask, max_new_bytes=N, method="beam", num_beams=1)),
+      np.asarray(encoder_decoder_ids(model, ids, mask, max_new_bytes=N, method="beam",
+                                     num_beams=1)),
       greedy)
   # The beam loop itself with one beam follows the greedy path; it keeps every hypothesis that
   # ended in eos on the way, so it returns greedy's output or a likelier one that ended earlier.
@@ -179,8 +181,8 @@ def test_one_beam_is_greedy(variant, inputs, request):
 def test_four_beams_find_likelier_outputs(variant, inputs, request):
   model = request.getfixturevalue(variant)
   ids, mask = inputs
-  greedy = generate_ids(model, ids, mask, max_new_bytes=N)
-  beam = generate_ids(model, ids, mask, max_new_bytes=N, method="beam", num_beams=4,
+  greedy = encoder_decoder_ids(model, ids, mask, max_new_bytes=N)
+  beam = encoder_decoder_ids(model, ids, mask, max_new_bytes=N, method="beam", num_beams=4,
                       length_penalty=0.0)
   assert_pad_after_eos(beam)
   lp_greedy, lp_beam = log_prob(model, *inputs, greedy), log_prob(model, *inputs, beam)
@@ -190,8 +192,10 @@ def test_four_beams_find_likelier_outputs(variant, inputs, request):
 
 def test_length_penalty_prefers_longer_outputs(eos_prone, inputs):
   ids, mask = inputs
-  short = generate_ids(eos_prone, ids, mask, max_new_bytes=N, method="beam", length_penalty=0.0)
-  long = generate_ids(eos_prone, ids, mask, max_new_bytes=N, method="beam", length_penalty=2.0)
+  short = encoder_decoder_ids(eos_prone, ids, mask, max_new_bytes=N, method="beam",
+                              length_penalty=0.0)
+  long = encoder_decoder_ids(eos_prone, ids, mask, max_new_bytes=N, method="beam",
+                             length_penalty=2.0)
   assert_pad_after_eos(long)
   assert (first_eos(long) >= first_eos(short)).all()
 
@@ -200,23 +204,24 @@ def test_length_penalty_prefers_longer_outputs(eos_prone, inputs):
 
 def test_sampling_reproducible_and_key_dependent(no_eos, inputs):
   kw = dict(max_new_bytes=N, method="sample", top_p=0.95)
-  a = generate_ids(no_eos, *inputs, rng=jax.random.key(1), **kw)
-  b = generate_ids(no_eos, *inputs, rng=jax.random.key(1), **kw)
-  c = generate_ids(no_eos, *inputs, rng=jax.random.key(2), **kw)
+  a = encoder_decoder_ids(no_eos, *inputs, rng=jax.random.key(1), **kw)
+  b = encoder_decoder_ids(no_eos, *inputs, rng=jax.random.key(1), **kw)
+  c = encoder_decoder_ids(no_eos, *inputs, rng=jax.random.key(2), **kw)
   np.testing.assert_array_equal(a, b)
   assert (np.asarray(a) != np.asarray(c)).mean() > 0.5
 
 
 def test_degenerate_sampling_is_greedy(no_eos, inputs):
-  greedy = np.asarray(generate_ids(no_eos, *inputs, max_new_bytes=N))
+  greedy = np.asarray(encoder_decoder_ids(no_eos, *inputs, max_new_bytes=N))
   for kw in (dict(top_k=1), dict(temperature=1e-4), dict(temperature=0.0), dict(top_p=1e-6)):
-    got = generate_ids(no_eos, *inputs, max_new_bytes=N, method="sample", rng=3, **kw)
+    got = encoder_decoder_ids(no_eos, *inputs, max_new_bytes=N, method="sample", rng=3, **kw)
     np.testing.assert_array_equal(np.asarray(got), greedy, err_msg=str(kw))
 
 
 def test_filter_keeps_top_k_and_nucleus():
   logits = jnp.log(jnp.array([[0.05, 0.5, 0.15, 0.3]]))
-  kept = lambda **kw: np.isfinite(np.asarray(generation._filter_logits(logits, **kw)))[0].tolist()
+  kept = lambda **kw: np.isfinite(
+      np.asarray(encoder_decoder._filter_logits(logits, **kw)))[0].tolist()
   assert kept(top_k=2, top_p=1.0, use_top_p=False) == [False, True, False, True]
   assert kept(top_k=0, top_p=0.7, use_top_p=True) == [False, True, False, True]
   assert kept(top_k=0, top_p=0.9, use_top_p=True) == [False, True, True, True]
@@ -225,7 +230,7 @@ def test_filter_keeps_top_k_and_nucleus():
 
 def test_every_method_pads_after_eos(eos_prone, inputs):
   for kw in (dict(method="greedy"), dict(method="sample", rng=0), dict(method="beam")):
-    out = generate_ids(eos_prone, *inputs, max_new_bytes=N, **kw)
+    out = encoder_decoder_ids(eos_prone, *inputs, max_new_bytes=N, **kw)
     assert out.shape == (3, N) and out.dtype == jnp.int32
     assert_pad_after_eos(out)
 
@@ -234,21 +239,21 @@ def test_every_method_pads_after_eos(eos_prone, inputs):
 
 def test_no_retrace_for_same_shapes(no_eos, eos_prone, inputs):
   kw = dict(max_new_bytes=N, method="sample", rng=0, top_k=4, top_p=0.9)
-  generate_ids(no_eos, *inputs, **kw)
-  before = generation._NUM_TRACES
-  generate_ids(no_eos, *inputs, **kw)
+  encoder_decoder_ids(no_eos, *inputs, **kw)
+  before = encoder_decoder._NUM_TRACES
+  encoder_decoder_ids(no_eos, *inputs, **kw)
   # Traced values and new weights of the same architecture reuse the compilation too.
-  generate_ids(no_eos, *inputs, **{**kw, "rng": 5, "temperature": 0.7, "top_p": 0.5})
-  generate_ids(eos_prone, *inputs, **kw)
-  assert generation._NUM_TRACES == before
-  generate_ids(no_eos, *inputs, **{**kw, "max_new_bytes": N + 1})
-  assert generation._NUM_TRACES == before + 1
+  encoder_decoder_ids(no_eos, *inputs, **{**kw, "rng": 5, "temperature": 0.7, "top_p": 0.5})
+  encoder_decoder_ids(eos_prone, *inputs, **kw)
+  assert encoder_decoder._NUM_TRACES == before
+  encoder_decoder_ids(no_eos, *inputs, **{**kw, "max_new_bytes": N + 1})
+  assert encoder_decoder._NUM_TRACES == before + 1
 
 
 def test_model_is_not_mutated(no_eos, inputs):
   assert no_eos.decoder.dropout.deterministic is not True  # the user's model keeps its mode
   before = jax.tree.map(np.asarray, nnx.state(no_eos, nnx.Param))
-  generate_ids(no_eos, *inputs, max_new_bytes=N)
+  encoder_decoder_ids(no_eos, *inputs, max_new_bytes=N)
   after = jax.tree.map(np.asarray, nnx.state(no_eos, nnx.Param))
   jax.tree.map(np.testing.assert_array_equal, before, after)
   assert no_eos.decoder.dropout.deterministic is not True
@@ -259,12 +264,12 @@ def test_model_is_not_mutated(no_eos, inputs):
 def test_generate_returns_strings(eos_prone):
   tok = ByteTokenizer()
   texts = ["hello", "a longer input of several words", "é"]
-  out = generate(eos_prone, tok, texts, max_new_bytes=N)
+  out = encoder_decoder_texts(eos_prone, tok, texts, max_new_bytes=N)
   assert isinstance(out, list) and len(out) == 3 and all(isinstance(s, str) for s in out)
   # Bucketing pads the input to 64 ids; padding is masked and changes nothing.
   ids, mask = tok.encode_batch(texts)
-  assert out == tok.decode_batch(generate_ids(eos_prone, ids, mask, max_new_bytes=N))
-  assert generate(eos_prone, tok, texts, max_new_bytes=N, max_input_bytes=32) == out
+  assert out == tok.decode_batch(encoder_decoder_ids(eos_prone, ids, mask, max_new_bytes=N))
+  assert encoder_decoder_texts(eos_prone, tok, texts, max_new_bytes=N, max_input_bytes=32) == out
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -285,22 +290,23 @@ def test_generate_returns_strings(eos_prone):
 def test_bad_input_raises(no_eos, kwargs, match):
   kwargs = {"texts": ["hi"], "max_new_bytes": 4, **kwargs}
   with pytest.raises(ValueError, match=match):
-    generate(no_eos, ByteTokenizer(), **kwargs)
+    encoder_decoder_texts(no_eos, ByteTokenizer(), **kwargs)
 
 
 def test_bad_arrays_raise(no_eos):
   with pytest.raises(ValueError, match="ids\\[None\\]"):
-    generate_ids(no_eos, jnp.array([5, 6, 1]), max_new_bytes=4)
+    encoder_decoder_ids(no_eos, jnp.array([5, 6, 1]), max_new_bytes=4)
   with pytest.raises(ValueError, match="must match"):
-    generate_ids(no_eos, jnp.ones((2, 3), jnp.int32), jnp.ones((2, 4), bool), max_new_bytes=4)
+    encoder_decoder_ids(no_eos, jnp.ones((2, 3), jnp.int32), jnp.ones((2, 4), bool),
+                        max_new_bytes=4)
 
 
 def test_min_new_bytes_forbids_an_early_eos(eos_prone, inputs):
   """min_new_bytes (HF's min_new_tokens) delays eos for every method; benchmarks rely on it."""
-  free = generate_ids(eos_prone, *inputs, max_new_bytes=N)
+  free = encoder_decoder_ids(eos_prone, *inputs, max_new_bytes=N)
   assert first_eos(free).min() < N // 2  # without it some row stops early
   for kw in (dict(method="greedy"), dict(method="sample", rng=0), dict(method="beam", num_beams=2)):
-    forced = generate_ids(eos_prone, *inputs, max_new_bytes=N, min_new_bytes=N, **kw)
+    forced = encoder_decoder_ids(eos_prone, *inputs, max_new_bytes=N, min_new_bytes=N, **kw)
     assert (np.asarray(forced) != 0).all() and (np.asarray(forced) != EOS_ID).all(), kw
   with pytest.raises(ValueError, match="min_new_bytes"):
-    generate_ids(eos_prone, *inputs, max_new_bytes=4, min_new_bytes=5)
+    encoder_decoder_ids(eos_prone, *inputs, max_new_bytes=4, min_new_bytes=5)

@@ -8,9 +8,11 @@ import optax
 import pytest
 from flax import nnx
 
-from bytelm import hierarchical_generation, tokenizer
+from bytelm import generation
+from bytelm.text import tokenizer
 from bytelm.data import pipeline
-from bytelm.models import hierarchical, segment
+from bytelm.models import hierarchical
+from bytelm.text import segment
 
 CFG = hierarchical.HierarchicalConfig(
     d_model=32, d_ff=64, num_heads=2, d_kv=16, relative_attention_num_buckets=8,
@@ -25,7 +27,7 @@ def batch_of(text: bytes, length: int = 40) -> dict:
   targets = np.zeros(length, np.int32)
   targets[: len(text)] = np.frombuffer(text, np.uint8) + 3
   inputs = np.concatenate([[0], targets[:-1]])
-  starts = segment.split_long(text, tokenizer.word_starts(text), 16)
+  starts = segment.split_long(text, segment.word_starts(text), 16)
   ids, _ = segment.segment_ids(len(text), starts, CFG.max_segments, length)
   ctx = segment.context_ids(text, starts, CFG.max_segments, length)
   return {k: jnp.asarray(v)[None] for k, v in
@@ -131,7 +133,7 @@ def test_the_pipeline_adds_segments_of_the_targets():
   batch = src.batch(0)
   for row, ids, ctx in zip(batch["targets"], batch["segment_ids"], batch["context_ids"]):
     data = bytes(np.where(row == 1, 0xFF, row - 3).astype(np.uint8))
-    starts = segment.split_long(data, tokenizer.word_starts(data), 8)
+    starts = segment.split_long(data, segment.word_starts(data), 8)
     np.testing.assert_array_equal(ids, segment.segment_ids(len(data), starts, 6, 24)[0])
     np.testing.assert_array_equal(ctx, segment.context_ids(data, starts, 6, 24))
   with pytest.raises(ValueError, match="kind"):
@@ -168,14 +170,14 @@ def test_the_learned_segmenter_moves_toward_its_target_compression():
 def test_cached_generation_computes_what_the_whole_model_computes(model):
   segmenter = None if model.config.segmenter == "learned" else segment.Segmenter("words", 16)
   prompt = "The cat sat on the mat, and then "  # longer than the window, several segments
-  out, logits = hierarchical_generation.generate(model, prompt, 24, segmenter=segmenter,
-                                                 return_logits=True)
-  ref, ref_logits = hierarchical_generation.generate(model, prompt, 24, segmenter=segmenter,
-                                                     cached=False, return_logits=True)
+  out, logits = generation.hierarchical_bytes(model, prompt, 24, segmenter=segmenter,
+                                              return_logits=True)
+  ref, ref_logits = generation.hierarchical_bytes(model, prompt, 24, segmenter=segmenter,
+                                                  cached=False, return_logits=True)
   assert out == ref and logits.shape == ref_logits.shape
   np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-4)
   # Sampling follows the same distribution: the same seed gives the same bytes.
-  assert hierarchical_generation.generate(model, prompt, 12, segmenter=segmenter,
-                                          temperature=1.0, seed=3) == \
-      hierarchical_generation.generate(model, prompt, 12, segmenter=segmenter,
-                                       temperature=1.0, seed=3, cached=False)
+  assert generation.hierarchical_bytes(model, prompt, 12, segmenter=segmenter,
+                                       temperature=1.0, seed=3) == \
+      generation.hierarchical_bytes(model, prompt, 12, segmenter=segmenter,
+                                    temperature=1.0, seed=3, cached=False)

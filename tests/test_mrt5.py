@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 import bytelm
-from bytelm import models
+from bytelm import generation, models
 from bytelm.models import mrt5, t5
 from bytelm.nn import key_mask_bias
 from bytelm.nn.compiled import jit_call
@@ -184,7 +184,22 @@ def test_gate_disabled_is_exactly_byt5(model):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_hard_deletion_compiles_once_per_bucket(model):
+@pytest.fixture
+def compaction_traces(monkeypatch):
+  """A list that grows by one each time hard-deletion compaction (MrT5.encode_kept) is traced:
+  the method runs in Python only while jax traces it, so its calls count compilations."""
+  traces = []
+  encode_kept = mrt5.MrT5.encode_kept
+
+  def counting(self, *args, **kwargs):
+    traces.append(1)
+    return encode_kept(self, *args, **kwargs)
+
+  monkeypatch.setattr(mrt5.MrT5, "encode_kept", counting)
+  return traces
+
+
+def test_hard_deletion_compiles_once_per_bucket(model, compaction_traces):
   m = nnx.clone(model)
   m.gate.kernel[...] = jnp.zeros_like(m.gate.kernel[...])
   m.gate.bias[...] = jnp.full((1,), 50.0)  # keep every real byte: kept count = length
@@ -196,10 +211,10 @@ def test_hard_deletion_compiles_once_per_bucket(model):
     return jnp.asarray(x)
 
   def traces(lengths):
-    before = mrt5._NUM_COMPACT_TRACES
+    before = len(compaction_traces)
     x = batch(lengths)
     enc, _ = m.encode_for_inference(x, x != 0)
-    return mrt5._NUM_COMPACT_TRACES - before, enc.shape[1]
+    return len(compaction_traces) - before, enc.shape[1]
 
   assert traces([40, 30]) == (1, 40)
   assert traces([35, 33]) == (0, 40)  # same bucket: no new compile
@@ -210,11 +225,11 @@ def test_hard_deletion_compiles_once_per_bucket(model):
   # Each example to its own bucket: one compile per bucket (of one example), reused across
   # batches; the outputs padded to the largest.
   def traces_per_example(lengths):
-    before = mrt5._NUM_COMPACT_TRACES
+    before = len(compaction_traces)
     x = batch(lengths)
     enc, bias = m.encode_for_inference(x, x != 0, per_example=True)
     assert (np.asarray(bias[:, max(lengths):]) < -1e8).all()  # padding beyond each row
-    return mrt5._NUM_COMPACT_TRACES - before, enc.shape[1]
+    return len(compaction_traces) - before, enc.shape[1]
 
   assert traces_per_example([40, 10]) == (2, 40)
   assert traces_per_example([12, 36]) == (0, 40)
@@ -339,7 +354,7 @@ def test_report_figures_equal_a_hand_computation(reads_bytes):
   targets = [["jumps over", "den", "return"], ["world", "b", "bytes"]]
   batches = [dict(inputs=text_batch(i), targets=text_batch(t, length=12))
              for i, t in zip(inputs, targets)]
-  figures = mrt5.report(m, batches, repeats=1)
+  figures = mrt5.report(m, batches)
 
   np.testing.assert_allclose(figures["hard_deletion"],
                              deleted_share(inputs[0] + inputs[1], DELETED), rtol=1e-6)
@@ -426,7 +441,7 @@ def test_controller_updates_once_per_training_step(trained):
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
   train = [r for r in rows if "alpha" in r]
   assert [r["step"] for r in train] == list(range(1, 9))
-  cfg = bytelm.load_module(workdir).config
+  cfg = bytelm.load(workdir).module.config
   p = i = alpha = 0.0
   for r in train:
     np.testing.assert_allclose(r["alpha"], alpha, atol=1e-7)  # the alpha this step used
@@ -434,7 +449,7 @@ def test_controller_updates_once_per_training_step(trained):
         p, i, r["deleted_frac"], target=cfg.target_deletion, kp=cfg.controller_kp,
         ki=cfg.controller_ki, i_max=cfg.controller_i_max, alpha_min=cfg.controller_alpha_min))
   assert alpha > 0
-  loaded = bytelm.load_module(workdir)  # the controller state is in the checkpoint
+  loaded = bytelm.load(workdir).module  # the controller state is in the checkpoint
   np.testing.assert_allclose(float(loaded.controller.alpha[...]), alpha, rtol=1e-5)
   assert int(loaded.controller.steps[...]) == 8
 
@@ -463,37 +478,39 @@ def test_summary_reports_deletion_and_speedup(trained):
 
 def test_load_and_generate_with_hard_deletion(trained):
   workdir, _ = trained
-  model = bytelm.load_module(workdir)
+  model = bytelm.load(workdir).module
   assert isinstance(model, mrt5.MrT5)
   m = saturated(model, seed=2)  # make hard deletion really delete
   inputs = text_batch(TEXTS)
-  ids = np.asarray(bytelm.generate_ids(m, inputs, max_new_bytes=6))
+  ids = np.asarray(generation.encoder_decoder_ids(m, inputs, max_new_bytes=6))
   # Greedy: each generated id is the argmax of the hard-deletion teacher-forced logits.
   logits = m(inputs, t5.shift_right(jnp.asarray(ids)), deletion="hard")
   best = np.asarray(jnp.argmax(logits, -1))
   alive = np.cumsum(ids == 1, axis=1) - (ids == 1) == 0  # up to and including eos
   np.testing.assert_array_equal(ids[alive], best[alive])
-  texts = bytelm.generate(model, bytelm.ByteTokenizer(), ["hello"], max_new_bytes=4)
+  texts = generation.encoder_decoder_texts(model, bytelm.ByteTokenizer(), ["hello"],
+                                           max_new_bytes=4)
   assert len(texts) == 1 and isinstance(texts[0], str)
 
 
 def test_load_errors_are_clear(trained, tmp_path):
   with pytest.raises(FileNotFoundError, match="not a bytelm workdir"):
-    bytelm.load_module(tmp_path)
+    bytelm.load(tmp_path)
   # A run made by another version, with a model field this one does not have.
   saved = json.loads((trained[0] / "config.json").read_text())
   saved["model"]["gate_from_the_future"] = 1
   (tmp_path / "config.json").write_text(json.dumps(saved))
   with pytest.raises(ValueError, match="gate_from_the_future.*another version"):
-    bytelm.load_module(tmp_path)
+    bytelm.load(tmp_path)
   with pytest.raises(ValueError, match="gate_layer cannot be overridden"):
-    bytelm.load_module(trained[0], gate_layer=0)
+    bytelm.load(trained[0], gate_layer=0)
 
 
 def test_load_overrides_runtime_fields(trained):
-  model = bytelm.load_module(trained[0], bucket_multiple=16)
+  model = bytelm.load(trained[0], bucket_multiple=16).module
   assert model.config.bucket_multiple == 16
-  assert bytelm.load_module(trained[0]).config.bucket_multiple == tiny_run_config().model.bucket_multiple
+  assert bytelm.load(trained[0]).module.config.bucket_multiple == \
+      tiny_run_config().model.bucket_multiple
 
 
 def test_init_from_byt5_fills_all_but_the_gate(tmp_path):
@@ -503,7 +520,7 @@ def test_init_from_byt5_fills_all_but_the_gate(tmp_path):
   family = models.family("mrt5")
   model, cfg = model_init.init_model(config, family, model_init.model_config(config, family),
                                      nnx.Rngs(1))
-  source, _ = bytelm.load_hf(config.init_from)
+  source, _ = bytelm.convert.load_hf(config.init_from)
   assert isinstance(model, mrt5.MrT5) and cfg.d_model == source.config.d_model
   assert cfg.gate_layer == 1 and cfg.attention_softmax == "softmax1"  # from this run
   np.testing.assert_array_equal(np.asarray(model.shared.embedding[...]),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from bytelm.quant import numerics as qn
+from bytelm.nn import quant as qn
 
 
 def _rand(shape, seed=0, scale=1.0):
@@ -80,7 +80,7 @@ def test_the_compiled_int8_matmul_holds_an_integer_dot():
   assert re.search(r"= s32\[8,64\]\{[^}]*\} dot\(", hlo), "no int8 x int8 -> int32 dot"
   assert not re.search(r"= f32\[8,64\]\{[^}]*\} dot\([^)]*s8", hlo)
   # ...which XLA:CPU runs as a YNNPACK GEMM (the path that makes int8 faster than float32 here;
-  # without it XLA's integer dot is ~3x slower than float32: pinned jax, see pyproject.toml).
+  # without it XLA's integer dot is ~3x slower than float32; jax >= 0.10, see pyproject.toml).
   if jax.default_backend() == "cpu":
     assert re.search(r"s32\[8,64\]\{[^}]*\} fusion\([^\n]*__ynn_fusion", hlo)
 
@@ -130,12 +130,12 @@ import dataclasses  # noqa: E402
 
 from flax import nnx  # noqa: E402
 
-import bytelm  # noqa: E402
 from bytelm.models import decoder, t5  # noqa: E402
 from bytelm.nn.layers import Dense  # noqa: E402
 from bytelm.quant.convert import quantization_of, quantize  # noqa: E402
-from bytelm.quant.dense import QuantDense  # noqa: E402
+from bytelm.nn.quant_dense import QuantDense  # noqa: E402
 from bytelm.runs import export  # noqa: E402
+from bytelm.runs.load import load as load_run  # noqa: E402
 
 IDS = jnp.asarray(np.random.default_rng(0).integers(3, 259, (2, 24)), jnp.int32)
 
@@ -190,7 +190,7 @@ def test_quantized_exports_store_integers_and_load_to_identical_outputs(tmp_path
   arrays = load_file(str(out / export.WEIGHTS))
   key = "blocks/0/mlp/wo/" + ("packed" if mode == "ternary" else "qvalue")
   assert arrays[key].dtype == (np.uint8 if mode == "ternary" else np.int8)
-  loaded = bytelm.load_module(out)
+  loaded = load_run(out)
   np.testing.assert_array_equal(np.asarray(loaded(IDS)), np.asarray(want))
 
 
@@ -225,7 +225,7 @@ def test_a_ternary_mrt5_recipe_trains_and_loads(tmp_path):
   summary = train_and_evaluate(config_file.load(CONFIGS / "mrt5.py", "tiny_ternary"),
                                tmp_path / "run")
   assert np.isfinite(summary.val_loss)
-  model = bytelm.load_module(tmp_path / "run")
+  model = load_run(tmp_path / "run")
   assert model.config.quant == "ternary"
   assert model.encoder.blocks[0].mlp.sub_norm is not None
 
@@ -270,7 +270,7 @@ def test_calibrated_outlier_columns_are_the_ones_that_reached_the_threshold(tmp_
   assert np.asarray(wo.outlier_use[...]).sum() > 0, "the test model's wo sees values over 6"
   config = {"model_family": "decoder", "model": dataclasses.asdict(model.config)}
   out = export.export(model, config, tmp_path / "c", dtype="float32")
-  np.testing.assert_array_equal(np.asarray(bytelm.load_module(out)(IDS)), np.asarray(got))
+  np.testing.assert_array_equal(np.asarray(load_run(out)(IDS)), np.asarray(got))
 
 
 def _inputs_of(model, layer):

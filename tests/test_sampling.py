@@ -1,5 +1,5 @@
 """Every family's sampler draws from softmax(logits / temperature), cut to the top_k likeliest ids
-and the top_p nucleus where the family offers them (the encoder-decoders' `generate_ids`): a
+and the top_p nucleus where the family offers them (the encoder-decoders' `encoder_decoder_ids`): a
 chi-square goodness-of-fit of many draws against that distribution, computed here in numpy from
 the model's logits, never by the code under test.
 
@@ -22,11 +22,10 @@ import pytest
 from flax import nnx
 from scipy import stats
 
-from bytelm import generation, hierarchical_generation
-from bytelm.generation import generate_ids
+from bytelm import generation
 from bytelm.models import decoder, hierarchical, t5
 from bytelm.nn.compiled import Compiled
-from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, PAD_ID
+from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, PAD_ID
 from bytelm.training import config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -95,12 +94,12 @@ def assert_draws_follow(draws_N, p_NV, what):
       f"expected {np.round(expected_R, 1).tolist()}")
 
 
-# ---- encoder-decoders: generate_ids, a batch of rows -------------------------------------------
+# ---- encoder-decoders: encoder_decoder_ids, a batch of rows ------------------------------------
 
 ROWS = 1000
 INPUT = [75, 104, 1]  # "He" and eos
-# top_k is static in generate_ids and temperature traced: one compilation per cut, each at one of
-# the temperatures.
+# top_k is static in encoder_decoder_ids and temperature traced: one compilation per cut, each at
+# one of the temperatures.
 ENCDEC_OPTIONS = [dict(temperature=1.5, top_k=5), dict(temperature=0.7, top_p=0.8)]
 
 
@@ -121,8 +120,8 @@ def encdec():
 def test_encoder_decoder_draws_follow_the_model(encdec, options):
   model, first_V, second_AV = encdec
   inputs_NT = np.tile(np.asarray(INPUT, np.int32), (ROWS, 1))
-  ids_N2 = np.asarray(generate_ids(model, inputs_NT, max_new_bytes=2, method="sample", rng=0,
-                                   **options))
+  ids_N2 = np.asarray(generation.encoder_decoder_ids(model, inputs_NT, max_new_bytes=2,
+                                                     method="sample", rng=0, **options))
   assert_draws_follow(ids_N2[:, 0], expected(np.tile(first_V, (ROWS, 1)), **options),
                       f"first id, {options}")
   # A row that drew eos is finished; the others draw again, through the KV cache.
@@ -142,21 +141,20 @@ def test_the_cuts_bind(encdec):
     assert 2 <= kept <= 8 and kept < uncut, (options, kept)
 
 
-# ---- decoders (bytes and BPE tokens): generate_decoder_ids, one id per step --------------------
+# ---- decoders (bytes and BPE tokens): decoder_ids, one id per step -----------------------------
 
 STEPS = 150
 
 
 def decoder_draws(model, prompt, temperature):
-  """(draws_N, logits_NV): runs of generate_decoder_ids from prompt, seeds 0, 1, ..., each run
+  """(draws_N, logits_NV): runs of decoder_ids from prompt, seeds 0, 1, ..., each run
   ending at STEPS ids or at an eos (a draw too), until STEPS draws. The logits come from
   replaying each run through the model's cached step (tests/test_decoder.py checks it against
   the whole model)."""
   compiled = Compiled(model)
   draws, logits = [], []
   for seed in range(100):
-    new = generation.generate_decoder_ids(model, prompt, STEPS, temperature=temperature,
-                                          seed=seed)
+    new = generation.decoder_ids(model, prompt, STEPS, temperature=temperature, seed=seed)
     run = new + [EOS_ID] if len(new) < STEPS else new
     ids = prompt + run
     cache = model.init_cache(1, len(prompt) + STEPS)  # the generation's shapes: no recompile
@@ -185,7 +183,7 @@ def test_decoder_draws_follow_the_model(recipe, prompt, temperature):
                       f"{recipe} at temperature {temperature}")
 
 
-# ---- the hierarchical model: hierarchical_generation.generate, one byte per step --------------
+# ---- the hierarchical model: hierarchical_bytes, one byte per step -----------------------------
 
 HIERARCHICAL = hierarchical.HierarchicalConfig(
     d_model=32, d_ff=64, num_heads=2, d_kv=16, relative_attention_num_buckets=8,
@@ -204,7 +202,7 @@ def test_hierarchical_draws_follow_the_model(hierarchical_model, temperature):
   """Over bytes and eos only: never pad, unk or the embedding's rows past the bytes."""
   draws, logits = [], []
   for seed in range(100):
-    out, logits_NV = hierarchical_generation.generate(
+    out, logits_NV = generation.hierarchical_bytes(
         hierarchical_model, b"He", STEPS, temperature=temperature, seed=seed, return_logits=True)
     draws += [b + OFFSET for b in out] + ([EOS_ID] if len(out) < STEPS else [])
     logits.append(logits_NV)  # of each choice, the eos that ended the run included

@@ -1,4 +1,5 @@
-"""Segmenters under static shapes, and pooling between bytes and segments (models/segment.py)."""
+"""Host segmenters under static shapes (text/segment.py), and pooling between bytes and
+segments in the model (models/pooling.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -7,8 +8,8 @@ import pytest
 from flax import nnx
 from hypothesis import given, settings, strategies as st
 
-from bytelm import tokenizer
-from bytelm.models import segment
+from bytelm.models import pooling
+from bytelm.text import segment
 
 
 def pieces(data: bytes, starts) -> list[bytes]:
@@ -17,7 +18,7 @@ def pieces(data: bytes, starts) -> list[bytes]:
 
 def words(text: str) -> list[str]:
   data = text.encode("utf-8")
-  return [p.decode("utf-8") for p in pieces(data, tokenizer.word_starts(data))]
+  return [p.decode("utf-8") for p in pieces(data, segment.word_starts(data))]
 
 
 def test_words_take_the_space_before_them():
@@ -32,8 +33,8 @@ def test_unspaced_scripts_and_invalid_bytes_stand_alone():
   assert words("日本語 and ไทย") == ["日", "本", "語", " and", " ไ", "ท", "ย"]
   assert words("本。次") == ["本", "。", "次"]  # 。 is punctuation: it joins no CJK character
   data = b"ab\xff\xfecd"
-  assert pieces(data, tokenizer.word_starts(data)) == [b"ab", b"\xff", b"\xfe", b"cd"]
-  assert tokenizer.word_starts(b"") == []
+  assert pieces(data, segment.word_starts(data)) == [b"ab", b"\xff", b"\xfe", b"cd"]
+  assert segment.word_starts(b"") == []
 
 
 @settings(max_examples=200, deadline=None)
@@ -58,7 +59,7 @@ def test_segments_rejoin_fit_and_cover_what_they_say(data, max_bytes, max_segmen
 
 def test_long_words_are_cut_between_characters():
   data = "Zażółć".encode("utf-8")  # 10 bytes
-  parts = pieces(data, segment.split_long(data, tokenizer.word_starts(data), 4))
+  parts = pieces(data, segment.split_long(data, segment.word_starts(data), 4))
   assert [p.decode("utf-8") for p in parts] == ["Zaż", "ół", "ć"]
 
 
@@ -76,17 +77,17 @@ def test_bad_bounds_are_clear_errors():
 def test_pool_by_hand():
   x = jnp.arange(12.0).reshape(1, 6, 2)  # byte t has state (2t, 2t + 1)
   ids = jnp.asarray([[0, 0, 1, 1, 1, -1]])
-  np.testing.assert_allclose(segment.pool(x, ids, 3, "mean")[0],
+  np.testing.assert_allclose(pooling.pool(x, ids, 3, "mean")[0],
                              [[1, 2], [6, 7], [0, 0]])
-  np.testing.assert_allclose(segment.pool(x, ids, 3, "last")[0], [[2, 3], [8, 9], [0, 0]])
-  np.testing.assert_allclose(segment.pool(x, ids, 3, "first")[0], [[0, 1], [4, 5], [0, 0]])
+  np.testing.assert_allclose(pooling.pool(x, ids, 3, "last")[0], [[2, 3], [8, 9], [0, 0]])
+  np.testing.assert_allclose(pooling.pool(x, ids, 3, "first")[0], [[0, 1], [4, 5], [0, 0]])
   with pytest.raises(ValueError, match="how"):
-    segment.pool(x, ids, 3, "max")
+    pooling.pool(x, ids, 3, "max")
 
 
 def test_context_ids_name_segments_settled_before_each_byte():
   data = "ab日x, y".encode("utf-8")  # segments "ab", "日" (bytes 2-4), "x,", " y"
-  starts = tokenizer.word_starts(data)
+  starts = segment.word_starts(data)
   assert pieces(data, starts) == [b"ab", "日".encode(), b"x,", b" y"]
   # "ab" | 日: settled once 日 is complete (byte 4), from byte 5 on; 日 | x: at byte 5, from 6;
   # "x," | " y": at the space (byte 7), from byte 8.
@@ -95,7 +96,7 @@ def test_context_ids_name_segments_settled_before_each_byte():
   assert list(segment.context_ids(data, starts, max_segments=1, length=11)) == [-1] * 5 + [0] * 6
   # Two invalid bytes are two segments only once the byte after them shows it.
   broken = b"ab\xe6\x97X"
-  assert tokenizer.word_starts(broken) == [0, 2, 3, 4]
+  assert segment.word_starts(broken) == [0, 2, 3, 4]
   assert segment.settled_at(broken, 3) == 4 and segment.settled_at(broken, 4) == 4
 
 
@@ -103,7 +104,7 @@ def test_unpool_gathers_the_named_states():
   h = jax.random.normal(jax.random.key(0), (1, 3, 4))
   ctx = jnp.asarray([[-1, 0, 0, 2, 1]])
   start = jnp.full((4,), 7.0)
-  out = segment.unpool(h, ctx, start)
+  out = pooling.unpool(h, ctx, start)
   np.testing.assert_allclose(out[0], jnp.stack([start, h[0, 0], h[0, 0], h[0, 2], h[0, 1]]))
 
 
@@ -112,18 +113,18 @@ def test_unpool_gathers_the_named_states():
 def test_the_ascii_fast_path_splits_as_the_general_rules_do(text):
   data = text.encode("ascii")
   # The general path runs on the same text with a non-ASCII word put after it.
-  general = tokenizer.word_starts(data + " é".encode("utf-8"))
-  assert tokenizer.word_starts(data) == [s for s in general if s < len(data)]
+  general = segment.word_starts(data + " é".encode("utf-8"))
+  assert segment.word_starts(data) == [s for s in general if s < len(data)]
 
 
 def test_query_pooling_weighs_only_the_segments_bytes():
   x = jax.random.normal(jax.random.key(0), (1, 5, 4))
   ids = jnp.array([[0, 0, 1, 1, -1]])
-  pool = segment.QueryPool(4, rngs=nnx.Rngs(0))
-  np.testing.assert_allclose(pool(x, ids, 3), segment.pool(x, ids, 3, "mean"), atol=1e-6)
+  pool = pooling.QueryPool(4, rngs=nnx.Rngs(0))
+  np.testing.assert_allclose(pool(x, ids, 3), pooling.pool(x, ids, 3, "mean"), atol=1e-6)
   pool.query[...] = jnp.array([5.0, -3.0, 2.0, 1.0])
   out = pool(x, ids, 3)
-  assert not np.allclose(out, segment.pool(x, ids, 3, "mean"), atol=1e-3)
+  assert not np.allclose(out, pooling.pool(x, ids, 3, "mean"), atol=1e-3)
   for n, members in ((0, [0, 1]), (1, [2, 3])):  # a convex mix of the segment's own bytes
     mix = np.linalg.lstsq(np.asarray(x[0, members]).T, np.asarray(out[0, n]), rcond=None)[0]
     assert np.all(mix > 0) and np.isclose(mix.sum(), 1.0, atol=1e-5)
@@ -164,10 +165,10 @@ def test_learned_boundaries_give_the_host_rules_ids(probs, max_bytes, max_segmen
   """On the device, boundaries from probabilities: segments fit max_segment_bytes, and the ids
   are what the host's segment_ids / context_ids give for the same starts (ASCII text, where a
   boundary at s is settled by byte s)."""
-  starts_1T = segment.force_max_length(jnp.asarray([probs]) >= 0.5, max_bytes)
+  starts_1T = pooling.force_max_length(jnp.asarray([probs]) >= 0.5, max_bytes)
   starts = np.flatnonzero(np.asarray(starts_1T[0])).tolist()
   assert starts[0] == 0 and max(np.diff(starts + [len(probs)])) <= max_bytes
-  ids_1T, ctx_1T = segment.ids_from_starts(starts_1T, max_segments)
+  ids_1T, ctx_1T = pooling.ids_from_starts(starts_1T, max_segments)
   data = b"x" * len(probs)
   ids, _ = segment.segment_ids(len(data), starts, max_segments)
   np.testing.assert_array_equal(ids_1T[0], ids)

@@ -5,8 +5,9 @@ import unicodedata
 import numpy as np
 from hypothesis import given, settings, strategies as st
 
-from bytelm.data import noise, pipeline, tags
-from bytelm.tokenizer import EOS_ID, ByteTokenizer
+from bytelm.data import noise, pipeline
+from bytelm.text import tags
+from bytelm.text.tokenizer import EOS_ID, ByteTokenizer
 
 SENTENCES = ["Laba diena, aš esu iš Lietuvos.", "Příliš žluťoučký kůň úpěl ďábelské ódy.",
              "Tiếng Việt có nhiều dấu thanh.", "Zażółć gęślą jaźń, Łukasz!",

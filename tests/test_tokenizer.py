@@ -1,4 +1,4 @@
-"""Tests for bytelm.tokenizer: round trips, Hugging Face ByT5 parity, batching, sentinels."""
+"""Tests for bytelm.text.tokenizer: round trips, Hugging Face ByT5 parity, batching, sentinels."""
 
 import json
 import pathlib
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bytelm import tokenizer
-from bytelm.tokenizer import ByteTokenizer, sentinel_id
+from bytelm.text import tokenizer
+from bytelm.text.tokenizer import ByteTokenizer, sentinel_id
 
 FIXTURE = pathlib.Path(__file__).parent / "fixtures" / "byt5_tokenizer_ids.json"
 REGENERATE = "rerun `python tests/fixtures/make_tokenizer_fixture.py` (needs transformers)"

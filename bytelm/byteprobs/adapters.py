@@ -2,11 +2,11 @@
 
 - `decoder_token_lm(model)`: a decoder-only LM over BPE tokens (configs/bpe_decoder.py) as the
   `token_lm` callable of `ByteLM`: next-token log-probabilities for a batch of token prefixes.
-- `from_workdir(path)`: the same, with the tokenizer.json the recipe trained, as a `ByteLM`
-  (`from_model(model, tokenizer_file)` for a model already loaded);
+- `from_model(model, tokenizer_file)`: the same, with the tokenizer.json the recipe trained, as
+  a `ByteLM` (`bytelm.load(workdir).byte_lm()` loads one);
 - `from_hugging_face(model_dir)`: a local Hugging Face causal LM and its tokenizer.json, the
   same way (PyTorch, an optional extra);
-- `ByteDecoderLM(model)`, `HierarchicalLM(model, segmenter)`, `byte_model_from_workdir(path)`:
+- `ByteDecoderLM(model)`, `HierarchicalLM(model, segmenter)` (`bytelm.load(workdir).byte_lm()`):
   bytelm's byte models with `next_byte_logprobs` (and `next_byte_logprobs_along` a text, one
   pass), so they can join an ensemble.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import warnings
 from collections.abc import Sequence
 
 import jax
@@ -31,11 +32,11 @@ import numpy as np
 from bytelm.byteprobs.byte_lm import ByteLM
 from bytelm.byteprobs.tokenization import BPE
 from bytelm.data import bpe
-from bytelm import hierarchical_generation
-from bytelm.models import segment
+from bytelm import generation
+from bytelm.text import segment
 from bytelm.nn.compiled import Compiled
 from bytelm.runs.load import load as load_module
-from bytelm.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer
+from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer
 
 
 def prefix_tree(rows: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[int]]:
@@ -88,8 +89,12 @@ def decoder_token_lm(model, vocab_size: int | None = None):
 
 
 def from_workdir(workdir) -> ByteLM:
-  """A bytelm BPE decoder (python train.py --config configs/bpe_decoder.py) read as bytes: its
-  model and the tokenizer.json in its workdir."""
+  """Deprecated (removed in the next release): `bytelm.load(workdir).byte_lm()`. A bytelm BPE
+  decoder (python train.py --config configs/bpe_decoder.py) read as bytes: its model and the
+  tokenizer.json in its workdir."""
+  warnings.warn("bytelm.byteprobs.adapters.from_workdir(workdir) is deprecated and will be "
+                "removed in the next release: use bytelm.load(workdir).byte_lm()",
+                DeprecationWarning, stacklevel=2)
   path = pathlib.Path(workdir) / bpe.FILENAME
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: from_workdir needs the workdir of a BPE "
@@ -98,8 +103,8 @@ def from_workdir(workdir) -> ByteLM:
 
 
 def from_model(model, tokenizer_file) -> ByteLM:
-  """A loaded BPE decoder and its tokenizer.json as a `ByteLM` (from_workdir, and
-  `bytelm.load` for a BPE model's byte probabilities)."""
+  """A loaded BPE decoder and its tokenizer.json as a `ByteLM` (`bytelm.load` for a BPE
+  model's byte probabilities)."""
   tokenizer = BPE.from_file(tokenizer_file)
   return ByteLM(decoder_token_lm(model, len(tokenizer.token_bytes)), tokenizer, EOS_ID)
 
@@ -188,12 +193,16 @@ class HierarchicalLM(_ByteModel):
     self.model, self.segmenter = model, segmenter
 
   def _logits(self, text: bytes):
-    return hierarchical_generation.prefix_logits(self.model, text, self.segmenter)
+    return generation.prefix_logits(self.model, text, self.segmenter)
 
 
 def byte_model_from_workdir(workdir) -> _ByteModel:
-  """The byte LM a bytelm workdir holds: a decoder (configs/bytes_decoder.py) or a
-  hierarchical model (configs/hat.py, blt.py, hnet.py)."""
+  """Deprecated (removed in the next release): `bytelm.load(workdir).byte_lm()`. The byte LM a
+  bytelm workdir holds: a decoder (configs/bytes_decoder.py) or a hierarchical model
+  (configs/hat.py, blt.py, hnet.py)."""
+  warnings.warn("bytelm.byteprobs.adapters.byte_model_from_workdir(workdir) is deprecated and "
+                "will be removed in the next release: use bytelm.load(workdir).byte_lm()",
+                DeprecationWarning, stacklevel=2)
   workdir = pathlib.Path(workdir)
   config = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
   model = load_module(workdir)

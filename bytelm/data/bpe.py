@@ -11,7 +11,7 @@ byte characters are all in the vocabulary whatever the training text, so any tex
 script, encodes to tokens whose bytes concatenate back to the text's bytes. There is no
 normalizer (it would change the bytes) and no prefix space.
 
-Ids follow bytelm's conventions: pad 0 and eos 1 (bytelm.tokenizer), the 256 byte characters
+Ids follow bytelm's conventions: pad 0 and eos 1 (bytelm.text.tokenizer), the 256 byte characters
 after them, then the merges in the order BPE learned them. The special tokens' strings are
 never matched in text: a document containing the characters "<eos>" encodes them as text.
 
@@ -32,7 +32,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from bytelm.data import sources
-from bytelm.tokenizer import EOS_ID, PAD_ID
+from bytelm.text.tokenizer import EOS_ID, PAD_ID
 
 FILENAME = "tokenizer.json"  # in the run's workdir
 SPECIAL_TOKENS = ("<pad>", "<eos>")  # ids 0 and 1, in this order

@@ -1,11 +1,7 @@
 """Text noise for correction tasks: diacritics stripped, typos typed (host side, deterministic).
 
-Stripping (`strip_diacritics`) maps each Latin letter with a diacritic to its base letter.
-Unicode decomposition (NFD) alone misses letters whose mark is part of the glyph: ł, đ, ø,
-ħ have no decomposition. So a letter is stripped by its Unicode name: "LATIN SMALL LETTER L
-WITH STROKE" -> "LATIN SMALL LETTER L" = l. Letters whose name has no "WITH" stay what they
-are (ß, œ, æ, ð, þ, ı: separate letters, not decorated ones), as do other scripts (й is a
-letter of its own in Russian). Combining marks after a Latin letter (text in NFD) go too.
+Stripping (`strip_diacritics`, from `bytelm.text.diacritics`, which the tag vocabulary shares)
+maps each Latin letter with a diacritic to its base letter.
 
 Typos (`add_typos`): each typeable character (its lower case is a key of the keyboard layout)
 is, with probability `rate`, deleted, replaced by a neighbouring key, doubled with a
@@ -17,8 +13,9 @@ from __future__ import annotations
 
 import functools
 import random
-import unicodedata
 from typing import NamedTuple
+
+from bytelm.text.diacritics import strip_diacritics
 
 LAYOUTS = {  # rows of letter and digit keys, top to bottom, each row offset right of the one above
     "qwerty": ("1234567890", "qwertyuiop", "asdfghjkl", "zxcvbnm"),
@@ -26,37 +23,6 @@ LAYOUTS = {  # rows of letter and digit keys, top to bottom, each row offset rig
     "azerty": ("1234567890", "azertyuiop", "qsdfghjklm", "wxcvbn"),
 }
 TYPO_KINDS = ("delete", "substitute", "insert_before", "insert_after", "transpose")
-
-
-@functools.cache
-def _strip_char(ch: str) -> str:
-  """The base letter of one Latin letter with diacritics ("" for a combining mark), else ch."""
-  if unicodedata.combining(ch):
-    return ""
-  name = unicodedata.name(ch, "")
-  if not name.startswith("LATIN ") or " WITH " not in name:
-    return ch
-  try:
-    return unicodedata.lookup(name.split(" WITH ")[0])
-  except KeyError:  # no undecorated letter of that name: keep it
-    return ch
-
-
-def strip_diacritics(text: str) -> str:
-  """text with every diacritic of the Latin script removed, in NFC (see the module docstring).
-
-  >>> strip_diacritics("Laba diena, aš esu iš Lietuvos. Łódź, Đà Nẵng, Øre, Straße")
-  'Laba diena, as esu is Lietuvos. Lodz, Da Nang, Ore, Straße'
-  """
-  out, after_latin = [], False
-  for ch in unicodedata.normalize("NFC", text):
-    if unicodedata.combining(ch):
-      if not after_latin:  # a mark on another script's letter (or alone) stays
-        out.append(ch)
-      continue
-    out.append(_strip_char(ch))
-    after_latin = unicodedata.name(ch, "").startswith("LATIN ")
-  return "".join(out)
 
 
 @functools.cache

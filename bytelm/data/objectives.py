@@ -24,7 +24,7 @@ Everything is deterministic given a `np.random.Generator`; no global random stat
 import numpy as np
 
 from bytelm.data import noise
-from bytelm.tokenizer import EOS_ID, MAX_SENTINELS, NUM_BYTE_IDS, OFFSET
+from bytelm.text.tokenizer import EOS_ID, MAX_SENTINELS, NUM_BYTE_IDS, OFFSET
 
 NOISE_DENSITY = 0.15  # T5/ByT5: fraction of raw ids that are masked
 MEAN_NOISE_SPAN_LENGTH = 20.0  # ByT5 (T5 uses 3 for subwords): mean masked span, in bytes

@@ -3,7 +3,8 @@
 There is no iterator state: `batch(step)` draws example i of global batch `step` from
 `np.random.default_rng([seed, step, i])`, which picks a random window of the byte stream and
 (for span corruption) its noise mask. Resuming needs only the step, which the trainer already
-saves (levanter's property; notes/jax_conventions.md A.6): `state(step)` is `{"step", "seed"}`.
+saves (as in levanter, a restart reproduces the data exactly): `state(step)` is
+`{"step", "seed"}`.
 Calls may come in any order, and any process can build its slice of any batch.
 
 The byte stream. Documents are UTF-8 encoded and joined with an eos between them, in an
@@ -19,7 +20,7 @@ window holds raw_length = span_corruption_lengths(T)[0] ids (only degenerate noi
 leave the inputs one id short, padded with 0; see span_corruption_lengths). Causal LM:
 windows of T + 1 ids, inputs = window[:-1], targets = window[1:], S = T. Correction and
 diacritics tagging: whole words of a window of S - 1 text bytes (`_window_text`), their noised
-form as inputs; rows are padded with 0. Tagging's targets are labels (bytelm.data.tags), S = T.
+form as inputs; rows are padded with 0. Tagging's targets are labels (bytelm.text.tags), S = T.
 
 Evaluation: `eval_batches()` cuts the stream into consecutive, non-overlapping windows in
 stream order (causal LM windows share one boundary id, so each id is predicted once), with
@@ -38,16 +39,21 @@ covers a prefix of the same text; its length matches theirs only as far as T tok
 bytes of a byte window (token windows end at token boundaries).
 """
 
-import pathlib
-from collections.abc import Iterator, Sequence
-from typing import Literal
+from __future__ import annotations
 
-import datasets
+import pathlib
+import sys
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Literal
+
 import numpy as np
 
-from bytelm.data import bpe, noise, objectives, sources, tags
-from bytelm.models import segment
-from bytelm.tokenizer import EOS_ID, OFFSET, PAD_ID
+from bytelm.data import bpe, noise, objectives, sources
+from bytelm.text import segment, tags
+from bytelm.text.tokenizer import EOS_ID, OFFSET, PAD_ID
+
+if TYPE_CHECKING:  # not imported here: `import bytelm` stays light (datasets takes ~1 s)
+  import datasets
 
 Objective = Literal["span_corruption", "causal_lm", "correction", "diacritics_tagging"]
 OBJECTIVES = ("span_corruption", "causal_lm", "correction", "diacritics_tagging")
@@ -56,13 +62,20 @@ _SHUFFLE_SALT = 0x5EED0D0C  # keeps the document-order rng apart from the exampl
 _EVAL_SALT = 0x5EEDE7A1  # fixed seed of evaluation noise masks, whatever `seed` is
 
 
+def eval_rng(window: int) -> np.random.Generator:
+  """The rng of evaluation window `window`'s noise: the same in every run, whatever `seed` is,
+  so that anything that rebuilds an evaluation window (bytelm.load's score) gets its mask."""
+  return np.random.default_rng([_EVAL_SALT, window])
+
+
 def build_stream(texts: datasets.Dataset | Sequence[str], shuffle_seed: int | None = 0
                  ) -> tuple[np.ndarray, int]:
   """(uint8 stream, number of documents): UTF-8 documents joined by 0xFF (eos), shuffled.
 
   Empty documents are skipped. shuffle_seed=None keeps the given order.
   """
-  if isinstance(texts, datasets.Dataset):
+  datasets = sys.modules.get("datasets")  # a Dataset exists only if datasets was imported
+  if datasets is not None and isinstance(texts, datasets.Dataset):
     if "text" not in texts.column_names:
       raise ValueError(f"the Dataset has no \"text\" column, only {texts.column_names}; "
                        "rename the text column: ds.rename_column('<col>', 'text')")
@@ -124,11 +137,11 @@ class BatchSource:
       correction_task, typo_rate, keyboard: the "correction" objective's noise
         (objectives.correction): inputs are whole words of a window of S - 1 bytes, corrupted;
         targets are the words themselves. S defaults to T. ("diacritics_tagging" needs no
-        settings: inputs are stripped of diacritics, targets are bytelm.data.tags labels.)
+        settings: inputs are stripped of diacritics, targets are bytelm.text.tags labels.)
       segments: for hierarchical models (causal LM only): {"kind": "words" | "entropy" |
         "fixed", "max_segments": N, "max_segment_bytes": L, "fixed_size": n, "entropy_model":
         path (see `fit_entropy_model`)}. Batches then also hold `segment_ids` and
-        `context_ids` [B, T] of the targets (bytelm.models.segment).
+        `context_ids` [B, T] of the targets (bytelm.text.segment).
       tokenizer: a byte-level BPE `tokenizers.Tokenizer` (bytelm.data.bpe), causal LM only:
         positions are its tokens instead of bytes, and batches also hold `target_bytes`
         (module docstring). input_length then counts tokens.
@@ -154,7 +167,7 @@ class BatchSource:
     self.mean_noise_span_length = float(mean_noise_span_length)
     self.input_length = int(input_length)
     self.correction = dict(task=correction_task, typo_rate=float(typo_rate), layout=keyboard)
-    self.segments = _check_segments(segments, objective)
+    self.segments = segment_settings(segments, objective)
     if tokenizer is not None and (objective != "causal_lm" or segments is not None):
       raise ValueError(f"a tokenizer is for the causal_lm objective without segments (a subword "
                        f"decoder), not {objective!r}" + (" with segments" if segments else ""))
@@ -238,7 +251,7 @@ class BatchSource:
       first = b * self.batch_size + self.process_index * self.local_batch_size
       rows = []
       for w in range(first, min(first + self.local_batch_size, self.eval_windows)):
-        rng = np.random.default_rng([_EVAL_SALT, w])
+        rng = eval_rng(w)
         rows.append(self._example(w * self.stride, rng))
       yield self._stack(rows, self.local_batch_size)
 
@@ -328,8 +341,9 @@ _SEGMENT_KEYS = {"kind", "max_segments", "max_segment_bytes", "fixed_size", "ent
                  "entropy_order", "target_segment_bytes", "entropy_relative"}
 
 
-def _check_segments(segments: dict | None, objective: str) -> dict | None:
-  """{"segmenter": segment.Segmenter, "max_segments": N} from the `segments` setting."""
+def segment_settings(segments: dict | None, objective: str) -> dict | None:
+  """{"segmenter": segment.Segmenter, "max_segments": N}, what `segment_rows` takes, from a
+  run's `data.segments` setting (checked); None for none."""
   if segments is None:
     return None
   segments = dict(segments)

@@ -21,6 +21,8 @@ uses the Hugging Face cache as usual): the embedded corpus is ~40 MB of text and
 memory in about a second.
 """
 
+from __future__ import annotations
+
 import glob
 import gzip
 import json
@@ -28,10 +30,12 @@ import lzma
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
+from bytelm.text.segment import split_long
 
-from bytelm.models.segment import split_long
+if TYPE_CHECKING:  # imported where used: `import bytelm` stays light (datasets takes ~1 s)
+  import datasets
 
 # The embedded corpus lives beside this file. Tests point it elsewhere by monkeypatching this
 # module attribute; every function below reads it at call time through `corpus_dir()`.
@@ -241,6 +245,7 @@ def _load_hf(rest: str, split: str) -> datasets.Dataset:
   name, _, config = rest.partition(":")
   if not name:
     raise ValueError("hf: spec needs a dataset name, e.g. 'hf:wikitext:wikitext-2-raw-v1'")
+  import datasets
   ds = datasets.load_dataset(name, config or None, split=split)
   if isinstance(ds, datasets.IterableDataset):
     raise ValueError(f"hf:{rest} loaded as a streaming dataset; bytelm needs a map-style "
@@ -261,4 +266,5 @@ def _to_dataset(texts: list[str], where: str) -> datasets.Dataset:
   if not any(texts):
     raise ValueError(f"{where}: all {len(texts)} documents are empty; point the spec at "
                      "files with text")
+  import datasets
   return datasets.Dataset.from_dict({"text": texts})

@@ -3,6 +3,8 @@
   echo "Laba diena, as esu is Lietuvos" | python -m bytelm.demos.correct
   python -m bytelm.demos.correct [--model DIR] [--task diacritics|typos|both] [--diff] [TEXT ...]
 
+`bytelm-correct` is the same command, installed with the package.
+
 With TEXT, prints its correction; without, reads stdin and writes one corrected line per input
 line (a filter: `cat notes.txt | python -m bytelm.demos.correct > fixed.txt`). The default model
 is the diacritics restorer shipped in bytelm/demos/diacritics/ (configs/diacritics.py); --model
@@ -32,12 +34,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-import bytelm
-from bytelm.data import noise, sources, tags
+from bytelm import generation
+from bytelm.data import noise, sources
+from bytelm.text import tags
 from bytelm.demos import metrics
 from bytelm.models.tagger import Tagger
 from bytelm.nn.compiled import Compiled
-from bytelm.tokenizer import ByteTokenizer
+from bytelm.text.tokenizer import ByteTokenizer
+from bytelm.runs.load import load as load_run
 
 SHIPPED = pathlib.Path(__file__).parent / "diacritics"
 TASKS = ("diacritics", "typos", "both")
@@ -136,7 +140,7 @@ class Corrector:
     else:
       raise ValueError(f"{path} holds a model trained for {objective!r}, not a corrector; "
                        "train one with configs/diacritics.py")
-    model = bytelm.load_module(path)
+    model = load_run(path)  # any family: a tagger is no LanguageModel
     if lexicon and isinstance(model, Tagger):
       kwargs["lexicons"] = [metrics.Lexicon(line for text in sources.load_text(spec, "train")["text"]
                                             for line in text.split("\n"))
@@ -210,9 +214,9 @@ class Corrector:
     for start in range(0, len(texts), self.batch_size):
       chunk = texts[start:start + self.batch_size]
       # A restored letter takes up to 3 bytes where its input took 1; typos change little.
-      generated = bytelm.generate(self.model, ByteTokenizer(), chunk,
-                                  max_new_bytes=2 * self.input_length, method="greedy",
-                                  max_input_bytes=self.input_length)
+      generated = generation.encoder_decoder_texts(
+          self.model, ByteTokenizer(), chunk, max_new_bytes=2 * self.input_length,
+          method="greedy", max_input_bytes=self.input_length)
       if task == "diacritics":
         generated = [diacritics_only(t, g) for t, g in zip(chunk, generated)]
       out.extend(generated)
@@ -282,9 +286,9 @@ def mark_changes(before: str, after: str, color: bool) -> str:
   return "".join(out)
 
 
-def _parse(argv):
+def _parse(argv, prog):
   parser = argparse.ArgumentParser(
-      prog="python -m bytelm.demos.correct",
+      prog=prog,
       description="Restore diacritics (or fix typos) in text with a byte-level model.")
   parser.add_argument("text", nargs="*", help="text to correct; none: read lines from stdin")
   parser.add_argument("--model", default=None,
@@ -299,8 +303,10 @@ def _parse(argv):
   return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-  args = _parse(argv)
+def main(argv=None, prog: str = "python -m bytelm.demos.correct") -> int:
+  """The command line (the module docstring); prog: its name in usage and help (bytelm-correct
+  is this main)."""
+  args = _parse(argv, prog)
   try:
     corrector = Corrector.load(args.model, lexicon=not args.no_lexicon)
     corrector.check_task(args.task)

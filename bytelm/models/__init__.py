@@ -1,4 +1,5 @@
-"""Model families. Each file holds one family: its config dataclass, the model and its loss_fn.
+"""Model families. Each file holds one family: its config dataclass, the model and its loss_fn;
+blocks.py holds what they share, pooling.py the segment pooling of the hierarchical models.
 
 The trainer knows a family only through `family(name)`: how to build the config and the model,
 the `loss_fn(model, batch, z_loss=...) -> (loss, metrics)` contract, and three optional hooks.
@@ -22,7 +23,8 @@ class Family:
   after_step: Callable[..., None] | None = None
   # Metrics of loss_fn, besides the loss, that evaluation averages over the held-out batches.
   eval_metrics: tuple[str, ...] = ()
-  # report(model, held_out_batches) -> {name: value}: end-of-run figures for the summary.
+  # report(model, held_out_batches) -> {name: value}: end-of-run figures for the summary, of
+  # what the model computes; speed is measured outside the models (bytelm.training.report).
   report: Callable[..., dict[str, float]] | None = None
 
 

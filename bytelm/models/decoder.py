@@ -3,8 +3,8 @@ tokens (the BPE baseline, configs/bpe_decoder.py).
 
 T5's blocks (pre-norm RMSNorm, gated-GELU MLP, no biases) as a causal stack: each position
 attends to itself and the positions before it, with T5's unidirectional relative position
-bias. The self-attention block is `t5.EncoderBlock`, given a causal mask: the same module the
-hierarchical backbone will stack, so a comparison between them changes only what the positions
+bias. The self-attention block is `blocks.EncoderBlock`, given a causal mask: the same module
+the hierarchical backbone stacks, so a comparison between them changes only what the positions
 are (bytes or segments).
 
 Trained with the "causal_lm" objective (inputs = a window of ids, targets = the same window
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bytelm.models import t5
+from bytelm.models import blocks, t5
 from bytelm.nn import key_mask_bias
 from bytelm.nn.attention import MASK_VALUE
 
@@ -54,12 +54,12 @@ class DecoderLM(nnx.Module):
 
   def __init__(self, cfg: DecoderConfig, *, rngs: nnx.Rngs):
     self.config = cfg
-    self.shared = t5.embedding(cfg, rngs)
-    self.rel_bias = t5._rel_bias(cfg, bidirectional=False, rngs=rngs)
-    self.blocks = nnx.List([t5.EncoderBlock(cfg, rngs) for _ in range(cfg.num_decoder_layers)])
-    self.final_norm = t5._norm(cfg)
+    self.shared = blocks.embedding(cfg, rngs)
+    self.rel_bias = blocks.rel_bias(cfg, bidirectional=False, rngs=rngs)
+    self.blocks = nnx.List([blocks.EncoderBlock(cfg, rngs) for _ in range(cfg.num_decoder_layers)])
+    self.final_norm = blocks.norm(cfg)
     self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
-    self.lm_head = t5.lm_head(cfg, rngs)
+    self.lm_head = blocks.lm_head(cfg, rngs)
 
   def __call__(self, ids_BT: jax.Array, mask_BT: jax.Array | None = None) -> jax.Array:
     """logits_BTV: position t predicts id t + 1 from ids 0..t. Padding (mask 0, by default
@@ -105,7 +105,7 @@ def loss_fn(model: DecoderLM, batch: dict[str, jax.Array], z_loss: float = 0.0):
   summed cross-entropy / (ln 2 * num_bytes) instead of the mean per target / ln 2.
   """
   logits_BTV = model(batch["inputs"])
-  loss, metrics = t5.cross_entropy(logits_BTV, batch["targets"], model.config.pad_id, z_loss)
+  loss, metrics = blocks.cross_entropy(logits_BTV, batch["targets"], model.config.pad_id, z_loss)
   if "target_bytes" in batch:
     keep_BT = batch["targets"] != model.config.pad_id
     num_bytes = jnp.where(keep_BT, batch["target_bytes"], 0).sum().astype(jnp.float32)

@@ -13,17 +13,17 @@ Here, for a row of target bytes y (the "causal_lm" objective's targets):
 2. backbone: a causal stack over the N segment summaries, at the full width;
 3. decoder: the same local causal attention over the *inputs* (y shifted right by one);
    position t adds the backbone state (projected down) of the last segment whose end was
-   settled before t (`segment.unpool` of the context ids) and predicts y[t]. So y[t] is
+   settled before t (`pooling.unpool` of the context ids) and predicts y[t]. So y[t] is
    predicted from bytes before t only (tests change the bytes from t on and check).
-All positions train in parallel. Every block is `t5.EncoderBlock`, as in models/decoder.py, so
-with equal width and depth the flat decoder and the backbone differ only in what the positions
-are (bytes or segments).
+All positions train in parallel. Every block is `blocks.EncoderBlock`, as in models/decoder.py,
+so with equal width and depth the flat decoder and the backbone differ only in what the
+positions are (bytes or segments).
 
 Where segments come from (`segmenter`):
 - "given": the batch carries `segment_ids` and `context_ids` (words, entropy or fixed
-  segments, computed on the host by the data pipeline: `segment.Segmenter`);
+  segments, computed on the host by the data pipeline: `bytelm.text.segment.Segmenter`);
 - "learned": a boundary predictor on the byte encoder's states decides (H-Net's routing,
-  `segment.BoundaryPredictor`), pulled toward `target_segment_bytes` by a ratio loss.
+  `pooling.BoundaryPredictor`), pulled toward `target_segment_bytes` by a ratio loss.
 
 Axis legend: B batch, T bytes, N segments, D d_model (backbone), d byte_d_model, H heads,
 V vocab, W window, S keys.
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bytelm.models import decoder, segment, t5
+from bytelm.models import blocks, decoder, pooling, t5
 from bytelm.nn import Dense
 from bytelm.nn.attention import MASK_VALUE
 
@@ -89,7 +89,7 @@ class HierarchicalConfig(t5.T5Config):
 
 
 def window_bias(rel_bias, window: int) -> jax.Array:
-  """bias_HWS for `t5.EncoderBlock.local`: query W + i over keys 0..2W-1, causal and at most
+  """bias_HWS for `blocks.EncoderBlock.local`: query W + i over keys 0..2W-1, causal and at most
   W - 1 back."""
   q_W, k_S = window + jnp.arange(window), jnp.arange(2 * window)
   back_WS = q_W[:, None] - k_S[None, :]
@@ -108,24 +108,27 @@ class Hierarchical(nnx.Module):
   def __init__(self, cfg: HierarchicalConfig, *, rngs: nnx.Rngs):
     self.config = cfg
     bcfg = cfg.byte_config()
-    kw = t5._layer_kwargs(cfg, rngs)
-    self.shared = t5.embedding(bcfg, rngs)
-    self.byte_bias = t5._rel_bias(bcfg, bidirectional=False, rngs=rngs)
-    self.encoder = nnx.List([t5.EncoderBlock(bcfg, rngs) for _ in range(cfg.num_encoder_layers)])
-    self.encoder_norm = t5._norm(bcfg)
-    self.router = (segment.BoundaryPredictor(cfg.byte_d_model, **kw)
+    kw = blocks.layer_kwargs(cfg, rngs)
+    self.shared = blocks.embedding(bcfg, rngs)
+    self.byte_bias = blocks.rel_bias(bcfg, bidirectional=False, rngs=rngs)
+    self.encoder = nnx.List([blocks.EncoderBlock(bcfg, rngs)
+                             for _ in range(cfg.num_encoder_layers)])
+    self.encoder_norm = blocks.norm(bcfg)
+    self.router = (pooling.BoundaryPredictor(cfg.byte_d_model, **kw)
                    if cfg.segmenter == "learned" else None)
-    self.pooler = (segment.QueryPool(cfg.byte_d_model, **kw) if cfg.pool == "query" else None)
+    self.pooler = (pooling.QueryPool(cfg.byte_d_model, **kw) if cfg.pool == "query" else None)
     self.up = Dense(cfg.byte_d_model, cfg.d_model, std=cfg.byte_d_model**-0.5, **kw)
-    self.segment_bias = t5._rel_bias(cfg, bidirectional=False, rngs=rngs)
-    self.backbone = nnx.List([t5.EncoderBlock(cfg, rngs) for _ in range(cfg.num_backbone_layers)])
-    self.backbone_norm = t5._norm(cfg)
+    self.segment_bias = blocks.rel_bias(cfg, bidirectional=False, rngs=rngs)
+    self.backbone = nnx.List([blocks.EncoderBlock(cfg, rngs)
+                              for _ in range(cfg.num_backbone_layers)])
+    self.backbone_norm = blocks.norm(cfg)
     self.down = Dense(cfg.d_model, cfg.byte_d_model, std=cfg.d_model**-0.5, **kw)
     # What the bytes of the first segment see instead of a backbone state.
     self.start = nnx.Param(jnp.zeros((cfg.byte_d_model,), cfg.storage_dtype))
-    self.decoder = nnx.List([t5.EncoderBlock(bcfg, rngs) for _ in range(cfg.num_decoder_layers)])
-    self.final_norm = t5._norm(bcfg)
-    self.lm_head = t5.lm_head(bcfg, rngs)
+    self.decoder = nnx.List([blocks.EncoderBlock(bcfg, rngs)
+                             for _ in range(cfg.num_decoder_layers)])
+    self.final_norm = blocks.norm(bcfg)
+    self.lm_head = blocks.lm_head(bcfg, rngs)
 
   # ---- the three stacks (training: all positions at once)
 
@@ -142,7 +145,7 @@ class Hierarchical(nnx.Module):
   def _pool(self, e_BTd: jax.Array, ids_BT: jax.Array, num_segments: int) -> jax.Array:
     if self.pooler is not None:
       return self.pooler(e_BTd, ids_BT, num_segments)
-    return segment.pool(e_BTd, ids_BT, num_segments, self.config.pool)
+    return pooling.pool(e_BTd, ids_BT, num_segments, self.config.pool)
 
   def backbone_states(self, e_BTd: jax.Array, segment_ids_BT: jax.Array) -> jax.Array:
     """h_BNd: segment n's backbone state (it has read segments 0..n), at the byte width."""
@@ -165,8 +168,8 @@ class Hierarchical(nnx.Module):
               context_ids_BT: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """(logits_BTV, aux): position t predicts targets_BT[t]; inputs_BT is targets_BT shifted
     right by one (the "causal_lm" pair). With the "given" segmenter, segment_ids_BT and
-    context_ids_BT are `segment.segment_ids` / `segment.context_ids` of the targets. aux holds
-    `bytes_per_segment` and, for the learned segmenter, its `ratio_loss`."""
+    context_ids_BT are `bytelm.text.segment`'s `segment_ids` / `context_ids` of the targets.
+    aux holds `bytes_per_segment` and, for the learned segmenter, its `ratio_loss`."""
     cfg = self.config
     T = targets_BT.shape[1]
     pad = -T % cfg.window  # the local layers work in whole windows; padding comes last
@@ -178,10 +181,10 @@ class Hierarchical(nnx.Module):
     scale_BT = None
     if cfg.segmenter == "learned":
       p_BT = self.router(e_BTd)
-      starts_BT = segment.force_max_length(p_BT >= 0.5, cfg.max_segment_bytes)
-      segment_ids_BT, context_ids_BT = segment.ids_from_starts(starts_BT & valid_BT,
+      starts_BT = pooling.force_max_length(p_BT >= 0.5, cfg.max_segment_bytes)
+      segment_ids_BT, context_ids_BT = pooling.ids_from_starts(starts_BT & valid_BT,
                                                                cfg.max_segments)
-      aux["ratio_loss"] = segment.ratio_loss(p_BT, starts_BT, valid_BT, cfg.target_segment_bytes)
+      aux["ratio_loss"] = pooling.ratio_loss(p_BT, starts_BT, valid_BT, cfg.target_segment_bytes)
       # H-Net's confidence: forward 1, but the LM loss's gradient reaches the boundary
       # probabilities. Position t reads the decision about byte t - 1 (settled before t).
       c_BT = jnp.where(starts_BT, p_BT, 1.0 - p_BT)
@@ -192,9 +195,9 @@ class Hierarchical(nnx.Module):
     elif pad:
       segment_ids_BT, context_ids_BT = (jnp.pad(a, ((0, 0), (0, pad)), constant_values=-1)
                                         for a in (segment_ids_BT, context_ids_BT))
-    aux["bytes_per_segment"] = segment.bytes_per_segment(segment_ids_BT, valid_BT)
+    aux["bytes_per_segment"] = pooling.bytes_per_segment(segment_ids_BT, valid_BT)
     h_BNd = self.backbone_states(e_BTd, segment_ids_BT)
-    context_BTd = segment.unpool(h_BNd, context_ids_BT, self.start[...])
+    context_BTd = pooling.unpool(h_BNd, context_ids_BT, self.start[...])
     if scale_BT is not None:
       context_BTd = context_BTd * scale_BT[..., None].astype(context_BTd.dtype)
     return self.decode_bytes(inputs_BT, context_BTd)[:, :T], aux
@@ -203,7 +206,7 @@ class Hierarchical(nnx.Module):
     """logits_BTV (see `forward`)."""
     return self.forward(inputs_BT, targets_BT, segment_ids_BT, context_ids_BT)[0]
 
-  # ---- one position at a time, with caches (bytelm/hierarchical_generation.py runs the loop)
+  # ---- one position at a time, with caches (bytelm/generation/hierarchical.py runs the loop)
 
   def init_cache(self, batch: int, max_len: int) -> dict:
     """Empty caches for up to max_len bytes: the last `window` keys and values of each byte
@@ -328,7 +331,7 @@ def loss_fn(model: Hierarchical, batch: dict[str, jax.Array], z_loss: float = 0.
   """
   logits_BTV, aux = model.forward(batch["inputs"], batch["targets"], batch.get("segment_ids"),
                                   batch.get("context_ids"))
-  loss, metrics = t5.cross_entropy(logits_BTV, batch["targets"], model.config.pad_id, z_loss)
+  loss, metrics = blocks.cross_entropy(logits_BTV, batch["targets"], model.config.pad_id, z_loss)
   metrics = dict(metrics, bytes_per_segment=aux["bytes_per_segment"])
   if "ratio_loss" in aux:
     loss = loss + model.config.ratio_loss_weight * aux["ratio_loss"]

@@ -53,15 +53,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bytelm import timing
-from bytelm.models import t5
+from bytelm.models import blocks, t5
 from bytelm.nn import batching, key_mask_bias
 from bytelm.nn.compiled import Compiled, jit_call
 
 DELETIONS = ("soft", "hard", "none")
-
-# Incremented each time hard-deletion compaction is traced (once per bucket): tests count it.
-_NUM_COMPACT_TRACES = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +167,7 @@ class DeleteGate(nnx.Module):
 
   def __init__(self, cfg: MrT5Config, rngs: nnx.Rngs):
     self.scale = cfg.gate_scale
-    self.norm = t5._norm(cfg)
+    self.norm = blocks.norm(cfg)
     init = nnx.initializers.xavier_uniform()
     self.kernel = nnx.Param(init(rngs.params(), (cfg.d_model, 1), cfg.storage_dtype))
     self.bias = nnx.Param(jnp.full((1,), cfg.gate_init_bias, cfg.storage_dtype))  # > 0: keep
@@ -256,8 +252,6 @@ class MrT5(t5.T5):
     same result without the speed-up and without a host round trip, e.g. inside a jitted
     evaluation.
     """
-    global _NUM_COMPACT_TRACES
-    _NUM_COMPACT_TRACES += 1  # runs at trace time only
     keep_BT = (gate_BT > self.config.threshold) & input_mask_BT
     index_BL, valid_BL = compaction(keep_BT, length or x_BTD.shape[1])
     x_BLD = jnp.take_along_axis(x_BTD, index_BL[..., None], axis=1)
@@ -387,7 +381,7 @@ def loss_fn(model: MrT5, batch, z_loss: float = 0.0, deletion: str = "soft"):
   targets_BS = batch["targets"]
   logits_BSV, e = model.forward(batch["inputs"], t5.shift_right(targets_BS, cfg.decoder_start_id),
                                 batch.get("input_mask"), deletion=deletion)
-  loss, metrics = t5.cross_entropy(logits_BSV, targets_BS, cfg.pad_id, z_loss)
+  loss, metrics = blocks.cross_entropy(logits_BSV, targets_BS, cfg.pad_id, z_loss)
   gate_mean = masked_mean(e.gate_BT, batch.get("input_mask", batch["inputs"] != cfg.pad_id))
   alpha = jax.lax.stop_gradient(model.controller.alpha[...])
   excess = jnp.mean(e.score_excess_B)
@@ -402,27 +396,14 @@ def after_step(model: MrT5, metrics) -> None:
   model.controller.update(metrics["deleted_frac"], model.config)
 
 
-def report(model: MrT5, batches, repeats: int = 5) -> dict[str, float]:
-  """End-of-training figures on held-out batches: loss and deletion with hard deletion, and the
-  encoder's speed-up of hard deletion over the same model without deletion (measured)."""
-  batches = list(batches)
+def report(model: MrT5, batches) -> dict[str, float]:
+  """End-of-training figures on held-out batches: loss and deletion with hard deletion. (The
+  training summary adds the measured encoder speed-up: bytelm.training.report.)"""
   totals = {"ce_sum": 0.0, "num_targets": 0.0, "deleted": 0.0, "real": 0.0}
   for batch in batches:
     m = jax.device_get(jit_call(model, "eval_sums", batch, deletion="hard"))
     for key in totals:
       totals[key] += float(m[key])
   val_loss = totals["ce_sum"] / max(totals["num_targets"], 1.0)
-
-  inputs_BT = jnp.asarray(batches[0]["inputs"])
-  mask_BT = inputs_BT != model.config.pad_id
-  compiled = Compiled(model)  # split once: no timed call pays for it
-  times = timing.compare({
-      "hard": lambda: jax.block_until_ready(
-          model.encode_for_inference(inputs_BT, mask_BT, compiled)),
-      "none": lambda: jax.block_until_ready(
-          compiled("encode_memory", inputs_BT, mask_BT, deletion="none")),
-  }, repeats=repeats)
   return {"hard_val_loss": val_loss, "hard_val_bpb": val_loss / math.log(2),
-          "hard_deletion": totals["deleted"] / max(totals["real"], 1.0),
-          "encoder_speedup": times["none"] / times["hard"],
-          "encoder_ms_per_example": 1e3 * times["hard"] / inputs_BT.shape[0]}
+          "hard_deletion": totals["deleted"] / max(totals["real"], 1.0)}

@@ -12,81 +12,33 @@ length, D d_model, H heads, K head dim, F d_ff, V vocab.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
 from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
-from bytelm.nn import Attention, Dense, GatedGeluMLP, RelativePositionBias, RMSNorm, key_mask_bias
+from bytelm.models.blocks import (BlockConfig, EncoderBlock, add_gate, attention, block_kwargs,
+                                  cross_entropy, dropout_active, embedding, lm_head, maybe_remat,
+                                  norm, rel_bias, score_excess)
+from bytelm.nn import GatedGeluMLP, key_mask_bias
 from bytelm.nn.attention import MASK_VALUE
-from bytelm.nn.layers import QUANT_MODES
 from bytelm.nn.batching import loop_is_faster, map_over_batch
 from bytelm.nn.compiled import Compiled
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Config:
-  """Hyper-parameters of a T5 encoder-decoder. Field names follow Hugging Face's `T5Config`."""
+class T5Config(BlockConfig):
+  """Hyper-parameters of a T5 encoder-decoder: the blocks' (`BlockConfig`) and the stacks'.
+  Field names follow Hugging Face's `T5Config`."""
 
-  # Fields that change how the model computes, not what it is: a checkpoint stays valid when
-  # they change (resume, init_from, export).
-  RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("dropout_rate", "dtype", "remat")
-  POSITIVE_FIELDS: ClassVar[tuple[str, ...]] = (
-      "d_model", "d_ff", "num_heads", "d_kv", "num_encoder_layers", "num_decoder_layers",
-      "vocab_size")
+  POSITIVE_FIELDS: ClassVar[tuple[str, ...]] = BlockConfig.POSITIVE_FIELDS + (
+      "num_encoder_layers", "num_decoder_layers")
 
-  vocab_size: int = 384  # embedding rows: 259 byte ids + room, rounded to 128 (ByT5)
-  d_model: int = 256  # residual stream width
-  d_ff: int = 640  # hidden width of the gated-GELU feed-forward
-  num_heads: int = 4
-  d_kv: int = 64  # width of one head; H*K need not equal D
   num_encoder_layers: int = 6  # ByT5 makes the encoder 3x deeper than the decoder
   num_decoder_layers: int = 2
-  relative_attention_num_buckets: int = 32
-  relative_attention_max_distance: int = 128  # distances beyond this share the last bucket
-  dropout_rate: float = 0.0  # ByT5 pretraining used 0.0; HF configs say 0.1 (fine-tuning)
-  layer_norm_eps: float = 1e-6
   tie_word_embeddings: bool = False  # ByT5 / T5.1.1: untied
-  attention_softmax: str = "softmax"  # or "softmax1" (MrT5)
-  dtype: str = "float32"  # compute dtype; "bfloat16" on accelerators
-  remat: bool = False  # recompute each block in the backward pass: less memory, ~1/3 more compute
-  param_dtype: str = "float32"
-  pad_id: int = 0
-  eos_id: int = 1
   decoder_start_id: int = 0  # T5 starts decoding from the pad id
-  # Quantization-aware training of the blocks' matmuls (bytelm.nn.Dense): None, "int8_weight",
-  # "int8" (W8A8) or "ternary" (BitNet b1.58, with an RMSNorm before the attention output and
-  # `wo`); embeddings, LM head and MrT5's gate stay float. quant_statistic: the ternary scale,
-  # "mean" or "median" of |W|.
-  quant: str | None = None
-  quant_statistic: str = "mean"
-
-  def __post_init__(self):
-    if self.quant not in QUANT_MODES:
-      raise ValueError(f"quant must be one of {QUANT_MODES}, got {self.quant!r}")
-    if self.quant_statistic not in ("mean", "median"):
-      raise ValueError(f"quant_statistic must be 'mean' or 'median', got {self.quant_statistic!r}")
-    if self.attention_softmax not in ("softmax", "softmax1"):
-      raise ValueError(f"attention_softmax must be 'softmax' or 'softmax1', got "
-                       f"{self.attention_softmax!r}")
-    for name in self.POSITIVE_FIELDS:
-      if getattr(self, name) <= 0:
-        raise ValueError(f"T5Config.{name} must be positive, got {getattr(self, name)}")
-
-  def replace(self, **changes) -> "T5Config":
-    return dataclasses.replace(self, **changes)
-
-  @property
-  def compute_dtype(self):
-    return jnp.dtype(self.dtype)
-
-  @property
-  def storage_dtype(self):
-    return jnp.dtype(self.param_dtype)
 
 
 # Named presets. The ByT5 sizes are from the paper's table 1; the small ones are for CPUs.
@@ -119,140 +71,15 @@ def byt5_small(**overrides) -> T5Config:
   return preset("byt5_small", **overrides)
 
 
-def embedding(cfg: T5Config, rngs: nnx.Rngs) -> nnx.Embed:
-  """The byte embedding (N(0, 1) as in T5; shared with the LM head when tied)."""
-  return nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nnx.initializers.normal(1.0),
-                   dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, rngs=rngs)
-
-
-def lm_head(cfg: T5Config, rngs: nnx.Rngs) -> Dense:
-  """An untied LM head; std d_model**-0.5 (not HF's 1.0) keeps the initial logits O(1) when
-  training from scratch."""
-  return Dense(cfg.d_model, cfg.vocab_size, std=cfg.d_model**-0.5, **_layer_kwargs(cfg, rngs))
-
-
-def _layer_kwargs(cfg: T5Config, rngs: nnx.Rngs) -> dict:
-  return dict(dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, rngs=rngs)
-
-
-def _block_kwargs(cfg: T5Config, rngs: nnx.Rngs) -> dict:
-  """The blocks' matmuls (attention, feed-forward) are the ones quantized."""
-  return dict(_layer_kwargs(cfg, rngs), quant=cfg.quant, statistic=cfg.quant_statistic)
-
-
-def _norm(cfg: T5Config) -> RMSNorm:
-  return RMSNorm(cfg.d_model, eps=cfg.layer_norm_eps, dtype=cfg.compute_dtype,
-                 param_dtype=cfg.storage_dtype)
-
-
-def _attention(cfg: T5Config, rngs: nnx.Rngs) -> Attention:
-  return Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, dropout_rate=cfg.dropout_rate,
-                   softmax=cfg.attention_softmax, **_block_kwargs(cfg, rngs))
-
-
-def _rel_bias(cfg: T5Config, bidirectional: bool, rngs: nnx.Rngs) -> RelativePositionBias:
-  return RelativePositionBias(cfg.num_heads, bidirectional=bidirectional,
-                              num_buckets=cfg.relative_attention_num_buckets,
-                              max_distance=cfg.relative_attention_max_distance,
-                              std=cfg.d_model**-0.5, param_dtype=cfg.storage_dtype, rngs=rngs)
-
-
-def _dropout_active(dropout: nnx.Dropout) -> bool:
-  return dropout.rate > 0 and not dropout.deterministic
-
-
-def _maybe_remat(block: nnx.Module, remat: bool):
-  """block's __call__, rematerialised in the backward pass when `remat` (config.remat)."""
-  if not remat:
-    return block
-  return functools.partial(nnx.remat(type(block).__call__), block)
-
-
-def _add_gate(key_bias_BS, gate_bias_BS):
-  return key_bias_BS if gate_bias_BS is None else key_bias_BS + gate_bias_BS.astype(jnp.float32)
-
-
-def _score_excess(attn, h_BTD, k_BHSK, pos_bias, key_bias_BS, above):
-  if above is None:
-    return jnp.zeros(h_BTD.shape[:1], jnp.float32)
-  return attn.score_excess(h_BTD, k_BHSK, pos_bias, key_bias_BS, above=above)
-
-
-class EncoderBlock(nnx.Module):
-  """Pre-norm self-attention then gated-GELU MLP, each added back to the residual stream."""
-
-  def __init__(self, cfg: T5Config, rngs: nnx.Rngs):
-    self.attn_norm, self.attn = _norm(cfg), _attention(cfg, rngs)
-    self.mlp_norm = _norm(cfg)
-    self.mlp = GatedGeluMLP(cfg.d_model, cfg.d_ff, dropout_rate=cfg.dropout_rate,
-                            **_block_kwargs(cfg, rngs))
-    self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
-
-  def __call__(self, x_BTD: jax.Array, pos_bias_HTT: jax.Array, key_bias_BT: jax.Array,
-               gate_bias_BT: jax.Array | None = None, excess_above: float | None = None):
-    """(x_BTD, excess_B). gate_bias_BT is added to key_bias_BT (MrT5's soft deletion);
-    excess_B is the attention-score regulariser, zeros unless excess_above is given."""
-    h_BTD = self.attn_norm(x_BTD)
-    k_BHTK, v_BHTK = self.attn.project_kv(h_BTD)
-    excess_B = _score_excess(self.attn, h_BTD, k_BHTK, pos_bias_HTT, key_bias_BT, excess_above)
-    attn_BTD = self.attn.attend(h_BTD, k_BHTK, v_BHTK, pos_bias_HTT,
-                                _add_gate(key_bias_BT, gate_bias_BT))
-    return self._mlp(x_BTD + self.dropout(attn_BTD)), excess_B
-
-  def _mlp(self, x_BTD: jax.Array) -> jax.Array:
-    return x_BTD + self.dropout(self.mlp(self.mlp_norm(x_BTD)))
-
-  def local(self, x_BTD: jax.Array, pos_bias_HWS: jax.Array, window: int) -> jax.Array:
-    """The block with causal attention to the last `window` positions (itself included), in
-    blocks: the W = window queries of each block attend to their own block and the one before
-    (S = 2W keys), so the cost grows with T * W instead of T * T. pos_bias_HWS is the bias of
-    query W + i over keys 0..2W-1 and must mask what is further than W - 1 back or ahead.
-    T must be a multiple of the window."""
-    B, T, D = x_BTD.shape
-    if T % window:
-      raise ValueError(f"local attention needs a length that is a multiple of the window "
-                       f"{window}, got {T}")
-    nb = T // window
-    h_BTD = self.attn_norm(x_BTD)
-    k_BHTK, v_BHTK = self.attn.project_kv(h_BTD)
-
-    def with_previous_block(z_BHTK):  # -> (B nb) H 2W K
-      z_BHnWK = z_BHTK.reshape(B, z_BHTK.shape[1], nb, window, -1)
-      prev_BHnWK = jnp.pad(z_BHnWK, ((0, 0), (0, 0), (1, 0), (0, 0), (0, 0)))[:, :, :-1]
-      both = jnp.concatenate([prev_BHnWK, z_BHnWK], axis=3)
-      return both.transpose(0, 2, 1, 3, 4).reshape(B * nb, z_BHTK.shape[1], 2 * window, -1)
-
-    # The first block has no block before it: its zero keys are masked.
-    first_S = jnp.where(jnp.arange(2 * window) < window, MASK_VALUE, 0.0)
-    key_bias_nS = jnp.zeros((nb, 2 * window), jnp.float32).at[0].set(first_S)
-    attn_BTD = self.attn.attend(h_BTD.reshape(B * nb, window, D), with_previous_block(k_BHTK),
-                                with_previous_block(v_BHTK), pos_bias_HWS,
-                                jnp.tile(key_bias_nS, (B, 1))).reshape(B, T, D)
-    return self._mlp(x_BTD + self.dropout(attn_BTD))
-
-  def step(self, x_B1D: jax.Array, cache: dict[str, jax.Array], slot_B: jax.Array,
-           pos_bias_BH1S: jax.Array, key_bias_BS: jax.Array):
-    """One new position per row, written to cache slot slot_B (k, v: B H S K) before it
-    attends to the cache; pos_bias_BH1S and key_bias_BS say which slots it may see, and how
-    far back they are. Returns (x_B1D, cache)."""
-    h_B1D = self.attn_norm(x_B1D)
-    k_BH1K, v_BH1K = self.attn.project_kv(h_B1D)
-    write_BS = (jnp.arange(cache["k"].shape[2]) == slot_B[:, None])[:, None, :, None]
-    cache = {"k": jnp.where(write_BS, k_BH1K.astype(cache["k"].dtype), cache["k"]),
-             "v": jnp.where(write_BS, v_BH1K.astype(cache["v"].dtype), cache["v"])}
-    attn_B1D = self.attn.attend(h_B1D, cache["k"], cache["v"], pos_bias_BH1S, key_bias_BS)
-    return self._mlp(x_B1D + self.dropout(attn_B1D)), cache
-
-
 class DecoderBlock(nnx.Module):
   """Causal self-attention, cross-attention to the encoder, then the MLP; all pre-norm."""
 
   def __init__(self, cfg: T5Config, rngs: nnx.Rngs):
-    self.self_attn_norm, self.self_attn = _norm(cfg), _attention(cfg, rngs)
-    self.cross_attn_norm, self.cross_attn = _norm(cfg), _attention(cfg, rngs)
-    self.mlp_norm = _norm(cfg)
+    self.self_attn_norm, self.self_attn = norm(cfg), attention(cfg, rngs)
+    self.cross_attn_norm, self.cross_attn = norm(cfg), attention(cfg, rngs)
+    self.mlp_norm = norm(cfg)
     self.mlp = GatedGeluMLP(cfg.d_model, cfg.d_ff, dropout_rate=cfg.dropout_rate,
-                            **_block_kwargs(cfg, rngs))
+                            **block_kwargs(cfg, rngs))
     self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
   def __call__(self, y_BSD, self_pos_bias_HSL, self_key_bias_BL, enc_kv, cross_key_bias_BT,
@@ -265,10 +92,10 @@ class DecoderBlock(nnx.Module):
     y_BSD = y_BSD + self.dropout(self.self_attn.attend(h_BSD, k_BHLK, v_BHLK, self_pos_bias_HSL,
                                                        self_key_bias_BL))
     h_BSD = self.cross_attn_norm(y_BSD)
-    excess_B = _score_excess(self.cross_attn, h_BSD, enc_kv[0], None, cross_key_bias_BT,
+    excess_B = score_excess(self.cross_attn, h_BSD, enc_kv[0], None, cross_key_bias_BT,
                              excess_above)
     y_BSD = y_BSD + self.dropout(self.cross_attn.attend(
-        h_BSD, *enc_kv, None, _add_gate(cross_key_bias_BT, cross_gate_bias_BT)))
+        h_BSD, *enc_kv, None, add_gate(cross_key_bias_BT, cross_gate_bias_BT)))
     return y_BSD + self.dropout(self.mlp(self.mlp_norm(y_BSD))), excess_B
 
 
@@ -276,10 +103,10 @@ class Encoder(nnx.Module):
   """The encoder stack over embedded bytes; bidirectional position bias from its first layer."""
 
   def __init__(self, cfg: T5Config, rngs: nnx.Rngs):
-    self.rel_bias = _rel_bias(cfg, bidirectional=True, rngs=rngs)
+    self.rel_bias = rel_bias(cfg, bidirectional=True, rngs=rngs)
     self.remat = cfg.remat
     self.blocks = nnx.List([EncoderBlock(cfg, rngs) for _ in range(cfg.num_encoder_layers)])
-    self.final_norm = _norm(cfg)
+    self.final_norm = norm(cfg)
     self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
   def __call__(self, x_BTD: jax.Array, mask_BT: jax.Array,
@@ -287,7 +114,7 @@ class Encoder(nnx.Module):
     """The encoded x_BTD. key_bias_BT is added to every attention score towards that key."""
     x_BTD = self.dropout(x_BTD)
     x_BTD, _ = self.run(x_BTD, jnp.arange(x_BTD.shape[1]),
-                        _add_gate(key_mask_bias(mask_BT), key_bias_BT))
+                        add_gate(key_mask_bias(mask_BT), key_bias_BT))
     return self.finish(x_BTD)
 
   def run(self, x_BTD, pos, key_bias_BT, start: int = 0, stop: int | None = None,
@@ -302,13 +129,13 @@ class Encoder(nnx.Module):
     blocks = list(self.blocks)[start:stop]
     per_example = pos.ndim == 2
     shared_bias_HTT = None if per_example else self.rel_bias(pos, pos)
-    loop = loop_is_faster(x_BTD.shape[1], _dropout_active(self.dropout))
+    loop = loop_is_faster(x_BTD.shape[1], dropout_active(self.dropout))
 
     def layers(x_BTD, key_bias_BT, gate_bias_BT, pos_BT):
       bias = self.rel_bias(pos_BT, pos_BT) if per_example else shared_bias_HTT
       excess_B = jnp.zeros(x_BTD.shape[:1], jnp.float32)
       for block in blocks:  # the loop already rematerialises each example
-        x_BTD, e_B = _maybe_remat(block, self.remat and not loop)(
+        x_BTD, e_B = maybe_remat(block, self.remat and not loop)(
             x_BTD, bias, key_bias_BT, gate_bias_BT, excess_above)
         excess_B = excess_B + e_B
       return x_BTD, excess_B
@@ -325,10 +152,10 @@ class Decoder(nnx.Module):
   """The decoder stack; causal position bias from its first layer, no bias in cross-attention."""
 
   def __init__(self, cfg: T5Config, rngs: nnx.Rngs):
-    self.rel_bias = _rel_bias(cfg, bidirectional=False, rngs=rngs)
+    self.rel_bias = rel_bias(cfg, bidirectional=False, rngs=rngs)
     self.remat = cfg.remat
     self.blocks = nnx.List([DecoderBlock(cfg, rngs) for _ in range(cfg.num_decoder_layers)])
-    self.final_norm = _norm(cfg)
+    self.final_norm = norm(cfg)
     self.dropout = nnx.Dropout(cfg.dropout_rate, rngs=rngs)
 
   def __call__(self, y_BSD, enc_BTD, cross_key_bias_BT, mask_BS=None, cross_gate_bias_BT=None,
@@ -339,13 +166,13 @@ class Decoder(nnx.Module):
     pos_bias_HSS = self.rel_bias(pos_S, pos_S) + jnp.where(causal_SS, 0.0, MASK_VALUE)
     self_key_bias_BS = None if mask_BS is None else key_mask_bias(mask_BS)
     y_BSD = self.dropout(y_BSD)
-    loop = loop_is_faster(max(y_BSD.shape[1], enc_BTD.shape[1]), _dropout_active(self.dropout))
+    loop = loop_is_faster(max(y_BSD.shape[1], enc_BTD.shape[1]), dropout_active(self.dropout))
 
     def layers(y_BSD, self_key_bias_BS, enc_BTD, cross_key_bias_BT, cross_gate_bias_BT):
       excess_B = jnp.zeros(y_BSD.shape[:1], jnp.float32)
       for block in self.blocks:
         enc_kv = block.cross_attn.project_kv(enc_BTD)
-        y_BSD, e_B = _maybe_remat(block, self.remat and not loop)(
+        y_BSD, e_B = maybe_remat(block, self.remat and not loop)(
             y_BSD, pos_bias_HSS, self_key_bias_BS, enc_kv, cross_key_bias_BT, None,
             cross_gate_bias_BT, excess_above)
         excess_B = excess_B + e_B
@@ -471,18 +298,3 @@ def loss_fn(model: T5, batch: dict[str, jax.Array], z_loss: float = 0.0):
   logits_BSV = model(batch["inputs"], shift_right(targets_BS, model.config.decoder_start_id),
                      batch.get("input_mask"))
   return cross_entropy(logits_BSV, targets_BS, model.config.pad_id, z_loss)
-
-
-def cross_entropy(logits_BSV, targets_BS, pad_id: int, z_loss: float = 0.0):
-  """(loss, metrics) of logits against targets; pad targets are ignored."""
-  logits_BSV = logits_BSV.astype(jnp.float32)
-  weights_BS = (targets_BS != pad_id).astype(jnp.float32)
-  ce_BS = optax.softmax_cross_entropy_with_integer_labels(logits_BSV, targets_BS)
-  num_targets = jnp.maximum(weights_BS.sum(), 1.0)
-  ce = (ce_BS * weights_BS).sum() / num_targets
-  loss = ce
-  if z_loss:
-    log_z_BS = jax.nn.logsumexp(logits_BSV, axis=-1)
-    loss = loss + z_loss * (jnp.square(log_z_BS) * weights_BS).sum() / num_targets
-  return loss, {"loss": loss, "ce": ce, "bits_per_byte": ce / math.log(2),
-                "num_targets": weights_BS.sum()}

@@ -1,6 +1,6 @@
 """A byte tagger: the ByT5 encoder with a label head, one label per input byte.
 
-Used for diacritics restoration (`bytelm.data.tags`): the encoder reads the stripped text in
+Used for diacritics restoration (`bytelm.text.tags`): the encoder reads the stripped text in
 both directions and, at every ASCII letter, picks "keep" or one of the decorated letters that
 strip to it. Labels a byte cannot take are masked out of the logits (`tags.allowed_table`), so
 the model only ever chooses between valid restorations.
@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from bytelm.data import tags
-from bytelm.models import t5
+from bytelm.models import blocks, t5
 from bytelm.nn import Dense
 from bytelm.nn.attention import MASK_VALUE
+from bytelm.text import tags
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +36,7 @@ class TaggerConfig(t5.T5Config):
       f for f in t5.T5Config.POSITIVE_FIELDS if f != "num_decoder_layers")
 
   num_decoder_layers: int = 0
-  letters: str = tags.LETTERS  # label 2 + k puts back letters[k] (see bytelm.data.tags)
+  letters: str = tags.LETTERS  # label 2 + k puts back letters[k] (see bytelm.text.tags)
   # Each byte's embedding also sees this many bytes on each side, through one dense layer over
   # the window (a convolution), before the encoder; 0 turns it off. See LocalContext.
   context_width: int = 0
@@ -60,7 +60,7 @@ class LocalContext(nnx.Module):
     self.width = cfg.context_width
     window = 2 * self.width + 1
     self.mix = Dense(window * cfg.d_model, cfg.d_model, std=(window * cfg.d_model)**-0.5,
-                     **t5._layer_kwargs(cfg, rngs))
+                     **blocks.layer_kwargs(cfg, rngs))
 
   def __call__(self, x_BTD: jax.Array, mask_BT: jax.Array) -> jax.Array:
     k, t = self.width, x_BTD.shape[1]
@@ -75,11 +75,11 @@ class Tagger(nnx.Module):
 
   def __init__(self, cfg: TaggerConfig, *, rngs: nnx.Rngs):
     self.config = cfg
-    self.shared = t5.embedding(cfg, rngs)
+    self.shared = blocks.embedding(cfg, rngs)
     self.context = LocalContext(cfg, rngs) if cfg.context_width else None
     self.encoder = t5.Encoder(cfg, rngs)
     self.label_head = Dense(cfg.d_model, cfg.num_labels, std=cfg.d_model**-0.5,
-                            **t5._layer_kwargs(cfg, rngs))
+                            **blocks.layer_kwargs(cfg, rngs))
 
   def __call__(self, inputs_BT: jax.Array, input_mask_BT: jax.Array | None = None) -> jax.Array:
     """logits_BTC, with MASK_VALUE where input byte t cannot take label c."""

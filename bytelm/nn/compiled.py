@@ -1,8 +1,10 @@
 """Calling a module's method compiled, from eager code: `jit_call(model, "method", *arrays)`.
 
 The module is split into a static graph and its state once per call, and merged inside one
-`jax.jit` function cached on (graph, method, static options): the pattern of
-notes/jax_conventions.md (A.4) without a hand-written jitted function per method. Dropout is
+`jax.jit` function cached on (graph, method, static options): NNX's split/merge pattern (the
+jitted function takes plain arrays, so a call costs no graph traversal inside jit; plain
+`nnx.jit` walks the module graph in Python on every call), without a hand-written jitted
+function per method. Dropout is
 off (an inference view of the module). Keyword options are static: each distinct value
 compiles once, which is how MrT5 compiles once per compaction bucket.
 """

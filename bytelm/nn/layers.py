@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bytelm.quant import numerics as qn
+from bytelm.nn import quant as qn
 
 
 def normal_init(std: float):
@@ -29,7 +29,7 @@ class Dense(nnx.Module):
 
   Every matrix multiply of the models goes through this class, so quantization happens in one
   place. quant (training, with straight-through estimators: the forward sees quantized values,
-  the backward the float ones; bytelm.quant.numerics):
+  the backward the float ones; bytelm.nn.quant):
     None: float; "int8_weight": per-output-column int8 weights; "int8": those and per-row
     8-bit activations (LLM.int8's vector-wise W8A8); "ternary": BitNet b1.58 weights
     round-clip(W / mean|W|, -1, 1) (statistic="median" for the median) and 8-bit activations.

@@ -17,7 +17,7 @@ from flax import nnx
 
 from bytelm.nn.attention import Attention
 from bytelm.nn.layers import Dense, GatedGeluMLP
-from bytelm.quant.dense import MODES, QuantDense
+from bytelm.nn.quant_dense import MODES, QuantDense
 
 
 def quantize(model: nnx.Module, mode: str, *, head: bool = False, threshold: float = 6.0,

@@ -4,7 +4,7 @@ Reads top to bottom in execution order: set-up (and the check that the workdir m
 run), mesh, data, model and optimizer, restore, step functions, loop, summary. The train step
 is a pure function of (state, batch) -> (state, metrics), jitted once with the state donated;
 the model and optimizer are split once (`nnx.split`) and merged inside the compiled function,
-which costs no Python per step (a plain `nnx.jit` step costs milliseconds of Python each).
+which costs no Python per step (docs/architecture.md, "the step").
 
 A run is reproducible from its workdir (bytelm.runs): config.json, metrics.jsonl, and
 checkpoints holding model, optimizer, RNG state and the data position. The data of step s is a
@@ -37,6 +37,7 @@ from bytelm.runs import workdir as workdir_lib
 from bytelm.training import metrics as metrics_lib
 from bytelm.training import model_init
 from bytelm.training import optimizer as optim
+from bytelm.training import report as report_lib
 from bytelm.training import sharding
 from bytelm.training.evaluation import eval_step, evaluate
 
@@ -272,7 +273,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   if family.report is not None and not stop_signal:
     model, _ = nnx.merge(graphdef, state)
     log.info("measuring the trained model (%s)", config.model_family)
-    extras.update(family.report(model, val_batches))
+    extras.update(report_lib.end_of_run(family, model, val_batches))
     if metrics is not None:  # a rerun of a finished run logged its report already
       writer.write(step, **extras)
   summary = Summary(steps=step, seconds=time.perf_counter() - start_time,

@@ -12,7 +12,6 @@ Use `sentinel_id(i)` to reproduce pretraining and to fine-tune released ByT5 che
 Consequently `decode` treats 258, 257, ... as bytes (yielding U+FFFD under errors="replace").
 """
 
-import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -131,94 +130,3 @@ class ByteTokenizer:
     if ids_BT.ndim != 2:
       raise ValueError(f"decode_batch expects [B, T] ids, got shape {ids_BT.shape}")
     return [self.decode(row, errors=errors) for row in ids_BT]
-
-
-# -- word splitting -----------------------------------------------------------------------------
-
-# Unicode name prefixes of letters of scripts written without spaces between words.
-_NO_SPACE_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYANMAR",
-                     "TIBETAN")
-
-
-def _characters(data: bytes) -> list[tuple[int, str | None]]:
-  """(byte offset, character) for each character of data; None for a byte that is not valid
-  UTF-8 (each such byte stands alone)."""
-  out, i = [], 0
-  while i < len(data):
-    for width in (1, 2, 3, 4):
-      try:
-        ch = data[i:i + width].decode("utf-8")
-      except UnicodeDecodeError:
-        continue
-      if len(ch) == 1:
-        out.append((i, ch))
-        i += width
-        break
-    else:
-      out.append((i, None))
-      i += 1
-  return out
-
-
-def _kind(ch: str | None) -> str:
-  """space | word (letters, marks, digits, punctuation, symbols) | alone (a character of a
-  script written without spaces, or an invalid byte)."""
-  if ch is None:
-    return "alone"
-  if ch.isspace():
-    return "space"
-  if unicodedata.category(ch)[0] in "LM" and unicodedata.name(ch, "").startswith(
-      _NO_SPACE_SCRIPTS):
-    return "alone"
-  return "word"
-
-
-# ASCII characters that str.isspace() calls whitespace (\t \n \v \f \r, \x1c-\x1f, space).
-_ASCII_SPACE = np.array([chr(b).isspace() for b in range(128)])
-
-
-def _ascii_word_starts(data: bytes) -> list[int]:
-  """word_starts of ASCII data, vectorised: in ASCII every non-space is a word character, so a
-  word starts at 0 and where each run of whitespace begins."""
-  if not data:
-    return []
-  space_T = _ASCII_SPACE[np.frombuffer(data, np.uint8)]
-  run_start_T = space_T.copy()
-  run_start_T[1:] &= ~space_T[:-1]
-  run_start_T[0] = True
-  return np.flatnonzero(run_start_T).tolist()
-
-
-def word_starts(data: bytes) -> list[int]:
-  """Byte offsets where the words of data begin, for word-pooled models (models/segment.py).
-
-  A word is a run of characters between whitespace, with the whitespace before it (" world,",
-  as whitespace splitting does, the space on the word that follows): letters, marks, digits,
-  punctuation and symbols all belong to it, so "don't", "3.14" and "2026-11-26" are one word
-  each and "Hello," is not two. Scripts written without spaces give one word per character
-  (a punctuation mark after one starts a word of its own); whitespace at the end of the text
-  is a word of its own; each byte that is not valid UTF-8 stands alone. Every rule looks only
-  at the character it decides and the one before, so a boundary is settled by the character
-  that starts the next word.
-  """
-  data = bytes(data)
-  if data.isascii():
-    return _ascii_word_starts(data)
-  starts = []
-  space_start = None  # where the whitespace before the next word began
-  previous = None  # kind of the last character of the word in progress; None after whitespace
-  for offset, ch in _characters(data):
-    kind = _kind(ch)
-    if kind == "space":
-      space_start = offset if space_start is None else space_start
-      previous = None
-      continue
-    if space_start is not None:
-      starts.append(space_start)
-      space_start = None
-    elif not (kind == "word" and previous == "word"):
-      starts.append(offset)
-    previous = kind
-  if space_start is not None:  # whitespace at the end
-    starts.append(space_start)
-  return starts

@@ -1,7 +1,7 @@
 """Diacritics restoration as tagging: one label per input byte.
 
-Stripping diacritics (`noise.strip_diacritics`) turns each decorated Latin letter into one ASCII
-letter, so the stripped text and the original line up letter by letter. Restoring is then a
+Stripping diacritics (`bytelm.text.diacritics`) turns each decorated Latin letter into one
+ASCII letter, so the stripped text and the original line up letter by letter. Restoring is then a
 choice at every ASCII letter of the input: keep it, or put back one of the letters that strip to
 it (a -> á, à, â, ą, ă, ...). A model that makes that choice per input byte needs no alignment
 and cannot change anything but diacritics: its output strips back to its input by construction.
@@ -20,13 +20,13 @@ import unicodedata
 
 import numpy as np
 
-from bytelm.data import noise
-from bytelm.tokenizer import EOS_ID, OFFSET
+from bytelm.text.diacritics import strip_diacritics
+from bytelm.text.tokenizer import EOS_ID, OFFSET
 
 IGNORE, KEEP = 0, 1
 _RANGES = (range(0x00C0, 0x0250), range(0x1E00, 0x1F00))
 LETTERS = "".join(ch for r in _RANGES for ch in map(chr, r)
-                  if (base := noise.strip_diacritics(ch)) != ch and len(base) == 1
+                  if (base := strip_diacritics(ch)) != ch and len(base) == 1
                   and base in string.ascii_letters)
 
 
@@ -49,7 +49,7 @@ def allowed_table(letters: str = LETTERS, vocab_size: int = 384) -> np.ndarray:
     table[ord(ch) + OFFSET, :] = False
     table[ord(ch) + OFFSET, KEEP] = True
   for ch, label in _label_of(letters).items():
-    table[ord(noise.strip_diacritics(ch)) + OFFSET, label] = True
+    table[ord(strip_diacritics(ch)) + OFFSET, label] = True
   table.flags.writeable = False
   return table
 
@@ -59,7 +59,7 @@ def label(ch: str, letter: str, letters: str = LETTERS) -> int | None:
   if ch == letter:
     return KEEP
   found = _label_of(letters).get(ch)
-  return found if found is not None and noise.strip_diacritics(ch) == letter else None
+  return found if found is not None and strip_diacritics(ch) == letter else None
 
 
 def example(text: str, input_length: int, letters: str = LETTERS
@@ -68,7 +68,7 @@ def example(text: str, input_length: int, letters: str = LETTERS
   per id. Words are dropped from the end until the input fits input_length ids."""
   text = unicodedata.normalize("NFC", text)
   words = text.split(" ")
-  while len(noise.strip_diacritics(" ".join(words)).encode("utf-8")) >= input_length \
+  while len(strip_diacritics(" ".join(words)).encode("utf-8")) >= input_length \
       and len(words) > 1:
     words = words[:-1]
   ids, labels = [], []
@@ -86,11 +86,11 @@ def example(text: str, input_length: int, letters: str = LETTERS
 
 def _aligned(text: str):
   """(character of text, what stripping makes of it) for each character of NFC text; joined,
-  the second items are `noise.strip_diacritics(text)`."""
-  stripped = noise.strip_diacritics(text)
+  the second items are `strip_diacritics(text)`."""
+  stripped = strip_diacritics(text)
   if len(stripped) == len(text):  # the common case: one character for one
     return zip(text, stripped)
-  return [(ch, noise.strip_diacritics(prev + ch)[len(noise.strip_diacritics(prev)):])
+  return [(ch, strip_diacritics(prev + ch)[len(strip_diacritics(prev)):])
           for prev, ch in ((text[:i], text[i]) for i in range(len(text)))]
 
 
@@ -102,5 +102,5 @@ def apply(text: str, labels, letters: str = LETTERS) -> str:
     label = int(labels[position]) if position < len(labels) else KEEP
     position += len(ch.encode("utf-8"))
     decorated = letters[label - 2] if label >= 2 and label - 2 < len(letters) else ch
-    out.append(decorated if noise.strip_diacritics(decorated) == ch else ch)
+    out.append(decorated if strip_diacritics(decorated) == ch else ch)
   return "".join(out)

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bytelm.nn import quant as qn
 from bytelm.nn.layers import Dense
-from bytelm.quant import numerics as qn
 
 MODES = ("int8_weight", "int8", "ternary")
 
@@ -36,7 +36,8 @@ class QuantDense(nnx.Module):
   def __init__(self, in_features: int, out_features: int, mode: str, *, dtype=jnp.float32,
                threshold: float = 6.0, outlier_columns: int = 16, outliers: str = "dynamic"):
     """outliers ("int8"): "dynamic", the outlier_columns largest input columns of each call,
-    those reaching threshold; or "calibrated", columns fixed by `bytelm.quant.calibrate`."""
+    those reaching threshold; or "calibrated", columns fixed beforehand (`bytelm.quant.quantize`
+    with a `calibrate` function)."""
     if mode not in MODES:
       raise ValueError(f"quantized mode must be one of {MODES}, got {mode!r}")
     if outliers not in ("dynamic", "calibrated"):

@@ -92,11 +92,11 @@ def int8_matmul(x_MK: jax.Array, q_KN: jax.Array, scale_N: jax.Array,
 
 def int8_matmul_fixed(x_MK: jax.Array, q_KN: jax.Array, scale_N: jax.Array, idx_k: jax.Array,
                       use_k: jax.Array) -> jax.Array:
-  """int8_matmul with the outlier columns chosen beforehand (`bytelm.quant.calibrate`: the
-  columns that reached the threshold on calibration text; LLM.int8 finds outlier features
-  systematic, the same few dimensions in every sequence): idx_k int32 [k] columns, use_k [k]
-  nonzero where a column is an outlier. No per-call search (no column-maximum pass, no top-k,
-  no branch). A large value in another column goes through int8, with a coarser row scale."""
+  """int8_matmul with the outlier columns chosen beforehand (`bytelm.quant.quantize` with a
+  `calibrate` function: the columns that reached the threshold on calibration text; LLM.int8
+  finds outlier features systematic, the same few dimensions in every sequence): idx_k int32
+  [k] columns, use_k [k] nonzero where a column is an outlier. No per-call search (no
+  column-maximum pass, no top-k, no branch). A large value in another column goes through int8, with a coarser row scale."""
   x_MK = x_MK.astype(jnp.float32)
   use_k = use_k.astype(bool)
   keep_K = jnp.ones(x_MK.shape[1], jnp.float32).at[idx_k].min(jnp.where(use_k, 0.0, 1.0))

@@ -7,12 +7,12 @@ stops as soon as every sequence is finished, or after `max_new_bytes` steps. A f
 emits pad (0) from then on, so the result is a dense int32 [B, N] array: the generated ids, the
 eos, then zeros.
 
-Compilation. `generate_ids` splits the model once per call (`Compiled`) and hands the state to a
-`jax.jit` function that merges it inside (see notes/jax_conventions.md, A.4). One compile per
-(graphdef, batch, encoder-output length, max_new_bytes, method, top_k, num_beams, length_penalty,
-and whether top-p is on); temperature and top_p are traced, so sweeping them does not recompile.
-`generate` pads inputs up to a multiple of `pad_to_multiple` ids (64 by default) for the same
-reason.
+Compilation. `encoder_decoder_ids` splits the model once per call (`Compiled`) and hands the
+state to a `jax.jit` function that merges it inside: splitting walks the module in Python, so it
+is done once per call, never per step. One compile per (graphdef, batch, encoder-output length,
+max_new_bytes, method, top_k, num_beams, length_penalty, and whether top-p is on); temperature
+and top_p are traced, so sweeping them does not recompile. `encoder_decoder_texts` pads inputs
+up to a multiple of `pad_to_multiple` ids (64 by default) for the same reason.
 
 Beam search scores like Hugging Face: a finished hypothesis of n ids (eos included) scores
 sum(log p) / n**length_penalty; length_penalty=0 ranks by total log-probability, > 0 favours
@@ -253,8 +253,8 @@ def _generate_jit(state, enc_BTD, cross_bias_B, rng, temperature, top_p, *, grap
   return _sequential_loop(model, enc_BTD, cross_bias_B, max_new, min_new, choose)
 
 
-def generate_ids(model, inputs_BT, input_mask_BT=None, *, max_new_bytes: int,
-                 method: str = "greedy", temperature: float = 1.0, top_k: int = 0,
+def encoder_decoder_ids(model, inputs_BT, input_mask_BT=None, *, max_new_bytes: int,
+                        method: str = "greedy", temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, num_beams: int = 4, length_penalty: float = 1.0,
                  rng: Any = None, min_new_bytes: int = 0) -> jax.Array:
   """Generate ids_BN (int32, N = max_new_bytes) from an encoder-decoder such as `T5`.
@@ -325,11 +325,12 @@ def generate_ids(model, inputs_BT, input_mask_BT=None, *, max_new_bytes: int,
 # -- text in, text out --------------------------------------------------------------------------
 
 
-def generate(model, tokenizer, texts: Sequence[str | bytes], *, max_new_bytes: int = 128,
-             method: str = "greedy", temperature: float = 1.0, top_k: int = 0,
-             top_p: float = 1.0, num_beams: int = 4, length_penalty: float = 1.0,
-             rng: Any = None, max_input_bytes: int | None = None,
-             pad_to_multiple: int = 64) -> list[str]:
+def encoder_decoder_texts(model, tokenizer, texts: Sequence[str | bytes], *,
+                          max_new_bytes: int = 128, method: str = "greedy",
+                          temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                          num_beams: int = 4, length_penalty: float = 1.0, rng: Any = None,
+                          max_input_bytes: int | None = None,
+                          pad_to_multiple: int = 64) -> list[str]:
   """Generate a continuation (the decoder output) for each text; returns one str per text.
 
   Texts are UTF-8 encoded with an eos (`tokenizer.encode_batch`) and right-padded to the longest,
@@ -337,7 +338,7 @@ def generate(model, tokenizer, texts: Sequence[str | bytes], *, max_new_bytes: i
   (padding is masked, it does not change the output). `max_input_bytes` bounds each encoding,
   counted in ids (UTF-8 bytes + 1 for the eos); longer texts raise ValueError rather than being
   cut silently. Decoding stops at eos and turns invalid UTF-8 into U+FFFD. Other arguments as in
-  `generate_ids`.
+  `encoder_decoder_ids`.
   """
   if isinstance(texts, (str, bytes)):
     raise ValueError("texts must be a list of strings; wrap a single text as [text]")
@@ -365,46 +366,7 @@ def generate(model, tokenizer, texts: Sequence[str | bytes], *, max_new_bytes: i
   pad = length - longest
   ids_BT, mask_BT = np.pad(ids_BT, ((0, 0), (0, pad))), np.pad(mask_BT, ((0, 0), (0, pad)))
 
-  ids_BN = generate_ids(model, ids_BT, mask_BT, max_new_bytes=max_new_bytes, method=method,
-                        temperature=temperature, top_k=top_k, top_p=top_p, num_beams=num_beams,
-                        length_penalty=length_penalty, rng=rng)
+  ids_BN = encoder_decoder_ids(model, ids_BT, mask_BT, max_new_bytes=max_new_bytes,
+                               method=method, temperature=temperature, top_k=top_k, top_p=top_p,
+                               num_beams=num_beams, length_penalty=length_penalty, rng=rng)
   return tokenizer.decode_batch(np.asarray(ids_BN))
-
-
-# -- decoder-only models (models/decoder.py) --------------------------------------------------
-
-
-def choose(logits_V: np.ndarray, temperature: float, rng: np.random.Generator,
-           pad_id: int = 0) -> int:
-  """The next id from one row of logits: the argmax at temperature 0, else a sample of
-  softmax(logits / temperature). Pad is never chosen."""
-  logits_V = np.asarray(logits_V, np.float64).copy()
-  logits_V[pad_id] = -np.inf
-  if temperature <= 0:
-    return int(np.argmax(logits_V))
-  z = logits_V / temperature
-  p = np.exp(z - z.max())
-  return int(rng.choice(len(p), p=p / p.sum()))
-
-
-def generate_decoder_ids(model, prompt_ids: Sequence[int], max_new: int, *,
-                         temperature: float = 0.0, seed: int = 0, eos_id: int = 1) -> list[int]:
-  """The continuation ids of a decoder-only LM after prompt_ids (at least one id: start a byte
-  model with eos), up to max_new or eos; KV-cached, one jitted step per id."""
-  prompt_ids = [int(i) for i in prompt_ids]
-  if not prompt_ids:
-    raise ValueError("a decoder needs at least one prompt id; start from eos (id 1)")
-  rng = np.random.default_rng(seed)
-  compiled = Compiled(model)
-  cache = model.init_cache(1, len(prompt_ids) + max_new)
-  ids, out = list(prompt_ids), []
-  for t in range(len(prompt_ids) + max_new - 1):
-    logits_BV, cache = compiled("step", np.array([ids[t]], np.int32), np.int32(t), cache)
-    if t + 1 < len(prompt_ids):
-      continue
-    new = choose(np.asarray(logits_BV[0]), temperature, rng)
-    if new == eos_id:
-      break
-    ids.append(new)
-    out.append(new)
-  return out

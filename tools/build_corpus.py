@@ -2,9 +2,9 @@
 
     apt-get install -y sword-text-web sword-text-sparv python3.11-doc \
         libreoffice-l10n-{lt,cs,vi,ro,pl,fr}
-    python bytelm/data/corpus/build.py
+    python tools/build_corpus.py
 
-Writes, beside this file, `<name>.<split>.jsonl.xz` (one `{"text": ...}` object per line, one
+Writes, into the package's bytelm/data/corpus/, `<name>.<split>.jsonl.xz` (one `{"text": ...}` object per line, one
 document per line), `manifest.json`, the license files the data must travel with, and the sizes
 table in README.md. Reproducible: the same installed packages give byte-identical files (every
 list is sorted or in the source's own order, xz output is a function of its input, and nothing
@@ -34,7 +34,9 @@ import sys
 import unicodedata
 import zlib
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# The output ships inside the package; this builder does not (it needs Debian packages).
+CORPUS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "bytelm", "data", "corpus")
 SPLITS = ("train", "validation")
 VALIDATION_MODULUS = 20  # validation = sha256(name/id) % 20 == 0, i.e. 5% of the documents
 L10N_LINES_PER_DOC = 20  # translated strings per l10n document
@@ -77,7 +79,7 @@ def package_version(package):
     out = ""
   status, _, version = out.partition("\t")
   if not status.endswith(" installed"):
-    sys.exit(f"build.py: Debian package {package} is not installed; run "
+    sys.exit(f"build_corpus.py: Debian package {package} is not installed; run "
              f"`apt-get install -y {package}` (the module docstring lists all of them)")
   return version
 
@@ -350,8 +352,8 @@ def check_documents(name, splits):
 
 def readme_with_sizes(manifest):
   """README.md with the table between its `sizes` markers rewritten from the manifest."""
-  path = os.path.join(HERE, "README.md")
-  begin, end = "<!-- sizes:begin (written by build.py) -->", "<!-- sizes:end -->"
+  path = os.path.join(CORPUS_DIR, "README.md")
+  begin, end = "<!-- sizes:begin (written by tools/build_corpus.py) -->", "<!-- sizes:end -->"
   with open(path, encoding="utf-8") as f:
     readme = f.read()
   if begin not in readme or end not in readme:
@@ -453,7 +455,7 @@ def main():
 
   # write: each file to a temporary path, then renamed over the old one
   for file_name, data in outputs.items():
-    write_atomic(os.path.join(HERE, file_name), data)
+    write_atomic(os.path.join(CORPUS_DIR, file_name), data)
 
   # summary
   total = 0
@@ -465,7 +467,7 @@ def main():
           f"val {va['documents']:4d} docs {va['text_bytes'] / 1e3:7.1f} kB  "
           f"unigram {entry['unigram_bpb_validation']:.3f} bpb")
   print("unigram bpb of the groups (validation):", manifest["group_unigram_bpb_validation"])
-  print(f"data files: {total / 1e6:.2f} MB compressed, written to {HERE}")
+  print(f"data files: {total / 1e6:.2f} MB compressed, written to {CORPUS_DIR}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,2 @@
+"""The console scripts, one module per command (pyproject.toml's [project.scripts]):
+bytelm-train (train.py), bytelm-correct (bytelm.demos.correct) and bytelm-score."""
