@@ -12,7 +12,7 @@ from bytelm.runs import workdir as workdir_lib
 from bytelm.training import config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
+CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if not p.stem.startswith("_"))
 
 
 def resolved(name: str, arg: str | None = None) -> dict:
