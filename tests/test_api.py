@@ -25,7 +25,6 @@ from bytelm.byteprobs import adapters
 from bytelm.data import bpe, pipeline
 from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer
 from bytelm.runs import checkpoint, export
-from bytelm.runs.load import load as load_run
 from bytelm.training import budget, config_file, evaluation, optimizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -467,6 +467,8 @@ def trained_bpe_decoder(tmp_path_factory):
 
 def test_a_trained_bpe_decoder_scores_the_same_the_token_way_and_the_byte_way(
     trained_bpe_decoder):
+  from bytelm.runs.load import load as load_run
+
   lm = bytelm.load(trained_bpe_decoder).byte_lm()
   model = load_run(trained_bpe_decoder)
   for text in [b"The cat sat.", "Žluťoučký".encode()]:
