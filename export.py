@@ -9,7 +9,8 @@ import json
 import pathlib
 import subprocess
 
-from bytelm.training import export, trainer
+from bytelm.runs import export
+from bytelm.runs.load import load
 
 
 def _commit() -> str:
@@ -37,7 +38,7 @@ def main() -> None:
     export.check_destination(args.out_dir, args.overwrite)
   except FileExistsError as e:
     parser.exit(2, f"export.py: error: {e}\n")
-  model = trainer.load(args.workdir)
+  model = load(args.workdir)
   config = json.loads((pathlib.Path(args.workdir) / export.CONFIG).read_text(encoding="utf-8"))
   out = export.export(model, config, args.out_dir, args.dtype,
                       extra={"note": args.note, "exported_with_commit": _commit()},

@@ -13,8 +13,8 @@ def _warn(old: str, new: str) -> None:
 def load_module(path, **runtime):
   """Deprecated: `bytelm.load(path).module`."""
   _warn("bytelm.load_module(path)", "bytelm.load(path).module (a LanguageModel's nnx.Module)")
-  from bytelm.training import trainer  # orbax: only when called, `import bytelm` stays light
-  return trainer.load(path, **runtime)
+  from bytelm.runs.load import load  # orbax: only when called, `import bytelm` stays light
+  return load(path, **runtime)
 
 
 def load_hf(path, **kwargs):

@@ -56,19 +56,20 @@ _HF_DATA = {"objective": "span_corruption", "input_length": 1024,
 def load(path, **runtime) -> "LanguageModel":
   """The model in `path` behind one interface (see the module docstring).
 
-  path: a bytelm workdir (the newest checkpoint), an export (`bytelm.training.export`), or a
+  path: a bytelm workdir (the newest checkpoint), an export (`bytelm.runs.export`), or a
   Hugging Face T5/ByT5 directory (config.json with "model_type": "t5" and safetensors
   weights). runtime: overrides of the model config's runtime fields (those a checkpoint does
   not depend on: e.g. dtype="bfloat16", MrT5's bucket_multiple). `.module` is the nnx.Module.
   """
-  from bytelm.training import export as export_lib
-  from bytelm.training import trainer
+  from bytelm.runs import export as export_lib
+  from bytelm.runs import workdir as workdir_lib
+  from bytelm.runs.load import load as load_module
   path = pathlib.Path(path).expanduser()
-  saved = trainer.read_config(path)
+  saved = workdir_lib.read_config(path)
   if "model_family" not in saved and saved.get("model_type") in ("t5", "mt5"):
     module, _ = hf_t5.load_hf(path, **runtime)
     return LanguageModel(module, "t5", _HF_DATA, path, source="hugging_face")
-  module = trainer.load(path, **runtime)
+  module = load_module(path, **runtime)
   family = saved.get("model_family", "t5")
   if family == "tagger":
     raise ValueError(f"{path} holds a tagger (a labeller of bytes, e.g. the diacritics "
@@ -233,13 +234,13 @@ class LanguageModel:
     """(summed cross-entropy [B], targets or bytes [B]): the trainer's evaluation step on each
     row alone."""
     if self._row_sums is None:
-      from bytelm.training import trainer
+      from bytelm.training import evaluation
       loss_fn = models.family(self.family).loss_fn
       graphdef, state = self._compiled.graphdef, self._compiled.state
 
       def one(row):
-        out = trainer.eval_sums(nnx.merge(graphdef, state), jax.tree.map(lambda x: x[None], row),
-                                loss_fn)
+        out = evaluation.eval_sums(nnx.merge(graphdef, state),
+                                   jax.tree.map(lambda x: x[None], row), loss_fn)
         return out["ce_sum"], out.get("num_bytes", out["num_targets"])
 
       self._row_sums = jax.jit(jax.vmap(one))

@@ -30,6 +30,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # parameters, dropout and data order all derive from it
   c.init_from = ""  # a Hugging Face ByT5 directory or a bytelm workdir to start from
+  # A workdir that already holds a run: resume it (only with that run's config, up to
+  # bytelm.runs.workdir.SAFE_TO_CHANGE); False: refuse it instead (nothing is ever deleted).
+  c.resume = True
   c.model_family = "t5"
 
   # Model: every T5Config field, overridable as --config.model.d_model=128.

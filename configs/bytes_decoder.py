@@ -25,6 +25,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.init_from = ""  # a bytelm workdir of the same family to start from
+  # A workdir that already holds a run: resume it (only with that run's config, up to
+  # bytelm.runs.workdir.SAFE_TO_CHANGE); False: refuse it instead (nothing is ever deleted).
+  c.resume = True
   c.model_family = "decoder"
   shape = dataclasses.asdict(t5.preset("tiny" if variant == "tiny" else "mini"))
   shape.update(num_encoder_layers=0, num_decoder_layers=2 if variant == "tiny" else 4)

@@ -42,6 +42,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.init_from = ""  # a bytelm workdir or a Hugging Face ByT5 directory to start from
+  # A workdir that already holds a run: resume it (only with that run's config, up to
+  # bytelm.runs.workdir.SAFE_TO_CHANGE); False: refuse it instead (nothing is ever deleted).
+  c.resume = True
   seq2seq = variant in ("seq2seq", "typos", "both")
   c.model_family = "t5" if seq2seq else "tagger"
 

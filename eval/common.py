@@ -102,7 +102,7 @@ def export_bytes(module, run_config: dict) -> int:
   temporary directory: a model's size as a user would ship it."""
   import tempfile
 
-  from bytelm.training import export
+  from bytelm.runs import export
 
   with tempfile.TemporaryDirectory() as tmp:
     out = export.export(module, run_config, pathlib.Path(tmp) / "m", dtype="float32")

@@ -44,7 +44,8 @@ import bytelm
 from bytelm import timing
 from bytelm.data import noise, sources
 from bytelm.quant import quantize
-from bytelm.training import budget, trainer
+from bytelm.runs import workdir as run_dir
+from bytelm.training import budget
 
 # name -> (config file, variant suffix): what is trained
 TRAINED = {"byt5": ("byt5", ""), "mrt5": ("mrt5", ""), "mrt5_ternary": ("mrt5", "ternary"),
@@ -96,7 +97,7 @@ def train_all(names, variant, root, minutes, timing_steps, fixed_steps=0) -> dic
 
 def disk_bytes(lm) -> int:
   """Bytes of a float32 export of the model (integers stay integers)."""
-  return common.export_bytes(lm.module, trainer.read_config(lm.path))
+  return common.export_bytes(lm.module, run_dir.read_config(lm.path))
 
 
 def positions(run: dict) -> float:

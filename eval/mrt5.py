@@ -33,6 +33,7 @@ from bytelm import timing
 from bytelm.data import sources
 from bytelm.models import mrt5, t5
 from bytelm.nn.compiled import Compiled, jit_call
+from bytelm.runs import data as run_data
 from bytelm.training import budget, reuse, train_unless_finished
 
 
@@ -60,7 +61,7 @@ def _held_out(config, workdir, data: str, batch_size: int, input_length: int):
   c.data.train, c.data.validation = data, ""
   c.data.input_length, c.data.target_length = input_length, None  # targets from the noise
   c.train.batch_size = batch_size
-  return budget.train_source(c, workdir, "validation")  # data: one library function
+  return run_data.sources(c, workdir, splits=("validation",))["validation"]
 
 
 def _deleted(model, inputs_BT) -> float:

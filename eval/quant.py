@@ -39,7 +39,9 @@ from bytelm import models, timing
 from bytelm.models import t5
 from bytelm.quant import quantize
 from bytelm.nn.quant_dense import QuantDense
-from bytelm.training import budget, train_unless_finished, trainer
+from bytelm.runs import data as run_data
+from bytelm.runs import workdir as run_dir
+from bytelm.training import evaluation, train_unless_finished
 
 MODES = ("int8_weight", "int8", "ternary")
 
@@ -47,19 +49,15 @@ MODES = ("int8_weight", "int8", "ternary")
 def batches_of(c, workdir, split: str, n: int) -> list[dict]:
   """n batches of the run's data: the trainer's validation batches ("validation") or the first
   training batches ("train")."""
-  source = budget.train_source(c, workdir, split)  # data: one library function
+  source = run_data.sources(c, workdir, splits=(split,))[split]
   if split == "validation":
     return list(source.eval_batches(n))
   return [{k: jnp.asarray(v) for k, v in source.batch(i).items()} for i in range(n)]
 
 
 def validation(model, family, batches) -> dict[str, float]:
-  """The trainer's evaluation (`trainer.evaluate` of `trainer.eval_sums`) of model on batches:
-  val_loss, val_bpb."""
-  graphdef, state = nnx.split(model)
-  eval_fn = jax.jit(lambda state, batch: trainer.eval_sums(nnx.merge(graphdef, state), batch,
-                                                           family.loss_fn))
-  return trainer.evaluate(eval_fn, state, batches)
+  """The trainer's evaluation of model on batches: val_loss, val_bpb."""
+  return evaluation.evaluate_model(model, family.loss_fn, batches)
 
 
 def layer_bytes(model) -> tuple[int, int]:
@@ -153,7 +151,7 @@ def main() -> None:
   workdir = train_unless_finished(c, root / "mrt5")
   family = models.family(c.model_family)
   batches = batches_of(c, workdir, "validation", c.train.eval_batches)
-  saved = trainer.read_config(workdir)
+  saved = run_dir.read_config(workdir)
   base = bytelm.load(workdir).module
   fp32_bpb = validation(base, family, batches)["val_bpb"]
   fp32_disk = common.export_bytes(base, saved)
@@ -194,7 +192,7 @@ def main() -> None:
   results["ternary_qat"] = {"val_bpb": t_bpb, "bpb_delta": t_bpb / fp32_bpb - 1,
                             "layer_bytes_ratio": stored / full,
                             "disk_bytes_ratio": common.export_bytes(
-                                ternary, trainer.read_config(tdir)) / fp32_disk,
+                                ternary, run_dir.read_config(tdir)) / fp32_disk,
                             "steps": ct.train.steps, "lr": ct.opt.lr}
   r = results["ternary_qat"]
   print(f"\nternary MrT5 trained with quantization ({ct.train.steps} steps, peak lr {ct.opt.lr}): "

@@ -24,7 +24,8 @@ from bytelm import generation, models
 from bytelm.byteprobs import adapters
 from bytelm.data import bpe, pipeline
 from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer
-from bytelm.training import budget, checkpoint, config_file, export, optimizer, trainer
+from bytelm.runs import checkpoint, export
+from bytelm.training import budget, config_file, evaluation, optimizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RECIPES = ("byt5", "mrt5", "bytes_decoder", "bpe_decoder", "hat", "blt", "hnet")
@@ -65,7 +66,7 @@ def loaded(exported):
 
 
 def trainer_bpb(lm, c, documents, window: int) -> float:
-  """The training loop's evaluation (pipeline windows, trainer.evaluate) of one window of a
+  """The training loop's evaluation (pipeline windows, evaluation.evaluate) of one window of a
   validation split holding `documents` in this order."""
   dc = c.data
   kw = dict(objective=dc.objective, batch_size=1, input_length=dc.input_length,
@@ -77,8 +78,8 @@ def trainer_bpb(lm, c, documents, window: int) -> float:
     kw["tokenizer"] = lm.tokenizer
   batches = list(pipeline.BatchSource(documents, **kw).eval_batches())
   loss_fn = models.family(c.model_family).loss_fn
-  eval_fn = jax.jit(lambda _, batch: trainer.eval_sums(lm.module, batch, loss_fn))
-  return trainer.evaluate(eval_fn, None, [batches[window]])["val_bpb"]
+  eval_fn = jax.jit(lambda _, batch: evaluation.eval_sums(lm.module, batch, loss_fn))
+  return evaluation.evaluate(eval_fn, None, [batches[window]])["val_bpb"]
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -19,7 +19,7 @@ import bytelm
 from bytelm.data import bpe, pipeline
 from bytelm.models import decoder
 from bytelm.text.tokenizer import EOS_ID, PAD_ID
-from bytelm.training import config_file, train_and_evaluate, trainer
+from bytelm.training import config_file, evaluation, train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 VOCAB = 320
@@ -179,19 +179,19 @@ def test_bpb_of_a_uniform_model_is_log2_v_times_tokens_over_bytes():
   # The trainer's evaluation sums over batches before dividing.
   optimizer = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
   graphdef, state = nnx.split((model, optimizer))
-  eval_fn = jax.jit(functools.partial(trainer._eval_step, graphdef=graphdef,
+  eval_fn = jax.jit(functools.partial(evaluation.eval_step, graphdef=graphdef,
                                       loss_fn=decoder.loss_fn))
   # 2 more tokens, 4 more bytes, in a batch of the same shape (one compilation).
   second = {"inputs": batch["inputs"],
             "targets": np.asarray([[5, 9, 0, 0, 0], [0, 0, 0, 0, 0]], np.int32),
             "target_bytes": np.asarray([[3, 1, 0, 0, 0], [0, 0, 0, 0, 0]], np.int32)}
-  val = trainer.evaluate(eval_fn, state, [batch, second])
+  val = evaluation.evaluate(eval_fn, state, [batch, second])
   np.testing.assert_allclose(val["val_bpb"], math.log2(384) * 7 / 19, rtol=1e-6)
   np.testing.assert_allclose(val["val_loss"], math.log(384), rtol=1e-6)
   assert val["val_bytes"] == 19 and val["val_targets"] == 7
 
   # Byte batches (no target_bytes): one target is one byte, as before.
-  val = trainer.evaluate(eval_fn, state, [{k: batch[k] for k in ("inputs", "targets")}])
+  val = evaluation.evaluate(eval_fn, state, [{k: batch[k] for k in ("inputs", "targets")}])
   np.testing.assert_allclose(val["val_bpb"], math.log2(384), rtol=1e-6)
   assert "val_bytes" not in val
 

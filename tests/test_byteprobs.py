@@ -467,8 +467,10 @@ def trained_bpe_decoder(tmp_path_factory):
 
 def test_a_trained_bpe_decoder_scores_the_same_the_token_way_and_the_byte_way(
     trained_bpe_decoder):
+  from bytelm.runs.load import load as load_run
+
   lm = bytelm.load(trained_bpe_decoder).byte_lm()
-  model = adapters.trainer.load(trained_bpe_decoder)
+  model = load_run(trained_bpe_decoder)
   for text in [b"The cat sat.", "Žluťoučký".encode()]:
     ids = [1] + lm.bpe.encode(text) + [1]  # eos, the text, eos
     logits = np.asarray(model(jnp.asarray([ids]))[0], np.float64)[:, :len(lm.bpe.token_bytes)]

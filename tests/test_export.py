@@ -1,4 +1,4 @@
-"""bytelm.training.export and export.py: an export never deletes what is at its destination.
+"""bytelm.runs.export and export.py: an export never deletes what is at its destination.
 
 A new or empty directory receives the export; a non-empty one is refused unless overwrite is
 asked for, and then only the export's two files are replaced; a training run's workdir, or a
@@ -16,7 +16,9 @@ import pytest
 from flax import nnx
 
 from bytelm import models
-from bytelm.training import config_file, export, trainer
+from bytelm.runs import export
+from bytelm.runs.load import load as load_run
+from bytelm.training import config_file
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 IDS = np.asarray([[1, 75, 104, 3, 50]], np.int32)
@@ -42,7 +44,7 @@ def test_a_new_or_empty_directory_receives_the_export(model_and_config, tmp_path
   for name in ("new", "empty"):
     out = export.export(model, saved, tmp_path / name, dtype="float32")
     assert sorted(p.name for p in out.iterdir()) == [export.CONFIG, export.WEIGHTS]
-    np.testing.assert_array_equal(trainer.load(out)(IDS), model(IDS))
+    np.testing.assert_array_equal(load_run(out)(IDS), model(IDS))
   assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "new"]  # no temporary left
 
 
@@ -59,7 +61,7 @@ def test_a_non_empty_directory_is_refused_unless_overwrite(model_and_config, tmp
 
   export.export(model, saved, out, dtype="float32", overwrite=True)
   assert (out / "notes.txt").read_text() == "a user's file"  # only the export's files change
-  np.testing.assert_array_equal(trainer.load(out)(IDS), model(IDS))
+  np.testing.assert_array_equal(load_run(out)(IDS), model(IDS))
   assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 

@@ -27,9 +27,11 @@ ROOMS = {
     "byteprobs": 5,  # exact byte probabilities from tokenized LMs
     "training": 6,  # the loop, optimizer, sharding, metrics, evaluation, budget
     "api": 7,  # bytelm.load, LanguageModel
-    "demos": 7,
-    "cli": 7,  # console scripts
-    "bytelm": 8,  # the package's __init__: the public names, re-exported
+    "_deprecated": 7,  # old public names, one release: they warn and call their replacements
+    "hierarchical_generation": 7,  # the same (moved to bytelm.generation)
+    "demos": 8,  # the correction demo, built on the api
+    "bytelm": 9,  # the package's __init__: the public names, re-exported
+    "cli": 10,  # console scripts: anything below
 }
 
 

@@ -17,7 +17,8 @@ from bytelm import generation, models
 from bytelm.models import mrt5, t5
 from bytelm.nn import key_mask_bias
 from bytelm.nn.compiled import jit_call
-from bytelm.training import train_and_evaluate, trainer
+from bytelm.runs import workdir as workdir_lib
+from bytelm.training import model_init, train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -453,6 +454,21 @@ def test_controller_updates_once_per_training_step(trained):
   assert int(loaded.controller.steps[...]) == 8
 
 
+def test_a_changed_target_deletion_does_not_resume_the_run(trained):
+  """The README's --config.model.target_deletion=0.3 into the run's workdir: a runtime field
+  (the checkpoint would load), so only the comparison of configs can catch it. Refused, naming
+  the field and both values, before anything is written: the run's config.json stays."""
+  workdir, _ = trained
+  before = (workdir / "config.json").read_bytes()
+  config = tiny_run_config()
+  config.train.log_every = 1
+  config.model.target_deletion = 0.3
+  with pytest.raises(workdir_lib.ConfigMismatch,
+                     match=r"model.target_deletion: the workdir's run has 0.5, this config 0.3"):
+    train_and_evaluate(config, workdir)
+  assert (workdir / "config.json").read_bytes() == before
+
+
 def test_summary_reports_deletion_and_speedup(trained):
   _, summary = trained
   for key in ("val_deleted_frac", "hard_val_loss", "hard_deletion", "encoder_speedup"):
@@ -502,8 +518,8 @@ def test_init_from_byt5_fills_all_but_the_gate(tmp_path):
   config = tiny_run_config()
   config.init_from = str(ROOT / "tests" / "fixtures" / "t5_untied")
   family = models.family("mrt5")
-  model, cfg = trainer._init_model(config, family, trainer._model_config(config, family),
-                                   nnx.Rngs(1))
+  model, cfg = model_init.init_model(config, family, model_init.model_config(config, family),
+                                     nnx.Rngs(1))
   source, _ = bytelm.convert.load_hf(config.init_from)
   assert isinstance(model, mrt5.MrT5) and cfg.d_model == source.config.d_model
   assert cfg.gate_layer == 1 and cfg.attention_softmax == "softmax1"  # from this run

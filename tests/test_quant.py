@@ -134,7 +134,8 @@ from bytelm.models import decoder, t5  # noqa: E402
 from bytelm.nn.layers import Dense  # noqa: E402
 from bytelm.quant.convert import quantization_of, quantize  # noqa: E402
 from bytelm.nn.quant_dense import QuantDense  # noqa: E402
-from bytelm.training import export, trainer  # noqa: E402
+from bytelm.runs import export  # noqa: E402
+from bytelm.runs.load import load as load_run  # noqa: E402
 
 IDS = jnp.asarray(np.random.default_rng(0).integers(3, 259, (2, 24)), jnp.int32)
 
@@ -189,7 +190,7 @@ def test_quantized_exports_store_integers_and_load_to_identical_outputs(tmp_path
   arrays = load_file(str(out / export.WEIGHTS))
   key = "blocks/0/mlp/wo/" + ("packed" if mode == "ternary" else "qvalue")
   assert arrays[key].dtype == (np.uint8 if mode == "ternary" else np.int8)
-  loaded = trainer.load(out)
+  loaded = load_run(out)
   np.testing.assert_array_equal(np.asarray(loaded(IDS)), np.asarray(want))
 
 
@@ -224,7 +225,7 @@ def test_a_ternary_mrt5_recipe_trains_and_loads(tmp_path):
   summary = train_and_evaluate(config_file.load(CONFIGS / "mrt5.py", "tiny_ternary"),
                                tmp_path / "run")
   assert np.isfinite(summary.val_loss)
-  model = trainer.load(tmp_path / "run")
+  model = load_run(tmp_path / "run")
   assert model.config.quant == "ternary"
   assert model.encoder.blocks[0].mlp.sub_norm is not None
 
@@ -269,7 +270,7 @@ def test_calibrated_outlier_columns_are_the_ones_that_reached_the_threshold(tmp_
   assert np.asarray(wo.outlier_use[...]).sum() > 0, "the test model's wo sees values over 6"
   config = {"model_family": "decoder", "model": dataclasses.asdict(model.config)}
   out = export.export(model, config, tmp_path / "c", dtype="float32")
-  np.testing.assert_array_equal(np.asarray(trainer.load(out)(IDS)), np.asarray(got))
+  np.testing.assert_array_equal(np.asarray(load_run(out)(IDS)), np.asarray(got))
 
 
 def _inputs_of(model, layer):

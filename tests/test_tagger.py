@@ -12,9 +12,12 @@ import pytest
 from flax import nnx
 
 import bytelm
+from bytelm import models
 from bytelm.text import tags
 from bytelm.models import tagger
-from bytelm.training import export, train_and_evaluate, trainer
+from bytelm.runs import export
+from bytelm.runs.load import load as load_run
+from bytelm.training import model_init, train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ["Laba diena, aš esu iš Lietuvos ir čia gyvenu.", "Příliš žluťoučký kůň úpěl ďábelské ódy.",
@@ -36,7 +39,7 @@ def run(tmp_path_factory):
   config = diacritics_config()
   config.data.train = f"file:{root / 'docs.txt'}"
   summary = train_and_evaluate(config, root / "run")
-  model = trainer.load(root / "run")
+  model = load_run(root / "run")
   saved = json.loads((root / "run" / "config.json").read_text(encoding="utf-8"))
   for dtype in ("float32", "bfloat16"):
     export.export(model, saved, root / dtype, dtype, extra={"note": "test"})
@@ -80,9 +83,9 @@ def test_the_recipe_trains_and_loads(run):
 def test_an_export_loads_as_the_same_model(run):
   root, _, model = run
   ids = jnp.asarray([tags.example("Laba diena, as esu is Lietuvos", 32)[0]])
-  exact = trainer.load(root / "float32")
+  exact = load_run(root / "float32")
   np.testing.assert_array_equal(np.asarray(exact(ids)), np.asarray(model(ids)))
-  half = trainer.load(root / "bfloat16")
+  half = load_run(root / "bfloat16")
   assert half.shared.embedding[...].dtype == jnp.float32  # the model's own dtype again
   # Weights rounded to bf16 move the allowed labels' logits by 0.5% of their largest (measured
   # 2026-12); a weight left out of the export or stored wrongly moves them by far more.
@@ -101,15 +104,15 @@ def test_a_mismatched_export_is_a_clear_error(run, tmp_path):
   saved["model"]["d_model"] *= 2
   export.export(model, saved, tmp_path / "bad", "float32")
   with pytest.raises(ValueError, match="shape"):
-    trainer.load(tmp_path / "bad")
+    load_run(tmp_path / "bad")
 
 
 def test_init_from_a_byt5_takes_its_encoder():
   config = diacritics_config()
   config.init_from = str(ROOT / "tests" / "fixtures" / "t5_untied")
-  family = trainer.models.family("tagger")
-  model, cfg = trainer._init_model(config, family, trainer._model_config(config, family),
-                                   nnx.Rngs(1))
+  family = models.family("tagger")
+  model, cfg = model_init.init_model(config, family, model_init.model_config(config, family),
+                                     nnx.Rngs(1))
   byt5, _ = bytelm.convert.load_hf(config.init_from)
   assert isinstance(model, tagger.Tagger) and cfg.d_model == byt5.config.d_model
   np.testing.assert_array_equal(np.asarray(model.shared.embedding[...]),

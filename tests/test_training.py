@@ -1,6 +1,6 @@
 """The trainer: exact resume (in process, after SIGTERM and after SIGKILL), multi-device
-equivalence, and clear errors that lose nothing (unknown key, missing data, another model's
-workdir, a workdir in use, NaN, truncation)."""
+equivalence, and clear errors that lose nothing (unknown key, missing data, a workdir of
+another config, a workdir in use, NaN, truncation)."""
 
 import importlib.util
 import json
@@ -18,9 +18,10 @@ import pytest
 
 import bytelm
 from bytelm import models
-from bytelm.training import budget, reuse, trainer, train_and_evaluate
-from bytelm.training import checkpoint as ckpt_lib
-from bytelm.training import lock as lock_lib
+from bytelm.runs import checkpoint as ckpt_lib
+from bytelm.runs import lock as lock_lib
+from bytelm.runs import workdir as workdir_lib
+from bytelm.training import budget, evaluation, model_init, reuse, trainer, train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -106,11 +107,16 @@ def test_a_run_learns_and_reports(straight_run):
 
 
 def test_rerunning_a_finished_run_reports_it_without_training(corpus, straight_run):
+  """The same run, with only fields that are safe to change on resume changed (logging and
+  checkpoint cadence): resumed, here finished, so reported as it ended."""
   workdir, first = straight_run
-  again = train_and_evaluate(tiny_config(corpus, steps=8), workdir)
+  config = tiny_config(corpus, steps=8)
+  config.model.dropout_rate = DROPOUT
+  config.train.log_every, config.ckpt.keep = 2, 3
+  again = train_and_evaluate(config, workdir)
   assert (again.steps, again.train_loss, again.val_loss) == (8, first.train_loss, first.val_loss)
   assert saved_steps(workdir) == [4, 8] and len(losses(workdir)) == 8
-  assert saved_steps(workdir) == [4, 8]
+  assert json.loads((workdir / "config.json").read_text())["train"]["log_every"] == 2
 
 
 def test_a_finished_run_is_reused_untouched_and_an_empty_workdir_is_trained(
@@ -152,9 +158,8 @@ def test_a_budgeted_benchmark_reuses_a_finished_run_and_reads_the_trainers_valid
   loss_fn = models.family(config.model_family).loss_fn
   batches = list(budget.train_source(config, workdir, "validation")
                  .eval_batches(config.train.eval_batches))
-  eval_fn = jax.jit(lambda _, batch: trainer.eval_sums(module, batch, loss_fn))
-  assert trainer.evaluate(eval_fn, None, batches)["val_bpb"] == pytest.approx(first.val_bpb,
-                                                                              rel=1e-5)
+  assert evaluation.evaluate_model(module, loss_fn, batches)["val_bpb"] == pytest.approx(
+      first.val_bpb, rel=1e-5)
 
 
 def test_training_stopped_by_a_signal_is_an_error_not_a_finished_run(corpus, tmp_path,
@@ -225,13 +230,19 @@ runpy.run_path({train!r}, run_name="__main__")
 """
 
 
-def _signal_at(step, sig, flags, marker) -> int:
-  """Run train.py with flags, send it `sig` when it reaches `step`; its exit status."""
+def _in(cwd) -> dict:
+  """subprocess arguments to run in cwd with this checkout's bytelm (not an installed one)."""
+  path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+  return {"cwd": cwd, "env": dict(os.environ, PYTHONPATH=path)}
+
+
+def _signal_at(step, sig, flags, marker, cwd) -> int:
+  """Run train.py with flags in cwd, send it `sig` when it reaches `step`; its exit status."""
   script = PAUSED_AT.format(step=step, marker=str(marker), train=str(ROOT / "train.py"))
   log = marker.with_suffix(".log")
   with log.open("w") as err:  # a file, not a pipe nobody reads while it runs
     proc = subprocess.Popen([sys.executable, "-c", script, *flags], stdout=subprocess.DEVNULL,
-                            stderr=err)
+                            stderr=err, **_in(cwd))
     try:
       while not marker.exists():
         if proc.poll() is not None:
@@ -248,25 +259,29 @@ def _signal_at(step, sig, flags, marker) -> int:
 def test_stopped_and_killed_runs_resume_bit_for_bit(corpus, straight_run, tmp_path):
   """train.py stopped by SIGTERM saves and exits 143; killed by SIGKILL it loses only the
   steps since its last checkpoint (and leaves no lock behind); rerun after each, it ends bit
-  for bit where the straight run did, dropout streams included."""
+  for bit where the straight run did, dropout streams included. Without --workdir, each run
+  goes to the default workdir of the variant and overrides, the cadence ones not counted."""
   reference, _ = straight_run
   # straight_run's config from the command line (a checkpoint cadence changes no step).
-  workdir, marker = tmp_path / "run", tmp_path / "paused"
-  flags = ["--config", str(ROOT / "configs/byt5.py:tiny"), f"--config.data.train={corpus}",
+  spec, marker = str(ROOT / "configs/byt5.py:tiny"), tmp_path / "paused"
+  flags = ["--config", spec, f"--config.data.train={corpus}",
            "--config.train.log_every=1", f"--config.model.dropout_rate={DROPOUT}",
-           "--config.ckpt.every=2", "--config.ckpt.keep=100", f"--workdir={workdir}"]
+           "--config.ckpt.every=2", "--config.ckpt.keep=100"]
+  workdir = tmp_path / workdir_lib.default_workdir(
+      spec, {"data.train": corpus, "model.dropout_rate": DROPOUT})
+  assert workdir.parent == tmp_path / "workdirs" and workdir.name.startswith("byt5-tiny-")
 
-  assert _signal_at(3, signal.SIGTERM, flags, marker) == 128 + signal.SIGTERM
+  assert _signal_at(3, signal.SIGTERM, flags, marker, tmp_path) == 128 + signal.SIGTERM
   assert saved_steps(workdir) == [2, 3]  # it saved where it stopped
   assert len(losses(workdir)) == 3
 
-  assert _signal_at(7, signal.SIGKILL, flags, marker) == -signal.SIGKILL
+  assert _signal_at(7, signal.SIGKILL, flags, marker, tmp_path) == -signal.SIGKILL
   # Orbax finishes one save before it starts the next: step 6's may have been cut short.
   assert saved_steps(workdir) in ([2, 3, 4], [2, 3, 4, 6])
   assert len(losses(workdir)) == 6  # step 7 died before its metrics were written
 
   subprocess.run([sys.executable, str(ROOT / "train.py"), *flags], check=True,
-                 capture_output=True, timeout=300)
+                 capture_output=True, timeout=300, **_in(tmp_path))
   assert losses(workdir) == losses(reference)
   assert_trees_equal(final_params(workdir), final_params(reference))
 
@@ -344,30 +359,73 @@ def test_missing_data_is_a_clear_error(tmp_path):
     train_and_evaluate(config, tmp_path / "run")
 
 
-def test_checkpoint_of_another_model_is_refused_and_kept(corpus, straight_run, tmp_path):
+def _snapshot(workdir):
+  """What a refused run must not touch: every file but the lock, with its bytes."""
+  return {p.relative_to(workdir): p.read_bytes() for p in sorted(workdir.rglob("*"))
+          if p.is_file() and p.name != lock_lib.FILENAME}
+
+
+# Each a change that makes another run: the model's shape, a data field, an optimizer value
+# (the checkpoint would restore: only the configs differ), the seed, the global batch.
+CHANGED = [("model.d_model", 32, 64), ("data.noise_density", 0.3, 0.15),
+           ("opt.lr", 1e-3, 0.002), ("seed", 1, 0), ("train.batch_size", 8, 4)]
+
+
+def test_a_workdir_of_another_config_is_refused_and_kept(corpus, straight_run):
   workdir, _ = straight_run
-  snapshot = lambda: ((workdir / "config.json").read_bytes(),
-                      sorted(p.stat().st_mtime_ns for p in (workdir / "checkpoints").rglob("*")))
-  before = snapshot()
-  config = tiny_config(corpus, steps=8)
-  config.model.d_model = 32
-  with pytest.raises(ckpt_lib.IncompatibleCheckpoint, match="d_model: checkpoint 64, config 32"):
+  before = _snapshot(workdir)
+  for field, value, stored in CHANGED:
+    config = tiny_config(corpus, steps=8)
+    config.model.dropout_rate = DROPOUT
+    section, _, name = field.rpartition(".")
+    (config[section] if section else config)[name] = value
+    with pytest.raises(workdir_lib.ConfigMismatch) as refused:
+      train_and_evaluate(config, workdir)
+    message = str(refused.value)
+    assert f"{field}: the workdir's run has {stored!r}, this config {value!r}" in message
+    assert "--workdir" in message and "--config.resume=false" in message  # the two ways out
+    assert _snapshot(workdir) == before  # nothing touched, config.json included
+
+
+def test_a_changed_step_count_is_refused_saying_how_to_train_on(corpus, straight_run):
+  """train.steps shapes the learning-rate schedule: more steps is a new run, from this one."""
+  workdir, _ = straight_run
+  before = _snapshot(workdir)
+  config = tiny_config(corpus, steps=12)
+  config.model.dropout_rate = DROPOUT
+  with pytest.raises(workdir_lib.ConfigMismatch,
+                     match=rf"(?s)train.steps: the workdir's run has 8, this config 12.*"
+                           rf"--config.init_from={workdir}"):
     train_and_evaluate(config, workdir)
+  assert _snapshot(workdir) == before
+
+
+def test_resume_false_refuses_a_workdir_that_holds_a_run(corpus, straight_run, tmp_path):
+  workdir, _ = straight_run
+  before = _snapshot(workdir)
   config = tiny_config(corpus, steps=8)
-  config.opt.grad_clip = 0.0  # changes the optimizer state's structure
-  with pytest.raises(ckpt_lib.IncompatibleCheckpoint, match="opt.clipping"):
+  config.model.dropout_rate = DROPOUT  # the run's own config: still refused
+  config.resume = False
+  with pytest.raises(workdir_lib.WorkdirNotEmpty, match="already holds a run.*another --workdir"):
     train_and_evaluate(config, workdir)
-  assert snapshot() == before  # nothing touched, config.json included
+  assert _snapshot(workdir) == before
+  (tmp_path / "notes.txt").write_text("a user's file")  # anything at all: never deleted
+  with pytest.raises(workdir_lib.WorkdirNotEmpty, match="already holds files"):
+    train_and_evaluate(config, tmp_path)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["lock", "notes.txt"]
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(corpus, tmp_path):
   config = tiny_config(corpus, steps=8)
-  _run_until(config, tmp_path, stop_at=4)
-  config.opt.lr = 1e30  # resume with a learning rate that blows the parameters up
-  config.opt.schedule = "constant"
+  # A run that diverges half-way: the two-stage schedule's second stage (from step 4) at 1e33
+  # times the first's learning rate blows the parameters up after the checkpoint at step 4.
+  config.opt.update(schedule="two_stage", warmup_steps=0, second_stage_lr=1e33)
+  config.resume = False  # (and resume=false takes an empty workdir)
   with pytest.raises(FloatingPointError, match=r"at step \d.*last good checkpoint is step 4"):
     train_and_evaluate(config, tmp_path)
   assert saved_steps(tmp_path) == [4]
+  logged = losses(tmp_path)  # up to the last finite step: the NaN is not logged as a loss
+  assert len(logged) >= 5 and all(np.isfinite(logged))
 
 
 # Orbax's failed read leaves an event-loop callback behind (see pyproject's filterwarnings).
@@ -392,14 +450,13 @@ def test_init_from_a_workdir_or_a_hugging_face_directory(corpus, straight_run):
   architecture wins over config.model, with this run's runtime fields."""
   from flax import nnx
   from bytelm import models
-  from bytelm.training import trainer
 
   workdir, _ = straight_run
   family = models.family("t5")
   config = tiny_config(corpus)
   config.init_from = str(workdir)
-  model, _ = trainer._init_model(config, family, trainer._model_config(config, family),
-                                 nnx.Rngs(1))
+  model, _ = model_init.init_model(config, family, model_init.model_config(config, family),
+                                   nnx.Rngs(1))
   loaded = _flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   saved = _flat(final_params(workdir))
   assert len(loaded) > 10
@@ -408,10 +465,29 @@ def test_init_from_a_workdir_or_a_hugging_face_directory(corpus, straight_run):
 
   config.init_from = str(ROOT / "tests" / "fixtures" / "t5_untied")
   config.model.dropout_rate = 0.1
-  model, cfg = trainer._init_model(config, family, trainer._model_config(config, family),
-                                   nnx.Rngs(1))
+  model, cfg = model_init.init_model(config, family, model_init.model_config(config, family),
+                                     nnx.Rngs(1))
   assert (cfg.d_model, cfg.num_encoder_layers, cfg.dropout_rate) == (48, 3, 0.1)
   assert model.encoder.dropout.deterministic is False  # training mode, unlike load_hf's eval
+
+
+def test_load_reads_the_model_alone(straight_run, monkeypatch):
+  """bytelm.load_module of a workdir restores the model's parameters from the checkpoint, and
+  builds no optimizer (whose state it would only throw away)."""
+  from flax import nnx
+  import bytelm
+
+  def no_optimizer(*args, **kwargs):
+    raise AssertionError("load built an optimizer")
+
+  monkeypatch.setattr(nnx, "Optimizer", no_optimizer)
+  workdir, _ = straight_run
+  model = bytelm.load_module(workdir)
+  loaded = _flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  saved = _flat(final_params(workdir))
+  assert len(loaded) > 10 and model.encoder.dropout.deterministic  # ready for inference
+  for name, value in loaded.items():
+    np.testing.assert_array_equal(value, saved[name], err_msg=name)
 
 
 def _flat(tree, prefix=""):

@@ -35,7 +35,7 @@ from bytelm.data import bpe
 from bytelm import generation
 from bytelm.text import segment
 from bytelm.nn.compiled import Compiled
-from bytelm.training import trainer
+from bytelm.runs.load import load as load_module
 from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer
 
 
@@ -99,7 +99,7 @@ def from_workdir(workdir) -> ByteLM:
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: from_workdir needs the workdir of a BPE "
                             f"recipe (configs/bpe_decoder.py), which keeps its tokenizer there")
-  return from_model(trainer.load(workdir), path)
+  return from_model(load_module(workdir), path)
 
 
 def from_model(model, tokenizer_file) -> ByteLM:
@@ -205,7 +205,7 @@ def byte_model_from_workdir(workdir) -> _ByteModel:
                 DeprecationWarning, stacklevel=2)
   workdir = pathlib.Path(workdir)
   config = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
-  model = trainer.load(workdir)
+  model = load_module(workdir)
   if config["model_family"] == "decoder" and "tokenizer" not in config["data"]:
     return ByteDecoderLM(model)
   if config["model_family"] == "hierarchical":

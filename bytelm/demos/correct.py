@@ -41,7 +41,7 @@ from bytelm.demos import metrics
 from bytelm.models.tagger import Tagger
 from bytelm.nn.compiled import Compiled
 from bytelm.text.tokenizer import ByteTokenizer
-from bytelm.training import trainer
+from bytelm.runs.load import load as load_run
 
 SHIPPED = pathlib.Path(__file__).parent / "diacritics"
 TASKS = ("diacritics", "typos", "both")
@@ -140,7 +140,7 @@ class Corrector:
     else:
       raise ValueError(f"{path} holds a model trained for {objective!r}, not a corrector; "
                        "train one with configs/diacritics.py")
-    model = trainer.load(path)  # any family: a tagger is no LanguageModel
+    model = load_run(path)  # any family: a tagger is no LanguageModel
     if lexicon and isinstance(model, Tagger):
       kwargs["lexicons"] = [metrics.Lexicon(line for text in sources.load_text(spec, "train")["text"]
                                             for line in text.split("\n"))

@@ -20,44 +20,32 @@ import jax.numpy as jnp
 from flax import nnx
 
 from bytelm import models
-from bytelm.data import bpe, pipeline
+from bytelm.data import pipeline
+from bytelm.runs import data as data_lib
 from bytelm.training import optimizer as optim
 from bytelm.training import reuse, trainer
 
 
 def prepare(c, workdir: pathlib.Path):
-  """c with its fitted parts made once in workdir (an entropy segmenter's n-gram model); a
-  BPE recipe's tokenizer is trained there too. Returns c."""
+  """c with its fitted parts made once in workdir (an entropy segmenter's n-gram model, named
+  in c; a BPE recipe's tokenizer), as the trainer makes them (bytelm.runs.data). Returns c."""
   workdir.mkdir(parents=True, exist_ok=True)
-  if "segments" in c.data and c.data.segments.kind == "entropy":
-    c.data.segments.entropy_model = str(pipeline.fit_entropy_model(
-        c.data.train, workdir / "entropy_model.npz", **c.data.segments.to_dict()))
-  tokenizer_of(c, workdir)
+  fitted = data_lib.entropy_model(c, workdir)
+  if fitted is not None:
+    c.data.segments.entropy_model = str(fitted)
+  data_lib.tokenizer(c, workdir)
   return c
 
 
 def tokenizer_of(c, workdir: pathlib.Path):
   """A BPE recipe's tokenizer (trained into workdir on first use), else None."""
-  if "tokenizer" not in c.data:
-    return None
-  return bpe.load_or_train(workdir / bpe.FILENAME, c.data.train, c.data.tokenizer.vocab_size)
+  return data_lib.tokenizer(c, workdir)
 
 
 def train_source(c, workdir: pathlib.Path, split: str = "train") -> pipeline.BatchSource:
   """The recipe's training batches, as the trainer makes them (split="validation": its
   validation batches, `eval_batches`)."""
-  dc = c.data
-  kw = dict(objective=dc.objective, batch_size=c.train.batch_size,
-            input_length=dc.input_length, target_length=dc.get("target_length"),
-            noise_density=dc.noise_density, mean_noise_span_length=dc.mean_noise_span_length,
-            seed=c.seed)
-  if "segments" in dc:
-    kw["segments"] = dc.segments.to_dict()
-  tok = tokenizer_of(c, workdir)
-  if tok is not None:
-    kw["tokenizer"] = tok
-  data = dc.train if split == "train" else dc.get("validation") or dc.train
-  return pipeline.make_source(data, split, **kw)
+  return data_lib.sources(c, workdir, splits=(split,))[split]
 
 
 def step_timer(c, workdir: pathlib.Path, steps_per_call: int = 1):

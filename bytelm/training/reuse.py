@@ -13,7 +13,8 @@ import logging
 import pathlib
 import signal
 
-from bytelm.training import trainer
+from bytelm.runs import workdir as workdir_lib
+from bytelm.training import model_init, trainer
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +32,15 @@ class TrainingStopped(RuntimeError):
 
 def train_unless_finished(config, workdir) -> pathlib.Path:
   """workdir, after training `config` into it with `train_and_evaluate`, unless it already holds
-  a run evaluated at config.train.steps or later (then nothing is read or written). A shorter or
-  interrupted run resumes, as `train_and_evaluate` does. Raises TrainingStopped when a signal
-  stops the training."""
+  the finished run of this config (then nothing is written). An interrupted run resumes, as
+  `train_and_evaluate` does; a run of another config is refused (`runs.workdir.ConfigMismatch`),
+  finished or not. Raises TrainingStopped when a signal stops the training."""
   workdir = pathlib.Path(workdir).expanduser()
   steps = config.train.steps
-  if trainer.evaluated_at(workdir, steps):
+  if workdir_lib.evaluated_at(workdir, steps):
+    # Only this config's own run is reused: the same check a resume makes.
+    workdir_lib.check_compatible(workdir, workdir_lib.read_config(workdir),
+                                 model_init.resolved(config))
     log.info("reusing the run in %s: it was evaluated at step %d or later", workdir, steps)
     return workdir
   log.info("training %s to step %d", workdir, steps)
@@ -53,8 +57,8 @@ def finished_steps(workdir) -> int | None:
   workdir = pathlib.Path(workdir).expanduser()
   if not (workdir / "config.json").is_file():
     return None
-  steps = int(trainer.read_config(workdir)["train"]["steps"])
-  return steps if trainer.evaluated_at(workdir, steps) else None
+  steps = int(workdir_lib.read_config(workdir)["train"]["steps"])
+  return steps if workdir_lib.evaluated_at(workdir, steps) else None
 
 
 def last_evaluation(workdir) -> dict:

@@ -2,16 +2,16 @@
 
 Every save holds two items: `state` (the nnx state of model and optimizer, sharded arrays as
 they are) and `meta` (JSON: step, data position, the run's config). Restoring checks the saved
-model config against the current one before touching any array, so a workdir of another model is
-an error rather than silently overwritten, and falls back to the previous checkpoint when the
-newest cannot be read (a truncated file, a half-copied directory).
+config against the requested one (bytelm.runs.workdir.check_resume) before touching any
+array, so a workdir of another run is an error rather than silently continued, and falls back
+to the previous checkpoint when the newest cannot be read (a truncated file, a half-copied
+directory). A reader of the model alone (bytelm.runs.load) restores only the model's subtree.
 
 Orbax's v0 `CheckpointManager` is wrapped here so a move to its v1 API touches only this file.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pathlib
@@ -22,10 +22,6 @@ import jax
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
-
-
-class IncompatibleCheckpoint(ValueError):
-  """The workdir holds a checkpoint of a different model."""
 
 
 class Checkpointer:
@@ -59,14 +55,15 @@ class Checkpointer:
     self._manager.wait_until_finished()
     self._manager.close()
 
-  def restore_latest(self, abstract_state, check_meta,
-                     set_aside: bool = True) -> tuple[int, Any, dict] | None:
+  def restore_latest(self, abstract_state, check_meta, set_aside: bool = True,
+                     partial: bool = False) -> tuple[int, Any, dict] | None:
     """(step, state, meta) of the newest readable checkpoint, or None when there is none.
 
-    check_meta(meta) raises IncompatibleCheckpoint for a checkpoint of another model: that is
-    not a reason to fall back, it stops the run. An unreadable checkpoint is moved aside (so a
-    resumed run can save that step again), or only skipped when set_aside is false (readers
-    of another run's workdir leave it as it is).
+    check_meta(meta) raises (bytelm.runs.workdir.ConfigMismatch) for a checkpoint of another
+    config: that is not a reason to fall back, it stops the run. An unreadable checkpoint is
+    moved aside (so a resumed run can save that step again), or only skipped when set_aside is
+    false (readers of another run's workdir leave it as it is). partial: abstract_state is a
+    subtree of the saved state (the model without its optimizer); only that is read.
     """
     steps = self.steps()
     for step in reversed(steps):
@@ -79,7 +76,7 @@ class Checkpointer:
       check_meta(meta)
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state)))
+            state=_restore_args(abstract_state, partial)))
       except Exception as e:
         self._skip(step, e, set_aside)
         continue
@@ -112,6 +109,16 @@ class Checkpointer:
     return restored["state"]
 
 
+def _restore_args(abstract_state, partial: bool):
+  if not partial:
+    return ocp.args.StandardRestore(abstract_state)
+  # StandardRestore insists on the whole tree; PyTreeRestore reads a subtree when told where
+  # each leaf goes (restore_args), and never touches the rest's files.
+  return ocp.args.PyTreeRestore(
+      abstract_state, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_state),
+      partial_restore=True)
+
+
 def abstract_like(state):
   """Restore target: shapes, dtypes and shardings of `state`, no data."""
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
@@ -120,15 +127,3 @@ def abstract_like(state):
 def _short(e: Exception) -> str:
   text = f"{type(e).__name__}: {e}"
   return text if len(text) < 300 else text[:300] + "..."
-
-
-def config_diff(saved: dict, current: dict, prefix: str = "") -> list[str]:
-  """Human-readable differences between two nested config dicts."""
-  out = []
-  for key in sorted(set(saved) | set(current)):
-    a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
-    if isinstance(a, dict) and isinstance(b, dict):
-      out += config_diff(a, b, f"{prefix}{key}.")
-    elif json.dumps(a, sort_keys=True) != json.dumps(b, sort_keys=True):
-      out.append(f"{prefix}{key}: checkpoint {a!r}, config {b!r}")
-  return out

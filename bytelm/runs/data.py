@@ -1,0 +1,94 @@
+"""A run's data: the one mapping from its config to its training and validation batches.
+
+The trainer, the training budget (bytelm.training.budget) and the eval scripts all read a run's
+batches through `sources`, so that they see the same batches: the objective and its settings
+(span corruption's noise, correction's task, typo rate and keyboard), the segments of a
+hierarchical model, and the BPE tokenizer of a subword model. What a run fits to its training
+text is made once, in its workdir, and reused by a resumed run, evaluation and generation:
+an entropy segmenter's n-gram model (entropy_model.npz) and a BPE tokenizer (tokenizer.json).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from bytelm.data import bpe, pipeline
+
+SPLITS = ("train", "validation")
+ENTROPY_MODEL = "entropy_model.npz"  # in the run's workdir, unless the config names one
+
+
+def sources(config, workdir=None, splits=SPLITS, *, process_index: int = 0,
+            process_count: int = 1, write: bool = True) -> dict[str, pipeline.BatchSource]:
+  """{split: BatchSource} of a run's config (an ml_collections.ConfigDict) for each of splits.
+
+  workdir: where the fitted parts are kept (made there on first use), needed only by configs
+  that fit something (entropy segments, a BPE tokenizer). process_index, process_count: this
+  process's slice of each global batch. write: whether this process writes the tokenizer (in
+  a multi-process run process 0 does; the others train the same one, deterministically).
+  The validation batches come from data.validation, or the validation split of data.train.
+  """
+  settings = _settings(config, workdir, write)
+  dc = config.data
+  spec = {"train": dc.train, "validation": dc.validation or dc.train}
+  unknown = sorted(set(splits) - set(spec))
+  if unknown:
+    raise ValueError(f"unknown splits {unknown}; a run has {SPLITS}")
+  return {split: pipeline.make_source(spec[split], split, seed=config.seed,
+                                      process_index=process_index, process_count=process_count,
+                                      **settings)
+          for split in splits}
+
+
+def _settings(config, workdir, write: bool) -> dict:
+  """BatchSource's keyword arguments (but seed and the process's slice) of a run's config."""
+  dc = config.data
+  kw = dict(objective=dc.objective, batch_size=config.train.batch_size,
+            input_length=dc.input_length, target_length=dc.get("target_length"),
+            noise_density=dc.noise_density, mean_noise_span_length=dc.mean_noise_span_length)
+  if dc.objective == "correction":  # its noise settings, where the config has them
+    kw.update({k: dc[k] for k in ("correction_task", "typo_rate", "keyboard") if k in dc})
+  if "segments" in dc:  # hierarchical models: segment ids in every batch
+    kw["segments"] = dc.segments.to_dict()
+    fitted = entropy_model(config, workdir)
+    if fitted is not None:
+      kw["segments"]["entropy_model"] = str(fitted)
+  if "tokenizer" in dc:  # a subword LM: BPE trained on the training text once, in the workdir
+    kw["tokenizer"] = tokenizer(config, workdir, write=write)
+  return kw
+
+
+def entropy_model(config, workdir) -> pathlib.Path | None:
+  """An entropy-segmented run's n-gram model (workdir/entropy_model.npz, fitted there on the
+  training text on first use), or None where the run has none to fit (other segments, or the
+  config names its own file)."""
+  segments = config.data.get("segments")
+  if segments is None or segments.kind != "entropy" or segments.get("entropy_model"):
+    return None
+  return pipeline.fit_entropy_model(config.data.train, _in(workdir, ENTROPY_MODEL),
+                                    **segments.to_dict())
+
+
+def tokenizer(config, workdir, write: bool = True):
+  """A BPE run's tokenizer (workdir/tokenizer.json, trained there on first use), checked to fit
+  the model's embedding; None for a byte run."""
+  dc = config.data
+  if "tokenizer" not in dc:
+    return None
+  tok = bpe.load_or_train(_in(workdir, bpe.FILENAME), dc.train, dc.tokenizer.vocab_size,
+                          write=write)
+  rows = config.model.get("vocab_size")
+  if rows is not None and tok.get_vocab_size() > rows:
+    raise ValueError(f"the tokenizer has {tok.get_vocab_size()} tokens but the model only "
+                     f"{rows} embedding rows; set model.vocab_size >= {tok.get_vocab_size()} "
+                     "(a multiple of 128)")
+  return tok
+
+
+def _in(workdir, name: str) -> pathlib.Path:
+  if workdir is None:
+    raise ValueError(f"this config fits its {name} to the training text: give the run's "
+                     "workdir, where it is kept")
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  return workdir / name

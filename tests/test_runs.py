@@ -1,0 +1,123 @@
+"""bytelm.runs: a changed run gets its own default workdir, and a workdir resumes only with its
+own run's config (the trainer's refusals are in test_training.py and test_mrt5.py); a workdir
+is loaded without an optimizer; every config can say resume=false."""
+
+import dataclasses
+import pathlib
+
+import pytest
+
+from bytelm import models
+from bytelm.runs import workdir as workdir_lib
+from bytelm.training import config_file
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if not p.stem.startswith("_"))
+
+
+def resolved(name: str, arg: str | None = None) -> dict:
+  """The config.json a run of configs/<name>.py[:arg] writes (its model config complete)."""
+  c = config_file.load(ROOT / "configs" / f"{name}.py", arg)
+  family = models.family(c.model_family)
+  saved = c.to_dict()
+  saved["model"] = dataclasses.asdict(family.config_cls(**c.model.to_dict()))
+  return saved
+
+
+def test_the_default_workdir_names_the_variant_and_the_overrides():
+  name = lambda spec, overrides=None: str(workdir_lib.default_workdir(spec, overrides))
+  assert name("configs/mrt5.py") == "workdirs/mrt5"  # what the README's commands use
+  assert name("/abs/configs/mrt5.py:tiny") == "workdirs/mrt5-tiny"
+  assert name("mrt5:tiny") == "workdirs/mrt5-tiny"  # a packaged config by name
+  changed = name("configs/mrt5.py", {"model.target_deletion": 0.3})
+  assert changed.startswith("workdirs/mrt5-") and len(changed) == len("workdirs/mrt5-") + 6
+  # Stable: the same overrides in any order give the same name; other values another one.
+  both = {"model.target_deletion": 0.3, "opt.lr": 1e-3}
+  assert name("configs/mrt5.py", both) == name("configs/mrt5.py", dict(reversed(both.items())))
+  names = {changed, name("configs/mrt5.py", {"model.target_deletion": 0.4}),
+           name("configs/mrt5.py", both), name("configs/mrt5.py:tiny", both)}
+  assert len(names) == 4
+  # Overrides that may change on resume keep the run's workdir.
+  assert name("configs/mrt5.py:tiny", {"train.log_every": 1, "mesh.fsdp": 2,
+                                       "resume": False}) == "workdirs/mrt5-tiny"
+  # Golden, the README's example: if this changes, every changed run made before loses its
+  # default workdir (a rerun starts afresh elsewhere), so do not change it lightly.
+  assert changed == "workdirs/mrt5-cf0b96"
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_resumes_by_default_and_can_refuse(name):
+  assert resolved(name, "tiny")["resume"] is True
+
+
+def test_only_cadence_fields_may_change_on_resume():
+  stored = resolved("mrt5", "tiny")
+  safe = {"train.log_every": 7, "train.eval_every": 7, "ckpt.every": 7, "ckpt.keep": 7,
+          "mesh.data": 2, "mesh.fsdp": 2, "model.remat": True, "resume": False}
+  for field, value in safe.items():
+    assert workdir_lib.is_safe_to_change(field)
+    section, _, key = field.rpartition(".")
+    changed = {**stored, section: {**stored[section], key: value}} if section else {
+        **stored, key: value}
+    assert workdir_lib.differences(stored, changed) == [], field
+  # A runtime model field, a data field, an optimizer value, evaluation's bytes, the budget.
+  for field in ("model.target_deletion", "model.dropout_rate", "data.train", "opt.lr",
+                "opt.warmup_steps", "train.eval_batches", "train.steps", "train.batch_size",
+                "seed", "init_from", "model_family"):
+    assert not workdir_lib.is_safe_to_change(field), field
+  changed = {**stored, "opt": {**stored["opt"], "lr": 0.5}, "seed": 3}
+  assert workdir_lib.differences(stored, changed) == [("opt.lr", stored["opt"]["lr"], 0.5),
+                                                      ("seed", 0, 3)]
+
+
+def test_an_empty_workdir_takes_a_run_whatever_resume_says(tmp_path):
+  requested = dict(resolved("byt5", "tiny"), resume=False)
+  workdir_lib.check_resume(tmp_path / "absent", requested)
+  workdir_lib.check_resume(tmp_path, requested)
+  (tmp_path / "lock").touch()  # a lock file alone is what a refused or ended run may leave
+  workdir_lib.check_resume(tmp_path, requested)
+  workdir_lib.write_config(tmp_path, requested)
+  with pytest.raises(workdir_lib.WorkdirNotEmpty, match="already holds a run"):
+    workdir_lib.check_resume(tmp_path, requested)
+  workdir_lib.check_resume(tmp_path, dict(requested, resume=True))  # the same run: resumed
+
+
+def test_a_changed_data_setting_of_any_recipe_is_named(tmp_path):
+  """The correction objective's settings, the segments, the tokenizer: all part of the run."""
+  for name, arg, field, value in (("diacritics", "typos", "data.typo_rate", 0.1),
+                                  ("hat", "tiny", "data.segments.max_segment_bytes", 8),
+                                  ("bpe_decoder", "tiny", "data.tokenizer.vocab_size", 400)):
+    stored = resolved(name, arg)
+    workdir = tmp_path / name
+    workdir.mkdir()
+    workdir_lib.write_config(workdir, stored)
+    section, _, key = field.rpartition(".")
+    requested = workdir_lib.read_config(workdir)
+    target = requested
+    for part in section.split("."):
+      target = target[part]
+    target[key] = value
+    with pytest.raises(workdir_lib.ConfigMismatch, match=rf"{field}: the workdir's run has"):
+      workdir_lib.check_resume(workdir, requested)
+
+
+def test_the_budget_and_the_trainer_read_the_same_batches(tmp_path):
+  """budget.train_source (the training budget's step timer) is the trainer's source: the
+  correction settings reach it too."""
+  from bytelm.runs import data as data_lib
+  from bytelm.training import budget
+
+  text = tmp_path / "text.txt"
+  text.write_text("\n".join(f"line {i}: the quick brown fox jumps over the lazy dog."
+                            for i in range(200)), encoding="utf-8")
+  c = config_file.load(ROOT / "configs" / "diacritics.py", "typos")
+  c.data.train = f"file:{text}"
+  c.data.input_length, c.train.batch_size = 32, 2
+  inputs = {}
+  for rate in (0.0, 0.5):
+    c.data.typo_rate = rate
+    batch = budget.train_source(c, tmp_path).batch(0)
+    assert all((batch[k] == v).all()
+               for k, v in data_lib.sources(c, tmp_path, ("train",))["train"].batch(0).items())
+    inputs[rate] = batch["inputs"]
+  assert (inputs[0.0] != inputs[0.5]).any()  # the typo rate is not dropped on the way
