@@ -15,11 +15,12 @@ settings.load_profile("bytelm")
 # One persistent compilation cache for the whole session, shared with every process the tests
 # start (train.py, the docs' blocks, eval/ scripts inherit os.environ): a computation compiled
 # once, by the suite or by a subprocess, is read back by the next process instead of compiled
-# again (the resume tests run the same train step in four processes; the docs' pages load
-# what their train.py runs compiled). A fresh directory per session, so that a clean checkout
+# again (the resume tests run the same train step in four processes, and in-process runs
+# rebuild the same jitted steps again and again). A fresh directory per session, so that a clean checkout
 # gets the same benefit as a developer's and no session reads a stale entry; a cache the user
-# points JAX_COMPILATION_CACHE_DIR at is used as it is. Every entry is kept: the small models
-# here compile in well under JAX's default one-second threshold.
+# points JAX_COMPILATION_CACHE_DIR at is used as it is (so pytest-xdist's workers, which
+# inherit the controller's environment, share the controller's). Every entry is kept: the
+# small models here compile in well under JAX's default one-second threshold.
 _OWN_CACHE = None
 if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
   _OWN_CACHE = tempfile.mkdtemp(prefix="bytelm-jax-cache-")
