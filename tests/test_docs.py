@@ -17,6 +17,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -27,6 +28,8 @@ from bytelm import models
 from bytelm.data import pipeline
 from bytelm.runs import workdir as workdir_lib
 from bytelm.training import evaluation
+
+import warm_python  # tests/warm_python.py
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").rglob("*.md"))
@@ -63,18 +66,18 @@ def tiny(command: str) -> str:
   return "\n".join(lines)
 
 
-def run_page(page: pathlib.Path, scratch: pathlib.Path) -> tuple[int, str]:
-  """(exit status, output) of the page's runnable blocks, in order, stopping at a failure."""
+def run_page(page: pathlib.Path, scratch: pathlib.Path, python: str,
+             env: dict[str, str]) -> tuple[int, str]:
+  """(exit status, output) of the page's runnable blocks, in order, stopping at a failure.
+  `python` runs the python blocks, and is the `python` on env's PATH for the bash ones."""
   log = []
   for kind, code in blocks(page):
     if kind == "bash":
       cmd = ["bash", "-e", "-c", tiny(code)]
     else:
-      cmd = [sys.executable, "-c", code]
-    # `python` in the blocks is this interpreter, whatever PATH says.
-    path = os.pathsep.join([str(pathlib.Path(sys.executable).parent), os.environ["PATH"]])
+      cmd = [python, "-c", code]
     done = subprocess.run(cmd, cwd=scratch, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PATH": path, "PYTHONUNBUFFERED": "1"})
+                          env=env)
     log.append(f"$ {' '.join(cmd[-1:])}\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
     if done.returncode:
       return done.returncode, "\n".join(log)
@@ -93,17 +96,38 @@ def scratch(tmp_path_factory):
 @pytest.fixture(scope="session")
 def page_results(scratch):
   """Every page's result. The pages share one scratch directory, as a reader's checkout would
-  (each trains into its own workdir); the index runs last, as its comparison reuses a run."""
+  (each trains into its own workdir); the index runs last, as its comparison reuses a run.
+
+  Their `python` is this interpreter, warm (tests/warm_python.py): each command runs in a
+  fresh process forked from one that has imported jax and bytelm already, instead of
+  importing them again, some twenty times. The code is this checkout's (PYTHONPATH), whatever
+  is installed."""
   for name in ("train.py", "export.py", "configs", "eval"):
     (scratch / name).symlink_to(ROOT / name)
   (scratch / "tests").mkdir()
   (scratch / "tests" / "fixtures").symlink_to(ROOT / "tests" / "fixtures")
   index = ROOT / "docs" / "README.md"
-  # Three at a time on 2 cores: each page also waits on process start-up and disk.
-  with concurrent.futures.ThreadPoolExecutor(3) as pool:
-    futures = {p: pool.submit(run_page, p, scratch) for p in RUNNABLE if p != index}
-    results = {p: f.result() for p, f in futures.items()}
-  results[index] = run_page(index, scratch)
+  with tempfile.TemporaryDirectory() as tmp:  # a short path: a socket's is limited to ~100
+    tmp = pathlib.Path(tmp)
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
+    python = warm_python.install(tmp / "bin", tmp / "socket")
+    env["PATH"] = os.pathsep.join([str(python.parent), os.environ["PATH"]])
+    with (tmp / "server.log").open("w") as log:
+      server = subprocess.Popen([sys.executable, warm_python.__file__, "serve", tmp / "socket"],
+                                stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    try:
+      if server.stdout.readline() != "ready\n":
+        raise RuntimeError(f"the warm python did not start: {(tmp / 'server.log').read_text()}")
+      # Three at a time on 2 cores: each page also waits on process start-up and disk.
+      with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        futures = {p: pool.submit(run_page, p, scratch, str(python), env)
+                   for p in RUNNABLE if p != index}
+        results = {p: f.result() for p, f in futures.items()}
+      results[index] = run_page(index, scratch, str(python), env)
+    finally:
+      server.terminate()
+      server.wait()
   return results
 
 

@@ -119,9 +119,11 @@ def test_ternary_inference_matmul_equals_the_fake_quantized_forward():
 @given(st.integers(1, 13), st.integers(1, 5), st.integers(0, 2**31 - 1))
 def test_packed_ternary_unpacks_to_the_same_codes(k, n, seed):
   codes = jnp.asarray(np.random.default_rng(seed).integers(-1, 2, (k, n)), jnp.int8)
-  packed = qn.pack_ternary(codes)
+  # Jitted: one compilation per shape, not one per operation (each example is a new shape).
+  packed = jax.jit(qn.pack_ternary)(codes)
   assert packed.dtype == jnp.uint8 and packed.shape == (-(-k // 4), n)
-  np.testing.assert_array_equal(np.asarray(qn.unpack_ternary(packed, k)), np.asarray(codes))
+  unpacked = jax.jit(qn.unpack_ternary, static_argnums=1)(packed, k)
+  np.testing.assert_array_equal(np.asarray(unpacked), np.asarray(codes))
 
 
 # ---- quantized models ---------------------------------------------------------------------------
