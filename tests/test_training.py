@@ -472,7 +472,7 @@ def test_init_from_a_workdir_or_a_hugging_face_directory(corpus, straight_run):
 
 
 def test_load_reads_the_model_alone(straight_run, monkeypatch):
-  """bytelm.load_module of a workdir restores the model's parameters from the checkpoint, and
+  """bytelm.load of a workdir restores the model's parameters from the checkpoint, and
   builds no optimizer (whose state it would only throw away)."""
   from flax import nnx
   import bytelm
@@ -482,7 +482,7 @@ def test_load_reads_the_model_alone(straight_run, monkeypatch):
 
   monkeypatch.setattr(nnx, "Optimizer", no_optimizer)
   workdir, _ = straight_run
-  model = bytelm.load_module(workdir)
+  model = bytelm.load(workdir).module
   loaded = _flat(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   saved = _flat(final_params(workdir))
   assert len(loaded) > 10 and model.encoder.dropout.deterministic  # ready for inference

@@ -3,8 +3,8 @@
 A workdir's checkpoint also holds the optimizer state (Adam: two more copies of every weight),
 and orbax's layout is made for resuming, not for shipping. An export keeps only the model's
 state, its floating-point parameters in bfloat16 by default (a sixth of an AdamW checkpoint:
-2 bytes per parameter instead of 3 x 4), and the run's config.json, so `bytelm.load_module(export_dir)`
-rebuilds the same model. safetensors, not pickle: loading never runs code from the file.
+2 bytes per parameter instead of 3 x 4), and the run's config.json, so `bytelm.load(export_dir)`
+(`runs.load.load` for the module alone) rebuilds the same model. safetensors, not pickle: loading never runs code from the file.
 
 Made by `python export.py WORKDIR OUT_DIR`.
 """
