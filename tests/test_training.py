@@ -86,13 +86,17 @@ def _plain(x):
 DROPOUT = 0.1
 
 
+def straight_config(corpus, steps: int = 8):
+  config = tiny_config(corpus, steps=steps)
+  config.model.dropout_rate = DROPOUT
+  return config
+
+
 @pytest.fixture(scope="module")
 def straight_run(corpus, tmp_path_factory):
   """8 steps in one go, with dropout: the reference for the resume tests."""
   workdir = tmp_path_factory.mktemp("straight")
-  config = tiny_config(corpus, steps=8)
-  config.model.dropout_rate = DROPOUT
-  summary = train_and_evaluate(config, workdir)
+  summary = train_and_evaluate(straight_config(corpus), workdir)
   return workdir, summary
 
 
@@ -121,13 +125,15 @@ def test_rerunning_a_finished_run_reports_it_without_training(corpus, straight_r
 
 def test_a_finished_run_is_reused_untouched_and_an_empty_workdir_is_trained(
     corpus, straight_run, tmp_path):
-  """train_unless_finished (what eval/ trains through): a run evaluated at the asked steps or
-  later is not trained, evaluated or rewritten; an empty workdir is trained to its end."""
+  """train_unless_finished (what eval/ trains through): the finished run of the same config is
+  not trained, evaluated or rewritten; a run of other steps is refused as a resume would be (it
+  was trained on another schedule); an empty workdir is trained to its end."""
   workdir, first = straight_run
   before = {name: ((workdir / name).read_bytes(), (workdir / name).stat().st_mtime_ns)
             for name in ("metrics.jsonl", "config.json")}
-  for steps in (8, 4):  # evaluated at 8: finished for 8 steps and for fewer
-    assert reuse.train_unless_finished(tiny_config(corpus, steps=steps), workdir) == workdir
+  assert reuse.train_unless_finished(straight_config(corpus), workdir) == workdir
+  with pytest.raises(workdir_lib.ConfigMismatch, match="train.steps"):
+    reuse.train_unless_finished(straight_config(corpus, steps=4), workdir)
   assert before == {name: ((workdir / name).read_bytes(), (workdir / name).stat().st_mtime_ns)
                     for name in before}
   assert reuse.finished_steps(workdir) == 8
@@ -149,7 +155,7 @@ def test_a_budgeted_benchmark_reuses_a_finished_run_and_reads_the_trainers_valid
   steps it has, whatever budget is asked; budget.train_source(..., "validation") gives the
   batches the trainer evaluated (eval/quant.py measures quantized models on them)."""
   workdir, first = straight_run
-  config = tiny_config(corpus, steps=3)
+  config = straight_config(corpus, steps=3)
   run = budget.train_within(config, workdir, budget_bytes=1e9)
   assert run["reused"] and run["steps"] == config.train.steps == 8 and "seconds" not in run
   assert run["val_bpb"] == pytest.approx(first.val_bpb)

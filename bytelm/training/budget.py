@@ -22,6 +22,7 @@ from flax import nnx
 from bytelm import models
 from bytelm.data import pipeline
 from bytelm.runs import data as data_lib
+from bytelm.runs import workdir as run_dir
 from bytelm.training import optimizer as optim
 from bytelm.training import reuse, trainer
 
@@ -94,13 +95,17 @@ def set_steps(c, steps: int) -> int:
 
 def train_within(c, workdir: pathlib.Path, budget_bytes: float = 0.0, steps: int = 0) -> dict:
   """Trains c into workdir on about budget_bytes of text (`steps_for`), or for `steps` steps
-  where that is set, unless workdir holds a finished run: that is reused at the steps it has
-  (its budget was measured when it was trained; delete it to retrain). Returns what the run
+  where that is set, unless workdir holds a finished run of c: that is reused at the steps and
+  warmup it was given (its budget was measured when it was trained; delete it to retrain); a
+  run of another config is refused (`runs.workdir.ConfigMismatch`). Returns what the run
   reported at its last evaluation (`reuse.last_evaluation`), with "steps", "reused" and the
   "seconds" this call trained (none when reused)."""
   finished = reuse.finished_steps(workdir)
-  if finished or steps:
-    set_steps(c, finished or steps)
+  if finished:
+    set_steps(c, finished)
+    c.opt.warmup_steps = run_dir.read_config(workdir)["opt"]["warmup_steps"]
+  elif steps:
+    set_steps(c, steps)
   else:
     steps_for(c, workdir, budget_bytes)
   start = time.perf_counter()

@@ -38,7 +38,8 @@ def train_unless_finished(config, workdir) -> pathlib.Path:
   workdir = pathlib.Path(workdir).expanduser()
   steps = config.train.steps
   if workdir_lib.evaluated_at(workdir, steps):
-    # Only this config's own run is reused: the same check a resume makes.
+    # Only this config's own run is reused, the same check a resume makes: a run of more steps
+    # was trained on another schedule, so it is not this config's run cut short.
     workdir_lib.check_compatible(workdir, workdir_lib.read_config(workdir),
                                  model_init.resolved(config))
     log.info("reusing the run in %s: it was evaluated at step %d or later", workdir, steps)
