@@ -43,7 +43,8 @@ def test_no_position_sees_a_later_one():
     return model.lm_head(model.final_norm(x_BTD))
 
   np.testing.assert_allclose(logits_from_embeddings(x), model(ids), rtol=1e-6)
-  jac = jax.jacobian(lambda x: logits_from_embeddings(x).sum(-1))(x)  # [1, T, 1, T, D]
+  # Compiled: one XLA program, not an eager op-by-op jacobian.
+  jac = jax.jit(jax.jacobian(lambda x: logits_from_embeddings(x).sum(-1)))(x)  # [1, T, 1, T, D]
   for t in range(ids.shape[1]):
     assert float(jnp.abs(jac[0, t, 0, t + 1:]).max(initial=0.0)) == 0.0, t
     assert float(jnp.abs(jac[0, t, 0, : t + 1]).max()) > 0.0, t
