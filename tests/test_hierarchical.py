@@ -56,10 +56,10 @@ def model(request):
 
 
 def logits(model, batch):
-  if model.config.segmenter == "learned":
-    return np.asarray(model(batch["inputs"], batch["targets"]))
-  return np.asarray(model(batch["inputs"], batch["targets"], batch["segment_ids"],
-                          batch["context_ids"]))
+  """The model on a batch, compiled (dropout off): one compile, not an eager op-by-op run."""
+  args = ((batch["inputs"], batch["targets"]) if model.config.segmenter == "learned" else
+          (batch["inputs"], batch["targets"], batch["segment_ids"], batch["context_ids"]))
+  return np.asarray(Compiled(model)("__call__", *args))
 
 
 def test_changing_bytes_from_t_on_leaves_their_predictions_and_earlier_ones_alone(model):
@@ -68,10 +68,7 @@ def test_changing_bytes_from_t_on_leaves_their_predictions_and_earlier_ones_alon
   # The text and every changed text a row of one batch (rows are independent): one compiled
   # call, not 129 eager ones.
   rows = [batch_of(text)] + [batch_of((text[:t] + tail * 8)[:len(text)]) for t, tail in changes]
-  batch = {k: jnp.concatenate([r[k] for r in rows]) for k in rows[0]}
-  args = ((batch["inputs"], batch["targets"]) if model.config.segmenter == "learned" else
-          (batch["inputs"], batch["targets"], batch["segment_ids"], batch["context_ids"]))
-  out = np.asarray(Compiled(model)("__call__", *args))
+  out = logits(model, {k: jnp.concatenate([r[k] for r in rows]) for k in rows[0]})
   base, out = out[:1], out[1:]
   for row, (t, tail) in enumerate(changes):
     # Position t predicts byte t: it, too, must not see byte t.
@@ -127,7 +124,8 @@ def test_segments_do_reach_the_byte_decoder(model):
 
 
 def test_loss_runs_on_a_batch(model):
-  loss, metrics = hierarchical.loss_fn(model, batch_of(b"a small test of the loss"))
+  # Compiled: one XLA program, not an eager op-by-op run of the loss.
+  loss, metrics = nnx.jit(hierarchical.loss_fn)(model, batch_of(b"a small test of the loss"))
   assert np.isfinite(float(loss)) and float(metrics["num_targets"]) == 24
   assert 1 <= float(metrics["bytes_per_segment"]) <= 16
   assert ("ratio_loss" in metrics) == (model.config.segmenter == "learned")
