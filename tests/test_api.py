@@ -24,6 +24,7 @@ from bytelm import generation, models
 from bytelm.byteprobs import adapters
 from bytelm.data import bpe, pipeline
 from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer
+from bytelm.nn.compiled import jit_call
 from bytelm.runs import checkpoint, export
 from bytelm.training import budget, config_file, evaluation, optimizer
 
@@ -299,8 +300,10 @@ def test_continuation_bits(name, exported, loaded):
   if lm.encoder_decoder:  # the output's bits: the cross-entropy of its ids (eos included)
     x = jnp.asarray([[OFFSET + b for b in prompt.encode()] + [EOS_ID]])
     y = [OFFSET + b for b in b"mat"] + [EOS_ID]
-    logits = lm.module(x, jnp.asarray([[lm.module.config.decoder_start_id] + y[:-1]]))[0]
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    # One compiled call (dropout off), not an eager op-by-op run of the model.
+    logits = jit_call(lm.module, "__call__", x,
+                      jnp.asarray([[lm.module.config.decoder_start_id] + y[:-1]]))[0]
+    logp = np.asarray(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1))
     want = -float(sum(logp[t, i] for t, i in enumerate(y))) / math.log(2)
   elif lm.tokenizer is not None:
     # The prompt's tokens are not a prefix of the whole text's ("Ġ" vs "Ġmat"), so the

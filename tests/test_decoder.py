@@ -11,6 +11,7 @@ from flax import nnx
 import bytelm
 from bytelm import generation
 from bytelm.models import decoder
+from bytelm.nn.compiled import Compiled
 from bytelm.training import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -42,7 +43,8 @@ def test_no_position_sees_a_later_one():
     return model.lm_head(model.final_norm(x_BTD))
 
   np.testing.assert_allclose(logits_from_embeddings(x), model(ids), rtol=1e-6)
-  jac = jax.jacobian(lambda x: logits_from_embeddings(x).sum(-1))(x)  # [1, T, 1, T, D]
+  # Compiled: one XLA program, not an eager op-by-op jacobian.
+  jac = jax.jit(jax.jacobian(lambda x: logits_from_embeddings(x).sum(-1)))(x)  # [1, T, 1, T, D]
   for t in range(ids.shape[1]):
     assert float(jnp.abs(jac[0, t, 0, t + 1:]).max(initial=0.0)) == 0.0, t
     assert float(jnp.abs(jac[0, t, 0, : t + 1]).max()) > 0.0, t
@@ -72,15 +74,20 @@ def test_cached_steps_compute_what_the_whole_model_computes():
   model = tiny_model()
   ids_BT = jnp.asarray(np.random.default_rng(0).integers(3, 259, (2, 20)), jnp.int32)
   cache = model.init_cache(2, 24)
+  # Each step compiled once (t a traced scalar, as generation calls it), not 20 eager runs.
+  compiled = Compiled(model)
   steps = []
   for t in range(20):
-    logits_BV, cache = model.step(ids_BT[:, t], t, cache)
+    logits_BV, cache = compiled("step", ids_BT[:, t], np.int32(t), cache)
     steps.append(logits_BV)
   np.testing.assert_allclose(np.stack(steps, 1), model(ids_BT), rtol=1e-4, atol=1e-4)
-  # Greedy generation follows the whole model's argmax.
+  # Greedy generation follows the whole model's argmax: the model on the prompt and the
+  # output (one call; the model is causal, test_no_position_sees_a_later_one), row
+  # len(prompt) - 1 + k predicting output byte k from the prompt and out[:k].
   prompt = [1] + list(np.asarray(ids_BT[0, :5]))
   out = generation.decoder_ids(model, prompt, 6)
+  whole_TV = np.array(model(jnp.asarray([prompt + out], jnp.int32))[0])
   for k, new in enumerate(out):
-    logits_V = np.array(model(jnp.asarray([prompt + out[:k]], jnp.int32))[0, -1])
+    logits_V = whole_TV[len(prompt) - 1 + k]
     logits_V[0] = -np.inf
     assert new == int(np.argmax(logits_V))

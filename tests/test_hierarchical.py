@@ -12,6 +12,7 @@ from bytelm import generation
 from bytelm.text import tokenizer
 from bytelm.data import pipeline
 from bytelm.models import hierarchical
+from bytelm.nn.compiled import Compiled
 from bytelm.text import segment
 
 CFG = hierarchical.HierarchicalConfig(
@@ -55,19 +56,20 @@ def model(request):
 
 
 def logits(model, batch):
-  if model.config.segmenter == "learned":
-    return np.asarray(model(batch["inputs"], batch["targets"]))
-  return np.asarray(model(batch["inputs"], batch["targets"], batch["segment_ids"],
-                          batch["context_ids"]))
+  """The model on a batch, compiled (dropout off): one compile, not an eager op-by-op run."""
+  args = ((batch["inputs"], batch["targets"]) if model.config.segmenter == "learned" else
+          (batch["inputs"], batch["targets"], batch["segment_ids"], batch["context_ids"]))
+  return np.asarray(Compiled(model)("__call__", *args))
 
 
 def test_changing_bytes_from_t_on_leaves_their_predictions_and_earlier_ones_alone(model):
   text = "Hello, world! don't 日本 ok😀!".encode("utf-8")
-  base = logits(model, batch_of(text))
   changes = [(t, tail) for t in range(1, len(text)) for tail in (b"X", b" z", b"'s", "é".encode())]
-  # Every changed text a row of one batch (rows are independent): one call, not 128.
-  rows = [batch_of((text[:t] + tail * 8)[:len(text)]) for t, tail in changes]
+  # The text and every changed text a row of one batch (rows are independent): one compiled
+  # call, not 129 eager ones.
+  rows = [batch_of(text)] + [batch_of((text[:t] + tail * 8)[:len(text)]) for t, tail in changes]
   out = logits(model, {k: jnp.concatenate([r[k] for r in rows]) for k in rows[0]})
+  base, out = out[:1], out[1:]
   for row, (t, tail) in enumerate(changes):
     # Position t predicts byte t: it, too, must not see byte t.
     np.testing.assert_allclose(out[row, :t + 1], base[0, :t + 1], rtol=1e-5, atol=1e-5,
@@ -102,9 +104,11 @@ def test_gradients_of_a_prediction_never_reach_its_byte_or_later_ones(model, mon
     return out[0, t].sum()
 
   zeros = (jnp.zeros((1, T, d)), jnp.zeros((1, T, d)))
+  # One compile for every t (t traced), not an eager op-by-op backward pass per t.
+  grad_fn = jax.jit(jax.grad(prediction))
   for t in (0, 4, 11, 20, 29):
     enc_TD, dec_TD = (np.abs(np.asarray(g[0])).sum(-1) for g in
-                      jax.grad(prediction)(zeros, t))
+                      grad_fn(zeros, jnp.int32(t)))
     assert not enc_TD[t:].any() and not dec_TD[t + 1:].any(), t
     assert dec_TD[t] > 0  # byte t - 1 is read, so the test can see gradients at all
     if t >= 11:
@@ -120,7 +124,8 @@ def test_segments_do_reach_the_byte_decoder(model):
 
 
 def test_loss_runs_on_a_batch(model):
-  loss, metrics = hierarchical.loss_fn(model, batch_of(b"a small test of the loss"))
+  # Compiled: one XLA program, not an eager op-by-op run of the loss.
+  loss, metrics = nnx.jit(hierarchical.loss_fn)(model, batch_of(b"a small test of the loss"))
   assert np.isfinite(float(loss)) and float(metrics["num_targets"]) == 24
   assert 1 <= float(metrics["bytes_per_segment"]) <= 16
   assert ("ratio_loss" in metrics) == (model.config.segmenter == "learned")
@@ -161,10 +166,13 @@ def test_the_learned_segmenter_moves_toward_its_target_compression():
     optimizer.update(model, grads)
     return metrics["bytes_per_segment"]
 
-  before = float(hierarchical.loss_fn(model, batch)[1]["bytes_per_segment"])
+  # Measured compiled (one compile for both), not by two eager runs of the loss.
+  measure = nnx.jit(lambda model, batch:
+                    hierarchical.loss_fn(model, batch)[1]["bytes_per_segment"])
+  before = float(measure(model, batch))
   for _ in range(40):
     step(model, optimizer, batch)
-  after = float(hierarchical.loss_fn(model, batch)[1]["bytes_per_segment"])
+  after = float(measure(model, batch))
   assert before < 4 and abs(after - 8.0) < 0.5 * abs(before - 8.0), (before, after)
 
 

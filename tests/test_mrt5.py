@@ -484,7 +484,8 @@ def test_load_and_generate_with_hard_deletion(trained):
   inputs = text_batch(TEXTS)
   ids = np.asarray(generation.encoder_decoder_ids(m, inputs, max_new_bytes=6))
   # Greedy: each generated id is the argmax of the hard-deletion teacher-forced logits.
-  logits = m(inputs, t5.shift_right(jnp.asarray(ids)), deletion="hard")
+  # One compiled call (dropout off, as generation runs), not an eager op-by-op run.
+  logits = jit_call(m, "__call__", inputs, t5.shift_right(jnp.asarray(ids)), deletion="hard")
   best = np.asarray(jnp.argmax(logits, -1))
   alive = np.cumsum(ids == 1, axis=1) - (ids == 1) == 0  # up to and including eos
   np.testing.assert_array_equal(ids[alive], best[alive])

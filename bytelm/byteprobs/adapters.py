@@ -191,9 +191,10 @@ class HierarchicalLM(_ByteModel):
     if model.config.segmenter != "learned" and segmenter is None:
       raise ValueError("a model trained on given segments needs its segmenter")
     self.model, self.segmenter = model, segmenter
+    self.compiled = Compiled(model)  # one compiled pass per text, not an eager op-by-op run
 
   def _logits(self, text: bytes):
-    return generation.prefix_logits(self.model, text, self.segmenter)
+    return generation.prefix_logits(self.model, text, self.segmenter, compiled=self.compiled)
 
 
 def byte_model_from_workdir(workdir) -> _ByteModel:

@@ -116,28 +116,36 @@ def _cached_steps(model, max_len: int, segmenter):
 
 
 def _uncached_step(model, segmenter):
-  """The reference: the whole model on the bytes so far, read at position len(bytes)."""
+  """The reference: the whole model on the bytes so far, read at position len(bytes). One
+  compiled call per step (the model split once; a compile per distinct length, lengths being
+  a power of two of windows), not an eager op-by-op run of the whole model per byte."""
+  compiled = Compiled(model)
 
   def step(data: bytes, need: bool):
-    return np.asarray(prefix_logits(model, data, segmenter)[len(data)]) if need else None
+    return (np.asarray(prefix_logits(model, data, segmenter, compiled=compiled)[len(data)])
+            if need else None)
 
   return step
 
 
 def prefix_logits(model: hierarchical.Hierarchical, data: bytes,
-                  segmenter: segment.Segmenter | None = None):
+                  segmenter: segment.Segmenter | None = None, *, compiled: Compiled | None = None):
   """The whole model on data from a document start: logits [T, V] (T >= len(data) + 1, a
   multiple of the window), row t predicting byte t from data[:t]. Only segments settled by
-  position t are read there, so each row is what the model gives that prefix alone."""
+  position t are read there, so each row is what the model gives that prefix alone.
+  compiled: `Compiled(model)`, to run the model compiled (dropout off) instead of eagerly."""
   cfg, t = model.config, len(data)
+  run = model if compiled is None else (lambda *arrays: compiled("__call__", *arrays))
   length = -(-(t + 1) // cfg.window) * cfg.window
+  if compiled is not None:  # a power of two of windows: few lengths, so few compiles
+    length = cfg.window * (1 << (length // cfg.window - 1).bit_length())
   targets = np.zeros((1, length), np.int32)
   targets[0, :t] = _ids(data)
   inputs = np.concatenate([[[EOS_ID]], targets[:, :-1]], axis=1)  # a document start
   if cfg.segmenter == "learned":
-    return model(jnp.asarray(inputs), jnp.asarray(targets))[0]
+    return run(jnp.asarray(inputs), jnp.asarray(targets))[0]
   starts = segmenter(data)
   ids, _ = segment.segment_ids(t, starts, cfg.max_segments, length)
   ctx = segment.context_ids(data, starts, cfg.max_segments, length)
-  return model(jnp.asarray(inputs), jnp.asarray(targets), jnp.asarray(ids[None]),
-               jnp.asarray(ctx[None]))[0]
+  return run(jnp.asarray(inputs), jnp.asarray(targets), jnp.asarray(ids[None]),
+             jnp.asarray(ctx[None]))[0]
