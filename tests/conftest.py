@@ -1,9 +1,11 @@
 """Suite-wide settings."""
 
 import os
+import pathlib
 import shutil
 import tempfile
 
+import pytest
 from hypothesis import settings
 
 # No per-example deadline: a property either holds or fails whatever the machine's speed, and
@@ -41,3 +43,37 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes",
 def pytest_unconfigure(config):
   if _OWN_CACHE:
     shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def trained_bpe_decoder_run(tmp_path_factory):
+  """(workdir, Summary) of configs/bpe_decoder.py:tiny trained for its few steps: a real token
+  model and tokenizer. test_bpe and test_byteprobs both read one; under pytest-xdist their
+  files may run in two workers, which share one run (the first to get here trains it, under a
+  file lock; the other reads it and the summary it was trained with) instead of training the
+  same run twice. Nobody writes to it."""
+  import pickle
+
+  import filelock
+
+  from bytelm.training import config_file
+  from bytelm.training import train_and_evaluate
+
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):  # the session's directory, above each worker's
+    base = base.parent
+  root = base / "trained-bpe-decoder"
+  with filelock.FileLock(str(root) + ".lock"):
+    summary_file = root / "summary.pickle"
+    if not summary_file.exists():
+      config = config_file.load(pathlib.Path(__file__).resolve().parents[1] / "configs" /
+                                "bpe_decoder.py", "tiny")
+      # Two steps, as docs/recipes/bpe_decoder.md's run (tests/test_docs.py's overrides): what
+      # the tests check (a finite, plausible score; the tokenizer kept; token and byte scores
+      # agreeing) holds for any number of steps, and the suite's compilation cache compiles
+      # the steps once for both.
+      config.train.update(steps=2, eval_every=2, eval_batches=1)
+      config.ckpt.every = 2
+      summary = train_and_evaluate(config, root / "run")
+      summary_file.write_bytes(pickle.dumps(summary))
+    return root / "run", pickle.loads(summary_file.read_bytes())

@@ -19,7 +19,7 @@ import bytelm
 from bytelm.data import bpe, pipeline
 from bytelm.models import decoder
 from bytelm.text.tokenizer import EOS_ID, PAD_ID
-from bytelm.training import config_file, evaluation, train_and_evaluate
+from bytelm.training import config_file, evaluation
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 VOCAB = 320
@@ -209,11 +209,11 @@ def test_the_recipe_matches_the_byte_decoder():
   assert c.model.vocab_size == 3072
 
 
-def test_the_recipe_trains_and_keeps_its_tokenizer(tmp_path):
-  summary = train_and_evaluate(config(), tmp_path / "run")
+def test_the_recipe_trains_and_keeps_its_tokenizer(trained_bpe_decoder_run):
+  workdir, summary = trained_bpe_decoder_run  # configs/bpe_decoder.py:tiny (tests/conftest.py)
   assert np.isfinite(summary.val_loss) and 0 < summary.val_bpb < 10
   assert summary.extras["val_bytes"] > 0
-  tok = bpe.load(tmp_path / "run" / "tokenizer.json")
+  tok = bpe.load(workdir / "tokenizer.json")
   assert tok.get_vocab_size() == 300
-  model = bytelm.load(tmp_path / "run").module
+  model = bytelm.load(workdir).module
   assert isinstance(model, decoder.DecoderLM) and model.config.vocab_size == 384

@@ -454,15 +454,10 @@ def test_a_prefix_tree_serves_prefixes_from_the_longest_row():
 
 
 @pytest.fixture(scope="module")
-def trained_bpe_decoder(tmp_path_factory):
-  """configs/bpe_decoder.py:tiny trained for its few steps: a real token model and tokenizer."""
-  from bytelm.training import train_and_evaluate
-
-  workdir = tmp_path_factory.mktemp("bpe") / "run"
-  c = config_file.load(pathlib.Path(__file__).resolve().parents[1] / "configs" /
-                       "bpe_decoder.py", "tiny")
-  train_and_evaluate(c, workdir)
-  return workdir
+def trained_bpe_decoder(trained_bpe_decoder_run):
+  """configs/bpe_decoder.py:tiny trained for its few steps: a real token model and tokenizer
+  (tests/conftest.py: the run test_bpe reads too)."""
+  return trained_bpe_decoder_run[0]
 
 
 def test_a_trained_bpe_decoder_scores_the_same_the_token_way_and_the_byte_way(

@@ -143,10 +143,11 @@ def test_a_finished_run_is_reused_untouched_and_an_empty_workdir_is_trained(
 
   fresh = tmp_path / "fresh"
   assert reuse.finished_steps(fresh) is None
-  config = tiny_config(corpus, steps=2, eval_every=2, eval_batches=1)
-  assert reuse.train_unless_finished(config, fresh) == fresh
-  assert reuse.finished_steps(fresh) == 2 and len(losses(fresh)) == 2
-  assert reuse.last_evaluation(fresh)["step"] == 2
+  # straight_run's config: its train step is compiled already (the persistent compilation
+  # cache), where another step count would compile another schedule into a new step.
+  assert reuse.train_unless_finished(straight_config(corpus), fresh) == fresh
+  assert reuse.finished_steps(fresh) == 8 and len(losses(fresh)) == 8
+  assert reuse.last_evaluation(fresh)["step"] == 8
 
 
 def test_a_budgeted_benchmark_reuses_a_finished_run_and_reads_the_trainers_validation(
@@ -437,7 +438,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(corpu
 # Orbax's failed read leaves an event-loop callback behind (see pyproject's filterwarnings).
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_truncated_checkpoint_falls_back_with_a_warning(corpus, tmp_path, caplog):
-  config = tiny_config(corpus, steps=8)
+  # straight_run's config (dropout on, which the fallback does not depend on): its train step
+  # is compiled already (the persistent compilation cache), not compiled again without dropout.
+  config = straight_config(corpus)
   config.ckpt.every = 2
   _run_until(config, tmp_path, stop_at=4)  # checkpoints 2 and 4
   newest = tmp_path / "checkpoints" / "4" / "state"

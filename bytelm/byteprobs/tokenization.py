@@ -244,14 +244,23 @@ def _completions(cut: bytes) -> list[bytes]:
   if cut not in _COMPLETIONS:
     width = {0xC: 2, 0xD: 2, 0xE: 3, 0xF: 4}[cut[0] >> 4]
     missing = width - len(cut)
+    # The rests in increasing order are the code points base + n, n < 64 ** missing; those
+    # UTF-8 rejects (overlong, surrogates, past U+10FFFF, a lead byte it never uses) are
+    # skipped, as a failed decode would skip them, without building and decoding each one.
+    base = cut[0] & (0x7F >> width)
+    for b in cut[1:]:
+      base = base << 6 | b & 0x3F
+    base <<= 6 * missing
+    lowest = {2: 0x80, 3: 0x800, 4: 0x10000}[width]
+    valid = all(0x80 <= b < 0xC0 for b in cut[1:]) and 0xC2 <= cut[0] <= 0xF4
     seen = {}
-    for n in range(64 ** missing):
-      rest = bytes(0x80 | (n >> (6 * k)) & 0x3F for k in reversed(range(missing)))
-      try:
-        ch = (cut + rest).decode("utf-8")
-      except UnicodeDecodeError:
+    for n in range(64 ** missing) if valid else ():
+      cp = base + n
+      if cp < lowest or 0xD800 <= cp < 0xE000 or cp > 0x10FFFF:
         continue
+      ch = chr(cp)
       cls = ("space" if ch.isspace() else unicodedata.category(ch)[0])
-      seen.setdefault(cls, rest)
+      if cls not in seen:
+        seen[cls] = ch.encode("utf-8")[len(cut):]
     _COMPLETIONS[cut] = list(seen.values()) + [b"!"]
   return _COMPLETIONS[cut]

@@ -175,8 +175,11 @@ def decode_bytes(ids: Sequence[int], spelled: Sequence[bytes]) -> bytes:
 def encode_documents(tok: tokenizers.Tokenizer, documents: Sequence[str]
                      ) -> list[np.ndarray]:
   """int32 ids of each document (no eos added); encoded in parallel, a chunk at a time."""
+  # encode_batch_fast: the same ids without the character offsets, which nothing here reads
+  # (a training stream's encoding costs ~40% less CPU); encode_batch where it is missing.
+  encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
   out = []
   for lo in range(0, len(documents), _ENCODE_CHUNK):
-    chunk = tok.encode_batch(list(documents[lo: lo + _ENCODE_CHUNK]), add_special_tokens=False)
+    chunk = encode(list(documents[lo: lo + _ENCODE_CHUNK]), add_special_tokens=False)
     out += [np.asarray(e.ids, dtype=np.int32) for e in chunk]
   return out

@@ -130,11 +130,19 @@ class Lexicon:
 
   def __init__(self, texts: Iterable[str]):
     self.counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    stripped: dict[str, str] = {}  # each distinct word stripped once, not at every occurrence
+
+    def strip(word: str) -> str:
+      plain = stripped.get(word)
+      if plain is None:
+        plain = stripped[word] = noise.strip_diacritics(word)
+      return plain
+
     for text in texts:
       for word in _WORD.findall(text):
-        self.counts[noise.strip_diacritics(word)][word] += 1
+        self.counts[strip(word)][word] += 1
         if word.lower() != word:  # also a form of the lower-case word
-          self.counts[noise.strip_diacritics(word.lower())][word.lower()] += 1
+          self.counts[strip(word.lower())][word.lower()] += 1
     self.counts = dict(self.counts)
 
   def candidates(self, word: str) -> collections.Counter:
