@@ -1,8 +1,10 @@
 """Exact byte probabilities from tokenized LMs (bytelm/byteprobs): the canonical tokenization."""
 
+import collections
 import itertools
 import math
 import pathlib
+import unicodedata
 
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +18,7 @@ import bytelm
 from bytelm.byteprobs import adapters
 from bytelm.byteprobs.byte_lm import END, ByteLM
 from bytelm.byteprobs.mixture import chain_logprob, ensemble
+from bytelm.byteprobs import tokenization
 from bytelm.byteprobs.tokenization import BPE
 from bytelm.data import bpe
 from bytelm.models import decoder
@@ -625,3 +628,35 @@ def test_with_the_regex_moving_non_canonical_mass_changes_no_byte_probability(ti
                                b.next_byte_logprobs_batch(prefixes, normalize), atol=1e-9)
   kept = np.logaddexp.reduce(a.next_byte_logprobs_batch(prefixes, normalize=False), axis=1)
   assert kept.min() < math.log(0.8)  # the model does leak: unnormalised rows miss mass
+
+
+def test_a_cut_character_is_completed_once_per_class_it_can_become():
+  """The probes after a prompt cut inside a UTF-8 character (`tokenization._completions`): one
+  rest per class of character (letter, number, punctuation, ..., space) that the cut can still
+  become, found here by encoding every code point, and a last rest that leaves it invalid. A
+  class left out would drop the heads of texts that continue into it."""
+  cuts = [bytes([lead]) for lead in range(0xC2, 0xF5)]
+  cuts += [b"\xc3", b"\xe2\x80", b"\xe3\x81", b"\xef\xbf", b"\xf0\x9f", b"\xf0\x9f\x98",
+           b"\xf3\xa0\x80", b"\xf4\x8f\xbf"]
+  classes = collections.defaultdict(set)
+  wanted = set(cuts)
+  for cp in range(0x80, 0x110000):
+    if 0xD800 <= cp < 0xE000:  # surrogates: no UTF-8
+      continue
+    ch = chr(cp)
+    data = ch.encode("utf-8")
+    for k in range(1, len(data)):
+      if data[:k] in wanted:
+        classes[data[:k]].add("space" if ch.isspace() else unicodedata.category(ch)[0])
+  for cut in cuts:
+    *rests, invalid = tokenization._completions(cut)
+    found = []
+    for rest in rests:
+      ch = (cut + rest).decode("utf-8")  # each rest completes the character
+      assert len(ch) == 1, (cut, rest)
+      found.append("space" if ch.isspace() else unicodedata.category(ch)[0])
+    assert sorted(found) == sorted(classes[cut]), cut  # every class, each once
+    with pytest.raises(UnicodeDecodeError):
+      (cut + invalid).decode("utf-8")
+  for never in (b"\xc0", b"\xc1", b"\xf5", b"\xe0\x80", b"\xed\xa0"):  # overlong, past
+    assert tokenization._completions(never) == [b"!"]  # U+10FFFF, surrogate: nothing valid
