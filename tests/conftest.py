@@ -52,19 +52,20 @@ def trained_bpe_decoder_run(tmp_path_factory):
   files may run in two workers, which share one run (the first to get here trains it, under a
   file lock; the other reads it and the summary it was trained with) instead of training the
   same run twice. Nobody writes to it."""
-  import pickle
+  import dataclasses
+  import json
 
   import filelock
 
   from bytelm.training import config_file
-  from bytelm.training import train_and_evaluate
+  from bytelm.training import Summary, train_and_evaluate
 
   base = tmp_path_factory.getbasetemp()
   if os.environ.get("PYTEST_XDIST_WORKER"):  # the session's directory, above each worker's
     base = base.parent
   root = base / "trained-bpe-decoder"
   with filelock.FileLock(str(root) + ".lock"):
-    summary_file = root / "summary.pickle"
+    summary_file = root / "summary.json"  # JSON: the suite unpickles nothing
     if not summary_file.exists():
       config = config_file.load(pathlib.Path(__file__).resolve().parents[1] / "configs" /
                                 "bpe_decoder.py", "tiny")
@@ -75,5 +76,5 @@ def trained_bpe_decoder_run(tmp_path_factory):
       config.train.update(steps=2, eval_every=2, eval_batches=1)
       config.ckpt.every = 2
       summary = train_and_evaluate(config, root / "run")
-      summary_file.write_bytes(pickle.dumps(summary))
-    return root / "run", pickle.loads(summary_file.read_bytes())
+      summary_file.write_text(json.dumps(dataclasses.asdict(summary)), encoding="utf-8")
+    return root / "run", Summary(**json.loads(summary_file.read_text(encoding="utf-8")))
