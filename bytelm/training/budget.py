@@ -38,11 +38,6 @@ def prepare(c, workdir: pathlib.Path):
   return c
 
 
-def tokenizer_of(c, workdir: pathlib.Path):
-  """A BPE recipe's tokenizer (trained into workdir on first use), else None."""
-  return data_lib.tokenizer(c, workdir)
-
-
 def train_source(c, workdir: pathlib.Path, split: str = "train") -> pipeline.BatchSource:
   """The recipe's training batches, as the trainer makes them (split="validation": its
   validation batches, `eval_batches`)."""
