@@ -326,8 +326,9 @@ print("RESULT" + json.dumps(out))
 
 
 def test_multi_device_matches_one_device_and_shards_parameters(corpus, tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-             JAX_PLATFORMS="cpu")
+  flags = " ".join(filter(None, [os.environ.get("XLA_FLAGS"),  # the suite's (conftest.py)
+                                  "--xla_force_host_platform_device_count=4"]))
+  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
   script = MULTI_DEVICE_SCRIPT.format(tests=str(ROOT / "tests"), corpus=corpus, tmp=str(tmp_path))
   proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
                         timeout=300)
