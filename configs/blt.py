@@ -17,10 +17,12 @@ import ml_collections
 from bytelm.training import config_file
 
 
+# What --config configs/blt.py:VARIANT accepts ("default": no variant); README lists them.
+VARIANTS = ("default", "tiny")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
-  if variant not in ("default", "tiny"):
-    raise ValueError(f"unknown variant {variant!r} of configs/blt.py; use '' or 'tiny'")
+  variant = config_file.check_variant(arg, VARIANTS, __file__)
   c = config_file.load(pathlib.Path(__file__).with_name("hat.py"), variant)
   c.data.segments.kind = "entropy"
   c.data.segments.entropy_model = ""  # empty: fitted on data.train, saved in the workdir

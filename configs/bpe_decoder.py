@@ -32,10 +32,12 @@ import ml_collections
 from bytelm.training import config_file
 
 
+# What --config configs/bpe_decoder.py:VARIANT accepts ("default": no variant); README lists them.
+VARIANTS = ("default", "tiny")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
-  if variant not in ("default", "tiny"):
-    raise ValueError(f"unknown variant {variant!r} of configs/bpe_decoder.py; use '' or 'tiny'")
+  variant = config_file.check_variant(arg, VARIANTS, __file__)
   tiny = variant == "tiny"
   c = config_file.load(pathlib.Path(__file__).with_name("bytes_decoder.py"), variant)
   # A reference: `--config.data.tokenizer.vocab_size=N` also resizes the embedding.

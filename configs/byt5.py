@@ -20,13 +20,16 @@ import ml_collections
 
 from bytelm.models import t5
 from bytelm.quant import recipe
+from bytelm.training import config_file
+
+
+# What --config configs/byt5.py:VARIANT accepts ("default": no variant); README lists them.
+VARIANTS = ("default", "small", "tiny", "ternary", "small_ternary", "tiny_ternary")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config_file.check_variant(arg, VARIANTS, __file__)
   variant, ternary = recipe.split_variant(arg)
-  if variant not in ("default", "small", "tiny"):
-    raise ValueError(f"unknown variant {variant!r} of configs/byt5.py; use '', 'small' or "
-                     f"'tiny', each also with '_ternary' ('ternary' alone: the default's)")
   c = ml_collections.ConfigDict()
   c.seed = 0  # parameters, dropout and data order all derive from it
   c.init_from = ""  # a Hugging Face ByT5 directory or a bytelm workdir to start from

@@ -15,13 +15,16 @@ import ml_collections
 
 from bytelm.models import decoder, t5
 from bytelm.quant import recipe
+from bytelm.training import config_file
+
+
+# What --config configs/bytes_decoder.py:VARIANT accepts ("default": no variant); README lists them.
+VARIANTS = ("default", "tiny", "ternary", "tiny_ternary")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config_file.check_variant(arg, VARIANTS, __file__)
   variant, ternary = recipe.split_variant(arg)
-  if variant not in ("default", "tiny"):
-    raise ValueError(f"unknown variant {variant!r} of configs/bytes_decoder.py; use '', 'tiny', "
-                     f"'ternary' or 'tiny_ternary'")
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.init_from = ""  # a bytelm workdir of the same family to start from

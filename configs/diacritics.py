@@ -29,16 +29,14 @@ import dataclasses
 import ml_collections
 
 from bytelm.models import t5, tagger
+from bytelm.training import config_file
 
 TRAIN_STEPS = 1800
 VARIANTS = ("default", "seq2seq", "typos", "both", "tiny")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "default"
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r} of configs/diacritics.py; use one of "
-                     + ", ".join(repr(v if v != "default" else "") for v in VARIANTS))
+  variant = config_file.check_variant(arg, VARIANTS, __file__)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.init_from = ""  # a bytelm workdir or a Hugging Face ByT5 directory to start from

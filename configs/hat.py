@@ -25,11 +25,13 @@ from bytelm.quant import recipe
 from bytelm.training import config_file
 
 
+# What --config configs/hat.py:VARIANT accepts ("default": no variant); README lists them.
+VARIANTS = ("default", "tiny", "ternary", "tiny_ternary")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config_file.check_variant(arg, VARIANTS, __file__)
   variant, ternary = recipe.split_variant(arg)
-  if variant not in ("default", "tiny"):
-    raise ValueError(f"unknown variant {variant!r} of configs/hat.py; use '', 'tiny', "
-                     f"'ternary' or 'tiny_ternary'")
   tiny = variant == "tiny"
   c = config_file.load(pathlib.Path(__file__).with_name("bytes_decoder.py"), variant)
   c.model_family = "hierarchical"

@@ -31,7 +31,12 @@ from bytelm.quant import recipe
 from bytelm.training import config_file
 
 
+# What --config configs/mrt5.py:VARIANT accepts ("default": no variant); README lists them.
+VARIANTS = ("default", "small", "tiny", "ternary", "small_ternary", "tiny_ternary")
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  config_file.check_variant(arg, VARIANTS, __file__)
   variant, ternary = recipe.split_variant(arg)
   # The same data, optimizer and training budget as the baseline.
   c = config_file.load(pathlib.Path(__file__).with_name("byt5.py"), variant)

@@ -92,3 +92,34 @@ def trained_bpe_decoder_run(tmp_path_factory):
       summary = train_and_evaluate(config, root / "run")
       summary_file.write_text(json.dumps(dataclasses.asdict(summary)), encoding="utf-8")
     return root / "run", Summary(**json.loads(summary_file.read_text(encoding="utf-8")))
+
+
+@pytest.fixture(scope="session")
+def warm_python():
+  """(python, env): a `python` that starts with jax and bytelm already imported
+  (tests/warm_python.py), and the environment to run it in, whose PATH finds it first and whose
+  PYTHONPATH puts this checkout's bytelm first. Commands run as `python ...` would, without
+  seconds of imports each: the docs' blocks, the console scripts' error messages."""
+  import subprocess
+  import sys
+
+  sys.path.insert(0, str(pathlib.Path(__file__).parent))
+  import warm_python as warm
+
+  root = pathlib.Path(__file__).resolve().parents[1]
+  with tempfile.TemporaryDirectory() as tmp:  # a short path: a socket's is limited to ~100
+    tmp = pathlib.Path(tmp)
+    pythonpath = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
+    python = warm.install(tmp / "bin", tmp / "socket")
+    env["PATH"] = os.pathsep.join([str(python.parent), os.environ["PATH"]])
+    with (tmp / "server.log").open("w") as log:
+      server = subprocess.Popen([sys.executable, warm.__file__, "serve", tmp / "socket"],
+                                stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+    try:
+      if server.stdout.readline() != "ready\n":
+        raise RuntimeError(f"the warm python did not start: {(tmp / 'server.log').read_text()}")
+      yield python, env
+    finally:
+      server.terminate()
+      server.wait()

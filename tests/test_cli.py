@@ -111,7 +111,9 @@ def test_bad_files_are_refused_before_the_model_is_loaded(tmp_path, capsys, monk
   err = _one_line_error([str(good), str(tmp_path / "missing.txt"), *model], capsys)
   assert "missing.txt: no such file" in err
   err = _one_line_error([str(latin1), *model], capsys)
-  assert re.search(r"latin1\.txt is not valid UTF-8 \(byte 0xe9 at offset 3\).*iconv", err)
+  # é is 0xe9 in both Latin-1 and Windows-1252: cp1252, which also has the curly quotes.
+  assert re.search(r"latin1\.txt: not valid UTF-8 at byte offset 3 .*byte 0xe9.*"
+                   r"iconv -f cp1252 -t utf-8", err)
   assert "empty.txt is empty" in _one_line_error([str(empty), *model], capsys)
 
 

@@ -40,7 +40,10 @@ def tiny_model(tmp_path_factory):
 
 def run_cli(monkeypatch, capsysbinary, args, stdin: bytes = b""):
   monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
-  status = correct.main(args)
+  try:
+    status = correct.main(args)
+  except SystemExit as e:  # a refused command: one line and exit status 2
+    status = e.code
   out, err = capsysbinary.readouterr()
   return status, out, err.decode("utf-8")
 
@@ -83,7 +86,7 @@ def test_filter_keeps_lines_and_survives_bad_input(tiny_model, monkeypatch, caps
   status, out, err = run_cli(monkeypatch, capsysbinary, ["--model", tiny_model],
                              b"\n".join(lines) + b"\n")
   assert status == 1  # one line could not be read
-  assert "line 3: not valid UTF-8 (byte 0xe9 at offset 3)" in err
+  assert "line 3: not valid UTF-8 at byte offset 3 (invalid continuation byte, byte 0xe9)" in err
   got = out.split(b"\n")
   assert len(got) == len(lines) + 1 and got[-1] == b""
   assert got[1] == b"" and got[2] == lines[2]  # empty stays empty; bad bytes pass through
@@ -98,11 +101,18 @@ def test_filter_keeps_lines_and_survives_bad_input(tiny_model, monkeypatch, caps
 def test_text_argument_diff_and_task_errors(tiny_model, monkeypatch, capsysbinary):
   status, out, _ = run_cli(monkeypatch, capsysbinary, ["--model", tiny_model, "--diff", "as", "is"])
   assert status == 0 and noise.strip_diacritics(out.decode()).replace("[", "") != ""
-  status, _, err = run_cli(monkeypatch, capsysbinary, ["--model", tiny_model, "--task", "typos",
-                                                       "teh"])
-  assert status == 2 and "trained for 'diacritics'" in err and "configs/diacritics.py:both" in err
   status, _, err = run_cli(monkeypatch, capsysbinary, ["--model", "/nonexistent", "x"])
   assert status == 2 and "no corrector at /nonexistent" in err
+  assert len(err.splitlines()) == 1 and err.startswith("python -m bytelm.demos.correct: error:")
+
+
+def test_a_task_the_model_cannot_do_is_refused_before_it_loads(tiny_model, monkeypatch,
+                                                               capsysbinary):
+  monkeypatch.setattr(correct, "load_run", lambda *a, **k: pytest.fail("loaded the model"))
+  status, _, err = run_cli(monkeypatch, capsysbinary, ["--model", tiny_model, "--task", "typos",
+                                                       "teh"])
+  assert status == 2 and len(err.splitlines()) == 1
+  assert "trained for 'diacritics'" in err and "configs/diacritics.py:both" in err
 
 
 def test_shipped_model_restores_the_example():

@@ -210,8 +210,17 @@ def test_source_errors(tmp_path, monkeypatch):
     load_text(str(tmp_path / "none.jsonl"))
   (tmp_path / "latin1.txt").write_bytes("año".encode("utf-8") + "año".encode("latin-1"))
   with pytest.raises(ValueError, match=r"latin1.txt: not valid UTF-8 at byte offset 5 .*"
-                                       r"re-encode"):
+                                       r"convert it to UTF-8"):
     load_text(str(tmp_path / "latin1.txt"))
+  # Windows-1252's curly quotes (0x93, 0x94) are C1 controls in Latin-1: the advice says cp1252.
+  (tmp_path / "quotes.txt").write_bytes("“año”".encode("cp1252"))
+  with pytest.raises(ValueError, match=r"`iconv -f cp1252 -t utf-8 quotes.txt > fixed.txt`"):
+    load_text(str(tmp_path / "quotes.txt"))
+  # 0x81 is no Windows-1252 character: Latin-1 then, which reads any byte.
+  (tmp_path / "c1.txt.gz").write_bytes(gzip.compress(b"a\x81b"))
+  with pytest.raises(ValueError, match=r"uncompressed byte offset 1 .*"
+                                       r"`zcat c1.txt.gz \| iconv -f latin1 -t utf-8 > fixed.txt`"):
+    load_text(str(tmp_path / "c1.txt.gz"))
   (tmp_path / "bad.jsonl").write_text('{"body": "x"}\n', encoding="utf-8")
   with pytest.raises(ValueError, match=r"bad.jsonl line 1: .*\"text\" field"):
     load_text(str(tmp_path / "bad.jsonl"))

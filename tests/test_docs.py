@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import pathlib
 import re
 import subprocess
-import sys
-import tempfile
 
 import jax
 import numpy as np
@@ -28,8 +25,6 @@ from bytelm import models
 from bytelm.data import pipeline
 from bytelm.runs import workdir as workdir_lib
 from bytelm.training import evaluation
-
-import warm_python  # tests/warm_python.py
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").rglob("*.md"))
@@ -94,12 +89,12 @@ def scratch(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def page_results(scratch):
+def page_results(scratch, warm_python):
   """Every page's result. The pages share one scratch directory, as a reader's checkout would
   (each trains into its own workdir); the index runs last, as its comparison reuses a run.
 
-  Their `python` is this interpreter, warm (tests/warm_python.py): each command runs in a
-  fresh process forked from one that has imported jax and bytelm already, instead of
+  Their `python` is this interpreter, warm (tests/conftest.py's warm_python): each command
+  runs in a fresh process forked from one that has imported jax and bytelm already, instead of
   importing them again, some twenty times. The code is this checkout's (PYTHONPATH), whatever
   is installed."""
   for name in ("train.py", "export.py", "configs", "eval"):
@@ -107,27 +102,13 @@ def page_results(scratch):
   (scratch / "tests").mkdir()
   (scratch / "tests" / "fixtures").symlink_to(ROOT / "tests" / "fixtures")
   index = ROOT / "docs" / "README.md"
-  with tempfile.TemporaryDirectory() as tmp:  # a short path: a socket's is limited to ~100
-    tmp = pathlib.Path(tmp)
-    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1"}
-    python = warm_python.install(tmp / "bin", tmp / "socket")
-    env["PATH"] = os.pathsep.join([str(python.parent), os.environ["PATH"]])
-    with (tmp / "server.log").open("w") as log:
-      server = subprocess.Popen([sys.executable, warm_python.__file__, "serve", tmp / "socket"],
-                                stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-    try:
-      if server.stdout.readline() != "ready\n":
-        raise RuntimeError(f"the warm python did not start: {(tmp / 'server.log').read_text()}")
-      # Three at a time on 2 cores: each page also waits on process start-up and disk.
-      with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        futures = {p: pool.submit(run_page, p, scratch, str(python), env)
-                   for p in RUNNABLE if p != index}
-        results = {p: f.result() for p, f in futures.items()}
-      results[index] = run_page(index, scratch, str(python), env)
-    finally:
-      server.terminate()
-      server.wait()
+  python, env = warm_python
+  # Three at a time on 2 cores: each page also waits on process start-up and disk.
+  with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    futures = {p: pool.submit(run_page, p, scratch, str(python), env)
+               for p in RUNNABLE if p != index}
+    results = {p: f.result() for p, f in futures.items()}
+  results[index] = run_page(index, scratch, str(python), env)
   return results
 
 

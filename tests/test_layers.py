@@ -27,6 +27,7 @@ ROOMS = {
     "byteprobs": 5,  # exact byte probabilities from tokenized LMs
     "training": 6,  # the loop, optimizer, sharding, metrics, evaluation, budget
     "api": 7,  # bytelm.load, LanguageModel
+    "console": 7,  # what command lines print: one line per user error, plain log lines
     "_deprecated": 7,  # old public names, one release: they warn and call their replacements
     "hierarchical_generation": 7,  # the same (moved to bytelm.generation)
     "demos": 8,  # the correction demo, built on the api

@@ -17,10 +17,12 @@ import pathlib
 import sys
 
 import bytelm
+from bytelm import console
+from bytelm.text import encoding
 
 
-class _Error(Exception):
-  """Bad input: the message is printed as one line and the exit status is 2."""
+class _Error(ValueError):
+  """Bad input: the message is printed as one line and the exit status is 2 (console)."""
 
 
 def read_texts(paths: list[str]) -> list[str]:
@@ -36,8 +38,7 @@ def read_texts(paths: list[str]) -> list[str]:
     try:
       texts.append(data.decode("utf-8"))
     except UnicodeDecodeError as e:
-      raise _Error(f"{name} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                   "convert it first, e.g. `iconv -f latin1 -t utf-8`") from None
+      raise _Error(encoding.not_utf8(data, e, name)) from None
   return texts
 
 
@@ -63,17 +64,19 @@ def _parse(argv):
   parser.add_argument("--model", required=True, metavar="DIR",
                       help="a bytelm workdir or export, or a Hugging Face ByT5 directory")
   parser.add_argument("--batch-size", type=int, default=8, help="rows scored together")
+  parser.add_argument("--debug", action="store_true", help=console.DEBUG_HELP)
   return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None):
   args = _parse(argv)
-  try:
-    texts = read_texts(args.files)  # before the model: bad input fails in a moment
-    lm = load_model(args.model)
-  except _Error as e:
-    print(f"bytelm-score: error: {e}", file=sys.stderr)
-    sys.exit(2)
+  with console.reported("bytelm-score", args.debug or console.debugging()):
+    _score(args)
+
+
+def _score(args) -> None:
+  texts = read_texts(args.files)  # before the model: bad input fails in a moment
+  lm = load_model(args.model)
   if lm.encoder_decoder:
     print(f"note: a {lm.family} model scores bits per target id of its span-corruption "
           "evaluation, not comparable with a decoder's bits per byte", file=sys.stderr)

@@ -6,21 +6,26 @@
 
 --config takes a config file (path[:variant]), read relative to the working directory, or, where
 no such file exists, the name of a recipe packaged with bytelm (`bytelm.configs`: the files of
-the checkout's configs/), with or without `.py`.
+the checkout's configs/), with or without `.py` and `configs/`: `configs/mrt5.py:tiny`, as the
+README writes it, works from any directory.
+
+A mistake in the command (a mistyped config key, data that cannot be read, a workdir that holds
+another run) is one line and exit status 2; --debug shows the traceback (bytelm/cli/console.py).
 """
 
+import difflib
 import importlib.util
-import logging
 import pathlib
 import sys
 
+import ml_collections
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from bytelm.runs import lock as lock_lib
+from bytelm import console
 from bytelm.runs import workdir as workdir_lib
-from bytelm.training import train_and_evaluate
+from bytelm.training import config_file, train_and_evaluate
 
 FLAGS = flags.FLAGS
 
@@ -45,6 +50,8 @@ def resolve_config(value: str) -> str:
   if pathlib.Path(path).is_file():
     return value
   name = path.removesuffix(".py")
+  if pathlib.Path(name).parent.name == "configs":  # the checkout's configs/, from elsewhere
+    name = pathlib.Path(name).name
   if name in packaged_names():
     return f"{packaged_configs() / (name + '.py')}{sep}{variant}"
   raise ValueError(f"--config {value}: no file {path} in the working directory, and no "
@@ -77,23 +84,72 @@ def _define_flags():
                       "(default: workdirs/<config name>[-<variant>][-<hash of the --config "
                       "overrides>]). A workdir holding a run of the same config is resumed; one "
                       "of another config is refused.")
+  flags.DEFINE_bool("debug", False, console.DEBUG_HELP)
   flags.mark_flags_as_required(["config"])
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, its errors (an unknown flag or config key, a value of the wrong type,
+  a config file that fails to load) as one line and exit status 2."""
+  try:
+    return FLAGS(argv)
+  except Exception as e:  # noqa: BLE001  (every parse error is the command's; --debug shows it)
+    if console.debugging(argv):
+      raise
+    console.fail(_prog(argv), _unknown_field(argv) or console.one_line(e))
+
+
+def _unknown_field(argv: list[str]) -> str | None:
+  """What is wrong with the first --config.<field> override that names no field of the config,
+  with the nearest field's name; None if each names one (or the config cannot be read)."""
+  spec = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-config")),
+              None) or next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")),
+                            None)
+  if spec is None:
+    return None
+  path, _, variant = spec.partition(":")
+  try:
+    config = config_file.load(path, variant or None)
+  except Exception:  # noqa: BLE001  (the parse error itself says what is wrong then)
+    return None
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    field = arg.removeprefix("--config.").split("=", 1)[0]
+    node, done = config, []
+    for part in field.split("."):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        where = ".".join(done) or "the config"
+        known = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        near = difflib.get_close_matches(part, known, n=1)
+        hint = (f"did you mean --config.{'.'.join(done + near)}?" if near else
+                f"{where} has: {', '.join(sorted(known))}" if known else
+                f"{where} is a value, not a group of fields")
+        return f"--config.{field}: {spec} has no field {'.'.join(done + [part])}; {hint}"
+      node = node[part]
+      done.append(part)
+  return None
+
+
+def _prog(argv: list[str]) -> str:
+  return pathlib.Path(argv[0]).name if argv else "bytelm-train"
+
+
 def _train(argv):
+  prog = _prog(argv)
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  # Our progress at INFO; the libraries' (orbax logs every file it writes) at WARNING.
+    console.fail(prog, f"unexpected arguments {argv[1:]}; settings are flags, e.g. "
+                       "--config.train.steps=5 (see --help)")
+  # Our progress and log lines plain; the libraries' (orbax logs every file it writes) at
+  # WARNING.
   absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("bytelm").setLevel(logging.INFO)
+  console.plain_logging()
   workdir = FLAGS.workdir or workdir_lib.default_workdir(
       config_flags.get_config_filename(FLAGS["config"]),
       config_flags.get_override_values(FLAGS["config"]))
   print(f"workdir: {workdir}", flush=True)
-  try:
+  with console.reported(prog, FLAGS.debug or console.debugging()):
     summary = train_and_evaluate(FLAGS.config, workdir)
-  except (workdir_lib.ConfigMismatch, lock_lib.WorkdirLocked) as e:  # refused; nothing written
-    sys.exit(f"{pathlib.Path(sys.argv[0]).name}: error: {e}")
   print(summary)
   if summary.stop_signal:  # saved and stopped on a signal: exit as the signal's default would
     sys.exit(128 + summary.stop_signal)  # 143 for SIGTERM, 130 for Ctrl-C; rerun to resume
@@ -105,10 +161,9 @@ def main(argv: list[str] | None = None):
   try:
     argv = resolve_argv(argv)
   except ValueError as e:
-    print(f"{pathlib.Path(argv[0]).name}: error: {e}", file=sys.stderr)
-    sys.exit(2)
+    console.fail(_prog(argv), str(e))
   _define_flags()
-  app.run(_train, argv=argv)
+  app.run(_train, argv=argv, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

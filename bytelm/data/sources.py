@@ -13,8 +13,9 @@ Specs:
                              The same files serve every split, unless the glob contains
                              `{split}`, which is replaced by the split name:
                              `file:data/{split}/*.txt`.
-  hf:<name>[:<config>]       `datasets.load_dataset(name, config, split=split)` for users with
-                             network access or a local HF cache; keeps the "text" column.
+  hf:<name>[:<config>]       `datasets.load_dataset(name, config, split=split)`: downloaded
+                             into the Hugging Face cache where there is network, read from
+                             it alone where there is none; keeps the "text" column.
 
 Every failure names the problem and the fix. Nothing is cached on disk by this module (`hf:`
 uses the Hugging Face cache as usual): the embedded corpus is ~40 MB of text and loads into
@@ -23,15 +24,19 @@ memory in about a second.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import json
 import lzma
 import os
 import re
+import socket
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bytelm.text import encoding
 from bytelm.text.segment import split_long
 
 if TYPE_CHECKING:  # imported where used: `import bytelm` stays light (datasets takes ~1 s)
@@ -159,7 +164,17 @@ def _supported(path: str) -> bool:
   return _base_suffix(path)[0] in TEXT_SUFFIXES + JSON_SUFFIXES
 
 
-def _load_files(pattern: str, split: str) -> list[str]:
+def file_paths(spec: str, split: str = "train") -> list[str] | None:
+  """The files a `file:` spec (or plain path or glob) reads for split, sorted and absolute;
+  None for the other schemes."""
+  match = _SCHEME_RE.match(spec)
+  if match and match.group(1) != "file":
+    return None
+  return sorted(os.path.abspath(p) for p in _paths(spec[match.end():] if match else spec, split))
+
+
+def _paths(pattern: str, split: str) -> list[str]:
+  """The files of a file: spec's pattern for split (a directory: its supported files)."""
   pattern = os.path.expanduser(pattern.replace("{split}", split))
   if os.path.isdir(pattern):
     paths = [p for p in glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
@@ -170,6 +185,11 @@ def _load_files(pattern: str, split: str) -> list[str]:
     raise FileNotFoundError(
         f"no files match {pattern!r} (cwd {os.getcwd()}); check the path, quote the glob "
         "so the shell does not expand it, or use '{split}' in it for per-split folders")
+  return paths
+
+
+def _load_files(pattern: str, split: str) -> list[str]:
+  paths = _paths(pattern, split)
   unsupported = [p for p in paths if not _supported(p)]
   if unsupported:
     raise ValueError(
@@ -198,10 +218,10 @@ def _read_utf8(path: Path) -> str:
     return data.decode("utf-8")
   except UnicodeDecodeError as e:
     where = "uncompressed byte offset" if compression else "byte offset"
-    raise ValueError(
-        f"{path}: not valid UTF-8 at {where} {e.start} ({e.reason}, byte "
-        f"0x{data[e.start]:02x}); re-encode the file as UTF-8, e.g. "
-        f"`iconv -f latin1 -t utf-8 {path.name} > fixed{''.join(path.suffixes)}`") from e
+    iconv = f"iconv -f {encoding.likely_encoding(data)} -t utf-8"
+    command = (f"{iconv} {path.name} > fixed.txt" if not compression else
+               f"{'xzcat' if compression == '.xz' else 'zcat'} {path.name} | {iconv} > fixed.txt")
+    raise ValueError(encoding.not_utf8(data, e, str(path), where, command)) from e
 
 
 def _read_json_texts(path: Path) -> list[str]:
@@ -241,12 +261,67 @@ def _text_field(record, path: Path, n: int, what: str) -> str:
 
 # ---- Hugging Face datasets ---------------------------------------------------------------------
 
+# `datasets` retries an unreachable Hub for about 25 s before it fails or falls back to its
+# cache. Where the Hub's host cannot even be connected to, bytelm asks it for the cache alone
+# at once, as HF_DATASETS_OFFLINE=1 would: a cached dataset loads, any other is one clear error.
+
+
+def _hub_address() -> tuple[str, int]:
+  """(host, port) of the Hub (HF_ENDPOINT's, huggingface.co by default)."""
+  from huggingface_hub import constants
+  url = urllib.parse.urlsplit(constants.ENDPOINT)
+  return url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+  """Whether a connection to the Hub opens. Behind a proxy (HTTPS_PROXY, ALL_PROXY) a direct
+  connection says nothing, so the Hub counts as reachable and `datasets` finds out."""
+  if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+    return True
+  try:
+    socket.create_connection(_hub_address(), timeout=timeout).close()
+  except OSError:
+    return False
+  return True
+
+
+@contextlib.contextmanager
+def _offline(offline: bool):
+  """`datasets` and `huggingface_hub` in offline mode (their own flags, read from the
+  environment when they are imported) for the body, if `offline`."""
+  if not offline:
+    yield
+    return
+  import datasets
+  from huggingface_hub import constants
+  before = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+  datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+  try:
+    yield
+  finally:
+    datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = before
+
+
 def _load_hf(rest: str, split: str) -> datasets.Dataset:
   name, _, config = rest.partition(":")
   if not name:
     raise ValueError("hf: spec needs a dataset name, e.g. 'hf:wikitext:wikitext-2-raw-v1'")
   import datasets
-  ds = datasets.load_dataset(name, config or None, split=split)
+  asked_offline = datasets.config.HF_HUB_OFFLINE  # HF_DATASETS_OFFLINE or HF_HUB_OFFLINE
+  offline = asked_offline or not _hub_reachable()
+  try:
+    with _offline(offline):
+      ds = datasets.load_dataset(name, config or None, split=split)
+  except ConnectionError as e:  # OfflineModeIsEnabled too: what is not cached needs the Hub
+    if not offline:
+      raise ValueError(f"hf:{rest}: the Hugging Face Hub did not answer ({e}); try again, or "
+                       "use a local 'file:' source") from e
+    why = ("offline mode is on (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)" if asked_offline else
+           f"{_hub_address()[0]} cannot be reached from here")
+    raise ValueError(
+        f"hf:{rest} is not in the local Hugging Face cache ({datasets.config.HF_DATASETS_CACHE}) "
+        f"and {why}: load it once where there is network (the cache keeps it), or save its "
+        "text to files and use a 'file:' source") from None
   if isinstance(ds, datasets.IterableDataset):
     raise ValueError(f"hf:{rest} loaded as a streaming dataset; bytelm needs a map-style "
                      "Dataset (do not pass streaming=True)")

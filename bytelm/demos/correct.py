@@ -34,9 +34,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bytelm import generation
+from bytelm import console, generation
 from bytelm.data import noise, sources
-from bytelm.text import tags
+from bytelm.text import encoding, tags
 from bytelm.demos import metrics
 from bytelm.models.tagger import Tagger
 from bytelm.nn.compiled import Compiled
@@ -115,14 +115,16 @@ class Corrector:
     self.trained_task = trained_task
     self.input_length = int(input_length)
     self.batch_size = int(batch_size)
-    self.tasks = {"both": TASKS}.get(trained_task, (trained_task,))
+    self.tasks = _tasks_of(trained_task)
     self._compiled = None
 
   @classmethod
-  def load(cls, path=None, *, lexicon: bool = False, **kwargs) -> "Corrector":
+  def load(cls, path=None, *, lexicon: bool = False, task: str | None = None,
+           **kwargs) -> "Corrector":
     """The corrector in a bytelm workdir or export; None is the shipped diacritics model.
     lexicon=True also reads, for a tagger, the training text the run's config names
-    (data.train) into one `metrics.Lexicon` per source of it (see __init__)."""
+    (data.train) into one `metrics.Lexicon` per source of it (see __init__). task: refuse
+    (ValueError) a model that cannot do this task, from its config, before loading it."""
     path = pathlib.Path(path if path is not None else SHIPPED).expanduser()
     config_path = path / "config.json"
     if not config_path.is_file():
@@ -134,28 +136,23 @@ class Corrector:
     data = config.get("data", {})
     objective = data.get("objective")
     if objective == "diacritics_tagging":
-      task = "diacritics"
+      trained_task = "diacritics"
     elif objective == "correction":
-      task = data.get("correction_task", "diacritics")
+      trained_task = data.get("correction_task", "diacritics")
     else:
       raise ValueError(f"{path} holds a model trained for {objective!r}, not a corrector; "
                        "train one with configs/diacritics.py")
+    _check_task(task, trained_task)
     model = load_run(path)  # any family: a tagger is no LanguageModel
     if lexicon and isinstance(model, Tagger):
       kwargs["lexicons"] = [metrics.Lexicon(line for text in sources.load_text(spec, "train")["text"]
                                             for line in text.split("\n"))
                             for spec in _per_source(data["train"])]
-    return cls(model, trained_task=task, input_length=data["input_length"], **kwargs)
+    return cls(model, trained_task=trained_task, input_length=data["input_length"], **kwargs)
 
   def check_task(self, task: str | None) -> str:
     """task (None: the trained one), or a ValueError saying which model can do it."""
-    task = task or self.trained_task
-    if task not in self.tasks:
-      raise ValueError(f"this model was trained for {self.trained_task!r} and cannot do "
-                       f"{task!r}; train a corrector with `python train.py --config "
-                       "configs/diacritics.py:both` (a seq2seq model, best started from a "
-                       "pretrained ByT5 with --config.init_from) and pass it with --model")
-    return task
+    return _check_task(task, self.trained_task)
 
   def __call__(self, lines: Sequence[str], task: str | None = None) -> list[str]:
     """One corrected line per line (each a str without newlines)."""
@@ -263,6 +260,22 @@ def _keep_typed(typed: str, plain: str, restored: str) -> str:
   return "".join(t if t != p else r for t, p, r in zip(typed, plain, restored))
 
 
+def _tasks_of(trained_task: str) -> tuple[str, ...]:
+  """The tasks a corrector trained for trained_task can do."""
+  return {"both": TASKS}.get(trained_task, (trained_task,))
+
+
+def _check_task(task: str | None, trained_task: str) -> str:
+  """task (None: the trained one), or a ValueError saying which model can do it."""
+  task = task or trained_task
+  if task not in _tasks_of(trained_task):
+    raise ValueError(f"this model was trained for {trained_task!r} and cannot do "
+                     f"{task!r}; train a corrector with `python train.py --config "
+                     "configs/diacritics.py:both` (a seq2seq model, best started from a "
+                     "pretrained ByT5 with --config.init_from) and pass it with --model")
+  return task
+
+
 # -- command line -----------------------------------------------------------------------------
 
 _GREEN, _RED, _RESET = "\x1b[1;32m", "\x1b[9;31m", "\x1b[0m"
@@ -300,6 +313,7 @@ def _parse(argv, prog):
                       help="a tagger alone, without the word forms of its training text")
   parser.add_argument("--batch-lines", type=int, default=None,
                       help="stdin lines corrected together (default: 1 on a terminal, else 64)")
+  parser.add_argument("--debug", action="store_true", help=console.DEBUG_HELP)
   return parser.parse_args(argv)
 
 
@@ -307,12 +321,8 @@ def main(argv=None, prog: str = "python -m bytelm.demos.correct") -> int:
   """The command line (the module docstring); prog: its name in usage and help (bytelm-correct
   is this main)."""
   args = _parse(argv, prog)
-  try:
-    corrector = Corrector.load(args.model, lexicon=not args.no_lexicon)
-    corrector.check_task(args.task)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  with console.reported(prog, args.debug or console.debugging()):
+    corrector = Corrector.load(args.model, lexicon=not args.no_lexicon, task=args.task)
   color = sys.stdout.isatty()
 
   def show(before: str, after: str) -> str:
@@ -341,9 +351,9 @@ def main(argv=None, prog: str = "python -m bytelm.demos.correct") -> int:
     try:
       pending.append((raw, body.decode("utf-8"), ending))
     except UnicodeDecodeError as e:
-      print(f"line {number}: not valid UTF-8 (byte 0x{body[e.start]:02x} at offset {e.start}); "
-            "passed through unchanged. Convert the input to UTF-8 first, e.g. `iconv -f "
-            "latin1 -t utf-8`", file=sys.stderr)
+      advice = encoding.not_utf8(body, e, f"line {number}", command=(
+          f"iconv -f {encoding.likely_encoding(body)} -t utf-8"))
+      print(f"{advice}; the line is passed through unchanged", file=sys.stderr)
       pending.append((raw, None, ending))
       status = 1
     if len(pending) >= batch:

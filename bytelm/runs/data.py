@@ -10,9 +10,13 @@ an entropy segmenter's n-gram model (entropy_model.npz) and a BPE tokenizer (tok
 
 from __future__ import annotations
 
+import logging
 import pathlib
 
 from bytelm.data import bpe, pipeline
+from bytelm.data import sources as sources_lib
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation")
 ENTROPY_MODEL = "entropy_model.npz"  # in the run's workdir, unless the config names one
@@ -34,10 +38,26 @@ def sources(config, workdir=None, splits=SPLITS, *, process_index: int = 0,
   unknown = sorted(set(splits) - set(spec))
   if unknown:
     raise ValueError(f"unknown splits {unknown}; a run has {SPLITS}")
+  if "validation" in splits:
+    _warn_if_trained_on(spec["train"], spec["validation"])
   return {split: pipeline.make_source(spec[split], split, seed=config.seed,
                                       process_index=process_index, process_count=process_count,
                                       **settings)
           for split in splits}
+
+
+def _warn_if_trained_on(train: str, validation: str) -> None:
+  """A warning where the validation split reads files the training split reads: its bits per
+  byte would then measure how well the model remembers its training text."""
+  validation_files = sources_lib.file_paths(validation, "validation")
+  if validation_files is None:
+    return
+  shared = sorted(set(validation_files) & set(sources_lib.file_paths(train, "train") or ()))
+  if shared:
+    log.warning("the validation split reads %d of the training files (%s%s), so its bits per "
+                "byte are not held out: give data.validation other files, or put '{split}' in "
+                "the data.train glob for per-split folders", len(shared),
+                ", ".join(shared[:3]), ", ..." if len(shared) > 3 else "")
 
 
 def _settings(config, workdir, write: bool) -> dict:

@@ -11,13 +11,16 @@ overrides, so that a changed run lands in a directory of its own.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
 import os
 import pathlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+
+from bytelm.runs import lock as lock_lib
 
 CONFIG = "config.json"
 ROOT = "workdirs"  # where default workdirs go, relative to the current directory
@@ -49,6 +52,36 @@ class WorkdirNotEmpty(ConfigMismatch):
 def is_safe_to_change(field: str) -> bool:
   """Whether `field` (dotted, e.g. "train.log_every") may differ on resume (SAFE_TO_CHANGE)."""
   return any(fnmatch.fnmatchcase(field, pattern) for pattern in SAFE_TO_CHANGE)
+
+
+@contextlib.contextmanager
+def made(workdir) -> Iterator[pathlib.Path]:
+  """`with made(workdir) as path:` the workdir, made (with its missing parents) if it does not
+  exist. If the body fails before anything but the lock was written into a workdir made here,
+  the directories made here are removed again, so a run that could not start leaves no empty
+  workdir behind; a directory that existed, or holds anything, is never removed.
+
+  Raises NotADirectoryError where workdir (or a parent) is a file."""
+  workdir = pathlib.Path(workdir).expanduser().absolute()
+  blocking = next((p for p in [workdir, *workdir.parents] if p.exists() and not p.is_dir()),
+                  None)
+  if blocking is not None:
+    raise NotADirectoryError(f"the workdir {workdir} cannot be made: {blocking} is a file. "
+                             "Give --workdir a directory (a new one, or the workdir of the run "
+                             "to resume); nothing was changed.")
+  new = [p for p in [workdir, *workdir.parents] if not p.exists()]  # deepest first
+  workdir.mkdir(parents=True, exist_ok=True)
+  try:
+    yield workdir
+  except BaseException:
+    if new and not holds_run(workdir):
+      (workdir / lock_lib.FILENAME).unlink(missing_ok=True)
+      for directory in new:
+        try:
+          directory.rmdir()  # only if empty: never anything a user or a run put there
+        except OSError:
+          break
+    raise
 
 
 # ---- config.json ----------------------------------------------------------------------------------
@@ -114,7 +147,7 @@ def default_workdir(config_spec: str, overrides: Mapping | None = None) -> pathl
 def holds_run(workdir) -> bool:
   """Whether workdir holds anything but a lock file (a run, or anything else of the user's)."""
   workdir = pathlib.Path(workdir)
-  return workdir.is_dir() and any(p.name != "lock" for p in workdir.iterdir())
+  return workdir.is_dir() and any(p.name != lock_lib.FILENAME for p in workdir.iterdir())
 
 
 def differences(stored: Mapping, requested: Mapping, prefix: str = "") -> list[tuple[str, object,

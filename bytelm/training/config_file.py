@@ -15,3 +15,14 @@ def load(path, arg: str | None = None) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def check_variant(arg: str | None, variants, path) -> str:
+  """The variant `arg` names ("default" for none), or a ValueError listing the config file's
+  variants (a config's VARIANTS, "default" being the config without one)."""
+  variant = arg or "default"
+  if variant not in variants:
+    names = ", ".join(repr(v) for v in variants if v != "default")
+    raise ValueError(f"unknown variant {variant!r} of configs/{pathlib.Path(path).name}; it has "
+                     f"{names} (--config configs/{pathlib.Path(path).name}:VARIANT), or none")
+  return variant

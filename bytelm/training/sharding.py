@@ -38,15 +38,25 @@ def make_mesh(mesh_config) -> Mesh:
   fixed = int(np.prod([s for s in sizes if s != -1]))
   if -1 in sizes:
     if n % fixed:
-      raise ValueError(f"mesh {dict(zip(AXES, sizes))}: {n} devices are not divisible by {fixed}")
+      raise ValueError(f"mesh {dict(zip(AXES, sizes))}: the {n} device{'s' if n > 1 else ''} here cannot be split "
+                       f"into groups of {fixed}. {_mesh_fix(n)}")
     sizes[sizes.index(-1)] = n // fixed
   if int(np.prod(sizes)) > n:
     raise ValueError(f"mesh {dict(zip(AXES, sizes))} needs {int(np.prod(sizes))} devices, "
-                     f"only {n} are present")
+                     f"only {n} are present. {_mesh_fix(n)}")
   # A smaller mesh uses the first devices. Auto axes: XLA propagates shardings through the
   # model, which then needs no annotations.
   return jax.make_mesh(tuple(sizes), AXES, axis_types=(AxisType.Auto,) * len(AXES),
                        devices=jax.devices()[:int(np.prod(sizes))])
+
+
+def _mesh_fix(n: int) -> str:
+  """How to ask for a mesh that n devices can form."""
+  divisors = [d for d in range(1, n + 1) if n % d == 0]
+  return (f"Set mesh.data and mesh.fsdp to sizes whose product divides {n} (e.g. "
+          f"--config.mesh.fsdp={divisors[-1]} --config.mesh.data=1, or -1 for \"all the "
+          "rest\"), or run where more devices are (on CPU, "
+          "XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N).")
 
 
 def path_str(path) -> str:

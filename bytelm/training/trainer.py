@@ -139,10 +139,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
   config.resume false, is refused before anything is written (`bytelm.runs.workdir.
   ConfigMismatch`)."""
   _maybe_init_distributed()
-  workdir = pathlib.Path(workdir).expanduser().absolute()
-  workdir.mkdir(parents=True, exist_ok=True)
-  with lock_lib.WorkdirLock(workdir, enabled=jax.process_index() == 0):
-    return _train_and_evaluate(config, workdir)
+  with workdir_lib.made(workdir) as workdir:  # removed again if the run cannot start
+    with lock_lib.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+      return _train_and_evaluate(config, workdir)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Summary:
