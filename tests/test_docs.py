@@ -169,3 +169,26 @@ def test_tiny_overrides():
       "python train.py --config configs/hat.py:tiny --workdir w" + TRAIN_STEPS)
   assert tiny("python train.py --config configs/mrt5.py:ternary").startswith(
       "python train.py --config configs/mrt5.py:tiny_ternary")
+
+
+def test_the_readme_and_each_recipe_page_list_the_recipes_variants():
+  """Every variant a config accepts (its VARIANTS) is in the README's table and on the
+  recipe's page, and nothing else is: the `:tiny` variants, the quick way to try anything,
+  are found without reading config files."""
+  import importlib.util
+
+  readme = (ROOT / "README.md").read_text(encoding="utf-8")
+  table = dict(re.findall(r"^\| `(\w+)` \| (.*) \|$", readme, re.M))
+  for path in sorted((ROOT / "configs").glob("*.py")):
+    if path.stem.startswith("_"):
+      continue
+    spec = importlib.util.spec_from_file_location(f"_variants_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    variants = {v for v in module.VARIANTS if v != "default"}
+    assert set(re.findall(r"`(\w+)`", table[path.stem])) == variants, path.stem
+    page = (ROOT / "docs" / "recipes" / f"{path.stem}.md").read_text(encoding="utf-8")
+    line = re.search(r"^\*\*Variants\*\* .*?(?=\n\n)", page, re.M | re.S).group(0)
+    assert set(re.findall(r"`:(\w+)`", line)) == variants, path.stem
+    for variant in module.VARIANTS:  # each one it lists loads
+      module.get_config(None if variant == "default" else variant)
