@@ -44,6 +44,12 @@ CASES = {
     "mistyped key": Case(
         [TRAIN, *TINY, "--config.train.stepz=5"],
         ("--config.train.stepz", "no field train.stepz", "did you mean --config.train.steps?")),
+    "unknown variant": Case(
+        [TRAIN, "--config", "byt5:tyni"],
+        ("unknown variant 'tyni' of configs/byt5.py", "'tiny'")),
+    "no --config": Case(
+        [TRAIN, "--config.train.steps=5"],
+        ("--config is required", "mrt5:tiny")),
     "glob matching nothing": Case(
         [TRAIN, *TINY, "--config.data.train=file:corpus/*.txt"],
         ("no files match", "corpus/*.txt", "quote the glob")),

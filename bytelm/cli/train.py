@@ -96,22 +96,24 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except Exception as e:  # noqa: BLE001  (every parse error is the command's; --debug shows it)
     if console.debugging(argv):
       raise
-    console.fail(_prog(argv), _unknown_field(argv) or console.one_line(e))
+    console.fail(_prog(argv), _explain(argv) or console.one_line(e))
 
 
-def _unknown_field(argv: list[str]) -> str | None:
-  """What is wrong with the first --config.<field> override that names no field of the config,
-  with the nearest field's name; None if each names one (or the config cannot be read)."""
+def _explain(argv: list[str]) -> str | None:
+  """What is wrong with the command's --config: none given, a file that fails to load (an
+  unknown variant), or an override naming no field of the config (with the nearest field's
+  name). None where none of these is the problem."""
   spec = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-config")),
               None) or next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")),
                             None)
   if spec is None:
-    return None
+    return ("--config is required: a config file or a packaged recipe, e.g. --config "
+            f"configs/mrt5.py, --config mrt5:tiny (recipes: {', '.join(packaged_names())})")
   path, _, variant = spec.partition(":")
   try:
     config = config_file.load(path, variant or None)
-  except Exception:  # noqa: BLE001  (the parse error itself says what is wrong then)
-    return None
+  except Exception as e:  # noqa: BLE001  (the config file's own error, e.g. an unknown variant)
+    return f"--config {spec}: {console.one_line(e)}"
   for arg in argv:
     if not arg.startswith("--config."):
       continue
