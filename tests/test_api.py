@@ -109,6 +109,25 @@ def test_score_is_the_training_loops_evaluation(name, exported, loaded):
   assert 0 < got[0] < 20
 
 
+# Shorter than one window of every tiny decoder (32 bytes; the BPE decoder's 24 tokens): score
+# reads a longer text in windows of the run's input length, byteprobs reads it whole.
+IN_ONE_WINDOW = ["The cat sat on the mat.", "Ça va? 東京"]
+
+
+@pytest.mark.parametrize("name", ("bytes_decoder", "bpe_decoder", "hat"))
+def test_score_and_bits_per_byte_are_one_definition(name, loaded):
+  """One bits per byte (docs/api.md): every byte of a text read from a document start, not its
+  end, under the model's own probabilities. score, the training loop's evaluation, and
+  byteprobs' bits_per_byte (which counted the end as a byte) give one number."""
+  lm = loaded[name]
+  for text in IN_ONE_WINDOW:
+    ids = (bpe.encode_documents(lm.tokenizer, [text])[0] if lm.tokenizer is not None
+           else text.encode("utf-8"))
+    assert len(ids) <= lm.data["input_length"], "the text must fit one window"
+  np.testing.assert_allclose(lm.byte_lm().bits_per_byte(IN_ONE_WINDOW),
+                             lm.score(IN_ONE_WINDOW, total=True), rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", ("bytes_decoder", "mrt5"))
 def test_score_batches_rows_independently(name, loaded):
   """A text's score does not depend on what it is scored with, and long texts span rows."""
