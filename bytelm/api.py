@@ -1,19 +1,26 @@
 """One interface to every trained bytelm model: `bytelm.load(path)` -> `LanguageModel`.
 
     lm = bytelm.load("workdirs/mrt5")            # a workdir, an export, or a HF ByT5 directory
-    lm.score(["Le chat dort.", "def f(x):"])     # bits per byte of each text
+    lm.score(["Le chat dort.", b"caf\\xe9"])  # bits per byte of each text, str or any bytes
     lm.next_byte_logprobs("The quick brown f")   # [257]: bytes 0..255, then the end of text
     lm.generate(["The quick"], max_new_bytes=32)  # decoders continue; encoder-decoders answer
+    lm.generate([b"The quick"], as_bytes=True)    # the bytes generated, no U+FFFD
     lm.info()                                    # parameters, bytes, quantization, segmenter
     lm.module                                    # the nnx.Module (to quantize, export, ...)
     lm.byte_lm()                                 # a decoder as a bytelm.byteprobs byte LM
 
+Texts are str (UTF-8 encoded) or bytes, anywhere a text is taken; a byte model scores any
+bytes, a BPE model too (bytes that are not UTF-8 through bytelm.byteprobs' tokenization, which
+extends the tokenizer to them). Generation returns str, or the raw bytes with as_bytes=True.
+
 What a score is, per kind of model, is what its training loop evaluates:
 - decoders (byte, BPE and hierarchical): each text is a document, read from its start (after an
   eos, as the trainer's windows read a document after the eos that separates it from the
-  previous one); every byte of it is predicted, in windows of the run's input length that
-  share one boundary byte, as the evaluation windows do. A BPE model's bits are its tokens'
-  log-loss, divided by the bytes they spell.
+  previous one); every byte of it is predicted and its end is not (the text may go on, as an
+  evaluation window does), in windows of the run's input length that share one boundary byte,
+  as the evaluation windows do. A BPE model's bits are its tokens' log-loss, divided by the
+  bytes they spell. This is bits per byte's one definition (docs/api.md):
+  `byte_lm().bits_per_byte(texts)` gives the same number for a text within one window.
 - encoder-decoders (ByT5, MrT5), trained on span corruption: each text is cut into the run's
   raw windows, corrupted with the evaluation's fixed noise (window w of a text gets the mask the
   pipeline gives evaluation window w), and scored as the trainer does: bits per target id
@@ -119,15 +126,17 @@ class LanguageModel:
 
   # ---- scoring ----------------------------------------------------------------------------------
 
-  def score(self, texts: Sequence[str], batch_size: int = 8, *, total: bool = False):
-    """Bits per byte of each text (float64 [len(texts)]); see the module docstring for what is
-    predicted. Texts are scored batch_size rows at a time, each row alone (no text sees
-    another). total: one number instead, the texts' summed bits over their summed predicted
-    bytes (targets, for an encoder-decoder), as an evaluation over all of them reports."""
+  def score(self, texts: Sequence[str | bytes], batch_size: int = 8, *, total: bool = False):
+    """Bits per byte of each text, str or bytes (float64 [len(texts)]); see the module
+    docstring for what is predicted: every byte, not the end of text. Texts are scored
+    batch_size rows at a time, each row alone (no text sees another). total: one number
+    instead, the texts' summed bits over their summed predicted bytes (targets, for an
+    encoder-decoder), as an evaluation over all of them reports."""
     bits, count = self._bits(texts, batch_size)
     return float(bits.sum() / count.sum()) if total else bits / count
 
-  def _bits(self, texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  def _bits(self, texts: Sequence[str | bytes], batch_size: int
+            ) -> tuple[np.ndarray, np.ndarray]:
     """(bits, predicted bytes or targets) of each text."""
     texts = _check_texts(texts)
     rows, owner = [], []
@@ -147,10 +156,11 @@ class LanguageModel:
         count[owner[lo + r]] += n_R[r]
     return bits, count
 
-  def continuation_bits(self, prompt: str, continuations: Sequence[str]) -> np.ndarray:
-    """Bits of each continuation after the prompt, float64 [len(continuations)]. The likeliest
-    continuation is the model's answer to a multiple-choice prompt (eval/compare.py's
-    character tasks).
+  def continuation_bits(self, prompt: str | bytes,
+                        continuations: Sequence[str | bytes]) -> np.ndarray:
+    """Bits of each continuation after the prompt (each str or bytes), float64
+    [len(continuations)]. The likeliest continuation is the model's answer to a
+    multiple-choice prompt (eval/compare.py's character tasks).
 
     A decoder gives -log2 P(the document goes on with the continuation | it starts with the
     prompt), prefix probabilities: the text may go on after the continuation, so no end of
@@ -164,21 +174,21 @@ class LanguageModel:
     it away, so these bits can exceed the sum of those bytes' bits. An encoder-decoder reads
     the prompt as its input and the continuation as its output, eos included.
     """
-    continuations = _check_texts(continuations)
+    continuations, start = _check_texts(continuations), _as_bytes(prompt, "prompt")
     if self.tokenizer is not None:
-      lm, start = self._byte_model(), _as_bytes(prompt, "prompt")
+      lm = self._byte_model()
       before = lm.prefix_logprob(start)
-      return np.asarray([before - lm.prefix_logprob(start + c.encode("utf-8"))
+      return np.asarray([before - lm.prefix_logprob(start + c)
                          for c in continuations]) / math.log(2)
     if not self.encoder_decoder:
-      if not prompt:
+      if not start:
         return self._bits(continuations, 8)[0]
-      bits, _ = self._bits([prompt] + [prompt + c for c in continuations], 8)
+      bits, _ = self._bits([start] + [start + c for c in continuations], 8)
       return bits[1:] - bits[0]
-    x = ByteTokenizer().encode(_as_bytes(prompt, "prompt"), add_eos=True)
+    x = ByteTokenizer().encode(start, add_eos=True)
     out = []
     for c in continuations:
-      y = ByteTokenizer().encode(_as_bytes(c, "continuation"), add_eos=True)
+      y = ByteTokenizer().encode(c, add_eos=True)
       if len(y) > self._target_length():
         raise ValueError(f"a continuation of {len(y)} ids (eos included) is longer than the "
                          f"model's {self._target_length()} target positions; shorten it")
@@ -187,9 +197,9 @@ class LanguageModel:
       out.append(float(ce[0]) / math.log(2))
     return np.asarray(out)
 
-  def _rows(self, text: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(inputs, targets) rows covering the text, as the trainer's evaluation windows do."""
-    data = text.encode("utf-8")
+  def _rows(self, data: bytes) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(inputs, targets) rows covering the text's bytes, as the trainer's evaluation windows
+    do."""
     length = int(self.data["input_length"])
     if self.encoder_decoder:
       raw, _ = objectives.span_corruption_lengths(
@@ -200,12 +210,23 @@ class LanguageModel:
           self.data["noise_density"], self.data["mean_noise_span_length"])
           for w in range(-(-len(ids) // raw))]
     if self.tokenizer is not None:
-      ids = bpe.encode_documents(self.tokenizer, [text])[0]
+      ids = self._bpe_ids(data)
     else:
       ids = ByteTokenizer().encode(data, add_eos=False)
     stream = np.concatenate([[EOS_ID], ids]).astype(np.int32)  # read from a document start
     return [objectives.causal_lm(stream[s:s + length + 1])
             for s in range(0, len(stream) - 1, length)]
+
+  def _bpe_ids(self, data: bytes) -> np.ndarray:
+    """A BPE decoder's token ids of data: its tokenizer's, as the trainer encodes text. Hugging
+    Face `tokenizers` takes str only; bytes that are not UTF-8 are tokenized by
+    bytelm.byteprobs' reading of the same tokenizer.json, which is the tokenizer on UTF-8 and
+    extends it to any bytes (bytelm/byteprobs/tokenization.py)."""
+    try:
+      text = data.decode("utf-8")
+    except UnicodeDecodeError:
+      return np.asarray(self._byte_model().bpe.encode(data), np.int32)
+    return bpe.encode_documents(self.tokenizer, [text])[0]
 
   def _stack(self, rows) -> dict[str, jax.Array]:
     """A batch of rows padded with 0 (ignored targets) to the run's shapes."""
@@ -294,13 +315,14 @@ class LanguageModel:
 
   # ---- generation -------------------------------------------------------------------------------
 
-  def generate(self, prompts: Sequence[str], max_new_bytes: int = 64, *,
+  def generate(self, prompts: Sequence[str | bytes], max_new_bytes: int = 64, *,
                temperature: float = 0.0, seed: int = 0, num_beams: int = 1, top_k: int = 0,
-               top_p: float = 1.0) -> list[str]:
-    """One continuation per prompt (greedy at temperature 0, else sampled with `seed`), up to
-    max_new_bytes bytes or the end of text. Encoder-decoders take each prompt as their input
-    and return their output; decoders continue the prompt (returned without it). Invalid UTF-8
-    in the output (a character cut by the byte limit) becomes U+FFFD.
+               top_p: float = 1.0, as_bytes: bool = False) -> list[str] | list[bytes]:
+    """One continuation per prompt (str or bytes; greedy at temperature 0, else sampled with
+    `seed`), up to max_new_bytes bytes or the end of text. Encoder-decoders take each prompt as
+    their input and return their output; decoders continue the prompt (returned without it).
+    Returned as str, where invalid UTF-8 (a character cut by the byte limit) becomes U+FFFD, or
+    with as_bytes=True as the bytes generated, whose decode("utf-8", "replace") is that str.
 
     Encoder-decoders also search: num_beams > 1 is beam search (at temperature 0), and a sample
     can be cut to the top_k likeliest bytes (0: off) and the top_p nucleus (1.0: off)."""
@@ -315,14 +337,16 @@ class LanguageModel:
       return generation.encoder_decoder_texts(
           self.module, ByteTokenizer(), prompts, max_new_bytes=max_new_bytes, method=method,
           temperature=temperature or 1.0, top_k=top_k, top_p=top_p, num_beams=num_beams,
-          rng=seed)
+          rng=seed, as_bytes=as_bytes)
     if (num_beams, top_k, top_p) != (1, 0, 1.0):
       raise ValueError(f"num_beams, top_k and top_p are for encoder-decoders; a {self.family} "
                        "model generates greedily or samples with temperature: leave them out")
-    return [self._continue(p, max_new_bytes, temperature, seed).decode("utf-8", "replace")
-            for p in prompts]
+    out = [self._continue(p, max_new_bytes, temperature, seed) for p in prompts]
+    return out if as_bytes else [o.decode("utf-8", "replace") for o in out]
 
-  def _continue(self, prompt: str, max_new_bytes: int, temperature: float, seed: int) -> bytes:
+  def _continue(self, prompt: str | bytes, max_new_bytes: int, temperature: float,
+                seed: int) -> bytes:
+    prompt = _as_bytes(prompt, "prompt")
     if self.family == "hierarchical":
       return generation.hierarchical_bytes(self.module, prompt, max_new_bytes,
                                            segmenter=self._segmenter(),
@@ -333,7 +357,7 @@ class LanguageModel:
                                    seed=seed)
       return bytes(i - OFFSET for i in new if OFFSET <= i < NUM_BYTE_IDS)
     # Tokens: at least one byte each, so max_new_bytes tokens are enough.
-    ids = [EOS_ID] + bpe.encode_documents(self.tokenizer, [prompt])[0].tolist()
+    ids = [EOS_ID] + self._bpe_ids(prompt).tolist()
     new = generation.decoder_ids(self.module, ids, max_new_bytes, temperature=temperature,
                                  seed=seed)
     spelled = bpe.token_bytes(self.tokenizer)
@@ -381,22 +405,21 @@ class LanguageModel:
 # ---- helpers --------------------------------------------------------------------------------------
 
 
-def _check_texts(texts) -> list[str]:
-  if isinstance(texts, (str, bytes)):
+def _check_texts(texts) -> list[bytes]:
+  """The bytes of each text of a list; a text is str (UTF-8 encoded) or bytes."""
+  if isinstance(texts, (str, bytes, bytearray)):
     raise TypeError("pass a list of texts; wrap a single one: [text]")
-  texts = list(texts)
-  for i, t in enumerate(texts):
-    if not isinstance(t, str):
-      raise TypeError(f"text {i} is {type(t).__name__}, not str; decode it first")
-  return texts
+  return [_as_bytes(t, f"text {i}") for i, t in enumerate(texts)]
 
 
 def _as_bytes(x, what: str) -> bytes:
+  """x's bytes: str is UTF-8 encoded, bytes are taken as they are (bytelm.text.tokenizer's
+  as_bytes); what names x in the error."""
   if isinstance(x, str):
     return x.encode("utf-8")
-  if isinstance(x, (bytes, bytearray)):
+  if isinstance(x, (bytes, bytearray, memoryview)):
     return bytes(x)
-  raise TypeError(f"{what} must be str or bytes, got {type(x).__name__}")
+  raise TypeError(f"{what} must be str or bytes (str is UTF-8 encoded), got {type(x).__name__}")
 
 
 def _padded(ids, multiple: int = 64) -> np.ndarray:

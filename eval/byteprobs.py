@@ -26,6 +26,10 @@ text: pieces of the validation split of embedded:en, each read from a document s
 3. Ensemble: the mixture of the converted BPE decoder and the byte model against each alone,
    on the same texts; the weight used on each half of the texts is the one that does best on
    the other half (two-fold cross-fitting: no text is scored with a weight tuned on it).
+   The bits per byte of 2 and 3 count each text's end as one more predicted byte: the token
+   way and the byte way agree on whole documents, P(text, then its end). bytelm's bits per
+   byte (`score`, `bits_per_byte`; docs/api.md) leave the end out, so they differ from these
+   by the end's bits and one byte per text.
 4. Cost: texts read byte by byte from a cold cache (what sampling costs): token prefixes the
    LM scores per byte, LM calls per byte, ms per byte.
 Writes eval/results/byteprobs.{json,png}. Last line: acc_exact acc_naive acc_healing (next-byte

@@ -109,6 +109,50 @@ def test_score_is_the_training_loops_evaluation(name, exported, loaded):
   assert 0 < got[0] < 20
 
 
+# Shorter than one window of every tiny decoder (32 bytes; the BPE decoder's 24 tokens): score
+# reads a longer text in windows of the run's input length, byteprobs reads it whole.
+IN_ONE_WINDOW = ["The cat sat on the mat.", "Ça va? 東京"]
+
+
+@pytest.mark.parametrize("name", ("bytes_decoder", "bpe_decoder", "hat"))
+def test_score_and_bits_per_byte_are_one_definition(name, loaded):
+  """One bits per byte (docs/api.md): every byte of a text read from a document start, not its
+  end, under the model's own probabilities. score, the training loop's evaluation, and
+  byteprobs' bits_per_byte (which counted the end as a byte) give one number."""
+  lm = loaded[name]
+  for text in IN_ONE_WINDOW:
+    ids = (bpe.encode_documents(lm.tokenizer, [text])[0] if lm.tokenizer is not None
+           else text.encode("utf-8"))
+    assert len(ids) <= lm.data["input_length"], "the text must fit one window"
+  np.testing.assert_allclose(lm.byte_lm().bits_per_byte(IN_ONE_WINDOW),
+                             lm.score(IN_ONE_WINDOW, total=True), rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ("bytes_decoder", "bpe_decoder", "byt5"))
+def test_texts_are_str_or_bytes(name, loaded):
+  """A text's bytes are what is scored: str is UTF-8 encoded, bytes are read as they are."""
+  lm = loaded[name]
+  texts = ["Ça va? 東京 🙂", TEXT]
+  np.testing.assert_array_equal(lm.score([t.encode("utf-8") for t in texts]), lm.score(texts))
+  np.testing.assert_array_equal(lm.continuation_bits(b"The cat ", [b"sat", "on"]),
+                                lm.continuation_bits("The cat ", ["sat", "on"]))
+  with pytest.raises(TypeError, match="text 1 must be str or bytes"):
+    lm.score(["fine", 42])
+
+
+@pytest.mark.parametrize("name", ("bytes_decoder", "bpe_decoder"))
+def test_decoders_score_bytes_that_are_not_utf8(name, loaded):
+  """A byte model reads any bytes; a BPE decoder too, through byteprobs' tokenization (which is
+  the tokenizer's on UTF-8 and extends it to any bytes): finite, the same number byteprobs
+  gives, and not the score of the text with U+FFFD in place of the bad bytes."""
+  lm = loaded[name]
+  raw = b"caf\xe9 \xff\xfe\x00 \xc3("  # Latin-1, a UTF-16 mark, a cut character
+  got = lm.score([raw])
+  assert np.isfinite(got[0]) and got[0] > 0
+  np.testing.assert_allclose(got[0], lm.byte_lm().bits_per_byte([raw]), rtol=1e-5)
+  assert abs(got[0] - lm.score([raw.decode("utf-8", "replace")])[0]) > 1e-3
+
+
 @pytest.mark.parametrize("name", ("bytes_decoder", "mrt5"))
 def test_score_batches_rows_independently(name, loaded):
   """A text's score does not depend on what it is scored with, and long texts span rows."""
@@ -160,6 +204,10 @@ def test_generate(name, loaded):
   assert len(out) == 2 and all(isinstance(o, str) for o in out)
   assert all(len(o.encode("utf-8")) <= 6 * 3 for o in out)  # U+FFFD is 3 bytes
   assert out == lm.generate(prompts, max_new_bytes=6)  # greedy is deterministic
+  # The same continuations from bytes prompts, as the bytes generated (U+FFFD in the str).
+  raw = lm.generate([p.encode() for p in prompts], max_new_bytes=6, as_bytes=True)
+  assert all(isinstance(r, bytes) and len(r) <= 6 for r in raw)
+  assert [r.decode("utf-8", "replace") for r in raw] == out
   sampled = lm.generate(prompts, max_new_bytes=6, temperature=1.0, seed=3)
   assert sampled == lm.generate(prompts, max_new_bytes=6, temperature=1.0, seed=3)
   with pytest.raises(ValueError, match="max_new_bytes"):

@@ -271,13 +271,21 @@ def test_bytelm_decoders_plug_in():
   byte_lm = adapters.ByteDecoderLM(model)
   logp = byte_lm.next_byte_logprobs(b"ab")
   assert logp.shape == (257,) and abs(np.exp(logp).sum() - 1) < 1e-9
+  np.testing.assert_array_equal(byte_lm.next_byte_logprobs("ab"), logp)  # str: its UTF-8
   # The same numbers as the model's own logits after eos, a, b.
   logits = np.asarray(model(jnp.asarray([[1, 100, 101]]))[0, -1], np.float64)
   want = np.concatenate([logits[3:259], logits[1:2]])
   np.testing.assert_allclose(logp, want - np.logaddexp.reduce(want), atol=1e-5)
+  # Unnormalised: the model's softmax over all its ids, mass on pad, unk and sentinels left out.
+  own = logits - np.logaddexp.reduce(logits)
+  np.testing.assert_allclose(byte_lm.next_byte_logprobs(b"ab", normalize=False),
+                             np.concatenate([own[3:259], own[1:2]]), atol=1e-5)
   token_lm = adapters.decoder_token_lm(model, vocab_size=300)
   rows = token_lm([(), (5, 6), (7,)])
-  assert rows.shape == (3, 300) and np.allclose(np.exp(rows).sum(1), 1.0)
+  # The model's own probabilities of the tokenizer's 300 ids: the 84 spare rows keep their mass.
+  logits = np.asarray(model(jnp.asarray([[1, 5, 6]]))[0, -1], np.float64)
+  assert rows.shape == (3, 300) and np.all(np.exp(rows).sum(1) < 1.0)
+  np.testing.assert_allclose(rows[1], (logits - np.logaddexp.reduce(logits))[:300], atol=1e-5)
   np.testing.assert_allclose(rows[1], token_lm([(5, 6)])[0], atol=1e-6)  # padding is harmless
 
 
@@ -463,25 +471,66 @@ def trained_bpe_decoder(trained_bpe_decoder_run):
   return trained_bpe_decoder_run[0]
 
 
+@pytest.fixture(scope="module")
+def trained_bpe_lm(trained_bpe_decoder):
+  """The trained BPE decoder behind bytelm.load, loaded once (its compiled calls shared)."""
+  return bytelm.load(trained_bpe_decoder)
+
+
 def test_a_trained_bpe_decoder_scores_the_same_the_token_way_and_the_byte_way(
-    trained_bpe_decoder):
+    trained_bpe_decoder, trained_bpe_lm):
   from bytelm.runs.load import load as load_run
 
-  lm = bytelm.load(trained_bpe_decoder).byte_lm()
+  lm = trained_bpe_lm.byte_lm()
   model = load_run(trained_bpe_decoder)
   for text in [b"The cat sat.", "Žluťoučký".encode()]:
     ids = [1] + lm.bpe.encode(text) + [1]  # eos, the text, eos
-    logits = np.asarray(model(jnp.asarray([ids]))[0], np.float64)[:, :len(lm.bpe.token_bytes)]
+    # The model's own softmax (384 rows), at the tokenizer's 300 ids.
+    logits = np.asarray(model(jnp.asarray([ids]))[0], np.float64)
     logp = logits - np.logaddexp.reduce(logits, axis=1, keepdims=True)
+    logp = logp[:, :len(lm.bpe.token_bytes)]
     token_way = sum(logp[i, ids[i + 1]] for i in range(len(ids) - 1))
     assert abs(lm.logprob(text) - token_way) < 1e-4
     # Byte by byte, the lemma's ratios telescope to the token way; normalised distributions
     # give back the mass this barely trained model puts on non-canonical token sequences.
     assert abs(chain_logprob(lm, text, normalize=False) - token_way) < 1e-4
     assert chain_logprob(lm, text) > token_way + 1e-3
+    # Bits per byte leave the end out (docs/api.md): the text's tokens, not the final eos, as
+    # score and the training loop's evaluation count them (each text within one window).
+    bits = -(token_way - logp[len(ids) - 2, 1]) / math.log(2)
+    assert abs(lm.bits_per_byte([text]) - bits / len(text)) < 1e-6
+    assert abs(trained_bpe_lm.score([text.decode("utf-8")])[0] - bits / len(text)) < 1e-4
   with pytest.raises(FileNotFoundError, match="bpe_decoder"), \
       pytest.warns(DeprecationWarning, match=r"bytelm\.load\(workdir\)\.byte_lm\(\)"):
     adapters.from_workdir(trained_bpe_decoder.parent)  # deprecated, for one release
+
+
+def test_a_prefix_is_str_or_bytes(trained_bpe_lm):
+  """A str is read as its UTF-8 bytes, by a tokenized LM and by an ensemble of it."""
+  lm = trained_bpe_lm.byte_lm()
+  want = lm.next_byte_logprobs(b"And G")
+  np.testing.assert_array_equal(lm.next_byte_logprobs("And G"), want)
+  np.testing.assert_array_equal(ensemble([lm]).next_byte_logprobs("And G"), want)
+
+
+def test_every_text_is_str_or_bytes(tiny):
+  """Every ByteLM and Ensemble call that takes a text takes str (its UTF-8 bytes) or bytes."""
+  lm, _ = tiny
+  mix = ensemble([lm, lm])
+  for model in (lm, mix):
+    assert model.logprob("ab") == model.logprob(b"ab")
+    assert model.bits_per_byte(["ab", "cab"]) == model.bits_per_byte([b"ab", bytearray(b"cab")])
+    np.testing.assert_array_equal(model.next_byte_logprobs_along("ca"),
+                                  model.next_byte_logprobs_along(b"ca"))
+    with pytest.raises(TypeError, match="wrap a single one"):
+      model.bits_per_byte("ab")
+  assert lm.prefix_logprob("ab") == lm.prefix_logprob(b"ab")
+  np.testing.assert_array_equal(lm.next_byte_logprobs_batch(["a", b"b"]),
+                                lm.next_byte_logprobs_batch([b"a", b"b"]))
+  assert lm.sample("a", 4, key=2, stop="c") == lm.sample(b"a", 4, key=2, stop=b"c")
+  assert isinstance(lm.complete("ab", max_bytes=3), bytes)
+  with pytest.raises(TypeError, match="str or bytes for the prefix"):
+    lm.next_byte_logprobs(97)
 
 
 @pytest.mark.hf

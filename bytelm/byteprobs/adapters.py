@@ -8,7 +8,14 @@
   same way (PyTorch, an optional extra);
 - `ByteDecoderLM(model)`, `HierarchicalLM(model, segmenter)` (`bytelm.load(workdir).byte_lm()`):
   bytelm's byte models with `next_byte_logprobs` (and `next_byte_logprobs_along` a text, one
-  pass), so they can join an ensemble.
+  pass), so they can join an ensemble, and `bits_per_byte`.
+
+Probabilities are the model's own, a softmax over its whole output as its training loss
+counts them: a BPE decoder's embedding rows past the tokenizer's vocabulary (padding to a
+multiple of 128) are ids the tokenizer never makes, like token sequences it never makes, so
+the mass on them is dropped, not spread over the real tokens; so is the mass a byte model puts
+on pad, unk and sentinels. Next-byte distributions renormalise it away (`normalize`); bits per
+byte do not, so they are `bytelm.load(path).score`'s.
 
 bytelm's models were trained on documents separated by eos, so a prefix is read after an eos:
 the start of a document. A batch of prefixes is run as the leaves of its prefix tree
@@ -29,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bytelm.byteprobs import mixture
 from bytelm.byteprobs.byte_lm import ByteLM
 from bytelm.byteprobs.tokenization import BPE
 from bytelm.data import bpe
@@ -36,7 +44,7 @@ from bytelm import generation
 from bytelm.text import segment
 from bytelm.nn.compiled import Compiled
 from bytelm.runs.load import load as load_module
-from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer
+from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer, as_bytes
 
 
 def prefix_tree(rows: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[int]]:
@@ -58,7 +66,8 @@ def prefix_tree(rows: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[in
 
 
 def _last_logprobs(compiled: Compiled, rows: list[list[int]], pad_to: int = 64) -> np.ndarray:
-  """log_softmax of the logits at each row's last position, float64 [len(rows), V]: one pass
+  """log_softmax of the logits at each row's last position, float64 [len(rows), V] (V: the
+  model's whole output): one pass
   over the prefix tree's leaves, right-padded to a multiple of pad_to, their number to a
   power of two, so that few shapes are compiled (the model is causal: padding after a row
   changes nothing in it)."""
@@ -76,14 +85,13 @@ def _last_logprobs(compiled: Compiled, rows: list[list[int]], pad_to: int = 64) 
 
 def decoder_token_lm(model, vocab_size: int | None = None):
   """token_lm(prefixes) -> log-probabilities [len(prefixes), vocab_size] of the next token, from
-  a `models.decoder.DecoderLM` over BPE ids (the embedding's spare rows are cut off and the rest
-  renormalised)."""
+  a `models.decoder.DecoderLM` over BPE ids: the model's softmax over all its embedding rows,
+  cut to the tokenizer's vocab_size (not renormalised: the module docstring says why)."""
   compiled = Compiled(model)
   size = vocab_size or model.config.vocab_size
 
   def token_lm(prefixes):
-    logp_BV = _last_logprobs(compiled, [[EOS_ID] + list(p) for p in prefixes])[:, :size]
-    return logp_BV - np.logaddexp.reduce(logp_BV, axis=1, keepdims=True)
+    return _last_logprobs(compiled, [[EOS_ID] + list(p) for p in prefixes])[:, :size]
 
   return token_lm
 
@@ -145,7 +153,7 @@ def from_hugging_face(model_dir, tokenizer_file=None, device: str = "cpu",
         for b, r in enumerate(chunk):
           ids[b, :len(r)], mask[b, :len(r)] = torch.tensor(r), 1
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        out.append(torch.log_softmax(logits[..., :size].double(), -1).cpu().numpy())
+        out.append(torch.log_softmax(logits.double(), -1)[..., :size].cpu().numpy())
     per_leaf = [row for chunk in out for row in chunk]
     return np.stack([per_leaf[leaf_of[i]][len(r) - 1] for i, r in enumerate(rows)])
 
@@ -153,17 +161,30 @@ def from_hugging_face(model_dir, tokenizer_file=None, device: str = "cpu",
 
 
 class _ByteModel:
-  """A bytelm byte model's next-byte distributions: its 256 byte ids and eos (the end of text),
-  renormalised over those 257. One causal pass over a text gives them at every position."""
+  """A bytelm byte model's next-byte distributions: its 256 byte ids and eos (the end of text).
+  One causal pass over a text gives them at every position. Texts are str (UTF-8 encoded) or
+  any bytes."""
 
-  def next_byte_logprobs(self, prefix: bytes) -> np.ndarray:
-    return self.next_byte_logprobs_along(prefix)[-1]
+  def next_byte_logprobs(self, prefix: str | bytes, normalize: bool = True) -> np.ndarray:
+    """log P(next byte | prefix), float64 [257]: bytes 0..255, then the end of text."""
+    return self.next_byte_logprobs_along(as_bytes(prefix, "prefix"), normalize)[-1]
 
-  def next_byte_logprobs_along(self, text: bytes) -> np.ndarray:
-    """[len(text) + 1, 257]: row t is log P(next byte | text[:t])."""
-    logits_TV = np.asarray(self._logits(bytes(text)), np.float64)[:len(text) + 1]
-    out = np.concatenate([logits_TV[:, OFFSET:NUM_BYTE_IDS], logits_TV[:, EOS_ID:EOS_ID + 1]], 1)
-    return out - np.logaddexp.reduce(out, axis=1, keepdims=True)
+  def next_byte_logprobs_along(self, text: str | bytes, normalize: bool = True) -> np.ndarray:
+    """[len(text) + 1, 257]: row t is log P(next byte | text[:t]). normalize: renormalised
+    over the 257 (a distribution, the default), or the model's own softmax over all its ids,
+    which also gives mass to pad, unk and sentinels (what its training loss counts)."""
+    text = as_bytes(text)
+    logits_TV = np.asarray(self._logits(text), np.float64)[:len(text) + 1]
+    logp_TV = logits_TV - np.logaddexp.reduce(logits_TV, axis=1, keepdims=True)
+    out = np.concatenate([logp_TV[:, OFFSET:NUM_BYTE_IDS], logp_TV[:, EOS_ID:EOS_ID + 1]], 1)
+    return out - np.logaddexp.reduce(out, axis=1, keepdims=True) if normalize else out
+
+  def bits_per_byte(self, texts: Sequence[str | bytes]) -> float:
+    """Bits per byte of the texts (`mixture.bits_per_byte`: each read from a document start,
+    its end not predicted) under the model's own probabilities: `bytelm.load(path).score(texts,
+    total=True)` (texts within one window)."""
+    return mixture.bits_per_byte(
+        lambda t: mixture.bytes_logprob(self, t, normalize=False), texts)
 
 
 class ByteDecoderLM(_ByteModel):

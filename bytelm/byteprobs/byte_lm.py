@@ -39,7 +39,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from bytelm.byteprobs import mixture
 from bytelm.byteprobs.tokenization import BPE
+from bytelm.text.tokenizer import as_bytes
 
 END = 256  # index of the end of text in next_byte_logprobs
 
@@ -47,7 +49,9 @@ TokenLM = Callable[[list[tuple[int, ...]]], np.ndarray]
 
 
 class ByteLM:
-  """A tokenized LM over bytes: next_byte_logprobs, prefix_logprob, logprob, sample, complete.
+  """A tokenized LM over bytes: next_byte_logprobs, prefix_logprob, logprob, sample, complete,
+  bits_per_byte. Texts and prefixes are str (UTF-8 encoded) or bytes (any bytes, UTF-8 or not:
+  `BPE` tokenizes them all); what it generates is bytes.
 
   context: token ids every sequence is conditioned on (e.g. a fill-in-the-middle prompt);
   probabilities are of what follows them.
@@ -154,9 +158,9 @@ class ByteLM:
           covers.setdefault(base + h, []).append((int(v), nxt))
     return covers
 
-  def prefix_logprob(self, x: bytes) -> float:
+  def prefix_logprob(self, x: str | bytes) -> float:
     """log P(the text starts with x): the sum over its cover encodings."""
-    x = bytes(x)
+    x = as_bytes(x, "prefix")
     if not x:
       return 0.0
     covers = self._covers(x, past_end=False)
@@ -164,15 +168,15 @@ class ByteLM:
     terms = [self._logp[h] + self._rows[h][v] for h, vs in covers.items() for v, _ in vs]
     return _logsumexp(np.asarray(terms)) if terms else -math.inf
 
-  def logprob(self, text: bytes) -> float:
+  def logprob(self, text: str | bytes) -> float:
     """log P(the text is exactly `text`): its canonical tokenization, then the end of text."""
-    return self.sequence_logprob(self.bpe.encode(bytes(text)) + [self.eot_id])
+    return self.sequence_logprob(self.bpe.encode(as_bytes(text)) + [self.eot_id])
 
-  def next_byte_logprobs(self, prefix: bytes, normalize: bool = True) -> np.ndarray:
+  def next_byte_logprobs(self, prefix: str | bytes, normalize: bool = True) -> np.ndarray:
     """log P(next byte | prefix) for the 256 bytes, and the end of text at index END (257)."""
-    return self.next_byte_logprobs_batch([prefix], normalize)[0]
+    return self.next_byte_logprobs_batch([as_bytes(prefix, "prefix")], normalize)[0]
 
-  def next_byte_logprobs_batch(self, prefixes: Sequence[bytes],
+  def next_byte_logprobs_batch(self, prefixes: Sequence[str | bytes],
                                normalize: bool = True) -> np.ndarray:
     """next_byte_logprobs of many prefixes, float64 [len(prefixes), 257], with one token_lm
     call for all their cover encodings (the heads of every prefix in one batch).
@@ -183,7 +187,9 @@ class ByteLM:
     chain of next-byte probabilities of a text is exactly the token way's P(canonical tokens,
     eot); normalised, that leaked mass goes back to the valid continuations.
     """
-    prefixes = [bytes(x) for x in prefixes]
+    if isinstance(prefixes, (str, bytes, bytearray)):
+      raise TypeError("pass a list of prefixes; wrap a single one: [prefix]")
+    prefixes = [as_bytes(x, f"prefix {i}") for i, x in enumerate(prefixes)]
     covers = [self._covers(x, past_end=True) for x in prefixes]
     ends = [tuple(self.bpe.encode(x)) for x in prefixes]
     self._score([h for c in covers for h in c] + list(ends))
@@ -207,24 +213,26 @@ class ByteLM:
                                  else self.prefix_logprob(x) - top)
     return out
 
-  def next_byte_logprobs_along(self, text: bytes, normalize: bool = True) -> np.ndarray:
+  def next_byte_logprobs_along(self, text: str | bytes, normalize: bool = True) -> np.ndarray:
     """[len(text) + 1, 257]: row t is next_byte_logprobs(text[:t]), in one batch."""
-    text = bytes(text)
+    text = as_bytes(text)
     return self.next_byte_logprobs_batch([text[:t] for t in range(len(text) + 1)], normalize)
 
   # ---- generation ---------------------------------------------------------------------------
 
-  def sample(self, prefix: bytes, max_bytes: int, key=0, temperature: float = 1.0,
-             stop: bytes | None = None) -> bytes:
+  def sample(self, prefix: str | bytes, max_bytes: int, key=0, temperature: float = 1.0,
+             stop: str | bytes | None = None) -> bytes:
     """Bytes drawn one at a time from next_byte_logprobs after prefix (softmax of logprobs /
     temperature; temperature 0 takes the most likely byte) until the end of text, `stop`, or
     max_bytes. key: an int seed or a JAX PRNG key; the same key gives the same bytes."""
     if temperature < 0:
       raise ValueError(f"temperature must be >= 0, got {temperature}")
+    prefix = as_bytes(prefix, "prefix")
+    stop = None if stop is None else as_bytes(stop, "stop")
     rng = np.random.default_rng(_seed(key))
     out = b""
     for _ in range(max_bytes):
-      logp = self.next_byte_logprobs(bytes(prefix) + out)
+      logp = self.next_byte_logprobs(prefix + out)
       if temperature == 0:
         b = int(np.argmax(logp))
       else:
@@ -238,8 +246,9 @@ class ByteLM:
         break
     return out
 
-  def complete(self, prefix: bytes, suffix: bytes | None = None, max_bytes: int = 64, key=0,
-               temperature: float = 0.0, stop: bytes | None = None) -> bytes:
+  def complete(self, prefix: str | bytes, suffix: str | bytes | None = None,
+               max_bytes: int = 64, key=0, temperature: float = 0.0,
+               stop: str | bytes | None = None) -> bytes:
     """The bytes that follow prefix, which may end anywhere, inside a token or a UTF-8
     character (no token healing needed: the distribution is exact).
 
@@ -254,18 +263,21 @@ class ByteLM:
       raise ValueError("fill in the middle needs a model trained with FIM sentinels; pass "
                        "fim_ids=(prefix_id, suffix_id, middle_id) to ByteLM")
     pre, suf, mid = self.fim_ids
-    context = (self.context + (pre,) + tuple(self.bpe.encode(bytes(prefix))) + (suf,)
-               + tuple(self.bpe.encode(bytes(suffix))) + (mid,))
+    context = (self.context + (pre,) + tuple(self.bpe.encode(as_bytes(prefix, "prefix")))
+               + (suf,) + tuple(self.bpe.encode(as_bytes(suffix, "suffix"))) + (mid,))
     middle = ByteLM(self.token_lm, self.bpe, self.eot_id, context=context)
     out = middle.sample(b"", max_bytes, key=key, temperature=temperature, stop=stop)
     self.calls, self.batches = self.calls + middle.calls, self.batches + middle.batches
     return out
 
-  def bits_per_byte(self, texts: Sequence[bytes]) -> float:
-    """-sum log2 P(text) / bytes, each text with its end (counted as one byte, as bytelm's
-    byte models count the eos they predict)."""
-    bits = -sum(self.logprob(t) for t in texts) / math.log(2)
-    return bits / sum(len(t) + 1 for t in texts)
+  def bits_per_byte(self, texts: Sequence[str | bytes]) -> float:
+    """Bits per byte of the texts (`mixture.bits_per_byte`: each read from a document start,
+    its end not predicted), as a tokenized LM's evaluation counts them: the log-loss of each
+    text's canonical tokens, no end of text, over the bytes they spell. This is
+    `bytelm.load(path).score(texts, total=True)` of a bytelm BPE decoder (texts within one
+    window). -prefix_logprob(text) / ln 2 sums over every token sequence that covers the
+    text, the canonical one among them, so it is at most these bits."""
+    return mixture.bits_per_byte(lambda t: self.sequence_logprob(self.bpe.encode(t)), texts)
 
 
 def _seed(key) -> int:

@@ -330,15 +330,17 @@ def encoder_decoder_texts(model, tokenizer, texts: Sequence[str | bytes], *,
                           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                           num_beams: int = 4, length_penalty: float = 1.0, rng: Any = None,
                           max_input_bytes: int | None = None,
-                          pad_to_multiple: int = 64) -> list[str]:
-  """Generate a continuation (the decoder output) for each text; returns one str per text.
+                          pad_to_multiple: int = 64, as_bytes: bool = False
+                          ) -> list[str] | list[bytes]:
+  """Generate a continuation (the decoder output) for each text (str or bytes); returns one str
+  per text, or with as_bytes=True the bytes generated.
 
   Texts are UTF-8 encoded with an eos (`tokenizer.encode_batch`) and right-padded to the longest,
   rounded up to a multiple of `pad_to_multiple` ids so that nearby lengths share a compilation
   (padding is masked, it does not change the output). `max_input_bytes` bounds each encoding,
   counted in ids (UTF-8 bytes + 1 for the eos); longer texts raise ValueError rather than being
-  cut silently. Decoding stops at eos and turns invalid UTF-8 into U+FFFD. Other arguments as in
-  `encoder_decoder_ids`.
+  cut silently. Decoding stops at eos and turns invalid UTF-8 into U+FFFD (not with as_bytes).
+  Other arguments as in `encoder_decoder_ids`.
   """
   if isinstance(texts, (str, bytes)):
     raise ValueError("texts must be a list of strings; wrap a single text as [text]")
@@ -369,4 +371,6 @@ def encoder_decoder_texts(model, tokenizer, texts: Sequence[str | bytes], *,
   ids_BN = encoder_decoder_ids(model, ids_BT, mask_BT, max_new_bytes=max_new_bytes,
                                method=method, temperature=temperature, top_k=top_k, top_p=top_p,
                                num_beams=num_beams, length_penalty=length_penalty, rng=rng)
+  if as_bytes:
+    return [tokenizer.decode_bytes(row) for row in np.asarray(ids_BN)]
   return tokenizer.decode_batch(np.asarray(ids_BN))

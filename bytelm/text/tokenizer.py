@@ -39,13 +39,15 @@ def sentinel_id(i: int) -> int:
   return NUM_BYTE_IDS - 1 - int(i)
 
 
-def _as_bytes(text: str | bytes) -> bytes:
+def as_bytes(text: str | bytes, what: str = "text") -> bytes:
+  """The bytes of a text: str is UTF-8 encoded, bytes (bytearray, memoryview) are taken as
+  they are. Every bytelm call that takes a text takes either (docs/api.md, "str or bytes")."""
   if isinstance(text, str):
     return text.encode("utf-8")  # raises UnicodeEncodeError on lone surrogates
   if isinstance(text, (bytes, bytearray, memoryview)):
     return bytes(text)
-  raise TypeError(f"expected str or bytes, got {type(text).__name__}; "
-                  "decode binary data to str or pass it as bytes")
+  raise TypeError(f"expected str or bytes for the {what}, got {type(text).__name__}; decode "
+                  "binary data to str or pass it as bytes")
 
 
 class ByteTokenizer:
@@ -63,7 +65,7 @@ class ByteTokenizer:
 
   def encode(self, text: str | bytes, add_eos: bool = True) -> np.ndarray:
     """Ids (int32, shape [T]) of `text`; str is UTF-8 encoded, bytes are taken as-is."""
-    ids = np.frombuffer(_as_bytes(text), dtype=np.uint8).astype(np.int32) + OFFSET
+    ids = np.frombuffer(as_bytes(text), dtype=np.uint8).astype(np.int32) + OFFSET
     if add_eos:
       ids = np.append(ids, np.int32(EOS_ID))
     return ids
