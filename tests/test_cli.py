@@ -103,18 +103,35 @@ def _one_line_error(argv, capsys) -> str:
 
 def test_bad_files_are_refused_before_the_model_is_loaded(tmp_path, capsys, monkeypatch):
   monkeypatch.setattr(bytelm, "load", lambda *a, **k: pytest.fail("loaded the model"))
-  good, latin1, empty = tmp_path / "good.txt", tmp_path / "latin1.txt", tmp_path / "empty.txt"
+  good, empty = tmp_path / "good.txt", tmp_path / "empty.txt"
   good.write_text("fine")
-  latin1.write_bytes("café".encode("latin-1"))
   empty.write_bytes(b"")
   model = ["--model", str(MODEL)]
   err = _one_line_error([str(good), str(tmp_path / "missing.txt"), *model], capsys)
   assert "missing.txt: no such file" in err
-  err = _one_line_error([str(latin1), *model], capsys)
-  # é is 0xe9 in both Latin-1 and Windows-1252: cp1252, which also has the curly quotes.
-  assert re.search(r"latin1\.txt: not valid UTF-8 at byte offset 3 .*byte 0xe9.*"
-                   r"iconv -f cp1252 -t utf-8", err)
   assert "empty.txt is empty" in _one_line_error([str(empty), *model], capsys)
+
+
+def test_a_file_that_is_not_utf8_is_scored_as_its_bytes_with_a_note(tmp_path, capsys,
+                                                                    monkeypatch):
+  latin1 = tmp_path / "latin1.txt"
+  latin1.write_bytes("café".encode("latin-1"))
+  scored = []
+
+  class Model:  # what the command hands the model: the file's bytes, as they are
+    encoder_decoder = False
+
+    def score(self, texts, batch_size=8, total=False):
+      scored.append(list(texts))
+      return np.ones(len(texts))
+
+  monkeypatch.setattr(bytelm, "load", lambda path: Model())
+  score_cli.main([str(latin1), "--model", str(MODEL)])
+  assert scored == [[b"caf\xe9"]]
+  err = capsys.readouterr().err
+  # é is 0xe9 in both Latin-1 and Windows-1252: cp1252, which also has the curly quotes.
+  assert re.search(r"note: .*latin1\.txt: not valid UTF-8 at byte offset 3 .*byte 0xe9.*"
+                   r"iconv -f cp1252 -t utf-8.*scored as the bytes it holds", err)
 
 
 def test_a_directory_that_is_not_a_model_is_refused(tmp_path, capsys):

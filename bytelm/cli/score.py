@@ -5,7 +5,7 @@
   # 2.1057  other.txt
   # 2.0511  total
 
-Each file is one text, scored by `bytelm.load(DIR).score` (docs/api.md says what is predicted
+Each file is one text, its bytes as they are, scored by `bytelm.load(DIR).score` (docs/api.md says what is predicted
 for each kind of model); the total is the files' summed bits over their summed predicted bytes.
 DIR is a bytelm workdir or export, or a Hugging Face ByT5 directory. An encoder-decoder's bits
 are those of its span-corruption evaluation, not comparable with a decoder's (a note on stderr
@@ -25,8 +25,10 @@ class _Error(ValueError):
   """Bad input: the message is printed as one line and the exit status is 2 (console)."""
 
 
-def read_texts(paths: list[str]) -> list[str]:
-  """Each file's text; _Error naming the first file that is missing, empty or not UTF-8."""
+def read_texts(paths: list[str]) -> list[bytes]:
+  """Each file's bytes; _Error naming the first file that is missing or empty. A byte model
+  scores any bytes, so a file that is not UTF-8 is scored as it is, with a note on stderr (its
+  bits measure other bytes than the model was trained on)."""
   texts = []
   for name in paths:
     path = pathlib.Path(name)
@@ -36,9 +38,11 @@ def read_texts(paths: list[str]) -> list[str]:
     if not data:
       raise _Error(f"{name} is empty: there is nothing to score")
     try:
-      texts.append(data.decode("utf-8"))
+      data.decode("utf-8")
     except UnicodeDecodeError as e:
-      raise _Error(encoding.not_utf8(data, e, name)) from None
+      print(f"note: {encoding.not_utf8(data, e, name)}; scored as the bytes it holds",
+            file=sys.stderr)
+    texts.append(data)
   return texts
 
 
@@ -60,7 +64,7 @@ def load_model(directory: str) -> bytelm.LanguageModel:
 def _parse(argv):
   parser = argparse.ArgumentParser(
       prog="bytelm-score", description="Bits per byte of text files under a trained bytelm model.")
-  parser.add_argument("files", nargs="+", metavar="FILE", help="UTF-8 text files, each one text")
+  parser.add_argument("files", nargs="+", metavar="FILE", help="files, each one text (its bytes, UTF-8 or not)")
   parser.add_argument("--model", required=True, metavar="DIR",
                       help="a bytelm workdir or export, or a Hugging Face ByT5 directory")
   parser.add_argument("--batch-size", type=int, default=8, help="rows scored together")
