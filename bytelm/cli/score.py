@@ -64,7 +64,8 @@ def load_model(directory: str) -> bytelm.LanguageModel:
 def _parse(argv):
   parser = argparse.ArgumentParser(
       prog="bytelm-score", description="Bits per byte of text files under a trained bytelm model.")
-  parser.add_argument("files", nargs="+", metavar="FILE", help="files, each one text (its bytes, UTF-8 or not)")
+  parser.add_argument("files", nargs="+", metavar="FILE",
+                      help="files, each one text (its bytes, UTF-8 or not)")
   parser.add_argument("--model", required=True, metavar="DIR",
                       help="a bytelm workdir or export, or a Hugging Face ByT5 directory")
   parser.add_argument("--batch-size", type=int, default=8, help="rows scored together")
