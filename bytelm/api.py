@@ -407,11 +407,12 @@ def _padded(ids, multiple: int = 64) -> np.ndarray:
 
 
 def _disk_bytes(path: pathlib.Path, source: str) -> int:
-  """The model's files: an export's or a Hugging Face directory's weights and config, or a
-  workdir's newest checkpoint (which also holds the optimizer state)."""
+  """The model's files: an export's or a Hugging Face directory's weights and config (and the
+  tokenizer or entropy model an export carries), or a workdir's newest checkpoint (which also
+  holds the optimizer state)."""
   if source != "workdir":
     return sum(p.stat().st_size for p in path.iterdir()
-               if p.is_file() and p.suffix in (".safetensors", ".json"))
+               if p.is_file() and p.suffix in (".safetensors", ".json", ".npz"))
   steps = [p for p in (path / "checkpoints").iterdir() if p.name.isdigit()]
   newest = max(steps, key=lambda p: int(p.name))
   return sum(p.stat().st_size for p in newest.rglob("*") if p.is_file())

@@ -2,8 +2,10 @@
 
   bytelm-export WORKDIR OUT_DIR [--dtype bfloat16] [--note "how it was trained"]
 
-Writes OUT_DIR/config.json (the run's config, the note and the commit) and
-OUT_DIR/model.safetensors (the model alone); `bytelm.load(OUT_DIR)` reads it back.
+Writes OUT_DIR/config.json (the run's config, the note and the commit), OUT_DIR/model.safetensors
+(the model alone) and the files the run fitted to its data that the model reads text with (a BPE
+model's tokenizer.json, a BLT model's entropy_model.npz); `bytelm.load(OUT_DIR)` reads it back,
+wherever OUT_DIR is moved. WORKDIR may also be an export (to store it in another dtype).
 """
 
 import argparse
@@ -31,11 +33,11 @@ def _commit() -> str:
 def _parse(argv):
   parser = argparse.ArgumentParser(
       prog="bytelm-export", description="Export a trained bytelm model for shipping.")
-  parser.add_argument("workdir", help="a bytelm workdir (bytelm-train --workdir)")
+  parser.add_argument("workdir", help="a bytelm workdir (bytelm-train --workdir) or export")
   parser.add_argument("out_dir", help="where the export goes: a new or empty directory")
   parser.add_argument("--overwrite", action="store_true",
-                      help="replace the config.json and model.safetensors of an earlier "
-                           "export in out_dir (its other files stay)")
+                      help="replace the files of an earlier export in out_dir (config.json, "
+                           "model.safetensors, a tokenizer or entropy model; others stay)")
   parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
                       help="what floating-point parameters are stored as")
   parser.add_argument("--note", default="", help="kept in config.json, e.g. how it was trained")
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
   config = json.loads((pathlib.Path(args.workdir) / export.CONFIG).read_text(encoding="utf-8"))
   out = export.export(model, config, args.out_dir, args.dtype,
                       extra={"note": args.note, "exported_with_commit": _commit()},
-                      overwrite=args.overwrite)
+                      overwrite=args.overwrite, source=args.workdir)
   size = (out / export.WEIGHTS).stat().st_size
   print(f"exported {args.workdir} to {out}: {size / 2**20:.1f} MiB of weights ({args.dtype})")
 

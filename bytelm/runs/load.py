@@ -27,8 +27,11 @@ def load(path, **runtime) -> nnx.Module:
   """
   path = pathlib.Path(path).expanduser()
   saved = workdir_lib.read_config(path)
+  exported = export_lib.is_export(path)
+  if exported:  # before building the model: a missing file fails at once
+    export_lib.check_complete(path, saved)
   model = _model(saved, path, runtime)
-  if export_lib.is_export(path):
+  if exported:
     quantized = saved.get("export", {}).get("quantized")
     if quantized:  # the same integer structure, then its arrays
       model = quant_convert.quantize(model, **quantized)
