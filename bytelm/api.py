@@ -75,6 +75,11 @@ def load(path, **runtime) -> "LanguageModel":
     raise ValueError(f"{path} holds a tagger (a labeller of bytes, e.g. the diacritics "
                      "restorer), not a language model: load it with "
                      "bytelm.demos.correct.Corrector.load(path)")
+  if not isinstance(saved.get("data"), dict):
+    raise ValueError(f"{path}: its config.json has no \"data\" (the run's input length, "
+                     "objective, segments or tokenizer), which scoring and generation follow; "
+                     "export with the run's whole config.json, or read the module alone with "
+                     "bytelm.runs.load.load")
   return LanguageModel(module, family, saved["data"], path,
                        source="export" if export_lib.is_export(path) else "workdir",
                        quantized=saved.get("export", {}).get("quantized"))

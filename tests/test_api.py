@@ -274,6 +274,23 @@ def test_load_errors(tmp_path, loaded):
     loaded["bytes_decoder"].next_byte_logprobs(42)
 
 
+def test_a_config_json_that_is_not_a_runs_is_named_with_what_it_lacks(exported, tmp_path):
+  """Not a bare KeyError: the directory, its config.json and the missing part."""
+  (tmp_path / "no_model").mkdir()
+  (tmp_path / "no_model" / "config.json").write_text('{"model_family": "decoder", "data": {}}')
+  with pytest.raises(ValueError, match=r"no_model: its config.json is not a bytelm run's "
+                                       r"config: it has no \"model\""):
+    bytelm.load(tmp_path / "no_model")
+  # A model without the run's data settings: the module loads, a LanguageModel cannot score.
+  workdir = exported["bytes_decoder"][0]
+  config = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
+  del config["data"]
+  export.export(bytelm.load(workdir).module, config, tmp_path / "no_data")
+  with pytest.raises(ValueError, match=r"no_data: its config.json has no \"data\".*"
+                                       r"bytelm.runs.load.load"):
+    bytelm.load(tmp_path / "no_data")
+
+
 def test_quantized_model_reports_its_mode(exported, tmp_path):
   from bytelm.quant import quantize
   from bytelm.nn.quant_dense import QuantDense

@@ -44,7 +44,15 @@ def load(path, **runtime) -> nnx.Module:
 
 def _model(saved: dict, path: pathlib.Path, runtime: dict) -> nnx.Module:
   """A fresh model of the saved config with the runtime overrides, naming what does not fit."""
-  family = models.family(saved.get("model_family", "t5"))
+  if not isinstance(saved.get("model"), dict):
+    raise ValueError(f"{path}: its {workdir_lib.CONFIG} is not a bytelm run's config: it has "
+                     "no \"model\" (the model's fields, which a run's config.json holds beside "
+                     "model_family and data). Give a bytelm workdir or export, or a Hugging "
+                     "Face ByT5 directory")
+  try:
+    family = models.family(saved.get("model_family", "t5"))
+  except ValueError as e:
+    raise ValueError(f"{path / workdir_lib.CONFIG}: {e}") from None
   known = {f.name for f in dataclasses.fields(family.config_cls)}
   unknown = sorted(set(saved["model"]) - known)
   if unknown:
