@@ -291,6 +291,17 @@ def test_a_config_json_that_is_not_a_runs_is_named_with_what_it_lacks(exported, 
     bytelm.load(tmp_path / "no_data")
 
 
+def test_a_mistyped_keyword_is_named_as_no_field_not_blamed_on_the_checkpoint(exported):
+  path = exported["bytes_decoder"][0]
+  with pytest.raises(TypeError, match=r"unknown keyword dtyp: a DecoderConfig has no such field "
+                                      r"\(did you mean dtype\?\); the fields load can override: "
+                                      r"dropout_rate, dtype, remat"):
+    bytelm.load(path, dtyp="bfloat16")
+  # A real field the checkpoint depends on keeps its own reason.
+  with pytest.raises(ValueError, match="d_model cannot be overridden at load"):
+    bytelm.load(path, d_model=8)
+
+
 def test_quantized_model_reports_its_mode(exported, tmp_path):
   from bytelm.quant import quantize
   from bytelm.nn.quant_dense import QuantDense
