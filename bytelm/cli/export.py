@@ -25,7 +25,7 @@ def _commit() -> str:
                          text=True, cwd=checkout, check=True)
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
-  top, commit = out.stdout.split()
+  top, commit = out.stdout.splitlines()
   # An installed bytelm inside some other repository (a venv in a project) is not that commit.
   return commit if pathlib.Path(top).resolve() == checkout else "unknown"
 
