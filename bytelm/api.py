@@ -82,6 +82,11 @@ def load(path, **runtime) -> "LanguageModel":
     raise ValueError(f"{path} holds a tagger (a labeller of bytes, e.g. the diacritics "
                      "restorer), not a language model: load it with "
                      "bytelm.demos.correct.Corrector.load(path)")
+  if not isinstance(saved.get("data"), dict):
+    raise ValueError(f"{path}: its config.json has no \"data\" (the run's input length, "
+                     "objective, segments or tokenizer), which scoring and generation follow; "
+                     "export with the run's whole config.json, or read the module alone with "
+                     "bytelm.runs.load.load")
   return LanguageModel(module, family, saved["data"], path,
                        source="export" if export_lib.is_export(path) else "workdir",
                        quantized=saved.get("export", {}).get("quantized"))
@@ -430,11 +435,12 @@ def _padded(ids, multiple: int = 64) -> np.ndarray:
 
 
 def _disk_bytes(path: pathlib.Path, source: str) -> int:
-  """The model's files: an export's or a Hugging Face directory's weights and config, or a
-  workdir's newest checkpoint (which also holds the optimizer state)."""
+  """The model's files: an export's or a Hugging Face directory's weights and config (and the
+  tokenizer or entropy model an export carries), or a workdir's newest checkpoint (which also
+  holds the optimizer state)."""
   if source != "workdir":
     return sum(p.stat().st_size for p in path.iterdir()
-               if p.is_file() and p.suffix in (".safetensors", ".json"))
+               if p.is_file() and p.suffix in (".safetensors", ".json", ".npz"))
   steps = [p for p in (path / "checkpoints").iterdir() if p.name.isdigit()]
   newest = max(steps, key=lambda p: int(p.name))
   return sum(p.stat().st_size for p in newest.rglob("*") if p.is_file())

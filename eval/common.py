@@ -97,15 +97,17 @@ def save_figure(fig, path, rect=(0, 0, 1, 1)) -> pathlib.Path:
   return path
 
 
-def export_bytes(module, run_config: dict) -> int:
+def export_bytes(module, run_config: dict, source=None) -> int:
   """Bytes on disk of a float32 export of module (a quantized layer stays integers), made in a
-  temporary directory: a model's size as a user would ship it."""
+  temporary directory: a model's size as a user would ship it, with the tokenizer or entropy
+  model its run fitted (source: the run's workdir, where a run fitted one)."""
   import tempfile
 
   from bytelm.runs import export
 
   with tempfile.TemporaryDirectory() as tmp:
-    out = export.export(module, run_config, pathlib.Path(tmp) / "m", dtype="float32")
+    out = export.export(module, run_config, pathlib.Path(tmp) / "m", dtype="float32",
+                        source=source)
     return sum(p.stat().st_size for p in out.iterdir())
 
 

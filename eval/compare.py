@@ -96,8 +96,9 @@ def train_all(names, variant, root, minutes, timing_steps, fixed_steps=0) -> dic
 
 
 def disk_bytes(lm) -> int:
-  """Bytes of a float32 export of the model (integers stay integers)."""
-  return common.export_bytes(lm.module, run_dir.read_config(lm.path))
+  """Bytes of a float32 export of the model (integers stay integers), with the tokenizer or
+  entropy model it reads text with."""
+  return common.export_bytes(lm.module, run_dir.read_config(lm.path), lm.path)
 
 
 def positions(run: dict) -> float:

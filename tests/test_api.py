@@ -23,9 +23,12 @@ import bytelm
 from bytelm import generation, models
 from bytelm.byteprobs import adapters
 from bytelm.data import bpe, pipeline
+from bytelm.nn.quant_dense import MODES
+from bytelm.quant import quantize
 from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer
 from bytelm.nn.compiled import jit_call
 from bytelm.runs import checkpoint, export
+from bytelm.runs import data as data_lib
 from bytelm.training import budget, config_file, evaluation, optimizer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -319,6 +322,34 @@ def test_load_errors(tmp_path, loaded):
     loaded["bytes_decoder"].next_byte_logprobs(42)
 
 
+def test_a_config_json_that_is_not_a_runs_is_named_with_what_it_lacks(exported, tmp_path):
+  """Not a bare KeyError: the directory, its config.json and the missing part."""
+  (tmp_path / "no_model").mkdir()
+  (tmp_path / "no_model" / "config.json").write_text('{"model_family": "decoder", "data": {}}')
+  with pytest.raises(ValueError, match=r"no_model: its config.json is not a bytelm run's "
+                                       r"config: it has no \"model\""):
+    bytelm.load(tmp_path / "no_model")
+  # A model without the run's data settings: the module loads, a LanguageModel cannot score.
+  workdir = exported["bytes_decoder"][0]
+  config = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
+  del config["data"]
+  export.export(bytelm.load(workdir).module, config, tmp_path / "no_data")
+  with pytest.raises(ValueError, match=r"no_data: its config.json has no \"data\".*"
+                                       r"bytelm.runs.load.load"):
+    bytelm.load(tmp_path / "no_data")
+
+
+def test_a_mistyped_keyword_is_named_as_no_field_not_blamed_on_the_checkpoint(exported):
+  path = exported["bytes_decoder"][0]
+  with pytest.raises(TypeError, match=r"unknown keyword dtyp: a DecoderConfig has no such field "
+                                      r"\(did you mean dtype\?\); the fields load can override: "
+                                      r"dropout_rate, dtype, remat"):
+    bytelm.load(path, dtyp="bfloat16")
+  # A real field the checkpoint depends on keeps its own reason.
+  with pytest.raises(ValueError, match="d_model cannot be overridden at load"):
+    bytelm.load(path, d_model=8)
+
+
 def test_quantized_model_reports_its_mode(exported, tmp_path):
   from bytelm.quant import quantize
   from bytelm.nn.quant_dense import QuantDense
@@ -367,3 +398,59 @@ def test_continuation_bits(name, exported, loaded):
     whole = lm.score([prompt + "mat"], total=True) * len(prompt + "mat")
     want = whole - lm.score([prompt], total=True) * len(prompt)
   np.testing.assert_allclose(got[0], want, rtol=1e-5)
+
+
+# Every recipe exported as it was trained (float32 storage, so scores are equal to float
+# precision), and as the export command stores it by default (bfloat16) once; quantized, each
+# mode on two families, the recipes that carry a fitted file (bpe_decoder, blt) among them.
+# A quantized export is restored by one code path whatever the family (quantize the fresh
+# model, then read the arrays), and each family (blt's is hat's) is quantized once. Every
+# recipe in every mode would be 28 cases and about 90 s on 2 cores, nearly all of it compiling
+# quantized evaluations.
+EXPORTS = [(name, None, "float32") for name in RECIPES] + [
+    ("bpe_decoder", None, "bfloat16"),
+    ("byt5", "int8_weight", "float32"), ("mrt5", "int8_weight", "float32"),
+    ("bytes_decoder", "int8", "float32"), ("bpe_decoder", "int8", "float32"),
+    ("blt", "ternary", "float32"), ("hnet", "ternary", "float32")]
+
+
+@pytest.mark.parametrize("name,mode,dtype", EXPORTS)
+def test_every_export_loads_back_to_the_scores_of_the_model_it_was_made_from(
+    name, mode, dtype, exported, loaded, tmp_path):
+  """An export, moved away from its run, scores as the model in memory it was made from (float
+  and quantized; to float precision where parameters are stored as float32). It carries what the model
+  reads text with (a BPE tokenizer, a BLT entropy model); an entropy model the config names by
+  path is copied in, so the export still loads once that file is gone."""
+  workdir = exported[name][0]
+  config = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
+  segments = config["data"].get("segments") or {}
+  named = None
+  if segments.get("entropy_model"):  # the fixture names the one it fitted into the workdir
+    if mode is None:  # as the trainer writes it: "", the one in the workdir
+      segments["entropy_model"] = ""
+    else:  # a file of the user's elsewhere, gone by the time the export is loaded
+      named = tmp_path / "my_entropy_model.npz"
+      named.write_bytes(pathlib.Path(segments["entropy_model"]).read_bytes())
+      segments["entropy_model"] = str(named)
+  fitted = data_lib.fitted_files(config, workdir)
+  module = loaded[name].module
+  if mode is not None:
+    module = quantize(nnx.clone(module), mode)
+  text = ["Byte models read raw UTF-8: café, 東京 🙂."]  # one row: the shape other tests compiled
+  want = dataclasses.replace(loaded[name], module=module).score(text)
+  made = export.export(module, config, tmp_path / "made", dtype=dtype, source=workdir)
+  assert sorted(p.name for p in made.iterdir()) == sorted([export.CONFIG, export.WEIGHTS, *fitted])
+  moved = made.rename(tmp_path / "shipped")
+  if named is not None:
+    named.unlink()
+  lm = bytelm.load(moved)
+  info = lm.info()
+  assert info["source"] == "export" and info["quantization"] == mode
+  assert info["bytes_on_disk"] == sum(p.stat().st_size for p in moved.iterdir())
+  # bfloat16 keeps 8 bits of each weight: a score within a percent (an untrained model's).
+  np.testing.assert_allclose(lm.score(text), want, rtol=1e-6 if dtype == "float32" else 1e-2)
+  if name == "blt" and mode is None:  # the deprecated reader of a directory finds it too
+    with pytest.warns(DeprecationWarning):
+      old = adapters.byte_model_from_workdir(moved)
+    data = text[0].encode("utf-8") * 3
+    assert old.segmenter(data) == lm._segmenter()(data) != [0]

@@ -162,7 +162,8 @@ def test_every_console_script_names_a_main():
   scripts = dict(re.findall(r'^([\w-]+) = "([\w.:]+)"', section, re.M))
   assert scripts == {"bytelm-train": "bytelm.cli.train:main",
                      "bytelm-correct": "bytelm.cli.correct:main",
-                     "bytelm-score": "bytelm.cli.score:main"}
+                     "bytelm-score": "bytelm.cli.score:main",
+                     "bytelm-export": "bytelm.cli.export:main"}
   for target in scripts.values():
     module, function = target.split(":")
     assert callable(getattr(__import__(module, fromlist=[function]), function))

@@ -1,12 +1,16 @@
-"""bytelm.runs.export and export.py: an export never deletes what is at its destination.
+"""bytelm.runs.export and export.py: an export never deletes what is at its destination, and
+carries what its model reads text with.
 
 A new or empty directory receives the export; a non-empty one is refused unless overwrite is
-asked for, and then only the export's two files are replaced; a training run's workdir, or a
-directory holding one, is refused even then. The model is the byte decoder's tiny config,
-untrained: what is tested is where files go, not what they hold.
+asked for, and then only the export's files are replaced; a training run's workdir, or a
+directory holding one, is refused even then. A run's fitted files (a BPE tokenizer, an entropy
+model) come from its workdir, or nothing is written. The model is the byte decoder's tiny
+config, untrained: what is tested is where files go, not what they hold (tests/test_api.py
+loads every recipe's export back and scores it).
 """
 
 import dataclasses
+import json
 import pathlib
 import subprocess
 import sys
@@ -16,6 +20,8 @@ import pytest
 from flax import nnx
 
 from bytelm import models
+from bytelm.data import bpe
+from bytelm.runs import data as data_lib
 from bytelm.runs import export
 from bytelm.runs.load import load as load_run
 from bytelm.training import config_file
@@ -90,6 +96,56 @@ def test_a_file_is_refused(model_and_config, tmp_path):
   with pytest.raises(FileExistsError, match="is a file"):
     export.export(model, saved, tmp_path / "model", overwrite=True)
   assert (tmp_path / "model").read_text() == "not a directory"
+
+
+def test_an_export_carries_its_runs_fitted_files_or_writes_nothing(model_and_config, tmp_path):
+  """Files, not models: any bytes stand in for the tokenizer, the test reads them back."""
+  model, saved = model_and_config
+  bpe_run = dict(saved, data=dict(saved["data"], tokenizer={"vocab_size": 512}))
+  run = tmp_path / "run"
+  run.mkdir()
+  with pytest.raises(ValueError, match=r"tokenizer.json.*source="):
+    export.export(model, bpe_run, tmp_path / "out")
+  with pytest.raises(FileNotFoundError, match=rf"{run / bpe.FILENAME} is missing.*nothing was "
+                                              "written"):
+    export.export(model, bpe_run, tmp_path / "out", source=run)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no export, no temporary
+
+  (run / bpe.FILENAME).write_text("the run's tokenizer")
+  out = export.export(model, bpe_run, tmp_path / "out", dtype="float32", source=run)
+  assert (out / bpe.FILENAME).read_text() == "the run's tokenizer"
+  (out / "notes.txt").write_text("a user's file")
+  (run / bpe.FILENAME).write_text("retrained")
+  export.export(model, bpe_run, out, dtype="float32", source=run, overwrite=True)
+  assert (out / bpe.FILENAME).read_text() == "retrained"  # replaced with the other export files
+  assert (out / "notes.txt").read_text() == "a user's file"
+
+  # An entropy model the config names by path goes in under the standard name, the saved
+  # config pointing at it ("": the one beside it), so the export does not need the original.
+  mine = tmp_path / "mine.npz"
+  mine.write_bytes(b"the user's entropy model")
+  blt_run = dict(saved, data=dict(saved["data"], segments={"kind": "entropy",
+                                                           "entropy_model": str(mine)}))
+  out = export.export(model, blt_run, tmp_path / "blt", source=run)
+  assert (out / data_lib.ENTROPY_MODEL).read_bytes() == b"the user's entropy model"
+  written = json.loads((out / export.CONFIG).read_text(encoding="utf-8"))
+  assert written["data"]["segments"]["entropy_model"] == ""
+  assert written["export"]["entropy_model_from"] == str(mine)
+  assert blt_run["data"]["segments"]["entropy_model"] == str(mine)  # the caller's dict as it was
+  assert data_lib.fitted_files(written, out) == {data_lib.ENTROPY_MODEL:
+                                                 out / data_lib.ENTROPY_MODEL}
+
+
+def test_an_export_without_its_fitted_file_says_to_export_again(model_and_config, tmp_path):
+  model, saved = model_and_config
+  (tmp_path / "run").mkdir()
+  (tmp_path / "run" / bpe.FILENAME).write_text("{}")
+  bpe_run = dict(saved, data=dict(saved["data"], tokenizer={"vocab_size": 512}))
+  out = export.export(model, bpe_run, tmp_path / "out", source=tmp_path / "run")
+  (out / bpe.FILENAME).unlink()  # an export made before exports carried it, or a lost file
+  with pytest.raises(FileNotFoundError, match=r"out is an incomplete export: it lacks "
+                                              r"tokenizer.json.*Export it again.*bytelm-export"):
+    load_run(out)
 
 
 def test_the_command_refuses_before_reading_the_workdir(tmp_path):

@@ -166,6 +166,14 @@ def test_post_training_int8_replaces_the_block_matmuls_and_keeps_the_logits(mode
     quantize(_decoder(), "int4")
 
 
+def test_quantizing_a_quantized_model_names_the_mode_it_has():
+  model = quantize(_decoder(), "int8_weight")
+  with pytest.raises(ValueError, match=r"DecoderLM is already quantized \(int8_weight\); to "
+                                       r"quantize it as ternary, start from the float model"):
+    quantize(model, "ternary")
+  assert quantization_of(model)["mode"] == "int8_weight"  # left as it was
+
+
 def test_a_ternary_model_trains_through_the_straight_through_estimator_and_packs_exactly():
   model = _decoder(quant="ternary")
   assert model.blocks[0].mlp.sub_norm is not None and model.blocks[0].attn.sub_norm is not None

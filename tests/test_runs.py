@@ -4,6 +4,7 @@ is loaded without an optimizer; every config can say resume=false."""
 
 import dataclasses
 import pathlib
+import re
 
 import pytest
 
@@ -22,6 +23,17 @@ def resolved(name: str, arg: str | None = None) -> dict:
   saved = c.to_dict()
   saved["model"] = dataclasses.asdict(family.config_cls(**c.model.to_dict()))
   return saved
+
+
+def test_a_path_that_does_not_exist_is_named_as_such(tmp_path, monkeypatch):
+  with pytest.raises(FileNotFoundError, match=r"nowhere does not exist; give the path of a "
+                                              r"bytelm workdir or export"):
+    workdir_lib.read_config(tmp_path / "nowhere")
+  monkeypatch.chdir(tmp_path)  # a relative path: from where it was looked for
+  with pytest.raises(FileNotFoundError, match=rf"^nowhere does not exist \(from {re.escape(str(tmp_path))}\)"):
+    workdir_lib.read_config("nowhere")
+  with pytest.raises(FileNotFoundError, match="is not a bytelm workdir: it has no config.json"):
+    workdir_lib.read_config(tmp_path)  # there, but no run in it
 
 
 def test_the_default_workdir_names_the_variant_and_the_overrides():

@@ -43,6 +43,7 @@ from bytelm.data import bpe
 from bytelm import generation
 from bytelm.text import segment
 from bytelm.nn.compiled import Compiled
+from bytelm.runs import data as data_lib
 from bytelm.runs.load import load as load_module
 from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer, as_bytes
 
@@ -99,14 +100,14 @@ def decoder_token_lm(model, vocab_size: int | None = None):
 def from_workdir(workdir) -> ByteLM:
   """Deprecated (removed in the next release): `bytelm.load(workdir).byte_lm()`. A bytelm BPE
   decoder (python train.py --config configs/bpe_decoder.py) read as bytes: its model and the
-  tokenizer.json in its workdir."""
+  tokenizer.json in its workdir (or export)."""
   warnings.warn("bytelm.byteprobs.adapters.from_workdir(workdir) is deprecated and will be "
                 "removed in the next release: use bytelm.load(workdir).byte_lm()",
                 DeprecationWarning, stacklevel=2)
   path = pathlib.Path(workdir) / bpe.FILENAME
   if not path.exists():
-    raise FileNotFoundError(f"{path} not found: from_workdir needs the workdir of a BPE "
-                            f"recipe (configs/bpe_decoder.py), which keeps its tokenizer there")
+    raise FileNotFoundError(f"{path} not found: from_workdir needs the workdir (or export) of a "
+                            f"BPE recipe (configs/bpe_decoder.py), which keeps its tokenizer there")
   return from_model(load_module(workdir), path)
 
 
@@ -232,6 +233,9 @@ def byte_model_from_workdir(workdir) -> _ByteModel:
     return ByteDecoderLM(model)
   if config["model_family"] == "hierarchical":
     segments = config["data"].get("segments")
+    fitted = data_lib.fitted_files(config, workdir)
+    if data_lib.ENTROPY_MODEL in fitted:  # "" in config.json: the one fitted beside it
+      segments = {**segments, "entropy_model": str(fitted[data_lib.ENTROPY_MODEL])}
     return HierarchicalLM(model, segment.Segmenter.from_settings(segments)
                           if model.config.segmenter != "learned" else None)
   raise ValueError(f"{workdir} holds a {config['model_family']!r} model over "

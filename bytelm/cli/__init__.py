@@ -1,2 +1,3 @@
 """The console scripts, one module per command (pyproject.toml's [project.scripts]):
-bytelm-train (train.py), bytelm-correct (bytelm.demos.correct) and bytelm-score."""
+bytelm-train (train.py), bytelm-correct (bytelm.demos.correct), bytelm-score and bytelm-export
+(export.py)."""

@@ -35,6 +35,11 @@ def quantize(model: nnx.Module, mode: str, *, head: bool = False, threshold: flo
     outliers = "calibrated"
   if mode not in MODES:
     raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+  done = quantization_of(model)
+  if done:  # its Dense layers are QuantDense already: nothing left to convert
+    raise ValueError(f"{type(model).__name__} is already quantized ({done['mode']}); to "
+                     f"quantize it as {mode}, start from the float model (load its workdir or "
+                     "float export again)")
   targets = []
   for path, node in nnx.iter_graph(model):
     if not path or not isinstance(node, Dense):

@@ -5,13 +5,15 @@ batches through `sources`, so that they see the same batches: the objective and 
 (span corruption's noise, correction's task, typo rate and keyboard), the segments of a
 hierarchical model, and the BPE tokenizer of a subword model. What a run fits to its training
 text is made once, in its workdir, and reused by a resumed run, evaluation and generation:
-an entropy segmenter's n-gram model (entropy_model.npz) and a BPE tokenizer (tokenizer.json).
+an entropy segmenter's n-gram model (entropy_model.npz) and a BPE tokenizer (tokenizer.json);
+`fitted_files` lists them, and an export carries them.
 """
 
 from __future__ import annotations
 
 import logging
 import pathlib
+from collections.abc import Mapping
 
 from bytelm.data import bpe, pipeline
 from bytelm.data import sources as sources_lib
@@ -105,10 +107,34 @@ def tokenizer(config, workdir, write: bool = True):
   return tok
 
 
-def _in(workdir, name: str) -> pathlib.Path:
+def fitted_files(config: Mapping, workdir) -> dict[str, pathlib.Path]:
+  """{name: path} of each file a run fitted to its data and its model reads text with (the
+  entropy segmenter's n-gram model, the BPE tokenizer), under the name a workdir or export
+  keeps it by; empty for a run that fitted nothing. config: a run's config.json (a dict) or
+  ConfigDict. A config that names its own entropy model (data.segments.entropy_model) gives
+  that path, as the trainer reads it; the others are in `workdir` (None: where they would be is
+  unknown, a ValueError). Paths are not checked to exist."""
+  data = config.get("data") or {}
+  segments = data.get("segments") or {}
+  found = {}
+  if segments.get("kind") == "entropy":
+    named = segments.get("entropy_model")
+    found[ENTROPY_MODEL] = (pathlib.Path(named).expanduser() if named
+                            else _at(workdir, ENTROPY_MODEL))
+  if data.get("tokenizer"):
+    found[bpe.FILENAME] = _at(workdir, bpe.FILENAME)
+  return found
+
+
+def _at(workdir, name: str) -> pathlib.Path:
   if workdir is None:
     raise ValueError(f"this config fits its {name} to the training text: give the run's "
                      "workdir, where it is kept")
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  return workdir / name
+  return pathlib.Path(workdir) / name
+
+
+def _in(workdir, name: str) -> pathlib.Path:
+  """workdir/name, the workdir made if it is not there yet (the file is about to be)."""
+  path = _at(workdir, name)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  return path

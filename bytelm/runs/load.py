@@ -8,6 +8,7 @@ optimizer is built (building one would also need the run's schedule and optimize
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import pathlib
 
 from flax import nnx
@@ -27,8 +28,11 @@ def load(path, **runtime) -> nnx.Module:
   """
   path = pathlib.Path(path).expanduser()
   saved = workdir_lib.read_config(path)
+  exported = export_lib.is_export(path)
+  if exported:  # before building the model: a missing file fails at once
+    export_lib.check_complete(path, saved)
   model = _model(saved, path, runtime)
-  if export_lib.is_export(path):
+  if exported:
     quantized = saved.get("export", {}).get("quantized")
     if quantized:  # the same integer structure, then its arrays
       model = quant_convert.quantize(model, **quantized)
@@ -41,18 +45,33 @@ def load(path, **runtime) -> nnx.Module:
 
 def _model(saved: dict, path: pathlib.Path, runtime: dict) -> nnx.Module:
   """A fresh model of the saved config with the runtime overrides, naming what does not fit."""
-  family = models.family(saved.get("model_family", "t5"))
-  known = {f.name for f in dataclasses.fields(family.config_cls)}
-  unknown = sorted(set(saved["model"]) - known)
+  if not isinstance(saved.get("model"), dict):
+    raise ValueError(f"{path}: its {workdir_lib.CONFIG} is not a bytelm run's config: it has "
+                     "no \"model\" (the model's fields, which a run's config.json holds beside "
+                     "model_family and data). Give a bytelm workdir or export, or a Hugging "
+                     "Face ByT5 directory")
+  try:
+    family = models.family(saved.get("model_family", "t5"))
+  except ValueError as e:
+    raise ValueError(f"{path / workdir_lib.CONFIG}: {e}") from None
+  fields = [f.name for f in dataclasses.fields(family.config_cls)]
+  unknown = sorted(set(saved["model"]) - set(fields))
   if unknown:
     raise ValueError(f"{path / workdir_lib.CONFIG} names model fields this version of bytelm "
                      f"does not have: {', '.join(unknown)}. The run was made by another version; "
                      "load it with that version (nothing was changed).")
-  fixed = sorted(set(runtime) - set(family.config_cls.RUNTIME_FIELDS))
+  runtime_fields = family.config_cls.RUNTIME_FIELDS
+  no_field = sorted(set(runtime) - set(fields))
+  if no_field:
+    guesses = sorted({g for n in no_field for g in difflib.get_close_matches(n, runtime_fields)})
+    hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+    raise TypeError(f"load({path}): unknown keyword {', '.join(no_field)}: a "
+                    f"{family.config_cls.__name__} has no such field{hint}; the fields load "
+                    f"can override: {', '.join(runtime_fields)}")
+  fixed = sorted(set(runtime) - set(runtime_fields))
   if fixed:
     raise ValueError(f"load({path}): {', '.join(fixed)} cannot be overridden at load (the "
-                     f"checkpoint depends on them); runtime fields: "
-                     f"{', '.join(family.config_cls.RUNTIME_FIELDS)}")
+                     f"checkpoint depends on them); runtime fields: {', '.join(runtime_fields)}")
   return family.model_cls(family.config_cls(**{**saved["model"], **runtime}), rngs=nnx.Rngs(0))
 
 

@@ -91,6 +91,10 @@ def read_config(directory) -> dict:
   """The config.json of a workdir or export (or of a Hugging Face model directory)."""
   directory = pathlib.Path(directory).expanduser()
   config_path = directory / CONFIG
+  if not directory.exists():
+    where = "" if directory.is_absolute() else f" (from {pathlib.Path.cwd()})"
+    raise FileNotFoundError(f"{directory} does not exist{where}; give the path of a bytelm "
+                            "workdir or export, or of a Hugging Face ByT5 directory")
   if not config_path.is_file():
     raise FileNotFoundError(f"{directory} is not a bytelm workdir: it has no {CONFIG} "
                             "(train into it with `python train.py --config ... --workdir DIR`, "

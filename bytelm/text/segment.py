@@ -299,8 +299,9 @@ class EntropyModel:
       with np.load(path, allow_pickle=False) as f:
         return cls(f["entropy_C"], int(f["order"]), float(f["threshold"]), float(f["relative"]))
     except (OSError, KeyError, ValueError) as e:
-      raise ValueError(f"{path} is not a readable entropy model ({e}); delete it and the "
-                       "trainer fits a new one from the training text") from e
+      raise ValueError(f"{path} is not a readable entropy model ({e}). In a run's workdir, "
+                       "delete it and the trainer fits a new one from the training text; in an "
+                       "export, export the run again") from e
 
 
 @dataclasses.dataclass(frozen=True)
