@@ -89,6 +89,12 @@ CASES = {
     "README's config path from elsewhere": Case(
         [TRAIN, "--config", "configs/bytes_decoder.py:tiny", "--config.mesh.fsdp=4"],
         ("mesh {'data': -1, 'fsdp': 4}",)),
+    "export into a directory that holds files": Case(
+        [str(ROOT / "export.py"), "nowhere", "other_run"],
+        ("other_run is not empty (config.json", "--overwrite")),
+    "export of a workdir that does not exist": Case(
+        [str(ROOT / "export.py"), "nowhere", "out"],
+        ("nowhere does not exist",)),
     "a task the corrector cannot do": Case(
         ["-m", "bytelm.cli.correct", "--task", "typos", "teh"],
         ("bytelm-correct: error:", "trained for 'diacritics'", "configs/diacritics.py:both")),
@@ -124,7 +130,7 @@ def test_a_users_error_is_one_line_naming_the_fix(name, results):
   if case.status == 2:  # one line (after any warnings)
     lines = [line for line in err.splitlines() if not line.startswith("warning: ")]
     assert len(lines) == 1, err
-    assert re.match(r"(train\.py|bytelm-correct): error: ", lines[0]), err
+    assert re.match(r"(train\.py|bytelm-correct|bytelm-export): error: ", lines[0]), err
   for expected in case.expect:
     assert expected in err, err
   assert not ABSL_PREFIX.search(out + err), out + err  # plain lines, no absl prefixes

@@ -13,6 +13,7 @@ import json
 import pathlib
 import subprocess
 
+from bytelm import console
 from bytelm.runs import export
 from bytelm.runs.load import load
 
@@ -41,15 +42,18 @@ def _parse(argv):
   parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"),
                       help="what floating-point parameters are stored as")
   parser.add_argument("--note", default="", help="kept in config.json, e.g. how it was trained")
-  return parser, parser.parse_args(argv)
+  parser.add_argument("--debug", action="store_true", help=console.DEBUG_HELP)
+  return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser, args = _parse(argv)
-  try:  # before loading the model: a refused destination is known at once
-    export.check_destination(args.out_dir, args.overwrite)
-  except FileExistsError as e:
-    parser.exit(2, f"{parser.prog}: error: {e}\n")
+  args = _parse(argv)
+  with console.reported("bytelm-export", args.debug or console.debugging()):
+    _export(args)
+
+
+def _export(args) -> None:
+  export.check_destination(args.out_dir, args.overwrite)  # a refusal is known before loading
   model = load(args.workdir)
   config = json.loads((pathlib.Path(args.workdir) / export.CONFIG).read_text(encoding="utf-8"))
   out = export.export(model, config, args.out_dir, args.dtype,

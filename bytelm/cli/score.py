@@ -54,9 +54,6 @@ def load_model(directory: str) -> bytelm.LanguageModel:
                  "workdir (bytelm-train --workdir DIR) or export, or a Hugging Face ByT5 directory")
   try:
     return bytelm.load(path)
-  except KeyError as e:
-    raise _Error(f"--model {directory}: its config.json is not a bytelm run's (no {e}); give a "
-                 "bytelm workdir or export, or a Hugging Face ByT5 directory") from None
   except (OSError, ValueError, RuntimeError) as e:
     raise _Error(f"--model {directory}: {e}") from None
 
