@@ -400,6 +400,31 @@ def test_continuation_bits(name, exported, loaded):
   np.testing.assert_allclose(got[0], want, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", RECIPES)
+def test_every_recipe_in_every_quantization_exports_to_the_same_model(name, exported, loaded,
+                                                                      tmp_path):
+  """Every recipe in every quantization mode, exported (float32 storage) and loaded back, is the
+  same model: the same graph and bit-identical arrays, integer codes and scales included, so
+  its scores are the same (a score is a function of the two; the test below computes scores
+  for one mode per family, which is where the compiling goes)."""
+  from bytelm.runs.load import load as load_module
+
+  workdir = exported[name][0]
+  config = json.loads((workdir / "config.json").read_text(encoding="utf-8"))
+  for mode in MODES:
+    module = quantize(nnx.clone(loaded[name].module), mode)
+    made = export.export(module, config, tmp_path / mode, dtype="float32", source=workdir)
+    back = load_module(made.rename(tmp_path / f"{mode}-shipped"))
+    assert nnx.graphdef(back) == nnx.graphdef(module), mode
+    kept = nnx.Not(nnx.RngState)  # dropout keys are no part of a trained model's export
+    flat = nnx.to_flat_state(nnx.state(module, kept))
+    flat_back = nnx.to_flat_state(nnx.state(back, kept))
+    assert [k for k, _ in flat_back] == [k for k, _ in flat], mode
+    for (key, a), (_, b) in zip(flat, flat_back):
+      a, b = np.asarray(a.get_value()), np.asarray(b.get_value())
+      assert a.dtype == b.dtype and np.array_equal(a, b), (mode, key)
+
+
 # Every recipe exported as it was trained (float32 storage, so scores are equal to float
 # precision), and as the export command stores it by default (bfloat16) once; quantized, each
 # mode on two families, the recipes that carry a fitted file (bpe_decoder, blt) among them.
