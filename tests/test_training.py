@@ -8,6 +8,7 @@ import logging
 import os
 import pathlib
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -55,6 +56,29 @@ def tiny_config(corpus, **train):
 def losses(workdir) -> list[float]:
   rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").open()]
   return [r["loss"] for r in rows if "loss" in r]
+
+
+def tensorboard(workdir) -> tuple[dict[str, dict[int, float]], list[int]]:
+  """({tag: {step: value}}, purge steps) of the run's TensorBoard event files, read in the
+  order they were written as TensorBoard reads them: a purge step (a resumed run's) drops the
+  values at and after it from earlier files."""
+  from tensorboardX.proto import event_pb2
+
+  scalars, purges = {}, []
+  for path in sorted((pathlib.Path(workdir) / "tensorboard").glob("events.out.tfevents.*")):
+    data, i = path.read_bytes(), 0
+    while i < len(data):  # TFRecords: length (8 bytes), its CRC (4), the event, its CRC (4)
+      (length,) = struct.unpack("<Q", data[i:i + 8])
+      event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+      i += 12 + length + 4
+      if event.session_log.status == event_pb2.SessionLog.START:
+        purges.append(event.step)
+        for series in scalars.values():
+          for step in [s for s in series if s >= event.step]:
+            del series[step]
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+  return scalars, purges
 
 
 def saved_steps(workdir) -> list[int]:
@@ -108,6 +132,13 @@ def test_a_run_learns_and_reports(straight_run):
   assert len(seq) == 8 and seq[-1] < seq[0]  # the loss falls even in 8 steps
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["model"]["d_model"] == 64 and saved["train"]["steps"] == 8
+  # The same numbers as TensorBoard scalars (float32 there), validation at its steps too.
+  scalars, purges = tensorboard(workdir)
+  assert purges == []
+  assert list(scalars["loss"]) == list(range(1, 9))
+  np.testing.assert_allclose(list(scalars["loss"].values()), seq, rtol=1e-6)
+  assert {"bits_per_byte", "lr", "grad_norm", "bytes_per_s", "val_bpb"} <= set(scalars)
+  assert sorted(scalars["val_bpb"]) == [4, 8]
 
 
 def test_rerunning_a_finished_run_reports_it_without_training(corpus, straight_run):
@@ -191,6 +222,11 @@ def test_resume_is_exact(corpus, straight_run, tmp_path):
   assert summary.steps == 8
   assert losses(tmp_path) == losses(reference)
   assert_trees_equal(final_params(tmp_path), final_params(reference))
+  # TensorBoard: the resumed run hides what the first wrote after its checkpoint (step 4), and
+  # its plot is the straight run's.
+  scalars, purges = tensorboard(tmp_path)
+  assert purges == [5]
+  assert scalars["loss"] == tensorboard(reference)[0]["loss"]
 
 
 def _run_until(config, workdir, stop_at):

@@ -1,6 +1,9 @@
-"""Metrics of a run: metrics.jsonl in the workdir, and progress a person can read.
+"""Metrics of a run: metrics.jsonl and TensorBoard events in the workdir, and progress a person
+can read.
 
 One JSON object per log or eval step (big_vision / maxtext style): every later tool can read it.
+The same numbers go to TensorBoard event files (WORKDIR/tensorboard, written with tensorboardX,
+which needs no TensorFlow): `tensorboard --logdir workdirs` plots every run side by side.
 Progress is a tqdm bar on a terminal, one log line per interval otherwise (CI, nohup, files).
 """
 
@@ -16,12 +19,18 @@ import time
 import tqdm
 
 
+TENSORBOARD = "tensorboard"  # the event files' directory in the workdir
+
+
 class MetricsWriter:
-  """Appends {"step": ..., ...} lines to workdir/metrics.jsonl (process 0 only)."""
+  """Appends {"step": ..., ...} lines to workdir/metrics.jsonl and the same scalars to
+  TensorBoard events in workdir/tensorboard (process 0 only). Close it when the run ends."""
 
   def __init__(self, workdir, enabled: bool = True):
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
     self.enabled = enabled
+    self._events = None  # a tensorboardX SummaryWriter, opened at the first write
+    self._purge_step = None
 
   def write(self, step: int, **metrics) -> None:
     if not self.enabled:
@@ -31,9 +40,30 @@ class MetricsWriter:
       f.write(json.dumps(row) + "\n")
       f.flush()
       os.fsync(f.fileno())  # a killed run keeps every line it reported
+    events = self._tensorboard()
+    for key, value in row.items():
+      if key != "step" and isinstance(value, (int, float)):
+        events.add_scalar(key, value, int(step))
+    events.flush()  # as the jsonl line: a killed run's plots end where its log does
+
+  def _tensorboard(self):
+    if self._events is None:
+      from tensorboardX import SummaryWriter  # only a run that writes metrics needs it
+      # purge_step: a resumed run hides the events of the steps it lost and writes again.
+      self._events = SummaryWriter(str(self.path.parent / TENSORBOARD),
+                                   purge_step=self._purge_step)
+      self._purge_step = None  # once: a writer opened again later keeps this run's events
+    return self._events
+
+  def close(self) -> None:
+    if self._events is not None:
+      self._events.close()
+      self._events = None
 
   def truncate_after(self, step: int) -> None:
-    """Drop lines after `step` (a resumed run rewrites the steps it lost)."""
+    """Drop lines after `step` (a resumed run rewrites the steps it lost); TensorBoard hides
+    its events after step too."""
+    self._purge_step = step + 1
     if not (self.enabled and self.path.exists()):
       return
     rows = [line for line in self.path.read_text(encoding="utf-8").splitlines()

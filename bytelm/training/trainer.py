@@ -259,6 +259,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
           break
   finally:
     progress.close()
+    writer.close()
     checkpoints.close()  # waits for the async save: a finished run's checkpoint is complete
 
   if metrics is not None and not host_metrics:
@@ -274,6 +275,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     extras.update(report_lib.end_of_run(family, model, val_batches))
     if metrics is not None:  # a rerun of a finished run logged its report already
       writer.write(step, **extras)
+      writer.close()
   summary = Summary(steps=step, seconds=time.perf_counter() - start_time,
                     train_loss=float(host_metrics.get("loss", math.nan)),
                     train_bpb=float(host_metrics.get("bits_per_byte", math.nan)),
