@@ -42,7 +42,7 @@ class MetricsWriter:
       os.fsync(f.fileno())  # a killed run keeps every line it reported
     events = self._tensorboard()
     for key, value in row.items():
-      if key != "step" and isinstance(value, (int, float)):
+      if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
         events.add_scalar(key, value, int(step))
     events.flush()  # as the jsonl line: a killed run's plots end where its log does
 

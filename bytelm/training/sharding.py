@@ -96,6 +96,23 @@ def check_batch(batch_size: int, mesh: Mesh) -> None:
                      f"of the mesh {dict(mesh.shape)}; use a multiple of {devices}")
 
 
+def put_state(state, shardings):
+  """A state that every process holds whole (built from the same seed) as global arrays laid
+  out by shardings. One process: device_put. Several: device_put cannot place data on another
+  process's devices, so each process fills its own devices' shards from its copy."""
+  if jax.process_count() == 1:
+    return jax.device_put(state, shardings)
+
+  def put(x, sharding):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # dropout streams: as raw key data
+      data = put(jax.random.key_data(x), sharding)
+      return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+  return jax.tree.map(put, state, shardings)
+
+
 def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """This process's rows of the global batch -> global arrays sharded over the batch axes."""
   sharding = batch_sharding(mesh)

@@ -100,9 +100,27 @@ class _StopRequested:
 
 
 def _maybe_init_distributed() -> None:
-  """Multi-host runs: initialise when the environment describes a cluster."""
-  if os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("BYTELM_DISTRIBUTED"):
-    jax.distributed.initialize()
+  """Several processes (hosts): join them where the environment describes a cluster, before
+  JAX touches a device. JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES
+  and JAX_PROCESS_ID name it by hand; BYTELM_DISTRIBUTED=1 leaves it to JAX's detection of
+  SLURM, Open MPI and TPU pods. On CPUs the processes' collectives go through gloo."""
+  env = os.environ
+  if not (env.get("JAX_COORDINATOR_ADDRESS") or env.get("BYTELM_DISTRIBUTED")):
+    return
+  if jax.distributed.is_initialized():
+    return
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; GPUs use NCCL
+  kwargs = {}
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    missing = [v for v in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if not env.get(v)]
+    if missing:
+      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} not: set "
+                       "JAX_NUM_PROCESSES (how many processes) and JAX_PROCESS_ID (this one's, "
+                       "0 for the coordinator's) in every process")
+    kwargs = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                  num_processes=int(env["JAX_NUM_PROCESSES"]),
+                  process_id=int(env["JAX_PROCESS_ID"]))
+  jax.distributed.initialize(**kwargs)
 
 
 # ---- steps ----------------------------------------------------------------------------------------
@@ -181,7 +199,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   graphdef, state = nnx.split((model, optimizer))
   del model, optimizer  # the state is the single source of truth from here on
   state_sh = sharding.state_shardings(state, mesh)
-  state = jax.device_put(state, state_sh)
+  state = sharding.put_state(state, state_sh)
   resolved["model"] = dataclasses.asdict(model_cfg)
 
   # -- restore --
