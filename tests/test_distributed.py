@@ -101,6 +101,7 @@ def corpus(tmp_path_factory):
   return path
 
 
+@pytest.mark.multiprocess  # run apart: pytest -m multiprocess (pyproject.toml says why)
 def test_two_processes_train_as_one_process_with_two_devices_and_resume_after_a_kill(
     corpus, warm_python, tmp_path):
   python, env = warm_python
