@@ -111,18 +111,21 @@ class LanguageModel:
   quantized: dict | None = None
 
   def __post_init__(self):
+    from bytelm.runs import data as data_lib
     self.encoder_decoder = self.family in ENCODER_DECODERS
+    # What the run fitted to its data, where the trainer keeps it (its workdir, or the export).
+    fitted = data_lib.fitted_files({"data": self.data}, self.path)
     self.tokenizer = None  # a BPE decoder's tokenizers.Tokenizer
-    if self.data.get("tokenizer"):
-      self.tokenizer = bpe.load(self.path / bpe.FILENAME)
+    self._tokenizer_file = fitted.get(bpe.FILENAME)
+    if self._tokenizer_file is not None:
+      self.tokenizer = bpe.load(self._tokenizer_file)
       # UTF-8 bytes each token id spells (pad 0): what bits per byte divide by
       self._token_bytes = np.asarray([len(b) for b in bpe.token_bytes(self.tokenizer)],
                                      np.int32)
       self._token_bytes[PAD_ID] = 0
     segments = self.data.get("segments")
-    if segments and segments.get("kind") == "entropy" and not segments.get("entropy_model"):
-      # train.py fits it into the workdir without naming it in config.json
-      segments = {**segments, "entropy_model": str(self.path / "entropy_model.npz")}
+    if data_lib.ENTROPY_MODEL in fitted:
+      segments = {**segments, "entropy_model": str(fitted[data_lib.ENTROPY_MODEL])}
     self.segments = (pipeline.segment_settings(segments, "causal_lm")
                      if segments and self.family == "hierarchical" else None)
     self._compiled = Compiled(self.module)
@@ -308,7 +311,7 @@ class LanguageModel:
     if self._byte_lm is None:
       from bytelm.byteprobs import adapters
       if self.tokenizer is not None:
-        self._byte_lm = adapters.from_model(self.module, self.path / bpe.FILENAME)
+        self._byte_lm = adapters.from_model(self.module, self._tokenizer_file)
       elif self.family == "hierarchical":
         self._byte_lm = adapters.HierarchicalLM(self.module, self._segmenter())
       else:

@@ -10,7 +10,7 @@ the checkout's configs/), with or without `.py` and `configs/`: `configs/mrt5.py
 README writes it, works from any directory.
 
 A mistake in the command (a mistyped config key, data that cannot be read, a workdir that holds
-another run) is one line and exit status 2; --debug shows the traceback (bytelm/cli/console.py).
+another run) is one line and exit status 2; --debug shows the traceback (bytelm/console.py).
 """
 
 import difflib
