@@ -103,8 +103,7 @@ def warm_python():
   import subprocess
   import sys
 
-  sys.path.insert(0, str(pathlib.Path(__file__).parent))
-  import warm_python as warm
+  import warm_python as warm  # tests/warm_python.py (pytest puts tests/ on sys.path)
 
   root = pathlib.Path(__file__).resolve().parents[1]
   with tempfile.TemporaryDirectory() as tmp:  # a short path: a socket's is limited to ~100
