@@ -75,6 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.log_every = 20
   c.train.eval_every = 200
   c.train.eval_batches = 16  # validation batches per evaluation (fixed bytes, same every time)
+  c.train.prefetch = 2  # batches built ahead in a thread while the device steps; 0: in the loop
 
   c.ckpt = ml_collections.ConfigDict()
   c.ckpt.every = 200  # steps; also saved at the end and on SIGTERM / Ctrl-C

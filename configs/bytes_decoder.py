@@ -66,6 +66,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.log_every = 20
   c.train.eval_every = 200
   c.train.eval_batches = 16
+  c.train.prefetch = 2  # batches built ahead while the device steps
 
   c.ckpt = ml_collections.ConfigDict()
   c.ckpt.every = 200

@@ -19,7 +19,7 @@ ROOMS = {
     "timing": 0,  # side-by-side timing
     "nn": 1,  # layers, attention, kernels, batching, compiled calls, quantization numerics
     "models": 2,  # model families and their shared blocks (not data)
-    "data": 2,  # sources, pipeline, objectives, noise, BPE (not models)
+    "data": 2,  # sources, pipeline, prefetch, objectives, noise, BPE (not models)
     "quant": 3,  # quantize a trained model; recipe helpers
     "convert": 3,  # Hugging Face T5 <-> bytelm
     "generation": 3,  # all generation

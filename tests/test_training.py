@@ -137,8 +137,13 @@ def test_a_run_learns_and_reports(straight_run):
   assert purges == []
   assert list(scalars["loss"]) == list(range(1, 9))
   np.testing.assert_allclose(list(scalars["loss"].values()), seq, rtol=1e-6)
-  assert {"bits_per_byte", "lr", "grad_norm", "bytes_per_s", "val_bpb"} <= set(scalars)
+  assert {"bits_per_byte", "lr", "grad_norm", "bytes_per_s", "input_wait_frac",
+          "val_bpb"} <= set(scalars)
   assert sorted(scalars["val_bpb"]) == [4, 8]
+  # The share of each log interval spent waiting for a batch (built ahead: train.prefetch 2).
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").open()]
+  waits = [r["input_wait_frac"] for r in rows if "loss" in r]
+  assert len(waits) == 8 and all(0 <= w <= 1 for w in waits), waits
 
 
 def test_rerunning_a_finished_run_reports_it_without_training(corpus, straight_run):
@@ -175,9 +180,13 @@ def test_a_finished_run_is_reused_untouched_and_an_empty_workdir_is_trained(
   fresh = tmp_path / "fresh"
   assert reuse.finished_steps(fresh) is None
   # straight_run's config: its train step is compiled already (the persistent compilation
-  # cache), where another step count would compile another schedule into a new step.
-  assert reuse.train_unless_finished(straight_config(corpus), fresh) == fresh
-  assert reuse.finished_steps(fresh) == 8 and len(losses(fresh)) == 8
+  # cache), where another step count would compile another schedule into a new step. Its
+  # batches built in the loop (prefetch 0) rather than ahead: the same run, bit for bit.
+  config = straight_config(corpus)
+  config.train.prefetch = 0
+  assert reuse.train_unless_finished(config, fresh) == fresh
+  assert reuse.finished_steps(fresh) == 8 and losses(fresh) == losses(workdir)
+  assert_trees_equal(final_params(fresh), final_params(workdir))
   assert reuse.last_evaluation(fresh)["step"] == 8
 
 
@@ -211,11 +220,13 @@ def test_training_stopped_by_a_signal_is_an_error_not_a_finished_run(corpus, tmp
 
 
 def test_resume_is_exact(corpus, straight_run, tmp_path):
-  """4 steps, stop, restore from the workdir, 4 more == 8 straight: bit-identical."""
+  """4 steps, stop, restore from the workdir, 4 more == 8 straight: bit-identical, with the
+  batches built ahead (train.prefetch) dropped at the stop and built again from step 4."""
   reference, _ = straight_run
   # The schedule depends on train.steps, so stop the 8-step run early instead of shortening it.
   config = tiny_config(corpus, steps=8)
   config.model.dropout_rate = DROPOUT
+  assert config.train.prefetch == 2  # the default, as in straight_run
   _run_until(config, tmp_path, stop_at=4)
   assert saved_steps(tmp_path) == [4]
   summary = train_and_evaluate(config, tmp_path)
@@ -395,6 +406,12 @@ def test_a_workdir_in_use_is_refused_and_a_released_lock_is_taken(corpus, tmp_pa
   # but not the lock; the next run takes it and names itself.
   with lock_lib.WorkdirLock(tmp_path) as held:
     assert json.loads(held.path.read_text())["pid"] == os.getpid()
+
+
+def test_a_negative_prefetch_is_refused_before_anything_is_written(corpus, tmp_path):
+  with pytest.raises(ValueError, match="train.prefetch=-1.*or 0 to build each batch in the loop"):
+    train_and_evaluate(tiny_config(corpus, prefetch=-1), tmp_path / "run")
+  assert not (tmp_path / "run").exists()
 
 
 def test_missing_data_is_a_clear_error(tmp_path):

@@ -34,6 +34,7 @@ SAFE_TO_CHANGE = (
     "resume",  # what to do with a workdir that holds a run, not part of the run
     "train.log_every",  # how often the training loss is logged
     "train.eval_every",  # how often the (same) validation batches are scored
+    "train.prefetch",  # how far ahead batches are built: the same batches either way
     "ckpt.every",  # how often a checkpoint is saved
     "ckpt.keep",  # how many are kept
     "mesh.*",  # how the devices share each step: the same step, summed in another order

@@ -30,6 +30,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bytelm import models
+from bytelm.data import prefetch as prefetch_lib
 from bytelm.runs import checkpoint as ckpt_lib
 from bytelm.runs import data as data_lib
 from bytelm.runs import lock as lock_lib
@@ -170,6 +171,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   tc = config.train
   if tc.steps <= 0 or tc.batch_size <= 0:
     raise ValueError(f"train.steps={tc.steps} and train.batch_size={tc.batch_size} must be > 0")
+  # A config file written before train.prefetch existed builds batches two steps ahead too.
+  prefetch = tc.get("prefetch", 2)
+  if not isinstance(prefetch, int) or prefetch < 0:
+    raise ValueError(f"train.prefetch={prefetch!r}: give the number of batches to build ahead "
+                     "(2 hides the host's batch building behind the device step), or 0 to "
+                     "build each batch in the loop")
   resolved = model_init.resolved(config)
   # Before anything is written. With init_from, the architecture comes from the source (read
   # below), so here only the model fields this config decides; the restore checks the rest.
@@ -241,13 +248,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   # -- loop --
   progress = metrics_lib.Progress(start_step, tc.steps, enabled=is_main)
   bytes_per_step = train_data.bytes_per_batch
+  # The same batch_fn(step) as building each in the loop, built ahead (bytelm/data/prefetch.py).
+  batches = prefetch_lib.Prefetcher(train_data.batch, start_step, tc.steps, depth=prefetch)
   start_time = time.perf_counter()
+  last_log = (start_time, 0.0)  # (time, batches.wait_seconds) at the previous log step
   step, metrics, host_metrics, val = start_step, None, {}, {}
   stop_signal = 0
   try:
     with _StopRequested() as stop:
       while step < tc.steps:
-        batch = sharding.put_batch(train_data.batch(step), mesh)
+        batch = sharding.put_batch(batches.get(step), mesh)
         state, metrics = train_fn(state, batch)
         step += 1
         if step == start_step + 1:
@@ -257,11 +267,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
           host_metrics = jax.device_get(metrics)  # the only host sync between log steps
           _check_finite(host_metrics, step, last_saved, checkpoints.directory)
           bps, eta = progress.rates(step, bytes_per_step)
-          writer.write(step, **host_metrics, bytes_per_s=bps)
+          # The share of the time since the previous log step that the loop waited for input
+          # (prefetch 0: spent building it); near 0 when the host keeps the device fed.
+          now = (time.perf_counter(), batches.wait_seconds)
+          wait_frac = (now[1] - last_log[1]) / max(now[0] - last_log[0], 1e-9)
+          last_log = now
+          writer.write(step, **host_metrics, bytes_per_s=bps, input_wait_frac=wait_frac)
           extra = "".join(f"{k} {host_metrics[k]:.3f} " for k in family.eval_metrics)
           progress.update(step, f"loss {host_metrics['loss']:.4f} "
                                 f"bpb {host_metrics['bits_per_byte']:.3f} {extra}"
                                 f"lr {host_metrics['lr']:.2e} {bps:,.0f} bytes/s "
+                                f"input wait {wait_frac:.0%} "
                                 f"ETA {metrics_lib.fmt_duration(eta)}")
         if step % tc.eval_every == 0 or step == tc.steps:
           val = evaluate(eval_fn, state, val_batches)
@@ -276,6 +292,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
             save(step, metrics)
           break
   finally:
+    batches.close()  # stops the thread: a break, an error or Ctrl-C leaves none behind
     progress.close()
     writer.close()
     checkpoints.close()  # waits for the async save: a finished run's checkpoint is complete
