@@ -37,8 +37,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dataclasses.asdict(decoder.DecoderConfig(**shape)))
 
   c.data = ml_collections.ConfigDict()
-  c.data.train = "embedded:en"  # embedded:<group|name>, file:<glob>, or hf:<dataset>[:<config>]
+  c.data.train = "embedded:en"  # embedded:<group|name>, file:<glob>, bytes:<glob>,
+  # hf:<dataset>[:<config>], or a mixture "embedded:en@0.3,file:web/*.txt@0.7" (README)
   c.data.validation = ""  # empty: the validation split of data.train
+  # Text that is not valid UTF-8: "error" (names the file and offset), "replace" (U+FFFD) or
+  # "raw" (trained on as bytes, like a bytes: source).
+  c.data.invalid_utf8 = "error"
   c.data.objective = "causal_lm"
   c.data.input_length = 256
   c.data.target_length = ml_collections.config_dict.placeholder(int)

@@ -58,8 +58,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(model)
 
   c.data = ml_collections.ConfigDict()
-  c.data.train = "embedded:diacritics"  # embedded:<group|name>, file:<glob>, hf:<dataset>
+  c.data.train = "embedded:diacritics"  # embedded:<group|name>, file:<glob>, bytes:<glob>,
+  # hf:<dataset>[:<config>], or a mixture "embedded:en@0.3,file:web/*.txt@0.7" (README)
   c.data.validation = ""  # empty: the validation split of data.train
+  # Text that is not valid UTF-8: "error" (names the file and offset), "replace" (U+FFFD) or
+  # "raw" (trained on as bytes, like a bytes: source).
+  c.data.invalid_utf8 = "error"
   c.data.objective = "correction" if seq2seq else "diacritics_tagging"
   c.data.input_length = 128  # bytes per input, eos included
   c.data.target_length = ml_collections.config_dict.placeholder(int)  # None: input_length

@@ -28,6 +28,11 @@ if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
   _OWN_CACHE = tempfile.mkdtemp(prefix="bytelm-jax-cache-")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# Prepared data streams (bytelm.data.prepare) go to a directory of the session's own, not the
+# user's ~/.cache/bytelm, and every process the tests start (and every xdist worker) shares it.
+_OWN_DATA_CACHE = None
+if "bytelm-data-cache-" not in os.environ.get("BYTELM_CACHE", ""):
+  _OWN_DATA_CACHE = os.environ["BYTELM_CACHE"] = tempfile.mkdtemp(prefix="bytelm-data-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 # XLA's CPU backend at optimisation level 0 for the suite and every process it starts:
@@ -55,8 +60,9 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes",
 
 
 def pytest_unconfigure(config):
-  if _OWN_CACHE:
-    shutil.rmtree(_OWN_CACHE, ignore_errors=True)
+  for own in (_OWN_CACHE, _OWN_DATA_CACHE):
+    if own:
+      shutil.rmtree(own, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -297,7 +297,7 @@ def test_eval_batches_cover_the_stream_once(docs):
   pad = [r for b in first for r, t in zip(b["inputs"], b["targets"]) if not t.any()]
   assert len(pad) == -src.eval_windows % 4 and all(not r.any() for r in pad)
   windows = np.concatenate([reconstruct(i, t) for i, t in rows])
-  stream_ids = pipeline.stream_to_ids(src._stream)
+  stream_ids = src._parts[0].ids(0, src.stream_length)
   assert np.array_equal(windows, stream_ids[: src.eval_windows * src.raw_length])
   assert src.eval_bytes == np.count_nonzero(windows != EOS_ID)
   # Independent of the training seed: every run evaluates the same bytes the same way.
@@ -311,7 +311,7 @@ def test_causal_lm_batches(docs):
   b = src.batch(3)
   assert np.array_equal(b["inputs"][:, 1:], b["targets"][:, :-1])
   rows = [r for e in src.eval_batches() for r in zip(e["inputs"], e["targets"]) if r[1].any()]
-  ids = pipeline.stream_to_ids(src._stream)
+  ids = src._parts[0].ids(0, src.stream_length)
   n = len(rows) * 40
   assert np.array_equal(np.concatenate([r[0] for r in rows]), ids[:n])
   assert np.array_equal(np.concatenate([r[1] for r in rows]), ids[1: n + 1])

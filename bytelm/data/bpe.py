@@ -31,7 +31,6 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from bytelm.data import sources
 from bytelm.text.tokenizer import EOS_ID, PAD_ID
 
 FILENAME = "tokenizer.json"  # in the run's workdir
@@ -125,10 +124,12 @@ def load(path) -> tokenizers.Tokenizer:
   return check(tok, str(path))
 
 
-def load_or_train(path, spec: str, vocab_size: int, *, write: bool = True
-                  ) -> tokenizers.Tokenizer:
+def load_or_train(path, spec: str, vocab_size: int, *, write: bool = True,
+                  invalid_utf8: str = "error") -> tokenizers.Tokenizer:
   """The tokenizer at path if there is one (a resumed run), else one trained on the training
-  split of the text source `spec` (bytelm.data.sources), never on held-out text.
+  split of the text source `spec` (bytelm.data.sources; a mixture: all of its sources), never
+  on held-out text. The documents stream through `tokenizers`' trainer one at a time, from the
+  prepared stream (bytelm.data.prepare), so a corpus larger than memory trains one.
 
   The trained one is saved to path when `write` (in multi-process runs, process 0 writes; the
   others train the same tokenizer, training being deterministic).
@@ -141,7 +142,14 @@ def load_or_train(path, spec: str, vocab_size: int, *, write: bool = True
                        f"{vocab_size}; use the vocab_size the run was started with, or another "
                        "workdir")
     return tok
-  tok = train(sources.load_text(spec, "train")["text"], vocab_size)
+  from bytelm.data import pipeline, prepare  # pipeline reads tokens through this module
+  streams = [prepare.open_split(s, "train", invalid_utf8) for s, _ in
+             pipeline.parse_mixture(spec)]
+  for stream in streams:
+    if stream.kind != "text":
+      raise ValueError(f"{stream.name} holds raw bytes, not text: a BPE tokenizer is trained "
+                       "on text; train a byte model on it (bytes_decoder, hat, byt5, ...)")
+  tok = train((d.decode("utf-8") for s in streams for d in s.documents()), vocab_size)
   if write:
     save(tok, path)
   return tok

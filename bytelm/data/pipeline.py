@@ -41,6 +41,10 @@ bytes of a byte window (token windows end at token boundaries).
 
 from __future__ import annotations
 
+import hashlib
+import io
+import itertools
+import os
 import pathlib
 import sys
 from collections.abc import Iterator, Sequence
@@ -48,7 +52,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from bytelm.data import bpe, noise, objectives, sources
+from bytelm.data import bpe, noise, objectives, prepare, sources
+from bytelm.data.stream import EOS_BYTE as _EOS_BYTE
+from bytelm.data.stream import ByteStream, document_order
 from bytelm.text import segment, tags
 from bytelm.text.tokenizer import EOS_ID, OFFSET, PAD_ID
 
@@ -57,8 +63,6 @@ if TYPE_CHECKING:  # not imported here: `import bytelm` stays light (datasets ta
 
 Objective = Literal["span_corruption", "causal_lm", "correction", "diacritics_tagging"]
 OBJECTIVES = ("span_corruption", "causal_lm", "correction", "diacritics_tagging")
-_EOS_BYTE = 0xFF  # stands for eos in the uint8 stream; never occurs in valid UTF-8
-_SHUFFLE_SALT = 0x5EED0D0C  # keeps the document-order rng apart from the example rngs
 _EVAL_SALT = 0x5EEDE7A1  # fixed seed of evaluation noise masks, whatever `seed` is
 
 
@@ -96,9 +100,7 @@ def build_stream(texts: datasets.Dataset | Sequence[str], shuffle_seed: int | No
   if not encoded:
     raise ValueError("no text: every document is empty (or there are none); load a source "
                      "with text")
-  if shuffle_seed is not None:
-    order = np.random.default_rng([shuffle_seed, _SHUFFLE_SALT]).permutation(len(encoded))
-    encoded = [encoded[j] for j in order]
+  encoded = [encoded[j] for j in document_order(len(encoded), shuffle_seed)]
   stream = np.frombuffer(bytes([_EOS_BYTE]).join(encoded), dtype=np.uint8)
   return stream, len(encoded)
 
@@ -113,7 +115,8 @@ def stream_to_ids(window: np.ndarray) -> np.ndarray:
 class BatchSource:
   """Deterministic, resumable batches of byte ids: `batch(step)` is a pure function of step."""
 
-  def __init__(self, texts: datasets.Dataset | Sequence[str], *,
+  def __init__(self, texts: datasets.Dataset | Sequence[str] | ByteStream
+               | Sequence[tuple[ByteStream, float]], *,
                objective: Objective = "span_corruption", batch_size: int, input_length: int,
                target_length: int | None = None, seed: int = 0,
                noise_density: float = objectives.NOISE_DENSITY,
@@ -123,7 +126,10 @@ class BatchSource:
                typo_rate: float = 0.02, keyboard: str = "qwerty",
                segments: dict | None = None, tokenizer=None):
     """Args:
-      texts: documents (a Dataset with a "text" column, or a sequence of str).
+      texts: documents (a Dataset with a "text" column, or a sequence of str), or their
+        stream (bytelm.data.stream: in memory or prepared on disk), or a mixture: a sequence
+        of (stream, weight), each training row drawn from stream k with probability
+        weight k / sum of weights (evaluation walks the streams one after another).
       objective: "span_corruption" (encoder-decoder, ByT5) or "causal_lm" (decoder-only).
       batch_size: global batch, over all processes.
       input_length: T, ids per input row (eos included for span corruption).
@@ -200,26 +206,38 @@ class BatchSource:
                        f"target_length={derived} or None")
     self.target_length = derived
 
-    # ---- stream (of byte markers, or of token ids under a tokenizer)
-    self._stream, self.num_documents = build_stream(texts, shuffle_seed)
-    self.tokenizer, self._token_bytes, byte_length = tokenizer, None, len(self._stream)
+    # ---- streams (of bytes, or of token ids under a tokenizer)
+    parts, weights = _parts(texts, shuffle_seed)
+    self.tokenizer, self._token_bytes = tokenizer, None
+    self.num_documents = sum(p.num_documents for p in parts)
+    byte_length = sum(len(p) for p in parts)
     if tokenizer is not None:
-      self._stream, self._token_bytes = _token_stream(self._stream, bpe.check(tokenizer))
+      tokenizer = bpe.check(tokenizer)
+      parts = [_token_stream(p, tokenizer) for p in parts]
+      self._token_bytes = _spelled_lengths(tokenizer)
+    self._parts = parts
+    self.sources = [p.name for p in parts]
+    self.content_hashes = [p.content_hash for p in parts]
+    self.weights = None if weights is None else weights / weights.sum()
+    self._cum_weights = None if weights is None else np.cumsum(self.weights)
     unit = "bytes" if tokenizer is None else "tokens"
-    if len(self._stream) < self.raw_length:
-      raise ValueError(
-          f"the dataset is too small: its stream has {len(self._stream)} {unit} (with "
-          f"document separators), fewer than the {self.raw_length} one window needs for "
-          f"input_length {self.input_length}; add text or lower input_length")
+    for part in parts:
+      if len(part) < self.raw_length:
+        raise ValueError(
+            f"the dataset is too small: {part.name or 'its stream'} has {len(part)} {unit} "
+            f"(with document separators), fewer than the {self.raw_length} one window needs "
+            f"for input_length {self.input_length}; add text or lower input_length")
+    self.stream_length = sum(len(p) for p in parts)
     # Bytes per position (1 for bytes; the stream's mean for tokens, separators counting 1).
-    self.bytes_per_token = byte_length / len(self._stream)
+    self.bytes_per_token = byte_length / self.stream_length
     # Bytes of stream one example consumes (span corruption) or predicts (causal LM), and a
     # global batch (for throughput reports). Over tokens they are expected values: training
     # windows start anywhere, so a window holds the stream's mean bytes per token.
     self.bytes_per_example = round(self.stride * self.bytes_per_token)
     self.bytes_per_batch = round(self.batch_size * self.stride * self.bytes_per_token)
-    self.stream_length = len(self._stream)
-    self.eval_windows = (self.stream_length - self.raw_length) // self.stride + 1
+    windows = [(len(p) - self.raw_length) // self.stride + 1 for p in parts]
+    self._first_window = np.concatenate([[0], np.cumsum(windows)])  # of each part
+    self.eval_windows = int(self._first_window[-1])
     self.eval_num_batches = -(-self.eval_windows // self.batch_size)  # ceil: last is padded
     self.eval_bytes = self.covered_bytes(self.eval_num_batches)
 
@@ -236,10 +254,25 @@ class BatchSource:
     first = self.process_index * self.local_batch_size
     rows = []
     for i in range(first, first + self.local_batch_size):
-      rng = np.random.default_rng([self.seed, int(step), i])
-      start = int(rng.integers(0, self.stream_length - self.raw_length + 1))
-      rows.append(self._example(start, rng))
+      rng, k = self._row(step, i)
+      start = int(rng.integers(0, len(self._parts[k]) - self.raw_length + 1))
+      rows.append(self._example(k, start, rng))
     return self._stack(rows, self.local_batch_size)
+
+  def row_sources(self, step: int) -> np.ndarray:
+    """[batch_size]: the mixture source (an index into `sources`) of each row of global batch
+    `step`, over all processes; all zeros for a single source."""
+    if self._cum_weights is None:
+      return np.zeros(self.batch_size, np.int32)
+    return np.asarray([self._row(step, i)[1] for i in range(self.batch_size)], np.int32)
+
+  def _row(self, step: int, i: int) -> tuple[np.random.Generator, int]:
+    """(rng, source) of row i of global batch step: the source drawn by weight first."""
+    rng = np.random.default_rng([self.seed, int(step), i])
+    if self._cum_weights is None:
+      return rng, 0
+    k = int(np.searchsorted(self._cum_weights, rng.random(), side="right"))
+    return rng, min(k, len(self._parts) - 1)
 
   # ---- evaluation batches
 
@@ -251,48 +284,61 @@ class BatchSource:
       first = b * self.batch_size + self.process_index * self.local_batch_size
       rows = []
       for w in range(first, min(first + self.local_batch_size, self.eval_windows)):
-        rng = eval_rng(w)
-        rows.append(self._example(w * self.stride, rng))
+        k = int(np.searchsorted(self._first_window, w, side="right")) - 1
+        rows.append(self._example(k, (w - int(self._first_window[k])) * self.stride,
+                                  eval_rng(w)))
       yield self._stack(rows, self.local_batch_size)
 
   def covered_bytes(self, num_batches: int | None = None) -> int:
     """Text bytes (separators excluded) whose prediction the first eval batches cover."""
     n = self.eval_num_batches if num_batches is None else num_batches
-    windows = min(n * self.batch_size, self.eval_windows)
+    left = min(n * self.batch_size, self.eval_windows)
     # Causal LM predicts ids 1 .. windows*T; span corruption reads ids 0 .. windows*raw - 1.
     lo = 1 if self.objective == "causal_lm" else 0
-    covered = self._stream[lo: lo + windows * self.stride]
-    if self._token_bytes is not None:
-      return int(self._token_bytes[covered].sum() - np.count_nonzero(covered == EOS_ID))
-    return int(covered.size - np.count_nonzero(covered == _EOS_BYTE))
+    total = 0
+    for part in self._parts:
+      windows = min(left, (len(part) - self.raw_length) // self.stride + 1)
+      if windows <= 0:
+        break
+      left -= windows
+      hi = lo + windows * self.stride
+      if self._token_bytes is not None:
+        covered = part.ids(lo, hi - lo)
+        total += int(self._token_bytes[covered].sum() - np.count_nonzero(covered == EOS_ID))
+      else:
+        total += hi - lo - part.count_eos(lo, hi)
+    return total
 
   # ---- helpers
 
-  def _example(self, start: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+  def _example(self, part: int, start: int, rng: np.random.Generator
+               ) -> tuple[np.ndarray, np.ndarray]:
     if self.objective == "correction":
-      return objectives.correction(self._window_text(start), rng,
+      return objectives.correction(self._window_text(part, start), rng,
                                    input_length=self.input_length,
                                    target_length=self.target_length, **self.correction)
     if self.objective == "diacritics_tagging":
-      return tags.example(self._window_text(start), self.input_length)
-    window = self._stream[start: start + self.raw_length]
-    ids = stream_to_ids(window) if self._token_bytes is None else window.astype(np.int32)
+      return tags.example(self._window_text(part, start), self.input_length)
+    ids = self._parts[part].ids(start, self.raw_length)
     if self.objective == "causal_lm":
       return objectives.causal_lm(ids)
     return objectives.span_corruption(ids, rng, self.noise_density,
                                       self.mean_noise_span_length)
 
-  def _window_text(self, start: int) -> str:
+  def _window_text(self, part: int, start: int) -> str:
     """The whole words of one document in the window at start: its longest document piece,
     without a word cut by the window's edges."""
+    stream = self._parts[part]
     end = start + self.raw_length
-    pieces = self._stream[start:end].tobytes().split(bytes([_EOS_BYTE]))
+    before = stream.markers(max(start - 1, 0), start) if start > 0 else np.zeros(0, np.uint8)
+    after = stream.markers(end, end + 1) if end < len(stream) else np.zeros(0, np.uint8)
+    pieces = stream.markers(start, end).tobytes().split(bytes([_EOS_BYTE]))
     k = max(range(len(pieces)), key=lambda j: len(pieces[j]))
     words = pieces[k].decode("utf-8", errors="ignore").split(" ")
     boundary = (_EOS_BYTE, ord(" "), ord("\n"))
-    if k == len(pieces) - 1 and end < self.stream_length and self._stream[end] not in boundary:
+    if k == len(pieces) - 1 and len(after) and after[0] not in boundary:
       words = words[:-1]  # runs on past the window
-    if k == 0 and start > 0 and self._stream[start - 1] not in boundary:
+    if k == 0 and len(before) and before[0] not in boundary:
       words = words[1:]  # began before the window
     return " ".join(words)
 
@@ -323,18 +369,79 @@ class BatchSource:
             f"{self.stream_length} stream {unit}, seed {self.seed})")
 
 
-def _token_stream(stream: np.ndarray, tokenizer) -> tuple[np.ndarray, np.ndarray]:
-  """(token stream, bytes of each id): the byte stream's documents, in order, encoded and joined
-  by the eos id, as uint16 where the vocabulary fits (half of int32's memory)."""
-  documents = [d.decode("utf-8") for d in stream.tobytes().split(bytes([_EOS_BYTE]))]
-  parts = []
-  for i, ids in enumerate(bpe.encode_documents(tokenizer, documents)):
-    parts += [np.asarray([EOS_ID], np.int32), ids] if i else [ids]
-  vocab = tokenizer.get_vocab_size()
-  tokens = np.concatenate(parts).astype(np.uint16 if vocab <= 1 << 16 else np.int32)
+def _parts(texts, shuffle_seed) -> tuple[list[ByteStream], np.ndarray | None]:
+  """(streams, weights or None) of BatchSource's texts argument."""
+  if isinstance(texts, ByteStream):
+    return [texts], None
+  if isinstance(texts, (list, tuple)) and texts and all(
+      isinstance(t, tuple) and len(t) == 2 and isinstance(t[0], ByteStream) for t in texts):
+    weights = np.asarray([w for _, w in texts], np.float64)
+    if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+      raise ValueError(f"mixture weights must be positive numbers, got {weights.tolist()}")
+    return [t for t, _ in texts], (weights if len(texts) > 1 else None)
+  return [ByteStream.from_array(*build_stream(texts, shuffle_seed))], None
+
+
+class _Tokens:
+  """A stream of token ids (the byte stream's documents, each BPE-encoded, joined by the eos
+  id), read as ByteStream is."""
+
+  def __init__(self, tokens: np.ndarray, stream: ByteStream):
+    self.tokens, self.num_documents, self.name = tokens, stream.num_documents, stream.name
+    self.content_hash = stream.content_hash
+
+  def __len__(self) -> int:
+    return len(self.tokens)
+
+  def ids(self, start: int, length: int) -> np.ndarray:
+    return self.tokens[start: start + length].astype(np.int32)
+
+  def count_eos(self, lo: int, hi: int) -> int:
+    return int(np.count_nonzero(self.tokens[lo:hi] == EOS_ID))
+
+
+_TOKEN_CHUNK_DOCS = 4096  # documents encoded (and held) at a time
+
+
+def _token_stream(stream: ByteStream, tokenizer) -> _Tokens:
+  """The byte stream's documents, in order, encoded and joined by the eos id, as uint16 where
+  the vocabulary fits (half of int32's memory). A prepared stream's tokens are written beside
+  it once (keyed by the tokenizer) and memmapped after; an in-memory stream's are kept."""
+  if stream.kind != "text":
+    raise ValueError(f"{stream.name} holds raw bytes, not text: a BPE tokenizer reads text; "
+                     "train a byte model on it (bytes_decoder, hat, byt5, ...)")
+  dtype = np.uint16 if tokenizer.get_vocab_size() <= 1 << 16 else np.int32
+  path = None
+  if stream.directory is not None:
+    tag = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:16]
+    path = stream.directory / f"{stream.split}-tokens-{tag}.{np.dtype(dtype).name}"
+    if path.is_file():
+      return _Tokens(np.memmap(path, dtype, "r"), stream)
+  sink = io.BytesIO() if path is None else open(path.with_suffix(".tmp"), "wb")
+  with sink:
+    chunk, first = [], True
+    for doc in itertools.chain(stream.documents(), [None]):
+      if doc is not None:
+        chunk.append(doc.decode("utf-8"))
+      if len(chunk) == _TOKEN_CHUNK_DOCS or (doc is None and chunk):
+        for ids in bpe.encode_documents(tokenizer, chunk):
+          if not first:
+            sink.write(np.asarray([EOS_ID], dtype).tobytes())
+          sink.write(ids.astype(dtype).tobytes())
+          first = False
+        chunk = []
+    if path is None:
+      return _Tokens(np.frombuffer(sink.getvalue(), dtype), stream)
+  os.replace(path.with_suffix(".tmp"), path)
+  return _Tokens(np.memmap(path, dtype, "r"), stream)
+
+
+def _spelled_lengths(tokenizer) -> np.ndarray:
+  """Bytes each id spells; eos counts 1 (one position of the byte stream, one byte-model
+  target)."""
   lengths = np.asarray([len(b) for b in bpe.token_bytes(tokenizer)], np.int32)
-  lengths[EOS_ID] = 1  # the eos marker: one position of the byte stream, one byte-model target
-  return tokens, lengths
+  lengths[EOS_ID] = 1
+  return lengths
 
 
 _SEGMENT_KEYS = {"kind", "max_segments", "max_segment_bytes", "fixed_size", "entropy_model",
@@ -357,15 +464,25 @@ def segment_settings(segments: dict | None, objective: str) -> dict | None:
           "max_segments": int(segments.get("max_segments", 64))}
 
 
+ENTROPY_SAMPLE_BYTES = 1 << 26  # the entropy model is fitted on the first 64 MiB of the stream
+
+
 def fit_entropy_model(spec: str, path, *, entropy_order: int = 2,
                       target_segment_bytes: float = 5.0, entropy_relative: float = 0.0,
-                      **unused) -> pathlib.Path:
+                      invalid_utf8: str = "error", **unused) -> pathlib.Path:
   """The entropy segmenter's n-gram model of the training split of `spec`, saved at `path`;
-  an existing file is kept (a resumed run segments as before). Returns the path."""
+  an existing file is kept (a resumed run segments as before). Returns the path.
+
+  Fitted on the stream's first ENTROPY_SAMPLE_BYTES (64 MiB): its documents are in a shuffled
+  order, so that is a sample of the whole corpus, and an order-2 table of 65,536 contexts is
+  well estimated long before it (the embedded corpus, 15 MB, is read whole)."""
   path = pathlib.Path(path)
   if not path.exists():
-    stream, _ = build_stream(sources.load_text(spec, "train"))
-    segment.EntropyModel.fit(stream, order=entropy_order, target_segment_bytes=target_segment_bytes,
+    stream = prepare.open_split(spec, "train", invalid_utf8)
+    sample = stream.ids(0, min(len(stream), ENTROPY_SAMPLE_BYTES)) - OFFSET
+    sample = np.where(sample < 0, _EOS_BYTE, sample).astype(np.uint8)  # eos as 0xFF
+    segment.EntropyModel.fit(sample, order=entropy_order,
+                             target_segment_bytes=target_segment_bytes,
                              relative=entropy_relative).save(path)
   return path
 
@@ -385,7 +502,43 @@ def segment_rows(targets: np.ndarray, *, segmenter: segment.Segmenter,
   return {"segment_ids": ids, "context_ids": ctx}
 
 
-def make_source(spec: str, split: str = "train", **kwargs) -> BatchSource:
-  """`BatchSource(sources.load_text(spec, split), **kwargs)`, e.g. make_source("embedded:en",
-  "validation", batch_size=8, input_length=1024)."""
-  return BatchSource(sources.load_text(spec, split), **kwargs)
+def make_source(spec: str, split: str = "train", *, invalid_utf8: str = "error",
+                **kwargs) -> BatchSource:
+  """The BatchSource of a split of spec, e.g. make_source("embedded:en", "validation",
+  batch_size=8, input_length=1024). spec may be a mixture, `spec@weight,spec@weight`
+  (`parse_mixture`). The embedded corpus is read into memory; any other source is prepared on
+  disk once and memmapped (bytelm.data.prepare)."""
+  parts = [(prepare.open_split(s, split, invalid_utf8), w) for s, w in parse_mixture(spec)]
+  return BatchSource(parts, **kwargs)
+
+
+def parse_mixture(spec: str) -> list[tuple[str, float]]:
+  """[(spec, weight)] of a data spec: one source (weight 1), or a mixture of sources with
+  weights, "embedded:en@0.3,file:web/*.txt@0.7" (a list of such strings also works). A comma
+  separates sources only where every part ends in @weight, so a glob with a comma in braces
+  stays one source."""
+  if isinstance(spec, (list, tuple)):
+    return [p for s in spec for p in parse_mixture(s)]
+  parts = spec.split(",")
+  weighted = [p.rpartition("@") for p in parts]
+  if len(parts) == 1 and not _is_weight(weighted[0][2]):
+    return [(spec, 1.0)]
+  bad = [p for p, (_, at, w) in zip(parts, weighted) if not at or not _is_weight(w)]
+  if bad:
+    if len(parts) == 1:
+      return [(spec, 1.0)]
+    raise ValueError(f"mixture part {bad[0]!r} has no weight: write each source as "
+                     "spec@weight, e.g. 'embedded:en@0.3,file:web/*.txt@0.7'")
+  out = [(s, float(w)) for s, _, w in weighted]
+  for s, w in out:
+    if not w > 0:
+      raise ValueError(f"mixture weight of {s!r} is {w}; weights must be positive")
+  return out
+
+
+def _is_weight(text: str) -> bool:
+  try:
+    float(text)
+    return True
+  except ValueError:
+    return False

@@ -13,13 +13,21 @@ Specs:
                              The same files serve every split, unless the glob contains
                              `{split}`, which is replaced by the split name:
                              `file:data/{split}/*.txt`.
+                             Files of any other type are read as raw bytes, as `bytes:`.
+  bytes:<path or glob>       local files read as raw bytes, one document per file, nothing
+                             decoded (enwik8, text8, binary files); `{split}` as for file:.
   hf:<name>[:<config>]       `datasets.load_dataset(name, config, split=split)`: downloaded
                              into the Hugging Face cache where there is network, read from
-                             it alone where there is none; keeps the "text" column.
+                             it alone where there is none; keeps the "text" column. A local
+                             dataset directory works as a name.
 
-Every failure names the problem and the fix. Nothing is cached on disk by this module (`hf:`
-uses the Hugging Face cache as usual): the embedded corpus is ~40 MB of text and loads into
-memory in about a second.
+Two ways to read a source. `load_text` holds its documents in memory as a `datasets.Dataset` (the
+embedded corpus is ~40 MB of text and loads in about a second). `iter_documents` yields them one
+at a time as bytes, for bytelm.data.prepare, which writes a corpus of any size to disk without
+holding it (`hf:` then reads with `datasets` streaming). Text that is not valid UTF-8 is an error
+naming the file and offset, or, by `invalid_utf8`, replaced (U+FFFD) or kept as raw bytes.
+
+Every failure names the problem and the fix.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import re
 import socket
 import urllib.parse
 from pathlib import Path
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from bytelm.text import encoding
@@ -48,7 +57,8 @@ CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 EMBEDDED_SPLITS = ("train", "validation")
 TEXT_SUFFIXES = (".txt", ".md", ".rst")  # one document per file
 JSON_SUFFIXES = (".jsonl", ".json")  # one {"text": ...} per line
-SCHEMES = ("embedded", "file", "hf")
+SCHEMES = ("embedded", "file", "bytes", "hf")
+INVALID_UTF8 = ("error", "replace", "raw")  # what becomes of text that is not valid UTF-8
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_+.-]+):")  # 2+ chars, so C:\ stays a path
 
 
@@ -72,6 +82,9 @@ def load_text(spec: str, split: str = "train") -> datasets.Dataset:
     texts, where = _load_files(rest, split), f"files {rest!r}"
   elif scheme == "hf":
     return _load_hf(rest, split)
+  elif scheme == "bytes":
+    raise ValueError(f"{spec} is raw bytes, not text: it trains byte models through the "
+                     "prepared streams of bytelm.data.prepare (train.py's data.train takes it)")
   else:
     raise ValueError(f"unknown text spec scheme {scheme!r} in {spec!r}; use one of "
                      + ", ".join(f"'{s}:'" for s in SCHEMES) + " or a plain path/glob")
@@ -165,10 +178,10 @@ def _supported(path: str) -> bool:
 
 
 def file_paths(spec: str, split: str = "train") -> list[str] | None:
-  """The files a `file:` spec (or plain path or glob) reads for split, sorted and absolute;
-  None for the other schemes."""
+  """The files a `file:` or `bytes:` spec (or plain path or glob) reads for split, sorted and
+  absolute; None for the other schemes."""
   match = _SCHEME_RE.match(spec)
-  if match and match.group(1) != "file":
+  if match and match.group(1) not in ("file", "bytes"):
     return None
   return sorted(os.path.abspath(p) for p in _paths(spec[match.end():] if match else spec, split))
 
@@ -194,7 +207,8 @@ def _load_files(pattern: str, split: str) -> list[str]:
   if unsupported:
     raise ValueError(
         f"unsupported file type: {unsupported[0]} ({len(unsupported)} such files); use "
-        f"{', '.join(TEXT_SUFFIXES + JSON_SUFFIXES)} (optionally .xz/.gz), or narrow the glob")
+        f"{', '.join(TEXT_SUFFIXES + JSON_SUFFIXES)} (optionally .xz/.gz), narrow the glob, or train on them as raw bytes "
+        "(a 'bytes:' source, which train.py reads)")
   texts: list[str] = []
   for path in sorted(paths):
     if _base_suffix(path)[0] in TEXT_SUFFIXES:
@@ -206,22 +220,7 @@ def _load_files(pattern: str, split: str) -> list[str]:
 
 def _read_utf8(path: Path) -> str:
   """Whole (possibly compressed) file as text; invalid UTF-8 -> error with file and offset."""
-  compression = _base_suffix(str(path))[1]
-  opener = {".xz": lzma.open, ".gz": gzip.open}.get(compression, open)
-  try:
-    with opener(path, "rb") as f:
-      data = f.read()
-  except (lzma.LZMAError, gzip.BadGzipFile, EOFError) as e:
-    raise ValueError(f"{path}: cannot decompress ({e}); the file is truncated or not "
-                     f"{compression} data: re-create it") from e
-  try:
-    return data.decode("utf-8")
-  except UnicodeDecodeError as e:
-    where = "uncompressed byte offset" if compression else "byte offset"
-    iconv = f"iconv -f {encoding.likely_encoding(data)} -t utf-8"
-    command = (f"{iconv} {path.name} > fixed.txt" if not compression else
-               f"{'xzcat' if compression == '.xz' else 'zcat'} {path.name} | {iconv} > fixed.txt")
-    raise ValueError(encoding.not_utf8(data, e, str(path), where, command)) from e
+  return _checked(_read_bytes(path), str(path), "error").decode("utf-8")
 
 
 def _read_json_texts(path: Path) -> list[str]:
@@ -343,3 +342,186 @@ def _to_dataset(texts: list[str], where: str) -> datasets.Dataset:
                      "files with text")
   import datasets
   return datasets.Dataset.from_dict({"text": texts})
+
+
+# ---- one document at a time ---------------------------------------------------------------------
+
+
+def parse(spec: str) -> tuple[str, str]:
+  """(scheme, rest) of a spec; a plain path or glob is ("file", spec)."""
+  if not isinstance(spec, str) or not spec.strip():
+    raise ValueError(f"text spec must be a non-empty string, got {spec!r}; e.g. "
+                     "'embedded:en', 'file:data/*.txt' or 'hf:wikitext:wikitext-2-raw-v1'")
+  match = _SCHEME_RE.match(spec)
+  scheme, rest = (match.group(1), spec[match.end():]) if match else ("file", spec)
+  if scheme not in SCHEMES:
+    raise ValueError(f"unknown text spec scheme {scheme!r} in {spec!r}; use one of "
+                     + ", ".join(f"'{s}:'" for s in SCHEMES) + " or a plain path/glob")
+  return scheme, rest
+
+
+def is_raw(spec: str, invalid_utf8: str = "error") -> bool:
+  """Whether spec's documents are kept as raw bytes: a `bytes:` source, a `file:` source with
+  files of no text type, or any text source read with invalid_utf8="raw"."""
+  check_invalid_utf8(invalid_utf8)
+  scheme, rest = parse(spec)
+  if scheme == "bytes" or invalid_utf8 == "raw":
+    return True
+  if scheme != "file":
+    return False
+  return not all(_supported(p) for split in EMBEDDED_SPLITS for p in _paths(rest, split))
+
+
+def check_invalid_utf8(invalid_utf8: str) -> None:
+  if invalid_utf8 not in INVALID_UTF8:
+    raise ValueError(f"data.invalid_utf8 must be one of {INVALID_UTF8}, got {invalid_utf8!r}")
+
+
+def local_files(spec: str) -> list[str] | None:
+  """Every local file a spec reads (both splits), sorted and absolute: what a cache of its
+  prepared stream is keyed by; None where the documents are not local files (a Hub name)."""
+  scheme, rest = parse(spec)
+  if scheme in ("file", "bytes"):
+    return sorted({os.path.abspath(p) for split in EMBEDDED_SPLITS for p in _paths(rest, split)})
+  if scheme == "embedded":
+    return sorted(str(p) for p in corpus_dir().glob("*"))
+  name = rest.partition(":")[0]
+  if os.path.isdir(os.path.expanduser(name)):  # a local dataset directory
+    root = os.path.abspath(os.path.expanduser(name))
+    return sorted(p for p in glob.glob(os.path.join(root, "**", "*"), recursive=True)
+                  if os.path.isfile(p))
+  return None
+
+
+def splits_of(spec: str) -> tuple[str, ...]:
+  """The splits a source has of its own: train and validation for the embedded corpus and
+  `{split}` globs, the dataset's for `hf:`, none for other files (bytelm.data.prepare then
+  holds some of the text out)."""
+  scheme, rest = parse(spec)
+  if scheme == "embedded":
+    return EMBEDDED_SPLITS
+  if scheme in ("file", "bytes"):
+    return EMBEDDED_SPLITS if "{split}" in rest else ()
+  return tuple(_hf_streams(rest))
+
+
+def iter_documents(spec: str, split: str | None, invalid_utf8: str = "error"
+                   ) -> Iterator[bytes]:
+  """Each document of split (None: a source without splits, all of it) as bytes, one at a
+  time; text as UTF-8 by invalid_utf8 (module docstring), raw sources untouched."""
+  check_invalid_utf8(invalid_utf8)
+  scheme, rest = parse(spec)
+  if scheme == "embedded":
+    for text in _load_embedded(rest, split):
+      yield text.encode("utf-8")
+  elif scheme == "hf":
+    streams = _hf_streams(rest)
+    if split not in streams:
+      raise ValueError(f"hf:{rest} has no split {split!r}, only {sorted(streams)}")
+    for i, row in enumerate(streams[split]):
+      text = row.get("text")
+      if not isinstance(text, str):
+        raise ValueError(f"hf:{rest} (split {split!r}) row {i} has no string \"text\" field, "
+                         f"only {sorted(row)}; save it with the text column named \"text\"")
+      yield _utf8(text, f"hf:{rest} row {i}", invalid_utf8)
+  else:
+    raw = scheme == "bytes" or invalid_utf8 == "raw"
+    for path in sorted(_paths(rest, split or "train")):
+      suffix = _base_suffix(path)[0]
+      if raw and suffix not in JSON_SUFFIXES or not _supported(path):
+        yield _read_bytes(Path(path))
+      elif suffix in TEXT_SUFFIXES:
+        yield _checked(_read_bytes(Path(path)), path, invalid_utf8)
+      else:
+        yield from _json_lines(Path(path), invalid_utf8)
+
+
+def _read_bytes(path: Path) -> bytes:
+  compression = _base_suffix(str(path))[1]
+  opener = {".xz": lzma.open, ".gz": gzip.open}.get(compression, open)
+  try:
+    with opener(path, "rb") as f:
+      return f.read()
+  except (lzma.LZMAError, gzip.BadGzipFile, EOFError) as e:
+    raise ValueError(f"{path}: cannot decompress ({e}); the file is truncated or not "
+                     f"{compression} data: re-create it") from e
+
+
+def _checked(data: bytes, name: str, invalid_utf8: str) -> bytes:
+  """data if valid UTF-8; else the error naming the file (name) and offset, or U+FFFD for
+  each bad sequence (replace), or data itself (raw)."""
+  try:
+    data.decode("utf-8")
+    return data
+  except UnicodeDecodeError as e:
+    if invalid_utf8 == "replace":
+      return data.decode("utf-8", "replace").encode("utf-8")
+    if invalid_utf8 == "raw":
+      return data
+    path = name.rpartition(":")[0] if re.search(r":\d+$", name) else name  # file:line
+    compression = _base_suffix(path)[1]
+    where = "uncompressed byte offset" if compression else "byte offset"
+    iconv = f"iconv -f {encoding.likely_encoding(data)} -t utf-8"
+    base = os.path.basename(path)
+    command = (f"{iconv} {base} > fixed.txt" if not compression else
+               f"{'xzcat' if compression == '.xz' else 'zcat'} {base} | {iconv} > fixed.txt")
+    raise ValueError(encoding.not_utf8(data, e, name, where, command) + "; or train on it "
+                     "as it is: --config.data.invalid_utf8=replace (U+FFFD for each bad "
+                     "sequence) or =raw (the bytes untouched)") from None
+
+
+def _utf8(text: str, where: str, invalid_utf8: str) -> bytes:
+  try:
+    return text.encode("utf-8")
+  except UnicodeEncodeError as e:  # a lone surrogate
+    if invalid_utf8 == "error":
+      raise ValueError(f"{where} is not encodable as UTF-8 at character {e.start} ({e.reason}); "
+                       "clean it, or set data.invalid_utf8=replace") from None
+    return text.encode("utf-8", "replace")
+
+
+def _json_lines(path: Path, invalid_utf8: str) -> Iterator[bytes]:
+  """The "text" of each line of a JSON-lines file (or item of a JSON list), streamed line by
+  line (a JSON list is read whole)."""
+  compression = _base_suffix(str(path))[1]
+  opener = {".xz": lzma.open, ".gz": gzip.open}.get(compression, open)
+  with opener(path, "rb") as f:
+    head = f.read(64).lstrip()
+  if head.startswith(b"["):
+    for text in _read_json_texts(path):
+      yield _utf8(text, str(path), invalid_utf8)
+    return
+  try:
+    with opener(path, "rb") as f:
+      for lineno, line in enumerate(f, start=1):
+        if not line.strip():
+          continue
+        line = _checked(line, f"{path}:{lineno}", invalid_utf8).decode("utf-8", "replace")
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg}); each line must be one "
+                           'object like {"text": "..."}') from e
+        yield _utf8(_text_field(record, path, lineno, "line"), f"{path}:{lineno}", invalid_utf8)
+  except (lzma.LZMAError, gzip.BadGzipFile, EOFError) as e:
+    raise ValueError(f"{path}: cannot decompress ({e}); the file is truncated or not "
+                     f"{compression} data: re-create it") from e
+
+
+def _hf_streams(rest: str) -> dict:
+  """{split: IterableDataset} of an `hf:` spec, read with `datasets` streaming (offline where
+  the Hub cannot be reached, as `_load_hf`)."""
+  name, _, config = rest.partition(":")
+  if not name:
+    raise ValueError("hf: spec needs a dataset name, e.g. 'hf:wikitext:wikitext-2-raw-v1'")
+  import datasets
+  offline = datasets.config.HF_HUB_OFFLINE or (
+      not os.path.isdir(os.path.expanduser(name)) and not _hub_reachable())
+  try:
+    with _offline(offline):
+      return dict(datasets.load_dataset(os.path.expanduser(name), config or None,
+                                        streaming=True))
+  except (ConnectionError, FileNotFoundError) as e:
+    raise ValueError(f"hf:{rest} cannot be read ({type(e).__name__}: {e}); where there is no "
+                     "network only a local dataset directory works: save its text to files "
+                     "and use a 'file:' source") from None

@@ -44,13 +44,29 @@ def sources(config, workdir=None, splits=SPLITS, *, process_index: int = 0,
     _warn_if_trained_on(spec["train"], spec["validation"])
   return {split: pipeline.make_source(spec[split], split, seed=config.seed,
                                       process_index=process_index, process_count=process_count,
-                                      **settings)
+                                      invalid_utf8=invalid_utf8(config), **settings)
           for split in splits}
 
 
+def invalid_utf8(config) -> str:
+  """What a run does with text that is not valid UTF-8 (data.invalid_utf8; "error" where a
+  config predates the field)."""
+  return config.data.get("invalid_utf8", "error")
+
+
+def stream_hashes(data: Mapping[str, pipeline.BatchSource]) -> dict[str, list[str]]:
+  """{split: [SHA-256 of each prepared stream read]} (an in-memory stream, the embedded
+  corpus, has none: ""): what a checkpoint records, so that a run resumed on changed data is
+  refused."""
+  return {split: source.content_hashes for split, source in data.items()}
+
+
 def _warn_if_trained_on(train: str, validation: str) -> None:
-  """A warning where the validation split reads files the training split reads: its bits per
-  byte would then measure how well the model remembers its training text."""
+  """A warning where data.validation names another source that reads files the training
+  split reads: its bits per byte would then measure how well the model remembers its training
+  text. (One source serves both splits without overlap: its own splits, or a held-out tail.)"""
+  if validation == train:  # its validation split: held out of its documents (data.prepare)
+    return
   validation_files = sources_lib.file_paths(validation, "validation")
   if validation_files is None:
     return
@@ -88,7 +104,7 @@ def entropy_model(config, workdir) -> pathlib.Path | None:
   if segments is None or segments.kind != "entropy" or segments.get("entropy_model"):
     return None
   return pipeline.fit_entropy_model(config.data.train, _in(workdir, ENTROPY_MODEL),
-                                    **segments.to_dict())
+                                    invalid_utf8=invalid_utf8(config), **segments.to_dict())
 
 
 def tokenizer(config, workdir, write: bool = True):
@@ -98,7 +114,7 @@ def tokenizer(config, workdir, write: bool = True):
   if "tokenizer" not in dc:
     return None
   tok = bpe.load_or_train(_in(workdir, bpe.FILENAME), dc.train, dc.tokenizer.vocab_size,
-                          write=write)
+                          write=write, invalid_utf8=invalid_utf8(config))
   rows = config.model.get("vocab_size")
   if rows is not None and tok.get_vocab_size() > rows:
     raise ValueError(f"the tokenizer has {tok.get_vocab_size()} tokens but the model only "

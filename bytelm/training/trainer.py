@@ -25,6 +25,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import ml_collections
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -212,8 +213,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   # -- restore --
   checkpoints = ckpt_lib.Checkpointer(workdir / "checkpoints", keep=config.ckpt.keep)
 
+  streams = data_lib.stream_hashes(data)
+
   def check_meta(meta):  # the checkpoint's own config, the model as built included
     workdir_lib.check_compatible(workdir, meta["config"], resolved)
+    if "streams" in meta:  # the prepared data it trained on (a checkpoint before it: none)
+      workdir_lib.check_compatible(workdir, {"data streams": meta["streams"]},
+                                   {"data streams": streams})
 
   start_step = 0
   restored = checkpoints.restore_latest(ckpt_lib.abstract_like(state), check_meta)
@@ -242,7 +248,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     nonlocal last_saved
     _check_finite(train_metrics, step, last_saved, checkpoints.directory)
     checkpoints.save(step, state, {"step": step, "data": train_data.state(step),
-                                   "config": resolved})
+                                   "config": resolved, "streams": streams})
     last_saved = step
 
   # -- loop --
@@ -252,6 +258,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   batches = prefetch_lib.Prefetcher(train_data.batch, start_step, tc.steps, depth=prefetch)
   start_time = time.perf_counter()
   last_log = (start_time, 0.0)  # (time, batches.wait_seconds) at the previous log step
+  # A mixture's rows per source since the previous log step (global: a pure function of step).
+  mixed = train_data.weights is not None
+  source_rows = np.zeros(len(train_data.sources), np.int64)
   step, metrics, host_metrics, val = start_step, None, {}, {}
   stop_signal = 0
   try:
@@ -259,6 +268,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
       while step < tc.steps:
         batch = sharding.put_batch(batches.get(step), mesh)
         state, metrics = train_fn(state, batch)
+        if mixed and is_main:
+          source_rows += np.bincount(train_data.row_sources(step), minlength=len(source_rows))
         step += 1
         if step == start_step + 1:
           jax.block_until_ready(metrics)
@@ -272,7 +283,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
           now = (time.perf_counter(), batches.wait_seconds)
           wait_frac = (now[1] - last_log[1]) / max(now[0] - last_log[0], 1e-9)
           last_log = now
-          writer.write(step, **host_metrics, bytes_per_s=bps, input_wait_frac=wait_frac)
+          per_source = {f"source_bytes/{name}": n * train_data.bytes_per_example
+                        for name, n in zip(train_data.sources, source_rows)} if mixed else {}
+          source_rows[:] = 0
+          writer.write(step, **host_metrics, bytes_per_s=bps, input_wait_frac=wait_frac,
+                       **per_source)
           extra = "".join(f"{k} {host_metrics[k]:.3f} " for k in family.eval_metrics)
           progress.update(step, f"loss {host_metrics['loss']:.4f} "
                                 f"bpb {host_metrics['bits_per_byte']:.3f} {extra}"
