@@ -514,19 +514,16 @@ def make_source(spec: str, split: str = "train", *, invalid_utf8: str = "error",
 
 def parse_mixture(spec: str) -> list[tuple[str, float]]:
   """[(spec, weight)] of a data spec: one source (weight 1), or a mixture of sources with
-  weights, "embedded:en@0.3,file:web/*.txt@0.7" (a list of such strings also works). A comma
-  separates sources only where every part ends in @weight, so a glob with a comma in braces
-  stays one source."""
+  weights, "embedded:en@0.3,file:web/*.txt@0.7" (a list of such strings also works). Commas
+  separate sources only in a spec with weights, so a file name with a comma stays one source."""
   if isinstance(spec, (list, tuple)):
     return [p for s in spec for p in parse_mixture(s)]
   parts = spec.split(",")
   weighted = [p.rpartition("@") for p in parts]
-  if len(parts) == 1 and not _is_weight(weighted[0][2]):
-    return [(spec, 1.0)]
   bad = [p for p, (_, at, w) in zip(parts, weighted) if not at or not _is_weight(w)]
+  if len(bad) == len(parts):  # no weights: one source (whose name may hold a comma)
+    return [(spec, 1.0)]
   if bad:
-    if len(parts) == 1:
-      return [(spec, 1.0)]
     raise ValueError(f"mixture part {bad[0]!r} has no weight: write each source as "
                      "spec@weight, e.g. 'embedded:en@0.3,file:web/*.txt@0.7'")
   out = [(s, float(w)) for s, _, w in weighted]
