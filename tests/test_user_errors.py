@@ -57,10 +57,11 @@ CASES = {
         [TRAIN, *TINY, "--config.data.train=file:quotes.txt"],
         ("quotes.txt: not valid UTF-8 at byte offset 0", "byte 0x93",
          "iconv -f cp1252 -t utf-8 quotes.txt")),
-    # The same file for both splits: a warning that validation is not held out, then the error.
+    # Another source reading a training file as validation: a warning that it is not held
+    # out, then the error.
     "dataset too small": Case(
         [TRAIN, *TINY, "--config.data.train=file:small.txt",
-         "--config.data.validation=file:small.txt"],
+         "--config.data.validation=file:small*.txt"],
         ("warning: the validation split reads 1 of the training files", "small.txt",
          "give data.validation other files", "the dataset is too small",
          "add text or lower input_length")),

@@ -298,7 +298,7 @@ class _Progress:
     if self.enabled:
       from tqdm.auto import tqdm
       self.bar = tqdm(desc=f"preparing {self.spec}", unit="B", unit_scale=True,
-                      file=sys.stderr, mininterval=1.0)
+                      file=sys.stderr, mininterval=1.0, disable=None)  # None: a terminal only
     return self
 
   def update(self, n: int) -> None:

@@ -302,25 +302,8 @@ def _offline(offline: bool):
 
 
 def _load_hf(rest: str, split: str) -> datasets.Dataset:
-  name, _, config = rest.partition(":")
-  if not name:
-    raise ValueError("hf: spec needs a dataset name, e.g. 'hf:wikitext:wikitext-2-raw-v1'")
   import datasets
-  asked_offline = datasets.config.HF_HUB_OFFLINE  # HF_DATASETS_OFFLINE or HF_HUB_OFFLINE
-  offline = asked_offline or not _hub_reachable()
-  try:
-    with _offline(offline):
-      ds = datasets.load_dataset(name, config or None, split=split)
-  except ConnectionError as e:  # OfflineModeIsEnabled too: what is not cached needs the Hub
-    if not offline:
-      raise ValueError(f"hf:{rest}: the Hugging Face Hub did not answer ({e}); try again, or "
-                       "use a local 'file:' source") from e
-    why = ("offline mode is on (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)" if asked_offline else
-           f"{_hub_address()[0]} cannot be reached from here")
-    raise ValueError(
-        f"hf:{rest} is not in the local Hugging Face cache ({datasets.config.HF_DATASETS_CACHE}) "
-        f"and {why}: load it once where there is network (the cache keeps it), or save its "
-        "text to files and use a 'file:' source") from None
+  ds = _hf_load(rest, split=split, streaming=False)
   if isinstance(ds, datasets.IterableDataset):
     raise ValueError(f"hf:{rest} loaded as a streaming dataset; bytelm needs a map-style "
                      "Dataset (do not pass streaming=True)")
@@ -332,6 +315,34 @@ def _load_hf(rest: str, split: str) -> datasets.Dataset:
   if len(ds) == 0:
     raise ValueError(f"hf:{rest} split {split!r} has no documents; pick another split")
   return ds.select_columns(["text"])
+
+
+def _hf_load(rest: str, **kwargs):
+  """datasets.load_dataset of an `hf:` spec's name and config with kwargs; where the Hub
+  cannot be reached (or offline mode is asked for), from the local cache alone, at once."""
+  name, _, config = rest.partition(":")
+  if not name:
+    raise ValueError("hf: spec needs a dataset name, e.g. 'hf:wikitext:wikitext-2-raw-v1'")
+  import datasets
+  name = os.path.expanduser(name)
+  asked_offline = datasets.config.HF_HUB_OFFLINE  # HF_DATASETS_OFFLINE or HF_HUB_OFFLINE
+  offline = asked_offline or (not os.path.isdir(name) and not _hub_reachable())
+  if offline:
+    kwargs["streaming"] = False  # streaming reads the Hub; offline, the cache's Arrow files
+  try:
+    with _offline(offline):
+      ds = datasets.load_dataset(name, config or None, **kwargs)
+  except ConnectionError as e:  # OfflineModeIsEnabled too: what is not cached needs the Hub
+    if not offline:
+      raise ValueError(f"hf:{rest}: the Hugging Face Hub did not answer ({e}); try again, or "
+                       "use a local 'file:' source") from e
+    why = ("offline mode is on (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE)" if asked_offline else
+           f"{_hub_address()[0]} cannot be reached from here")
+    raise ValueError(
+        f"hf:{rest} is not in the local Hugging Face cache ({datasets.config.HF_DATASETS_CACHE}) "
+        f"and {why}: load it once where there is network (the cache keeps it), or save its "
+        "text to files and use a 'file:' source") from None
+  return ds
 
 
 def _to_dataset(texts: list[str], where: str) -> datasets.Dataset:
@@ -509,19 +520,6 @@ def _json_lines(path: Path, invalid_utf8: str) -> Iterator[bytes]:
 
 
 def _hf_streams(rest: str) -> dict:
-  """{split: IterableDataset} of an `hf:` spec, read with `datasets` streaming (offline where
-  the Hub cannot be reached, as `_load_hf`)."""
-  name, _, config = rest.partition(":")
-  if not name:
-    raise ValueError("hf: spec needs a dataset name, e.g. 'hf:wikitext:wikitext-2-raw-v1'")
-  import datasets
-  offline = datasets.config.HF_HUB_OFFLINE or (
-      not os.path.isdir(os.path.expanduser(name)) and not _hub_reachable())
-  try:
-    with _offline(offline):
-      return dict(datasets.load_dataset(os.path.expanduser(name), config or None,
-                                        streaming=True))
-  except (ConnectionError, FileNotFoundError) as e:
-    raise ValueError(f"hf:{rest} cannot be read ({type(e).__name__}: {e}); where there is no "
-                     "network only a local dataset directory works: save its text to files "
-                     "and use a 'file:' source") from None
+  """{split: iterable of rows} of an `hf:` spec: `datasets` streaming where the Hub answers (or
+  the dataset is a local folder), else the Hugging Face cache's copy, read row by row."""
+  return dict(_hf_load(rest, streaming=True))
