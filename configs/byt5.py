@@ -86,6 +86,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ckpt.keep = 2
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})  # -1: all remaining devices
+  # Several processes as one run (jax.distributed); each value unset here falls back to
+  # JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID. May change on resume.
+  c.distributed = ml_collections.ConfigDict(
+      {"coordinator_address": "", "num_processes": 0, "process_id": -1})  # "", 0, -1: unset
 
   if variant == "small":
     c.data.input_length = 1024  # -> targets 189

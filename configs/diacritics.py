@@ -106,6 +106,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.ckpt.keep = 1
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+  c.distributed = ml_collections.ConfigDict(  # "", 0, -1: unset (configs/byt5.py says more)
+      {"coordinator_address": "", "num_processes": 0, "process_id": -1})
 
   if variant == "tiny":
     c.data.input_length = 32

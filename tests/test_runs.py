@@ -65,7 +65,9 @@ def test_every_config_resumes_by_default_and_can_refuse(name):
 def test_only_cadence_fields_may_change_on_resume():
   stored = resolved("mrt5", "tiny")
   safe = {"train.log_every": 7, "train.eval_every": 7, "train.prefetch": 0, "ckpt.every": 7,
-          "ckpt.keep": 7, "mesh.data": 2, "mesh.fsdp": 2, "model.remat": True, "resume": False}
+          "ckpt.keep": 7, "mesh.data": 2, "mesh.fsdp": 2, "model.remat": True, "resume": False,
+          "distributed.coordinator_address": "10.0.0.2:4321", "distributed.num_processes": 4,
+          "distributed.process_id": 3}
   for field, value in safe.items():
     assert workdir_lib.is_safe_to_change(field)
     section, _, key = field.rpartition(".")
@@ -80,6 +82,27 @@ def test_only_cadence_fields_may_change_on_resume():
   changed = {**stored, "opt": {**stored["opt"], "lr": 0.5}, "seed": 3}
   assert workdir_lib.differences(stored, changed) == [("opt.lr", stored["opt"]["lr"], 0.5),
                                                       ("seed", 0, 3)]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_a_run_restarted_on_other_hosts_resumes(name, tmp_path):
+  """config.distributed names where the processes run, not the run: a restart on other hosts
+  and ports resumes, also a run whose config.json predates the field, and each process's own
+  --config.distributed.process_id keeps the default workdir they all share."""
+  stored = resolved(name, "tiny")
+  assert stored["distributed"] == {"coordinator_address": "", "num_processes": 0,
+                                   "process_id": -1}
+  workdir_lib.write_config(tmp_path, stored)
+  moved = {**stored, "distributed": {"coordinator_address": "10.0.0.9:1234",
+                                     "num_processes": 2, "process_id": 1}}
+  workdir_lib.check_resume(tmp_path, moved)
+  older = {k: v for k, v in stored.items() if k != "distributed"}
+  workdir_lib.write_config(tmp_path, older)
+  workdir_lib.check_resume(tmp_path, moved)
+  assert workdir_lib.differences(moved, older) == []
+  spec = f"configs/{name}.py:tiny"
+  assert workdir_lib.default_workdir(spec, {"distributed.process_id": 1}) == (
+      workdir_lib.default_workdir(spec))
 
 
 def test_an_empty_workdir_takes_a_run_whatever_resume_says(tmp_path):

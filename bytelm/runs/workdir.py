@@ -38,6 +38,7 @@ SAFE_TO_CHANGE = (
     "ckpt.every",  # how often a checkpoint is saved
     "ckpt.keep",  # how many are kept
     "mesh.*",  # how the devices share each step: the same step, summed in another order
+    "distributed.*",  # which processes run it: a restart may come up on other hosts and ports
     "model.remat",  # recompute blocks in the backward pass: memory for time, same gradients
 )
 
@@ -52,7 +53,10 @@ class WorkdirNotEmpty(ConfigMismatch):
 
 def is_safe_to_change(field: str) -> bool:
   """Whether `field` (dotted, e.g. "train.log_every") may differ on resume (SAFE_TO_CHANGE)."""
-  return any(fnmatch.fnmatchcase(field, pattern) for pattern in SAFE_TO_CHANGE)
+  # "section." too: a section safe to change as a whole may also be absent from one side (the
+  # config.json of a run made before the section existed, "distributed" say).
+  return any(fnmatch.fnmatchcase(field, pattern) or fnmatch.fnmatchcase(field + ".", pattern)
+             for pattern in SAFE_TO_CHANGE)
 
 
 @contextlib.contextmanager

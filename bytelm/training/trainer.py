@@ -27,7 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import ml_collections
+import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bytelm import models
@@ -75,11 +77,22 @@ class Summary:
 
 
 class _StopRequested:
-  """SIGTERM / Ctrl-C set a flag; the loop saves a checkpoint and returns at the next step."""
+  """SIGTERM / Ctrl-C set a flag; the loop saves a checkpoint and returns at the next step.
+
+  Several processes must stop at one step, or one waits forever in a collective the others left
+  (and their checkpoints would be of different steps). There each process's flag is gathered
+  from all at log and checkpoint steps, where the host syncs anyway: any process's signal stops
+  every process at the same step, and a run of one process pays for no collective. JAX's
+  preemption sync point (multihost_utils.reached_preemption_sync_point) would answer every step,
+  but orbax's save_finalize thread calls it with the step it finalizes, which resets the step
+  that process reports: a SIGTERM then can stop one process and not the other (seen with jax
+  0.10.2 and orbax), so its C++ SIGTERM handler is replaced by ours, as before.
+  """
 
   def __init__(self):
     self.signum = 0  # the first signal received; 0 while none was
     self._previous = {}
+    self._processes = jax.process_count()
 
   @property
   def requested(self) -> bool:
@@ -94,35 +107,82 @@ class _StopRequested:
     if self.requested:  # a second Ctrl-C: the user really wants out
       raise KeyboardInterrupt
     self.signum = signum
-    log.warning("received %s: saving a checkpoint and stopping", signal.Signals(signum).name)
+    when = "" if self._processes == 1 else " at the next log or checkpoint step, with every process"
+    log.warning("received %s: saving a checkpoint and stopping%s", signal.Signals(signum).name,
+                when)
+
+  def should_stop(self, step: int, synced: bool) -> bool:
+    """Whether to save and stop after `step`, the same answer in every process. synced: a step
+    at which every process asks (log and checkpoint steps); only there do several agree."""
+    if self._processes == 1:
+      return self.requested
+    if not synced:
+      return False
+    signums = multihost_utils.process_allgather(np.int32(self.signum))
+    if not signums.any():
+      return False
+    self.signum = self.signum or int(signums[signums != 0][0])  # another process's signal
+    log.warning("%s: every process saves and stops at step %d",
+                signal.Signals(self.signum).name, step)
+    return True
 
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
 
-def _maybe_init_distributed() -> None:
-  """Several processes (hosts): join them where the environment describes a cluster, before
-  JAX touches a device. JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES
-  and JAX_PROCESS_ID name it by hand; BYTELM_DISTRIBUTED=1 leaves it to JAX's detection of
-  SLURM, Open MPI and TPU pods. On CPUs the processes' collectives go through gloo."""
-  env = os.environ
-  if not (env.get("JAX_COORDINATOR_ADDRESS") or env.get("BYTELM_DISTRIBUTED")):
-    return
-  if jax.distributed.is_initialized():
+def _maybe_init_distributed(config: ml_collections.ConfigDict) -> None:
+  """Several processes (hosts): join them where the config or the environment describes a
+  cluster, before JAX touches a device. config.distributed (coordinator_address: host:port of
+  process 0, num_processes, process_id) names it by hand, each field unset there falling back
+  to JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; BYTELM_DISTRIBUTED=1 leaves
+  it to JAX's detection of SLURM, Open MPI and TPU pods. On CPUs the processes' collectives go
+  through gloo."""
+  kwargs = _distributed_args(config.get("distributed") or {}, os.environ)
+  if kwargs is None or jax.distributed.is_initialized():
     return
   jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU only; GPUs use NCCL
-  kwargs = {}
-  if env.get("JAX_COORDINATOR_ADDRESS"):
-    missing = [v for v in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if not env.get(v)]
-    if missing:
-      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} not: set "
-                       "JAX_NUM_PROCESSES (how many processes) and JAX_PROCESS_ID (this one's, "
-                       "0 for the coordinator's) in every process")
-    kwargs = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                  num_processes=int(env["JAX_NUM_PROCESSES"]),
-                  process_id=int(env["JAX_PROCESS_ID"]))
   jax.distributed.initialize(**kwargs)
+
+
+def _distributed_args(dist, env) -> dict | None:
+  """jax.distributed.initialize's arguments from config.distributed and the environment (the
+  config's value where set), or None for a single process."""
+  def setting(field, var, unset, kind):
+    value = dist.get(field, unset)
+    if value != unset:
+      return value
+    try:
+      return kind(env[var]) if env.get(var) else None
+    except ValueError:
+      raise ValueError(f"{var}={env[var]!r} is not a whole number; set it to one, or "
+                       f"--config.distributed.{field}") from None
+
+  address = setting("coordinator_address", "JAX_COORDINATOR_ADDRESS", "", str)
+  num = setting("num_processes", "JAX_NUM_PROCESSES", 0, int)
+  pid = setting("process_id", "JAX_PROCESS_ID", -1, int)
+  auto = bool(env.get("BYTELM_DISTRIBUTED"))
+  if not address:
+    if not auto and (dist.get("num_processes", 0) != 0 or dist.get("process_id", -1) != -1):
+      raise ValueError(
+          "config.distributed sets num_processes or process_id but no coordinator address: set "
+          "--config.distributed.coordinator_address=HOST:PORT (process 0's host and a free port) "
+          "or JAX_COORDINATOR_ADDRESS, or BYTELM_DISTRIBUTED=1 under SLURM, Open MPI or a TPU pod")
+    # BYTELM_DISTRIBUTED: JAX finds what is unset (None) from the cluster's environment.
+    return (None if not auto else
+            {k: v for k, v in (("num_processes", num), ("process_id", pid)) if v is not None})
+  missing = [f"{name} (--config.distributed.{name} or {var})"
+             for name, var, value in (("num_processes", "JAX_NUM_PROCESSES", num),
+                                      ("process_id", "JAX_PROCESS_ID", pid)) if value is None]
+  if missing:
+    raise ValueError(f"a coordinator address ({address}) is set but not {' and '.join(missing)}: "
+                     "set how many processes there are and this one's id (0 for the "
+                     "coordinator's) in every process")
+  if not 0 <= pid < num:
+    raise ValueError(f"process_id {pid} is not one of the {num} processes' ids 0..{num - 1}: give "
+                     "each process its own id below num_processes (--config.distributed.* or "
+                     "JAX_PROCESS_ID / JAX_NUM_PROCESSES)")
+  return dict(coordinator_address=address, num_processes=num, process_id=pid)
 
 
 # ---- steps ----------------------------------------------------------------------------------------
@@ -158,7 +218,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
   (`bytelm.runs.lock.WorkdirLocked`); a workdir of another config, or any non-empty one with
   config.resume false, is refused before anything is written (`bytelm.runs.workdir.
   ConfigMismatch`)."""
-  _maybe_init_distributed()
+  _maybe_init_distributed(config)
   with workdir_lib.made(workdir) as workdir:  # removed again if the run cannot start
     with lock_lib.WorkdirLock(workdir, enabled=jax.process_index() == 0):
       return _train_and_evaluate(config, workdir)
@@ -301,7 +361,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
                                 f"bpb {val['val_bpb']:.3f}")
         if step % config.ckpt.every == 0 or step == tc.steps:
           save(step, metrics)
-        if stop.requested:
+        if stop.should_stop(step, synced=step % tc.log_every == 0 or step == tc.steps
+                            or step % config.ckpt.every == 0):
           stop_signal = stop.signum
           if last_saved != step:
             save(step, metrics)
