@@ -173,3 +173,62 @@ def test_learned_boundaries_give_the_host_rules_ids(probs, max_bytes, max_segmen
   ids, _ = segment.segment_ids(len(data), starts, max_segments)
   np.testing.assert_array_equal(ids_1T[0], ids)
   np.testing.assert_array_equal(ctx_1T[0], segment.context_ids(data, starts, max_segments))
+
+
+def _reference_word_starts(data: bytes) -> list[int]:
+  """The words segmenter written as the rule reads, one character at a time (the vectorised
+  segment.word_starts must agree with it on any bytes)."""
+  chars, i = [], 0
+  while i < len(data):  # (offset, character or None for a byte that is not valid UTF-8)
+    for width in (1, 2, 3, 4):
+      try:
+        ch = data[i:i + width].decode("utf-8")
+      except UnicodeDecodeError:
+        continue
+      if len(ch) == 1:
+        chars.append((i, ch))
+        i += width
+        break
+    else:
+      chars.append((i, None))
+      i += 1
+
+  def kind(ch):
+    if ch is None:
+      return "alone"
+    if ch.isspace():
+      return "space"
+    import unicodedata
+    if unicodedata.category(ch)[0] in "LM" and unicodedata.name(ch, "").startswith(
+        segment._NO_SPACE_SCRIPTS):
+      return "alone"
+    return "word"
+
+  starts, space_start, previous = [], None, None
+  for offset, ch in chars:
+    k = kind(ch)
+    if k == "space":
+      space_start = offset if space_start is None else space_start
+      previous = None
+      continue
+    if space_start is not None:
+      starts.append(space_start)
+      space_start = None
+    elif not (k == "word" and previous == "word"):
+      starts.append(offset)
+    previous = k
+  if space_start is not None:
+    starts.append(space_start)
+  return starts
+
+
+_PIECES = [b" ", b"\t\n", b"\xc2\xa0", b"a", b"Z9", b"'", b",", b"\xc3\xa9", b"\xe6\x97\xa5",
+           b"\xe3\x81\x82", b"\xe0\xb8\x81", b"\xf0\x9f\x98\x80", b"\xff", b"\xe6\x97", b"\x80",
+           b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80", b"\xcc\x81", b"\x00"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), max_size=40), st.binary(max_size=12))
+def test_vectorised_word_starts_match_the_rule_character_by_character(parts, noise):
+  data = b"".join(parts) + noise
+  assert segment.word_starts(data) == _reference_word_starts(data)

@@ -303,7 +303,7 @@ def _offline(offline: bool):
 
 def _load_hf(rest: str, split: str) -> datasets.Dataset:
   import datasets
-  ds = _hf_load(rest, split=split, streaming=False)
+  ds = _hf_load(rest, split=split)
   if isinstance(ds, datasets.IterableDataset):
     raise ValueError(f"hf:{rest} loaded as a streaming dataset; bytelm needs a map-style "
                      "Dataset (do not pass streaming=True)")
@@ -328,7 +328,7 @@ def _hf_load(rest: str, **kwargs):
   asked_offline = datasets.config.HF_HUB_OFFLINE  # HF_DATASETS_OFFLINE or HF_HUB_OFFLINE
   offline = asked_offline or (not os.path.isdir(name) and not _hub_reachable())
   if offline:
-    kwargs["streaming"] = False  # streaming reads the Hub; offline, the cache's Arrow files
+    kwargs.pop("streaming", None)  # streaming reads the Hub; offline, the cache's Arrow files
   try:
     with _offline(offline):
       ds = datasets.load_dataset(name, config or None, **kwargs)

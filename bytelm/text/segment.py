@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import dataclasses
+import functools
 import os
 import pathlib
 import unicodedata
@@ -46,53 +47,46 @@ _NO_SPACE_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYA
                      "TIBETAN")
 
 
-def _characters(data: bytes) -> list[tuple[int, str | None]]:
-  """(byte offset, character) for each character of data; None for a byte that is not valid
-  UTF-8 (each such byte stands alone)."""
-  out, i = [], 0
-  while i < len(data):
-    for width in (1, 2, 3, 4):
-      try:
-        ch = data[i:i + width].decode("utf-8")
-      except UnicodeDecodeError:
-        continue
-      if len(ch) == 1:
-        out.append((i, ch))
-        i += width
-        break
-    else:
-      out.append((i, None))
-      i += 1
-  return out
+_SPACE, _WORD, _ALONE = 0, 1, 2  # character kinds
 
 
-def _kind(ch: str | None) -> str:
-  """space | word (letters, marks, digits, punctuation, symbols) | alone (a character of a
-  script written without spaces, or an invalid byte)."""
-  if ch is None:
-    return "alone"
+@functools.lru_cache(maxsize=1 << 16)
+def _kind(cp: int) -> int:
+  """_SPACE | _WORD (letters, marks, digits, punctuation, symbols) | _ALONE (a character of a
+  script written without spaces, or a byte that is not valid UTF-8: a lone surrogate here)."""
+  if 0xDC80 <= cp <= 0xDCFF:  # surrogateescape's stand-in for one invalid byte
+    return _ALONE
+  ch = chr(cp)
   if ch.isspace():
-    return "space"
+    return _SPACE
   if unicodedata.category(ch)[0] in "LM" and unicodedata.name(ch, "").startswith(
       _NO_SPACE_SCRIPTS):
-    return "alone"
-  return "word"
+    return _ALONE
+  return _WORD
 
 
-# ASCII characters that str.isspace() calls whitespace (\t \n \v \f \r, \x1c-\x1f, space).
-_ASCII_SPACE = np.array([chr(b).isspace() for b in range(128)])
+_ASCII_KIND = np.array([_kind(b) for b in range(128)], np.int8)
 
 
-def _ascii_word_starts(data: bytes) -> list[int]:
-  """word_starts of ASCII data, vectorised: in ASCII every non-space is a word character, so a
-  word starts at 0 and where each run of whitespace begins."""
-  if not data:
-    return []
-  space_T = _ASCII_SPACE[np.frombuffer(data, np.uint8)]
-  run_start_T = space_T.copy()
-  run_start_T[1:] &= ~space_T[:-1]
-  run_start_T[0] = True
-  return np.flatnonzero(run_start_T).tolist()
+def _characters(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+  """(byte offset [C], kind [C]) of each character of data; a byte that is not valid UTF-8 is
+  a character of its own (Python's decoder with surrogateescape makes each such byte one lone
+  surrogate, and valid UTF-8 never decodes to one)."""
+  if data.isascii():
+    x = np.frombuffer(data, np.uint8)
+    return np.arange(len(x)), _ASCII_KIND[x]
+  cp_C = np.frombuffer(data.decode("utf-8", "surrogateescape").encode("utf-32-le",
+                                                                     "surrogatepass"), np.uint32)
+  escaped_C = (cp_C >= 0xDC80) & (cp_C <= 0xDCFF)
+  width_C = np.where(escaped_C | (cp_C < 0x80), 1, np.where(
+      cp_C < 0x800, 2, np.where(cp_C < 0x10000, 3, 4)))
+  offset_C = np.concatenate([[0], np.cumsum(width_C)[:-1]])
+  kind_C = np.empty(len(cp_C), np.int8)
+  ascii_C = cp_C < 0x80
+  kind_C[ascii_C] = _ASCII_KIND[cp_C[ascii_C]]
+  others, inverse = np.unique(cp_C[~ascii_C], return_inverse=True)
+  kind_C[~ascii_C] = np.asarray([_kind(int(c)) for c in others], np.int8)[inverse]
+  return offset_C, kind_C
 
 
 def word_starts(data: bytes) -> list[int]:
@@ -106,28 +100,22 @@ def word_starts(data: bytes) -> list[int]:
   is a word of its own; each byte that is not valid UTF-8 stands alone. Every rule looks only
   at the character it decides and the one before, so a boundary is settled by the character
   that starts the next word.
+
+  Vectorised over characters: a word starts where a run of whitespace starts (it belongs to
+  the word after it, or is the text's tail), at the first character, and at a non-space
+  character after another non-space one unless both are word characters.
   """
   data = bytes(data)
-  if data.isascii():
-    return _ascii_word_starts(data)
-  starts = []
-  space_start = None  # where the whitespace before the next word began
-  previous = None  # kind of the last character of the word in progress; None after whitespace
-  for offset, ch in _characters(data):
-    kind = _kind(ch)
-    if kind == "space":
-      space_start = offset if space_start is None else space_start
-      previous = None
-      continue
-    if space_start is not None:
-      starts.append(space_start)
-      space_start = None
-    elif not (kind == "word" and previous == "word"):
-      starts.append(offset)
-    previous = kind
-  if space_start is not None:  # whitespace at the end
-    starts.append(space_start)
-  return starts
+  if not data:
+    return []
+  offset_C, kind_C = _characters(data)
+  space_C = kind_C == _SPACE
+  word_C = kind_C == _WORD
+  start_C = np.empty(len(kind_C), bool)
+  start_C[0] = True
+  start_C[1:] = np.where(space_C[1:], ~space_C[:-1],  # where a whitespace run begins
+                         ~space_C[:-1] & ~(word_C[1:] & word_C[:-1]))
+  return offset_C[start_C].tolist()
 
 
 # ---- fixed segments, long segments cut, static shapes --------------------------------------------
@@ -146,8 +134,11 @@ def split_long(data: bytes, starts: Sequence[int], max_segment_bytes: int) -> li
   if max_segment_bytes < 4:
     raise ValueError(f"max_segment_bytes must be at least 4 (one UTF-8 character), got "
                      f"{max_segment_bytes}")
+  starts = list(starts)
+  ends = starts[1:] + [len(data)]
+  if not starts or max(np.subtract(ends, starts)) <= max_segment_bytes:
+    return starts  # nothing to cut (the common case: words are short)
   out = []
-  ends = list(starts[1:]) + [len(data)]
   for start, end in zip(starts, ends):
     out.append(start)
     position = start
@@ -174,8 +165,9 @@ def segment_ids(num_bytes: int, starts: Sequence[int], max_segments: int,
     raise ValueError("segment starts must begin at offset 0")
   kept = starts[:max_segments]
   covered = starts[max_segments] if len(starts) > max_segments else num_bytes
-  for n, (start, end) in enumerate(zip(kept, kept[1:] + [covered])):
-    ids_T[start:end] = n
+  if kept:  # segment n over [kept[n], next start)
+    ids_T[:covered] = np.repeat(np.arange(len(kept), dtype=np.int32),
+                                np.diff(np.asarray(kept + [covered])))
   return ids_T, covered
 
 
