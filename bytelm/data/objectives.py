@@ -21,6 +21,8 @@ spans reuse ids of real bytes (0xF4 and below), exactly as ByT5 pretraining did.
 Everything is deterministic given a `np.random.Generator`; no global random state is used.
 """
 
+import functools
+
 import numpy as np
 
 from bytelm.data import noise
@@ -38,6 +40,7 @@ def _check_noise(noise_density: float, mean_noise_span_length: float) -> None:
                      "ByT5 uses 20")
 
 
+@functools.lru_cache(maxsize=256)  # called per example with the run's few settings
 def _noise_counts(length: int, noise_density: float, mean_noise_span_length: float
                   ) -> tuple[int, int]:
   """(noise ids, noise spans) for `length` raw ids; the single rule both mask and lengths use.
@@ -84,11 +87,17 @@ def span_corruption_lengths(input_length: int, noise_density: float = NOISE_DENS
   return raw, lengths(raw)[1]
 
 
+_MAX_ALTERNATING = 512  # spans; above it (never at ByT5's settings) the pattern is tiled per call
+_ALTERNATING = np.tile([False, True], _MAX_ALTERNATING)  # keep, noise, keep, noise, ...
+
+
 def _random_segmentation(num_items: int, num_segments: int, rng: np.random.Generator
                          ) -> np.ndarray:
   """Lengths of `num_segments` non-empty segments summing to `num_items`, cut uniformly."""
-  cuts = np.sort(rng.choice(num_items - 1, size=num_segments - 1, replace=False)) + 1
-  return np.diff(np.concatenate([[0], cuts, [num_items]]))
+  bounds = np.empty(num_segments + 1, np.int64)
+  bounds[0], bounds[-1] = 0, num_items
+  bounds[1:-1] = np.sort(rng.choice(num_items - 1, size=num_segments - 1, replace=False)) + 1
+  return np.diff(bounds)
 
 
 def random_spans_noise_mask(length: int, noise_density: float, mean_noise_span_length: float,
@@ -106,9 +115,10 @@ def random_spans_noise_mask(length: int, noise_density: float, mean_noise_span_l
   num_noise, num_spans = _noise_counts(length, noise_density, mean_noise_span_length)
   noise_lengths = _random_segmentation(num_noise, num_spans, rng)
   keep_lengths = _random_segmentation(length - num_noise, num_spans, rng)
-  span_lengths = np.stack([keep_lengths, noise_lengths], axis=1).reshape(-1)
-  is_noise = np.tile(np.array([False, True]), num_spans)
-  return np.repeat(is_noise, span_lengths)
+  span_lengths = np.empty(2 * num_spans, np.int64)
+  span_lengths[0::2], span_lengths[1::2] = keep_lengths, noise_lengths
+  return np.repeat(_ALTERNATING[: 2 * num_spans] if num_spans <= _MAX_ALTERNATING
+                   else np.tile([False, True], num_spans), span_lengths)
 
 
 def span_corruption_from_mask(ids, noise_mask) -> tuple[np.ndarray, np.ndarray]:
@@ -134,9 +144,14 @@ def span_corruption_from_mask(ids, noise_mask) -> tuple[np.ndarray, np.ndarray]:
   inputs = ids.copy()
   inputs[starts] = sentinels
   inputs = np.concatenate([inputs[~mask | starts], eos])
-  # The targets are the noise ids with span i's sentinel inserted before its first id.
-  targets = np.insert(ids[mask], np.flatnonzero(starts[mask]), sentinels)
-  return inputs, np.concatenate([targets, eos])
+  # The targets are the noise ids with span i's sentinel before its first id, and eos.
+  noise = ids[mask]
+  targets = np.empty(len(noise) + num_spans + 1, np.int32)
+  sentinel_at = np.flatnonzero(starts[mask]) + np.arange(num_spans)
+  is_sentinel = np.zeros(len(targets) - 1, bool)
+  is_sentinel[sentinel_at] = True
+  targets[:-1][is_sentinel], targets[:-1][~is_sentinel], targets[-1] = sentinels, noise, EOS_ID
+  return inputs, targets
 
 
 def span_corruption(ids, rng: np.random.Generator, noise_density: float = NOISE_DENSITY,
