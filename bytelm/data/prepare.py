@@ -93,7 +93,11 @@ def cached(spec: str, invalid_utf8: str = "error", *, progress: bool = True) -> 
     if entry.exists():  # the stale stream of a changed source: ours (the cache), replaced
       old = entry.with_name(entry.name + f".old-{os.getpid()}")
       os.replace(entry, old)
-    os.replace(work, entry)
+    try:
+      os.replace(work, entry)
+    except OSError:  # another process renamed its copy into place in the meantime
+      if _manifest(entry).get("key") != key:
+        raise
     if old is not None:
       shutil.rmtree(old, ignore_errors=True)
   finally:
