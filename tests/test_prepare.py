@@ -263,3 +263,20 @@ def test_a_byte_model_trains_on_raw_bytes_mixed_with_text_and_refuses_changed_da
   # A finished run rerun restores its last checkpoint, checking its data first.
   with pytest.raises(workdir_lib.ConfigMismatch, match="data streams"):
     trainer.train_and_evaluate(config, tmp_path / "run")
+
+
+def test_hf_dataset_without_a_validation_split_holds_one_out(tmp_path):
+  folder = tmp_path / "ds"
+  folder.mkdir()
+  for split in ("train", "test"):
+    with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as f:
+      for j in range(30):
+        f.write(json.dumps({"text": f"{split} {j} " + " ".join(WORDS) * 40}) + "\n")
+  manifest = prepare.prepare(f"hf:{folder}", tmp_path / "out", progress=False)
+  assert manifest["split_rule"] != "the source's own"
+  docs = [d.decode() for s in prepare.SPLITS
+          for d in ByteStream.open(tmp_path / "out", s).documents()]
+  assert not any("test" in d for d in docs)  # the test split is not read
+  assert sum(len(d) for d in docs) == 30 * len("train 10 " + " ".join(WORDS) * 40) - 10
+  held, kept = (manifest["splits"][s]["bytes"] for s in ("validation", "train"))
+  assert 0 < held <= (held + kept) // 2 + 4  # a small source: at most half held out

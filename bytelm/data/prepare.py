@@ -136,9 +136,9 @@ def prepare(spec: str, out, *, invalid_utf8: str = "error", shard_bytes: int = S
   if shard_bytes < 1:
     raise ValueError(f"shard_bytes must be >= 1, got {shard_bytes}")
   raw = sources.is_raw(spec, invalid_utf8)
-  own = sources.splits_of(spec)
-  if own and not set(SPLITS) <= set(own):
-    own = ()  # e.g. a Hub dataset with train and test only: hold validation out of train
+  available = sources.splits_of(spec)
+  own = set(SPLITS) <= set(available)  # else (e.g. a Hub dataset of train and test only) the
+  # validation split is held out of train (or of the whole source, where it has no splits)
   out.mkdir(parents=True, exist_ok=True)
   splits = {}
   with _Progress(progress, spec) as bar:
@@ -149,8 +149,8 @@ def prepare(spec: str, out, *, invalid_utf8: str = "error", shard_bytes: int = S
           _write(spool, writers[split], None)
           splits.update(writers.close())
     else:
-      first = "train" if "train" in own or not own else own[0]
-      documents = sources.iter_documents(spec, None if not own else first, invalid_utf8)
+      documents = sources.iter_documents(spec, "train" if "train" in available else None,
+                                         invalid_utf8)
       spool = _spool(documents, out, bar)
       with _Writers(out, SPLITS, shard_bytes, raw) as writers:
         _write(spool, writers["train"], writers["validation"], text=not raw)
