@@ -163,7 +163,9 @@ def test_every_console_script_names_a_main():
   assert scripts == {"bytelm-train": "bytelm.cli.train:main",
                      "bytelm-correct": "bytelm.cli.correct:main",
                      "bytelm-score": "bytelm.cli.score:main",
-                     "bytelm-export": "bytelm.cli.export:main"}
+                     "bytelm-export": "bytelm.cli.export:main",
+                     # beside its library, so that `python -m bytelm.data.prepare` is the same
+                     "bytelm-prepare": "bytelm.data.prepare:main"}
   for target in scripts.values():
     module, function = target.split(":")
     assert callable(getattr(__import__(module, fromlist=[function]), function))

@@ -51,7 +51,7 @@ class ByteStream:
     content_hash: the prepared stream's hash ("" in memory). name: its source's spec, for
     messages and logs. directory,
     split: where a prepared stream lies (None in memory), for what is derived from it."""
-    self._shards = [np.asarray(s) if not isinstance(s, np.memmap) else s for s in shards]
+    self._shards = [np.asarray(s, np.uint8) for s in shards]  # a memmap stays mapped
     sizes = np.asarray([len(s) for s in self._shards], np.int64)
     self._starts = np.concatenate([[0], np.cumsum(sizes)])  # stored offset of each shard
     self.kind = "text" if boundaries is None else "bytes"
