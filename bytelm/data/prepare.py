@@ -13,7 +13,7 @@ document (8 bytes). The largest single document is held in memory once.
 Splits. A source with splits of its own (the embedded corpus, `{split}` globs, a Hub dataset's
 train and validation) keeps them. Any other source (a folder of text files, one big file such
 as enwik8) has its last bytes held out for validation, after the shuffle: 1% of the stream, at
-least 64 KiB and at most half, cut at a character boundary. Both rules are deterministic: the
+least 64 KiB but at most a tenth, cut at a character boundary. Both rules are deterministic: the
 same source gives the same splits, byte for byte, on every machine.
 
 train.py never needs this command: `open_split` prepares a `file:`, `bytes:` or `hf:` source on
@@ -164,7 +164,7 @@ def prepare(spec: str, out, *, invalid_utf8: str = "error", shard_bytes: int = S
       "invalid_utf8": invalid_utf8, "key": key,
       "split_rule": ("the source's own" if own else
                      f"the last {HOLDOUT_FRACTION:.0%} of the shuffled stream (at least "
-                     f"{HOLDOUT_MIN} bytes, at most half) is the validation split"),
+                     f"{HOLDOUT_MIN} bytes, at most a tenth) is the validation split"),
       **_provenance(spec), "splits": splits,
       "sha256": hashlib.sha256("".join(splits[s]["sha256"] for s in SPLITS).encode()
                                ).hexdigest()}
@@ -199,7 +199,7 @@ def _write(spool: _Spool, train, validation, text: bool = True) -> None:
   offsets = np.concatenate([[0], np.cumsum(lengths)])
   order = document_order(len(lengths))
   positions = int(lengths.sum()) + max(len(lengths) - 1, 0)
-  held = max(int(positions * HOLDOUT_FRACTION), min(HOLDOUT_MIN, positions // 2))
+  held = max(int(positions * HOLDOUT_FRACTION), min(HOLDOUT_MIN, positions // 10))
   cut = positions - held if validation is not None else positions + 1
   pos = 0
   with open(spool.path, "rb") as f:
