@@ -217,3 +217,23 @@ def test_the_recipe_trains_and_keeps_its_tokenizer(trained_bpe_decoder_run):
   assert tok.get_vocab_size() == 300
   model = bytelm.load(workdir).module
   assert isinstance(model, decoder.DecoderLM) and model.config.vocab_size == 384
+
+
+def test_long_documents_encode_in_pieces_to_the_same_ids():
+  """A document past bpe._PIECE_CHARS is encoded (and trained on) in pieces cut after a newline
+  that a non-space character follows, where the pre-tokenizer cuts anyway: the same ids."""
+  rng = np.random.default_rng(0)
+  lines = [" ".join(rng.choice(["naïve", "byte", "  spaced", "x1", "日本"], size=8))
+           for _ in range(400)]
+  text = "\n".join(lines) + "\n\n  tail"
+  tok = bpe.train([text], 280)
+  cut = bpe.pieces(text, max_chars=500)
+  assert "".join(cut) == text and len(cut) > 10
+  assert all(p.endswith("\n") and not c[0].isspace() for p, c in zip(cut, cut[1:]))
+  whole = np.asarray(tok.encode(text, add_special_tokens=False).ids)
+  original = bpe._PIECE_CHARS
+  try:
+    bpe._PIECE_CHARS = 500
+    np.testing.assert_array_equal(bpe.encode_documents(tok, [text, "short"])[0], whole)
+  finally:
+    bpe._PIECE_CHARS = original

@@ -36,7 +36,8 @@ from bytelm.text.tokenizer import EOS_ID, PAD_ID
 FILENAME = "tokenizer.json"  # in the run's workdir
 SPECIAL_TOKENS = ("<pad>", "<eos>")  # ids 0 and 1, in this order
 NUM_BASE_TOKENS = len(SPECIAL_TOKENS) + 256  # specials and byte characters: the smallest vocab
-_ENCODE_CHUNK = 64  # documents per encode_batch call: bounds the memory of the Encodings
+_ENCODE_CHUNK = 64  # pieces per encode_batch call: bounds the memory of the Encodings
+_PIECE_CHARS = 1 << 20  # characters of text encoded (or trained on) at a time, at most about
 
 
 def byte_chars() -> list[str]:
@@ -149,7 +150,8 @@ def load_or_train(path, spec: str, vocab_size: int, *, write: bool = True,
     if stream.kind != "text":
       raise ValueError(f"{stream.name} holds raw bytes, not text: a BPE tokenizer is trained "
                        "on text; train a byte model on it (bytes_decoder, hat, byt5, ...)")
-  tok = train((d.decode("utf-8") for s in streams for d in s.documents()), vocab_size)
+  tok = train((p for s in streams for d in s.documents() for p in pieces(d.decode("utf-8"))),
+              vocab_size)
   if write:
     save(tok, path)
   return tok
@@ -182,12 +184,46 @@ def decode_bytes(ids: Sequence[int], spelled: Sequence[bytes]) -> bytes:
 
 def encode_documents(tok: tokenizers.Tokenizer, documents: Sequence[str]
                      ) -> list[np.ndarray]:
-  """int32 ids of each document (no eos added); encoded in parallel, a chunk at a time."""
+  """int32 ids of each document (no eos added); encoded in parallel, a chunk at a time, a long
+  document in pieces (`pieces`), so the Encodings held at once stay bounded."""
   # encode_batch_fast: the same ids without the character offsets, which nothing here reads
   # (a training stream's encoding costs ~40% less CPU); encode_batch where it is missing.
   encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-  out = []
-  for lo in range(0, len(documents), _ENCODE_CHUNK):
-    chunk = encode(list(documents[lo: lo + _ENCODE_CHUNK]), add_special_tokens=False)
-    out += [np.asarray(e.ids, dtype=np.int32) for e in chunk]
+  ids = [[] for _ in documents]
+  pending, owners, chars = [], [], 0
+
+  def flush():
+    for owner, e in zip(owners, encode(pending, add_special_tokens=False)):
+      ids[owner].append(np.asarray(e.ids, dtype=np.int32))
+    pending.clear()
+    owners.clear()
+
+  for i, document in enumerate(documents):
+    for piece in pieces(document):
+      pending.append(piece)
+      owners.append(i)
+      chars += len(piece)
+      if len(pending) == _ENCODE_CHUNK or chars >= _PIECE_CHARS:
+        flush()
+        chars = 0
+  if pending:
+    flush()
+  return [np.concatenate(p) if len(p) > 1 else (p[0] if p else np.zeros(0, np.int32))
+          for p in ids]
+
+
+def pieces(text: str, max_chars: int = _PIECE_CHARS) -> list[str]:
+  """text cut into pieces of at most about max_chars where the tokens cannot change: after a
+  newline that a non-space character follows (the ByteLevel pre-tokenizer's regex ends a
+  pre-token there, and BPE merges inside pre-tokens). Text without such a place for max_chars
+  is cut at max_chars. Shorter text is one piece."""
+  out, start = [], 0
+  while len(text) - start > max_chars:
+    cut = text.rfind("\n", start, start + max_chars)
+    while cut > start and text[cut + 1].isspace():
+      cut = text.rfind("\n", start, cut)
+    cut = cut + 1 if cut > start else start + max_chars
+    out.append(text[start:cut])
+    start = cut
+  out.append(text[start:])
   return out

@@ -41,6 +41,7 @@ bytes of a byte window (token windows end at token boundaries).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import itertools
@@ -239,7 +240,11 @@ class BatchSource:
     self._first_window = np.concatenate([[0], np.cumsum(windows)])  # of each part
     self.eval_windows = int(self._first_window[-1])
     self.eval_num_batches = -(-self.eval_windows // self.batch_size)  # ceil: last is padded
-    self.eval_bytes = self.covered_bytes(self.eval_num_batches)
+
+  @functools.cached_property
+  def eval_bytes(self) -> int:
+    """Text bytes the evaluation windows cover (computed when asked: it reads the stream)."""
+    return self.covered_bytes(self.eval_num_batches)
 
   # ---- training batches
 
@@ -400,7 +405,7 @@ class _Tokens:
     return int(np.count_nonzero(self.tokens[lo:hi] == EOS_ID))
 
 
-_TOKEN_CHUNK_DOCS = 4096  # documents encoded (and held) at a time
+_TOKEN_CHUNK_DOCS, _TOKEN_CHUNK_BYTES = 4096, 1 << 24  # documents encoded (and held) at a time
 
 
 def _token_stream(stream: ByteStream, tokenizer) -> _Tokens:
@@ -419,17 +424,19 @@ def _token_stream(stream: ByteStream, tokenizer) -> _Tokens:
       return _Tokens(np.memmap(path, dtype, "r"), stream)
   sink = io.BytesIO() if path is None else open(path.with_suffix(".tmp"), "wb")
   with sink:
-    chunk, first = [], True
+    chunk, first, size = [], True, 0
     for doc in itertools.chain(stream.documents(), [None]):
       if doc is not None:
         chunk.append(doc.decode("utf-8"))
-      if len(chunk) == _TOKEN_CHUNK_DOCS or (doc is None and chunk):
+        size += len(doc)
+      if len(chunk) == _TOKEN_CHUNK_DOCS or size >= _TOKEN_CHUNK_BYTES or (
+          doc is None and chunk):
         for ids in bpe.encode_documents(tokenizer, chunk):
           if not first:
             sink.write(np.asarray([EOS_ID], dtype).tobytes())
           sink.write(ids.astype(dtype).tobytes())
           first = False
-        chunk = []
+        chunk, size = [], 0
     if path is None:
       return _Tokens(np.frombuffer(sink.getvalue(), dtype), stream)
   os.replace(path.with_suffix(".tmp"), path)

@@ -28,6 +28,7 @@ EOS_BYTE = 0xFF  # a text stream's in-band eos; never a byte of valid UTF-8
 KINDS = ("text", "bytes")
 MANIFEST = "manifest.json"
 FORMAT = 1  # of prepared folders (bytelm.data.prepare); bumped when their layout changes
+_BLOCK = 1 << 24  # bytes a scan of the stream reads at a time
 _SHUFFLE_SALT = 0x5EED0D0C  # keeps the document-order rng apart from the example rngs
 
 
@@ -60,6 +61,9 @@ class ByteStream:
     self.content_hash = content_hash
     self.name = name
     self.directory, self.split = directory, split
+    # The shards' files, where they are on disk: a scan of the whole stream (documents) reads
+    # them, so that it does not leave gigabytes of mapped pages resident in the process.
+    self._files = [getattr(sh, "filename", None) for sh in shards]
     stored = int(self._starts[-1])
     self.length = stored + (0 if self.boundaries is None else len(self.boundaries))
 
@@ -85,6 +89,19 @@ class ByteStream:
       parts.append(self._shards[k][lo - s: min(hi, e) - s])
       lo, k = min(hi, e), k + 1
     return np.concatenate(parts)
+
+  def _read(self, lo: int, hi: int) -> bytes:
+    """Stored bytes [lo, hi) as a copy, read from the shard files where there are any."""
+    if not all(self._files):
+      return self._stored(lo, hi).tobytes()
+    out, k = [], int(np.searchsorted(self._starts, lo, side="right")) - 1
+    while lo < hi:
+      s, e = int(self._starts[k]), int(self._starts[k + 1])
+      with open(self._files[k], "rb") as f:
+        f.seek(lo - s)
+        out.append(f.read(min(hi, e) - lo))
+      lo, k = min(hi, e), k + 1
+    return b"".join(out)
 
   def _eos_in(self, lo: int, hi: int) -> tuple[int, np.ndarray]:
     """(eos positions before lo, eos positions in [lo, hi)) of a bytes stream."""
@@ -118,21 +135,21 @@ class ByteStream:
     """Eos positions in [lo, hi)."""
     if self.boundaries is not None:
       return len(self._eos_in(lo, hi)[1])
-    return int(np.count_nonzero(self._stored(lo, hi) == EOS_BYTE))
+    return sum(int(np.count_nonzero(self._stored(a, min(a + _BLOCK, hi)) == EOS_BYTE))
+               for a in range(lo, hi, _BLOCK))  # a block at a time: bounded temporaries
 
-  def documents(self, block_bytes: int = 1 << 24) -> Iterator[bytes]:
+  def documents(self, block_bytes: int = _BLOCK) -> Iterator[bytes]:
     """Each document's bytes, in stream order, reading block_bytes of the stream at a time
     (so a stream on disk is never held in memory whole; a document is)."""
     if self.boundaries is not None:
       edges = np.concatenate([[0], self.boundaries - np.arange(len(self.boundaries)),
                               [self._starts[-1]]])  # stored offsets where documents start/end
       for lo, hi in zip(edges[:-1], edges[1:]):
-        yield self._stored(int(lo), int(hi)).tobytes()
+        yield self._read(int(lo), int(hi))
       return
     carry = b""
     for lo in range(0, self.length, block_bytes):
-      pieces = self._stored(lo, min(lo + block_bytes, self.length)).tobytes().split(
-          bytes([EOS_BYTE]))
+      pieces = self._read(lo, min(lo + block_bytes, self.length)).split(bytes([EOS_BYTE]))
       pieces[0] = carry + pieces[0]
       yield from pieces[:-1]
       carry = pieces[-1]
