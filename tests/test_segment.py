@@ -232,3 +232,27 @@ _PIECES = [b" ", b"\t\n", b"\xc2\xa0", b"a", b"Z9", b"'", b",", b"\xc3\xa9", b"\
 def test_vectorised_word_starts_match_the_rule_character_by_character(parts, noise):
   data = b"".join(parts) + noise
   assert segment.word_starts(data) == _reference_word_starts(data)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(_PIECES[:7] + [b"ab", b"word ", b"\xff", b"zzzzzzzzz"]),
+                         min_size=1, max_size=30), min_size=1, max_size=6),
+       st.sampled_from([3, 8, 64]), st.sampled_from([4, 6, 16]), st.integers(0, 5))
+def test_segments_of_a_batch_are_those_of_each_row(rows, max_segments, max_segment_bytes, cut):
+  """Segmenter.rows and row_ids (ASCII rows together, the others one by one) give each row
+  what the row-at-a-time segment_ids and context_ids give, padding included."""
+  T = 24
+  data = [b"".join(r)[:T] for r in rows]
+  data[0] = data[0][: max(len(data[0]) - cut, 1)]  # a padded row
+  bytes_BT = np.zeros((len(data), T), np.uint8)
+  for r, d in enumerate(data):
+    bytes_BT[r, : len(d)] = np.frombuffer(d, np.uint8)
+  lengths_B = np.asarray([len(d) for d in data])
+  segmenter = segment.Segmenter("words", max_segment_bytes)
+  ids, ctx = segment.row_ids(bytes_BT, lengths_B, segmenter.rows(bytes_BT, lengths_B),
+                             max_segments)
+  for r, d in enumerate(data):
+    starts = segmenter(d)
+    want_ids, _ = segment.segment_ids(len(d), starts, max_segments, T)
+    np.testing.assert_array_equal(ids[r], want_ids)
+    np.testing.assert_array_equal(ctx[r], segment.context_ids(d, starts, max_segments, T))

@@ -498,14 +498,10 @@ def segment_rows(targets: np.ndarray, *, segmenter: segment.Segmenter,
                   max_segments: int) -> dict[str, np.ndarray]:
   """segment_ids and context_ids [B, T] of each row of target ids; the eos between documents
   stands as byte 0xFF (never valid UTF-8: a segment of its own), padding gets -1."""
-  ids = np.full(targets.shape, -1, np.int32)
-  ctx = np.full(targets.shape, -1, np.int32)
-  for r, row in enumerate(targets):
-    row = row[row != PAD_ID]
-    data = np.where(row == EOS_ID, _EOS_BYTE, row - OFFSET).astype(np.uint8).tobytes()
-    starts = segmenter(data)
-    ids[r], _ = segment.segment_ids(len(data), starts, max_segments, targets.shape[1])
-    ctx[r] = segment.context_ids(data, starts, max_segments, targets.shape[1])
+  bytes_BT = np.where(targets == EOS_ID, _EOS_BYTE, targets - OFFSET).astype(np.uint8)
+  lengths_B = np.count_nonzero(targets != PAD_ID, axis=1)  # padding only ends a row
+  start_BT = segmenter.rows(bytes_BT, lengths_B)
+  ids, ctx = segment.row_ids(bytes_BT, lengths_B, start_BT, max_segments)
   return {"segment_ids": ids, "context_ids": ctx}
 
 

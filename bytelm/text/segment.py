@@ -171,17 +171,20 @@ def segment_ids(num_bytes: int, starts: Sequence[int], max_segments: int,
   return ids_T, covered
 
 
+# Bytes after a lead byte that its bit pattern declares: 110xxxxx 1, 1110xxxx 2, 11110xxx+ 3.
+_DECLARED_EXTRA = np.repeat(np.arange(4), [0xC0, 0x20, 0x10, 0x10])
+_BACK = np.arange(3, -1, -1)  # offsets into end_T (3 places of padding) of s, s-1, s-2, s-3
+
+
 def _settled(data: bytes, starts_M: np.ndarray) -> np.ndarray:
   """settled_at for many boundaries at once (int64 [M])."""
   x = np.frombuffer(data, np.uint8)
   # Where each byte's character ends, as the byte's bit pattern declares (itself for ASCII and
-  # for bytes that cannot start a character).
-  end_T = np.arange(len(x)) + np.select([x < 0xC0, x < 0xE0, x < 0xF0], [0, 1, 2], 3)
-  settled_M = end_T[starts_M]
-  for back in (1, 2, 3):
-    earlier_M = np.where(starts_M >= back, end_T[np.maximum(starts_M - back, 0)], -1)
-    settled_M = np.maximum(settled_M, earlier_M)
-  return settled_M
+  # for bytes that cannot start a character), after 3 places of -1 standing before the data.
+  end_T = np.full(len(x) + 3, -1, np.int64)
+  end_T[3:] = np.arange(len(x)) + _DECLARED_EXTRA[x]
+  # The latest end among the byte at s and the 3 before it.
+  return end_T[np.asarray(starts_M, np.int64)[None, :] + _BACK[:, None]].max(axis=0)
 
 
 def settled_at(data: bytes, s: int) -> int:
@@ -208,6 +211,34 @@ def context_ids(data: bytes, starts: Sequence[int], max_segments: int,
   # ctx[t] = the largest m with settled_M[m] < t; a suffix minimum makes that a sorted search.
   suffix_min_M = np.minimum.accumulate(settled_M[::-1])[::-1]
   return (np.searchsorted(suffix_min_M, np.arange(length), side="left") - 1).astype(np.int32)
+
+
+def row_ids(bytes_BT: np.ndarray, lengths_B: np.ndarray, start_BT: np.ndarray,
+            max_segments: int) -> tuple[np.ndarray, np.ndarray]:
+  """(segment_ids, context_ids), int32 [B, T], of each row's first lengths_B[r] bytes with
+  segments starting where start_BT is set: what `segment_ids` and `context_ids` give row by
+  row (padding past a row's length gets segment -1), for the whole batch at once."""
+  B, T = bytes_BT.shape
+  t_T = np.arange(T)
+  valid_BT = t_T < lengths_B[:, None]
+  start_BT = start_BT & valid_BT
+  seg_BT = np.cumsum(start_BT, axis=1) - 1  # the segment each byte is in
+  ids_BT = np.where(valid_BT & (seg_BT < max_segments), seg_BT, -1).astype(np.int32)
+  # Each kept segment's end (the start of segment m + 1, m < max_segments) is settled where
+  # the latest character among its byte and the 3 before it ends (`_settled`).
+  end_BT = np.full((B, T + 3), -1, np.int64)
+  end_BT[:, 3:] = np.where(valid_BT, t_T + _DECLARED_EXTRA[bytes_BT], -1)
+  settled_BT = np.maximum.reduce([end_BT[:, 3 - k: 3 - k + T] for k in range(4)])
+  next_BT = start_BT & (seg_BT >= 1) & (seg_BT <= max_segments)
+  big = np.iinfo(np.int64).max
+  suffix_BT = np.minimum.accumulate(np.where(next_BT, settled_BT, big)[:, ::-1], axis=1)[:, ::-1]
+  # ctx[t] = (how many kept ends have suffix minimum < t) - 1: count each at its value + 1.
+  rows, cols = np.nonzero(next_BT)
+  at = suffix_BT[rows, cols] + 1
+  inside = at < T
+  count_BT = np.zeros((B, T), np.int32)
+  np.add.at(count_BT, (rows[inside], at[inside]), 1)
+  return ids_BT, (np.cumsum(count_BT, axis=1) - 1).astype(np.int32)
 
 
 # ---- the entropy segmenter (BLT) ---------------------------------------------------------------
@@ -325,6 +356,29 @@ class Segmenter:
       model = EntropyModel.load(settings["entropy_model"])
     return cls(kind, int(settings.get("max_segment_bytes", 16)),
                int(settings.get("fixed_size", 4)), model)
+
+  def rows(self, bytes_BT: np.ndarray, lengths_B: np.ndarray) -> np.ndarray:
+    """bool [B, T]: where segments start in each row's first lengths_B[r] bytes, as `self`
+    gives them row by row. Rows of ASCII words, the common case, are segmented together."""
+    B, T = bytes_BT.shape
+    start_BT = np.zeros((B, T), bool)
+    fast_B = np.zeros(B, bool)
+    if self.kind == "words" and T:
+      fast_B = (lengths_B == T) & (bytes_BT < 0x80).all(axis=1)
+      kind_FT = _ASCII_KIND[bytes_BT[fast_B]]
+      space_FT, word_FT = kind_FT == _SPACE, kind_FT == _WORD
+      start_FT = np.empty(kind_FT.shape, bool)
+      start_FT[:, 0] = True
+      start_FT[:, 1:] = np.where(space_FT[:, 1:], ~space_FT[:, :-1],
+                                 ~space_FT[:, :-1] & ~(word_FT[:, 1:] & word_FT[:, :-1]))
+      # A segment longer than max_segment_bytes is cut by split_long: left to the row's own.
+      last_FT = np.maximum.accumulate(np.where(start_FT, np.arange(T), 0), axis=1)
+      short_F = (np.arange(T) - last_FT < self.max_segment_bytes).all(axis=1)
+      start_BT[np.flatnonzero(fast_B)[short_F]] = start_FT[short_F]
+      fast_B[np.flatnonzero(fast_B)[~short_F]] = False
+    for r in np.flatnonzero(~fast_B):
+      start_BT[r, self(bytes_BT[r, : lengths_B[r]].tobytes())] = True
+    return start_BT
 
   def __call__(self, data: bytes) -> list[int]:
     if self.kind == "words":
