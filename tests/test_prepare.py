@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from bytelm.data import pipeline, prepare, sources
-from bytelm.data.stream import ByteStream
+from bytelm.data.stream import ByteStream, document_order
 from bytelm.text.tokenizer import EOS_ID, OFFSET
 
 WORDS = ["byte", "model", "řeč", "việt", "gate", "naïve", "encoder", "the", "of", "日本語"]
@@ -106,7 +106,7 @@ def test_raw_bytes_keep_every_value_and_their_document_boundaries(tmp_path):
                              shard_bytes=1000, progress=False)
   assert manifest["kind"] == "bytes"
   stream = ByteStream.open(tmp_path / "out", "train")
-  order = pipeline.document_order(len(docs))
+  order = document_order(len(docs))
   assert list(stream.documents()) == [docs[j] for j in order]
   expect = np.concatenate([np.concatenate([[EOS_ID] if k else [], np.frombuffer(
       docs[j], np.uint8).astype(np.int32) + OFFSET]) for k, j in enumerate(order)])

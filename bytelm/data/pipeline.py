@@ -7,12 +7,15 @@ saves (as in levanter, a restart reproduces the data exactly): `state(step)` is
 `{"step", "seed"}`.
 Calls may come in any order, and any process can build its slice of any batch.
 
-The byte stream. Documents are UTF-8 encoded and joined with an eos between them, in an
-order shuffled once by `shuffle_seed` (fixed by default, independent of the training `seed`,
-so evaluation windows are the same bytes in every run). It is held as uint8 bytes with 0xFF
-(never a byte of valid UTF-8) standing for eos, 1 byte per position: ~40 MB for the embedded
-corpus. Ids (byte + 3, eos 1) are made per window. Windows may span document boundaries;
-the eos between documents is then part of the window.
+The byte stream (bytelm.data.stream). Documents are UTF-8 encoded and joined with an eos
+between them, in an order shuffled once by `shuffle_seed` (fixed by default, independent of
+the training `seed`, so evaluation windows are the same bytes in every run). A text stream holds
+uint8 bytes with 0xFF (never a byte of valid UTF-8) standing for eos, 1 byte per position: in
+memory for the embedded corpus (~15 MB), memmapped from disk for any other source
+(bytelm.data.prepare: a corpus of any size costs the memory of its windows); raw bytes keep their
+boundaries beside the stream. Ids (byte + 3, eos 1) are made per window. Windows may span
+document boundaries; the eos between documents is then part of the window. A mixture of
+streams (`parse_mixture`) draws each row's stream by weight, first, from the row's rng.
 
 Shapes, per process: inputs [B, T] and targets [B, S], int32, B = batch_size / process_count.
 Span corruption: T = input_length, S = target_length, both exact (no padding) because every
@@ -47,15 +50,15 @@ import io
 import itertools
 import os
 import pathlib
-import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from bytelm.data import bpe, noise, objectives, prepare, sources
+from bytelm.data import bpe, noise, objectives, prepare
 from bytelm.data.stream import EOS_BYTE as _EOS_BYTE
-from bytelm.data.stream import ByteStream, document_order
+from bytelm.data.stream import ByteStream, build_stream
+from bytelm.data.stream import stream_to_ids  # noqa: F401 (public here too, as before)
 from bytelm.text import segment, tags
 from bytelm.text.tokenizer import EOS_ID, OFFSET, PAD_ID
 
@@ -71,46 +74,6 @@ def eval_rng(window: int) -> np.random.Generator:
   """The rng of evaluation window `window`'s noise: the same in every run, whatever `seed` is,
   so that anything that rebuilds an evaluation window (bytelm.load's score) gets its mask."""
   return np.random.default_rng([_EVAL_SALT, window])
-
-
-def build_stream(texts: datasets.Dataset | Sequence[str], shuffle_seed: int | None = 0
-                 ) -> tuple[np.ndarray, int]:
-  """(uint8 stream, number of documents): UTF-8 documents joined by 0xFF (eos), shuffled.
-
-  Empty documents are skipped. shuffle_seed=None keeps the given order.
-  """
-  datasets = sys.modules.get("datasets")  # a Dataset exists only if datasets was imported
-  if datasets is not None and isinstance(texts, datasets.Dataset):
-    if "text" not in texts.column_names:
-      raise ValueError(f"the Dataset has no \"text\" column, only {texts.column_names}; "
-                       "rename the text column: ds.rename_column('<col>', 'text')")
-    texts = texts["text"]
-  elif isinstance(texts, (str, bytes)):
-    raise TypeError("texts must be a sequence of documents, not one string; wrap it: [text]")
-  encoded = []
-  for i, text in enumerate(texts):
-    if not isinstance(text, str):
-      raise TypeError(f"document {i} is {type(text).__name__}, not str; decode it first")
-    try:
-      if text:
-        encoded.append(text.encode("utf-8"))
-    except UnicodeEncodeError as e:
-      raise ValueError(f"document {i} is not encodable as UTF-8 at character {e.start} "
-                       f"({e.reason}, e.g. a lone surrogate from a JSON \\ud800 escape); "
-                       "clean the source text") from e
-  if not encoded:
-    raise ValueError("no text: every document is empty (or there are none); load a source "
-                     "with text")
-  encoded = [encoded[j] for j in document_order(len(encoded), shuffle_seed)]
-  stream = np.frombuffer(bytes([_EOS_BYTE]).join(encoded), dtype=np.uint8)
-  return stream, len(encoded)
-
-
-def stream_to_ids(window: np.ndarray) -> np.ndarray:
-  """int32 ids of a slice of the uint8 stream: byte b -> b + 3, the eos marker -> 1."""
-  ids = window.astype(np.int32) + OFFSET
-  ids[window == _EOS_BYTE] = EOS_ID
-  return ids
 
 
 class BatchSource:

@@ -38,7 +38,8 @@ import tempfile
 import numpy as np
 
 from bytelm.data import sources
-from bytelm.data.stream import EOS_BYTE, FORMAT, MANIFEST, ByteStream, document_order
+from bytelm.data.stream import (EOS_BYTE, FORMAT, MANIFEST, ByteStream, build_stream,
+                                 document_order)
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,11 @@ def cached(spec: str, invalid_utf8: str = "error", *, progress: bool = True) -> 
   source changed. Safe to call from several processes at once (each prepares into a folder
   of its own; the first to finish renames it into place)."""
   key = source_key(spec, invalid_utf8)
+  scheme, rest = sources.parse(spec)
+  where = (f"{scheme}:{os.path.abspath(os.path.expanduser(rest))}"  # file:notes.txt of
+           if scheme in ("file", "bytes") else spec)  # two folders: two entries
   slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)[-60:]
-  entry = cache_dir() / f"{slug}-{hashlib.sha256(spec.encode()).hexdigest()[:10]}"
+  entry = cache_dir() / f"{slug}-{hashlib.sha256(where.encode()).hexdigest()[:10]}"
   if _manifest(entry).get("key") == key:
     return entry
   entry.parent.mkdir(parents=True, exist_ok=True)
@@ -116,7 +120,6 @@ def open_split(spec: str, split: str, invalid_utf8: str = "error") -> ByteStream
   """The stream of a split of spec: the embedded corpus read into memory, any other source
   from its prepared stream in the cache (prepared first where needed)."""
   if sources.parse(spec)[0] == "embedded" and invalid_utf8 != "raw":
-    from bytelm.data.pipeline import build_stream
     stream, documents = build_stream(sources.load_text(spec, split))
     return ByteStream.from_array(stream, documents, name=spec)
   return ByteStream.open(cached(spec, invalid_utf8), split)

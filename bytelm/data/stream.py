@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -39,6 +40,47 @@ def document_order(n: int, shuffle_seed: int | None = 0) -> np.ndarray:
   if shuffle_seed is None:
     return np.arange(n)
   return np.random.default_rng([shuffle_seed, _SHUFFLE_SALT]).permutation(n)
+
+
+def build_stream(texts: Sequence[str], shuffle_seed: int | None = 0
+                 ) -> tuple[np.ndarray, int]:
+  """(uint8 stream, number of documents): UTF-8 documents (a sequence of str, or a
+  `datasets.Dataset` with a "text" column) joined by 0xFF (eos), in `document_order`.
+
+  Empty documents are skipped. shuffle_seed=None keeps the given order.
+  """
+  datasets = sys.modules.get("datasets")  # a Dataset exists only if datasets was imported
+  if datasets is not None and isinstance(texts, datasets.Dataset):
+    if "text" not in texts.column_names:
+      raise ValueError(f"the Dataset has no \"text\" column, only {texts.column_names}; "
+                       "rename the text column: ds.rename_column('<col>', 'text')")
+    texts = texts["text"]
+  elif isinstance(texts, (str, bytes)):
+    raise TypeError("texts must be a sequence of documents, not one string; wrap it: [text]")
+  encoded = []
+  for i, text in enumerate(texts):
+    if not isinstance(text, str):
+      raise TypeError(f"document {i} is {type(text).__name__}, not str; decode it first")
+    try:
+      if text:
+        encoded.append(text.encode("utf-8"))
+    except UnicodeEncodeError as e:
+      raise ValueError(f"document {i} is not encodable as UTF-8 at character {e.start} "
+                       f"({e.reason}, e.g. a lone surrogate from a JSON \\ud800 escape); "
+                       "clean the source text") from e
+  if not encoded:
+    raise ValueError("no text: every document is empty (or there are none); load a source "
+                     "with text")
+  encoded = [encoded[j] for j in document_order(len(encoded), shuffle_seed)]
+  stream = np.frombuffer(bytes([EOS_BYTE]).join(encoded), dtype=np.uint8)
+  return stream, len(encoded)
+
+
+def stream_to_ids(window: np.ndarray) -> np.ndarray:
+  """int32 ids of a slice of the uint8 stream: byte b -> b + 3, the eos marker -> 1."""
+  ids = window.astype(np.int32) + OFFSET
+  ids[window == EOS_BYTE] = EOS_ID
+  return ids
 
 
 class ByteStream:
@@ -111,10 +153,7 @@ class ByteStream:
   def ids(self, start: int, length: int) -> np.ndarray:
     """int32 ids of positions [start, start + length): byte b -> b + 3, eos -> 1."""
     if self.boundaries is None:
-      window = self._stored(start, start + length)
-      ids = window.astype(np.int32) + OFFSET
-      ids[window == EOS_BYTE] = EOS_ID
-      return ids
+      return stream_to_ids(self._stored(start, start + length))
     before, eos = self._eos_in(start, start + length)
     lo = start - before  # stored offset of the first byte at or after start
     ids = np.full(length, EOS_ID, np.int32)
