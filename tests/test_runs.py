@@ -156,3 +156,13 @@ def test_the_budget_and_the_trainer_read_the_same_batches(tmp_path):
                for k, v in data_lib.sources(c, tmp_path, ("train",))["train"].batch(0).items())
     inputs[rate] = batch["inputs"]
   assert (inputs[0.0] != inputs[0.5]).any()  # the typo rate is not dropped on the way
+
+
+def test_a_run_from_before_invalid_utf8_existed_resumes_but_not_with_another_value():
+  requested = resolved("byt5", "tiny")
+  stored = {**requested, "data": {k: v for k, v in requested["data"].items()
+                                  if k != "invalid_utf8"}}
+  assert requested["data"]["invalid_utf8"] == "error"
+  assert workdir_lib.differences(stored, requested) == []
+  replaced = {**requested, "data": {**requested["data"], "invalid_utf8": "replace"}}
+  assert workdir_lib.differences(stored, replaced) == [("data.invalid_utf8", "error", "replace")]

@@ -43,6 +43,13 @@ SAFE_TO_CHANGE = (
 )
 
 
+# Fields added to the configs after runs were made with them: a stored config without one ran
+# as this value, so a run of that value resumes it.
+IMPLIED_BEFORE = {
+    "data.invalid_utf8": "error",  # text that was not UTF-8 stopped the run
+}
+
+
 class ConfigMismatch(ValueError):
   """The workdir holds a run of another config: resuming it would continue another run."""
 
@@ -166,6 +173,7 @@ def differences(stored: Mapping, requested: Mapping, prefix: str = "") -> list[t
   out = []
   for key in sorted(set(stored) | set(requested)):
     a, b = stored.get(key, "<absent>"), requested.get(key, "<absent>")
+    a = IMPLIED_BEFORE.get(prefix + key, a) if a == "<absent>" else a
     if isinstance(a, Mapping) and isinstance(b, Mapping):
       out += differences(a, b, f"{prefix}{key}.")
     elif (json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str)
