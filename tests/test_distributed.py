@@ -54,6 +54,19 @@ runpy.run_path({train!r}, run_name="__main__")
 """
 
 
+def _paused_pair(step: int, name: str, train: str, env: dict, corpus: pathlib.Path,
+                 workdir: pathlib.Path, tmp_path: pathlib.Path):
+  """Two train.py processes (real interpreters: a signal reaches them) into workdir, both
+  waiting at log step `step` (PAUSED_AT); (processes, marker)."""
+  marker = str(tmp_path / name)
+  script = PAUSED_AT.format(step=step, marker=marker, train=train)
+  procs = _two_processes(
+      sys.executable, env, lambda pid: ["-c", script, *_flags(corpus, workdir), str(pid)],
+      tmp_path)
+  _paused(procs, marker, tmp_path)
+  return procs, marker
+
+
 def _flags(corpus: pathlib.Path, workdir: pathlib.Path) -> list[str]:
   return ["--config", str(ROOT / "configs" / "bytes_decoder.py:tiny"),
           f"--config.data.train=file:{corpus}", f"--config.train.steps={STEPS}",
@@ -147,12 +160,8 @@ def test_two_processes_train_as_one_with_two_devices_stop_together_and_resume(
   # SIGTERM to both processes at step 3, as SLURM or Kubernetes stop a job: both save one
   # checkpoint of one step, the same, and exit 143 as train.py does on SIGTERM. Real
   # interpreters: a warm python's work runs in a child of its server, out of a signal's reach.
-  killed, marker = tmp_path / "killed", str(tmp_path / "stopped")
-  script = PAUSED_AT.format(step=3, marker=marker, train=train)
-  procs = _two_processes(
-      sys.executable, env, lambda pid: ["-c", script, *_flags(corpus, killed), str(pid)],
-      tmp_path)
-  _paused(procs, marker, tmp_path)
+  killed = tmp_path / "killed"
+  procs, marker = _paused_pair(3, "stopped", train, env, corpus, killed, tmp_path)
   for proc in procs:
     proc.send_signal(signal.SIGTERM)
   time.sleep(0.2)  # the handlers run while both wait; were one late, both would stop later
@@ -170,12 +179,7 @@ def test_two_processes_train_as_one_with_two_devices_stop_together_and_resume(
   # Resumed, then killed at step 7 (checkpoints of steps 4 and 6 behind it, the last perhaps
   # cut short), then started again, named by --config.distributed.* on another port this time:
   # it resumes and ends where the uninterrupted run did.
-  marker = str(tmp_path / "paused")
-  script = PAUSED_AT.format(step=7, marker=marker, train=train)
-  procs = _two_processes(
-      sys.executable, env, lambda pid: ["-c", script, *_flags(corpus, killed), str(pid)],
-      tmp_path)
-  _paused(procs, marker, tmp_path)
+  procs, _ = _paused_pair(7, "paused", train, env, corpus, killed, tmp_path)
   for proc in procs:
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
