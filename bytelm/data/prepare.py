@@ -161,7 +161,8 @@ def prepare(spec: str, out, *, invalid_utf8: str = "error", shard_bytes: int = S
   for split, info in splits.items():
     if not info["documents"]:
       raise ValueError(f"{spec}: its {split} split holds no text (every document is empty, or "
-                       "there are none); point the spec at files with text")
+                       "there are none, or the source is too small to hold a part out); point "
+                       "the spec at files with text, or give data.validation another source")
   manifest = {
       "format": FORMAT, "source": spec, "kind": "bytes" if raw else "text",
       "invalid_utf8": invalid_utf8, "key": key,
@@ -202,7 +203,7 @@ def _write(spool: _Spool, train, validation, text: bool = True) -> None:
   offsets = np.concatenate([[0], np.cumsum(lengths)])
   order = document_order(len(lengths))
   positions = int(lengths.sum()) + max(len(lengths) - 1, 0)
-  held = max(int(positions * HOLDOUT_FRACTION), min(HOLDOUT_MIN, positions // 10))
+  held = max(int(positions * HOLDOUT_FRACTION), min(HOLDOUT_MIN, positions // 10), 1)
   cut = positions - held if validation is not None else positions + 1
   pos = 0
   with open(spool.path, "rb") as f:
