@@ -5,7 +5,6 @@ and `hf:` read with `datasets` streaming from a local dataset directory."""
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 
 import numpy as np
@@ -157,8 +156,9 @@ def test_the_cache_is_reused_refreshed_and_checked(tmp_path, monkeypatch):
   entry = prepare.cached(spec, progress=False)
   assert entry.parent == tmp_path / "cache" / "streams"
   before = json.loads((entry / "manifest.json").read_text())
+  written = (entry / "manifest.json").stat().st_mtime_ns
   assert prepare.cached(spec, progress=False) == entry  # reused: same key, nothing rewritten
-  assert (entry / "manifest.json").stat().st_mtime_ns == os.stat(entry / "manifest.json").st_mtime_ns
+  assert (entry / "manifest.json").stat().st_mtime_ns == written
   # A changed source (one more document) is prepared again, in place of the old stream.
   (tmp_path / "src" / "new.txt").write_text("one more document", encoding="utf-8")
   assert prepare.cached(spec, progress=False) == entry
@@ -204,11 +204,11 @@ def test_a_mixture_draws_sources_by_weight(tmp_path):
   batch = src.batch(7)
   letters = np.where(src.row_sources(7) == 0, ord("a"), ord("b")) + OFFSET
   assert np.all(batch["inputs"] == letters[:, None])
-  assert pipeline.parse_mixture("embedded:en@0.3,file:web/*.txt@0.7") == [
+  assert sources.parse_mixture("embedded:en@0.3,file:web/*.txt@0.7") == [
       ("embedded:en", 0.3), ("file:web/*.txt", 0.7)]
-  assert pipeline.parse_mixture("file:notes, draft.txt") == [("file:notes, draft.txt", 1.0)]
+  assert sources.parse_mixture("file:notes, draft.txt") == [("file:notes, draft.txt", 1.0)]
   with pytest.raises(ValueError, match="has no weight"):
-    pipeline.parse_mixture("embedded:en@0.3,file:web/*.txt")
+    sources.parse_mixture("embedded:en@0.3,file:web/*.txt")
 
 
 def test_hf_source_streams_from_a_local_dataset_directory(tmp_path):
@@ -259,7 +259,7 @@ def test_a_byte_model_trains_on_raw_bytes_mixed_with_text_and_refuses_changed_da
   # The same run on changed data: refused before a step is taken.
   (tmp_path / "raw" / "0.bin").write_bytes(b"changed")
   # A finished run rerun restores its last checkpoint, checking its data first.
-  with pytest.raises(workdir_lib.ConfigMismatch, match="data streams"):
+  with pytest.raises(workdir_lib.ConfigMismatch, match="trained on other data.*Restore them"):
     trainer.train_and_evaluate(config, tmp_path / "run")
 
 
@@ -278,3 +278,39 @@ def test_hf_dataset_without_a_validation_split_holds_one_out(tmp_path):
   assert sum(len(d) for d in docs) == 30 * len("train 10 " + " ".join(WORDS) * 40) - 10
   held, kept = (manifest["splits"][s]["bytes"] for s in ("validation", "train"))
   assert 0 < held <= (held + kept) // 10 + 4  # a small source: at most a tenth held out
+
+
+def test_raw_folders_prepared_folders_and_a_failed_prepare(tmp_path, capsys):
+  """bytes: of a folder reads every file in it; `prepared:FOLDER` reads what bytelm-prepare
+  wrote; a preparation that fails leaves nothing, and --force replaces only its own files."""
+  (tmp_path / "bin").mkdir()
+  for name in ("a.png", "b", "c.dat"):
+    (tmp_path / "bin" / name).write_bytes(bytes(range(256)) * 40)
+  assert prepare.main([f"bytes:{tmp_path}/bin", str(tmp_path / "out")]) == 0
+  stream = prepare.open_split(f"prepared:{tmp_path}/out", "train")
+  held = prepare.open_split(f"prepared:{tmp_path}/out", "validation")
+  assert stream.kind == "bytes" and stream.num_documents + held.num_documents >= 3
+  assert len(stream) + len(held) >= 3 * 256 * 40
+  (tmp_path / "bad.txt").write_bytes(b"\x93quoted\x94 " * 100)
+  with pytest.raises(SystemExit):
+    prepare.main([f"file:{tmp_path}/bad.txt", str(tmp_path / "failed")])
+  assert not (tmp_path / "failed").exists()  # nothing left behind
+  assert "not valid UTF-8" in capsys.readouterr().err
+  assert prepare.main([f"bytes:{tmp_path}/bin", str(tmp_path / "out"), "--force"]) == 0
+
+
+def test_separate_validation_data_is_read_whole_and_mixtures_fit_an_entropy_model(tmp_path):
+  """data.validation naming another source without splits evaluates on all of it (not its
+  held-out tail); an entropy model fits on a mixture's sources."""
+  _write_docs(tmp_path / "train", 30)
+  _write_docs(tmp_path / "val", 30, seed=1)
+  whole = pipeline.make_source(f"file:{tmp_path}/val/*.txt", "validation", whole=True,
+                               objective="causal_lm", batch_size=2, input_length=32)
+  held = pipeline.make_source(f"file:{tmp_path}/val/*.txt", "validation",
+                              objective="causal_lm", batch_size=2, input_length=32)
+  size = sum(len(p.read_bytes()) for p in (tmp_path / "val").iterdir())
+  assert whole.eval_bytes > 0.9 * size > 5 * held.eval_bytes  # a tenth held out of 7 KB
+  path = pipeline.fit_entropy_model(
+      f"file:{tmp_path}/train/*.txt@0.5,file:{tmp_path}/val/*.txt@0.5", tmp_path / "ent.npz")
+  from bytelm.text import segment
+  assert segment.EntropyModel.load(path).threshold > 0

@@ -31,6 +31,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from bytelm.data import sources
 from bytelm.text.tokenizer import EOS_ID, PAD_ID
 
 FILENAME = "tokenizer.json"  # in the run's workdir
@@ -143,18 +144,23 @@ def load_or_train(path, spec: str, vocab_size: int, *, write: bool = True,
                        f"{vocab_size}; use the vocab_size the run was started with, or another "
                        "workdir")
     return tok
-  from bytelm.data import pipeline, prepare  # pipeline reads tokens through this module
+  from bytelm.data import prepare  # prepare's streams are read here, its cache written there
   streams = [prepare.open_split(s, "train", invalid_utf8) for s, _ in
-             pipeline.parse_mixture(spec)]
+             sources.parse_mixture(spec)]
   for stream in streams:
-    if stream.kind != "text":
-      raise ValueError(f"{stream.name} holds raw bytes, not text: a BPE tokenizer is trained "
-                       "on text; train a byte model on it (bytes_decoder, hat, byt5, ...)")
-  tok = train((p for s in streams for d in s.documents() for p in pieces(d.decode("utf-8"))),
-              vocab_size)
+    check_text(stream)
+  tok = train((p for s in streams for d in s.documents()
+               for p in pieces(d.decode("utf-8"), _PIECE_CHARS)), vocab_size)
   if write:
     save(tok, path)
   return tok
+
+
+def check_text(stream) -> None:
+  """A ValueError unless stream (bytelm.data.stream.ByteStream) holds text: BPE reads text."""
+  if stream.kind != "text":
+    raise ValueError(f"{stream.name} holds raw bytes, not text: a BPE tokenizer is trained on "
+                     "and reads text; train a byte model on it (bytes_decoder, hat, byt5, ...)")
 
 
 def token_bytes(tok: tokenizers.Tokenizer) -> list[bytes]:
@@ -199,7 +205,7 @@ def encode_documents(tok: tokenizers.Tokenizer, documents: Sequence[str]
     owners.clear()
 
   for i, document in enumerate(documents):
-    for piece in pieces(document):
+    for piece in pieces(document, _PIECE_CHARS):
       pending.append(piece)
       owners.append(i)
       chars += len(piece)
@@ -214,13 +220,13 @@ def encode_documents(tok: tokenizers.Tokenizer, documents: Sequence[str]
 
 def pieces(text: str, max_chars: int = _PIECE_CHARS) -> list[str]:
   """text cut into pieces of at most about max_chars where the tokens cannot change: after a
-  newline that a non-space character follows (the ByteLevel pre-tokenizer's regex ends a
-  pre-token there, and BPE merges inside pre-tokens). Text without such a place for max_chars
+  newline between two characters that are not whitespace (the ByteLevel pre-tokenizer's regex
+  makes such a newline a pre-token of its own, and BPE merges inside pre-tokens). Text without such a place for max_chars
   is cut at max_chars. Shorter text is one piece."""
   out, start = [], 0
   while len(text) - start > max_chars:
     cut = text.rfind("\n", start, start + max_chars)
-    while cut > start and text[cut + 1].isspace():
+    while cut > start and (text[cut + 1].isspace() or text[cut - 1].isspace()):
       cut = text.rfind("\n", start, cut)
     cut = cut + 1 if cut > start else start + max_chars
     out.append(text[start:cut])

@@ -15,7 +15,7 @@ memory for the embedded corpus (~15 MB), memmapped from disk for any other sourc
 (bytelm.data.prepare: a corpus of any size costs the memory of its windows); raw bytes keep their
 boundaries beside the stream. Ids (byte + 3, eos 1) are made per window. Windows may span
 document boundaries; the eos between documents is then part of the window. A mixture of
-streams (`parse_mixture`) draws each row's stream by weight, first, from the row's rng.
+streams (`sources.parse_mixture`) draws each row's stream by weight, first, from the row's rng.
 
 Shapes, per process: inputs [B, T] and targets [B, S], int32, B = batch_size / process_count.
 Span corruption: T = input_length, S = target_length, both exact (no padding) because every
@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import itertools
 import os
 import pathlib
@@ -55,7 +54,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from bytelm.data import bpe, noise, objectives, prepare
+from bytelm.data import bpe, noise, objectives, prepare, sources
 from bytelm.data.stream import EOS_BYTE as _EOS_BYTE
 from bytelm.data.stream import ByteStream, build_stream
 from bytelm.data.stream import stream_to_ids  # noqa: F401 (public here too, as before)
@@ -375,35 +374,38 @@ def _token_stream(stream: ByteStream, tokenizer) -> _Tokens:
   """The byte stream's documents, in order, encoded and joined by the eos id, as uint16 where
   the vocabulary fits (half of int32's memory). A prepared stream's tokens are written beside
   it once (keyed by the tokenizer) and memmapped after; an in-memory stream's are kept."""
-  if stream.kind != "text":
-    raise ValueError(f"{stream.name} holds raw bytes, not text: a BPE tokenizer reads text; "
-                     "train a byte model on it (bytes_decoder, hat, byt5, ...)")
+  bpe.check_text(stream)
   dtype = np.uint16 if tokenizer.get_vocab_size() <= 1 << 16 else np.int32
-  path = None
-  if stream.directory is not None:
-    tag = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:16]
-    path = stream.directory / f"{stream.split}-tokens-{tag}.{np.dtype(dtype).name}"
-    if path.is_file():
-      return _Tokens(np.memmap(path, dtype, "r"), stream)
-  sink = io.BytesIO() if path is None else open(path.with_suffix(".tmp"), "wb")
-  with sink:
-    chunk, first, size = [], True, 0
-    for doc in itertools.chain(stream.documents(), [None]):
-      if doc is not None:
-        chunk.append(doc.decode("utf-8"))
-        size += len(doc)
-      if len(chunk) == _TOKEN_CHUNK_DOCS or size >= _TOKEN_CHUNK_BYTES or (
-          doc is None and chunk):
-        for ids in bpe.encode_documents(tokenizer, chunk):
-          if not first:
-            sink.write(np.asarray([EOS_ID], dtype).tobytes())
-          sink.write(ids.astype(dtype).tobytes())
-          first = False
-        chunk, size = [], 0
-    if path is None:
-      return _Tokens(np.frombuffer(sink.getvalue(), dtype), stream)
-  os.replace(path.with_suffix(".tmp"), path)
+  if stream.directory is None:
+    return _Tokens(np.frombuffer(b"".join(_encoded(stream, tokenizer, dtype)), dtype), stream)
+  tag = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:16]
+  path = stream.directory / f"{stream.split}-tokens-{tag}.{np.dtype(dtype).name}"
+  if not path.is_file():  # each process writes its own temporary file; the first rename wins
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+      with open(tmp, "wb") as f:
+        for piece in _encoded(stream, tokenizer, dtype):
+          f.write(piece)
+      os.replace(tmp, path)
+    finally:
+      tmp.unlink(missing_ok=True)
   return _Tokens(np.memmap(path, dtype, "r"), stream)
+
+
+def _encoded(stream: ByteStream, tokenizer, dtype) -> Iterator[bytes]:
+  """The token stream's bytes, a chunk of documents at a time (bounded by count and bytes)."""
+  chunk, first, size = [], True, 0
+  for doc in itertools.chain(stream.documents(), [None]):
+    if doc is not None:
+      chunk.append(doc.decode("utf-8"))
+      size += len(doc)
+    if len(chunk) == _TOKEN_CHUNK_DOCS or size >= _TOKEN_CHUNK_BYTES or (doc is None and chunk):
+      for ids in bpe.encode_documents(tokenizer, chunk):
+        if not first:
+          yield np.asarray([EOS_ID], dtype).tobytes()
+        yield ids.astype(dtype).tobytes()
+        first = False
+      chunk, size = [], 0
 
 
 def _spelled_lengths(tokenizer) -> np.ndarray:
@@ -443,13 +445,20 @@ def fit_entropy_model(spec: str, path, *, entropy_order: int = 2,
   """The entropy segmenter's n-gram model of the training split of `spec`, saved at `path`;
   an existing file is kept (a resumed run segments as before). Returns the path.
 
-  Fitted on the stream's first ENTROPY_SAMPLE_BYTES (64 MiB): its documents are in a shuffled
-  order, so that is a sample of the whole corpus, and an order-2 table of 65,536 contexts is
-  well estimated long before it (the embedded corpus, 15 MB, is read whole)."""
+  Fitted on the stream's first ENTROPY_SAMPLE_BYTES (64 MiB; of a mixture, each source's share
+  by weight): its documents are in a shuffled order, so that is a sample of the whole corpus,
+  and an order-2 table of 65,536 contexts is well estimated long before it (the embedded
+  corpus, 15 MB, is read whole)."""
   path = pathlib.Path(path)
   if not path.exists():
-    stream = prepare.open_split(spec, "train", invalid_utf8)
-    sample = stream.ids(0, min(len(stream), ENTROPY_SAMPLE_BYTES)) - OFFSET
+    mixture = sources.parse_mixture(spec)
+    total = sum(w for _, w in mixture)
+    pieces = []  # of each source its share of the sample (a mixture's by weight)
+    for source, weight in mixture:
+      stream = prepare.open_split(source, "train", invalid_utf8)
+      pieces.append(stream.ids(0, min(len(stream), int(ENTROPY_SAMPLE_BYTES * weight / total))))
+    sample = np.concatenate([np.concatenate([[EOS_ID], p]) if k else p
+                             for k, p in enumerate(pieces)]) - OFFSET
     sample = np.where(sample < 0, _EOS_BYTE, sample).astype(np.uint8)  # eos as 0xFF
     segment.EntropyModel.fit(sample, order=entropy_order,
                              target_segment_bytes=target_segment_bytes,
@@ -469,39 +478,17 @@ def segment_rows(targets: np.ndarray, *, segmenter: segment.Segmenter,
 
 
 def make_source(spec: str, split: str = "train", *, invalid_utf8: str = "error",
-                **kwargs) -> BatchSource:
+                whole: bool = False, **kwargs) -> BatchSource:
   """The BatchSource of a split of spec, e.g. make_source("embedded:en", "validation",
   batch_size=8, input_length=1024). spec may be a mixture, `spec@weight,spec@weight`
-  (`parse_mixture`). The embedded corpus is read into memory; any other source is prepared on
-  disk once and memmapped (bytelm.data.prepare)."""
-  parts = [(prepare.open_split(s, split, invalid_utf8), w) for s, w in parse_mixture(spec)]
+  (`sources.parse_mixture`). The embedded corpus is read into memory; any other source is
+  prepared on disk once and memmapped (bytelm.data.prepare). whole: read all of a source
+  without splits of its own, not its held-out tail (a run's separate validation data)."""
+  mixture = sources.parse_mixture(spec)
+  if whole:  # another run's validation data: all of its held-out text (prepare.open_whole)
+    parts = [(stream, w) for s, w in mixture for stream in prepare.open_whole(s, invalid_utf8)]
+  else:
+    parts = [(prepare.open_split(s, split, invalid_utf8), w) for s, w in mixture]
   return BatchSource(parts, **kwargs)
 
 
-def parse_mixture(spec: str) -> list[tuple[str, float]]:
-  """[(spec, weight)] of a data spec: one source (weight 1), or a mixture of sources with
-  weights, "embedded:en@0.3,file:web/*.txt@0.7" (a list of such strings also works). Commas
-  separate sources only in a spec with weights, so a file name with a comma stays one source."""
-  if isinstance(spec, (list, tuple)):
-    return [p for s in spec for p in parse_mixture(s)]
-  parts = spec.split(",")
-  weighted = [p.rpartition("@") for p in parts]
-  bad = [p for p, (_, at, w) in zip(parts, weighted) if not at or not _is_weight(w)]
-  if len(bad) == len(parts):  # no weights: one source (whose name may hold a comma)
-    return [(spec, 1.0)]
-  if bad:
-    raise ValueError(f"mixture part {bad[0]!r} has no weight: write each source as "
-                     "spec@weight, e.g. 'embedded:en@0.3,file:web/*.txt@0.7'")
-  out = [(s, float(w)) for s, _, w in weighted]
-  for s, w in out:
-    if not w > 0:
-      raise ValueError(f"mixture weight of {s!r} is {w}; weights must be positive")
-  return out
-
-
-def _is_weight(text: str) -> bool:
-  try:
-    float(text)
-    return True
-  except ValueError:
-    return False

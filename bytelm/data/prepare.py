@@ -31,9 +31,11 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -80,10 +82,12 @@ def cached(spec: str, invalid_utf8: str = "error", *, progress: bool = True) -> 
   where = (f"{scheme}:{os.path.abspath(os.path.expanduser(rest))}"  # file:notes.txt of
            if scheme in ("file", "bytes") else spec)  # two folders: two entries
   slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)[-60:]
-  entry = cache_dir() / f"{slug}-{hashlib.sha256(where.encode()).hexdigest()[:10]}"
+  ident = hashlib.sha256(f"{where}\n{invalid_utf8}".encode()).hexdigest()[:10]
+  entry = cache_dir() / f"{slug}-{ident}"
   if _manifest(entry).get("key") == key:
     return entry
   entry.parent.mkdir(parents=True, exist_ok=True)
+  _sweep(entry)
   if entry.exists():
     log.info("the source %s changed since it was prepared: preparing it again", spec)
   else:
@@ -96,7 +100,10 @@ def cached(spec: str, invalid_utf8: str = "error", *, progress: bool = True) -> 
     old = None
     if entry.exists():  # the stale stream of a changed source: ours (the cache), replaced
       old = entry.with_name(entry.name + f".old-{os.getpid()}")
-      os.replace(entry, old)
+      try:
+        os.replace(entry, old)
+      except FileNotFoundError:  # another process moved it first
+        old = None
     try:
       os.replace(work, entry)
     except OSError:  # another process renamed its copy into place in the meantime
@@ -109,6 +116,23 @@ def cached(spec: str, invalid_utf8: str = "error", *, progress: bool = True) -> 
   return entry
 
 
+STALE_SECONDS = 24 * 3600  # a cache folder being written that long was left by a killed run
+
+
+def _sweep(entry: pathlib.Path) -> None:
+  """Remove what killed runs left beside entry: folders being prepared (`.tmp-`) untouched
+  for STALE_SECONDS, and replaced streams (`.old-`) of any age. The cache's own files only."""
+  now = time.time()
+  for path in entry.parent.glob(entry.name + ".*-*"):
+    kind = path.name[len(entry.name):].split("-", 1)[0]
+    try:
+      stale = kind == ".old" or (kind == ".tmp" and now - path.stat().st_mtime > STALE_SECONDS)
+    except FileNotFoundError:
+      continue
+    if stale:
+      shutil.rmtree(path, ignore_errors=True)
+
+
 def _manifest(directory: pathlib.Path) -> dict:
   try:
     return json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
@@ -119,10 +143,22 @@ def _manifest(directory: pathlib.Path) -> dict:
 def open_split(spec: str, split: str, invalid_utf8: str = "error") -> ByteStream:
   """The stream of a split of spec: the embedded corpus read into memory, any other source
   from its prepared stream in the cache (prepared first where needed)."""
-  if sources.parse(spec)[0] == "embedded" and invalid_utf8 != "raw":
+  scheme, rest = sources.parse(spec)
+  if scheme == "embedded" and invalid_utf8 != "raw":
     stream, documents = build_stream(sources.load_text(spec, split))
     return ByteStream.from_array(stream, documents, name=spec)
+  if scheme == "prepared":  # a folder bytelm-prepare wrote: read where it is
+    return ByteStream.open(os.path.expanduser(rest), split)
   return ByteStream.open(cached(spec, invalid_utf8), split)
+
+
+def open_whole(spec: str, invalid_utf8: str = "error") -> list[ByteStream]:
+  """The streams that hold all of spec's held-out text, for a source named as another run's
+  validation data: its validation split where it has splits of its own, else both of the
+  splits prepare made (a file given as validation data is validation data whole)."""
+  if set(SPLITS) <= set(sources.splits_of(spec)):
+    return [open_split(spec, "validation", invalid_utf8)]
+  return [open_split(spec, split, invalid_utf8) for split in SPLITS]
 
 
 # ---- preparing ---------------------------------------------------------------------------------
@@ -138,6 +174,20 @@ def prepare(spec: str, out, *, invalid_utf8: str = "error", shard_bytes: int = S
                           "--force to replace a prepared stream there)")
   if shard_bytes < 1:
     raise ValueError(f"shard_bytes must be >= 1, got {shard_bytes}")
+  made = not out.exists()
+  try:
+    return _prepare(spec, out, invalid_utf8, shard_bytes, progress, key)
+  except BaseException:
+    if made:  # a failed preparation leaves nothing behind
+      shutil.rmtree(out, ignore_errors=True)
+    elif not exist_ok:  # an empty folder given: emptied again
+      for path in out.iterdir():
+        path.unlink()
+    raise
+
+
+def _prepare(spec: str, out: pathlib.Path, invalid_utf8: str, shard_bytes: int,
+             progress: bool, key: str) -> dict:
   raw = sources.is_raw(spec, invalid_utf8)
   available = sources.splits_of(spec)
   own = set(SPLITS) <= set(available)  # else (e.g. a Hub dataset of train and test only) the
@@ -343,6 +393,15 @@ def _provenance(spec: str) -> dict:
 # ---- the command -------------------------------------------------------------------------------
 
 
+_OURS = re.compile(r"^(manifest\.json(\.tmp)?|spool-\d+\.tmp|(train|validation)-(\d{5}\.bin|"
+                   r"boundaries\.npy|tokens-[0-9a-f]+\.(uint16|int32)(\.\d+\.tmp)?))$")
+
+
+def _ours(path: pathlib.Path) -> bool:
+  """Whether path is a file a preparation writes (what --force may replace)."""
+  return path.is_file() and bool(_OURS.match(path.name))
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       prog="bytelm-prepare", description=(
@@ -363,11 +422,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   try:
     out = pathlib.Path(args.out)
-    if args.force and out.is_dir() and (out / MANIFEST).is_file():
-      ours = {MANIFEST, *(p.name for p in out.glob("*-0*.bin")),
-              *(p.name for p in out.glob("*-boundaries.npy"))}
-      if {p.name for p in out.iterdir()} <= ours:
-        shutil.rmtree(out)
+    if args.force and out.is_dir() and all(_ours(p) for p in out.iterdir()):
+      shutil.rmtree(out)
     manifest = prepare(args.source, out, invalid_utf8=args.invalid_utf8,
                        shard_bytes=args.shard_bytes)
     for split in SPLITS:

@@ -1,4 +1,4 @@
-"""Text sources: one spec string -> a `datasets.Dataset` of documents (one column, "text").
+"""Text and byte sources: one spec string -> the documents it names.
 
 Specs:
   embedded:<group or name>   the corpus shipped in bytelm/data/corpus/ (no network). A group
@@ -10,28 +10,35 @@ Specs:
                              a {"text": ...} object per line (a .json file holding one JSON list
                              of such objects, or of strings, also works). Any of these may be
                              .xz or .gz compressed. A directory means every such file under it.
-                             The same files serve every split, unless the glob contains
-                             `{split}`, which is replaced by the split name:
-                             `file:data/{split}/*.txt`.
-                             Files of any other type are read as raw bytes, as `bytes:`.
-  bytes:<path or glob>       local files read as raw bytes, one document per file, nothing
-                             decoded (enwik8, text8, binary files); `{split}` as for file:.
-  hf:<name>[:<config>]       `datasets.load_dataset(name, config, split=split)`: downloaded
-                             into the Hugging Face cache where there is network, read from
-                             it alone where there is none; keeps the "text" column. A local
-                             dataset directory works as a name.
+                             A glob containing `{split}` has splits of its own:
+                             `file:data/{split}/*.txt`; without, bytelm.data.prepare holds the
+                             validation split out of the files' text (`load_text` reads the same
+                             files for every split). A glob naming files of no text type reads
+                             them as raw bytes, as `bytes:`.
+  bytes:<path or glob>       local files (a directory: all of them) read as raw bytes, one
+                             document per file, nothing decoded (enwik8, text8, binary files);
+                             `{split}` as for file:.
+  hf:<name>[:<config>]       `datasets.load_dataset(name, config)`: read with `datasets`
+                             streaming where the Hub answers, from the Hugging Face cache alone
+                             where it cannot be reached; the "text" column. A local dataset
+                             directory works as a name.
+  prepared:<folder>          a folder `bytelm-prepare` wrote (bytelm.data.prepare).
 
-Two ways to read a source. `load_text` holds its documents in memory as a `datasets.Dataset` (the
-embedded corpus is ~40 MB of text and loads in about a second). `iter_documents` yields them one
-at a time as bytes, for bytelm.data.prepare, which writes a corpus of any size to disk without
-holding it (`hf:` then reads with `datasets` streaming). Text that is not valid UTF-8 is an error
-naming the file and offset, or, by `invalid_utf8`, replaced (U+FFFD) or kept as raw bytes.
+A data spec may also be a mixture of sources with weights, "embedded:en@0.3,file:web/*.txt@0.7"
+(`parse_mixture`).
+
+Two ways to read a source. `load_text` holds its documents in memory as a `datasets.Dataset`
+(the embedded corpus is ~15 MB of text and loads in about a second). `iter_documents` yields
+them one at a time as bytes, for bytelm.data.prepare, which writes a corpus of any size to disk
+holding one document at a time. Text that is not valid UTF-8 is an error naming the file and
+offset, or, by `invalid_utf8`, replaced (U+FFFD) or kept as raw bytes.
 
 Every failure names the problem and the fix.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import glob
 import gzip
@@ -57,7 +64,7 @@ CORPUS_DIR = Path(__file__).resolve().parent / "corpus"
 EMBEDDED_SPLITS = ("train", "validation")
 TEXT_SUFFIXES = (".txt", ".md", ".rst")  # one document per file
 JSON_SUFFIXES = (".jsonl", ".json")  # one {"text": ...} per line
-SCHEMES = ("embedded", "file", "bytes", "hf")
+SCHEMES = ("embedded", "file", "bytes", "hf", "prepared")
 INVALID_UTF8 = ("error", "replace", "raw")  # what becomes of text that is not valid UTF-8
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9_+.-]+):")  # 2+ chars, so C:\ stays a path
 
@@ -69,25 +76,18 @@ def corpus_dir() -> Path:
 
 def load_text(spec: str, split: str = "train") -> datasets.Dataset:
   """Documents named by `spec` (see the module docstring) as a Dataset with one column, "text"."""
-  if not isinstance(spec, str) or not spec.strip():
-    raise ValueError(f"text spec must be a non-empty string, got {spec!r}; e.g. "
-                     "'embedded:en', 'file:data/*.txt' or 'hf:wikitext:wikitext-2-raw-v1'")
   if not isinstance(split, str) or not split:
     raise ValueError(f"split must be a non-empty string such as 'train', got {split!r}")
-  match = _SCHEME_RE.match(spec)
-  scheme, rest = (match.group(1), spec[match.end():]) if match else ("file", spec)
+  scheme, rest = parse(spec)
   if scheme == "embedded":
     texts, where = _load_embedded(rest, split), f"embedded corpus {rest!r}"
   elif scheme == "file":
     texts, where = _load_files(rest, split), f"files {rest!r}"
   elif scheme == "hf":
     return _load_hf(rest, split)
-  elif scheme == "bytes":
-    raise ValueError(f"{spec} is raw bytes, not text: it trains byte models through the "
-                     "prepared streams of bytelm.data.prepare (train.py's data.train takes it)")
   else:
-    raise ValueError(f"unknown text spec scheme {scheme!r} in {spec!r}; use one of "
-                     + ", ".join(f"'{s}:'" for s in SCHEMES) + " or a plain path/glob")
+    raise ValueError(f"{spec} is read as a byte stream, not as text documents: train.py's "
+                     "data.train takes it (bytelm.data.prepare)")
   return _to_dataset(texts, f"{where} (split {split!r})")
 
 
@@ -186,12 +186,13 @@ def file_paths(spec: str, split: str = "train") -> list[str] | None:
   return sorted(os.path.abspath(p) for p in _paths(spec[match.end():] if match else spec, split))
 
 
-def _paths(pattern: str, split: str) -> list[str]:
-  """The files of a file: spec's pattern for split (a directory: its supported files)."""
+def _paths(pattern: str, split: str, raw: bool = False) -> list[str]:
+  """The files of a file: spec's pattern for split (a directory: its files of a text type, or
+  all of them for raw bytes)."""
   pattern = os.path.expanduser(pattern.replace("{split}", split))
   if os.path.isdir(pattern):
     paths = [p for p in glob.glob(os.path.join(pattern, "**", "*"), recursive=True)
-             if os.path.isfile(p) and _supported(p)]
+             if os.path.isfile(p) and (raw or _supported(p))]
   else:
     paths = [p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
   if not paths:
@@ -372,12 +373,15 @@ def parse(spec: str) -> tuple[str, str]:
 
 
 def is_raw(spec: str, invalid_utf8: str = "error") -> bool:
-  """Whether spec's documents are kept as raw bytes: a `bytes:` source, a `file:` source with
-  files of no text type, or any text source read with invalid_utf8="raw"."""
+  """Whether spec's documents are kept as raw bytes: a `bytes:` source, a `file:` glob naming
+  files of no text type, any text source read with invalid_utf8="raw", or a prepared folder of
+  raw bytes."""
   check_invalid_utf8(invalid_utf8)
   scheme, rest = parse(spec)
   if scheme == "bytes" or invalid_utf8 == "raw":
     return True
+  if scheme == "prepared":
+    return _prepared(rest).kind == "bytes"
   if scheme != "file":
     return False
   return not all(_supported(p) for split in EMBEDDED_SPLITS for p in _paths(rest, split))
@@ -388,16 +392,46 @@ def check_invalid_utf8(invalid_utf8: str) -> None:
     raise ValueError(f"data.invalid_utf8 must be one of {INVALID_UTF8}, got {invalid_utf8!r}")
 
 
+def parse_mixture(spec) -> list[tuple[str, float]]:
+  """[(spec, weight)] of a data spec: one source (weight 1), or a mixture of sources with
+  weights, "embedded:en@0.3,file:web/*.txt@0.7" (a list of such strings also works). Commas
+  separate sources only in a spec with weights, so a file name with a comma stays one source."""
+  if isinstance(spec, (list, tuple)):
+    return [p for s in spec for p in parse_mixture(s)]
+  parts = spec.split(",")
+  weighted = [p.rpartition("@") for p in parts]
+  bad = [p for p, (_, at, w) in zip(parts, weighted) if not at or not _is_weight(w)]
+  if len(bad) == len(parts):  # no weights: one source (whose name may hold a comma)
+    return [(spec, 1.0)]
+  if bad:
+    raise ValueError(f"mixture part {bad[0]!r} has no weight: write each source as "
+                     "spec@weight, e.g. 'embedded:en@0.3,file:web/*.txt@0.7'")
+  out = [(s, float(w)) for s, _, w in weighted]
+  for s, w in out:
+    if not w > 0:
+      raise ValueError(f"mixture weight of {s!r} is {w}; weights must be positive")
+  return out
+
+
+def _is_weight(text: str) -> bool:
+  try:
+    float(text)
+    return True
+  except ValueError:
+    return False
+
+
 def local_files(spec: str) -> list[str] | None:
   """Every local file a spec reads (both splits), sorted and absolute: what a cache of its
   prepared stream is keyed by; None where the documents are not local files (a Hub name)."""
   scheme, rest = parse(spec)
   if scheme in ("file", "bytes"):
-    return sorted({os.path.abspath(p) for split in EMBEDDED_SPLITS for p in _paths(rest, split)})
+    return sorted({os.path.abspath(p) for split in EMBEDDED_SPLITS
+                   for p in _paths(rest, split, raw=scheme == "bytes")})
   if scheme == "embedded":
     return sorted(str(p) for p in corpus_dir().glob("*"))
   name = rest.partition(":")[0]
-  if os.path.isdir(os.path.expanduser(name)):  # a local dataset directory
+  if os.path.isdir(os.path.expanduser(name)):  # a local dataset directory or prepared folder
     root = os.path.abspath(os.path.expanduser(name))
     return sorted(p for p in glob.glob(os.path.join(root, "**", "*"), recursive=True)
                   if os.path.isfile(p))
@@ -405,11 +439,11 @@ def local_files(spec: str) -> list[str] | None:
 
 
 def splits_of(spec: str) -> tuple[str, ...]:
-  """The splits a source has of its own: train and validation for the embedded corpus and
-  `{split}` globs, the dataset's for `hf:`, none for other files (bytelm.data.prepare then
-  holds some of the text out)."""
+  """The splits a source has of its own: train and validation for the embedded corpus, a
+  prepared folder and `{split}` globs, the dataset's for `hf:`, none for other files
+  (bytelm.data.prepare then holds some of the text out)."""
   scheme, rest = parse(spec)
-  if scheme == "embedded":
+  if scheme in ("embedded", "prepared"):
     return EMBEDDED_SPLITS
   if scheme in ("file", "bytes"):
     return EMBEDDED_SPLITS if "{split}" in rest else ()
@@ -425,10 +459,13 @@ def iter_documents(spec: str, split: str | None, invalid_utf8: str = "error"
   if scheme == "embedded":
     for text in _load_embedded(rest, split):
       yield text.encode("utf-8")
+  elif scheme == "prepared":
+    yield from _prepared(rest, split or "train").documents()
   elif scheme == "hf":
     streams = _hf_streams(rest)
     if split not in streams:
-      raise ValueError(f"hf:{rest} has no split {split!r}, only {sorted(streams)}")
+      raise ValueError(f"hf:{rest} has no split {split!r}, only {sorted(streams)}; save its "
+                       "text under a 'train' split (or use a 'file:' source)")
     for i, row in enumerate(streams[split]):
       text = row.get("text")
       if not isinstance(text, str):
@@ -436,10 +473,9 @@ def iter_documents(spec: str, split: str | None, invalid_utf8: str = "error"
                          f"only {sorted(row)}; save it with the text column named \"text\"")
       yield _utf8(text, f"hf:{rest} row {i}", invalid_utf8)
   else:
-    raw = scheme == "bytes" or invalid_utf8 == "raw"
-    for path in sorted(_paths(rest, split or "train")):
+    for path in sorted(_paths(rest, split or "train", raw=scheme == "bytes")):
       suffix = _base_suffix(path)[0]
-      if raw and suffix not in JSON_SUFFIXES or not _supported(path):
+      if scheme == "bytes" or not _supported(path):
         yield _read_bytes(Path(path))
       elif suffix in TEXT_SUFFIXES:
         yield _checked(_read_bytes(Path(path)), path, invalid_utf8)
@@ -447,28 +483,56 @@ def iter_documents(spec: str, split: str | None, invalid_utf8: str = "error"
         yield from _json_lines(Path(path), invalid_utf8)
 
 
-def _read_bytes(path: Path) -> bytes:
+def _prepared(folder: str, split: str = "train"):
+  from bytelm.data.stream import ByteStream  # the stream reads what sources names
+  return ByteStream.open(os.path.expanduser(folder), split)
+
+
+def _open(path: Path):
+  """path opened for reading bytes, decompressed by its suffix (.xz, .gz)."""
   compression = _base_suffix(str(path))[1]
-  opener = {".xz": lzma.open, ".gz": gzip.open}.get(compression, open)
+  return {".xz": lzma.open, ".gz": gzip.open}.get(compression, open)(path, "rb")
+
+
+@contextlib.contextmanager
+def _decompressing(path: Path):
+  """Decompression errors of the body as one ValueError naming the file and the fix."""
   try:
-    with opener(path, "rb") as f:
-      return f.read()
+    yield
   except (lzma.LZMAError, gzip.BadGzipFile, EOFError) as e:
     raise ValueError(f"{path}: cannot decompress ({e}); the file is truncated or not "
-                     f"{compression} data: re-create it") from e
+                     f"{_base_suffix(str(path))[1]} data: re-create it") from e
+
+
+def _read_bytes(path: Path) -> bytes:
+  with _decompressing(path), _open(path) as f:
+    return f.read()
+
+
+_CHECK_BLOCK = 1 << 24  # characters decoded at a time to check a document's UTF-8
 
 
 def _checked(data: bytes, name: str, invalid_utf8: str) -> bytes:
   """data if valid UTF-8; else the error naming the file (name) and offset, or U+FFFD for
-  each bad sequence (replace), or data itself (raw)."""
+  each bad sequence (replace), or data itself (raw). Checked a block at a time, so a large
+  file costs no more than itself and a block."""
+  decoder = codecs.getincrementaldecoder("utf-8")()
   try:
-    data.decode("utf-8")
+    for lo in range(0, len(data), _CHECK_BLOCK):
+      decoder.decode(data[lo: lo + _CHECK_BLOCK], final=lo + _CHECK_BLOCK >= len(data))
     return data
-  except UnicodeDecodeError as e:
-    if invalid_utf8 == "replace":
-      return data.decode("utf-8", "replace").encode("utf-8")
+  except UnicodeDecodeError:
     if invalid_utf8 == "raw":
       return data
+    if invalid_utf8 == "replace":
+      decoder = codecs.getincrementaldecoder("utf-8")("replace")
+      return b"".join(decoder.decode(data[lo: lo + _CHECK_BLOCK],
+                                     final=lo + _CHECK_BLOCK >= len(data)).encode("utf-8")
+                      for lo in range(0, len(data), _CHECK_BLOCK))
+    try:  # the whole text's error, for its offset
+      data.decode("utf-8")
+    except UnicodeDecodeError as e:
+      error = e
     path = name.rpartition(":")[0] if re.search(r":\d+$", name) else name  # file:line
     compression = _base_suffix(path)[1]
     where = "uncompressed byte offset" if compression else "byte offset"
@@ -476,15 +540,17 @@ def _checked(data: bytes, name: str, invalid_utf8: str) -> bytes:
     base = os.path.basename(path)
     command = (f"{iconv} {base} > fixed.txt" if not compression else
                f"{'xzcat' if compression == '.xz' else 'zcat'} {base} | {iconv} > fixed.txt")
-    raise ValueError(encoding.not_utf8(data, e, name, where, command) + "; or train on it "
-                     "as it is: --config.data.invalid_utf8=replace (U+FFFD for each bad "
+    raise ValueError(encoding.not_utf8(data, error, name, where, command) + "; train.py can "
+                     "also keep it: --config.data.invalid_utf8=replace (U+FFFD for each bad "
                      "sequence) or =raw (the bytes untouched)") from None
 
 
 def _utf8(text: str, where: str, invalid_utf8: str) -> bytes:
   try:
     return text.encode("utf-8")
-  except UnicodeEncodeError as e:  # a lone surrogate
+  except UnicodeEncodeError as e:  # a lone surrogate (or a raw byte kept by surrogateescape)
+    if invalid_utf8 == "raw":
+      return text.encode("utf-8", "surrogateescape")
     if invalid_utf8 == "error":
       raise ValueError(f"{where} is not encodable as UTF-8 at character {e.start} ({e.reason}); "
                        "clean it, or set data.invalid_utf8=replace") from None
@@ -493,30 +559,26 @@ def _utf8(text: str, where: str, invalid_utf8: str) -> bytes:
 
 def _json_lines(path: Path, invalid_utf8: str) -> Iterator[bytes]:
   """The "text" of each line of a JSON-lines file (or item of a JSON list), streamed line by
-  line (a JSON list is read whole)."""
-  compression = _base_suffix(str(path))[1]
-  opener = {".xz": lzma.open, ".gz": gzip.open}.get(compression, open)
-  with opener(path, "rb") as f:
+  line (a JSON list is read whole). With invalid_utf8="raw", a line's bytes that are not UTF-8
+  are kept as they are."""
+  with _decompressing(path), _open(path) as f:
     head = f.read(64).lstrip()
   if head.startswith(b"["):
     for text in _read_json_texts(path):
       yield _utf8(text, str(path), invalid_utf8)
     return
-  try:
-    with opener(path, "rb") as f:
-      for lineno, line in enumerate(f, start=1):
-        if not line.strip():
-          continue
-        line = _checked(line, f"{path}:{lineno}", invalid_utf8).decode("utf-8", "replace")
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg}); each line must be one "
-                           'object like {"text": "..."}') from e
-        yield _utf8(_text_field(record, path, lineno, "line"), f"{path}:{lineno}", invalid_utf8)
-  except (lzma.LZMAError, gzip.BadGzipFile, EOFError) as e:
-    raise ValueError(f"{path}: cannot decompress ({e}); the file is truncated or not "
-                     f"{compression} data: re-create it") from e
+  with _decompressing(path), _open(path) as f:
+    for lineno, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      line = (line.decode("utf-8", "surrogateescape") if invalid_utf8 == "raw" else
+              _checked(line, f"{path}:{lineno}", invalid_utf8).decode("utf-8"))
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg}); each line must be one "
+                         'object like {"text": "..."}') from e
+      yield _utf8(_text_field(record, path, lineno, "line"), f"{path}:{lineno}", invalid_utf8)
 
 
 def _hf_streams(rest: str) -> dict:

@@ -206,36 +206,37 @@ class ByteStream:
     try:
       manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
       info = manifest["splits"][split]
-      kind = manifest["kind"]
+      kind, documents, sha256 = manifest["kind"], int(info["documents"]), str(info["sha256"])
+      listed = [(str(shard["file"]), int(shard["bytes"])) for shard in info["shards"]]
     except FileNotFoundError:
       raise FileNotFoundError(f"{directory} holds no prepared stream ({MANIFEST} is missing); "
                               f"{fix}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
       raise ValueError(f"{directory / MANIFEST} is corrupt or has no split {split!r} "
                        f"({type(e).__name__}: {e}); {fix}") from None
     if manifest.get("format") != FORMAT:
       raise ValueError(f"{directory} was prepared in format {manifest.get('format')}, this "
                        f"bytelm reads format {FORMAT}; {fix}")
     shards = []
-    for shard in info["shards"]:
-      path = directory / shard["file"]
+    for name, expected in listed:
+      path = directory / name
       size = path.stat().st_size if path.is_file() else -1
-      if size != shard["bytes"]:
-        state = "missing" if size < 0 else f"{size} bytes, not {shard['bytes']}"
+      if size != expected:
+        state = "missing" if size < 0 else f"{size} bytes, not {expected}"
         raise ValueError(f"{path} is {state}: the prepared stream is truncated or damaged; "
                          f"{fix}")
       shards.append(np.memmap(path, np.uint8, "r") if size else np.zeros(0, np.uint8))
     boundaries = None
     if kind == "bytes":
-      path = directory / info["boundaries"]
+      path = directory / str(info.get("boundaries"))
       try:
         boundaries = np.load(path, allow_pickle=False)
       except (OSError, ValueError) as e:
         raise ValueError(f"{path} is not readable ({e}); {fix}") from None
-      if len(boundaries) != max(info["documents"] - 1, 0):
+      if len(boundaries) != max(documents - 1, 0):
         raise ValueError(f"{path} holds {len(boundaries)} document boundaries, the manifest "
-                         f"{info['documents'] - 1}; {fix}")
-    return cls(shards, documents=info["documents"], boundaries=boundaries,
-               content_hash=info["sha256"], directory=directory, split=split,
+                         f"{documents - 1}; {fix}")
+    return cls(shards, documents=documents, boundaries=boundaries,
+               content_hash=sha256, directory=directory, split=split,
                name=str(manifest.get("source", directory)))
 

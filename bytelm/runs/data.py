@@ -32,7 +32,8 @@ def sources(config, workdir=None, splits=SPLITS, *, process_index: int = 0,
   that fit something (entropy segments, a BPE tokenizer). process_index, process_count: this
   process's slice of each global batch. write: whether this process writes the tokenizer (in
   a multi-process run process 0 does; the others train the same one, deterministically).
-  The validation batches come from data.validation, or the validation split of data.train.
+  The validation batches come from the validation split of data.train, or from
+  data.validation: its validation split where it has splits of its own, else all of it.
   """
   settings = _settings(config, workdir, write)
   dc = config.data
@@ -42,9 +43,11 @@ def sources(config, workdir=None, splits=SPLITS, *, process_index: int = 0,
     raise ValueError(f"unknown splits {unknown}; a run has {SPLITS}")
   if "validation" in splits:
     _warn_if_trained_on(spec["train"], spec["validation"])
+  apart = bool(dc.validation) and dc.validation != dc.train  # validation data of its own
   return {split: pipeline.make_source(spec[split], split, seed=config.seed,
                                       process_index=process_index, process_count=process_count,
-                                      invalid_utf8=invalid_utf8(config), **settings)
+                                      invalid_utf8=invalid_utf8(config),
+                                      whole=split == "validation" and apart, **settings)
           for split in splits}
 
 
@@ -67,10 +70,12 @@ def _warn_if_trained_on(train: str, validation: str) -> None:
   text. (One source serves both splits without overlap: its own splits, or a held-out tail.)"""
   if validation == train:  # its validation split: held out of its documents (data.prepare)
     return
-  validation_files = sources_lib.file_paths(validation, "validation")
-  if validation_files is None:
-    return
-  shared = sorted(set(validation_files) & set(sources_lib.file_paths(train, "train") or ()))
+
+  def files(spec, split):
+    return {f for s, _ in sources_lib.parse_mixture(spec)
+            for f in sources_lib.file_paths(s, split) or ()}
+
+  shared = sorted(files(validation, "validation") & files(train, "train"))
   if shared:
     log.warning("the validation split reads %d of the training files (%s%s), so its bits per "
                 "byte are not held out: give data.validation other files, or put '{split}' in "

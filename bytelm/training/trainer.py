@@ -276,9 +276,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
 
   def check_meta(meta):  # the checkpoint's own config, the model as built included
     workdir_lib.check_compatible(workdir, meta["config"], resolved)
-    if "streams" in meta:  # the prepared data it trained on (a checkpoint before it: none)
-      workdir_lib.check_compatible(workdir, {"data streams": meta["streams"]},
-                                   {"data streams": streams})
+    if meta.get("streams", streams) != streams:  # (a checkpoint from before them: none)
+      raise workdir_lib.ConfigMismatch(
+          f"{workdir}'s run trained on other data than data.train / data.validation name now "
+          f"(the SHA-256 of their prepared streams differ: {meta['streams']} then, {streams} "
+          "now): a source's files changed since. Restore them to resume the run, or train on "
+          "the new data into another --workdir; nothing was changed.")
 
   start_step = 0
   restored = checkpoints.restore_latest(ckpt_lib.abstract_like(state), check_meta)
