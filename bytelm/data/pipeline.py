@@ -101,8 +101,8 @@ class BatchSource:
       seed: training randomness (window positions, noise masks); a non-negative int.
       noise_density, mean_noise_span_length: span corruption settings (ByT5: 0.15, 20).
       process_index, process_count: this process's slice of each global batch.
-      shuffle_seed: the one-time document order (see module docstring); None keeps the
-        given order.
+      shuffle_seed: the one-time document order of documents given as text (see module
+        docstring); None keeps the given order. A stream comes in the order it was made in.
       correction_task, typo_rate, keyboard: the "correction" objective's noise
         (objectives.correction): inputs are whole words of a window of S - 1 bytes, corrupted;
         targets are the words themselves. S defaults to T. ("diacritics_tagging" needs no
