@@ -221,8 +221,8 @@ def encode_documents(tok: tokenizers.Tokenizer, documents: Sequence[str]
 def pieces(text: str, max_chars: int = _PIECE_CHARS) -> list[str]:
   """text cut into pieces of at most about max_chars where the tokens cannot change: after a
   newline between two characters that are not whitespace (the ByteLevel pre-tokenizer's regex
-  makes such a newline a pre-token of its own, and BPE merges inside pre-tokens). Text without such a place for max_chars
-  is cut at max_chars. Shorter text is one piece."""
+  makes such a newline a pre-token of its own, and BPE merges inside pre-tokens). Text without
+  such a place for max_chars is cut at max_chars. Shorter text is one piece."""
   out, start = [], 0
   while len(text) - start > max_chars:
     cut = text.rfind("\n", start, start + max_chars)

@@ -208,8 +208,8 @@ def _load_files(pattern: str, split: str) -> list[str]:
   if unsupported:
     raise ValueError(
         f"unsupported file type: {unsupported[0]} ({len(unsupported)} such files); use "
-        f"{', '.join(TEXT_SUFFIXES + JSON_SUFFIXES)} (optionally .xz/.gz), narrow the glob, or train on them as raw bytes "
-        "(a 'bytes:' source, which train.py reads)")
+        f"{', '.join(TEXT_SUFFIXES + JSON_SUFFIXES)} (optionally .xz/.gz), narrow the glob, "
+        "or train on them as raw bytes (a 'bytes:' source, which train.py reads)")
   texts: list[str] = []
   for path in sorted(paths):
     if _base_suffix(path)[0] in TEXT_SUFFIXES:
