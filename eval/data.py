@@ -21,8 +21,10 @@ throughput of the data pipeline per process.
    rss_ratio = RSS(largest size) / RSS(smallest size) per recipe. A run past --rss-limit-mb
    or --run-timeout is killed and said to be (its peak then a lower bound).
 3. Input throughput per process: the training BatchSource of the largest corpus, built by the
-   library from the config (bytelm.runs.data.sources, the run's cache reused), `batch(step)`
-   timed over --throughput-steps steps: MB/s = bytes_per_batch * steps / seconds (MB = 1e6
+   library from the config (bytelm.runs.data.sources, the run's cache reused) right after the
+   run that prepared it (its pages where a run that just prepared its data finds them: in the
+   page cache, memory allowing; a corpus read cold from disk is slower, BENCHMARKS.md),
+   `batch(step)` timed over --throughput-steps steps: MB/s = bytes_per_batch * steps / seconds (MB = 1e6
    bytes), for each of --throughput-recipes in the tiny variant the runs use and in the
    recipe's default shape (its real rows); a cProfile of the same calls says where the time goes.
 
@@ -290,12 +292,10 @@ def main():
                                                      documents)
       specs[size] = f"file:{corpus}/*.txt"
     del documents
-    caches = {}
     for recipe in recipes:
       for size in sizes:
         name = f"{recipe}_{size:g}mb"
         cache, workdir = scratch / f"cache_{name}", scratch / f"workdir_{name}"
-        caches[recipe, size] = cache
         cmd = [sys.executable, "train.py", "--config",
                f"configs/{recipe}.py" + (f":{args.variant}" if args.variant else ""),
                f"--config.data.train={specs[size]}", f"--config.train.steps={args.steps}",
@@ -316,20 +316,16 @@ def main():
                 f"is a lower bound)", flush=True)
         elif run["returncode"]:
           print(f"  FAILED; the end of its output ({run['log']}):\n{run['tail']}", flush=True)
-        if size != sizes[-1] or recipe not in args.throughput_recipes.split(","):
-          shutil.rmtree(cache, ignore_errors=True)  # not read again: its disk back
+        if size == sizes[-1] and recipe in args.throughput_recipes.split(","):
+          # Right after the run that prepared it, as the run itself reads it next.
+          os.environ["BYTELM_CACHE"] = str(cache)  # the run's prepared stream, reused
+          for variant in [v for v in args.throughput_variants.split(",") if v]:
+            results["throughput"][f"{recipe}:{variant}"] = throughput(
+                recipe, None if variant == "default" else variant, specs[size],
+                scratch / f"workdir_input_{recipe}", args.throughput_steps,
+                args.profile_steps)
+        shutil.rmtree(cache, ignore_errors=True)  # not read again: its disk back
         shutil.rmtree(workdir, ignore_errors=True)
-        common.write_json(args.out, results)
-
-    largest = sizes[-1]
-    for recipe in [r for r in args.throughput_recipes.split(",") if r]:
-      cache = caches.get((recipe, largest), scratch / f"cache_{recipe}_{largest:g}mb")
-      os.environ["BYTELM_CACHE"] = str(cache)  # the run's prepared stream, reused
-      for variant in [v for v in args.throughput_variants.split(",") if v]:
-        key = f"{recipe}:{variant}"
-        results["throughput"][key] = throughput(
-            recipe, None if variant == "default" else variant, specs[largest],
-            scratch / f"workdir_input_{recipe}", args.throughput_steps, args.profile_steps)
         common.write_json(args.out, results)
   finally:
     if args.keep:
