@@ -256,3 +256,20 @@ def test_segments_of_a_batch_are_those_of_each_row(rows, max_segments, max_segme
     want_ids, _ = segment.segment_ids(len(d), starts, max_segments, T)
     np.testing.assert_array_equal(ids[r], want_ids)
     np.testing.assert_array_equal(ctx[r], segment.context_ids(d, starts, max_segments, T))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.binary(min_size=0, max_size=20),
+                          st.text(max_size=8).map(lambda t: t.encode("utf-8", "surrogatepass"))),
+                min_size=1, max_size=5))
+def test_word_starts_of_rows_decode_utf8_as_python_does(rows):
+  """The batch decoder (any bytes: truncated, overlong, surrogate, out-of-range sequences) gives
+  each row the starts of the row-at-a-time word_starts."""
+  T = 24
+  data = [r[:T] for r in rows]
+  bytes_BT = np.zeros((len(data), T), np.uint8)
+  for r, d in enumerate(data):
+    bytes_BT[r, : len(d)] = np.frombuffer(d, np.uint8)
+  starts_BT = segment._word_starts_rows(bytes_BT, np.asarray([len(d) for d in data]))
+  for r, d in enumerate(data):
+    assert np.flatnonzero(starts_BT[r]).tolist() == segment.word_starts(d)

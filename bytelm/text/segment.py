@@ -89,6 +89,69 @@ def _characters(data: bytes) -> tuple[np.ndarray, np.ndarray]:
   return offset_C, kind_C
 
 
+def _word_starts_rows(bytes_BT: np.ndarray, lengths_B: np.ndarray) -> np.ndarray:
+  """bool [B, T]: word_starts of each row's first lengths_B[r] bytes, for all rows at once.
+
+  UTF-8 is decoded as Python's decoder does (RFC 3629: no overlong forms, no surrogates, at
+  most U+10FFFF): a byte starts a character unless it is inside a valid sequence that starts
+  before it, and a byte outside any valid sequence is a character of its own (kind alone)."""
+  B, T = bytes_BT.shape
+  inside = np.arange(T) < lengths_B[:, None]
+  if (bytes_BT < 0x80).all():  # ASCII: every byte a character, of its table kind
+    kind = _ASCII_KIND[bytes_BT]
+    prev_kind = np.full((B, T), -1, np.int8)
+    prev_kind[:, 1:] = kind[:, :-1]
+    return _starts(kind, prev_kind) & inside
+  x = bytes_BT.astype(np.int32)
+
+  def at(k):  # byte t + k of each position (0 past the row's end: no continuation byte)
+    out = np.zeros_like(x)
+    out[:, : T - k] = np.where(inside[:, k:], x[:, k:], 0)
+    return out
+
+  b1, b2, b3 = at(1), at(2), at(3)
+  cont1, cont2, cont3 = ((b & 0xC0) == 0x80 for b in (b1, b2, b3))
+  lo1 = np.where(x == 0xE0, 0xA0, np.where(x == 0xF0, 0x90, 0x80))  # no overlong forms
+  hi1 = np.where(x == 0xED, 0x9F, np.where(x == 0xF4, 0x8F, 0xBF))  # no surrogates, <= 10FFFF
+  second = cont1 & (b1 >= lo1) & (b1 <= hi1)
+  width = np.where(x < 0x80, 1, 0)
+  width = np.where((x >= 0xC2) & (x <= 0xDF) & cont1, 2, width)
+  width = np.where((x >= 0xE0) & (x <= 0xEF) & second & cont2, 3, width)
+  width = np.where((x >= 0xF0) & (x <= 0xF4) & second & cont2 & cont3, 4, width)
+  width = np.where(inside, width, 0)
+  covered = np.zeros((B, T), bool)  # inside a valid sequence that starts before
+  for k in (1, 2, 3):
+    covered[:, k:] |= width[:, :-k] > k
+  is_char = inside & ~covered
+  cp = np.where(width == 2, ((x & 0x1F) << 6) | (b1 & 0x3F), x)
+  cp = np.where(width == 3, ((x & 0x0F) << 12) | ((b1 & 0x3F) << 6) | (b2 & 0x3F), cp)
+  cp = np.where(width == 4, ((x & 0x07) << 18) | ((b1 & 0x3F) << 12) | ((b2 & 0x3F) << 6)
+                | (b3 & 0x3F), cp)
+  kind = np.full((B, T), _ALONE, np.int8)  # a byte outside valid UTF-8 stands alone
+  ascii_ = is_char & (x < 0x80)
+  kind[ascii_] = _ASCII_KIND[x[ascii_]]
+  multi = is_char & (width >= 2)
+  if multi.any():
+    others, inverse = np.unique(cp[multi], return_inverse=True)
+    kind[multi] = np.asarray([_kind(int(c)) for c in others], np.int8)[inverse]
+  # The character before each: the last character start before t.
+  last = np.maximum.accumulate(np.where(is_char, np.arange(T, dtype=np.int32), -1), axis=1)
+  prev = np.full((B, T), -1, np.int32)
+  prev[:, 1:] = last[:, :-1]
+  prev_kind = np.where(prev >= 0, np.take_along_axis(kind, np.maximum(prev, 0), axis=1), -1)
+  return is_char & _starts(kind, prev_kind)
+
+
+def _starts(kind: np.ndarray, prev_kind: np.ndarray) -> np.ndarray:
+  """Whether each character starts a word, from its kind and the kind of the character before
+  it (-1: none): where a whitespace run begins (it belongs to the word after it, or is the
+  text's tail), at the first character, and at a non-space character after another non-space
+  one unless both are word characters."""
+  space, word = kind == _SPACE, kind == _WORD
+  prev_space, prev_word = prev_kind == _SPACE, prev_kind == _WORD
+  return (prev_kind < 0) | np.where(space, ~prev_space, ~prev_space & ~(word & prev_word))
+
+
 def word_starts(data: bytes) -> list[int]:
   """Byte offsets where the words of data begin: the "words" segmenter (see the module docstring).
 
@@ -101,21 +164,14 @@ def word_starts(data: bytes) -> list[int]:
   at the character it decides and the one before, so a boundary is settled by the character
   that starts the next word.
 
-  Vectorised over characters: a word starts where a run of whitespace starts (it belongs to
-  the word after it, or is the text's tail), at the first character, and at a non-space
-  character after another non-space one unless both are word characters.
+  Vectorised over characters (`_starts`); `_word_starts_rows` does the same for a batch.
   """
   data = bytes(data)
   if not data:
     return []
   offset_C, kind_C = _characters(data)
-  space_C = kind_C == _SPACE
-  word_C = kind_C == _WORD
-  start_C = np.empty(len(kind_C), bool)
-  start_C[0] = True
-  start_C[1:] = np.where(space_C[1:], ~space_C[:-1],  # where a whitespace run begins
-                         ~space_C[:-1] & ~(word_C[1:] & word_C[:-1]))
-  return offset_C[start_C].tolist()
+  prev_C = np.concatenate([[-1], kind_C[:-1]]).astype(np.int8)
+  return offset_C[_starts(kind_C, prev_C)].tolist()
 
 
 # ---- fixed segments, long segments cut, static shapes --------------------------------------------
@@ -174,6 +230,32 @@ def segment_ids(num_bytes: int, starts: Sequence[int], max_segments: int,
 # Bytes after a lead byte that its bit pattern declares: 110xxxxx 1, 1110xxxx 2, 11110xxx+ 3.
 _DECLARED_EXTRA = np.repeat(np.arange(4), [0xC0, 0x20, 0x10, 0x10])
 _BACK = np.arange(3, -1, -1)  # offsets into end_T (3 places of padding) of s, s-1, s-2, s-3
+
+
+def _split_long_rows(bytes_BT: np.ndarray, lengths_B: np.ndarray, start_BT: np.ndarray,
+                     max_segment_bytes: int) -> np.ndarray:
+  """split_long of each row (start_BT: bool [B, T] of its starts), for all rows at once: each
+  round cuts every segment still too long once, max_segment_bytes after its start, backed off
+  continuation bytes as split_long does."""
+  if max_segment_bytes < 4:
+    raise ValueError(f"max_segment_bytes must be at least 4 (one UTF-8 character), got "
+                     f"{max_segment_bytes}")
+  t_T = np.arange(start_BT.shape[1])
+  inside = t_T < lengths_B[:, None]
+  continuation = (bytes_BT & 0xC0) == 0x80
+  start_BT = start_BT.copy()
+  while True:
+    segment_start = np.maximum.accumulate(np.where(start_BT, t_T, 0), axis=1)
+    rows, cut = np.nonzero(inside & (t_T - segment_start == max_segment_bytes))
+    if not len(rows):
+      return start_BT
+    position = segment_start[rows, cut]
+    while True:  # not inside a character: back to its first byte (not to the segment's)
+      back = continuation[rows, cut] & (cut > position + 1)
+      if not back.any():
+        break
+      cut = cut - back
+    start_BT[rows, cut] = True
 
 
 def _settled(data: bytes, starts_M: np.ndarray) -> np.ndarray:
@@ -359,24 +441,13 @@ class Segmenter:
 
   def rows(self, bytes_BT: np.ndarray, lengths_B: np.ndarray) -> np.ndarray:
     """bool [B, T]: where segments start in each row's first lengths_B[r] bytes, as `self`
-    gives them row by row. Rows of ASCII words, the common case, are segmented together."""
+    gives them row by row; word segments for the whole batch at once."""
     B, T = bytes_BT.shape
-    start_BT = np.zeros((B, T), bool)
-    fast_B = np.zeros(B, bool)
     if self.kind == "words" and T:
-      fast_B = (lengths_B == T) & (bytes_BT < 0x80).all(axis=1)
-      kind_FT = _ASCII_KIND[bytes_BT[fast_B]]
-      space_FT, word_FT = kind_FT == _SPACE, kind_FT == _WORD
-      start_FT = np.empty(kind_FT.shape, bool)
-      start_FT[:, 0] = True
-      start_FT[:, 1:] = np.where(space_FT[:, 1:], ~space_FT[:, :-1],
-                                 ~space_FT[:, :-1] & ~(word_FT[:, 1:] & word_FT[:, :-1]))
-      # A segment longer than max_segment_bytes is cut by split_long: left to the row's own.
-      last_FT = np.maximum.accumulate(np.where(start_FT, np.arange(T), 0), axis=1)
-      short_F = (np.arange(T) - last_FT < self.max_segment_bytes).all(axis=1)
-      start_BT[np.flatnonzero(fast_B)[short_F]] = start_FT[short_F]
-      fast_B[np.flatnonzero(fast_B)[~short_F]] = False
-    for r in np.flatnonzero(~fast_B):
+      return _split_long_rows(bytes_BT, lengths_B, _word_starts_rows(bytes_BT, lengths_B),
+                              self.max_segment_bytes)
+    start_BT = np.zeros((B, T), bool)
+    for r in range(B):
       start_BT[r, self(bytes_BT[r, : lengths_B[r]].tobytes())] = True
     return start_BT
 
