@@ -235,7 +235,8 @@ class BatchSource:
 
   def _row(self, step: int, i: int) -> tuple[np.random.Generator, int]:
     """(rng, source) of row i of global batch step: the source drawn by weight first."""
-    rng = np.random.default_rng([self.seed, int(step), i])
+    # default_rng's stream (the same Generator of a PCG64), without its argument checks.
+    rng = np.random.Generator(np.random.PCG64([self.seed, int(step), i]))
     if self._cum_weights is None:
       return rng, 0
     k = int(np.searchsorted(self._cum_weights, rng.random(), side="right"))

@@ -318,8 +318,7 @@ def row_ids(bytes_BT: np.ndarray, lengths_B: np.ndarray, start_BT: np.ndarray,
   rows, cols = np.nonzero(next_BT)
   at = suffix_BT[rows, cols] + 1
   inside = at < T
-  count_BT = np.zeros((B, T), np.int32)
-  np.add.at(count_BT, (rows[inside], at[inside]), 1)
+  count_BT = np.bincount(rows[inside] * T + at[inside], minlength=B * T).reshape(B, T)
   return ids_BT, (np.cumsum(count_BT, axis=1) - 1).astype(np.int32)
 
 
