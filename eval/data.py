@@ -24,7 +24,7 @@ throughput of the data pipeline per process.
    library from the config (bytelm.runs.data.sources, the run's cache reused) right after the
    run that prepared it (its pages where a run that just prepared its data finds them: in the
    page cache, memory allowing; a corpus read cold from disk is slower, BENCHMARKS.md),
-   `batch(step)` timed over --throughput-steps steps: MB/s = bytes_per_batch * steps / seconds (MB = 1e6
+   `batch(step)` timed over 3 blocks of --throughput-steps new steps, the fastest counting: MB/s = bytes_per_batch * steps / seconds (MB = 1e6
    bytes), for each of --throughput-recipes in the tiny variant the runs use and in the
    recipe's default shape (its real rows); a cProfile of the same calls says where the time goes.
 
@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import json
 import math
 import os
 import pathlib
@@ -57,6 +58,7 @@ from bytelm.data import sources
 from bytelm.runs import data as run_data
 
 MIB = 1 << 20
+REPEATS = 3  # blocks of --throughput-steps batches timed; the fastest block counts
 SAMPLE_S = 0.2  # /proc sampling period of a run's memory
 
 
@@ -203,14 +205,17 @@ def throughput(recipe: str, variant: str | None, spec: str, workdir: pathlib.Pat
   source = run_data.sources(c, workdir, splits=("train",))["train"]
   built = time.perf_counter() - start
   source.batch(0)  # the first window's pages and lazy imports out of the timing
-  start = time.perf_counter()
-  for step in range(1, steps + 1):
-    source.batch(step)
-  seconds = time.perf_counter() - start
+  times = []  # of REPEATS blocks of `steps` new batches each; the fastest counts (the others
+  for block in range(REPEATS):  # met more of the machine's noise)
+    start = time.perf_counter()
+    for step in range(1 + block * steps, 1 + (block + 1) * steps):
+      source.batch(step)
+    times.append(time.perf_counter() - start)
+  seconds = min(times)
   mb_per_s = source.bytes_per_batch * steps / seconds / 1e6
   profiler = cProfile.Profile()
   profiler.enable()
-  for step in range(steps + 1, steps + 1 + profile_steps):
+  for step in range(1 + REPEATS * steps, 1 + REPEATS * steps + profile_steps):
     source.batch(step)
   profiler.disable()
   text = io.StringIO()
@@ -221,13 +226,15 @@ def throughput(recipe: str, variant: str | None, spec: str, workdir: pathlib.Pat
                 for k, v in stats.stats.items()), reverse=True)[:12]
   name = f"{recipe}:{variant or 'default'}"
   print(f"input {name}: {source!r}\n  {source.bytes_per_batch} bytes per batch, "
-        f"{steps} batches in {seconds:.2f} s: {mb_per_s:.3f} MB/s (built in {built:.1f} s)",
+        f"{steps} batches in {seconds:.2f} s (best of {', '.join(f'{t:.2f}' for t in times)}"
+        f"): {mb_per_s:.3f} MB/s (built in {built:.1f} s)",
         flush=True)
   print(f"  profile of {profile_steps} batches ({total:.2f} s), by own time:")
   for own, where in top[:8]:
     print(f"    {own / total:6.1%}  {own:7.3f} s  {where}")
   return {"recipe": recipe, "variant": variant or "default", "bytes_per_batch":
-          source.bytes_per_batch, "steps": steps, "seconds": seconds, "mb_per_s": mb_per_s,
+          source.bytes_per_batch, "steps": steps, "seconds": seconds, "block_seconds": times,
+          "mb_per_s": mb_per_s,
           "build_s": built, "profile_total_s": total,
           "profile_top": [{"own_s": own, "share": own / total, "where": where}
                           for own, where in top],
@@ -272,7 +279,14 @@ def main():
   p.add_argument("--scratch", default="", help="scratch folder (default: new, under /tmp)")
   p.add_argument("--keep", action="store_true", help="keep the scratch folder")
   p.add_argument("--out", default=str(common.RESULTS / "data.json"))
+  p.add_argument("--throughput-of", default="", help=argparse.SUPPRESS)  # one job, as JSON
   args = p.parse_args()
+  if args.throughput_of:  # a child of the main run: time one BatchSource, print it as JSON
+    job = json.loads(args.throughput_of)
+    result = throughput(job["recipe"], job["variant"], job["spec"], pathlib.Path(job["workdir"]),
+                        job["steps"], job["profile_steps"])
+    print(json.dumps(result))
+    return
   sizes = sorted(float(s) for s in args.sizes.split(",") if s)
   recipes = [r for r in args.recipes.split(",") if r]
   machine = common.start()
@@ -317,13 +331,19 @@ def main():
         elif run["returncode"]:
           print(f"  FAILED; the end of its output ({run['log']}):\n{run['tail']}", flush=True)
         if size == sizes[-1] and recipe in args.throughput_recipes.split(","):
-          # Right after the run that prepared it, as the run itself reads it next.
-          os.environ["BYTELM_CACHE"] = str(cache)  # the run's prepared stream, reused
+          # Right after the run that prepared it, as the run itself reads it next; in a
+          # process of its own, so that this one stays small (a child forked from a large
+          # parent starts with the parent's RSS in its ru_maxrss).
           for variant in [v for v in args.throughput_variants.split(",") if v]:
-            results["throughput"][f"{recipe}:{variant}"] = throughput(
-                recipe, None if variant == "default" else variant, specs[size],
-                scratch / f"workdir_input_{recipe}", args.throughput_steps,
-                args.profile_steps)
+            job = dict(recipe=recipe, variant=None if variant == "default" else variant,
+                       spec=specs[size], workdir=str(scratch / f"workdir_input_{recipe}"),
+                       steps=args.throughput_steps, profile_steps=args.profile_steps)
+            done = subprocess.run([sys.executable, __file__, "--throughput-of",
+                                   json.dumps(job)], env={**env}, capture_output=True,
+                                  text=True, check=True, cwd=common.ROOT)
+            lines = done.stdout.strip().splitlines()
+            print("\n".join(lines[:-1]), flush=True)
+            results["throughput"][f"{recipe}:{variant}"] = json.loads(lines[-1])
         shutil.rmtree(cache, ignore_errors=True)  # not read again: its disk back
         shutil.rmtree(workdir, ignore_errors=True)
         common.write_json(args.out, results)
