@@ -264,7 +264,7 @@ def test_segments_of_a_batch_are_those_of_each_row(rows, max_segments, max_segme
                 min_size=1, max_size=5))
 def test_word_starts_of_rows_decode_utf8_as_python_does(rows):
   """The batch decoder (any bytes: truncated, overlong, surrogate, out-of-range sequences) gives
-  each row the starts of the row-at-a-time word_starts."""
+  each row the starts of the rule written character by character, with Python's decoder."""
   T = 24
   data = [r[:T] for r in rows]
   bytes_BT = np.zeros((len(data), T), np.uint8)
@@ -272,4 +272,4 @@ def test_word_starts_of_rows_decode_utf8_as_python_does(rows):
     bytes_BT[r, : len(d)] = np.frombuffer(d, np.uint8)
   starts_BT = segment._word_starts_rows(bytes_BT, np.asarray([len(d) for d in data]))
   for r, d in enumerate(data):
-    assert np.flatnonzero(starts_BT[r]).tolist() == segment.word_starts(d)
+    assert np.flatnonzero(starts_BT[r]).tolist() == _reference_word_starts(d)

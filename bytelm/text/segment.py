@@ -53,9 +53,7 @@ _SPACE, _WORD, _ALONE = 0, 1, 2  # character kinds
 @functools.lru_cache(maxsize=1 << 16)
 def _kind(cp: int) -> int:
   """_SPACE | _WORD (letters, marks, digits, punctuation, symbols) | _ALONE (a character of a
-  script written without spaces, or a byte that is not valid UTF-8: a lone surrogate here)."""
-  if 0xDC80 <= cp <= 0xDCFF:  # surrogateescape's stand-in for one invalid byte
-    return _ALONE
+  script written without spaces) of the character cp."""
   ch = chr(cp)
   if ch.isspace():
     return _SPACE
@@ -66,27 +64,6 @@ def _kind(cp: int) -> int:
 
 
 _ASCII_KIND = np.array([_kind(b) for b in range(128)], np.int8)
-
-
-def _characters(data: bytes) -> tuple[np.ndarray, np.ndarray]:
-  """(byte offset [C], kind [C]) of each character of data; a byte that is not valid UTF-8 is
-  a character of its own (Python's decoder with surrogateescape makes each such byte one lone
-  surrogate, and valid UTF-8 never decodes to one)."""
-  if data.isascii():
-    x = np.frombuffer(data, np.uint8)
-    return np.arange(len(x)), _ASCII_KIND[x]
-  cp_C = np.frombuffer(data.decode("utf-8", "surrogateescape").encode("utf-32-le",
-                                                                     "surrogatepass"), np.uint32)
-  escaped_C = (cp_C >= 0xDC80) & (cp_C <= 0xDCFF)
-  width_C = np.where(escaped_C | (cp_C < 0x80), 1, np.where(
-      cp_C < 0x800, 2, np.where(cp_C < 0x10000, 3, 4)))
-  offset_C = np.concatenate([[0], np.cumsum(width_C)[:-1]])
-  kind_C = np.empty(len(cp_C), np.int8)
-  ascii_C = cp_C < 0x80
-  kind_C[ascii_C] = _ASCII_KIND[cp_C[ascii_C]]
-  others, inverse = np.unique(cp_C[~ascii_C], return_inverse=True)
-  kind_C[~ascii_C] = np.asarray([_kind(int(c)) for c in others], np.int8)[inverse]
-  return offset_C, kind_C
 
 
 def _word_starts_rows(bytes_BT: np.ndarray, lengths_B: np.ndarray) -> np.ndarray:
@@ -106,7 +83,8 @@ def _word_starts_rows(bytes_BT: np.ndarray, lengths_B: np.ndarray) -> np.ndarray
 
   def at(k):  # byte t + k of each position (0 past the row's end: no continuation byte)
     out = np.zeros_like(x)
-    out[:, : T - k] = np.where(inside[:, k:], x[:, k:], 0)
+    if k < T:  # (rows shorter than k + 1 bytes have no byte t + k anywhere)
+      out[:, : T - k] = np.where(inside[:, k:], x[:, k:], 0)
     return out
 
   b1, b2, b3 = at(1), at(2), at(3)
@@ -164,14 +142,13 @@ def word_starts(data: bytes) -> list[int]:
   at the character it decides and the one before, so a boundary is settled by the character
   that starts the next word.
 
-  Vectorised over characters (`_starts`); `_word_starts_rows` does the same for a batch.
+  One row of `_word_starts_rows`, which decodes the UTF-8 of a whole batch at once.
   """
   data = bytes(data)
   if not data:
     return []
-  offset_C, kind_C = _characters(data)
-  prev_C = np.concatenate([[-1], kind_C[:-1]]).astype(np.int8)
-  return offset_C[_starts(kind_C, prev_C)].tolist()
+  row = np.frombuffer(data, np.uint8)[None]
+  return np.flatnonzero(_word_starts_rows(row, np.asarray([len(data)]))[0]).tolist()
 
 
 # ---- fixed segments, long segments cut, static shapes --------------------------------------------
