@@ -24,7 +24,7 @@ throughput of the data pipeline per process.
    library from the config (bytelm.runs.data.sources, the run's cache reused) right after the
    run that prepared it (its pages where a run that just prepared its data finds them: in the
    page cache, memory allowing; a corpus read cold from disk is slower, BENCHMARKS.md),
-   `batch(step)` timed over 3 blocks of --throughput-steps new steps, the fastest counting: MB/s = bytes_per_batch * steps / seconds (MB = 1e6
+   `batch(step)` timed over 3 blocks of --throughput-steps new steps, all counted: MB/s = bytes_per_batch * 3 * steps / seconds (MB = 1e6
    bytes), for each of --throughput-recipes in the tiny variant the runs use and in the
    recipe's default shape (its real rows); a cProfile of the same calls says where the time goes.
 
@@ -58,7 +58,7 @@ from bytelm.data import sources
 from bytelm.runs import data as run_data
 
 MIB = 1 << 20
-REPEATS = 3  # blocks of --throughput-steps batches timed; the fastest block counts
+REPEATS = 3  # blocks of --throughput-steps new batches timed, all of them counted
 SAMPLE_S = 0.2  # /proc sampling period of a run's memory
 
 
@@ -205,14 +205,14 @@ def throughput(recipe: str, variant: str | None, spec: str, workdir: pathlib.Pat
   source = run_data.sources(c, workdir, splits=("train",))["train"]
   built = time.perf_counter() - start
   source.batch(0)  # the first window's pages and lazy imports out of the timing
-  times = []  # of REPEATS blocks of `steps` new batches each; the fastest counts (the others
-  for block in range(REPEATS):  # met more of the machine's noise)
+  times = []  # of REPEATS blocks of `steps` new batches each: the throughput is over all of
+  for block in range(REPEATS):  # them (each block is recorded: the first pages in the stream)
     start = time.perf_counter()
     for step in range(1 + block * steps, 1 + (block + 1) * steps):
       source.batch(step)
     times.append(time.perf_counter() - start)
-  seconds = min(times)
-  mb_per_s = source.bytes_per_batch * steps / seconds / 1e6
+  seconds = sum(times)
+  mb_per_s = source.bytes_per_batch * steps * REPEATS / seconds / 1e6
   profiler = cProfile.Profile()
   profiler.enable()
   for step in range(1 + REPEATS * steps, 1 + REPEATS * steps + profile_steps):
@@ -226,7 +226,7 @@ def throughput(recipe: str, variant: str | None, spec: str, workdir: pathlib.Pat
                 for k, v in stats.stats.items()), reverse=True)[:12]
   name = f"{recipe}:{variant or 'default'}"
   print(f"input {name}: {source!r}\n  {source.bytes_per_batch} bytes per batch, "
-        f"{steps} batches in {seconds:.2f} s (best of {', '.join(f'{t:.2f}' for t in times)}"
+        f"{REPEATS} x {steps} batches in {seconds:.2f} s ({', '.join(f'{t:.2f}' for t in times)}"
         f"): {mb_per_s:.3f} MB/s (built in {built:.1f} s)",
         flush=True)
   print(f"  profile of {profile_steps} batches ({total:.2f} s), by own time:")
