@@ -45,7 +45,7 @@ from flax import nnx
 from bytelm import generation, models
 from bytelm.convert import hf_t5
 from bytelm.data import bpe, objectives, pipeline
-from bytelm.text import segment
+from bytelm.text import segment, segment_jax
 from bytelm.nn.compiled import Compiled
 from bytelm.nn.quant_dense import QuantDense
 from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, PAD_ID, ByteTokenizer
@@ -128,6 +128,8 @@ class LanguageModel:
       segments = {**segments, "entropy_model": str(fitted[data_lib.ENTROPY_MODEL])}
     self.segments = (pipeline.segment_settings(segments, "causal_lm")
                      if segments and self.family == "hierarchical" else None)
+    self._device_segmenter = (None if self.segments is None
+                              else segment_jax.DeviceSegmenter(**self.segments))
     self._compiled = Compiled(self.module)
     self._row_sums = None
     self._byte_lm = None
@@ -245,8 +247,6 @@ class LanguageModel:
       if row is not None:
         inputs[r, :len(row[0])], targets[r, :len(row[1])] = row
     batch = {"inputs": inputs, "targets": targets}
-    if self.segments is not None:
-      batch.update(pipeline.segment_rows(targets, **self.segments))
     if self.tokenizer is not None:
       batch["target_bytes"] = self._token_bytes[targets]
     return {k: jnp.asarray(v) for k, v in batch.items()}
@@ -264,7 +264,9 @@ class LanguageModel:
     row alone."""
     if self._row_sums is None:
       from bytelm.training import evaluation
-      loss_fn = models.family(self.family).loss_fn
+      # A hierarchical model's segments are cut from each row inside the compiled call.
+      loss_fn = segment_jax.with_segments(models.family(self.family).loss_fn,
+                                          self._device_segmenter)
       graphdef, state = self._compiled.graphdef, self._compiled.state
 
       def one(row):

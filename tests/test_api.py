@@ -25,6 +25,7 @@ from bytelm.byteprobs import adapters
 from bytelm.data import bpe, pipeline
 from bytelm.nn.quant_dense import MODES
 from bytelm.quant import quantize
+from bytelm.text import segment_jax
 from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer
 from bytelm.nn.compiled import jit_call
 from bytelm.runs import checkpoint, export
@@ -80,8 +81,10 @@ def trainer_bpb(lm, c, documents, window: int) -> float:
     kw["segments"] = dc.segments.to_dict()
   if lm.tokenizer is not None:
     kw["tokenizer"] = lm.tokenizer
-  batches = list(pipeline.BatchSource(documents, **kw).eval_batches())
-  loss_fn = models.family(c.model_family).loss_fn
+  source = pipeline.BatchSource(documents, **kw)
+  batches = list(source.eval_batches())
+  loss_fn = segment_jax.with_segments(models.family(c.model_family).loss_fn,
+                                      source.device_segmenter)
   eval_fn = jax.jit(lambda _, batch: evaluation.eval_sums(lm.module, batch, loss_fn))
   return evaluation.evaluate(eval_fn, None, [batches[window]])["val_bpb"]
 

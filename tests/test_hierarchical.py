@@ -131,12 +131,14 @@ def test_loss_runs_on_a_batch(model):
   assert ("ratio_loss" in metrics) == (model.config.segmenter == "learned")
 
 
-def test_the_pipeline_adds_segments_of_the_targets():
+def test_the_device_segmenter_cuts_the_targets_of_pipeline_batches():
   docs = ["Hello, world! How are you today?", "日本語 text"] * 10
   segments = dict(kind="words", max_segments=6, max_segment_bytes=8)
   src = pipeline.BatchSource(docs, objective="causal_lm", batch_size=4, input_length=24,
                              segments=segments)
   batch = src.batch(0)
+  assert set(batch) == {"inputs", "targets"}  # the ids are cut inside the compiled step
+  batch.update(jax.jit(src.device_segmenter)(jnp.asarray(batch["targets"])))
   for row, ids, ctx in zip(batch["targets"], batch["segment_ids"], batch["context_ids"]):
     data = bytes(np.where(row == 1, 0xFF, row - 3).astype(np.uint8))
     starts = segment.split_long(data, segment.word_starts(data), 8)

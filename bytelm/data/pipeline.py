@@ -58,7 +58,7 @@ from bytelm.data import bpe, noise, objectives, prepare, sources
 from bytelm.data.stream import EOS_BYTE as _EOS_BYTE
 from bytelm.data.stream import ByteStream, build_stream
 from bytelm.data.stream import stream_to_ids  # noqa: F401 (public here too, as before)
-from bytelm.text import segment, tags
+from bytelm.text import segment, segment_jax, tags
 from bytelm.text.tokenizer import EOS_ID, OFFSET, PAD_ID
 
 if TYPE_CHECKING:  # not imported here: `import bytelm` stays light (datasets takes ~1 s)
@@ -109,8 +109,9 @@ class BatchSource:
         settings: inputs are stripped of diacritics, targets are bytelm.text.tags labels.)
       segments: for hierarchical models (causal LM only): {"kind": "words" | "entropy" |
         "fixed", "max_segments": N, "max_segment_bytes": L, "fixed_size": n, "entropy_model":
-        path (see `fit_entropy_model`)}. Batches then also hold `segment_ids` and
-        `context_ids` [B, T] of the targets (bytelm.text.segment).
+        path (see `fit_entropy_model`)}. `device_segmenter` then computes `segment_ids`
+        and `context_ids` [B, T] of the targets inside the compiled step
+        (bytelm.text.segment_jax); batches hold inputs and targets only.
       tokenizer: a byte-level BPE `tokenizers.Tokenizer` (bytelm.data.bpe), causal LM only:
         positions are its tokens instead of bytes, and batches also hold `target_bytes`
         (module docstring). input_length then counts tokens.
@@ -137,6 +138,8 @@ class BatchSource:
     self.input_length = int(input_length)
     self.correction = dict(task=correction_task, typo_rate=float(typo_rate), layout=keyboard)
     self.segments = segment_settings(segments, objective)
+    self.device_segmenter = (None if self.segments is None
+                             else segment_jax.DeviceSegmenter(**self.segments))
     if tokenizer is not None and (objective != "causal_lm" or segments is not None):
       raise ValueError(f"a tokenizer is for the causal_lm objective without segments (a subword "
                        f"decoder), not {objective!r}" + (" with segments" if segments else ""))
@@ -322,8 +325,6 @@ class BatchSource:
           or len(y) == self.target_length
       inputs[r, : len(x)], targets[r, : len(y)] = x, y
     batch = {"inputs": inputs, "targets": targets}
-    if self.segments is not None:
-      batch.update(segment_rows(targets, **self.segments))
     if self._token_bytes is not None:  # a token model's bits per byte divide by these
       batch["target_bytes"] = self._token_bytes[targets]
     return batch
@@ -469,8 +470,10 @@ def fit_entropy_model(spec: str, path, *, entropy_order: int = 2,
 
 def segment_rows(targets: np.ndarray, *, segmenter: segment.Segmenter,
                   max_segments: int) -> dict[str, np.ndarray]:
-  """segment_ids and context_ids [B, T] of each row of target ids; the eos between documents
-  stands as byte 0xFF (never valid UTF-8: a segment of its own), padding gets -1."""
+  """segment_ids and context_ids [B, T] of each row of target ids, on the host: the eos
+  between documents stands as byte 0xFF (never valid UTF-8: a segment of its own), padding gets
+  -1. The reference that `device_segmenter` (what training, scoring and generation run) is
+  tested against."""
   bytes_BT = np.where(targets == EOS_ID, _EOS_BYTE, targets - OFFSET).astype(np.uint8)
   lengths_B = np.count_nonzero(targets != PAD_ID, axis=1)  # padding only ends a row
   start_BT = segmenter.rows(bytes_BT, lengths_B)

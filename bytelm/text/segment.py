@@ -127,7 +127,8 @@ def _starts(kind: np.ndarray, prev_kind: np.ndarray) -> np.ndarray:
   one unless both are word characters."""
   space, word = kind == _SPACE, kind == _WORD
   prev_space, prev_word = prev_kind == _SPACE, prev_kind == _WORD
-  return (prev_kind < 0) | np.where(space, ~prev_space, ~prev_space & ~(word & prev_word))
+  # Operators only (no np.where): bytelm.text.segment_jax applies the same rule to jnp arrays.
+  return (prev_kind < 0) | (~prev_space & (space | ~(word & prev_word)))
 
 
 def word_starts(data: bytes) -> list[int]:

@@ -23,6 +23,7 @@ from bytelm import models
 from bytelm.data import pipeline
 from bytelm.runs import data as data_lib
 from bytelm.runs import workdir as run_dir
+from bytelm.text import segment_jax
 from bytelm.training import optimizer as optim
 from bytelm.training import reuse, trainer
 
@@ -52,11 +53,11 @@ def step_timer(c, workdir: pathlib.Path, steps_per_call: int = 1):
   model = family.model_cls(family.config_cls(**c.model.to_dict()), rngs=nnx.Rngs(c.seed))
   tx, schedule = optim.make_optimizer(c.opt, c.train.steps)
   graphdef, state = nnx.split((model, nnx.Optimizer(model, tx, wrt=nnx.Param)))
-  step = jax.jit(functools.partial(trainer.train_step, graphdef=graphdef,
-                                   loss_fn=family.loss_fn, schedule=schedule, z_loss=0.0,
-                                   after_step=family.after_step),
-                 donate_argnums=0)
   source = train_source(c, workdir)
+  loss_fn = segment_jax.with_segments(family.loss_fn, source.device_segmenter)
+  step = jax.jit(functools.partial(trainer.train_step, graphdef=graphdef, loss_fn=loss_fn,
+                                   schedule=schedule, z_loss=0.0, after_step=family.after_step),
+                 donate_argnums=0)
   first = {k: jnp.asarray(v) for k, v in source.batch(0).items()}
   step = step.lower(state, first).compile()  # compiled once, for the count and the calls
   cost = step.cost_analysis()

@@ -37,6 +37,7 @@ from bytelm.runs import checkpoint as ckpt_lib
 from bytelm.runs import data as data_lib
 from bytelm.runs import lock as lock_lib
 from bytelm.runs import workdir as workdir_lib
+from bytelm.text import segment_jax
 from bytelm.training import metrics as metrics_lib
 from bytelm.training import model_init
 from bytelm.training import optimizer as optim
@@ -297,12 +298,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   # -- step functions --
   batch_sh = sharding.batch_sharding(mesh)
   replicated = NamedSharding(mesh, P())
+  # A hierarchical model's segment ids are computed from the batch inside the step.
+  loss_fn = segment_jax.with_segments(family.loss_fn, train_data.device_segmenter)
   train_fn = jax.jit(
-      functools.partial(train_step, graphdef=graphdef, loss_fn=family.loss_fn,
+      functools.partial(train_step, graphdef=graphdef, loss_fn=loss_fn,
                         schedule=schedule, z_loss=config.opt.z_loss,
                         after_step=family.after_step),
       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef, loss_fn=family.loss_fn,
+  eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef, loss_fn=loss_fn,
                                      extra=family.eval_metrics),
                     in_shardings=(state_sh, batch_sh), out_shardings=replicated)
 
