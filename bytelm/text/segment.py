@@ -47,23 +47,23 @@ _NO_SPACE_SCRIPTS = ("CJK", "HIRAGANA", "KATAKANA", "THAI", "LAO", "KHMER", "MYA
                      "TIBETAN")
 
 
-_SPACE, _WORD, _ALONE = 0, 1, 2  # character kinds
+SPACE, WORD, ALONE = 0, 1, 2  # character kinds
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _kind(cp: int) -> int:
-  """_SPACE | _WORD (letters, marks, digits, punctuation, symbols) | _ALONE (a character of a
+def char_kind(cp: int) -> int:
+  """SPACE | WORD (letters, marks, digits, punctuation, symbols) | ALONE (a character of a
   script written without spaces) of the character cp."""
   ch = chr(cp)
   if ch.isspace():
-    return _SPACE
+    return SPACE
   if unicodedata.category(ch)[0] in "LM" and unicodedata.name(ch, "").startswith(
       _NO_SPACE_SCRIPTS):
-    return _ALONE
-  return _WORD
+    return ALONE
+  return WORD
 
 
-_ASCII_KIND = np.array([_kind(b) for b in range(128)], np.int8)
+_ASCII_KIND = np.array([char_kind(b) for b in range(128)], np.int8)
 
 
 def _word_starts_rows(bytes_BT: np.ndarray, lengths_B: np.ndarray) -> np.ndarray:
@@ -78,7 +78,7 @@ def _word_starts_rows(bytes_BT: np.ndarray, lengths_B: np.ndarray) -> np.ndarray
     kind = _ASCII_KIND[bytes_BT]
     prev_kind = np.full((B, T), -1, np.int8)
     prev_kind[:, 1:] = kind[:, :-1]
-    return _starts(kind, prev_kind) & inside
+    return starts_from_kinds(kind, prev_kind) & inside
   x = bytes_BT.astype(np.int32)
 
   def at(k):  # byte t + k of each position (0 past the row's end: no continuation byte)
@@ -105,28 +105,28 @@ def _word_starts_rows(bytes_BT: np.ndarray, lengths_B: np.ndarray) -> np.ndarray
   cp = np.where(width == 3, ((x & 0x0F) << 12) | ((b1 & 0x3F) << 6) | (b2 & 0x3F), cp)
   cp = np.where(width == 4, ((x & 0x07) << 18) | ((b1 & 0x3F) << 12) | ((b2 & 0x3F) << 6)
                 | (b3 & 0x3F), cp)
-  kind = np.full((B, T), _ALONE, np.int8)  # a byte outside valid UTF-8 stands alone
+  kind = np.full((B, T), ALONE, np.int8)  # a byte outside valid UTF-8 stands alone
   ascii_ = is_char & (x < 0x80)
   kind[ascii_] = _ASCII_KIND[x[ascii_]]
   multi = is_char & (width >= 2)
   if multi.any():
     others, inverse = np.unique(cp[multi], return_inverse=True)
-    kind[multi] = np.asarray([_kind(int(c)) for c in others], np.int8)[inverse]
+    kind[multi] = np.asarray([char_kind(int(c)) for c in others], np.int8)[inverse]
   # The character before each: the last character start before t.
   last = np.maximum.accumulate(np.where(is_char, np.arange(T, dtype=np.int32), -1), axis=1)
   prev = np.full((B, T), -1, np.int32)
   prev[:, 1:] = last[:, :-1]
   prev_kind = np.where(prev >= 0, np.take_along_axis(kind, np.maximum(prev, 0), axis=1), -1)
-  return is_char & _starts(kind, prev_kind)
+  return is_char & starts_from_kinds(kind, prev_kind)
 
 
-def _starts(kind: np.ndarray, prev_kind: np.ndarray) -> np.ndarray:
+def starts_from_kinds(kind: np.ndarray, prev_kind: np.ndarray) -> np.ndarray:
   """Whether each character starts a word, from its kind and the kind of the character before
   it (-1: none): where a whitespace run begins (it belongs to the word after it, or is the
   text's tail), at the first character, and at a non-space character after another non-space
   one unless both are word characters."""
-  space, word = kind == _SPACE, kind == _WORD
-  prev_space, prev_word = prev_kind == _SPACE, prev_kind == _WORD
+  space, word = kind == SPACE, kind == WORD
+  prev_space, prev_word = prev_kind == SPACE, prev_kind == WORD
   # Operators only (no np.where): bytelm.text.segment_jax applies the same rule to jnp arrays.
   return (prev_kind < 0) | (~prev_space & (space | ~(word & prev_word)))
 
@@ -206,7 +206,7 @@ def segment_ids(num_bytes: int, starts: Sequence[int], max_segments: int,
 
 
 # Bytes after a lead byte that its bit pattern declares: 110xxxxx 1, 1110xxxx 2, 11110xxx+ 3.
-_DECLARED_EXTRA = np.repeat(np.arange(4), [0xC0, 0x20, 0x10, 0x10])
+DECLARED_EXTRA = np.repeat(np.arange(4), [0xC0, 0x20, 0x10, 0x10])
 _BACK = np.arange(3, -1, -1)  # offsets into end_T (3 places of padding) of s, s-1, s-2, s-3
 
 
@@ -242,7 +242,7 @@ def _settled(data: bytes, starts_M: np.ndarray) -> np.ndarray:
   # Where each byte's character ends, as the byte's bit pattern declares (itself for ASCII and
   # for bytes that cannot start a character), after 3 places of -1 standing before the data.
   end_T = np.full(len(x) + 3, -1, np.int64)
-  end_T[3:] = np.arange(len(x)) + _DECLARED_EXTRA[x]
+  end_T[3:] = np.arange(len(x)) + DECLARED_EXTRA[x]
   # The latest end among the byte at s and the 3 before it.
   return end_T[np.asarray(starts_M, np.int64)[None, :] + _BACK[:, None]].max(axis=0)
 
@@ -287,7 +287,7 @@ def row_ids(bytes_BT: np.ndarray, lengths_B: np.ndarray, start_BT: np.ndarray,
   # Each kept segment's end (the start of segment m + 1, m < max_segments) is settled where
   # the latest character among its byte and the 3 before it ends (`_settled`).
   end_BT = np.full((B, T + 3), -1, np.int64)
-  end_BT[:, 3:] = np.where(valid_BT, t_T + _DECLARED_EXTRA[bytes_BT], -1)
+  end_BT[:, 3:] = np.where(valid_BT, t_T + DECLARED_EXTRA[bytes_BT], -1)
   settled_BT = np.maximum.reduce([end_BT[:, 3 - k: 3 - k + T] for k in range(4)])
   next_BT = start_BT & (seg_BT >= 1) & (seg_BT <= max_segments)
   big = np.iinfo(np.int64).max

@@ -41,13 +41,13 @@ EOS_BYTE = 0xFF  # the eos between documents stands as this byte (never valid UT
 
 @functools.cache
 def _kind_ranges() -> tuple[np.ndarray, np.ndarray]:
-  """(first code point of each run of equal kind, that kind): `segment._kind` over all of
+  """(first code point of each run of equal kind, that kind): `segment.char_kind` over all of
   Unicode, as runs (~0.3 s once per process)."""
   firsts, kinds, previous = [], [], None
   for cp in range(0x110000):
     if 0xD800 <= cp <= 0xDFFF:  # surrogates never decode from UTF-8: any kind will do
       continue
-    kind = segment._kind.__wrapped__(cp)  # (not through its cache: 1.1M entries)
+    kind = segment.char_kind.__wrapped__(cp)  # (not through its cache: 1.1M entries)
     if kind != previous:
       firsts.append(cp)
       kinds.append(kind)
@@ -86,18 +86,25 @@ def decode(bytes_BT: jax.Array, lengths_B: jax.Array) -> tuple[jax.Array, jax.Ar
   return is_char, jnp.where(width >= 1, cp, -1)
 
 
+def char_kinds(cp: jax.Array) -> jax.Array:
+  """int32 of cp's shape: `segment.char_kind` of each code point; a negative cp (a byte outside
+  valid UTF-8) is a character that stands alone."""
+  firsts_R, kinds_R = (jnp.asarray(a) for a in _kind_ranges())
+  # Unrolled binary search: ~8 gathers, where the default scan is a loop (slower on CPU).
+  run = jnp.searchsorted(firsts_R, jnp.maximum(cp, 0), side="right", method="scan_unrolled")
+  return jnp.where(cp >= 0, kinds_R[run - 1].astype(jnp.int32), segment.ALONE)
+
+
 def word_starts(bytes_BT: jax.Array, lengths_B: jax.Array) -> jax.Array:
   """bool [B, T]: `segment.word_starts` of each row's first lengths_B[r] bytes."""
   T = bytes_BT.shape[1]
   is_char, cp = decode(bytes_BT, lengths_B)
-  firsts_R, kinds_R = (jnp.asarray(a) for a in _kind_ranges())
-  run = jnp.searchsorted(firsts_R, jnp.maximum(cp, 0), side="right", method="scan_unrolled")
-  kind = jnp.where(cp >= 0, kinds_R[run - 1].astype(jnp.int32), segment._ALONE)
+  kind = char_kinds(cp)
   # The character before each: the last character start before t.
   last = jax.lax.cummax(jnp.where(is_char, jnp.arange(T), -1), axis=1)
   prev = jnp.pad(last, ((0, 0), (1, 0)), constant_values=-1)[:, :T]
   prev_kind = jnp.where(prev >= 0, jnp.take_along_axis(kind, jnp.maximum(prev, 0), axis=1), -1)
-  return is_char & segment._starts(kind, prev_kind)
+  return is_char & segment.starts_from_kinds(kind, prev_kind)
 
 
 def fixed_starts(lengths_B: jax.Array, T: int, size: int) -> jax.Array:
@@ -165,7 +172,7 @@ def ids(bytes_BT: jax.Array, lengths_B: jax.Array, start_BT: jax.Array,
   ids_BT = jnp.where(valid_BT & (seg_BT < max_segments), seg_BT, -1)
   # A kept segment's end (the start of segment m + 1) is settled where the latest character
   # among its byte and the 3 before it ends, as the bytes' bit patterns declare.
-  declared = jnp.asarray(segment._DECLARED_EXTRA, jnp.int32)
+  declared = jnp.asarray(segment.DECLARED_EXTRA, jnp.int32)
   end_BT = jnp.where(valid_BT, t_T + declared[bytes_BT.astype(jnp.int32)], -1)
   settled_BT = end_BT
   for k in (1, 2, 3):
