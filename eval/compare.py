@@ -79,8 +79,10 @@ def train_all(names, variant, root, minutes, timing_steps, fixed_steps=0) -> dic
   steps it has (its budget was measured when it was trained)."""
   configs = {n: budget.prepare(config_of(n, variant), root / n) for n in names}
   timers = {n: budget.step_timer(configs[n], root / n) for n in names}
-  seconds = timing.compare({n: t[0] for n, t in timers.items()}, timing_steps)
-  train_bps = {n: timers[n][1] / seconds[n] for n in names}
+  seconds = timing.compare({n: t.call for n, t in timers.items()}, timing_steps)
+  train_bps = {n: timers[n].bytes_per_call / seconds[n] for n in names}
+  for t in timers.values():
+    t.close()
   del timers
   runs = {}
   for n in names:

@@ -51,9 +51,9 @@ LANGUAGES = {"en": "embedded:en", "es": "embedded:bible_es", "fr": "embedded:l10
 # ---- recipes ------------------------------------------------------------------------------------
 
 
-def recipe_config(name: str, workdir: pathlib.Path):
+def recipe_config(name: str, workdir: pathlib.Path, variant: str = ""):
   """The recipe's config, with its fitted parts (entropy model, tokenizer) in its workdir."""
-  return budget.prepare(common.config(name), workdir)
+  return budget.prepare(common.config(name, variant), workdir)
 
 
 # ---- what a backbone position is, and generation -------------------------------------------------
@@ -118,10 +118,15 @@ def main() -> None:
   p.add_argument("--language-bytes", type=int, default=16384)
   p.add_argument("--generate-bytes", type=int, default=128)
   p.add_argument("--out", default=str(common.RESULTS / "hierarchical"))
-  p.add_argument("--batch-size", type=int, default=0,
+  p.add_argument("--rows", "--batch-size", type=int, default=0, dest="rows",
                  help="rows per step for every recipe (0: each config's own)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default=None,
+                 help="compute dtype of every recipe (default: each config's own)")
+  p.add_argument("--variant", default="",
+                 help="of every recipe's config, e.g. 'gpu' (configs/hat.py:gpu ...)")
   p.add_argument("--timing-only", action="store_true",
-                 help="step 1 alone (e.g. on an accelerator); its last line: throughput_ratio")
+                 help="step 1 alone (e.g. on an accelerator); its last line: throughput_ratio, "
+                      "host_ms_per_batch_hat, input_wait_hat, rows, dtype")
   args = p.parse_args()
   names = args.recipes.split(",")
   for n in names:
@@ -131,22 +136,41 @@ def main() -> None:
   machine = common.start()
 
   # 1. throughput
-  configs = {n: recipe_config(n, root / n) for n in names}
+  configs = {n: recipe_config(n, root / n, args.variant) for n in names}
   for c in configs.values():
-    c.train.batch_size = args.batch_size or c.train.batch_size
+    c.train.batch_size = args.rows or c.train.batch_size
+    c.model.dtype = args.dtype or c.model.dtype
   timers = {n: budget.step_timer(configs[n], root / n, args.steps_per_call) for n in names}
-  seconds = timing.compare({n: t[0] for n, t in timers.items()}, args.timing_steps)
-  train_bps = {n: timers[n][1] / seconds[n] for n in names}
-  flops_per_byte = {n: timers[n][2] * args.steps_per_call / timers[n][1] for n in names}
+  host_ms = {n: t.host_ms_per_batch() for n, t in timers.items()}  # before any step runs
+  seconds = timing.compare({n: t.call for n, t in timers.items()}, args.timing_steps)
+  train_bps = {n: timers[n].bytes_per_call / seconds[n] for n in names}
+  flops_per_byte = {n: timers[n].flops_per_step * args.steps_per_call / timers[n].bytes_per_call
+                    for n in names}
+  input_wait = {n: t.input_wait for n, t in timers.items()}
+  for t in timers.values():
+    t.close()
   del timers
   base = "bytes_decoder" if "bytes_decoder" in names else names[0]
-  print(f"\n| recipe | train bytes/s | x {base} | FLOPs / byte |\n|---|---|---|---|")
+  print(f"\n| recipe | rows | dtype | train bytes/s | x {base} | host ms / batch | input wait | "
+        "FLOPs / byte |\n|---|---|---|---|---|---|---|---|")
   for n in names:
-    print(f"| {n} | {train_bps[n]:,.0f} | {train_bps[n] / train_bps[base]:.2f} | "
-          f"{flops_per_byte[n]:,.0f} |")
+    print(f"| {n} | {configs[n].train.batch_size} | {configs[n].model.dtype} | "
+          f"{train_bps[n]:,.0f} | {train_bps[n] / train_bps[base]:.2f} | {host_ms[n]:.2f} | "
+          f"{input_wait[n]:.1%} | {flops_per_byte[n]:,.0f} |")
+  shown = "hat" if "hat" in names else names[0]
+  timing_keys = {"throughput_ratio": train_bps.get("hat", math.nan) / train_bps[base],
+                 "host_ms_per_batch_hat": host_ms.get("hat", math.nan),
+                 "input_wait_hat": input_wait.get("hat", math.nan),
+                 "rows": configs[shown].train.batch_size, "dtype": configs[shown].model.dtype}
 
   if args.timing_only:
-    common.last_line({"throughput_ratio": train_bps.get("hat", math.nan) / train_bps[base]})
+    common.write_json(pathlib.Path(args.out + "_timing").with_suffix(".json"), {
+        **machine, "rows": {n: c.train.batch_size for n, c in configs.items()},
+        "dtype": {n: c.model.dtype for n, c in configs.items()}, "variant": args.variant,
+        "steps_per_call": args.steps_per_call, "train_bytes_per_s": train_bps,
+        "host_ms_per_batch": host_ms, "input_wait": input_wait,
+        "flops_per_byte": flops_per_byte})
+    common.last_line(timing_keys)
     return
 
   # 2. the same budget
@@ -210,8 +234,7 @@ def main() -> None:
   common.write_json(out.with_suffix(".json"), results)
   plot(names, variants, bpb, train_bps, out.with_suffix(".png"))
 
-  keys = {"throughput_ratio": train_bps.get("hat", math.nan) / train_bps.get("bytes_decoder",
-                                                                            math.nan),
+  keys = {**timing_keys,
           "bpb_hat": bpb.get(("hat", "clean"), math.nan),
           "bpb_bytes": bpb.get(("bytes_decoder", "clean"), math.nan),
           "bpb_bpe": bpb.get(("bpe_decoder", "clean"), math.nan),

@@ -222,12 +222,23 @@ class BatchSource:
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
       raise ValueError(f"step must be an int >= 0, got {step!r}")
     first = self.process_index * self.local_batch_size
-    rows = []
+    rows, starts, parts = [], [], []
     for i in range(first, first + self.local_batch_size):
       rng, k = self._row(step, i)
       start = int(rng.integers(0, len(self._parts[k]) - self.raw_length + 1))
-      rows.append(self._example(k, start, rng))
-    return self._stack(rows, self.local_batch_size)
+      if self.objective == "causal_lm":  # the windows alone: gathered below, all at once
+        starts.append(start)
+        parts.append(k)
+      else:
+        rows.append(self._example(k, start, rng))
+    if self.objective != "causal_lm":
+      return self._stack(rows, self.local_batch_size)
+    ids = np.empty((self.local_batch_size, self.raw_length), np.int32)
+    starts, parts = np.asarray(starts, np.int64), np.asarray(parts)
+    for k in np.unique(parts):
+      ids[parts == k] = self._parts[k].windows(starts[parts == k], self.raw_length)
+    inputs, targets = (np.ascontiguousarray(a) for a in objectives.causal_lm(ids))
+    return self._with_token_bytes({"inputs": inputs, "targets": targets})
 
   def row_sources(self, step: int) -> np.ndarray:
     """[batch_size]: the mixture source (an index into `sources`) of each row of global batch
@@ -324,9 +335,11 @@ class BatchSource:
       assert self.objective in ("correction", "diacritics_tagging") \
           or len(y) == self.target_length
       inputs[r, : len(x)], targets[r, : len(y)] = x, y
-    batch = {"inputs": inputs, "targets": targets}
+    return self._with_token_bytes({"inputs": inputs, "targets": targets})
+
+  def _with_token_bytes(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if self._token_bytes is not None:  # a token model's bits per byte divide by these
-      batch["target_bytes"] = self._token_bytes[targets]
+      batch["target_bytes"] = self._token_bytes[batch["targets"]]
     return batch
 
   def __repr__(self) -> str:
@@ -364,6 +377,9 @@ class _Tokens:
 
   def ids(self, start: int, length: int) -> np.ndarray:
     return self.tokens[start: start + length].astype(np.int32)
+
+  def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
+    return self.tokens[np.asarray(starts, np.int64)[:, None] + np.arange(length)].astype(np.int32)
 
   def count_eos(self, lo: int, hi: int) -> int:
     return int(np.count_nonzero(self.tokens[lo:hi] == EOS_ID))

@@ -162,6 +162,17 @@ class ByteStream:
     ids[keep] = self._stored(lo, lo + length - len(eos)).astype(np.int32) + OFFSET
     return ids
 
+  def windows(self, starts: np.ndarray, length: int) -> np.ndarray:
+    """int32 [R, length]: `ids(start, length)` of each start, gathered at once where they
+    all lie in one shard of a text stream (training batches: one gather, not R slices)."""
+    starts = np.asarray(starts, np.int64)
+    shard = np.searchsorted(self._starts, starts, side="right") - 1
+    if (self.boundaries is not None or not len(starts) or (shard != shard[0]).any()
+        or starts.max() + length > self._starts[shard[0] + 1]):
+      return np.stack([self.ids(int(s), length) for s in starts]).reshape(len(starts), length)
+    offset = starts - self._starts[shard[0]]
+    return stream_to_ids(self._shards[shard[0]][offset[:, None] + np.arange(length)])
+
   def markers(self, start: int, stop: int) -> np.ndarray:
     """uint8 positions [start, stop) of a text stream, eos as 0xFF."""
     if self.boundaries is not None:

@@ -10,17 +10,20 @@ and eval/compare.py use these.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import pathlib
+import statistics
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from bytelm import models
-from bytelm.data import pipeline
+from bytelm.data import pipeline, prefetch
 from bytelm.runs import data as data_lib
 from bytelm.runs import workdir as run_dir
 from bytelm.text import segment_jax
@@ -45,10 +48,44 @@ def train_source(c, workdir: pathlib.Path, split: str = "train") -> pipeline.Bat
   return data_lib.sources(c, workdir, splits=(split,))[split]
 
 
-def step_timer(c, workdir: pathlib.Path, steps_per_call: int = 1):
-  """(call, bytes per call, FLOPs per step): call() runs steps_per_call train steps on fresh
-  batches, waiting only after the last, as the trainer does between log steps (so that the
-  host's batch assembly overlaps the device's previous step, where the device is separate)."""
+@dataclasses.dataclass
+class StepTimer:
+  """A recipe's train step, ready to time: `call()` runs steps_per_call steps on fresh
+  batches, waiting only after the last, as the trainer does between log steps.
+
+  The batches come from a background thread built a few steps ahead (bytelm.data.prefetch, as
+  in the trainer), so that the host's batch assembly overlaps the device's step;
+  `input_wait` is the share of the calls' time spent waiting for them.
+  """
+
+  call: Callable[[], None]
+  bytes_per_call: int
+  flops_per_step: float  # XLA's count for one step
+  source: pipeline.BatchSource
+  prefetcher: prefetch.Prefetcher
+  seconds: float = 0.0  # in call(), in all
+  wait_seconds: float = 0.0  # of which waiting for a batch
+
+  @property
+  def input_wait(self) -> float:
+    return self.wait_seconds / max(self.seconds, 1e-9)
+
+  def host_ms_per_batch(self, batches: int = 20) -> float:
+    """Median milliseconds the host takes to build one batch (in this thread, from step
+    10**6 on: no batch the calls read)."""
+    times = []
+    for step in range(10**6, 10**6 + batches):
+      start = time.perf_counter()
+      self.source.batch(step)
+      times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+  def close(self) -> None:
+    self.prefetcher.close()
+
+
+def step_timer(c, workdir: pathlib.Path, steps_per_call: int = 1) -> StepTimer:
+  """A `StepTimer` of config c's train step from a fresh model (compiled here, once)."""
   family = models.family(c.model_family)
   model = family.model_cls(family.config_cls(**c.model.to_dict()), rngs=nnx.Rngs(c.seed))
   tx, schedule = optim.make_optimizer(c.opt, c.train.steps)
@@ -62,16 +99,23 @@ def step_timer(c, workdir: pathlib.Path, steps_per_call: int = 1):
   step = step.lower(state, first).compile()  # compiled once, for the count and the calls
   cost = step.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  # On the device from the thread too: the transfer overlaps the step as well.
+  batches = prefetch.Prefetcher(lambda i: jax.device_put(source.batch(i)), 1, 1 << 40,
+                                depth=c.train.get("prefetch", 2))
   box = {"state": state, "i": 0}
 
   def call():
+    start, waited = time.perf_counter(), batches.wait_seconds
     for _ in range(steps_per_call):
       box["i"] += 1
-      batch = {k: jnp.asarray(v) for k, v in source.batch(box["i"]).items()}
-      box["state"], metrics = step(box["state"], batch)
+      box["state"], metrics = step(box["state"], batches.get(box["i"]))
     jax.block_until_ready((box["state"], metrics))
+    timer.seconds += time.perf_counter() - start
+    timer.wait_seconds += batches.wait_seconds - waited
 
-  return call, source.bytes_per_batch * steps_per_call, float(cost.get("flops", math.nan))
+  timer = StepTimer(call, source.bytes_per_batch * steps_per_call,
+                    float(cost.get("flops", math.nan)), source, batches)
+  return timer
 
 
 def steps_for(c, workdir: pathlib.Path, budget_bytes: float) -> int:

@@ -320,7 +320,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   progress = metrics_lib.Progress(start_step, tc.steps, enabled=is_main)
   bytes_per_step = train_data.bytes_per_batch
   # The same batch_fn(step) as building each in the loop, built ahead (bytelm/data/prefetch.py).
-  batches = prefetch_lib.Prefetcher(train_data.batch, start_step, tc.steps, depth=prefetch)
+  # Put on the devices in the thread too, so that the transfer also overlaps the step.
+  batches = prefetch_lib.Prefetcher(lambda i: sharding.put_batch(train_data.batch(i), mesh),
+                                    start_step, tc.steps, depth=prefetch)
   start_time = time.perf_counter()
   last_log = (start_time, 0.0)  # (time, batches.wait_seconds) at the previous log step
   # A mixture's rows per source since the previous log step (global: a pure function of step).
@@ -331,8 +333,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   try:
     with _StopRequested() as stop:
       while step < tc.steps:
-        batch = sharding.put_batch(batches.get(step), mesh)
-        state, metrics = train_fn(state, batch)
+        state, metrics = train_fn(state, batches.get(step))
         if mixed and is_main:
           source_rows += np.bincount(train_data.row_sources(step), minlength=len(source_rows))
         step += 1
