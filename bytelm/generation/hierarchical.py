@@ -21,7 +21,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from bytelm.generation.decoder import choose
+from bytelm.generation.choice import choose
 from bytelm.models import hierarchical
 from bytelm.text import segment
 from bytelm.nn.compiled import Compiled
