@@ -62,7 +62,8 @@ def main() -> None:
       raise SystemExit(f"{n}: the compiled loop and the host loop generated different bytes")
     calls.update({f"{n} {side}": fn for side, fn in pair.items()})
   seconds = timing.compare(calls, repeats=args.repeats)
-  print(f"\n| recipe | host loop, new bytes/s | compiled loop, new bytes/s | ratio |\n|---|---|---|---|")
+  print("\n| recipe | host loop, new bytes/s | compiled loop, new bytes/s | ratio |\n"
+        "|---|---|---|---|")
   figures = {}
   for n in names:
     host, loop = (args.new_bytes / seconds[f"{n} {side}"] for side in ("host", "loop"))
