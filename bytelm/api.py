@@ -333,6 +333,8 @@ class LanguageModel:
     their input and return their output; decoders continue the prompt (returned without it).
     Returned as str, where invalid UTF-8 (a character cut by the byte limit) becomes U+FFFD, or
     with as_bytes=True as the bytes generated, whose decode("utf-8", "replace") is that str.
+    All prompts run together in one compiled loop; a sample is a `jax.random` draw (for
+    decoders, not the numpy stream that versions with a host loop drew for the same seed).
 
     Encoder-decoders also search: num_beams > 1 is beam search (at temperature 0), and a sample
     can be cut to the top_k likeliest bytes (0: off) and the top_p nucleus (1.0: off)."""
@@ -351,29 +353,29 @@ class LanguageModel:
     if (num_beams, top_k, top_p) != (1, 0, 1.0):
       raise ValueError(f"num_beams, top_k and top_p are for encoder-decoders; a {self.family} "
                        "model generates greedily or samples with temperature: leave them out")
-    out = [self._continue(p, max_new_bytes, temperature, seed) for p in prompts]
+    out = self._continue(prompts, max_new_bytes, temperature, seed)
     return out if as_bytes else [o.decode("utf-8", "replace") for o in out]
 
-  def _continue(self, prompt: str | bytes, max_new_bytes: int, temperature: float,
-                seed: int) -> bytes:
-    prompt = _as_bytes(prompt, "prompt")
+  def _continue(self, prompts: list[bytes], max_new_bytes: int, temperature: float,
+                seed: int) -> list[bytes]:
+    """Each prompt's continuation, all prompts in one compiled generation loop."""
     if self.family == "hierarchical":
-      return generation.hierarchical_bytes(self.module, prompt, max_new_bytes,
-                                           segmenter=self._segmenter(),
-                                           temperature=temperature, seed=seed)
+      return generation.hierarchical_rows(self.module, prompts, max_new_bytes,
+                                          segmenter=self._segmenter(),
+                                          temperature=temperature, seed=seed)
     if self.tokenizer is None:
-      ids = [EOS_ID] + ByteTokenizer().encode(prompt, add_eos=False).tolist()
-      new = generation.decoder_ids(self.module, ids, max_new_bytes, temperature=temperature,
-                                   seed=seed)
-      return bytes(i - OFFSET for i in new if OFFSET <= i < NUM_BYTE_IDS)
+      rows = [[EOS_ID] + ByteTokenizer().encode(p, add_eos=False).tolist() for p in prompts]
+      new = generation.decoder_rows(self.module, rows, max_new_bytes, temperature=temperature,
+                                    seed=seed)
+      return [bytes(i - OFFSET for i in n if OFFSET <= i < NUM_BYTE_IDS) for n in new]
     # Tokens: at least one byte each, so max_new_bytes tokens are enough.
-    ids = [EOS_ID] + self._bpe_ids(prompt).tolist()
-    new = generation.decoder_ids(self.module, ids, max_new_bytes, temperature=temperature,
-                                 seed=seed)
+    rows = [[EOS_ID] + self._bpe_ids(p).tolist() for p in prompts]
+    new = generation.decoder_rows(self.module, rows, max_new_bytes, temperature=temperature,
+                                  seed=seed)
     spelled = bpe.token_bytes(self.tokenizer)
     # Ids past the tokenizer's vocabulary (the embedding's padding rows) spell nothing.
-    return bpe.decode_bytes([i for i in new if i != EOS_ID and i < len(spelled)],
-                            spelled)[:max_new_bytes]
+    return [bpe.decode_bytes([i for i in n if i != EOS_ID and i < len(spelled)],
+                             spelled)[:max_new_bytes] for n in new]
 
   # ---- description ------------------------------------------------------------------------------
 

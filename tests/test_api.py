@@ -239,7 +239,7 @@ def test_encoder_decoders_search_and_cut_samples(loaded):
 def test_greedy_generation_follows_next_byte_logprobs(loaded):
   lm = loaded["bytes_decoder"]
   logp = lm.next_byte_logprobs("The cat")
-  first = lm._continue("The cat", 1, 0.0, 0)
+  first = lm.generate(["The cat"], 1, as_bytes=True)[0]
   best = int(np.argmax(logp))
   assert first == (bytes([best]) if best < 256 else b"")
 
@@ -307,7 +307,7 @@ def test_the_names_the_readme_showed_warn_and_still_work(exported, loaded):
   from bytelm import hierarchical_generation
   with pytest.warns(DeprecationWarning, match=r"bytelm\.load\(path\)\.generate"):
     out = hierarchical_generation.generate(hat.module, "The cat", 6, segmenter=hat._segmenter())
-  assert out == hat._continue("The cat", 6, 0.0, 0)
+  assert out == hat.generate(["The cat"], 6, as_bytes=True)[0]
   with pytest.warns(DeprecationWarning, match=r"bytelm\.load\(workdir\)\.byte_lm\(\)"):
     old = adapters.byte_model_from_workdir(exported["hat"][0])
   np.testing.assert_allclose(old.next_byte_logprobs(b"The c"),

@@ -91,3 +91,23 @@ def test_cached_steps_compute_what_the_whole_model_computes():
     logits_V = whole_TV[len(prompt) - 1 + k]
     logits_V[0] = -np.inf
     assert new == int(np.argmax(logits_V))
+
+
+def test_the_compiled_loop_gives_the_host_loops_ids():
+  """A batch of prompts of different lengths in one compiled loop equals the host loop on each
+  alone; then with eos as likely as one of the ids chosen, one row ends while the other goes
+  on (same shapes: no second compilation)."""
+  model = tiny_model()
+  prompts = [[1, 75, 104, 101], [1] + list(range(40, 60))]
+
+  def compare(m):
+    rows = generation.decoder_rows(m, prompts, 12)
+    for prompt, row in zip(prompts, rows):
+      assert row == generation.decoder_ids(m, prompt, 12, on_host=True), prompt
+    return rows
+
+  rows = compare(model)
+  kernel = model.lm_head.kernel
+  kernel[...] = kernel[...].at[:, 1].set(kernel[:, rows[0][5]] * 1.05)  # eos: id 1
+  lengths = sorted(len(r) for r in compare(model))
+  assert lengths[0] < lengths[1], lengths

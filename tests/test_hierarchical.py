@@ -179,16 +179,55 @@ def test_the_learned_segmenter_moves_toward_its_target_compression():
 
 
 def test_cached_generation_computes_what_the_whole_model_computes(model):
+  """The host loop (the reference of the compiled one, tested below) against the whole model
+  run on the whole prefix for every byte."""
   segmenter = None if model.config.segmenter == "learned" else segment.Segmenter("words", 16)
   prompt = "The cat sat on the mat, and then "  # longer than the window, several segments
   out, logits = generation.hierarchical_bytes(model, prompt, 24, segmenter=segmenter,
-                                              return_logits=True)
+                                              on_host=True, return_logits=True)
   ref, ref_logits = generation.hierarchical_bytes(model, prompt, 24, segmenter=segmenter,
                                                   cached=False, return_logits=True)
   assert out == ref and logits.shape == ref_logits.shape
   np.testing.assert_allclose(logits, ref_logits, rtol=1e-4, atol=1e-4)
-  # Sampling follows the same distribution: the same seed gives the same bytes.
+  # Both sample from the same distribution with one numpy stream: the same seed gives the same
+  # bytes (the compiled loop draws with jax.random: tests/test_sampling.py).
   assert generation.hierarchical_bytes(model, prompt, 12, segmenter=segmenter,
-                                       temperature=1.0, seed=3) == \
+                                       temperature=1.0, seed=3, on_host=True) == \
       generation.hierarchical_bytes(model, prompt, 12, segmenter=segmenter,
                                     temperature=1.0, seed=3, cached=False)
+
+
+def eos_prone(model, byte: int):
+  """A copy of model whose eos logit is byte's times 1.05: it ends where it would write that
+  byte (a positive logit). Same shapes, so the same compilations."""
+  prone = nnx.clone(model)
+  kernel = prone.lm_head.kernel
+  kernel[...] = kernel[...].at[:, tokenizer.EOS_ID].set(kernel[:, byte + tokenizer.OFFSET] * 1.05)
+  return prone
+
+
+@pytest.mark.parametrize("cfg", [CFG, LEARNED.replace(pool="mean")], ids=["words", "learned"])
+def test_the_compiled_loop_gives_the_host_loops_bytes(cfg):
+  """A batch of rows in one compiled loop equals the host loop on each prompt alone: prompts of
+  different lengths, multi-byte UTF-8 and invalid bytes (b"\\xf0\\x80\\x80": four word
+  segments settle at one byte, each a backbone step); then a copy that ends one row at eos
+  while the other goes on."""
+  model = make(cfg)
+  segmenter = None if model.config.segmenter == "learned" else segment.Segmenter("words", 16)
+  # 29 and 41 bytes: with 16 new, the host loop's cache lengths of the test above (compiled).
+  prompts = ["Où 日本".encode() + b"\xf0\x80\x80x ok, and my dog",
+             b"The cat sat on the mat, and then the dogs"]
+
+  def compare(m):
+    out, logits = generation.hierarchical_rows(m, prompts, 16, segmenter=segmenter,
+                                               return_logits=True)
+    for p, o, l in zip(prompts, out, logits):
+      ref, ref_logits = generation.hierarchical_bytes(m, p, 16, segmenter=segmenter,
+                                                      on_host=True, return_logits=True)
+      assert o == ref, (p, o, ref)
+      np.testing.assert_allclose(l, ref_logits, rtol=1e-4, atol=1e-4)
+    return out
+
+  out = compare(eos_prone(model, compare(model)[0][8]))
+  lengths = sorted(len(o) for o in out)
+  assert lengths[0] < lengths[1], lengths  # one row ended while the other went on

@@ -9,8 +9,9 @@ top-p cut one id off each fail with p-values many orders below P_MIN. The seeds 
 test passes or fails the same way on every run.
 
 Encoder-decoders draw a batch of rows in one compiled call: the first id, and the second, read
-through the KV cache. Decoders and the hierarchical model draw one id per step on the host, so
-they are tested on long generations: step t's draw against step t's distribution.
+through the KV cache. Decoders and the hierarchical model draw one id per step of their
+compiled loop (`generation.choose_B`), and are tested on long generations: step t's draw
+against step t's distribution.
 
 Axis legend: N draws, V vocab, R ranks (0: the likeliest id of a draw's distribution).
 """
@@ -141,7 +142,7 @@ def test_the_cuts_bind(encdec):
     assert 2 <= kept <= 8 and kept < uncut, (options, kept)
 
 
-# ---- decoders (bytes and BPE tokens): decoder_ids, one id per step -----------------------------
+# ---- decoders (bytes and BPE tokens): decoder_ids, one id per step of its loop ----------------
 
 STEPS = 150
 
@@ -170,7 +171,7 @@ def decoder_draws(model, prompt, temperature):
   return np.asarray(draws), logits_NV
 
 
-# Both families sample with generation.choose: one temperature each, one on each side of 1.
+# Both families sample with generation.choose_B: one temperature each, one on each side of 1.
 @pytest.mark.parametrize("recipe, prompt, temperature", [
     ("bytes_decoder", [EOS_ID, 75, 104], 0.7),  # "He"
     ("bpe_decoder", [EOS_ID, 270, 290], 1.5),  # merged tokens, past the 256 bytes
@@ -183,7 +184,7 @@ def test_decoder_draws_follow_the_model(recipe, prompt, temperature):
                       f"{recipe} at temperature {temperature}")
 
 
-# ---- the hierarchical model: hierarchical_bytes, one byte per step -----------------------------
+# ---- the hierarchical model: hierarchical_bytes, one byte per step of its loop ----------------
 
 HIERARCHICAL = hierarchical.HierarchicalConfig(
     d_model=32, d_ff=64, num_heads=2, d_kv=16, relative_attention_num_buckets=8,

@@ -1,17 +1,21 @@
 """Byte-by-byte generation from a hierarchical model (models/hierarchical.py), with caches.
 
-Each new byte costs one compiled call (`Hierarchical.generation_step`): a step of the byte
-encoder and one of the byte decoder (local layers: a ring of the last `window` keys per layer),
-and, once per completed segment, a step of the backbone (a cache of up to max_segments keys per
-layer). Segments come from the model's learned boundary predictor, or from a host segmenter
+Each new byte costs one `Hierarchical.generation_step`: a step of the byte encoder and one of
+the byte decoder (local layers: a ring of the last `window` keys per layer), and, once per
+completed segment, a step of the backbone (a cache of up to max_segments keys per layer).
+Segments come from the model's learned boundary predictor, or from a host segmenter
 (`segment.Segmenter`: words, entropy, fixed) applied to the bytes so far; either way only
 settled boundaries are used, as in training, so cached generation computes what the full model
 computes on the same bytes. `hierarchical_bytes(..., cached=False)` is that reference: the whole
 model on the whole prefix for every new byte (`prefix_logits`).
 
-The loop runs on the host (a host segmenter is Python). At position t, the encoder reads byte
-t - 1 (chosen by the previous step), the backbone adds a segment that byte settled, and the
-decoder predicts byte t from byte t - 1 and the last settled segment's state.
+By default the loop is one compiled call (hierarchical_loop.py: the segmenter cut on the device
+by `segment_jax`). `on_host=True` runs the loop it replaced, kept as a reference: the host calls
+one compiled step per byte, re-runs the host segmenter on the bytes so far (`_HostPlan`) and
+picks each byte in numpy. At position t, the encoder reads byte t - 1 (chosen by the previous
+step), the backbone adds a segment that byte settled, and the decoder predicts byte t from byte
+t - 1 and the last settled segment's state. Greedy, all three give the same bytes; sampled, the
+compiled loop draws with `jax.random`, the host loops with numpy (choice.py).
 
 Axis legend: B batch (copies of one prompt), T bytes, d byte width, V vocab.
 """
@@ -21,7 +25,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from bytelm.generation.decoder import choose
+from bytelm.generation.choice import choose
+from bytelm.generation.hierarchical_loop import hierarchical_rows
 from bytelm.models import hierarchical
 from bytelm.text import segment
 from bytelm.nn.compiled import Compiled
@@ -50,11 +55,18 @@ class _HostPlan:
 def hierarchical_bytes(model: hierarchical.Hierarchical, prompt: str | bytes,
                        max_new_bytes: int = 64, *, segmenter: segment.Segmenter | None = None,
                        temperature: float = 0.0, seed: int = 0, cached: bool = True,
-                       stop_at_eos: bool = True, return_logits: bool = False):
+                       stop_at_eos: bool = True, return_logits: bool = False,
+                       on_host: bool = False):
   """The prompt's continuation (bytes, up to max_new_bytes, stopping at eos unless
   stop_at_eos is False: then eos is never chosen); greedy at temperature 0, else sampled.
   segmenter: the host segmenter the model was trained with (not for learned boundaries).
-  return_logits: also the logits [new bytes, V] of each choice."""
+  return_logits: also the logits [new bytes, V] of each choice.
+  cached=False or on_host=True: a host loop (the references; see the module docstring)."""
+  if cached and not on_host:
+    out = hierarchical_rows(model, [prompt], max_new_bytes, segmenter=segmenter,
+                            temperature=temperature, seed=seed, stop_at_eos=stop_at_eos,
+                            return_logits=return_logits)
+    return (out[0][0], out[1][0]) if return_logits else out[0]
   data = prompt.encode("utf-8") if isinstance(prompt, str) else bytes(prompt)
   if max_new_bytes < 0:
     raise ValueError(f"max_new_bytes must be >= 0, got {max_new_bytes}")
