@@ -7,7 +7,8 @@ entropy over the next byte is above a global threshold (Pagnoni et al. 2024, "By
 Transformer", with a count model in place of their small transformer), set so that segments
 average `target_segment_bytes` before long ones are cut. The n-gram model is fitted on the
 training split when a run starts and kept in the workdir (entropy_model.npz), so a resumed run,
-evaluation and generation cut the same segments. `:tiny` is what the tests use.
+evaluation and generation cut the same segments. `:tiny` is what the tests use; `:gpu` is
+configs/hat.py:gpu with these segments (d_model 512, 8 layers, bf16 matmuls, 256 x 256 bytes).
 """
 
 import pathlib
@@ -18,7 +19,7 @@ from bytelm.training import config_file
 
 
 # What --config configs/blt.py:VARIANT accepts ("default": no variant); README lists them.
-VARIANTS = ("default", "tiny")
+VARIANTS = ("default", "tiny", "gpu")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

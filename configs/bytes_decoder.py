@@ -7,6 +7,12 @@ bytelm.models.decoder), 600 steps of 16 x 256 bytes of `embedded:en` with the "c
 objective; validation bits per byte on the held-out split. Measured 2026-11-26 on the 2-core CI
 CPU: 6m03s alone, validation 2.459 nats = 3.548 bits per byte (the unigram byte model of the same
 text: 4.824). `:tiny` is what the tests use.
+
+`:gpu` is the same comparison at a size for one accelerator: d_model 512, d_ff 1280, 8 heads x
+64, 8 layers (25M parameters), bf16 matmuls (model.dtype; parameters and optimizer state stay
+float32), 1,000 steps of 256 x 256 bytes (64 MB, ~4 passes over embedded:en's 15 MB: give it
+more text with --config.data.train for longer runs). configs/bpe_decoder.py, hat.py, blt.py and
+hnet.py have a `:gpu` of the same width, depth and batch. Not yet timed on an accelerator.
 """
 
 import dataclasses
@@ -19,7 +25,7 @@ from bytelm.training import config_file
 
 
 # What --config configs/bytes_decoder.py:VARIANT accepts ("default": no variant); README lists them.
-VARIANTS = ("default", "tiny", "ternary", "tiny_ternary")
+VARIANTS = ("default", "tiny", "gpu", "ternary", "tiny_ternary", "gpu_ternary")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -34,6 +40,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model_family = "decoder"
   shape = dataclasses.asdict(t5.preset("tiny" if variant == "tiny" else "mini"))
   shape.update(num_encoder_layers=0, num_decoder_layers=2 if variant == "tiny" else 4)
+  if variant == "gpu":  # twice the width and depth; bf16 pays on tensor cores, not on a CPU
+    shape.update(d_model=512, d_ff=1280, num_heads=8, num_decoder_layers=8, dtype="bfloat16")
   c.model = ml_collections.ConfigDict(dataclasses.asdict(decoder.DecoderConfig(**shape)))
 
   c.data = ml_collections.ConfigDict()
@@ -85,6 +93,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.update(steps=4, batch_size=4, log_every=2, eval_every=4, eval_batches=1)
     c.opt.warmup_steps = 1
     c.ckpt.every = 4
+  elif variant == "gpu":
+    c.opt.update(lr=1e-3, warmup_steps=100)  # half the CPU recipe's: twice as wide and deep
+    # 4 x 256 rows: ~40% of the validation split (the default's 16 x 16 rows: 10%).
+    c.train.update(steps=1000, batch_size=256, log_every=50, eval_every=250, eval_batches=4)
+    c.ckpt.every = 250
   if ternary:
     recipe.make_ternary(c)
   return c

@@ -7,7 +7,8 @@ on the byte encoder's states (`bytelm.models.pooling.BoundaryPredictor`, Hwang e
 "Dynamic Chunking for End-to-End Hierarchical Sequence Modeling") starts a segment where
 consecutive states disagree, trained through the LM loss (a straight-through confidence) and a
 ratio loss that pulls the mean segment length toward `model.target_segment_bytes`. The data pipeline computes
-no segments. `:tiny` is what the tests use.
+no segments. `:tiny` is what the tests use; `:gpu` is configs/hat.py:gpu with learned
+boundaries (d_model 512, 8 layers, bf16 matmuls, 256 x 256 bytes).
 """
 
 import pathlib
@@ -18,7 +19,7 @@ from bytelm.training import config_file
 
 
 # What --config configs/hnet.py:VARIANT accepts ("default": no variant); README lists them.
-VARIANTS = ("default", "tiny")
+VARIANTS = ("default", "tiny", "gpu")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

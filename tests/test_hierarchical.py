@@ -12,6 +12,7 @@ from bytelm import generation
 from bytelm.text import tokenizer
 from bytelm.data import pipeline
 from bytelm.models import hierarchical
+from bytelm.nn import Embed
 from bytelm.nn.compiled import Compiled
 from bytelm.text import segment
 
@@ -84,7 +85,7 @@ def test_gradients_of_a_prediction_never_reach_its_byte_or_later_ones(model, mon
   # Nudges added to the byte embedding's output: its first call embeds the targets (the
   # encoder's input), its second the shifted inputs (the decoder's).
   nudging = {}
-  embed_call = nnx.Embed.__call__
+  embed_call = Embed.__call__
 
   def nudged(self, ids_BT):
     out = embed_call(self, ids_BT)
@@ -93,7 +94,7 @@ def test_gradients_of_a_prediction_never_reach_its_byte_or_later_ones(model, mon
       out = out + nudging["nudges"][nudging["calls"] - 1]
     return out
 
-  monkeypatch.setattr(nnx.Embed, "__call__", nudged)
+  monkeypatch.setattr(Embed, "__call__", nudged)
 
   def prediction(nudges, t):
     nudging.update(nudges=nudges, calls=0)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from bytelm.nn import Attention, Dense, GatedGeluMLP, RelativePositionBias, RMSNorm
+from bytelm.nn import Attention, Dense, Embed, GatedGeluMLP, RelativePositionBias, RMSNorm
 from bytelm.nn.attention import MASK_VALUE
 from bytelm.nn.layers import QUANT_MODES
 
@@ -88,16 +88,17 @@ class BlockConfig:
 # ---- layers made from a config -----------------------------------------------------------------
 
 
-def embedding(cfg: BlockConfig, rngs: nnx.Rngs) -> nnx.Embed:
+def embedding(cfg: BlockConfig, rngs: nnx.Rngs) -> Embed:
   """The byte embedding (N(0, 1) as in T5; shared with the LM head when tied)."""
-  return nnx.Embed(cfg.vocab_size, cfg.d_model, embedding_init=nnx.initializers.normal(1.0),
-                   dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, rngs=rngs)
+  return Embed(cfg.vocab_size, cfg.d_model, embedding_init=nnx.initializers.normal(1.0),
+               dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype, rngs=rngs)
 
 
 def lm_head(cfg: BlockConfig, rngs: nnx.Rngs) -> Dense:
   """An untied LM head; std d_model**-0.5 (not HF's 1.0) keeps the initial logits O(1) when
-  training from scratch."""
-  return Dense(cfg.d_model, cfg.vocab_size, std=cfg.d_model**-0.5, **layer_kwargs(cfg, rngs))
+  training from scratch. Its logits are float32 whatever the compute dtype (see Dense)."""
+  return Dense(cfg.d_model, cfg.vocab_size, std=cfg.d_model**-0.5, out_dtype=jnp.float32,
+               **layer_kwargs(cfg, rngs))
 
 
 def layer_kwargs(cfg: BlockConfig, rngs: nnx.Rngs) -> dict:

@@ -196,10 +196,13 @@ class Hierarchical(nnx.Module):
       segment_ids_BT, context_ids_BT = (jnp.pad(a, ((0, 0), (0, pad)), constant_values=-1)
                                         for a in (segment_ids_BT, context_ids_BT))
     aux["bytes_per_segment"] = pooling.bytes_per_segment(segment_ids_BT, valid_BT)
-    h_BNd = self.backbone_states(e_BTd, segment_ids_BT)
+    # Unpooled (and scaled) in float32: the backward pass sums each segment's gradient over
+    # its bytes, the start's over every first segment of the batch, and the confidence's over
+    # d; in bf16 each of those sums drifts by a percent (decode_bytes casts afterwards).
+    h_BNd = self.backbone_states(e_BTd, segment_ids_BT).astype(jnp.float32)
     context_BTd = pooling.unpool(h_BNd, context_ids_BT, self.start[...])
     if scale_BT is not None:
-      context_BTd = context_BTd * scale_BT[..., None].astype(context_BTd.dtype)
+      context_BTd = context_BTd * scale_BT[..., None]
     return self.decode_bytes(inputs_BT, context_BTd)[:, :T], aux
 
   def __call__(self, inputs_BT, targets_BT, segment_ids_BT=None, context_ids_BT=None):

@@ -86,7 +86,10 @@ class BoundaryPredictor(nnx.Module):
   where consecutive states disagree, a new unit begins. p_0 = 1."""
 
   def __init__(self, dim: int, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-    kw = dict(std=dim**-0.5, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    # q and k come out in float32 (the matmul's accumulator, whatever dtype computes it):
+    # p >= 0.5 is a hard decision, and q, k rounded to bf16 would move p by ~2^-9.
+    kw = dict(std=dim**-0.5, dtype=dtype, param_dtype=param_dtype, out_dtype=jnp.float32,
+              rngs=rngs)
     self.q, self.k = Dense(dim, dim, **kw), Dense(dim, dim, **kw)
 
   @staticmethod

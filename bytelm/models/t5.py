@@ -232,7 +232,8 @@ class T5(nnx.Module):
 
   def logits(self, h_BSD: jax.Array) -> jax.Array:
     if self.config.tie_word_embeddings:
-      # Mesh-TF convention, kept by HF: rescale before projecting with the embedding.
+      # Mesh-TF convention, kept by HF: rescale before projecting with the embedding
+      # (float32 logits, as the untied head's).
       return self.shared.attend(h_BSD * self.config.d_model**-0.5)
     return self.lm_head(h_BSD)
 

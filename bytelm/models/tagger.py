@@ -79,7 +79,7 @@ class Tagger(nnx.Module):
     self.context = LocalContext(cfg, rngs) if cfg.context_width else None
     self.encoder = t5.Encoder(cfg, rngs)
     self.label_head = Dense(cfg.d_model, cfg.num_labels, std=cfg.d_model**-0.5,
-                            **blocks.layer_kwargs(cfg, rngs))
+                            out_dtype=jnp.float32, **blocks.layer_kwargs(cfg, rngs))
 
   def __call__(self, inputs_BT: jax.Array, input_mask_BT: jax.Array | None = None) -> jax.Array:
     """logits_BTC, with MASK_VALUE where input byte t cannot take label c."""
@@ -89,7 +89,7 @@ class Tagger(nnx.Module):
     if self.context is not None:
       x_BTD = self.context(x_BTD, input_mask_BT)
     h_BTD = self.encoder(x_BTD, input_mask_BT)
-    logits_BTC = self.label_head(h_BTD).astype(jnp.float32)
+    logits_BTC = self.label_head(h_BTD)  # float32 (out_dtype)
     allowed_BTC = jnp.asarray(tags.allowed_table(self.config.letters,
                                                  self.config.vocab_size))[inputs_BT]
     return jnp.where(allowed_BTC, logits_BTC, MASK_VALUE)

@@ -2,4 +2,4 @@
 
 from bytelm.nn.attention import (Attention, RelativePositionBias, key_mask_bias, relative_position_bucket,
                                  softmax1)
-from bytelm.nn.layers import Dense, GatedGeluMLP, RMSNorm
+from bytelm.nn.layers import Dense, Embed, GatedGeluMLP, RMSNorm

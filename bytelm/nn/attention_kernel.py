@@ -23,10 +23,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from bytelm.nn import precision
+
 
 def scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS):
-  """fp32 scores plus biases, added as HF does: scores + (position + key)."""
-  s_BHTS = jnp.einsum("...HTK,...HSK->...HTS", q_BHTK, k_BHSK).astype(jnp.float32)
+  """fp32 scores plus biases, added as HF does: scores + (position + key). With bf16 q and k,
+  the product is the matmul's fp32 accumulator, not scores rounded to bf16
+  (bytelm.nn.precision)."""
+  s_BHTS = precision.einsum_to_float32("...HTK,...HSK->...HTS", q_BHTK, k_BHSK)
   bias = pos_bias
   if key_bias_BS is not None:
     kb = key_bias_BS[..., None, None, :]
@@ -72,7 +76,8 @@ def _fwd(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain):
 def _bwd(abstain, res, do_BHTK):
   q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, o_BHTK, lse_BHT1 = res
   p_BHTS = jnp.exp(scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS) - lse_BHT1)
-  dp_BHTS = jnp.einsum("...HTK,...HSK->...HTS", do_BHTK, v_BHSK).astype(jnp.float32)
+  dp_BHTS = jnp.einsum("...HTK,...HSK->...HTS", do_BHTK, v_BHSK,
+                       preferred_element_type=jnp.float32)
   delta_BHT1 = jnp.sum(do_BHTK.astype(jnp.float32) * o_BHTK.astype(jnp.float32), axis=-1,
                        keepdims=True)
   ds_BHTS = p_BHTS * (dp_BHTS - delta_BHT1)  # fp32

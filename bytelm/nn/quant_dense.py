@@ -34,10 +34,11 @@ class QuantDense(nnx.Module):
   """y = x @ W with W stored quantized (see the module docstring for the modes)."""
 
   def __init__(self, in_features: int, out_features: int, mode: str, *, dtype=jnp.float32,
-               threshold: float = 6.0, outlier_columns: int = 16, outliers: str = "dynamic"):
+               threshold: float = 6.0, outlier_columns: int = 16, outliers: str = "dynamic",
+               out_dtype=None):
     """outliers ("int8"): "dynamic", the outlier_columns largest input columns of each call,
     those reaching threshold; or "calibrated", columns fixed beforehand (`bytelm.quant.quantize`
-    with a `calibrate` function)."""
+    with a `calibrate` function). out_dtype: as Dense's (float32 for an LM head)."""
     if mode not in MODES:
       raise ValueError(f"quantized mode must be one of {MODES}, got {mode!r}")
     if outliers not in ("dynamic", "calibrated"):
@@ -46,6 +47,7 @@ class QuantDense(nnx.Module):
         in_features, out_features, mode, dtype)
     self.threshold, self.outlier_columns = float(threshold), int(outlier_columns)
     self.outliers = outliers
+    self.out_dtype = out_dtype or dtype
     self.recording = None  # while calibrating: a callback receiving each call's column maxima
     if mode == "int8" and outliers == "calibrated":
       k = min(self.outlier_columns, in_features)
@@ -61,7 +63,8 @@ class QuantDense(nnx.Module):
   @classmethod
   def from_dense(cls, dense: Dense, mode: str, **kw) -> "QuantDense":
     """The quantized twin of a trained Dense (its ternary scale statistic is kept)."""
-    out = cls(dense.in_features, dense.out_features, mode, dtype=dense.dtype, **kw)
+    out = cls(dense.in_features, dense.out_features, mode, dtype=dense.dtype,
+              out_dtype=dense.out_dtype, **kw)
     w_IO = jnp.asarray(dense.kernel[...], jnp.float32)
     if mode == "ternary":
       scale = qn.ternary_scale(w_IO, dense.statistic)
@@ -82,7 +85,8 @@ class QuantDense(nnx.Module):
     lead = x_BTI.shape[:-1]
     x_MI = x_BTI.reshape(-1, self.in_features)
     if self.mode == "int8_weight":
-      y_MO = jnp.dot(x_MI.astype(self.dtype), self.weight().astype(self.dtype))
+      y_MO = jnp.dot(x_MI.astype(self.dtype), self.weight().astype(self.dtype),
+                     preferred_element_type=self.out_dtype)
     elif self.mode == "int8":
       if self.recording is not None:
         jax.debug.callback(self.recording, jnp.max(jnp.abs(x_MI.astype(jnp.float32)), axis=0))
@@ -95,4 +99,4 @@ class QuantDense(nnx.Module):
     else:
       codes_IO = qn.unpack_ternary(self.packed[...], self.in_features)
       y_MO = qn.ternary_matmul(x_MI, codes_IO, self.scale[...])
-    return y_MO.reshape(*lead, self.out_features).astype(self.dtype)
+    return y_MO.reshape(*lead, self.out_features).astype(self.out_dtype)
