@@ -112,7 +112,8 @@ def main() -> None:
   p.add_argument("--root", default="workdirs/eval_hierarchical")
   p.add_argument("--timing-steps", type=int, default=8, help="alternating timed calls each")
   p.add_argument("--steps-per-call", type=int, default=1,
-                 help="train steps per timed call, synced after the last (an accelerator: 4)")
+                 help="train steps per timed call, synced after the last, run as the trainer "
+                      "runs train.steps_per_call (one compiled lax.scan); an accelerator: 4")
   p.add_argument("--piece-bytes", type=int, default=240)
   p.add_argument("--eval-bytes", type=int, default=65536)
   p.add_argument("--language-bytes", type=int, default=16384)
@@ -135,9 +136,10 @@ def main() -> None:
   for c in configs.values():
     c.train.batch_size = args.batch_size or c.train.batch_size
   timers = {n: budget.step_timer(configs[n], root / n, args.steps_per_call) for n in names}
-  seconds = timing.compare({n: t[0] for n, t in timers.items()}, args.timing_steps)
-  train_bps = {n: timers[n][1] / seconds[n] for n in names}
-  flops_per_byte = {n: timers[n][2] * args.steps_per_call / timers[n][1] for n in names}
+  seconds = timing.compare({n: t.call for n, t in timers.items()}, args.timing_steps)
+  train_bps = {n: timers[n].bytes_per_call / seconds[n] for n in names}
+  flops_per_byte = {n: timers[n].flops_per_step * args.steps_per_call / timers[n].bytes_per_call
+                    for n in names}
   del timers
   base = "bytes_decoder" if "bytes_decoder" in names else names[0]
   print(f"\n| recipe | train bytes/s | x {base} | FLOPs / byte |\n|---|---|---|---|")

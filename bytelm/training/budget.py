@@ -14,9 +14,10 @@ import functools
 import math
 import pathlib
 import time
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from bytelm import models
@@ -45,33 +46,53 @@ def train_source(c, workdir: pathlib.Path, split: str = "train") -> pipeline.Bat
   return data_lib.sources(c, workdir, splits=(split,))[split]
 
 
-def step_timer(c, workdir: pathlib.Path, steps_per_call: int = 1):
-  """(call, bytes per call, FLOPs per step): call() runs steps_per_call train steps on fresh
-  batches, waiting only after the last, as the trainer does between log steps (so that the
-  host's batch assembly overlaps the device's previous step, where the device is separate)."""
+class StepTimer(NamedTuple):
+  """What `step_timer` gives: call() runs the timed steps and waits for them."""
+  call: Callable[[], None]
+  bytes_per_call: int
+  flops_per_step: float  # XLA's count for one optimizer step
+  compiled: jax.stages.Compiled  # the program call() runs (its HLO: bytelm.training.hlo)
+
+
+def step_timer(c, workdir: pathlib.Path, steps_per_call: int = 1, scan: bool = True) -> StepTimer:
+  """call() runs steps_per_call train steps on fresh batches, waiting only after the last, as
+  the trainer does between log steps (so that the host's batch assembly overlaps the device's
+  previous step, where the device is separate). scan: the steps as the trainer runs them with
+  train.steps_per_call = steps_per_call, one compiled call over the stacked batches
+  (`trainer.train_steps`); False: one call per step."""
   family = models.family(c.model_family)
   model = family.model_cls(family.config_cls(**c.model.to_dict()), rngs=nnx.Rngs(c.seed))
   tx, schedule = optim.make_optimizer(c.opt, c.train.steps)
   graphdef, state = nnx.split((model, nnx.Optimizer(model, tx, wrt=nnx.Param)))
   source = train_source(c, workdir)
   loss_fn = segment_jax.with_segments(family.loss_fn, source.device_segmenter)
-  step = jax.jit(functools.partial(trainer.train_step, graphdef=graphdef, loss_fn=loss_fn,
-                                   schedule=schedule, z_loss=0.0, after_step=family.after_step),
-                 donate_argnums=0)
-  first = {k: jnp.asarray(v) for k, v in source.batch(0).items()}
+  step_kw = dict(graphdef=graphdef, loss_fn=loss_fn, schedule=schedule, z_loss=0.0,
+                 after_step=family.after_step)
+  step = jax.jit(functools.partial(trainer.train_step, **step_kw), donate_argnums=0)
+  first = source.batch(0)
   step = step.lower(state, first).compile()  # compiled once, for the count and the calls
   cost = step.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  if scan and steps_per_call > 1:
+    steps = jax.jit(functools.partial(trainer.train_steps, **step_kw), donate_argnums=0)
+    steps = steps.lower(state, trainer.stack([first] * steps_per_call)).compile()
   box = {"state": state, "i": 0}
 
+  def batches():  # the next steps_per_call batches, as the trainer builds them
+    box["i"] += steps_per_call
+    return [source.batch(i) for i in range(box["i"] - steps_per_call + 1, box["i"] + 1)]
+
   def call():
-    for _ in range(steps_per_call):
-      box["i"] += 1
-      batch = {k: jnp.asarray(v) for k, v in source.batch(box["i"]).items()}
-      box["state"], metrics = step(box["state"], batch)
+    if scan and steps_per_call > 1:
+      box["state"], metrics = steps(box["state"], trainer.stack(batches()))
+    else:
+      for batch in batches():
+        box["state"], metrics = step(box["state"], batch)
     jax.block_until_ready((box["state"], metrics))
 
-  return call, source.bytes_per_batch * steps_per_call, float(cost.get("flops", math.nan))
+  return StepTimer(call, source.bytes_per_batch * steps_per_call,
+                   float(cost.get("flops", math.nan)),
+                   steps if scan and steps_per_call > 1 else step)
 
 
 def steps_for(c, workdir: pathlib.Path, budget_bytes: float) -> int:
