@@ -50,3 +50,30 @@ def test_fully_masked_row_is_finite():
   out = attention_kernel.attention(q, k, v, None, key, False)
   grad = jax.grad(lambda q: attention_kernel.attention(q, k, v, None, key, False).sum())(q)
   assert jnp.isfinite(out).all() and jnp.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("pos_shape", [(3, 5, 7), (2, 3, 5, 7)])
+def test_the_library_attention_matches_the_kernel(pos_shape):
+  """jax.nn.dot_product_attention (XLA here), given T5's unscaled scores and the biases as one,
+  computes what the kernel does, gradients (the position bias's included) too."""
+  keys = jax.random.split(jax.random.key(1), 6)
+  q = jax.random.normal(keys[0], (2, 3, 5, 4))
+  k = jax.random.normal(keys[1], (2, 3, 7, 4))
+  v = jax.random.normal(keys[2], (2, 3, 7, 4))
+  pos = 2 * jax.random.normal(keys[3], pos_shape)
+  key = jnp.zeros((2, 7)).at[1, 5:].set(float(np.finfo(np.float32).min))
+  cot = jax.random.normal(keys[5], (2, 3, 5, 4))
+  out_ref, vjp_ref = jax.vjp(lambda *a: attention_kernel.attention(*a, key, False), q, k, v, pos)
+  out, vjp = jax.vjp(lambda *a: attention_kernel.library_attention(*a, key, "xla"), q, k, v, pos)
+  np.testing.assert_allclose(out, out_ref, atol=2e-6)
+  for got, want in zip(vjp(cot), vjp_ref(cot)):
+    np.testing.assert_allclose(got, want, atol=5e-6)
+
+
+def test_the_library_attention_has_no_softmax1():
+  from flax import nnx
+
+  from bytelm.nn.attention import Attention
+
+  with pytest.raises(ValueError, match="'bytelm' for softmax1"):
+    Attention(8, 2, 4, dropout_rate=0.0, softmax="softmax1", kernel="xla", rngs=nnx.Rngs(0))

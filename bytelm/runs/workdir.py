@@ -43,6 +43,7 @@ SAFE_TO_CHANGE = (
     "mesh.*",  # how the devices share each step: the same step, summed in another order
     "distributed.*",  # which processes run it: a restart may come up on other hosts and ports
     "model.remat",  # recompute blocks in the backward pass: memory for time, same gradients
+    "model.attention_kernel",  # who computes attention: the same numbers up to float rounding
 )
 
 
@@ -51,6 +52,7 @@ SAFE_TO_CHANGE = (
 IMPLIED_BEFORE = {
     "data.invalid_utf8": "error",  # text that was not UTF-8 stopped the run
     "train.steps_per_call": 1,  # one optimizer step per compiled call
+    "model.attention_kernel": "bytelm",  # nn.attention_kernel.attention
 }
 
 
