@@ -63,17 +63,38 @@ def test_the_library_attention_matches_the_kernel(pos_shape):
   pos = 2 * jax.random.normal(keys[3], pos_shape)
   key = jnp.zeros((2, 7)).at[1, 5:].set(float(np.finfo(np.float32).min))
   cot = jax.random.normal(keys[5], (2, 3, 5, 4))
-  out_ref, vjp_ref = jax.vjp(lambda *a: attention_kernel.attention(*a, key, False), q, k, v, pos)
-  out, vjp = jax.vjp(lambda *a: attention_kernel.library_attention(*a, key, "xla"), q, k, v, pos)
-  np.testing.assert_allclose(out, out_ref, atol=2e-6)
-  for got, want in zip(vjp(cot), vjp_ref(cot)):
+
+  @jax.jit
+  def both(q, k, v, pos):  # (output, its gradients) of each, compiled once
+    out = {}
+    for name, fn in (("kernel", lambda *a: attention_kernel.attention(*a, key, False)),
+                     ("library", lambda *a: attention_kernel.library_attention(*a, key, "xla"))):
+      o, vjp = jax.vjp(fn, q, k, v, pos)
+      out[name] = (o, *vjp(cot))
+    return out
+
+  out = both(q, k, v, pos)
+  for got, want in zip(out["library"], out["kernel"]):
     np.testing.assert_allclose(got, want, atol=5e-6)
 
 
-def test_the_library_attention_has_no_softmax1():
+def test_attention_with_the_library_kernel_is_the_same_module():
+  """nn.Attention(kernel="xla") (model.attention_kernel) gives the output and the parameter
+  gradients of the default kernel for the same parameters; it has no softmax1."""
   from flax import nnx
 
   from bytelm.nn.attention import Attention
 
+  keys = jax.random.split(jax.random.key(2), 2)
+  x = jax.random.normal(keys[0], (2, 6, 8))
+  pos = jax.random.normal(keys[1], (2, 6, 6))
+  key = jnp.zeros((2, 6)).at[0, 4:].set(float(np.finfo(np.float32).min))
+  out = {}
+  for kernel in ("bytelm", "xla"):
+    attn = Attention(8, 2, 4, dropout_rate=0.0, kernel=kernel, rngs=nnx.Rngs(0))
+    value, grads = nnx.jit(nnx.value_and_grad(lambda m: (m(x, x, pos, key) ** 2).sum()))(attn)
+    out[kernel] = [value, *jax.tree.leaves(nnx.state(grads))]
+  for got, want in zip(out["xla"], out["bytelm"]):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="'bytelm' for softmax1"):
     Attention(8, 2, 4, dropout_rate=0.0, softmax="softmax1", kernel="xla", rngs=nnx.Rngs(0))
