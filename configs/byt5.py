@@ -80,6 +80,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every = 200
   c.train.eval_batches = 16  # validation batches per evaluation (fixed bytes, same every time)
   c.train.prefetch = 2  # batches built ahead in a thread while the device steps; 0: in the loop
+  c.train.steps_per_call = 1  # optimizer steps per compiled call (lax.scan); >1 where launch-bound
 
   c.ckpt = ml_collections.ConfigDict()
   c.ckpt.every = 200  # steps; also saved at the end and on SIGTERM / Ctrl-C

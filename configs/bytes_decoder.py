@@ -79,6 +79,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every = 200
   c.train.eval_batches = 16
   c.train.prefetch = 2  # batches built ahead while the device steps
+  # Optimizer steps per compiled call (lax.scan), between log, eval and checkpoint steps: 1 on
+  # a CPU; ~4 where a step this small is launch-bound (a GPU; BENCHMARKS.md).
+  c.train.steps_per_call = 1
 
   c.ckpt = ml_collections.ConfigDict()
   c.ckpt.every = 200

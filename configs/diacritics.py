@@ -100,6 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every = 400
   c.train.eval_batches = 16
   c.train.prefetch = 2  # batches built ahead while the device steps
+  c.train.steps_per_call = 1  # optimizer steps per compiled call (lax.scan); >1 where launch-bound
 
   c.ckpt = ml_collections.ConfigDict()
   c.ckpt.every = 400

@@ -112,7 +112,8 @@ def main() -> None:
   p.add_argument("--root", default="workdirs/eval_hierarchical")
   p.add_argument("--timing-steps", type=int, default=8, help="alternating timed calls each")
   p.add_argument("--steps-per-call", type=int, default=1,
-                 help="train steps per timed call, synced after the last (an accelerator: 4)")
+                 help="train steps per timed call, synced after the last, run as the trainer "
+                      "runs train.steps_per_call (one compiled lax.scan); an accelerator: 4")
   p.add_argument("--piece-bytes", type=int, default=240)
   p.add_argument("--eval-bytes", type=int, default=65536)
   p.add_argument("--language-bytes", type=int, default=16384)

@@ -50,3 +50,51 @@ def test_fully_masked_row_is_finite():
   out = attention_kernel.attention(q, k, v, None, key, False)
   grad = jax.grad(lambda q: attention_kernel.attention(q, k, v, None, key, False).sum())(q)
   assert jnp.isfinite(out).all() and jnp.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("pos_shape", [(3, 5, 7), (2, 3, 5, 7)])
+def test_the_library_attention_matches_the_kernel(pos_shape):
+  """jax.nn.dot_product_attention (XLA here), given T5's unscaled scores and the biases as one,
+  computes what the kernel does, gradients (the position bias's included) too."""
+  keys = jax.random.split(jax.random.key(1), 6)
+  q = jax.random.normal(keys[0], (2, 3, 5, 4))
+  k = jax.random.normal(keys[1], (2, 3, 7, 4))
+  v = jax.random.normal(keys[2], (2, 3, 7, 4))
+  pos = 2 * jax.random.normal(keys[3], pos_shape)
+  key = jnp.zeros((2, 7)).at[1, 5:].set(float(np.finfo(np.float32).min))
+  cot = jax.random.normal(keys[5], (2, 3, 5, 4))
+
+  @jax.jit
+  def both(q, k, v, pos):  # (output, its gradients) of each, compiled once
+    out = {}
+    for name, fn in (("kernel", lambda *a: attention_kernel.attention(*a, key, False)),
+                     ("library", lambda *a: attention_kernel.library_attention(*a, key, "xla"))):
+      o, vjp = jax.vjp(fn, q, k, v, pos)
+      out[name] = (o, *vjp(cot))
+    return out
+
+  out = both(q, k, v, pos)
+  for got, want in zip(out["library"], out["kernel"]):
+    np.testing.assert_allclose(got, want, atol=5e-6)
+
+
+def test_attention_with_the_library_kernel_is_the_same_module():
+  """nn.Attention(kernel="xla") (model.attention_kernel) gives the output and the parameter
+  gradients of the default kernel for the same parameters; it has no softmax1."""
+  from flax import nnx
+
+  from bytelm.nn.attention import Attention
+
+  keys = jax.random.split(jax.random.key(2), 2)
+  x = jax.random.normal(keys[0], (2, 6, 8))
+  pos = jax.random.normal(keys[1], (2, 6, 6))
+  key = jnp.zeros((2, 6)).at[0, 4:].set(float(np.finfo(np.float32).min))
+  out = {}
+  for kernel in ("bytelm", "xla"):
+    attn = Attention(8, 2, 4, dropout_rate=0.0, kernel=kernel, rngs=nnx.Rngs(0))
+    value, grads = nnx.jit(nnx.value_and_grad(lambda m: (m(x, x, pos, key) ** 2).sum()))(attn)
+    out[kernel] = [value, *jax.tree.leaves(nnx.state(grads))]
+  for got, want in zip(out["xla"], out["bytelm"]):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="'bytelm' for softmax1"):
+    Attention(8, 2, 4, dropout_rate=0.0, softmax="softmax1", kernel="xla", rngs=nnx.Rngs(0))

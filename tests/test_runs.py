@@ -64,8 +64,10 @@ def test_every_config_resumes_by_default_and_can_refuse(name):
 
 def test_only_cadence_fields_may_change_on_resume():
   stored = resolved("mrt5", "tiny")
-  safe = {"train.log_every": 7, "train.eval_every": 7, "train.prefetch": 0, "ckpt.every": 7,
-          "ckpt.keep": 7, "mesh.data": 2, "mesh.fsdp": 2, "model.remat": True, "resume": False,
+  safe = {"train.log_every": 7, "train.eval_every": 7, "train.prefetch": 0,
+          "train.steps_per_call": 4, "ckpt.every": 7,
+          "ckpt.keep": 7, "mesh.data": 2, "mesh.fsdp": 2, "model.remat": True,
+          "model.attention_kernel": "xla", "resume": False,
           "distributed.coordinator_address": "10.0.0.2:4321", "distributed.num_processes": 4,
           "distributed.process_id": 3}
   for field, value in safe.items():

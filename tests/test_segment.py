@@ -167,6 +167,13 @@ def test_learned_boundaries_give_the_host_rules_ids(probs, max_bytes, max_segmen
   boundary at s is settled by byte s)."""
   starts_1T = pooling.force_max_length(jnp.asarray([probs]) >= 0.5, max_bytes)
   starts = np.flatnonzero(np.asarray(starts_1T[0])).tolist()
+  run, expected = max_bytes, []  # the rule one byte at a time, as a generation step applies it
+  for t, p in enumerate(probs):
+    if p >= 0.5 or run >= max_bytes:
+      expected.append(t)
+      run = 0
+    run += 1
+  assert starts == expected
   assert starts[0] == 0 and max(np.diff(starts + [len(probs)])) <= max_bytes
   ids_1T, ctx_1T = pooling.ids_from_starts(starts_1T, max_segments)
   data = b"x" * len(probs)

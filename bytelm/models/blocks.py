@@ -23,7 +23,7 @@ import optax
 from flax import nnx
 
 from bytelm.nn import Attention, Dense, Embed, GatedGeluMLP, RelativePositionBias, RMSNorm
-from bytelm.nn.attention import MASK_VALUE
+from bytelm.nn.attention import KERNELS as ATTENTION_KERNELS, MASK_VALUE
 from bytelm.nn.layers import QUANT_MODES
 
 
@@ -33,7 +33,8 @@ class BlockConfig:
 
   # Fields that change how the model computes, not what it is: a checkpoint stays valid when
   # they change (resume, init_from, export).
-  RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("dropout_rate", "dtype", "remat")
+  RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("dropout_rate", "dtype", "remat",
+                                               "attention_kernel")
   POSITIVE_FIELDS: ClassVar[tuple[str, ...]] = ("d_model", "d_ff", "num_heads", "d_kv",
                                                 "vocab_size")
 
@@ -58,6 +59,12 @@ class BlockConfig:
   # "mean" or "median" of |W|.
   quant: str | None = None
   quant_statistic: str = "mean"
+  # Who computes attention (without dropout): "bytelm" (`nn.attention_kernel.attention`, a
+  # custom gradient that recomputes the probabilities), or jax.nn.dot_product_attention's
+  # "xla" or "cudnn" (cuDNN's fused attention on an NVIDIA GPU; 16-bit dtypes only). The same
+  # numbers up to float rounding; on a CPU "bytelm" is the faster (BENCHMARKS.md, launch
+  # overhead: 1.2-1.4x on the causal attention of the flat decoder and the backbone).
+  attention_kernel: str = "bytelm"
 
   def __post_init__(self):
     if self.quant not in QUANT_MODES:
@@ -67,6 +74,12 @@ class BlockConfig:
     if self.attention_softmax not in ("softmax", "softmax1"):
       raise ValueError(f"attention_softmax must be 'softmax' or 'softmax1', got "
                        f"{self.attention_softmax!r}")
+    if self.attention_kernel not in ATTENTION_KERNELS:
+      raise ValueError(f"attention_kernel must be one of {ATTENTION_KERNELS}, got "
+                       f"{self.attention_kernel!r}")
+    if self.attention_kernel != "bytelm" and self.attention_softmax != "softmax":
+      raise ValueError(f"attention_kernel {self.attention_kernel!r} has no "
+                       f"{self.attention_softmax}; use attention_kernel 'bytelm'")
     for name in self.POSITIVE_FIELDS:
       if getattr(self, name) <= 0:
         raise ValueError(f"{type(self).__name__}.{name} must be positive, got "
@@ -120,7 +133,8 @@ def norm(cfg: BlockConfig) -> RMSNorm:
 def attention(cfg: BlockConfig, rngs: nnx.Rngs) -> Attention:
   """Multi-head attention of num_heads x d_kv, its matmuls quantized as cfg.quant says."""
   return Attention(cfg.d_model, cfg.num_heads, cfg.d_kv, dropout_rate=cfg.dropout_rate,
-                   softmax=cfg.attention_softmax, **block_kwargs(cfg, rngs))
+                   softmax=cfg.attention_softmax, kernel=cfg.attention_kernel,
+                   **block_kwargs(cfg, rngs))
 
 
 def rel_bias(cfg: BlockConfig, bidirectional: bool, rngs: nnx.Rngs) -> RelativePositionBias:

@@ -108,14 +108,18 @@ class BoundaryPredictor(nnx.Module):
 
 def force_max_length(starts_BT: jax.Array, max_segment_bytes: int) -> jax.Array:
   """starts_BT (bool) with a start wherever the running segment already has max_segment_bytes
-  bytes, and at t = 0. Depends on past decisions only."""
-  def step(run_B, start_B):
-    start_B = start_B | (run_B >= max_segment_bytes)
-    return jnp.where(start_B, 1, run_B + 1), start_B
+  bytes, and at t = 0. Depends on past decisions only.
 
-  first_B = jnp.full(starts_BT.shape[:1], max_segment_bytes, jnp.int32)  # forces t = 0
-  _, starts_TB = jax.lax.scan(step, first_B, starts_BT.T)
-  return starts_TB.T
+  The rule reads as a scan over t (a running count, reset at each start, forcing a start when
+  it reaches max_segment_bytes), which is how a cached generation step applies it; but forced
+  starts never move the given ones, so they fall every max_segment_bytes after the last given
+  start: one cumulative max instead of a loop of T steps (a few kernel launches each, on an
+  accelerator)."""
+  T = starts_BT.shape[1]
+  t_T = jnp.arange(T)
+  given_BT = starts_BT | (t_T == 0)
+  last_BT = jax.lax.cummax(jnp.where(given_BT, t_T, 0), axis=1)  # the last given start <= t
+  return given_BT | ((t_T - last_BT) % max_segment_bytes == 0)
 
 
 def ids_from_starts(starts_BT: jax.Array, max_segments: int) -> tuple[jax.Array, jax.Array]:

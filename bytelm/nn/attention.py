@@ -25,6 +25,9 @@ from bytelm.nn.layers import Dense, RMSNorm, normal_init
 # Additive bias for a forbidden key. HF uses finfo(float32).min; adding finite biases to it stays
 # finite, so fully masked rows give a uniform distribution instead of NaN.
 MASK_VALUE = float(np.finfo(np.float32).min)
+# Who computes attention without dropout: this package's kernel, or jax.nn.dot_product_attention
+# with that implementation (attention_kernel.library_attention).
+KERNELS = ("bytelm", "xla", "cudnn")
 
 
 def bucket_table(num_buckets: int, max_distance: int) -> np.ndarray:
@@ -97,11 +100,16 @@ class Attention(nnx.Module):
   """T5 multi-head attention; inner width H*K may differ from D (ByT5-small: 384 vs 1472)."""
 
   def __init__(self, d_model: int, num_heads: int, d_kv: int, *, dropout_rate: float,
-               softmax: str = "softmax", dtype=jnp.float32, param_dtype=jnp.float32,
-               quant: str | None = None, statistic: str = "mean", rngs: nnx.Rngs):
+               softmax: str = "softmax", kernel: str = "bytelm", dtype=jnp.float32,
+               param_dtype=jnp.float32, quant: str | None = None, statistic: str = "mean",
+               rngs: nnx.Rngs):
     if softmax not in ("softmax", "softmax1"):
       raise ValueError(f"attention_softmax must be 'softmax' or 'softmax1', got {softmax!r}")
+    if kernel not in KERNELS or (kernel != "bytelm" and softmax != "softmax"):
+      raise ValueError(f"attention kernel {kernel!r} with {softmax}: give one of {KERNELS} "
+                       "('bytelm' for softmax1)")
     self.num_heads, self.d_kv, self.softmax, self.dtype = num_heads, d_kv, softmax, dtype
+    self.kernel = kernel
     inner = num_heads * d_kv
     kw = dict(dtype=dtype, param_dtype=param_dtype, quant=quant, statistic=statistic, rngs=rngs)
     # HF's initialisation; the query's extra 1/sqrt(K) replaces the missing score scaling.
@@ -133,6 +141,9 @@ class Attention(nnx.Module):
     """
     q_BHTK = self._heads(self.q(x_BTD))
     k_BHSK, v_BHSK = k_BHSK.astype(self.dtype), v_BHSK.astype(self.dtype)
+    if (self.dropout.rate == 0 or self.dropout.deterministic) and self.kernel != "bytelm":
+      return self._out(attention_kernel.library_attention(
+          q_BHTK, k_BHSK, v_BHSK, pos_bias_HTS, key_bias_BS, self.kernel))
     if self.dropout.rate == 0 or self.dropout.deterministic:
       out_BHTK = attention_kernel.attention(q_BHTK, k_BHSK, v_BHSK, pos_bias_HTS, key_bias_BS,
                                             self.softmax == "softmax1")

@@ -100,3 +100,27 @@ def _sum_to(x, shape):
 
 
 attention.defvjp(_fwd, _bwd)
+
+
+def library_attention(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS,
+                      implementation: str | None = None):
+  """The same softmax(q k^T + pos_bias + key_bias) v through `jax.nn.dot_product_attention`
+  (no score scaling, as T5; the biases added as one, as `scores` adds them), for a backend
+  that has a fused attention of its own: implementation "cudnn" is cuDNN's flash attention on
+  an NVIDIA GPU (16-bit dtypes only), "xla" or None jax's XLA version, whose gradient is plain
+  autodiff (it keeps the B H T S probabilities; `attention` recomputes them)."""
+  bias = pos_bias
+  if key_bias_BS is not None:
+    kb = key_bias_BS[..., None, None, :]
+    bias = kb if bias is None else bias + kb
+  if bias is not None and bias.ndim == 3:
+    bias = bias[None]
+  if bias is not None and implementation == "cudnn":
+    # cuDNN takes the bias in q's 16-bit dtype, where MASK_VALUE sums overflow to -inf (and
+    # jax's own mask for it is -2**41, for a cuDNN bug with two large negatives): any masked
+    # score here is far below -1e9, which exp still takes to 0.
+    bias = jnp.maximum(bias, -1e9).astype(q_BHTK.dtype)
+  out_BTHK = jax.nn.dot_product_attention(
+      q_BHTK.swapaxes(1, 2), k_BHSK.swapaxes(1, 2), v_BHSK.swapaxes(1, 2), bias=bias,
+      scale=1.0, implementation=implementation)
+  return out_BTHK.swapaxes(1, 2)

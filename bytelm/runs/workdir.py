@@ -35,11 +35,15 @@ SAFE_TO_CHANGE = (
     "train.log_every",  # how often the training loss is logged
     "train.eval_every",  # how often the (same) validation batches are scored
     "train.prefetch",  # how far ahead batches are built: the same batches either way
+    # How many of the same steps one compiled call runs (lax.scan): XLA may fuse the loop's
+    # body otherwise than the single step, so the sums can differ in the last float bits only.
+    "train.steps_per_call",
     "ckpt.every",  # how often a checkpoint is saved
     "ckpt.keep",  # how many are kept
     "mesh.*",  # how the devices share each step: the same step, summed in another order
     "distributed.*",  # which processes run it: a restart may come up on other hosts and ports
     "model.remat",  # recompute blocks in the backward pass: memory for time, same gradients
+    "model.attention_kernel",  # who computes attention: the same numbers up to float rounding
 )
 
 
@@ -47,6 +51,8 @@ SAFE_TO_CHANGE = (
 # as this value, so a run of that value resumes it.
 IMPLIED_BEFORE = {
     "data.invalid_utf8": "error",  # text that was not UTF-8 stopped the run
+    "train.steps_per_call": 1,  # one optimizer step per compiled call
+    "model.attention_kernel": "bytelm",  # nn.attention_kernel.attention
 }
 
 

@@ -16,10 +16,9 @@ import math
 import pathlib
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from bytelm import models
@@ -51,16 +50,17 @@ def train_source(c, workdir: pathlib.Path, split: str = "train") -> pipeline.Bat
 @dataclasses.dataclass
 class StepTimer:
   """A recipe's train step, ready to time: `call()` runs steps_per_call steps on fresh
-  batches, waiting only after the last, as the trainer does between log steps.
+  batches and waits for them, as the trainer runs them between log steps.
 
-  The batches come from a background thread built a few steps ahead (bytelm.data.prefetch, as
-  in the trainer), so that the host's batch assembly overlaps the device's step;
-  `input_wait` is the share of the calls' time spent waiting for them.
+  The batches come from a background thread built a few calls ahead and put on the device
+  (bytelm.data.prefetch, as in the trainer), so that the host's batch assembly overlaps the
+  device's step; `input_wait` is the share of the calls' time spent waiting for them.
   """
 
   call: Callable[[], None]
   bytes_per_call: int
-  flops_per_step: float  # XLA's count for one step
+  flops_per_step: float  # XLA's count for one optimizer step
+  compiled: jax.stages.Compiled  # the program call() runs (its HLO: bytelm.training.hlo)
   source: pipeline.BatchSource
   prefetcher: prefetch.Prefetcher
   seconds: float = 0.0  # in call(), in all
@@ -84,37 +84,51 @@ class StepTimer:
     self.prefetcher.close()
 
 
-def step_timer(c, workdir: pathlib.Path, steps_per_call: int = 1) -> StepTimer:
-  """A `StepTimer` of config c's train step from a fresh model (compiled here, once)."""
+def step_timer(c, workdir: pathlib.Path, steps_per_call: int = 1, scan: bool = True) -> StepTimer:
+  """A `StepTimer` of config c's train step from a fresh model (compiled here, once). scan:
+  the steps as the trainer runs them with train.steps_per_call = steps_per_call, one compiled
+  call over the stacked batches (`trainer.train_steps`); False: one call per step."""
   family = models.family(c.model_family)
   model = family.model_cls(family.config_cls(**c.model.to_dict()), rngs=nnx.Rngs(c.seed))
   tx, schedule = optim.make_optimizer(c.opt, c.train.steps)
   graphdef, state = nnx.split((model, nnx.Optimizer(model, tx, wrt=nnx.Param)))
   source = train_source(c, workdir)
   loss_fn = segment_jax.with_segments(family.loss_fn, source.device_segmenter)
-  step = jax.jit(functools.partial(trainer.train_step, graphdef=graphdef, loss_fn=loss_fn,
-                                   schedule=schedule, z_loss=0.0, after_step=family.after_step),
-                 donate_argnums=0)
-  first = {k: jnp.asarray(v) for k, v in source.batch(0).items()}
+  step_kw = dict(graphdef=graphdef, loss_fn=loss_fn, schedule=schedule, z_loss=0.0,
+                 after_step=family.after_step)
+  step = jax.jit(functools.partial(trainer.train_step, **step_kw), donate_argnums=0)
+  first = source.batch(0)
   step = step.lower(state, first).compile()  # compiled once, for the count and the calls
   cost = step.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  # On the device from the thread too: the transfer overlaps the step as well.
-  batches = prefetch.Prefetcher(lambda i: jax.device_put(source.batch(i)), 1, 1 << 40,
-                                depth=c.train.get("prefetch", 2))
-  box = {"state": state, "i": 0}
+  scanned = scan and steps_per_call > 1
+  if scanned:
+    steps = jax.jit(functools.partial(trainer.train_steps, **step_kw), donate_argnums=0)
+    steps = steps.lower(state, trainer.stack([first] * steps_per_call)).compile()
+
+  def inputs(j):  # call j's batches: steps j k + 1 .. (j + 1) k, stacked where scanned
+    got = [source.batch(i) for i in range(j * steps_per_call + 1, (j + 1) * steps_per_call + 1)]
+    return jax.device_put(trainer.stack(got) if scanned else got)
+
+  batches = prefetch.Prefetcher(inputs, 0, 1 << 40, depth=c.train.get("prefetch", 2))
+  box = {"state": state, "j": 0}
 
   def call():
     start, waited = time.perf_counter(), batches.wait_seconds
-    for _ in range(steps_per_call):
-      box["i"] += 1
-      box["state"], metrics = step(box["state"], batches.get(box["i"]))
+    got = batches.get(box["j"])
+    box["j"] += 1
+    if scanned:
+      box["state"], metrics = steps(box["state"], got)
+    else:
+      for batch in got:
+        box["state"], metrics = step(box["state"], batch)
     jax.block_until_ready((box["state"], metrics))
     timer.seconds += time.perf_counter() - start
     timer.wait_seconds += batches.wait_seconds - waited
 
   timer = StepTimer(call, source.bytes_per_batch * steps_per_call,
-                    float(cost.get("flops", math.nan)), source, batches)
+                    float(cost.get("flops", math.nan)), steps if scanned else step, source,
+                    batches)
   return timer
 
 

@@ -85,8 +85,10 @@ def state_shardings(state, mesh: Mesh):
       lambda path, x: NamedSharding(mesh, spec_for(path_str(path), np.shape(x), mesh)), state)
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(BATCH))
+def batch_sharding(mesh: Mesh, stacked: bool = False) -> NamedSharding:
+  """Rows over the batch axes; stacked: batches of several steps ([k, B, T], the trainer's
+  train.steps_per_call), whose leading step axis every device holds whole."""
+  return NamedSharding(mesh, P(None, BATCH) if stacked else P(BATCH))
 
 
 def check_batch(batch_size: int, mesh: Mesh) -> None:
@@ -113,7 +115,9 @@ def put_state(state, shardings):
   return jax.tree.map(put, state, shardings)
 
 
-def put_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """This process's rows of the global batch -> global arrays sharded over the batch axes."""
-  sharding = batch_sharding(mesh)
+def put_batch(batch: dict[str, np.ndarray], mesh: Mesh,
+              stacked: bool = False) -> dict[str, jax.Array]:
+  """This process's rows of the global batch -> global arrays sharded over the batch axes
+  (stacked: of several steps' batches, [k, rows, ...], sharded on the rows' axis)."""
+  sharding = batch_sharding(mesh, stacked)
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}

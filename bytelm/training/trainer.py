@@ -77,7 +77,8 @@ class Summary:
 
 
 class _StopRequested:
-  """SIGTERM / Ctrl-C set a flag; the loop saves a checkpoint and returns at the next step.
+  """SIGTERM / Ctrl-C set a flag; the loop saves a checkpoint and returns at the next step
+  boundary: the end of the call under way (train.steps_per_call steps at most).
 
   Several processes must stop at one step, or one waits forever in a collective the others left
   (and their checkpoints would be of different steps). There each process's flag is gathered
@@ -205,6 +206,31 @@ def train_step(state, batch, *, graphdef, loss_fn, schedule, z_loss, after_step=
   return nnx.state((model, optimizer)), metrics
 
 
+def train_steps(state, batches, **step_kw):
+  """k optimizer steps in one call over batches stacked on a leading axis ([k, B, T]): the
+  same `train_step`, run k times by `lax.scan` inside one compiled program. A small model's step
+  on a GPU is bound by kernel launches and the host's dispatch, not arithmetic; one call of k
+  steps pays the dispatch once. Returns (state, the last step's metrics): what the loop logs."""
+  state, metrics_k = jax.lax.scan(lambda s, batch: train_step(s, batch, **step_kw), state,
+                                  batches)
+  return state, jax.tree.map(lambda m: m[-1], metrics_k)
+
+
+def call_size(step: int, steps_per_call: int, every: tuple[int, ...], stop: int) -> int:
+  """How many steps the call after `step` runs: steps_per_call where that reaches no log,
+  evaluation or checkpoint step (a multiple of one of `every`) or `stop` before its end, else 1
+  (so every such step ends a call, and only two programs are compiled: k steps and one)."""
+  end = step + steps_per_call
+  if end > stop or any(s % n == 0 for s in range(step + 1, end) for n in every):
+    return 1
+  return steps_per_call
+
+
+def stack(batches: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+  """Batches of consecutive steps as one batch of a leading step axis ([k, B, T])."""
+  return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
+
+
 def _global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
 
@@ -238,6 +264,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
     raise ValueError(f"train.prefetch={prefetch!r}: give the number of batches to build ahead "
                      "(2 hides the host's batch building behind the device step), or 0 to "
                      "build each batch in the loop")
+  # A config file written before train.steps_per_call existed ran one step per call.
+  per_call = tc.get("steps_per_call", 1)
+  if not isinstance(per_call, int) or per_call < 1:
+    raise ValueError(f"train.steps_per_call={per_call!r}: give the optimizer steps to run in "
+                     "one compiled call (1, or e.g. 4 where small steps are launch-bound on an "
+                     "accelerator; a divisor of train.log_every keeps every call that long)")
   resolved = model_init.resolved(config)
   # Before anything is written. With init_from, the architecture comes from the source (read
   # below), so here only the model fields this config decides; the restore checks the rest.
@@ -300,11 +332,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   replicated = NamedSharding(mesh, P())
   # A hierarchical model's segment ids are computed from the batch inside the step.
   loss_fn = segment_jax.with_segments(family.loss_fn, train_data.device_segmenter)
-  train_fn = jax.jit(
-      functools.partial(train_step, graphdef=graphdef, loss_fn=loss_fn,
-                        schedule=schedule, z_loss=config.opt.z_loss,
-                        after_step=family.after_step),
-      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=0)
+  step_kw = dict(graphdef=graphdef, loss_fn=loss_fn, schedule=schedule,
+                 z_loss=config.opt.z_loss, after_step=family.after_step)
+  train_fn = jax.jit(functools.partial(train_step, **step_kw),
+                     in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
+                     donate_argnums=0)
+  # train.steps_per_call > 1: that many steps per call where no log, evaluation or checkpoint
+  # step falls inside it (call_size), one at a time before those that do.
+  train_k_fn = jax.jit(functools.partial(train_steps, **step_kw),
+                       in_shardings=(state_sh, sharding.batch_sharding(mesh, stacked=True)),
+                       out_shardings=(state_sh, replicated), donate_argnums=0)
   eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef, loss_fn=loss_fn,
                                      extra=family.eval_metrics),
                     in_shardings=(state_sh, batch_sh), out_shardings=replicated)
@@ -319,10 +356,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   # -- loop --
   progress = metrics_lib.Progress(start_step, tc.steps, enabled=is_main)
   bytes_per_step = train_data.bytes_per_batch
-  # The same batch_fn(step) as building each in the loop, built ahead (bytelm/data/prefetch.py).
-  # Put on the devices in the thread too, so that the transfer also overlaps the step.
-  batches = prefetch_lib.Prefetcher(lambda i: sharding.put_batch(train_data.batch(i), mesh),
-                                    start_step, tc.steps, depth=prefetch)
+  # The same batch_fn(step) as building each in the loop, built ahead (bytelm/data/prefetch.py):
+  # `prefetch` calls' worth of batches.
+  batches = prefetch_lib.Prefetcher(train_data.batch, start_step, tc.steps,
+                                    depth=prefetch * per_call)
+  cadence = (tc.log_every, tc.eval_every, config.ckpt.every)
   start_time = time.perf_counter()
   last_log = (start_time, 0.0)  # (time, batches.wait_seconds) at the previous log step
   # A mixture's rows per source since the previous log step (global: a pure function of step).
@@ -333,11 +371,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   try:
     with _StopRequested() as stop:
       while step < tc.steps:
-        state, metrics = train_fn(state, batches.get(step))
+        k = call_size(step, per_call, cadence, tc.steps)
+        if k == 1:
+          state, metrics = train_fn(state, sharding.put_batch(batches.get(step), mesh))
+        else:
+          stacked = stack([batches.get(s) for s in range(step, step + k)])
+          state, metrics = train_k_fn(state, sharding.put_batch(stacked, mesh, stacked=True))
         if mixed and is_main:
-          source_rows += np.bincount(train_data.row_sources(step), minlength=len(source_rows))
-        step += 1
-        if step == start_step + 1:
+          for s in range(step, step + k):
+            source_rows += np.bincount(train_data.row_sources(s), minlength=len(source_rows))
+        first_call = step == start_step
+        step += k
+        if first_call:
           jax.block_until_ready(metrics)
           progress.mark_compiled(step)
         if step % tc.log_every == 0 or step == tc.steps:
