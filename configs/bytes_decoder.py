@@ -79,8 +79,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.train.eval_every = 200
   c.train.eval_batches = 16
   c.train.prefetch = 2  # batches built ahead while the device steps
-  # Optimizer steps per compiled call (lax.scan), between log, eval and checkpoint steps: 1 on
-  # a CPU; ~4 where a step this small is launch-bound (a GPU; BENCHMARKS.md).
+  # Optimizer steps per compiled call (lax.scan), between log, eval and checkpoint steps: 4 is
+  # for a step this small where it is launch-bound (a GPU); on the 2-core CI CPU 4 also took
+  # 13-28% less time a step (BENCHMARKS.md, launch overhead). A divisor of log_every.
   c.train.steps_per_call = 1
 
   c.ckpt = ml_collections.ConfigDict()

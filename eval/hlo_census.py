@@ -7,8 +7,10 @@ H200"); the optimized HLO of each recipe's compiled train step is the proxy this
 count (bytelm.training.hlo): launched instructions, loop-weighted launches, fusions, dots, while
 loops, and which source lines they come from. For each --rows, every recipe's step is compiled
 from a fresh model (budget.step_timer) and timed side by side (bytelm.timing), one step a call
-and --steps-per-call steps a call (the trainer's train.steps_per_call). Writes
-eval/results/hlo_census.json; the last line: launches per step of each recipe at the first rows.
+and --steps-per-call steps a call (the trainer's train.steps_per_call); with
+--attention-kernels bytelm,xla, also one step a call with each model.attention_kernel, side by
+side. Writes eval/results/hlo_census.json; the last line: launches per step of each recipe at
+the first rows.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def main() -> None:
   p.add_argument("--rows", default="16,256", help="rows of 256 bytes per step, comma-separated")
   p.add_argument("--steps-per-call", type=int, default=4)
   p.add_argument("--timing-steps", type=int, default=3, help="alternating timed calls each")
+  p.add_argument("--attention-kernels", default="bytelm",
+                 help="model.attention_kernel values to time against each other, e.g. bytelm,xla")
   p.add_argument("--root", default="workdirs/eval_hlo_census")
   p.add_argument("--out", default=str(common.RESULTS / "hlo_census"))
   args = p.parse_args()
@@ -61,7 +65,7 @@ def main() -> None:
     table = {}
     print(f"\n{rows} rows of 256 bytes; ms per step: one step a call, and {k} a call\n")
     print(f"| recipe | instructions | launches | fusions | dots | while loops | ms/step | "
-          f"ms/step, {k} a call | launches/step, {k} a call |\n|---|---|---|---|---|---|---|---|---|")
+          f"ms/step, {k} a call | launches/step, {k} a call |\n" + "|---" * 9 + "|")
     for n in names:
       one, many = counts[n], counts[f"{n} x{k}"]
       table[n] = {**one.row(), "ms_per_step": 1e3 * seconds[n],
@@ -75,6 +79,23 @@ def main() -> None:
     for n in names:
       top = ", ".join(f"{f} {c}" for f, c in by_file(counts[n].by_source).most_common(8))
       print(f"\n{n}, launches by source: {top}")
+    kernels = args.attention_kernels.split(",")
+    if len(kernels) > 1:
+      timers = {}
+      for n in names:
+        for kernel in kernels:
+          configs[n].model.attention_kernel = kernel
+          timers[n, kernel] = budget.step_timer(configs[n], root / n).call
+      seconds = timing.compare({f"{n} {kern}": t for (n, kern), t in timers.items()},
+                               args.timing_steps)
+      del timers
+      print(f"\nms per step by model.attention_kernel\n\n| recipe | " + " | ".join(kernels)
+            + " |\n|---|" + "---|" * len(kernels))
+      for n in names:
+        table[n]["ms_per_step_by_attention_kernel"] = {
+            kern: 1e3 * seconds[f"{n} {kern}"] for kern in kernels}
+        print(f"| {n} | " + " | ".join(f"{1e3 * seconds[f'{n} {kern}']:.0f}" for kern in kernels)
+              + " |")
     results["rows"][rows] = table
   out = common.write_json(pathlib.Path(args.out).with_suffix(".json"), results)
   print(f"\nresults: {out}")
