@@ -6,7 +6,9 @@ The hierarchical models read, for each row of target bytes, `segment_ids` and `c
 transfer; here they are computed from the [B, T] batch itself, under static shapes, in the same
 compiled program as the model (training, evaluation, `LanguageModel.score` and generation all
 call `DeviceSegmenter`). `bytelm.text.segment` stays the reference: the tests check that both
-give the same ids, byte for byte, on random bytes, multilingual text and invalid UTF-8.
+give the same ids, byte for byte, on random bytes, multilingual text and invalid UTF-8. The
+UTF-8 decoding here reads like the host's on purpose, but is written apart (functional jnp, not
+numpy's in-place updates): a reference that shared the code would share its bugs.
 
 How the rules become array operations:
 - UTF-8 is decoded at every position at once: each byte's width as a lead byte (RFC 3629, as
