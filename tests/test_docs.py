@@ -24,6 +24,7 @@ import bytelm
 from bytelm import models
 from bytelm.data import pipeline
 from bytelm.runs import workdir as workdir_lib
+from bytelm.text import segment_jax
 from bytelm.training import evaluation
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -149,7 +150,8 @@ def test_a_trained_hierarchical_recipe_loads_as_its_run_evaluated_it(name, page_
       target_length=dc["target_length"], noise_density=dc["noise_density"],
       mean_noise_span_length=dc["mean_noise_span_length"], segments=segments)
   family = models.family(saved["model_family"])
-  eval_fn = jax.jit(lambda _, batch: evaluation.eval_sums(lm.module, batch, family.loss_fn))
+  loss_fn = segment_jax.with_segments(family.loss_fn, val.device_segmenter)  # as the trainer
+  eval_fn = jax.jit(lambda _, batch: evaluation.eval_sums(lm.module, batch, loss_fn))
   got = evaluation.evaluate(eval_fn, None, list(val.eval_batches(tc["eval_batches"])))["val_bpb"]
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").open(encoding="utf-8")]
   ran = [r["val_bpb"] for r in rows if "val_bpb" in r][-1]

@@ -190,8 +190,10 @@ class Hierarchical(nnx.Module):
       c_BT = jnp.where(starts_BT, p_BT, 1.0 - p_BT)
       scale_BT = _ste_one(jnp.pad(c_BT, ((0, 0), (1, 0)), constant_values=1.0)[:, :-1])
     elif segment_ids_BT is None or context_ids_BT is None:
-      raise ValueError("the 'given' segmenter needs segment_ids and context_ids in the batch; "
-                       "give the data pipeline a `segments` setting (configs/hat.py)")
+      raise ValueError("the 'given' segmenter needs segment_ids and context_ids in the batch: "
+                       "wrap the loss as the trainer does, bytelm.text.segment_jax.with_segments("
+                       "loss_fn, source.device_segmenter), with a source made with a `segments` "
+                       "setting (configs/hat.py)")
     elif pad:
       segment_ids_BT, context_ids_BT = (jnp.pad(a, ((0, 0), (0, pad)), constant_values=-1)
                                         for a in (segment_ids_BT, context_ids_BT))
