@@ -166,10 +166,12 @@ class ByteStream:
     """int32 [R, length]: `ids(start, length)` of each start, gathered at once where they
     all lie in one shard of a text stream (training batches: one gather, not R slices)."""
     starts = np.asarray(starts, np.int64)
+    if not len(starts):
+      return np.zeros((0, length), np.int32)
     shard = np.searchsorted(self._starts, starts, side="right") - 1
-    if (self.boundaries is not None or not len(starts) or (shard != shard[0]).any()
+    if (self.boundaries is not None or (shard != shard[0]).any()
         or starts.max() + length > self._starts[shard[0] + 1]):
-      return np.stack([self.ids(int(s), length) for s in starts]).reshape(len(starts), length)
+      return np.stack([self.ids(int(s), length) for s in starts])
     offset = starts - self._starts[shard[0]]
     return stream_to_ids(self._shards[shard[0]][offset[:, None] + np.arange(length)])
 
