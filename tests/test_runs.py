@@ -168,3 +168,17 @@ def test_a_run_from_before_invalid_utf8_existed_resumes_but_not_with_another_val
   assert workdir_lib.differences(stored, requested) == []
   replaced = {**requested, "data": {**requested["data"], "invalid_utf8": "replace"}}
   assert workdir_lib.differences(stored, replaced) == [("data.invalid_utf8", "error", "replace")]
+
+
+def test_the_step_timer_builds_ahead_only_on_an_accelerator(monkeypatch):
+  """On a CPU the host is the device: the timer builds each call's batches in the call (a
+  thread there slowed the other recipes' timed steps); elsewhere it prefetches as the
+  trainer does, train.prefetch batches ahead."""
+  from bytelm.training import budget
+
+  c = config_file.load(ROOT / "configs" / "hat.py", "tiny")
+  c.train.prefetch = 3
+  monkeypatch.setattr(budget.jax, "default_backend", lambda: "cpu")
+  assert budget.timer_prefetch(c) == 0
+  monkeypatch.setattr(budget.jax, "default_backend", lambda: "gpu")
+  assert budget.timer_prefetch(c) == 3
