@@ -20,8 +20,9 @@
    - compression: bytes per position the big model sees (1 for flat byte models; MrT5: after
      hard deletion; word/entropy/learned segments; BPE tokens), from the trainer's evaluation;
    - character tasks made from held-out words, every model prompted the same way (multiple
-     choice by `.continuation_bits`): restore a misspelled word (4 options), count a letter in
-     a word (1, 2 or 3, as many items of each), reverse a word (4 options).
+     choice by `.continuation_bits`): restore a misspelled word (4 options, one typo each:
+     `noise.one_typo`), count a letter in a word (1, 2 or 3, as many items of each), reverse a
+     word (4 options).
 Decoders (byte, BPE, hierarchical) are scored on every byte of a text read from its start; the
 encoder-decoders (ByT5, MrT5) were trained on span corruption, and their bits are its bits per
 target id (the trainer's measure), marked "span": a different task, not comparable with the
@@ -120,21 +121,6 @@ def held_out_words(pieces: list[str]) -> list[str]:
   return sorted(w for w in words if w.isascii() and w.isalpha() and 4 <= len(w) <= 10)
 
 
-def typo(word: str, rng: random.Random) -> str:
-  """One edit: two neighbours swapped, a letter dropped, or a letter replaced."""
-  while True:
-    i = rng.randrange(len(word) - 1)
-    kind = rng.choice(("swap", "drop", "replace"))
-    if kind == "swap":
-      out = word[:i] + word[i + 1] + word[i] + word[i + 2:]
-    elif kind == "drop":
-      out = word[:i] + word[i + 1:]
-    else:
-      out = word[:i] + rng.choice("abcdefghijklmnopqrstuvwxyz") + word[i + 1:]
-    if out != word:
-      return out
-
-
 def tasks(words: list[str], n: int, seed: int = 0) -> dict[str, list[tuple[str, list[str], int]]]:
   """(prompt, options, index of the right one) for n items of each character task, made from
   words: 4 options
@@ -153,9 +139,9 @@ def tasks(words: list[str], n: int, seed: int = 0) -> dict[str, list[tuple[str, 
   for w in rng.sample(words, min(n, len(words))):
     wrong = set()
     while len(wrong) < 3:
-      wrong.add(typo(w, rng))
+      wrong.add(noise.one_typo(w, rng))
     options = [w] + sorted(wrong)
-    out["spelling"].append((f"The word '{typo(w, rng)}' is spelled correctly as '",
+    out["spelling"].append((f"The word '{noise.one_typo(w, rng)}' is spelled correctly as '",
                             [o + "'" for o in options], 0))
     shuffles = set()
     while len(shuffles) < 3 and len(set(w)) > 2:

@@ -1,5 +1,6 @@
 """Noise for the correction tasks: diacritic stripping by Unicode name, keyboard typos."""
 
+import random
 import unicodedata
 
 import pytest
@@ -56,20 +57,30 @@ def damerau_levenshtein(a: str, b: str) -> int:
 
 
 TEXT = ("The quick brown fox jumps over the lazy dog while five boxing wizards jump quickly. "
-        * 40)
+        "Call me at 555-0134 or mail anna@example.org, the address is on www.example.org/x9. "
+        "Tomorrow we will see the committee about the ballet. Déjà vu, señor, Ærøskøbing! "
+        * 30)
 
 
 @pytest.mark.parametrize("layout", sorted(noise.LAYOUTS))
 def test_typos_hit_their_rate_and_use_neighbouring_keys(layout):
   near = noise.neighbours(layout)
-  typeable = sum(ch.lower() in near for ch in TEXT)
+  ok = noise.typeable(TEXT, layout)
   typos = noise.plan_typos(TEXT, rate=0.05, layout=layout, seed=3)
-  # Binomial(typeable ~ 2700, 0.05): mean ~135, sd ~11; transpositions skip one character.
-  assert 0.8 * 0.05 * typeable < len(typos) < 1.2 * 0.05 * typeable
+  # Binomial(~4800 letters, 0.05): mean ~240, sd ~15; a transposition or an undoubling also
+  # takes the next letter, which then draws nothing.
+  assert 0.85 * 0.05 * sum(ok) < len(typos) < 1.15 * 0.05 * sum(ok)
   assert {t.kind for t in typos} == set(noise.TYPO_KINDS)
   for t in typos:
+    ch = TEXT[t.position]
+    assert ok[t.position], t  # only letters of words, never digits, addresses or URLs
     if t.char:
-      assert t.char.lower() in near[TEXT[t.position].lower()], t
+      assert t.char.isalpha() and t.char.lower() in near[noise.strip_diacritics(ch.lower())], t
+      assert t.char.isupper() == ch.isupper(), t
+    if t.kind == "transpose":
+      assert ok[t.position + 1] and TEXT[t.position + 1] != ch, t
+    if t.kind == "undouble":
+      assert TEXT[t.position + 1] == ch, t
   # Each typo is one edit (a transposition counts as one), apart from neighbouring typos that
   # merge: the distance can only be smaller.
   noisy = noise.add_typos(TEXT[:600], rate=0.05, layout=layout, seed=3)
@@ -77,12 +88,49 @@ def test_typos_hit_their_rate_and_use_neighbouring_keys(layout):
   assert 0.8 * n <= damerau_levenshtein(TEXT[:600], noisy) <= n and n > 5
 
 
+def test_kinds_follow_their_weights():
+  typos = noise.plan_typos(TEXT * 4, rate=0.3, seed=5)
+  share = {k: sum(t.kind == k for t in typos) / len(typos) for k in noise.TYPO_KINDS}
+  # transpose and undouble are possible at fewer letters, and fall to the others there
+  for kind in ("substitute", "delete", "insert_before", "insert_after", "double"):
+    assert share[kind] > noise.KIND_WEIGHTS[kind], (kind, share)
+  assert 0 < share["undouble"] < noise.KIND_WEIGHTS["undouble"] / 2 < share["transpose"]
+
+
+def test_typos_leave_spaces_punctuation_digits_addresses_and_urls_alone():
+  noisy = noise.add_typos(TEXT, rate=1.0, seed=0)  # every letter that may be touched is
+  assert noisy.count(" ") == TEXT.count(" ")
+  for clean_word, noisy_word in zip(TEXT.split(" "), noisy.split(" ")):
+    if any(ch.isdigit() for ch in clean_word) or "@" in clean_word or "www." in clean_word:
+      assert noisy_word == clean_word
+    else:
+      assert [c for c in noisy_word if not c.isalpha()] == [c for c in clean_word
+                                                             if not c.isalpha()]
+  assert not any(ch.isdigit() for ch in noise.add_typos("no digits here " * 50, rate=1.0))
+  assert noise.add_typos("中文 ??? 1234", rate=1.0) == "中文 ??? 1234"  # nothing typeable
+
+
 def test_typos_are_reproducible_per_seed():
   a = noise.add_typos(TEXT, seed=1)
   assert a == noise.add_typos(TEXT, seed=1)
   assert a != noise.add_typos(TEXT, seed=2)
   assert a != TEXT and noise.add_typos(TEXT, rate=0.0) == TEXT
-  assert noise.add_typos("ÄÖ 中文 ???", rate=1.0) == "ÄÖ 中文 ???"  # nothing typeable
+
+
+def test_the_default_rate_is_about_one_typo_per_20_characters():
+  prose = ("Thanks for the photos, they are lovely. We got home late because the roads were "
+           "busy, but the children slept all the way. See you at lunch on Sunday!\n") * 60
+  n = len(noise.plan_typos(prose, seed=0))  # Binomial(~7000 letters, 0.065): sd ~2.5%
+  assert 1 / 22 < n / len(prose) < 1 / 18
+
+
+def test_one_typo_is_one_edit_of_the_model():
+  rng = random.Random(0)
+  for word in ("address", "tomorrow", "from", "señor", "a"):
+    for _ in range(50):
+      wrong = noise.one_typo(word, rng)
+      assert wrong != word and damerau_levenshtein(word, wrong) == 1, (word, wrong)
+  assert noise.one_typo("1234", rng) == "1234"
 
 
 def test_corrupt_and_bad_arguments():

@@ -3,16 +3,32 @@
 Stripping (`strip_diacritics`, from `bytelm.text.diacritics`, which the tag vocabulary shares)
 maps each Latin letter with a diacritic to its base letter.
 
-Typos (`add_typos`): each typeable character (its lower case is a key of the keyboard layout)
-is, with probability `rate`, deleted, replaced by a neighbouring key, doubled with a
-neighbouring key before or after it, or swapped with the next character. Everything is
-deterministic given the seed.
+Typos: one model of a person typing on a keyboard, used by every recipe, demo and evaluation
+(`plan_typos`, `add_typos`, `one_typo`). Each Latin letter (its base letter, diacritics stripped,
+is a key of the layout) gets a typo with probability `rate`, of one of these kinds, drawn by
+`KIND_WEIGHTS` among those possible at that letter:
+
+  substitute     a neighbouring key typed instead          form   -> firm
+  delete         the letter left out                       from   -> fom
+  insert_before  a neighbouring key typed before it        from   -> frrom / feom
+  insert_after   a neighbouring key typed after it         from   -> frtom
+  transpose      swapped with the next letter (a different letter of the same word)  from -> form
+  double         typed twice                               tomorrow -> tommorow
+  undouble       one of a doubled letter left out          address -> adress
+
+Words that hold a digit, an `@` or `://`, or start with `www.`, are never touched (numbers,
+e-mail addresses and URLs are not typed the way words are), and a typo never types a digit.
+Spaces and punctuation are never typed or changed, and a word never loses its last letter, so
+the words of the noisy text line up one to one with the words of the clean text. The default
+rate, 0.065 a letter, is about one typo per 20 characters of everyday prose (letters are ~77%
+of its characters). Everything is deterministic given the seed.
 """
 
 from __future__ import annotations
 
 import functools
 import random
+import re
 from typing import NamedTuple
 
 from bytelm.text.diacritics import strip_diacritics
@@ -22,7 +38,15 @@ LAYOUTS = {  # rows of letter and digit keys, top to bottom, each row offset rig
     "qwertz": ("1234567890", "qwertzuiop", "asdfghjkl", "yxcvbnm"),
     "azerty": ("1234567890", "azertyuiop", "qsdfghjklm", "wxcvbn"),
 }
-TYPO_KINDS = ("delete", "substitute", "insert_before", "insert_after", "transpose")
+# Relative frequencies of the kinds where all are possible: substitutions and omissions are
+# the commonest typing errors, then transpositions, insertions and doubling slips.
+KIND_WEIGHTS = {"substitute": 0.30, "delete": 0.20, "insert_before": 0.08,
+                "insert_after": 0.08, "transpose": 0.14, "double": 0.10, "undouble": 0.10}
+TYPO_KINDS = tuple(KIND_WEIGHTS)
+DEFAULT_TYPO_RATE = 0.065
+# Whitespace-separated tokens that are not typed as words: anything with a digit, an e-mail
+# address, a URL.
+PROTECTED = re.compile(r"\S*(?:\d|@|://)\S*|www\.\S+")
 
 
 @functools.cache
@@ -47,36 +71,68 @@ class Typo(NamedTuple):
   char: str  # the neighbouring key typed (substitute / insert_*), else ""
 
 
-def plan_typos(text: str, rate: float = 0.02, layout: str = "qwerty",
+def typeable(text: str, layout: str = "qwerty") -> list[bool]:
+  """Per character of text: whether the typo model may touch it (a Latin letter whose base
+  letter is a key of the layout, outside protected words: digits, e-mail addresses, URLs)."""
+  near = neighbours(layout)
+  out = [_key(ch, near) is not None for ch in text]
+  for m in PROTECTED.finditer(text):
+    out[m.start():m.end()] = [False] * (m.end() - m.start())
+  return out
+
+
+def _key(ch: str, near: dict[str, str]) -> str | None:
+  """The letter key ch is typed with (its base letter, lower case), None for other characters."""
+  if not ch.isalpha():
+    return None
+  base = strip_diacritics(ch.lower())
+  return base if len(base) == 1 and base in near and base.isalpha() else None
+
+
+def _draw(text: str, i: int, ok: list[bool], near: dict[str, str], rng: random.Random,
+          can_delete: bool) -> Typo:
+  """A typo at letter i (typeable), of a kind possible there; can_delete: whether its word
+  keeps a letter if this one is left out."""
+  ch, key = text[i], _key(text[i], near)
+  same_word_next = i + 1 < len(text) and ok[i + 1]
+  possible = {k: w for k, w in KIND_WEIGHTS.items()
+              if (k != "transpose" or (same_word_next and text[i + 1] != ch))
+              and (k != "undouble" or (same_word_next and text[i + 1] == ch))
+              and (k != "delete" or can_delete)}
+  kind = rng.choices(list(possible), weights=list(possible.values()))[0]
+  typed = ""
+  if kind in ("substitute", "insert_before", "insert_after"):
+    typed = rng.choice([k for k in near[key] if k.isalpha()])
+    typed = typed.upper() if ch.isupper() else typed
+  return Typo(i, kind, typed)
+
+
+def plan_typos(text: str, rate: float = DEFAULT_TYPO_RATE, layout: str = "qwerty",
                seed: int = 0) -> list[Typo]:
-  """The typos `add_typos` makes, in order of position: each typeable character gets one with
-  probability `rate` (a transposition also moves the next character, which then gets none)."""
+  """The typos `add_typos` makes, in order of position: each typeable letter gets one with
+  probability `rate` (a transposition or an undoubling also takes the next letter, which then
+  gets none)."""
   if not 0 <= rate <= 1:
     raise ValueError(f"typo rate must be in [0, 1], got {rate}")
-  near = neighbours(layout)
+  near, ok = neighbours(layout), typeable(text, layout)
   rng = random.Random(f"{seed}:{layout}")
-  typos, i = [], 0
+  typos, i, left = [], 0, 0  # left: letters of the current word not left out (so far, and ahead)
   while i < len(text):
-    ch = text[i]
-    if ch.lower() in near and rng.random() < rate:
-      kind = rng.choice(TYPO_KINDS)
-      if kind == "transpose" and (i + 1 >= len(text) or text[i + 1] == ch):
-        kind = "delete"  # nothing (different) to swap with
-      typed = ""
-      if kind in ("substitute", "insert_before", "insert_after"):
-        typed = rng.choice(near[ch.lower()])
-        typed = typed.upper() if ch.isupper() else typed
-      typos.append(Typo(i, kind, typed))
-      i += 2 if kind == "transpose" else 1
+    if ok[i] and (i == 0 or not ok[i - 1]):  # a word starts
+      left = next((j for j in range(i, len(text)) if not ok[j]), len(text)) - i
+    if ok[i] and rng.random() < rate:
+      typos.append(_draw(text, i, ok, near, rng, can_delete=left > 1))
+      left -= typos[-1].kind in ("delete", "undouble")  # the word never loses its last letter
+      i += 2 if typos[-1].kind in ("transpose", "undouble") else 1
     else:
       i += 1
   return typos
 
 
-def add_typos(text: str, rate: float = 0.02, layout: str = "qwerty", seed: int = 0) -> str:
-  """text with keyboard typos at about `rate` of its typeable characters (see plan_typos)."""
+def apply_typos(text: str, typos: list[Typo]) -> str:
+  """text with typos (in order of position, as `plan_typos` gives them) made."""
   out, last = [], 0
-  for typo in plan_typos(text, rate, layout, seed):
+  for typo in typos:
     out.append(text[last:typo.position])
     ch = text[typo.position]
     last = typo.position + 1
@@ -86,17 +142,39 @@ def add_typos(text: str, rate: float = 0.02, layout: str = "qwerty", seed: int =
       out.append(typo.char + ch)
     elif typo.kind == "insert_after":
       out.append(ch + typo.char)
+    elif typo.kind == "double":
+      out.append(ch + ch)
     elif typo.kind == "transpose":
       out.append(text[typo.position + 1] + ch)
+      last += 1
+    elif typo.kind == "undouble":
+      out.append(ch)
       last += 1
   out.append(text[last:])
   return "".join(out)
 
 
+def add_typos(text: str, rate: float = DEFAULT_TYPO_RATE, layout: str = "qwerty",
+              seed: int = 0) -> str:
+  """text with keyboard typos at about `rate` of its typeable letters (see plan_typos)."""
+  return apply_typos(text, plan_typos(text, rate, layout, seed))
+
+
+def one_typo(word: str, rng: random.Random, layout: str = "qwerty") -> str:
+  """word with exactly one typo of the model, at a letter drawn uniformly (word itself if it
+  has no typeable letter)."""
+  near, ok = neighbours(layout), typeable(word, layout)
+  letters = [i for i, t in enumerate(ok) if t]
+  if not letters:
+    return word
+  return apply_typos(word, [_draw(word, rng.choice(letters), ok, near, rng,
+                                  can_delete=len(letters) > 1)])
+
+
 TASKS = ("diacritics", "typos", "both")
 
 
-def check_settings(task: str, rate: float = 0.02, layout: str = "qwerty") -> None:
+def check_settings(task: str, rate: float = DEFAULT_TYPO_RATE, layout: str = "qwerty") -> None:
   """ValueError naming the bad one if a correction task's noise settings are invalid."""
   if task not in TASKS:
     raise ValueError(f"unknown correction task {task!r}; choose one of {TASKS}")
@@ -105,7 +183,7 @@ def check_settings(task: str, rate: float = 0.02, layout: str = "qwerty") -> Non
   neighbours(layout)  # raises for an unknown layout
 
 
-def corrupt(text: str, task: str, *, rate: float = 0.02, layout: str = "qwerty",
+def corrupt(text: str, task: str, *, rate: float = DEFAULT_TYPO_RATE, layout: str = "qwerty",
             seed: int = 0) -> str:
   """The model's input for a correction task whose target is `text`."""
   check_settings(task, rate, layout)
