@@ -9,6 +9,10 @@ word of that sentence counts as wrong. Of the alpha words:
 - unseen words do not occur in the training text.
 For typo correction, which may merge, split, add or drop words, `aligned_word_counts` aligns the
 words by edit distance first (the paper's rule for typos) instead of failing the sentence.
+
+Typo correction is also measured as word edits (`EditCounts`, `edit_counts`): corrected-word
+accuracy, the false-change rate on clean words, sentence exact match and F0.5, with words
+compared without the punctuation around them.
 """
 
 from __future__ import annotations
@@ -81,6 +85,12 @@ def _count(gold_words: list[str], right: list[int], seen: set[str] | None) -> Wo
 
 def _matched(a: list[str], b: list[str]) -> list[int]:
   """1 for each word of a that a minimal word-level edit script from a to b keeps unchanged."""
+  return [int(x == y) for x, y in zip(a, align_words(a, b))]
+
+
+def align_words(a: list[str], b: list[str]) -> list[str | None]:
+  """For each word of a, the word of b a minimal word-level edit script (one word = one symbol)
+  keeps or puts in its place, or None where the script deletes it; matches preferred."""
   n, m = len(a), len(b)
   cost = [[0] * (m + 1) for _ in range(n + 1)]
   for i in range(n + 1):
@@ -90,18 +100,19 @@ def _matched(a: list[str], b: list[str]) -> list[int]:
       else:
         cost[i][j] = min(cost[i - 1][j] + 1, cost[i][j - 1] + 1,
                          cost[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
-  kept, i, j = [0] * n, n, m
+  out, i, j = [None] * n, n, m
   while i and j:  # back from the end, preferring a match where it is optimal
     if a[i - 1] == b[j - 1] and cost[i][j] == cost[i - 1][j - 1]:
-      kept[i - 1] = 1
+      out[i - 1] = b[j - 1]
       i, j = i - 1, j - 1
     elif cost[i][j] == cost[i - 1][j - 1] + 1:
+      out[i - 1] = b[j - 1]
       i, j = i - 1, j - 1
     elif cost[i][j] == cost[i - 1][j] + 1:
       i -= 1
     else:
       j -= 1
-  return kept
+  return out
 
 
 def corpus_counts(golds: Iterable[str], predictions: Iterable[str],
@@ -128,22 +139,35 @@ class Lexicon:
   training text. Words are runs of letters and digits (punctuation around them is kept), looked
   up as written, then in lower case with the capitalisation put back; unknown words stay."""
 
-  def __init__(self, texts: Iterable[str]):
+  def __init__(self, texts: Iterable[str] = ()):
     self.counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    stripped: dict[str, str] = {}  # each distinct word stripped once, not at every occurrence
-
-    def strip(word: str) -> str:
-      plain = stripped.get(word)
-      if plain is None:
-        plain = stripped[word] = noise.strip_diacritics(word)
-      return plain
-
+    self._stripped: dict[str, str] = {}  # each distinct word stripped once
     for text in texts:
       for word in _WORD.findall(text):
-        self.counts[strip(word)][word] += 1
-        if word.lower() != word:  # also a form of the lower-case word
-          self.counts[strip(word.lower())][word.lower()] += 1
+        self._add(word, 1)
     self.counts = dict(self.counts)
+
+  @classmethod
+  def from_counts(cls, words: dict[str, int]) -> "Lexicon":
+    """The lexicon of a word list with counts ({word: count}, e.g. wordfreq's)."""
+    lexicon = cls()
+    lexicon.counts = collections.defaultdict(collections.Counter)
+    for word, count in words.items():
+      if _WORD.fullmatch(word):
+        lexicon._add(word, count)
+    lexicon.counts = dict(lexicon.counts)
+    return lexicon
+
+  def _add(self, word: str, n: int) -> None:
+    self.counts[self._strip(word)][word] += n
+    if word.lower() != word:  # also a form of the lower-case word
+      self.counts[self._strip(word.lower())][word.lower()] += n
+
+  def _strip(self, word: str) -> str:
+    plain = self._stripped.get(word)
+    if plain is None:
+      plain = self._stripped[word] = noise.strip_diacritics(word)
+    return plain
 
   def candidates(self, word: str) -> collections.Counter:
     """The forms of word seen in training, with their counts: its own if word was seen as
@@ -171,3 +195,83 @@ def _recase(lower: str, like: str) -> str:
   if like.isupper() and len(like) > 1:
     return lower.upper()
   return lower[:1].upper() + lower[1:] if like[:1].isupper() else lower
+
+
+# -- typo correction: word edits -------------------------------------------------------------
+
+_EDGE_PUNCTUATION = re.compile(r"^[^\w]+|[^\w]+$")
+
+
+def bare_words(text: str) -> list[str]:
+  """The space-separated words of text with the punctuation around them removed (case kept):
+  what typo metrics compare, so that a spell checker that drops punctuation is judged on its
+  spelling alone."""
+  return [_EDGE_PUNCTUATION.sub("", w) for w in text.split()]
+
+
+@dataclasses.dataclass
+class EditCounts:
+  """Word edits of a typo corrector against the noise it was given; `+` adds sentences.
+
+  For each gold word and the noisy word typed in its place (the noise keeps the word count):
+  an *error* is a noisy word that differs from gold, and it is *corrected* where the output's
+  word aligned to it equals gold; a *clean* word equals gold, and it is *falsely changed* where
+  the output's differs. *Proposed* edits are the output words that differ from the noisy ones.
+  """
+  errors: int = 0
+  corrected: int = 0
+  clean: int = 0
+  false_changes: int = 0
+  proposed: int = 0
+  sentences: int = 0
+  exact: int = 0
+
+  def __add__(self, other: "EditCounts") -> "EditCounts":
+    return EditCounts(*(a + b for a, b in zip(dataclasses.astuple(self),
+                                                dataclasses.astuple(other))))
+
+  @property
+  def accuracy(self) -> float:
+    """Corrected-word accuracy: the share of errors put right."""
+    return self.corrected / self.errors if self.errors else float("nan")
+
+  @property
+  def false_change_rate(self) -> float:
+    """The share of clean words changed."""
+    return self.false_changes / self.clean if self.clean else float("nan")
+
+  @property
+  def exact_match(self) -> float:
+    """The share of sentences whose words all come out right."""
+    return self.exact / self.sentences if self.sentences else float("nan")
+
+  def f_beta(self, beta: float = 0.5) -> float:
+    """F-beta of the word edits (precision: corrected / proposed; recall: corrected /
+    errors); 0.5 weighs precision higher, as grammatical error correction does."""
+    precision = self.corrected / self.proposed if self.proposed else 1.0
+    recall = self.accuracy if self.errors else 1.0
+    if precision + recall == 0:
+      return 0.0
+    return (1 + beta**2) * precision * recall / (beta**2 * precision + recall)
+
+
+def edit_counts(gold: str, noisy: str, output: str) -> EditCounts:
+  """EditCounts of one sentence (see EditCounts); output's words are aligned to gold's by
+  edit distance where their number differs."""
+  gold_words, noisy_words = bare_words(gold), bare_words(noisy)
+  if len(gold_words) != len(noisy_words):
+    raise ValueError(f"the noisy sentence has {len(noisy_words)} words where the gold one has "
+                     f"{len(gold_words)}: word-preserving noise is needed ({noisy!r})")
+  output_words = bare_words(output)
+  if len(output_words) != len(gold_words):
+    output_words = align_words(gold_words, output_words)
+  c = EditCounts(sentences=1, exact=int(output_words == gold_words))
+  for g, n, o in zip(gold_words, noisy_words, output_words):
+    if n != g:
+      c.errors += 1
+      c.corrected += o == g
+    else:
+      c.clean += 1
+      c.false_changes += o != g
+    c.proposed += o != n
+  return c
