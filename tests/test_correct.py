@@ -106,13 +106,32 @@ def test_text_argument_diff_and_task_errors(tiny_model, monkeypatch, capsysbinar
   assert len(err.splitlines()) == 1 and err.startswith("python -m bytelm.demos.correct: error:")
 
 
-def test_a_task_the_model_cannot_do_is_refused_before_it_loads(tiny_model, monkeypatch,
-                                                               capsysbinary):
-  monkeypatch.setattr(correct, "load_run", lambda *a, **k: pytest.fail("loaded the model"))
+def test_a_diacritics_model_fixes_typos_with_the_shipped_word_lists(tiny_model, monkeypatch,
+                                                                     capsysbinary):
+  typed = "I will recieve the pakage tommorow, see you at 10:30!"
+  status, out, _ = run_cli(monkeypatch, capsysbinary, ["--model", tiny_model, "--task", "typos",
+                                                       typed])
+  assert status == 0
+  assert out.decode() == "I will receive the package tomorrow, see you at 10:30!\n"
+  status, out, _ = run_cli(monkeypatch, capsysbinary, ["--model", tiny_model, "--task", "typos",
+                                                       "--lang", "es", "Gracias por tu mensjae"])
+  assert status == 0 and out.decode() == "Gracias por tu mensaje\n"
   status, _, err = run_cli(monkeypatch, capsysbinary, ["--model", tiny_model, "--task", "typos",
-                                                       "teh"])
-  assert status == 2 and len(err.splitlines()) == 1
-  assert "trained for 'diacritics'" in err and "configs/diacritics.py:both" in err
+                                                       "--lang", "xx", "teh"])
+  assert status == 2 and "--lang xx: no word list" in err and len(err.splitlines()) == 1
+
+
+def test_the_typo_language_is_the_list_that_knows_the_line():
+  assert correct.typo_language("Thanks for the photos") == "en"
+  assert correct.typo_language("Merci pour les photos") == "fr"
+  assert correct.typo_language("Gracias por las fotos") == "es"
+  assert correct.typo_language("Привет 日本 123") is None
+
+
+def test_a_task_the_model_cannot_do_is_refused():
+  corrector = correct.Corrector(None, trained_task="typos", input_length=32)
+  with pytest.raises(ValueError, match="trained for 'typos'.*configs/diacritics.py:both"):
+    corrector.check_task("diacritics")
 
 
 def test_shipped_model_restores_the_example():

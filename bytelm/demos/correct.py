@@ -1,7 +1,9 @@
-"""Correct text with a trained byte-level corrector: restore diacritics (or fix typos).
+"""Correct text: restore diacritics with a trained byte-level model, fix typos.
 
   echo "Laba diena, as esu is Lietuvos" | python -m bytelm.demos.correct
-  python -m bytelm.demos.correct [--model DIR] [--task diacritics|typos|both] [--diff] [TEXT ...]
+  echo "I will recieve the pakage tommorow." | python -m bytelm.demos.correct --task typos
+  python -m bytelm.demos.correct [--model DIR] [--task diacritics|typos|both] [--lang LANG]
+                                 [--diff] [TEXT ...]
 
 `bytelm-correct` is the same command, installed with the package.
 
@@ -9,7 +11,10 @@ With TEXT, prints its correction; without, reads stdin and writes one corrected 
 line (a filter: `cat notes.txt | python -m bytelm.demos.correct > fixed.txt`). The default model
 is the diacritics restorer shipped in bytelm/demos/diacritics/ (configs/diacritics.py); --model
 takes any bytelm workdir or export trained by that recipe, including its seq2seq variants (which
-also fix typos). A tagger also reads the word forms of its training text, per language: each
+also fix typos). Typos are otherwise fixed by the noisy-channel corrector of
+`bytelm.demos.typos` with the shipped word list (`bytelm.demos.wordlist`) of the line's
+language (--lang, or the list that knows most of its words); --task both restores diacritics
+first. A tagger also reads the word forms of its training text, per language: each
 line goes with the language whose words it shares most, and where a word was seen there, the
 tagger picks among its forms by its own probability and their frequency (`lexicon_labels`);
 --no-lexicon uses the model alone.
@@ -27,6 +32,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import math
 import pathlib
 import re
 import sys
@@ -37,7 +43,7 @@ import numpy as np
 from bytelm import console, generation
 from bytelm.data import noise, sources
 from bytelm.text import encoding, tags
-from bytelm.demos import metrics
+from bytelm.demos import metrics, typos, wordlist
 from bytelm.models.tagger import Tagger
 from bytelm.nn.compiled import Compiled
 from bytelm.text.tokenizer import ByteTokenizer
@@ -117,6 +123,7 @@ class Corrector:
     self.batch_size = int(batch_size)
     self.tasks = _tasks_of(trained_task)
     self._compiled = None
+    self._typos: dict[str, typos.TypoCorrector] = {}  # per language, built on first use
 
   @classmethod
   def load(cls, path=None, *, lexicon: bool = False, task: str | None = None,
@@ -154,9 +161,15 @@ class Corrector:
     """task (None: the trained one), or a ValueError saying which model can do it."""
     return _check_task(task, self.trained_task)
 
-  def __call__(self, lines: Sequence[str], task: str | None = None) -> list[str]:
-    """One corrected line per line (each a str without newlines)."""
+  def __call__(self, lines: Sequence[str], task: str | None = None,
+               lang: str | None = None) -> list[str]:
+    """One corrected line per line (each a str without newlines). lang: the language of the
+    typo corrector's word list (`wordlist.languages()`); None picks one per line."""
     task = self.check_task(task)
+    if task != "diacritics" and not self._model_fixes_typos:
+      # The model restores diacritics only: typos are the word-list corrector's (after it).
+      restored = self(lines, "diacritics") if task == "both" else list(lines)
+      return self.fix_typos(restored, lang)
     # Pieces fit the model's input: bytes + eos for both kinds of model.
     pieces = [split_text(line, self.input_length - 1) for line in lines]
     flat = [p for ps in pieces for p in ps]
@@ -167,6 +180,25 @@ class Corrector:
     else:
       fixed = iter(self._generate(flat, task))
     return ["".join(next(fixed) for _ in ps) for ps in pieces]
+
+  @property
+  def _model_fixes_typos(self) -> bool:
+    return self.trained_task in ("typos", "both")
+
+  def fix_typos(self, lines: Sequence[str], lang: str | None = None) -> list[str]:
+    """lines with their typos fixed by the noisy-channel corrector (`bytelm.demos.typos`) of
+    lang's word list, or, with lang None, of the language whose list knows most of the line's
+    words (a line none knows is left as it is)."""
+    out = []
+    for line in lines:
+      language = lang or typo_language(line)
+      if language is None:
+        out.append(line)
+        continue
+      if language not in self._typos:
+        self._typos[language] = typos.for_language(language)
+      out.append(self._typos[language].correct(line))
+    return out
 
   def lexicon_for(self, text: str) -> metrics.Lexicon | None:
     """The lexicon that has seen most of text's words (the first on a tie; None if none has)."""
@@ -261,8 +293,22 @@ def _keep_typed(typed: str, plain: str, restored: str) -> str:
 
 
 def _tasks_of(trained_task: str) -> tuple[str, ...]:
-  """The tasks a corrector trained for trained_task can do."""
-  return {"both": TASKS}.get(trained_task, (trained_task,))
+  """The tasks a corrector trained for trained_task can do: a diacritics restorer does typos
+  (and both) with the shipped word-list corrector."""
+  return {"both": TASKS, "diacritics": TASKS}.get(trained_task, (trained_task,))
+
+
+def typo_language(line: str) -> str | None:
+  """The shipped word list's language under which line's words are likeliest (each word's share
+  of the list's counts, a floor for a word it lacks), None where no list knows any of them."""
+  words = [w.lower() for w in typos.WORD.findall(line)]
+  score = {}
+  for lang in wordlist.languages():
+    counts = wordlist.load(lang)
+    total = wordlist.total(lang)
+    if any(w in counts for w in words):
+      score[lang] = sum(math.log(counts.get(w, 0.1) / total) for w in words)
+  return max(score, key=score.get) if score else None
 
 
 def _check_task(task: str | None, trained_task: str) -> str:
@@ -308,6 +354,9 @@ def _parse(argv, prog):
                       help="a bytelm workdir or export (default: the shipped diacritics model)")
   parser.add_argument("--task", choices=TASKS, default=None,
                       help="what to correct (default: what the model was trained for)")
+  parser.add_argument("--lang", default=None,
+                      help="the language of the typo corrector's word list (shipped: "
+                           f"{', '.join(wordlist.languages())}; default: chosen per line)")
   parser.add_argument("--diff", action="store_true", help="mark the changed characters")
   parser.add_argument("--no-lexicon", action="store_true",
                       help="a tagger alone, without the word forms of its training text")
@@ -322,6 +371,9 @@ def main(argv=None, prog: str = "python -m bytelm.demos.correct") -> int:
   is this main)."""
   args = _parse(argv, prog)
   with console.reported(prog, args.debug or console.debugging()):
+    if args.lang is not None and args.lang not in wordlist.languages():
+      raise ValueError(f"--lang {args.lang}: no word list for it; shipped: "
+                       f"{', '.join(wordlist.languages())}")
     corrector = Corrector.load(args.model, lexicon=not args.no_lexicon, task=args.task)
   color = sys.stdout.isatty()
 
@@ -330,7 +382,7 @@ def main(argv=None, prog: str = "python -m bytelm.demos.correct") -> int:
 
   if args.text:
     line = " ".join(args.text)
-    print(show(line, corrector([line], args.task)[0]))
+    print(show(line, corrector([line], args.task, args.lang)[0]))
     return 0
 
   batch = args.batch_lines or (1 if sys.stdin.isatty() else 64)
@@ -338,7 +390,7 @@ def main(argv=None, prog: str = "python -m bytelm.demos.correct") -> int:
 
   def flush():
     texts = [t for _, t, _ in pending if t is not None]
-    fixed = iter(corrector(texts, args.task) if texts else [])
+    fixed = iter(corrector(texts, args.task, args.lang) if texts else [])
     out = sys.stdout.buffer
     for raw, text, ending in pending:
       out.write(raw if text is None else show(text, next(fixed)).encode("utf-8") + ending)

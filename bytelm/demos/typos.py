@@ -1,0 +1,266 @@
+"""Typo correction by a noisy channel: candidate words from a word list, weighed by how likely
+the typo model makes the typed word from each, and by context.
+
+For a typed word t, the corrector picks the candidate c that maximises
+
+    log P(c in its line)  +  log P(t | c)
+    context                  channel
+
+- Candidates: the word-list words within edit distance 2 of t (SymSpell's symmetric deletes,
+  `symspellpy`), or within 1 where t is itself a listed word (a real-word error: "form" for
+  "from"), at most `max_candidates`, and t itself.
+- Channel: `channel_cost`, the typo model of `bytelm.data.noise` read backwards: each edit costs
+  -log of how often the model makes it (a neighbouring key typed instead: 5.8 nats; a letter
+  left out: 4.4; a transposition: 4.7; ...), an accent left out costs little (people do it all
+  the time), and each letter typed right -log(1 - rate).
+- Context: with a byte LM (any decoder `bytelm.load` gives), the bits of the whole line with c
+  in place, plus a light word-frequency prior; without one, the word's frequency alone.
+
+Policy, so that it leaves alone what it does not know:
+- only words are touched (letters, with an apostrophe or hyphen inside); digits, words holding
+  digits, e-mail addresses and URLs, whitespace, punctuation and every other byte of the line
+  are passed through as they are;
+- a word the list knows is changed only where a neighbour beats it by `real_word_margin` nats
+  with a byte LM, or, without one, by `known_margin` nats on frequency and channel alone (the
+  lists hold common misspellings too: "recieve" 562 times per billion words, "receive" 70,800);
+- an unknown word that is capitalised inside a sentence (a name, most likely) is changed only
+  where its best candidate wins by `name_margin` nats;
+- the case of the typed word is put back on the candidate (all capitals, or a capital first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+import unicodedata
+from collections.abc import Sequence
+
+from bytelm.data import noise
+from bytelm.text.diacritics import strip_diacritics
+
+WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
+_SENTENCE_END = re.compile(r"[.!?…]\s*$")
+_JOINER = re.compile(r"['’-]")
+
+
+# -- the channel: how likely the typo model turns the intended word into the typed one -----------
+
+@functools.cache
+def _costs(layout: str, rate: float) -> dict[str, float]:
+  """-log probability of each kind of edit under the typo model (bytelm.data.noise)."""
+  w = noise.KIND_WEIGHTS
+  return {
+      "match": -math.log(1 - rate),
+      "near": -math.log(rate * w["substitute"] / 6),  # ~6 neighbouring keys
+      "accent": 2.0,  # an accent left out or put on: common, and outside the typo model
+      "far": -math.log(rate * w["substitute"] / 60),  # another letter (a phonetic slip)
+      "delete": -math.log(rate * w["delete"]),
+      "double": -math.log(rate * w["double"]),
+      # one of a doubled letter left out: an undoubling, or either letter deleted
+      "undouble": -math.log(rate * (w["undouble"] + 2 * w["delete"])),
+      "insert": -math.log(rate * (w["insert_before"] + w["insert_after"]) / 6),
+      "transpose": -math.log(rate * w["transpose"]),
+  }
+
+
+def channel_cost(intended: str, typed: str, layout: str = "qwerty",
+                 rate: float = noise.DEFAULT_TYPO_RATE) -> float:
+  """-log P(typed | intended) under the typo model, by the cheapest alignment (an optimal string
+  alignment distance with each edit weighted by how often the model makes it). Lower case in."""
+  cost, near = _costs(layout, rate), noise.neighbours(layout)
+
+  def sub(a: str, b: str) -> float:
+    if a == b:
+      return cost["match"]
+    if strip_diacritics(a) == strip_diacritics(b):
+      return cost["accent"]
+    key = strip_diacritics(a)
+    return cost["near"] if key in near and strip_diacritics(b) in near[key] else cost["far"]
+
+  def inserted(j: int) -> float:  # typed[j] has no intended letter
+    if j > 0 and typed[j] == typed[j - 1]:
+      return cost["double"]
+    return cost["insert"]
+
+  n, m = len(intended), len(typed)
+  d = [[0.0] * (m + 1) for _ in range(n + 1)]
+  for i in range(1, n + 1):
+    d[i][0] = d[i - 1][0] + cost["delete"]
+  for j in range(1, m + 1):
+    d[0][j] = d[0][j - 1] + inserted(j - 1)
+  for i in range(1, n + 1):
+    for j in range(1, m + 1):
+      left_out = cost["undouble"] if i > 1 and intended[i - 1] == intended[i - 2] else cost["delete"]
+      best = min(d[i - 1][j] + left_out, d[i][j - 1] + inserted(j - 1),
+                 d[i - 1][j - 1] + sub(intended[i - 1], typed[j - 1]))
+      if (i > 1 and j > 1 and intended[i - 1] == typed[j - 2] and intended[i - 2] == typed[j - 1]
+          and intended[i - 1] != intended[i - 2]):
+        best = min(best, d[i - 2][j - 2] + cost["transpose"])
+      d[i][j] = best
+  return d[n][m]
+
+
+# -- the corrector ------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Slot:
+  """One word of a line and what it may become."""
+  start: int
+  end: int
+  typed: str
+  options: dict[str, float]  # candidate (lower case) -> prior + channel score, nats
+  margin: float  # what a candidate other than the typed word must win by
+
+
+class TypoCorrector:
+  """Corrects typos in lines of text (see the module docstring).
+
+  words: {word: count} (lower case), e.g. `bytelm.demos.wordlist.load("en")`. lm: a decoder
+  `LanguageModel` scoring lines for context, or None (word frequencies only, and then no
+  real-word corrections)."""
+
+  def __init__(self, words: dict[str, int], lm=None, *, layout: str = "qwerty",
+               max_candidates: int = 6, real_word_margin: float = 4.0,
+               known_margin: float = 0.0, name_margin: float = 8.0,
+               unknown_logp: float = -24.0, prior_weight: float = 0.3, lm_batch: int = 32):
+    from symspellpy import SymSpell  # the candidates: symmetric deletes over the list
+    self.words, self.lm, self.layout = words, lm, layout
+    self.total = float(sum(words.values()))
+    self.max_candidates = max_candidates
+    self.real_word_margin, self.name_margin = real_word_margin, name_margin
+    self.known_margin = known_margin
+    self.unknown_logp, self.prior_weight, self.lm_batch = unknown_logp, prior_weight, lm_batch
+    self._sym = SymSpell(max_dictionary_edit_distance=2, prefix_length=7)
+    for word, count in words.items():
+      self._sym.create_dictionary_entry(word, count)
+
+  def __call__(self, lines: Sequence[str]) -> list[str]:
+    return [self.correct(line) for line in lines]
+
+  def log_prior(self, word: str) -> float:
+    """log P(word) from the list's counts (lower case); unknown_logp for a word it lacks."""
+    count = self.words.get(word)
+    return math.log(count / self.total) if count else self.unknown_logp
+
+  def candidates(self, typed: str) -> list[str]:
+    """The list's words the typed word may stand for (lower case, commonest first; the typed
+    word itself not included)."""
+    from symspellpy import Verbosity
+    lower = typed.lower()
+    distance = 1 if lower in self.words else 2
+    found = self._sym.lookup(lower, Verbosity.ALL, max_edit_distance=distance)
+    found = [s.term for s in sorted(found, key=lambda s: (s.distance, -s.count))
+             if s.term != lower]
+    return found[:self.max_candidates]
+
+  def slots(self, line: str) -> list[_Slot]:
+    """The line's words that may change, with their options scored without context."""
+    protected = [m.span() for m in noise.PROTECTED.finditer(line)]
+    out = []
+    for start, end in self._words(line):
+      typed = line[start:end]
+      if (len(typed) < 2 or any(a < end and start < b for a, b in protected)
+          or not all(_latin(ch) for ch in typed if ch.isalpha())):
+        continue  # too short to tell, an address or a number, or another script
+      lower = typed.lower()
+      known = lower in self.words
+      options = {c: self.log_prior(c) - channel_cost(c, lower, self.layout)
+                 for c in self.candidates(typed)}
+      if not options:
+        continue
+      # The typed word as meant: a listed word typed right, or an unknown one (a name, a
+      # rare word) that the list cannot speak for.
+      options[lower] = self.log_prior(lower) - channel_cost(lower, lower, self.layout)
+      before = line[:start]
+      inside_sentence = before.strip() != "" and not _SENTENCE_END.search(before)
+      name = typed[:1].isupper() and inside_sentence
+      if known:  # a listed word: changed only on strong evidence
+        margin = self.real_word_margin if self.lm is not None else self.known_margin
+      else:
+        margin = self.name_margin if name else 0.0
+      out.append(_Slot(start, end, typed, options, margin))
+    return out
+
+  def _words(self, line: str):
+    """(start, end) of each word of line: a WORD match the list knows, or else each of its
+    pieces between apostrophes and hyphens (l'école, week-end, Dis-moi), as words of their own."""
+    for m in WORD.finditer(line):
+      if m.group(0).lower() in self.words or not _JOINER.search(m.group(0)):
+        yield m.span()
+        continue
+      for piece in re.finditer(r"[^'’-]+", m.group(0)):
+        yield m.start() + piece.start(), m.start() + piece.end()
+
+  def correct(self, line: str) -> str:
+    """line with its typos corrected; every byte outside the changed words as it was."""
+    slots = self.slots(line)
+    if not slots:
+      return line
+    choice = [self._best(slot) for slot in slots]
+    if self.lm is not None:
+      choice = self._in_context(line, slots, choice)
+    return _rebuild(line, slots, choice)
+
+  def _best(self, slot: _Slot, context: dict[str, float] | None = None) -> str:
+    """The option with the best score, if it beats the typed word by the slot's margin, else
+    the typed word. context: the LM's log-probability of the line with each option; the
+    word-list prior then only smooths it (prior_weight)."""
+    lower = slot.typed.lower()
+    if context is None:
+      score = slot.options
+    else:
+      score = {c: self.prior_weight * self.log_prior(c) - channel_cost(c, lower, self.layout)
+               + context[c] for c in slot.options}
+    best = max(score, key=score.get)
+    if best != lower and score[best] - score[lower] < slot.margin:
+      return lower
+    return best
+
+  def _in_context(self, line: str, slots: list[_Slot], choice: list[str]) -> list[str]:
+    """Each slot's choice re-scored with the LM: the line with every option in turn (the other
+    slots at their current choice), by its bits; one pass left to right."""
+    for k, slot in enumerate(slots):
+      options = list(slot.options)
+      variants = [_rebuild(line, slots, choice[:k] + [o] + choice[k + 1:]) for o in options]
+      nats = self._line_nats(variants)
+      choice[k] = self._best(slot, {o: -n for o, n in zip(options, nats)})
+    return choice
+
+  def _line_nats(self, texts: list[str]) -> list[float]:
+    """-log P(text) of each text under the LM (every byte of it), nats."""
+    bits_per_byte = self.lm.score(texts, batch_size=self.lm_batch)
+    return [b * len(t.encode("utf-8")) * math.log(2) for b, t in zip(bits_per_byte, texts)]
+
+
+@functools.cache
+def _latin(ch: str) -> bool:
+  return unicodedata.name(ch, "").startswith("LATIN")
+
+
+def _rebuild(line: str, slots: list[_Slot], choice: list[str]) -> str:
+  """line with each slot's word replaced by its choice (in the typed word's case)."""
+  out, last = [], 0
+  for slot, word in zip(slots, choice):
+    out.append(line[last:slot.start])
+    out.append(slot.typed if word == slot.typed.lower() else recase(word, slot.typed))
+    last = slot.end
+  out.append(line[last:])
+  return "".join(out)
+
+
+def recase(word: str, like: str) -> str:
+  """word (lower case) in the case of `like`: all capitals, a capital first, or as it is."""
+  if like.isupper() and len(like) > 1:
+    return word.upper()
+  return word[:1].upper() + word[1:] if like[:1].isupper() else word
+
+
+LAYOUTS = {"fr": "azerty", "de": "qwertz", "cs": "qwertz"}  # the keyboard a language is typed on
+
+
+def for_language(lang: str, lm=None) -> TypoCorrector:
+  """The corrector of lang's shipped word list (`bytelm.demos.wordlist`), on its keyboard."""
+  from bytelm.demos import wordlist
+  return TypoCorrector(wordlist.load(lang), lm, layout=LAYOUTS.get(lang, "qwerty"))
