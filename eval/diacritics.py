@@ -14,8 +14,16 @@ Metrics are Stankevičius et al.'s (bytelm.demos.metrics): alpha-word accuracy, 
 accuracy, and unseen-word accuracy (words absent from that language's training text). Means
 are over languages. A seq2seq corrector trained for typos (configs/diacritics.py:both) is also
 scored on typo'd and on typo'd + stripped lines, words aligned by edit distance, against copying.
+
+Everyday text: the same systems restore the everyday sentences of eval/data/everyday/<lang>.txt
+(written for this benchmark, committed before any corrector was trained; lt cs vi ro pl fr),
+beside a dictionary of real-world usage:
+  wordfreq       each word -> its most frequent diacritised form among wordfreq's 200,000
+                 commonest words of the language (`metrics.Lexicon.from_counts`).
 Prints tables, draws eval/results/diacritics.png, and ends with
   alpha_acc_mean=... lexicon_acc_mean=... unseen_acc_mean=... lexicon_unseen_acc_mean=...
+  everyday_acc_mean=... everyday_wordfreq_acc_mean=... everyday_acc_<lang>=...
+  everyday_wordfreq_acc_<lang>=... (everyday_acc_*: the demo's configuration, model+lexicon)
 """
 
 from __future__ import annotations
@@ -58,12 +66,45 @@ def evaluate_language(correctors: dict[str, Corrector], source: str, max_lines: 
           "seconds": seconds, "example": (inputs[example], shown[example], gold[example])}
 
 
+EVERYDAY = common.ROOT / "eval" / "data" / "everyday"
+
+
+def wordfreq_lexicon(lang: str, words: int = 200_000) -> metrics.Lexicon | None:
+  """The dictionary of wordfreq's commonest words of lang (None if wordfreq is not installed)."""
+  try:
+    import wordfreq
+  except ImportError:
+    print("(wordfreq is not installed: no wordfreq baseline; pip install 'bytelm[eval]')")
+    return None
+  return metrics.Lexicon.from_counts({w: round(wordfreq.word_frequency(w, lang) * 1e9) + 1
+                                      for w in wordfreq.top_n_list(lang, words)})
+
+
+def evaluate_everyday(correctors: dict[str, Corrector], lang: str, source: str) -> dict:
+  """Word counts of each system on lang's everyday sentences, stripped of their diacritics."""
+  gold = lines_of([(EVERYDAY / f"{lang}.txt").read_text(encoding="utf-8")])
+  inputs = [noise.strip_diacritics(line) for line in gold]
+  train = lines_of(sources.load_text(f"embedded:{source}", "train")["text"])
+  seen = metrics.vocabulary(train)
+  outputs = {name: corrector(inputs, "diacritics") for name, corrector in correctors.items()}
+  outputs["lexicon"] = [metrics.Lexicon(train)(x) for x in inputs]
+  dictionary = wordfreq_lexicon(lang)
+  if dictionary is not None:
+    outputs["wordfreq"] = [dictionary(x) for x in inputs]
+  outputs["copy"] = inputs
+  counts = {name: metrics.corpus_counts(gold, out, seen) for name, out in outputs.items()}
+  worst = min(range(len(gold)), key=lambda i: metrics.word_counts(
+      gold[i], outputs[list(correctors)[-1]][i]).accuracy())
+  return {"counts": counts, "lines": len(gold),
+          "example": (inputs[worst], outputs[list(correctors)[-1]][worst], gold[worst])}
+
+
 def typo_counts(corrector: Corrector, source: str, max_lines: int, task: str) -> dict:
   """Word counts (aligned by edit distance) of the corrector and of copying, on held-out lines
   noised for `task` ("typos" or "both": typos at the default 2% rate, qwerty), seed = line."""
   train = lines_of(sources.load_text(f"embedded:{source}", "train")["text"])
   gold = lines_of(sources.load_text(f"embedded:{source}", "validation")["text"])[:max_lines]
-  inputs = [noise.corrupt(line, task, seed=i) for i, line in enumerate(gold)]
+  inputs = [noise.corrupt(line, task, rate=0.02, seed=i) for i, line in enumerate(gold)]
   seen = metrics.vocabulary(train)
   return {name: metrics.corpus_counts(gold, out, seen, aligned=True)
           for name, out in (("model", corrector(inputs, task)), ("copy", inputs))}
@@ -120,6 +161,24 @@ def main() -> None:
   for lang, r in results.items():
     source, restored, gold = r["example"]
     print(f"  {lang}: {source}\n   -> {restored}\n    | {gold}")
+  everyday = {lang: evaluate_everyday(correctors, lang, LANGUAGES[lang])
+              for lang in languages if (EVERYDAY / f"{lang}.txt").is_file()}
+  everyday_systems = [s for s in (*correctors, "lexicon", "wordfreq", "copy")
+                      if all(s in r["counts"] for r in everyday.values())]
+  if everyday:
+    print("\nEveryday sentences (eval/data/everyday), alpha-word accuracy:\n")
+    print("| language | sentences | " + " | ".join(everyday_systems) + " |")
+    print("|---|---|" + "---|" * len(everyday_systems))
+    for lang, r in everyday.items():
+      print(f"| {lang} | {r['lines']} | " + " | ".join(
+          f"{r['counts'][s].accuracy():.4f}" for s in everyday_systems) + " |")
+    print("| **mean** | | " + " | ".join(
+        f"**{np.mean([r['counts'][s].accuracy() for r in everyday.values()]):.4f}**"
+        for s in everyday_systems) + " |")
+    print(f"\nEveryday examples, the worst sentence of each (input -> {shipped} | gold):")
+    for lang, r in everyday.items():
+      source, restored, gold = r["example"]
+      print(f"  {lang}: {source}\n   -> {restored}\n    | {gold}")
   typo_means = {}
   if "typos" in correctors["model"].tasks:  # a seq2seq corrector trained with typos
     for task in ("typos", "both"):
@@ -143,6 +202,11 @@ def main() -> None:
              "diacritic_acc_mean": mean[shipped, "diacritic"]}
   for task, m in typo_means.items():
     figures.update({f"{task}_acc_mean": m["model"], f"{task}_copy_acc_mean": m["copy"]})
+  for name, key in ((shipped, "everyday"), ("wordfreq", "everyday_wordfreq")):
+    if everyday and name in everyday_systems:
+      per_lang = {lang: r["counts"][name].accuracy() for lang, r in everyday.items()}
+      figures[f"{key}_acc_mean"] = float(np.mean(list(per_lang.values())))
+      figures.update({f"{key}_acc_{lang}": acc for lang, acc in per_lang.items()})
   common.last_line(figures)
 
 
