@@ -180,7 +180,7 @@ def main() -> None:
       source, restored, gold = r["example"]
       print(f"  {lang}: {source}\n   -> {restored}\n    | {gold}")
   typo_means = {}
-  if "typos" in correctors["model"].tasks:  # a seq2seq corrector trained with typos
+  if demo.trained_task in ("typos", "both"):  # a seq2seq corrector trained with typos
     for task in ("typos", "both"):
       counts = {lang: typo_counts(correctors["model"], LANGUAGES[lang], args.max_lines, task)
                 for lang in languages}

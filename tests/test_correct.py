@@ -126,6 +126,8 @@ def test_the_typo_language_is_the_list_that_knows_the_line():
   assert correct.typo_language("Merci pour les photos") == "fr"
   assert correct.typo_language("Gracias por las fotos") == "es"
   assert correct.typo_language("Привет 日本 123") is None
+  # Another language's words are not typos of these lists' words, even where a few are listed.
+  assert correct.typo_language("Pasirinkite failą, kurį norite atidaryti, ir X diagrama") is None
 
 
 def test_a_task_the_model_cannot_do_is_refused():

@@ -300,13 +300,14 @@ def _tasks_of(trained_task: str) -> tuple[str, ...]:
 
 def typo_language(line: str) -> str | None:
   """The shipped word list's language under which line's words are likeliest (each word's share
-  of the list's counts, a floor for a word it lacks), None where no list knows any of them."""
+  of the list's counts, a floor for a word it lacks), among the lists that know at least half
+  of them; None where none does (another language: its words are not typos of these)."""
   words = [w.lower() for w in typos.WORD.findall(line)]
   score = {}
   for lang in wordlist.languages():
     counts = wordlist.load(lang)
-    total = wordlist.total(lang)
-    if any(w in counts for w in words):
+    if words and sum(w in counts for w in words) >= len(words) / 2:
+      total = wordlist.total(lang)
       score[lang] = sum(math.log(counts.get(w, 0.1) / total) for w in words)
   return max(score, key=score.get) if score else None
 
