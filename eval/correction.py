@@ -44,6 +44,7 @@ import time
 import common  # eval/common.py; before bytelm, so that a missing install is one clear line
 from bytelm.data import noise
 from bytelm.demos import metrics, wordlist
+from bytelm.demos.typos import recase
 
 EVERYDAY = common.ROOT / "eval" / "data" / "everyday"
 LAYOUTS = {"en": "qwerty", "es": "qwerty", "fr": "azerty"}
@@ -136,7 +137,7 @@ def replace_words(sentence: str, pick, rng: random.Random, at_most: int | None =
     where = sorted(rng.sample(where, at_most))
   for i in where:
     before, core, after = _core(tokens[i])
-    tokens[i] = before + _recase(rng.choice(pick(core.lower())), core) + after
+    tokens[i] = before + recase(rng.choice(pick(core.lower())), core) + after
   return " ".join(tokens)
 
 
@@ -144,12 +145,6 @@ def _core(token: str) -> tuple[str, str, str]:
   """(punctuation before, the word, punctuation after) of a space-separated token."""
   m = re.fullmatch(r"(\W*)(.*?)(\W*)", token)
   return m.group(1), m.group(2), m.group(3)
-
-
-def _recase(word: str, like: str) -> str:
-  if like.isupper() and len(like) > 1:
-    return word.upper()
-  return word[:1].upper() + word[1:] if like[:1].isupper() else word
 
 
 def realmiss(gold: list[str], misspelled: dict[str, list[str]]) -> list[str]:
@@ -194,7 +189,7 @@ class PySpellBaseline:
       before, core, after = _core(token)
       if core.isalpha() and core.lower() not in self.spell:
         fixed = self.spell.correction(core.lower())
-        core = _recase(fixed, core) if fixed else core
+        core = recase(fixed, core) if fixed else core
       out.append(before + core + after)
     return " ".join(out)
 

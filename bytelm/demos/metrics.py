@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable
 
 from bytelm.data import noise
+from bytelm.demos.typos import recase
 
 
 @dataclasses.dataclass
@@ -178,7 +179,7 @@ class Lexicon:
     lower = self.counts.get(word.lower())
     if lower is None:
       return collections.Counter()
-    return collections.Counter({_recase(form, word): n for form, n in lower.items()})
+    return collections.Counter({recase(form, word): n for form, n in lower.items()})
 
   def restore_word(self, word: str) -> str:
     """The most frequent form (ties: the first seen); an unknown word stays."""
@@ -188,13 +189,6 @@ class Lexicon:
   def __call__(self, text: str) -> str:
     """text with every word restored."""
     return _WORD.sub(lambda m: self.restore_word(m.group(0)), text)
-
-
-def _recase(lower: str, like: str) -> str:
-  """lower with the capitals of `like`: all capitals, or a capital first letter."""
-  if like.isupper() and len(like) > 1:
-    return lower.upper()
-  return lower[:1].upper() + lower[1:] if like[:1].isupper() else lower
 
 
 # -- typo correction: word edits -------------------------------------------------------------
