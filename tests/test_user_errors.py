@@ -96,9 +96,9 @@ CASES = {
     "export of a workdir that does not exist": Case(
         [str(ROOT / "export.py"), "nowhere", "out"],
         ("nowhere does not exist",)),
-    "a task the corrector cannot do": Case(
-        ["-m", "bytelm.cli.correct", "--task", "typos", "teh"],
-        ("bytelm-correct: error:", "trained for 'diacritics'", "configs/diacritics.py:both")),
+    "a language the typo corrector has no word list for": Case(
+        ["-m", "bytelm.cli.correct", "--task", "typos", "--lang", "xx", "teh"],
+        ("bytelm-correct: error:", "--lang xx: no word list", "shipped: en, es, fr")),
     "with --debug, the traceback": Case(
         [TRAIN, *TINY, "--config.mesh.fsdp=4", "--debug"],
         ("Traceback (most recent call last)", "ValueError: mesh"), status=1),
