@@ -13,8 +13,8 @@ is the diacritics restorer shipped in bytelm/demos/diacritics/ (configs/diacriti
 takes any bytelm workdir or export trained by that recipe, including its seq2seq variants (which
 also fix typos). Typos are otherwise fixed by the noisy-channel corrector of
 `bytelm.demos.typos` with the shipped word list (`bytelm.demos.wordlist`) of the line's
-language (--lang, or the list that knows most of its words); --task both restores diacritics
-first. A tagger also reads the word forms of its training text, per language: each
+language (--lang, or `typo_language`: the likeliest of the lists that know half its words;
+a line of another language is left alone); --task both restores diacritics first. A tagger also reads the word forms of its training text, per language: each
 line goes with the language whose words it shares most, and where a word was seen there, the
 tagger picks among its forms by its own probability and their frequency (`lexicon_labels`);
 --no-lexicon uses the model alone.
@@ -187,8 +187,8 @@ class Corrector:
 
   def fix_typos(self, lines: Sequence[str], lang: str | None = None) -> list[str]:
     """lines with their typos fixed by the noisy-channel corrector (`bytelm.demos.typos`) of
-    lang's word list, or, with lang None, of the language whose list knows most of the line's
-    words (a line none knows is left as it is)."""
+    lang's word list, or, with lang None, of each line's `typo_language` (a line of none of
+    them is left as it is)."""
     out = []
     for line in lines:
       language = lang or typo_language(line)
