@@ -121,6 +121,16 @@ def test_a_diacritics_model_fixes_typos_with_the_shipped_word_lists(tiny_model, 
   assert status == 2 and "--lang xx: no word list" in err and len(err.splitlines()) == 1
 
 
+def test_typos_need_no_model(monkeypatch):
+  """For typos the shipped restorer is not loaded (the word lists do the work), and a corrector
+  loaded so says what it cannot do."""
+  monkeypatch.setattr(correct, "load_run", lambda *a, **k: pytest.fail("loaded the model"))
+  corrector = correct.Corrector.load(task="typos")
+  assert corrector(["Thanks for the mesage"], "typos") == ["Thanks for the message"]
+  with pytest.raises(ValueError, match="loaded for typos only.*task='diacritics'"):
+    corrector(["as esu is Lietuvos"], "diacritics")
+
+
 def test_the_typo_language_is_the_list_that_knows_the_line():
   assert correct.typo_language("Thanks for the photos") == "en"
   assert correct.typo_language("Merci pour les photos") == "fr"

@@ -131,7 +131,9 @@ class Corrector:
     """The corrector in a bytelm workdir or export; None is the shipped diacritics model.
     lexicon=True also reads, for a tagger, the training text the run's config names
     (data.train) into one `metrics.Lexicon` per source of it (see __init__). task: refuse
-    (ValueError) a model that cannot do this task, from its config, before loading it."""
+    (ValueError) a model that cannot do this task, from its config, before loading it; "typos"
+    with a diacritics restorer loads no model at all (the word lists fix typos), and such a
+    corrector does typos only."""
     path = pathlib.Path(path if path is not None else SHIPPED).expanduser()
     config_path = path / "config.json"
     if not config_path.is_file():
@@ -150,6 +152,10 @@ class Corrector:
       raise ValueError(f"{path} holds a model trained for {objective!r}, not a corrector; "
                        "train one with configs/diacritics.py")
     _check_task(task, trained_task)
+    if task == "typos" and trained_task == "diacritics":
+      # The word lists fix the typos (fix_typos); the restorer is not needed, so not loaded:
+      # the command answers in a few seconds instead of ten.
+      return cls(None, trained_task=trained_task, input_length=data["input_length"], **kwargs)
     model = load_run(path)  # any family: a tagger is no LanguageModel
     if lexicon and isinstance(model, Tagger):
       kwargs["lexicons"] = [metrics.Lexicon(line for text in sources.load_text(spec, "train")["text"]
@@ -166,6 +172,9 @@ class Corrector:
     """One corrected line per line (each a str without newlines). lang: the language of the
     typo corrector's word list (`wordlist.languages()`); None picks one per line."""
     task = self.check_task(task)
+    if self.model is None and task != "typos":
+      raise ValueError(f"this corrector was loaded for typos only and cannot do {task!r}: "
+                       f"load it with Corrector.load(task={task!r})")
     if task != "diacritics" and not self._model_fixes_typos:
       # The model restores diacritics only: typos are the word-list corrector's (after it).
       restored = self(lines, "diacritics") if task == "both" else list(lines)
