@@ -206,3 +206,21 @@ def test_each_line_reads_with_the_lexicon_that_knows_it_best():
   assert corrector.lexicon_for("as esu is Lietuvos") is lt
   assert corrector.lexicon_for("ou il a ete") is fr
   assert corrector.lexicon_for("Привет 日本") is None  # no word known: the model alone
+
+
+def test_typos_on_any_input_never_crash_and_pass_untouched_text_through(monkeypatch,
+                                                                       capsysbinary):
+  """Empty lines, a 1.2 MB line, NUL, invalid UTF-8, other scripts, CRLF: only the misspelled
+  words change (the huge line takes about a second: words are looked up once each)."""
+  unit = "Thanks for your mesage, I will call you bakc at 12:30, mail me@x.org\x00 ok. Привет! "
+  fixed = unit.replace("mesage", "message").replace("bakc", "back")
+  lines = [b"", (unit * 15000).encode(), b"caf\xe9 mesage", "日本語 and the mesage".encode(),
+           b"\r", "Gracias por tu mensjae\r".encode()]
+  status, out, err = run_cli(monkeypatch, capsysbinary, ["--task", "typos"],
+                             stdin=b"\n".join(lines) + b"\n")
+  assert status == 1 and "line 3" in err  # the invalid line is named, and passed through
+  got = out.split(b"\n")
+  assert got[0] == b"" and got[1] == (fixed * 15000).encode()
+  assert got[2] == b"caf\xe9 mesage"
+  assert got[3] == "日本語 and the message".encode()
+  assert got[4] == b"\r" and got[5] == "Gracias por tu mensaje\r".encode() and got[6] == b""

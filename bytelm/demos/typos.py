@@ -30,6 +30,7 @@ Policy, so that it leaves alone what it does not know:
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import math
@@ -41,7 +42,6 @@ from bytelm.data import noise
 from bytelm.text.diacritics import strip_diacritics
 
 WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
-_SENTENCE_END = re.compile(r"[.!?…]\s*$")
 _JOINER = re.compile(r"['’-]")
 
 
@@ -132,6 +132,7 @@ class TypoCorrector:
     self.real_word_margin, self.name_margin = real_word_margin, name_margin
     self.known_margin = known_margin
     self.unknown_logp, self.prior_weight, self.lm_batch = unknown_logp, prior_weight, lm_batch
+    self._cache: dict[str, dict[str, float]] = {}  # _options of the words seen
     self._sym = SymSpell(max_dictionary_edit_distance=2, prefix_length=7)
     for word, count in words.items():
       self._sym.create_dictionary_entry(word, count)
@@ -157,31 +158,43 @@ class TypoCorrector:
 
   def slots(self, line: str) -> list[_Slot]:
     """The line's words that may change, with their options scored without context."""
-    protected = [m.span() for m in noise.PROTECTED.finditer(line)]
+    protected = [m.span() for m in noise.PROTECTED.finditer(line)]  # in order, disjoint
+    starts = [a for a, _ in protected]
     out = []
     for start, end in self._words(line):
       typed = line[start:end]
-      if (len(typed) < 2 or any(a < end and start < b for a, b in protected)
+      k = bisect.bisect_right(starts, start) - 1  # the last protected span starting before
+      if (len(typed) < 2 or (k >= 0 and protected[k][1] > start)
           or not all(_latin(ch) for ch in typed if ch.isalpha())):
         continue  # too short to tell, an address or a number, or another script
       lower = typed.lower()
       known = lower in self.words
-      options = {c: self.log_prior(c) - channel_cost(c, lower, self.layout)
-                 for c in self.candidates(typed)}
+      options = self._options(lower)
       if not options:
         continue
-      # The typed word as meant: a listed word typed right, or an unknown one (a name, a
-      # rare word) that the list cannot speak for.
-      options[lower] = self.log_prior(lower) - channel_cost(lower, lower, self.layout)
-      before = line[:start]
-      inside_sentence = before.strip() != "" and not _SENTENCE_END.search(before)
-      name = typed[:1].isupper() and inside_sentence
+      name = typed[:1].isupper() and _inside_sentence(line, start)
       if known:  # a listed word: changed only on strong evidence
         margin = self.real_word_margin if self.lm is not None else self.known_margin
       else:
         margin = self.name_margin if name else 0.0
       out.append(_Slot(start, end, typed, options, margin))
     return out
+
+  def _options(self, lower: str) -> dict[str, float]:
+    """{candidate: log prior - channel cost} of a typed word (lower case), the word itself
+    included; empty where the list offers nothing. Cached: text repeats its words."""
+    options = self._cache.get(lower)
+    if options is None:
+      options = {c: self.log_prior(c) - channel_cost(c, lower, self.layout)
+                 for c in self.candidates(lower)}
+      if options:
+        # The typed word as meant: a listed word typed right, or an unknown one (a name, a
+        # rare word) that the list cannot speak for.
+        options[lower] = self.log_prior(lower) - channel_cost(lower, lower, self.layout)
+      if len(self._cache) >= 100_000:
+        self._cache.clear()
+      self._cache[lower] = options
+    return options
 
   def _words(self, line: str):
     """(start, end) of each word of line: a WORD match the list knows, or else each of its
@@ -232,6 +245,15 @@ class TypoCorrector:
     """-log P(text) of each text under the LM (every byte of it), nats."""
     bits_per_byte = self.lm.score(texts, batch_size=self.lm_batch)
     return [b * len(t.encode("utf-8")) * math.log(2) for b, t in zip(bits_per_byte, texts)]
+
+
+def _inside_sentence(line: str, i: int) -> bool:
+  """Whether line[i] follows something other than a sentence end (the line's start, or . ! ?
+  … and spaces)."""
+  j = i - 1
+  while j >= 0 and line[j].isspace():
+    j -= 1
+  return j >= 0 and line[j] not in ".!?…"
 
 
 @functools.cache
