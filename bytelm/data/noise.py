@@ -74,26 +74,28 @@ class Typo(NamedTuple):
 def typeable(text: str, layout: str = "qwerty") -> list[bool]:
   """Per character of text: whether the typo model may touch it (a Latin letter whose base
   letter is a key of the layout, outside protected words: digits, e-mail addresses, URLs)."""
-  near = neighbours(layout)
-  out = [_key(ch, near) is not None for ch in text]
+  neighbours(layout)  # raises for an unknown layout, whatever the text
+  out = [_key(ch, layout) is not None for ch in text]
   for m in PROTECTED.finditer(text):
     out[m.start():m.end()] = [False] * (m.end() - m.start())
   return out
 
 
-def _key(ch: str, near: dict[str, str]) -> str | None:
-  """The letter key ch is typed with (its base letter, lower case), None for other characters."""
+@functools.lru_cache(maxsize=4096)
+def _key(ch: str, layout: str) -> str | None:
+  """The letter key ch is typed with (its base letter, lower case), None for other characters.
+  Cached: text repeats its characters, and stripping one is a Unicode normalisation."""
   if not ch.isalpha():
     return None
   base = strip_diacritics(ch.lower())
-  return base if len(base) == 1 and base in near and base.isalpha() else None
+  return base if len(base) == 1 and base in neighbours(layout) and base.isalpha() else None
 
 
-def _draw(text: str, i: int, ok: list[bool], near: dict[str, str], rng: random.Random,
+def _draw(text: str, i: int, ok: list[bool], layout: str, rng: random.Random,
           can_delete: bool) -> Typo:
   """A typo at letter i (typeable), of a kind possible there; can_delete: whether its word
   keeps a letter if this one is left out."""
-  ch, key = text[i], _key(text[i], near)
+  ch, key, near = text[i], _key(text[i], layout), neighbours(layout)
   same_word_next = i + 1 < len(text) and ok[i + 1]
   possible = {k: w for k, w in KIND_WEIGHTS.items()
               if (k != "transpose" or (same_word_next and text[i + 1] != ch))
@@ -114,14 +116,14 @@ def plan_typos(text: str, rate: float = DEFAULT_TYPO_RATE, layout: str = "qwerty
   gets none)."""
   if not 0 <= rate <= 1:
     raise ValueError(f"typo rate must be in [0, 1], got {rate}")
-  near, ok = neighbours(layout), typeable(text, layout)
+  ok = typeable(text, layout)
   rng = random.Random(f"{seed}:{layout}")
   typos, i, left = [], 0, 0  # left: letters of the current word not left out (so far, and ahead)
   while i < len(text):
     if ok[i] and (i == 0 or not ok[i - 1]):  # a word starts
       left = next((j for j in range(i, len(text)) if not ok[j]), len(text)) - i
     if ok[i] and rng.random() < rate:
-      typos.append(_draw(text, i, ok, near, rng, can_delete=left > 1))
+      typos.append(_draw(text, i, ok, layout, rng, can_delete=left > 1))
       left -= typos[-1].kind in ("delete", "undouble")  # the word never loses its last letter
       i += 2 if typos[-1].kind in ("transpose", "undouble") else 1
     else:
@@ -163,11 +165,11 @@ def add_typos(text: str, rate: float = DEFAULT_TYPO_RATE, layout: str = "qwerty"
 def one_typo(word: str, rng: random.Random, layout: str = "qwerty") -> str:
   """word with exactly one typo of the model, at a letter drawn uniformly (word itself if it
   has no typeable letter)."""
-  near, ok = neighbours(layout), typeable(word, layout)
+  ok = typeable(word, layout)
   letters = [i for i, t in enumerate(ok) if t]
   if not letters:
     return word
-  return apply_typos(word, [_draw(word, rng.choice(letters), ok, near, rng,
+  return apply_typos(word, [_draw(word, rng.choice(letters), ok, layout, rng,
                                   can_delete=len(letters) > 1)])
 
 
