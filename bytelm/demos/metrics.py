@@ -26,6 +26,11 @@ from bytelm.data import noise
 from bytelm.demos.typos import recase
 
 
+def _field_sum(a, b):
+  """A count dataclass whose every field is a's plus b's (what `+` does to counts)."""
+  return type(a)(*(x + y for x, y in zip(dataclasses.astuple(a), dataclasses.astuple(b))))
+
+
 @dataclasses.dataclass
 class WordCounts:
   """Correct / total alpha, diacritic and unseen words; `+` adds counts of several sentences."""
@@ -36,9 +41,7 @@ class WordCounts:
   unseen: int = 0
   unseen_total: int = 0
 
-  def __add__(self, other: "WordCounts") -> "WordCounts":
-    return WordCounts(*(a + b for a, b in zip(dataclasses.astuple(self),
-                                                dataclasses.astuple(other))))
+  __add__ = _field_sum
 
   def accuracy(self, kind: str = "alpha") -> float:
     """Fraction correct of one kind ("alpha", "diacritic", "unseen"); nan with no such word."""
@@ -220,9 +223,7 @@ class EditCounts:
   sentences: int = 0
   exact: int = 0
 
-  def __add__(self, other: "EditCounts") -> "EditCounts":
-    return EditCounts(*(a + b for a, b in zip(dataclasses.astuple(self),
-                                                dataclasses.astuple(other))))
+  __add__ = _field_sum
 
   @property
   def accuracy(self) -> float:
