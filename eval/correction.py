@@ -44,10 +44,10 @@ import time
 import common  # eval/common.py; before bytelm, so that a missing install is one clear line
 from bytelm.data import noise
 from bytelm.demos import metrics, wordlist
+from bytelm.demos import typos as typos_lib
 from bytelm.demos.typos import recase
 
 EVERYDAY = common.ROOT / "eval" / "data" / "everyday"
-LAYOUTS = {"en": "qwerty", "es": "qwerty", "fr": "azerty"}
 GF_LANGUAGES = {"en": "en_Latn", "es": "es_Latn", "fr": "fr_Latn"}
 KINDS = ("typos", "realmiss", "realword")
 EVAL_SEED = 7_777_777  # this benchmark's seeds start here; no recipe draws them
@@ -107,7 +107,7 @@ def gf_sentences(lang: str) -> list[str]:
 # -- noise -------------------------------------------------------------------------------------
 
 def typos(gold: list[str], lang: str) -> list[str]:
-  return [noise.add_typos(s, rate=EVAL_RATE, layout=LAYOUTS[lang], seed=EVAL_SEED + i)
+  return [noise.add_typos(s, rate=EVAL_RATE, layout=typos_lib.LAYOUTS.get(lang, "qwerty"), seed=EVAL_SEED + i)
           for i, s in enumerate(gold)]
 
 
@@ -235,9 +235,10 @@ def main() -> None:
   languages = args.languages.split(",")
   misspelled = codespell_misspellings()
   ours = bytelm_corrector(args.model)
-  results, examples = {}, {}
+  results, examples, counted = {}, {}, {}
   for lang in languages:
     gold = (dev_sentences(lang) if args.dev else sentences(lang))[:args.max_sentences or None]
+    counted[lang] = len(gold)
     words = wordlist.load(lang)
     singles = {"symspell": SymSpellBaseline(words), "pyspell": PySpellBaseline(words)}
     systems = {name: (lambda texts, f=f: [f(t) for t in texts]) for name, f in singles.items()}
@@ -264,7 +265,7 @@ def main() -> None:
     common.last_line(figures)
     return
   common.write_json(pathlib.Path(args.out).with_suffix(".json"), {
-      **machine, "sentences": {lang: len(sentences(lang)) for lang in languages},
+      **machine, "sentences": counted,
       "counts": {f"{l}|{k}|{n}": vars(c) for (l, k), r in results.items() for n, c in r.items()},
       "examples": examples, "figures": figures})
   plot(results, names, pathlib.Path(args.out).with_suffix(".png"))

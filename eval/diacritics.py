@@ -87,7 +87,8 @@ def evaluate_everyday(correctors: dict[str, Corrector], lang: str, source: str) 
   train = lines_of(sources.load_text(f"embedded:{source}", "train")["text"])
   seen = metrics.vocabulary(train)
   outputs = {name: corrector(inputs, "diacritics") for name, corrector in correctors.items()}
-  outputs["lexicon"] = [metrics.Lexicon(train)(x) for x in inputs]
+  lexicon = metrics.Lexicon(train)
+  outputs["lexicon"] = [lexicon(x) for x in inputs]
   dictionary = wordfreq_lexicon(lang)
   if dictionary is not None:
     outputs["wordfreq"] = [dictionary(x) for x in inputs]

@@ -279,7 +279,7 @@ def recase(word: str, like: str) -> str:
   return word[:1].upper() + word[1:] if like[:1].isupper() else word
 
 
-LAYOUTS = {"fr": "azerty", "de": "qwertz", "cs": "qwertz"}  # the keyboard a language is typed on
+LAYOUTS = {"fr": "azerty"}  # the keyboard a language is typed on, where it is not qwerty
 
 
 def for_language(lang: str, lm=None) -> TypoCorrector:
