@@ -5,8 +5,9 @@
 For every language of `embedded:diacritics`, the held-out (validation) lines are stripped of
 their diacritics (`noise.strip_diacritics`) and restored these ways, all in this run:
   model          the corrector alone (default: the one shipped in bytelm/demos/diacritics/);
-  model+lexicon  a tagger choosing among the word forms of its own training text where a word
-                 was seen there (what the demo does; `correct.lexicon_labels`);
+  model+lexicon  a tagger choosing among the known word forms of a word: those of its own
+                 training text pooled with the shipped wordfreq-derived word list of the
+                 language (what the demo does; `correct.source_lexicon`, `lexicon_labels`);
   lexicon        each word -> its most frequent diacritised form in that language's training
                  text (the paper's dictionary baseline);
   copy           the stripped input unchanged.

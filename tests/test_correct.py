@@ -5,6 +5,7 @@ import importlib.util
 import io
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ import bytelm
 
 from bytelm.data import noise
 from bytelm.text import tags
-from bytelm.demos import correct, metrics
+from bytelm.demos import changes, correct, metrics
 from bytelm.training import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -72,10 +73,43 @@ def test_diacritics_only_keeps_other_changes_out():
   assert correct.diacritics_only("as esu is", "aš esu") == "as esu is"  # a word lost: keep input
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.text(alphabet="abcš []→+-", max_size=30), st.text(alphabet="abcš []→+-", max_size=30))
+def test_change_pieces_give_back_both_texts(before, after):
+  pieces = changes.pieces(before, after)
+  assert "".join(p.get("same", "") + p.get("new", "") for p in pieces) == after
+  assert "".join(p.get("same", "") + p.get("old", "") for p in pieces) == before
+  assert all(p["old"] != p["new"] for p in pieces if "same" not in p)
+
+
+def _unmark(marked: str, side: str) -> str:
+  """The text before (side "old") or after ("new") a correction, from its plain --diff."""
+  def one(m):
+    old, new = (m.group(1), m.group(2)) if m.group(1) is not None else (
+        ("", m.group(3)) if m.group(3) is not None else (m.group(4), ""))
+    return old if side == "old" else new
+  return re.sub(r"\[([^\[\]→]*)→([^\[\]]*)\]|\[\+([^\[\]]*)\]|\[-([^\[\]]*)\]", one, marked)
+
+
+def test_diff_round_trip(monkeypatch, capsysbinary):
+  """--diff marks every change: its output gives back both the input and the correction."""
+  lines = ["I will recieve the pakage tommorow, see you at 10:30!", "Gracias por tu mensjae.",
+           "", "Nothing to fix here.", "Ths is a tset of teh page"]
+  stdin = "\n".join(lines).encode() + b"\n"
+  status, plain, _ = run_cli(monkeypatch, capsysbinary, ["--task", "typos"], stdin)
+  assert status == 0
+  status, marked, _ = run_cli(monkeypatch, capsysbinary, ["--task", "typos", "--diff"], stdin)
+  assert status == 0 and marked != plain and "[" in marked.decode()
+  for before, fixed, shown in zip(lines, plain.decode().split("\n"), marked.decode().split("\n"),
+                                  strict=False):
+    assert _unmark(shown, "new") == fixed
+    assert _unmark(shown, "old") == before
+
+
 def test_mark_changes():
-  assert correct.mark_changes("as is", "aš iš", color=False) == "a[s→š] i[s→š]"
-  assert correct.mark_changes("teh", "the", color=False) == "t[+h]e[-h]"
-  colored = correct.mark_changes("as", "aš", color=True)
+  assert changes.marked("as is", "aš iš", color=False) == "a[s→š] i[s→š]"
+  assert changes.marked("teh", "the", color=False) == "t[+h]e[-h]"
+  colored = changes.marked("as", "aš", color=True)
   assert "\x1b[" in colored and "š" in colored
 
 
@@ -118,7 +152,13 @@ def test_a_diacritics_model_fixes_typos_with_the_shipped_word_lists(tiny_model, 
   assert status == 0 and out.decode() == "Gracias por tu mensaje\n"
   status, _, err = run_cli(monkeypatch, capsysbinary, ["--model", tiny_model, "--task", "typos",
                                                        "--lang", "xx", "teh"])
-  assert status == 2 and "--lang xx: no word list" in err and len(err.splitlines()) == 1
+  assert status == 2 and "--lang xx: the typo corrector knows en, es, fr" in err
+  assert len(err.splitlines()) == 1
+
+
+def test_serve_takes_no_text(monkeypatch, capsysbinary):
+  status, _, err = run_cli(monkeypatch, capsysbinary, ["--serve", "some", "text"])
+  assert status == 2 and "--serve takes its text from the page" in err
 
 
 def test_typos_need_no_model(monkeypatch):

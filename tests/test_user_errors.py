@@ -96,9 +96,9 @@ CASES = {
     "export of a workdir that does not exist": Case(
         [str(ROOT / "export.py"), "nowhere", "out"],
         ("nowhere does not exist",)),
-    "a language the typo corrector has no word list for": Case(
+    "a language the typo corrector does not know": Case(
         ["-m", "bytelm.cli.correct", "--task", "typos", "--lang", "xx", "teh"],
-        ("bytelm-correct: error:", "--lang xx: no word list", "shipped: en, es, fr")),
+        ("bytelm-correct: error:", "--lang xx: the typo corrector knows en, es, fr")),
     "with --debug, the traceback": Case(
         [TRAIN, *TINY, "--config.mesh.fsdp=4", "--debug"],
         ("Traceback (most recent call last)", "ValueError: mesh"), status=1),

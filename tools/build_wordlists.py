@@ -1,7 +1,7 @@
 """Rebuild the shipped word lists (bytelm/demos/wordlists/) from an installed wordfreq.
 
     pip install wordfreq
-    python tools/build_wordlists.py [--languages en,es,fr] [--words 60000]
+    python tools/build_wordlists.py [--languages en,es,fr,lt,cs,vi,ro,pl] [--words 60000]
 
 Per language, the `--words` commonest words of wordfreq's "best" list that are words a spell
 checker should know: letters, with apostrophes or hyphens only between letters (no numbers,
@@ -53,7 +53,7 @@ def write(path: pathlib.Path, data: bytes) -> None:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  p.add_argument("--languages", default="en,es,fr")
+  p.add_argument("--languages", default="en,es,fr,lt,cs,vi,ro,pl")
   p.add_argument("--words", type=int, default=60000)
   args = p.parse_args()
   OUT.mkdir(parents=True, exist_ok=True)

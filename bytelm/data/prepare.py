@@ -39,6 +39,7 @@ import time
 
 import numpy as np
 
+from bytelm import user_cache
 from bytelm.data import sources
 from bytelm.data.stream import (EOS_BYTE, FORMAT, MANIFEST, ByteStream, build_stream,
                                  document_order)
@@ -57,9 +58,7 @@ def cache_dir() -> pathlib.Path:
   """Where train.py keeps prepared streams: $BYTELM_CACHE, else $XDG_CACHE_HOME/bytelm, else
   ~/.cache/bytelm (each source in a folder of its own under streams/; delete one to prepare
   it again, or all of them to free the space)."""
-  root = os.environ.get("BYTELM_CACHE") or os.path.join(
-      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "bytelm")
-  return pathlib.Path(root).expanduser() / "streams"
+  return user_cache.root() / "streams"
 
 
 def source_key(spec: str, invalid_utf8: str = "error") -> str:

@@ -122,6 +122,16 @@ def embedded_names() -> dict[str, list[str]]:
   return names
 
 
+def language_of(spec: str) -> str | None:
+  """The language code the embedded corpus's manifest records for a single embedded source
+  (`embedded:l10n_cs` -> "cs"); None for anything else (a group, a file, a hub dataset)."""
+  scheme, rest = parse(spec)
+  if scheme != "embedded":
+    return None
+  entry = (_read_manifest(corpus_dir()).get("sources", {}) or {}).get(rest) or {}
+  return entry.get("language")
+
+
 # ---- embedded ----------------------------------------------------------------------------------
 
 def _read_manifest(root: Path) -> dict:

@@ -4,6 +4,7 @@
   echo "I will recieve the pakage tommorow." | python -m bytelm.demos.correct --task typos
   python -m bytelm.demos.correct [--model DIR] [--task diacritics|typos|both] [--lang LANG]
                                  [--diff] [TEXT ...]
+  python -m bytelm.demos.correct --serve [--port 8765]     # a page to try it in a browser
 
 `bytelm-correct` is the same command, installed with the package.
 
@@ -14,10 +15,12 @@ takes any bytelm workdir or export trained by that recipe, including its seq2seq
 also fix typos). Typos are otherwise fixed by the noisy-channel corrector of
 `bytelm.demos.typos` with the shipped word list (`bytelm.demos.wordlist`) of the line's
 language (--lang, or `typo_language`: the likeliest of the lists that know half its words;
-a line of another language is left alone); --task both restores diacritics first. A tagger also reads the word forms of its training text, per language: each
-line goes with the language whose words it shares most, and where a word was seen there, the
-tagger picks among its forms by its own probability and their frequency (`lexicon_labels`);
---no-lexicon uses the model alone.
+a line of another language is left alone); --task both restores diacritics first.
+
+A tagger also reads, per language, the word forms of its training text pooled with the shipped
+word list of that language (`source_lexicon`): each line goes with the language whose words
+it shares most, and where a word is known there, the tagger picks among its forms by its own
+probability and their frequency (`lexicon_labels`); --no-lexicon uses the model alone.
 
 Any input is accepted: empty lines stay empty; a line longer than the model's input is cut into
 pieces at sentence ends (else at spaces, else between characters), corrected piece by piece and
@@ -30,9 +33,11 @@ nothing else, and a seq2seq model's output is checked word by word (`diacritics_
 from __future__ import annotations
 
 import argparse
-import difflib
+import gzip
+import hashlib
 import json
 import math
+import os
 import pathlib
 import re
 import sys
@@ -40,10 +45,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bytelm import console, generation
+from bytelm import console, generation, user_cache
 from bytelm.data import noise, sources
 from bytelm.text import encoding, tags
-from bytelm.demos import metrics, typos, wordlist
+from bytelm.demos import changes, metrics, serve, typos, wordlist
 from bytelm.models.tagger import Tagger
 from bytelm.nn.compiled import Compiled
 from bytelm.text.tokenizer import ByteTokenizer
@@ -121,7 +126,8 @@ class Corrector:
     self.trained_task = trained_task
     self.input_length = int(input_length)
     self.batch_size = int(batch_size)
-    self.tasks = _tasks_of(trained_task)
+    # Without a model (loaded for typos only) the word lists are all it has.
+    self.tasks = _tasks_of(trained_task) if model is not None else ("typos",)
     self._compiled = None
     self._typos: dict[str, typos.TypoCorrector] = {}  # per language, built on first use
 
@@ -158,9 +164,7 @@ class Corrector:
       return cls(None, trained_task=trained_task, input_length=data["input_length"], **kwargs)
     model = load_run(path)  # any family: a tagger is no LanguageModel
     if lexicon and isinstance(model, Tagger):
-      kwargs["lexicons"] = [metrics.Lexicon(line for text in sources.load_text(spec, "train")["text"]
-                                            for line in text.split("\n"))
-                            for spec in _per_source(data["train"])]
+      kwargs["lexicons"] = [source_lexicon(spec) for spec in _per_source(data["train"])]
     return cls(model, trained_task=trained_task, input_length=data["input_length"], **kwargs)
 
   def check_task(self, task: str | None) -> str:
@@ -170,7 +174,7 @@ class Corrector:
   def __call__(self, lines: Sequence[str], task: str | None = None,
                lang: str | None = None) -> list[str]:
     """One corrected line per line (each a str without newlines). lang: the language of the
-    typo corrector's word list (`wordlist.languages()`); None picks one per line."""
+    typo corrector's word list (`typos.LANGUAGES`); None picks one per line."""
     task = self.check_task(task)
     if self.model is None and task != "typos":
       raise ValueError(f"this corrector was loaded for typos only and cannot do {task!r}: "
@@ -270,6 +274,50 @@ def _per_source(spec: str) -> list[str]:
   return [spec]
 
 
+def source_lexicon(spec: str) -> metrics.Lexicon:
+  """The word forms of one training source, pooled (`metrics.Lexicon.pooled`) with the shipped
+  word list of its language where there is one: the training text knows its domain's words
+  (software messages, a Bible), the word list those of everyday usage it never saw.
+
+  Built once and kept in the user's cache (`bytelm.user_cache`), keyed by the files it is
+  built from: building takes seconds, reading it back a fraction of one."""
+  lang = sources.language_of(spec)
+  word_list = wordlist.HERE / f"{lang}.tsv.xz" if lang in wordlist.languages() else None
+  files = sources.local_files(spec)
+  if files is None:  # a Hub dataset: nothing to key a cache by
+    return _build_source_lexicon(spec, lang if word_list else None)
+  key = hashlib.sha256(json.dumps([_LEXICON_FORMAT, spec, [
+      (str(f), os.stat(f).st_size, os.stat(f).st_mtime_ns)
+      for f in [*files, *([word_list] if word_list else [])]]]).encode()).hexdigest()[:16]
+  path = user_cache.root() / "lexicons" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', spec)[:60]}-{key}.json.gz"
+  try:
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+      return metrics.Lexicon.from_table(json.load(f))
+  except (OSError, EOFError, ValueError):  # not there yet, or damaged: built again
+    pass
+  lexicon = _build_source_lexicon(spec, lang if word_list else None)
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=1) as f:
+      json.dump(lexicon.counts, f, ensure_ascii=False)
+    os.replace(tmp, path)
+  except OSError:  # a read-only or full cache: it is only a cache
+    pass
+  return lexicon
+
+
+_LEXICON_FORMAT = 1  # bump when what a lexicon holds changes
+
+
+def _build_source_lexicon(spec: str, lang: str | None) -> metrics.Lexicon:
+  seen = metrics.Lexicon(line for text in sources.load_text(spec, "train")["text"]
+                         for line in text.split("\n"))
+  if lang is None:
+    return seen
+  return metrics.Lexicon.pooled([seen, metrics.Lexicon.from_counts(wordlist.load(lang))])
+
+
 def lexicon_labels(plain: str, logp_TC: np.ndarray, lexicon: metrics.Lexicon) -> np.ndarray:
   """labels_T of plain (stripped text) from a tagger's log-probabilities and a lexicon: each
   word seen in training takes the seen form maximising log p(form's labels) + log(its share of
@@ -313,7 +361,7 @@ def typo_language(line: str) -> str | None:
   of them; None where none does (another language: its words are not typos of these)."""
   words = [w.lower() for w in typos.WORD.findall(line)]
   score = {}
-  for lang in wordlist.languages():
+  for lang in typos.LANGUAGES:
     counts = wordlist.load(lang)
     if words and sum(w in counts for w in words) >= len(words) / 2:
       total = wordlist.total(lang)
@@ -334,27 +382,6 @@ def _check_task(task: str | None, trained_task: str) -> str:
 
 # -- command line -----------------------------------------------------------------------------
 
-_GREEN, _RED, _RESET = "\x1b[1;32m", "\x1b[9;31m", "\x1b[0m"
-
-
-def mark_changes(before: str, after: str, color: bool) -> str:
-  """after with its changes from before marked: in color (inserted green, deleted red and
-  struck through), or as [before→after], [+inserted], [-deleted] in plain text."""
-  out = []
-  for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, before, after,
-                                                    autojunk=False).get_opcodes():
-    old, new = before[i1:i2], after[j1:j2]
-    if op == "equal":
-      out.append(new)
-    elif color:
-      out.append((f"{_RED}{old}{_RESET}" if old and op != "replace" else "")
-                 + (f"{_GREEN}{new}{_RESET}" if new else ""))
-    else:
-      out.append({"replace": f"[{old}→{new}]", "insert": f"[+{new}]",
-                  "delete": f"[-{old}]"}[op])
-  return "".join(out)
-
-
 def _parse(argv, prog):
   parser = argparse.ArgumentParser(
       prog=prog,
@@ -365,13 +392,21 @@ def _parse(argv, prog):
   parser.add_argument("--task", choices=TASKS, default=None,
                       help="what to correct (default: what the model was trained for)")
   parser.add_argument("--lang", default=None,
-                      help="the language of the typo corrector's word list (shipped: "
-                           f"{', '.join(wordlist.languages())}; default: chosen per line)")
+                      help="the language of the typo corrector's word list ("
+                           f"{', '.join(typos.LANGUAGES)}; default: chosen per line)")
   parser.add_argument("--diff", action="store_true", help="mark the changed characters")
   parser.add_argument("--no-lexicon", action="store_true",
                       help="a tagger alone, without the word forms of its training text")
   parser.add_argument("--batch-lines", type=int, default=None,
                       help="stdin lines corrected together (default: 1 on a terminal, else 64)")
+  parser.add_argument("--serve", action="store_true",
+                      help="start a page to try the corrector at http://127.0.0.1:PORT/")
+  parser.add_argument("--port", type=int, default=serve.DEFAULT_PORT,
+                      help=f"the page's port with --serve (default {serve.DEFAULT_PORT}; 0: any "
+                           "free one)")
+  parser.add_argument("--max-bytes", type=int, default=serve.MAX_BYTES,
+                      help="the largest request the page takes, in bytes (default "
+                           f"{serve.MAX_BYTES:,})")
   parser.add_argument("--debug", action="store_true", help=console.DEBUG_HELP)
   return parser.parse_args(argv)
 
@@ -380,15 +415,31 @@ def main(argv=None, prog: str = "python -m bytelm.demos.correct") -> int:
   """The command line (the module docstring); prog: its name in usage and help (bytelm-correct
   is this main)."""
   args = _parse(argv, prog)
+  user_cache.enable_compilation_cache()  # a second call compiles nothing
   with console.reported(prog, args.debug or console.debugging()):
-    if args.lang is not None and args.lang not in wordlist.languages():
-      raise ValueError(f"--lang {args.lang}: no word list for it; shipped: "
-                       f"{', '.join(wordlist.languages())}")
-    corrector = Corrector.load(args.model, lexicon=not args.no_lexicon, task=args.task)
+    if args.lang is not None and args.lang not in typos.LANGUAGES:
+      raise ValueError(f"--lang {args.lang}: the typo corrector knows "
+                       f"{', '.join(typos.LANGUAGES)}")
+    if args.serve and args.text:
+      raise ValueError("--serve takes its text from the page: leave out TEXT")
+    corrector = Corrector.load(args.model, lexicon=not args.no_lexicon,
+                               task=None if args.serve else args.task)
+    if args.serve:
+      server = serve.make_server(corrector, args.port, args.max_bytes)
+  if args.serve:
+    print(f"bytelm-correct: the page is at http://{serve.HOST}:{server.server_port}/ "
+          "(Ctrl+C stops it)", flush=True)
+    try:
+      server.serve_forever()
+    except KeyboardInterrupt:
+      pass
+    finally:
+      server.server_close()
+    return 0
   color = sys.stdout.isatty()
 
   def show(before: str, after: str) -> str:
-    return mark_changes(before, after, color) if args.diff else after
+    return changes.marked(before, after, color) if args.diff else after
 
   if args.text:
     line = " ".join(args.text)

@@ -144,28 +144,49 @@ class Lexicon:
   up as written, then in lower case with the capitalisation put back; unknown words stay."""
 
   def __init__(self, texts: Iterable[str] = ()):
-    self.counts: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    # {word without diacritics: {form: count}}; plain dicts, not Counters: a lexicon of a word
+    # list and a training text holds a few hundred thousand of them, built at every start.
+    self.counts: dict[str, dict[str, float]] = {}
     self._stripped: dict[str, str] = {}  # each distinct word stripped once
-    for text in texts:
-      for word in _WORD.findall(text):
-        self._add(word, 1)
-    self.counts = dict(self.counts)
+    seen = collections.Counter(word for text in texts for word in _WORD.findall(text))
+    for word, n in seen.items():  # each distinct word added once
+      self._add(word, n)
 
   @classmethod
   def from_counts(cls, words: dict[str, int]) -> "Lexicon":
     """The lexicon of a word list with counts ({word: count}, e.g. wordfreq's)."""
     lexicon = cls()
-    lexicon.counts = collections.defaultdict(collections.Counter)
     for word, count in words.items():
       if _WORD.fullmatch(word):
         lexicon._add(word, count)
-    lexicon.counts = dict(lexicon.counts)
     return lexicon
 
-  def _add(self, word: str, n: int) -> None:
-    self.counts[self._strip(word)][word] += n
-    if word.lower() != word:  # also a form of the lower-case word
-      self.counts[self._strip(word.lower())][word.lower()] += n
+  @classmethod
+  def from_table(cls, counts: dict[str, dict[str, float]]) -> "Lexicon":
+    """The lexicon whose `counts` are these ({word without diacritics: {form: count}})."""
+    lexicon = cls()
+    lexicon.counts = counts
+    return lexicon
+
+  @classmethod
+  def pooled(cls, lexicons: Iterable["Lexicon"]) -> "Lexicon":
+    """One lexicon of several, each weighing the same: a form's count is the sum of its shares
+    of each lexicon's total count (times 1e9), so a small lexicon of one domain (a model's
+    training text) and a large one of general usage (a word list) both have their say."""
+    lexicon = cls()
+    for other in lexicons:
+      scale = 1e9 / sum(n for forms in other.counts.values() for n in forms.values())
+      for plain, forms in other.counts.items():
+        pooled = lexicon.counts.setdefault(plain, {})
+        for form, n in forms.items():
+          pooled[form] = pooled.get(form, 0) + n * scale
+    return lexicon
+
+  def _add(self, word: str, n: float) -> None:
+    for form in (word, word.lower()) if word.lower() != word else (word,):
+      # A capitalised word is also a form of the lower-case word.
+      forms = self.counts.setdefault(self._strip(form), {})
+      forms[form] = forms.get(form, 0) + n
 
   def _strip(self, word: str) -> str:
     plain = self._stripped.get(word)
@@ -178,7 +199,7 @@ class Lexicon:
     written (without diacritics), else its lower case's with word's capitals put back; empty
     for a word never seen. Ordered as first seen."""
     if word in self.counts:
-      return self.counts[word]
+      return collections.Counter(self.counts[word])
     lower = self.counts.get(word.lower())
     if lower is None:
       return collections.Counter()

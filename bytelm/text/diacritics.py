@@ -35,6 +35,8 @@ def strip_diacritics(text: str) -> str:
   >>> strip_diacritics("Laba diena, aš esu iš Lietuvos. Łódź, Đà Nẵng, Øre, Straße")
   'Laba diena, as esu is Lietuvos. Lodz, Da Nang, Ore, Straße'
   """
+  if text.isascii():  # nothing to strip (most words of most text: the lexicons strip millions)
+    return text
   out, after_latin = [], False
   for ch in unicodedata.normalize("NFC", text):
     if unicodedata.combining(ch):
@@ -42,5 +44,10 @@ def strip_diacritics(text: str) -> str:
         out.append(ch)
       continue
     out.append(_strip_char(ch))
-    after_latin = unicodedata.name(ch, "").startswith("LATIN ")
+    after_latin = _is_latin(ch)
   return "".join(out)
+
+
+@functools.cache
+def _is_latin(ch: str) -> bool:
+  return unicodedata.name(ch, "").startswith("LATIN ")
