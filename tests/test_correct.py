@@ -171,13 +171,30 @@ def test_typos_need_no_model(monkeypatch):
     corrector(["as esu is Lietuvos"], "diacritics")
 
 
-def test_the_typo_language_is_the_list_that_knows_the_line():
-  assert correct.typo_language("Thanks for the photos") == "en"
-  assert correct.typo_language("Merci pour les photos") == "fr"
-  assert correct.typo_language("Gracias por las fotos") == "es"
-  assert correct.typo_language("Привет 日本 123") is None
-  # Another language's words are not typos of these lists' words, even where a few are listed.
-  assert correct.typo_language("Pasirinkite failą, kurį norite atidaryti, ir X diagrama") is None
+def test_the_line_language_is_the_list_that_knows_the_line():
+  assert correct.line_language("Thanks for the photos") == "en"
+  assert correct.line_language("Merci pour les photos") == "fr"
+  assert correct.line_language("Gracias por las fotos") == "es"
+  assert correct.line_language("Привет 日本 123") is None
+  # Typed without their diacritics, lines are still told by their words (a few of which the
+  # English list knows too).
+  assert correct.line_language("As esu is Lietuvos") == "lt"
+  assert correct.line_language("Dobre rano, jak se dnes mas?") == "cs"
+  assert correct.line_language("Toi muon an pho o Ha Noi") == "vi"
+  assert correct.line_language("Pasirinkite failą, kurį norite atidaryti, ir X diagrama") == "lt"
+
+
+def test_each_corrector_keeps_to_its_languages(monkeypatch):
+  """Typos are fixed in en, es and fr only (a Czech line is not English with typos), and the
+  restorer leaves a line of a language it was not trained on as it is."""
+  corrector = correct.Corrector.load(task="typos")
+  assert corrector(["Dobre rano, jak se dnes mas?"], "typos") == ["Dobre rano, jak se dnes mas?"]
+  restorer = correct.Corrector(object(), trained_task="diacritics", input_length=32,
+                               languages=["lt", None])
+  monkeypatch.setattr(correct.Corrector, "_restore_lines",
+                      lambda self, lines, task: [f"<{x}>" for x in lines])
+  assert restorer(["Thanks for the photos", "As esu is Lietuvos", "zxq"], "diacritics") == [
+      "Thanks for the photos", "<As esu is Lietuvos>", "<zxq>"]
 
 
 def test_a_task_the_model_cannot_do_is_refused():

@@ -14,8 +14,10 @@ is the diacritics restorer shipped in bytelm/demos/diacritics/ (configs/diacriti
 takes any bytelm workdir or export trained by that recipe, including its seq2seq variants (which
 also fix typos). Typos are otherwise fixed by the noisy-channel corrector of
 `bytelm.demos.typos` with the shipped word list (`bytelm.demos.wordlist`) of the line's
-language (--lang, or `typo_language`: the likeliest of the lists that know half its words;
-a line of another language is left alone); --task both restores diacritics first.
+language (--lang, or `line_language`: the likeliest of the eight shipped lists that know
+half its words; a line of another language than en, es, fr is left alone); --task both
+restores diacritics first. The restorer leaves alone a line of a language it was not trained
+on (English).
 
 A tagger also reads, per language, the word forms of its training text pooled with the shipped
 word list of that language (`source_lexicon`): each line goes with the language whose words
@@ -115,13 +117,16 @@ class Corrector:
   """A trained corrector and what it was trained for; `corrector(lines, task)` corrects."""
 
   def __init__(self, model, *, trained_task: str, input_length: int, batch_size: int = 64,
-               lexicons: Sequence[metrics.Lexicon] = ()):
+               lexicons: Sequence[metrics.Lexicon] = (), languages: Sequence[str | None] = ()):
     """lexicons: the word forms of the training text, one lexicon per source (language). A
     tagger then reads each line with the lexicon that knows most of its words (none if none
     knows any) and picks, for each word seen there, the seen form with the highest model
-    log-probability + log frequency (`lexicon_labels`); other words get its own choice."""
+    log-probability + log frequency (`lexicon_labels`); other words get its own choice.
+    languages: the languages it was trained on (those of the sources); where given, a line of
+    another language (`line_language`) keeps its diacritics as they are."""
     self.model = model
     self.lexicons = list(lexicons)
+    self.languages = tuple(lang for lang in languages if lang)
     self.is_tagger = isinstance(model, Tagger)
     self.trained_task = trained_task
     self.input_length = int(input_length)
@@ -164,7 +169,9 @@ class Corrector:
       return cls(None, trained_task=trained_task, input_length=data["input_length"], **kwargs)
     model = load_run(path)  # any family: a tagger is no LanguageModel
     if lexicon and isinstance(model, Tagger):
-      kwargs["lexicons"] = [source_lexicon(spec) for spec in _per_source(data["train"])]
+      specs = _per_source(data["train"])
+      kwargs["lexicons"] = [source_lexicon(spec) for spec in specs]
+      kwargs["languages"] = [sources.language_of(spec) for spec in specs]
     return cls(model, trained_task=trained_task, input_length=data["input_length"], **kwargs)
 
   def check_task(self, task: str | None) -> str:
@@ -183,6 +190,15 @@ class Corrector:
       # The model restores diacritics only: typos are the word-list corrector's (after it).
       restored = self(lines, "diacritics") if task == "both" else list(lines)
       return self.fix_typos(restored, lang)
+    if task == "diacritics" and self.languages:
+      # A line of a language the restorer was never trained on (English, say) is left alone.
+      foreign = [line_language(line) not in (None, *self.languages) for line in lines]
+      if any(foreign):
+        restored = iter(self._restore_lines([x for x, f in zip(lines, foreign) if not f], task))
+        return [x if f else next(restored) for x, f in zip(lines, foreign)]
+    return self._restore_lines(lines, task)
+
+  def _restore_lines(self, lines: Sequence[str], task: str) -> list[str]:
     # Pieces fit the model's input: bytes + eos for both kinds of model.
     pieces = [split_text(line, self.input_length - 1) for line in lines]
     flat = [p for ps in pieces for p in ps]
@@ -200,12 +216,12 @@ class Corrector:
 
   def fix_typos(self, lines: Sequence[str], lang: str | None = None) -> list[str]:
     """lines with their typos fixed by the noisy-channel corrector (`bytelm.demos.typos`) of
-    lang's word list, or, with lang None, of each line's `typo_language` (a line of none of
-    them is left as it is)."""
+    lang's word list, or, with lang None, of each line's `line_language` (a line of another
+    language, or of none the lists know, is left as it is)."""
     out = []
     for line in lines:
-      language = lang or typo_language(line)
-      if language is None:
+      language = lang or line_language(line)
+      if language not in typos.LANGUAGES:
         out.append(line)
         continue
       if language not in self._typos:
@@ -355,14 +371,14 @@ def _tasks_of(trained_task: str) -> tuple[str, ...]:
   return {"both": TASKS, "diacritics": TASKS}.get(trained_task, (trained_task,))
 
 
-def typo_language(line: str) -> str | None:
-  """The shipped word list's language under which line's words are likeliest (each word's share
-  of the list's counts, a floor for a word it lacks), among the lists that know at least half
-  of them; None where none does (another language: its words are not typos of these)."""
-  words = [w.lower() for w in typos.WORD.findall(line)]
+def line_language(line: str) -> str | None:
+  """The language of the shipped word lists (`wordlist.languages()`) under which line's words,
+  stripped of diacritics, are likeliest (each word's share of the list's counts, a floor for a
+  word it lacks), among the lists that know at least half of them; None where none does."""
+  words = [noise.strip_diacritics(w.lower()) for w in typos.WORD.findall(line)]
   score = {}
-  for lang in typos.LANGUAGES:
-    counts = wordlist.load(lang)
+  for lang in wordlist.languages():
+    counts = wordlist.plain_counts(lang)
     if words and sum(w in counts for w in words) >= len(words) / 2:
       total = wordlist.total(lang)
       score[lang] = sum(math.log(counts.get(w, 0.1) / total) for w in words)
