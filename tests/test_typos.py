@@ -8,6 +8,7 @@ import pytest
 
 from bytelm.data import noise
 from bytelm.demos import metrics
+from bytelm.demos.bigrams import Bigrams
 from bytelm.demos.typos import TypoCorrector, channel_cost
 
 pytest.importorskip("symspellpy", reason="symspellpy is a dependency of bytelm: reinstall it")
@@ -75,6 +76,42 @@ def test_context_fixes_a_real_word_error_only_with_strong_evidence():
   assert strong.correct(line) == "I got a letter from my house"
   weak = TypoCorrector(WORDS, FakeLM("letter from my", gain_bits=1.0))
   assert weak.correct(line) == line
+
+
+def test_bigrams_score_a_word_between_its_neighbours():
+  pairs = {("letter", "from"): 90, ("letter", "to"): 10, ("from", "my"): 50, ("form", "a"): 5}
+  model = Bigrams(pairs, {"from": 300, "form": 100, "my": 100, "a": 500}, weight=0.2)
+  assert math.isclose(model.logp("from", "letter"), math.log(0.8 * 0.9 + 0.2 * 0.3))
+  assert math.isclose(model.logp("form", "letter"), math.log(0.2 * 0.1))  # unseen pair
+  assert math.isclose(model.logp("from", None), math.log(0.3))  # no word before
+  assert math.isclose(model.logp("from", "zebra"), math.log(0.3))  # a word without pairs
+  assert model.logp("xyzzy", "letter") == model.logp("xyzzy", None) < -20  # unknown anywhere
+  assert math.isclose(model.around("letter", "from", "my"),
+                      model.logp("from", "letter") + model.logp("my", "from"))
+  assert model.around("letter", "from", None) == model.logp("from", "letter")
+
+
+def test_word_pairs_fix_a_real_word_error_where_the_neighbours_say_so():
+  pairs = {("letter", "from"): 900, ("letter", "form"): 1, ("from", "my"): 500,
+           ("form", "my"): 1, ("a", "form"): 300, ("a", "from"): 1, ("form", "and"): 50}
+  line = "I got a letter form my house"
+  with_pairs = TypoCorrector(WORDS, bigrams=Bigrams(pairs, WORDS))
+  assert with_pairs.correct(line) == "I got a letter from my house"
+  assert with_pairs.correct("I got a form and a letter") == "I got a form and a letter"
+  # Punctuation parts the words: "letter;" says nothing of the word after it, and "my"
+  # alone is not evidence enough.
+  assert with_pairs.correct("I got a letter; form my house") == "I got a letter; form my house"
+  assert TypoCorrector(WORDS).correct(line) == line  # no context: a listed word stays
+
+
+def test_typographic_apostrophes_and_acronyms_are_kept():
+  corrector = TypoCorrector({**WORDS, "wasn't": 400, "isn't": 300, "it": 3000, "open": 300})
+  assert corrector.correct("It wasn’t me, it isn’t teh mail") == "It wasn’t me, it isn’t the mail"
+  # An acronym or a brand is kept as typed; the same words in lower case are typos, and a
+  # longer word in capitals is shouted, typos and all.
+  assert corrector.correct("Open the OLE or the mAIl") == "Open the OLE or the mAIl"
+  assert corrector.correct("the mial") == "the mail" and corrector.correct("the ole") != "the ole"
+  assert corrector.correct("RECIEVE IT") == "RECEIVE IT"
 
 
 def test_edit_counts():

@@ -121,12 +121,12 @@ class TypoCorrector:
   `LanguageModel` scoring lines for context, or None (word frequencies only, and then no
   real-word corrections)."""
 
-  def __init__(self, words: dict[str, int], lm=None, *, layout: str = "qwerty",
-               max_candidates: int = 6, real_word_margin: float = 4.0,
-               known_margin: float = 0.0, name_margin: float = 8.0,
+  def __init__(self, words: dict[str, int], lm=None, *, bigrams=None, layout: str = "qwerty",
+               max_candidates: int = 6, real_word_margin: float = 3.0,
+               known_margin: float = 1.0, name_margin: float = 8.0,
                unknown_logp: float = -24.0, prior_weight: float = 0.3, lm_batch: int = 32):
     from symspellpy import SymSpell  # the candidates: symmetric deletes over the list
-    self.words, self.lm, self.layout = words, lm, layout
+    self.words, self.lm, self.bigrams, self.layout = words, lm, bigrams, layout
     self.total = float(sum(words.values()))
     self.max_candidates = max_candidates
     self.real_word_margin, self.name_margin = real_word_margin, name_margin
@@ -167,14 +167,17 @@ class TypoCorrector:
       if (len(typed) < 2 or (k >= 0 and protected[k][1] > start)
           or not all(_latin(ch) for ch in typed if ch.isalpha())):
         continue  # too short to tell, an address or a number, or another script
-      lower = typed.lower()
+      lower = _plain_apostrophe(typed.lower())
       known = lower in self.words
       options = self._options(lower)
       if not options:
         continue
+      if not known and _acronym_or_brand(typed):
+        continue  # OLE, dBase, iPhone: meant as typed
+      # Capitalised inside a sentence and unknown: a name, most likely.
       name = typed[:1].isupper() and _inside_sentence(line, start)
       if known:  # a listed word: changed only on strong evidence
-        margin = self.real_word_margin if self.lm is not None else self.known_margin
+        margin = self.real_word_margin if self._has_context else self.known_margin
       else:
         margin = self.name_margin if name else 0.0
       out.append(_Slot(start, end, typed, options, margin))
@@ -200,7 +203,7 @@ class TypoCorrector:
     """(start, end) of each word of line: a WORD match the list knows, or else each of its
     pieces between apostrophes and hyphens (l'école, week-end, Dis-moi), as words of their own."""
     for m in WORD.finditer(line):
-      if m.group(0).lower() in self.words or not _JOINER.search(m.group(0)):
+      if _plain_apostrophe(m.group(0).lower()) in self.words or not _JOINER.search(m.group(0)):
         yield m.span()
         continue
       for piece in re.finditer(r"[^'’-]+", m.group(0)):
@@ -214,17 +217,25 @@ class TypoCorrector:
     choice = [self._best(slot) for slot in slots]
     if self.lm is not None:
       choice = self._in_context(line, slots, choice)
+    elif self.bigrams is not None:
+      choice = self._between_neighbours(line, slots, choice)
     return _rebuild(line, slots, choice)
 
-  def _best(self, slot: _Slot, context: dict[str, float] | None = None) -> str:
+  @property
+  def _has_context(self) -> bool:
+    return self.lm is not None or self.bigrams is not None
+
+  def _best(self, slot: _Slot, context: dict[str, float] | None = None,
+            prior_weight: float = 0.0) -> str:
     """The option with the best score, if it beats the typed word by the slot's margin, else
-    the typed word. context: the LM's log-probability of the line with each option; the
-    word-list prior then only smooths it (prior_weight)."""
-    lower = slot.typed.lower()
+    the typed word. context: each option's log-probability in the line (a byte LM's of the
+    whole line, or the bigrams' around the word), in place of the word-list prior, which then
+    weighs prior_weight."""
+    lower = _plain_apostrophe(slot.typed.lower())
     if context is None:
       score = slot.options
     else:
-      score = {c: self.prior_weight * self.log_prior(c) - channel_cost(c, lower, self.layout)
+      score = {c: prior_weight * self.log_prior(c) - channel_cost(c, lower, self.layout)
                + context[c] for c in slot.options}
     best = max(score, key=score.get)
     if best != lower and score[best] - score[lower] < slot.margin:
@@ -238,7 +249,29 @@ class TypoCorrector:
       options = list(slot.options)
       variants = [_rebuild(line, slots, choice[:k] + [o] + choice[k + 1:]) for o in options]
       nats = self._line_nats(variants)
-      choice[k] = self._best(slot, {o: -n for o, n in zip(options, nats)})
+      choice[k] = self._best(slot, {o: -n for o, n in zip(options, nats)}, self.prior_weight)
+    return choice
+
+  def _between_neighbours(self, line: str, slots: list[_Slot], choice: list[str]) -> list[str]:
+    """Each slot's choice re-scored by the bigrams with the words next to it (as chosen so
+    far), left to right; a neighbour counts only where nothing but spaces lies between."""
+    spans = list(self._words(line))
+    words = [_plain_apostrophe(line[a:b].lower()) for a, b in spans]
+    at = {a: j for j, (a, _) in enumerate(spans)}
+    for slot, word in zip(slots, choice):
+      words[at[slot.start]] = word
+
+    def neighbour(j: int, i: int) -> str | None:  # word i, if only spaces part it from word j
+      if not 0 <= i < len(spans):
+        return None
+      gap = line[spans[min(i, j)][1]:spans[max(i, j)][0]]
+      return words[i] if gap and gap.isspace() else None
+
+    for k, slot in enumerate(slots):
+      j = at[slot.start]
+      before, after = neighbour(j, j - 1), neighbour(j, j + 1)
+      choice[k] = words[j] = self._best(
+          slot, {o: self.bigrams.around(before, o, after) for o in slot.options})
     return choice
 
   def _line_nats(self, texts: list[str]) -> list[float]:
@@ -256,6 +289,19 @@ def _inside_sentence(line: str, i: int) -> bool:
   return j >= 0 and line[j] not in ".!?…"
 
 
+def _acronym_or_brand(word: str) -> bool:
+  """All capitals and at most 4 letters (OLE, UNO), or capitals after a small letter (dBase,
+  iPhone); a longer word in capitals is shouted, and may hold a typo (TOMMOROW)."""
+  if word.isupper():
+    return len(word) <= 4
+  return any(ch.isupper() for ch in word[1:])
+
+
+def _plain_apostrophe(word: str) -> str:
+  """word with the typographic apostrophe (’) as the lists write it ('): wasn’t is wasn't."""
+  return word.replace("’", "'")
+
+
 @functools.cache
 def _latin(ch: str) -> bool:
   return unicodedata.name(ch, "").startswith("LATIN")
@@ -266,7 +312,8 @@ def _rebuild(line: str, slots: list[_Slot], choice: list[str]) -> str:
   out, last = [], 0
   for slot, word in zip(slots, choice):
     out.append(line[last:slot.start])
-    out.append(slot.typed if word == slot.typed.lower() else recase(word, slot.typed))
+    out.append(slot.typed if word == _plain_apostrophe(slot.typed.lower())
+               else recase(word, slot.typed))
     last = slot.end
   out.append(line[last:])
   return "".join(out)
@@ -285,7 +332,11 @@ LAYOUTS = {"fr": "azerty"}  # the keyboard a language is typed on, where it is n
 LANGUAGES = ("en", "es", "fr")
 
 
-def for_language(lang: str, lm=None) -> TypoCorrector:
-  """The corrector of lang's shipped word list (`bytelm.demos.wordlist`), on its keyboard."""
-  from bytelm.demos import wordlist
-  return TypoCorrector(wordlist.load(lang), lm, layout=LAYOUTS.get(lang, "qwerty"))
+def for_language(lang: str, lm=None, context: bool = True) -> TypoCorrector:
+  """The corrector of lang's shipped word list (`bytelm.demos.wordlist`), on its keyboard,
+  with the word pairs of `bytelm.demos.bigrams` where there are some for lang (English) and
+  context is True."""
+  from bytelm.demos import bigrams, wordlist
+  words = wordlist.load(lang)
+  pairs = bigrams.Bigrams.english(words) if context and lang == "en" and lm is None else None
+  return TypoCorrector(words, lm, bigrams=pairs, layout=LAYOUTS.get(lang, "qwerty"))
