@@ -17,7 +17,8 @@ are over languages. A seq2seq corrector trained for typos (configs/diacritics.py
 scored on typo'd and on typo'd + stripped lines, words aligned by edit distance, against copying.
 
 Everyday text: the same systems restore the everyday sentences of eval/data/everyday/<lang>.txt
-(written for this benchmark, committed before any corrector was trained; lt cs vi ro pl fr),
+(written for this benchmark, committed before any corrector was trained; lt cs vi ro pl fr;
+--dev: those of eval/data/everyday_dev, kept for tuning, instead),
 beside a dictionary of real-world usage:
   wordfreq       each word -> its most frequent diacritised form among wordfreq's 200,000
                  commonest words of the language (`metrics.Lexicon.from_counts`).
@@ -30,6 +31,7 @@ Prints tables, draws eval/results/diacritics.png, and ends with
 from __future__ import annotations
 
 import argparse
+import pathlib
 import time
 
 import numpy as np
@@ -68,6 +70,7 @@ def evaluate_language(correctors: dict[str, Corrector], source: str, max_lines: 
 
 
 EVERYDAY = common.ROOT / "eval" / "data" / "everyday"
+EVERYDAY_DEV = common.ROOT / "eval" / "data" / "everyday_dev"  # to tune on (--dev)
 
 
 def wordfreq_lexicon(lang: str, words: int = 200_000) -> metrics.Lexicon | None:
@@ -81,9 +84,10 @@ def wordfreq_lexicon(lang: str, words: int = 200_000) -> metrics.Lexicon | None:
                                       for w in wordfreq.top_n_list(lang, words)})
 
 
-def evaluate_everyday(correctors: dict[str, Corrector], lang: str, source: str) -> dict:
+def evaluate_everyday(correctors: dict[str, Corrector], lang: str, source: str,
+                      folder: pathlib.Path = EVERYDAY) -> dict:
   """Word counts of each system on lang's everyday sentences, stripped of their diacritics."""
-  gold = lines_of([(EVERYDAY / f"{lang}.txt").read_text(encoding="utf-8")])
+  gold = lines_of([(folder / f"{lang}.txt").read_text(encoding="utf-8")])
   inputs = [noise.strip_diacritics(line) for line in gold]
   train = lines_of(sources.load_text(f"embedded:{source}", "train")["text"])
   seen = metrics.vocabulary(train)
@@ -118,6 +122,9 @@ def main() -> None:
   p.add_argument("--languages", default=",".join(LANGUAGES))
   p.add_argument("--max-lines", type=int, default=1000, help="held-out lines per language")
   p.add_argument("--plot", default=str(common.RESULTS / "diacritics.png"))
+  p.add_argument("--dev", action="store_true",
+                 help="the everyday sentences kept for tuning (eval/data/everyday_dev) instead "
+                      "of the held-out ones; draws no plot")
   args = p.parse_args()
   languages = [lang.strip() for lang in args.languages.split(",") if lang.strip()]
   unknown = [lang for lang in languages if lang not in LANGUAGES]
@@ -163,12 +170,13 @@ def main() -> None:
   for lang, r in results.items():
     source, restored, gold = r["example"]
     print(f"  {lang}: {source}\n   -> {restored}\n    | {gold}")
-  everyday = {lang: evaluate_everyday(correctors, lang, LANGUAGES[lang])
-              for lang in languages if (EVERYDAY / f"{lang}.txt").is_file()}
+  folder = EVERYDAY_DEV if args.dev else EVERYDAY
+  everyday = {lang: evaluate_everyday(correctors, lang, LANGUAGES[lang], folder)
+              for lang in languages if (folder / f"{lang}.txt").is_file()}
   everyday_systems = [s for s in (*correctors, "lexicon", "wordfreq", "copy")
                       if all(s in r["counts"] for r in everyday.values())]
   if everyday:
-    print("\nEveryday sentences (eval/data/everyday), alpha-word accuracy:\n")
+    print(f"\nEveryday sentences ({folder.relative_to(common.ROOT)}), alpha-word accuracy:\n")
     print("| language | sentences | " + " | ".join(everyday_systems) + " |")
     print("|---|---|" + "---|" * len(everyday_systems))
     for lang, r in everyday.items():
@@ -192,7 +200,7 @@ def main() -> None:
         print(f"| {lang} | {c['model'].accuracy():.4f} | {c['copy'].accuracy():.4f} |")
       typo_means[task] = {name: float(np.mean([c[name].accuracy() for c in counts.values()]))
                           for name in ("model", "copy")}
-  if args.plot:
+  if args.plot and not args.dev:
     plot(results, systems, args.plot)
   figures = {"alpha_acc_mean": mean[shipped, "alpha"],
              "lexicon_acc_mean": mean["lexicon", "alpha"],
