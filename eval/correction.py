@@ -71,13 +71,19 @@ CONFUSABLE = {
 DEV_SOURCES = {"en": "bible_en", "es": "bible_es", "fr": "l10n_fr"}
 
 
+EVERYDAY_DEV = common.ROOT / "eval" / "data" / "everyday_dev"
+
+
 def dev_sentences(lang: str, n: int = 300) -> list[str]:
-  """Text to tune on, never the held-out sets: the first n lines (or sentences) of 4 to 30
-  words of the embedded corpus's validation split of lang."""
+  """Text to tune on, never the held-out sets: the everyday sentences kept for tuning
+  (eval/data/everyday_dev), then the first n lines (or sentences) of 4 to 30 words of the
+  embedded corpus's validation split of lang."""
   from bytelm.data import sources
+  everyday = [s for s in (EVERYDAY_DEV / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
+              if s.strip()]
   texts = sources.load_text(f"embedded:{DEV_SOURCES[lang]}", "validation")["text"]
   lines = [" ".join(x.split()) for t in texts for x in re.split(r"\n|(?<=[.!?;:])\s+", t)]
-  return [x for x in lines if 4 <= len(x.split()) <= 30][:n]
+  return everyday + [x for x in lines if 4 <= len(x.split()) <= 30][:n]
 
 
 def sentences(lang: str) -> list[str]:
