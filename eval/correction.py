@@ -234,8 +234,8 @@ def main() -> None:
   p.add_argument("--max-sentences", type=int, default=0, help="per language; 0: all")
   p.add_argument("--out", default=str(common.RESULTS / "correction"))
   p.add_argument("--dev", action="store_true",
-                 help="tune on the embedded corpus's validation lines instead of the held-out "
-                      "sets (writes nothing to eval/results)")
+                 help="tune on eval/data/everyday_dev and the embedded corpus's validation "
+                      "lines instead of the held-out sets (writes nothing to eval/results)")
   args = p.parse_args()
   machine = common.start()
   languages = args.languages.split(",")
