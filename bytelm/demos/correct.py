@@ -35,11 +35,8 @@ nothing else, and a seq2seq model's output is checked word by word (`diacritics_
 from __future__ import annotations
 
 import argparse
-import gzip
-import hashlib
 import json
 import math
-import os
 import pathlib
 import re
 import sys
@@ -307,29 +304,14 @@ def source_lexicon(spec: str) -> metrics.Lexicon:
   Built once and kept in the user's cache (`bytelm.user_cache`), keyed by the files it is
   built from: building takes seconds, reading it back a fraction of one."""
   lang = sources.language_of(spec)
-  word_list = wordlist.HERE / f"{lang}.tsv.xz" if lang in wordlist.languages() else None
+  word_list = [wordlist.HERE / f"{lang}.tsv.xz"] if lang in wordlist.languages() else []
   files = sources.local_files(spec)
   if files is None:  # a Hub dataset: nothing to key a cache by
     return _build_source_lexicon(spec, lang if word_list else None)
-  key = hashlib.sha256(json.dumps([_LEXICON_FORMAT, spec, [
-      (str(f), os.stat(f).st_size, os.stat(f).st_mtime_ns)
-      for f in [*files, *([word_list] if word_list else [])]]]).encode()).hexdigest()[:16]
-  path = user_cache.root() / "lexicons" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', spec)[:60]}-{key}.json.gz"
-  try:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-      return metrics.Lexicon.from_table(json.load(f))
-  except (OSError, EOFError, ValueError):  # not there yet, or damaged: built again
-    pass
-  lexicon = _build_source_lexicon(spec, lang if word_list else None)
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with gzip.open(tmp, "wt", encoding="utf-8", compresslevel=1) as f:
-      json.dump(lexicon.counts, f, ensure_ascii=False)
-    os.replace(tmp, path)
-  except OSError:  # a read-only or full cache: it is only a cache
-    pass
-  return lexicon
+  return metrics.Lexicon.from_table(user_cache.cached_json(
+      "lexicons", spec, [*files, *word_list],
+      lambda: _build_source_lexicon(spec, lang if word_list else None).counts,
+      version=_LEXICON_FORMAT))
 
 
 _LEXICON_FORMAT = 1  # bump when what a lexicon holds changes

@@ -13,10 +13,7 @@ the word's frequency in wordfreq's sources (films' subtitles, Wikipedia, news, b
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import lzma
-import os
 import pathlib
 
 from bytelm import user_cache
@@ -71,25 +68,14 @@ def _plain_tables() -> dict[str, dict[str, int]]:
   """plain_counts of every shipped list, kept in the user's cache (`bytelm.user_cache`) once
   built: a command that tells each line's language reads one file instead of decompressing
   and stripping eight lists (0.2 s instead of 0.7)."""
-  files = sorted(HERE.glob("*.tsv.xz"))
-  key = hashlib.sha256(json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns)
-                                   for p in files]).encode()).hexdigest()[:16]
-  path = user_cache.root() / "wordlists" / f"plain-{key}.json"
-  try:
-    return json.loads(path.read_text(encoding="utf-8"))
-  except (OSError, ValueError):  # not built yet, or damaged: built again
-    pass
+  return user_cache.cached_json("wordlists", "plain", sorted(HERE.glob("*.tsv.xz")), _plain)
+
+
+def _plain() -> dict[str, dict[str, int]]:
   tables = {}
   for lang in languages():
     plain = tables[lang] = {}
     for word, count in load(lang).items():
-      key_word = strip_diacritics(word)
-      plain[key_word] = plain.get(key_word, 0) + count
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(tables, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-  except OSError:  # a read-only or full cache: it is only a cache
-    pass
+      key = strip_diacritics(word)
+      plain[key] = plain.get(key, 0) + count
   return tables
