@@ -17,7 +17,7 @@ import bytelm
 
 from bytelm.data import noise
 from bytelm.text import tags
-from bytelm.demos import changes, correct, metrics
+from bytelm.demos import changes, correct, metrics, wordlist
 from bytelm.training import train_and_evaluate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -170,6 +170,31 @@ def test_typos_need_no_model(monkeypatch):
   assert corrector(["Thanks for the mesage"], "typos") == ["Thanks for the message"]
   with pytest.raises(ValueError, match="loaded for typos only.*task='diacritics'"):
     corrector(["as esu is Lietuvos"], "diacritics")
+
+
+EVERYDAY_DEV = ROOT / "eval" / "data" / "everyday_dev"  # the sentences kept for tuning
+
+
+def test_clean_everyday_sentences_stay_as_they_are_and_fixes_stay_within_two_edits():
+  """At least 95% of clean everyday sentences come out unchanged; in typo'd ones, every word
+  changed is within two edits of the typed word (one where the typed word is listed)."""
+  from symspellpy.editdistance import DistanceAlgorithm, EditDistance
+  distance = EditDistance(DistanceAlgorithm.DAMERAU_OSA).compare
+  corrector = correct.Corrector.load(task="typos")
+  unchanged = total = 0
+  for lang in ("en", "es", "fr"):
+    clean = [x for x in (EVERYDAY_DEV / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
+             if x.strip()]
+    unchanged += sum(a == b for a, b in zip(clean, corrector(clean, "typos", lang)))
+    total += len(clean)
+    listed = wordlist.load(lang)
+    typed = [noise.add_typos(x, rate=0.08, seed=i) for i, x in enumerate(clean)]
+    for before, after in zip(typed, corrector(typed, "typos", lang)):
+      for b, a in zip(before.split(" "), after.split(" "), strict=True):
+        if a != b:
+          budget = 1 if metrics.bare_words(b)[0].lower() in listed else 2
+          assert distance(b.lower(), a.lower(), 9) <= budget, (b, a)
+  assert unchanged / total >= 0.95, f"{total - unchanged} of {total} clean sentences changed"
 
 
 def test_the_line_language_is_the_list_that_knows_the_line():
