@@ -14,17 +14,20 @@ For a typed word t, the corrector picks the candidate c that maximises
   left out: 4.4; a transposition: 4.7; ...), an accent left out costs little (people do it all
   the time), and each letter typed right -log(1 - rate).
 - Context: with a byte LM (any decoder `bytelm.load` gives), the bits of the whole line with c
-  in place, plus a light word-frequency prior; without one, the word's frequency alone.
+  in place, plus a light word-frequency prior; else, with word pairs (`bytelm.demos.bigrams`,
+  English), log P(c | the word before) + log P(the word after | c); else the word's frequency.
 
 Policy, so that it leaves alone what it does not know:
 - only words are touched (letters, with an apostrophe or hyphen inside); digits, words holding
   digits, e-mail addresses and URLs, whitespace, punctuation and every other byte of the line
   are passed through as they are;
 - a word the list knows is changed only where a neighbour beats it by `real_word_margin` nats
-  with a byte LM, or, without one, by `known_margin` nats on frequency and channel alone (the
-  lists hold common misspellings too: "recieve" 562 times per billion words, "receive" 70,800);
+  with context (a byte LM or word pairs), or, without, by `known_margin` nats on frequency and
+  channel alone (the lists hold common misspellings too: "recieve" 562 times per billion words,
+  "receive" 70,800);
 - an unknown word that is capitalised inside a sentence (a name, most likely) is changed only
-  where its best candidate wins by `name_margin` nats;
+  where its best candidate wins by `name_margin` nats; an unknown acronym or brand (OLE, UNO:
+  capitals, 4 letters at most; dBase, iPhone: capitals after a small letter) never is;
 - the case of the typed word is put back on the candidate (all capitals, or a capital first).
 """
 
@@ -118,8 +121,9 @@ class TypoCorrector:
   """Corrects typos in lines of text (see the module docstring).
 
   words: {word: count} (lower case), e.g. `bytelm.demos.wordlist.load("en")`. lm: a decoder
-  `LanguageModel` scoring lines for context, or None (word frequencies only, and then no
-  real-word corrections)."""
+  `LanguageModel` scoring lines for context, or None. bigrams: a `bigrams.Bigrams` for context
+  where there is no lm, or None (word frequencies only). The margins and the unknown-word
+  prior were chosen on eval/correction.py's dev text (`--dev`), never its held-out sets."""
 
   def __init__(self, words: dict[str, int], lm=None, *, bigrams=None, layout: str = "qwerty",
                max_candidates: int = 6, real_word_margin: float = 3.0,
