@@ -75,6 +75,8 @@ def test_bad_requests_get_a_reason(corrector):
     status, reply = post(server, {"text": "teh", "lang": "xx"})
     assert status == 400 and "en, es, fr" in reply["error"]
     assert request(server, "GET", "/secrets")[0] == 404
+    status, data = request(server, "POST", "/correct", b'{"text": "teh \\ud800"}')
+    assert status == 400 and "not valid Unicode" in json.loads(data)["error"]
     assert post(server, {"text": "teh"}) == (200, {"corrected": "the",
                                                    "changes": changes.pieces("teh", "the")})
 

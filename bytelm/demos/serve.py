@@ -55,6 +55,11 @@ def answer(corrector, body: bytes, tasks: Sequence[str]) -> dict:
     raise RequestError(400, f"lang {lang!r}: the typo corrector knows "
                             f"{', '.join(typos.LANGUAGES)} (or leave it out: detected per line)")
   text = request["text"]
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as e:  # JSON can carry lone surrogates ("\ud800"); UTF-8 cannot
+    raise RequestError(400, f"the text is not valid Unicode ({e.reason} at character "
+                            f"{e.start})") from e
   corrected = correct_text(corrector, text, task, lang)
   return {"corrected": corrected, "changes": changes.pieces(text, corrected)}
 
