@@ -137,7 +137,10 @@ class TypoCorrector:
     self.known_margin = known_margin
     self.unknown_logp, self.prior_weight, self.lm_batch = unknown_logp, prior_weight, lm_batch
     self._cache: dict[str, dict[str, float]] = {}  # _options of the words seen
-    self._sym = SymSpell(max_dictionary_edit_distance=2, prefix_length=7)
+    # A prefix of 5 letters finds the same candidates as SymSpell's default 7 (they are checked
+    # on the whole word), with 16 deletes a word instead of 29: the index builds in 0.85 s
+    # instead of 1.9 (60,000 words, at every start), a lookup takes 1.7 ms instead of 1.1.
+    self._sym = SymSpell(max_dictionary_edit_distance=2, prefix_length=5)
     for word, count in words.items():
       self._sym.create_dictionary_entry(word, count)
 
