@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import io
 import json
+import math
 import pathlib
 import re
 import subprocess
@@ -243,6 +244,18 @@ def test_shipped_model_restores_the_example():
   notes = json.loads((correct.SHIPPED / "config.json").read_text(encoding="utf-8"))["export"]
   assert notes["exported_with_commit"] != "unknown" and "train.py" in notes["note"]
   assert (correct.SHIPPED / "model.safetensors").stat().st_size <= 25 * 2**20
+
+
+def test_pooled_lexicons_weigh_the_same_whatever_their_size():
+  domain = metrics.Lexicon(["zapisz plik, zapisz plik; plik zapisany"])  # 6 words
+  usage = metrics.Lexicon.from_counts({"zapisz": 10, "plik": 10, "żona": 1_000, "zapisał": 80})
+  pooled = metrics.Lexicon.pooled([domain, usage, metrics.Lexicon()])  # the empty one: no say
+  # A form's count: its shares of each lexicon's total, summed (x 1e9).
+  assert math.isclose(pooled.candidates("zapisz")["zapisz"], (2 / 6 + 10 / 1100) * 1e9)
+  assert math.isclose(pooled.candidates("zona")["żona"], 1000 / 1100 * 1e9)
+  assert pooled.restore_word("zona") == "żona" and pooled.restore_word("plik") == "plik"
+  assert set(pooled.candidates("zapisal")) == {"zapisał"}  # from the word list alone
+  assert pooled.candidates("xyz") == {}
 
 
 def test_lexicon_labels_pick_the_likeliest_seen_form():

@@ -175,7 +175,10 @@ class Lexicon:
     training text) and a large one of general usage (a word list) both have their say."""
     lexicon = cls()
     for other in lexicons:
-      scale = 1e9 / sum(n for forms in other.counts.values() for n in forms.values())
+      total = sum(n for forms in other.counts.values() for n in forms.values())
+      if not total:  # an empty lexicon has nothing to say
+        continue
+      scale = 1e9 / total
       for plain, forms in other.counts.items():
         pooled = lexicon.counts.setdefault(plain, {})
         for form, n in forms.items():
