@@ -6,6 +6,9 @@ import http.client
 import json
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -134,3 +137,22 @@ def test_the_page_in_a_browser(corrector):
       assert re.fullmatch(r"\d+ changes? in \d+ ms", driver.find_element(By.ID, "status").text)
     finally:
       driver.quit()
+
+
+def test_the_command_serves_until_interrupted():
+  """bytelm-correct --serve prints where the page is, answers there, and stops on Ctrl+C."""
+  process = subprocess.Popen(
+      [sys.executable, "-m", "bytelm.demos.correct", "--serve", "--port", "0", "--task", "typos"],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    line = process.stdout.readline()
+    match = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+    assert match, (line, process.stderr.read() if process.poll() is not None else "")
+    server = type("Address", (), {"server_port": int(match.group(1))})
+    assert post(server, {"text": "teh mesage"}) == (200, {
+        "corrected": "the message", "changes": changes.pieces("teh mesage", "the message")})
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=30) == 0
+  finally:
+    if process.poll() is None:
+      process.kill()

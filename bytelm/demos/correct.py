@@ -431,8 +431,9 @@ def main(argv=None, prog: str = "python -m bytelm.demos.correct") -> int:
                        f"{', '.join(typos.LANGUAGES)}")
     if args.serve and args.text:
       raise ValueError("--serve takes its text from the page: leave out TEXT")
-    corrector = Corrector.load(args.model, lexicon=not args.no_lexicon,
-                               task=None if args.serve else args.task)
+    # With --serve, --task typos starts a page of typos only (no model to load); otherwise
+    # the page offers every task the model can do.
+    corrector = Corrector.load(args.model, lexicon=not args.no_lexicon, task=args.task)
     if args.serve:
       server = serve.make_server(corrector, args.port, args.max_bytes)
   if args.serve:
