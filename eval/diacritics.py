@@ -154,12 +154,7 @@ def main() -> None:
           for s in systems for kind, _ in kinds}
   for kind, title in kinds:
     print(f"\nWord accuracy, {title}:\n")
-    print("| language | lines | " + " | ".join(systems) + " |")
-    print("|---|---|" + "---|" * len(systems))
-    for lang, r in results.items():
-      print(f"| {lang} | {r['lines']} | " + " | ".join(
-          f"{r['counts'][s].accuracy(kind):.4f}" for s in systems) + " |")
-    print("| **mean** | | " + " | ".join(f"**{mean[s, kind]:.4f}**" for s in systems) + " |")
+    print_table(results, systems, "lines", kind)
   shipped = list(correctors)[-1]  # the demo's configuration
   for name in correctors:
     beats = [lang for lang, r in results.items()
@@ -177,14 +172,7 @@ def main() -> None:
                       if all(s in r["counts"] for r in everyday.values())]
   if everyday:
     print(f"\nEveryday sentences ({folder.relative_to(common.ROOT)}), alpha-word accuracy:\n")
-    print("| language | sentences | " + " | ".join(everyday_systems) + " |")
-    print("|---|---|" + "---|" * len(everyday_systems))
-    for lang, r in everyday.items():
-      print(f"| {lang} | {r['lines']} | " + " | ".join(
-          f"{r['counts'][s].accuracy():.4f}" for s in everyday_systems) + " |")
-    print("| **mean** | | " + " | ".join(
-        f"**{np.mean([r['counts'][s].accuracy() for r in everyday.values()]):.4f}**"
-        for s in everyday_systems) + " |")
+    print_table(everyday, everyday_systems, "sentences")
     print(f"\nEveryday examples, the worst sentence of each (input -> {shipped} | gold):")
     for lang, r in everyday.items():
       source, restored, gold = r["example"]
@@ -218,6 +206,18 @@ def main() -> None:
       figures[f"{key}_acc_mean"] = float(np.mean(list(per_lang.values())))
       figures.update({f"{key}_acc_{lang}": acc for lang, acc in per_lang.items()})
   common.last_line(figures)
+
+
+def print_table(results: dict, systems: list[str], unit: str, kind: str = "alpha") -> None:
+  """A markdown table of each system's accuracy on `kind` words per language, and their mean."""
+  print(f"| language | {unit} | " + " | ".join(systems) + " |")
+  print("|---|---|" + "---|" * len(systems))
+  for lang, r in results.items():
+    print(f"| {lang} | {r['lines']} | " + " | ".join(
+        f"{r['counts'][s].accuracy(kind):.4f}" for s in systems) + " |")
+  print("| **mean** | | " + " | ".join(
+      f"**{np.mean([r['counts'][s].accuracy(kind) for r in results.values()]):.4f}**"
+      for s in systems) + " |")
 
 
 def plot(results: dict, systems: list[str], path: str) -> None:
