@@ -112,6 +112,12 @@ def test_typographic_apostrophes_and_acronyms_are_kept():
   assert corrector.correct("Open the OLE or the mAIl") == "Open the OLE or the mAIl"
   assert corrector.correct("the mial") == "the mail" and corrector.correct("the ole") != "the ole"
   assert corrector.correct("RECIEVE IT") == "RECEIVE IT"
+  # A listed word in capitals is an acronym too where the line is not shouted ("ole" is in
+  # the list, and "le" far commoner), and in a shouted line a short word may be a typo.
+  listed = TypoCorrector({**WORDS, "open": 300, "ole": 5, "le": 500_000})
+  assert listed.correct("Open the OLE or the mail") == "Open the OLE or the mail"
+  assert listed.correct("the ole") == "the le"
+  assert corrector.correct("OPEN TEH MAIL") == "OPEN THE MAIL"
 
 
 def test_edit_counts():

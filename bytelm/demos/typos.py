@@ -26,8 +26,9 @@ Policy, so that it leaves alone what it does not know:
   channel alone (the lists hold common misspellings too: "recieve" 562 times per billion words,
   "receive" 70,800);
 - an unknown word that is capitalised inside a sentence (a name, most likely) is changed only
-  where its best candidate wins by `name_margin` nats; an unknown acronym or brand (OLE, UNO:
-  capitals, 4 letters at most; dBase, iPhone: capitals after a small letter) never is;
+  where its best candidate wins by `name_margin` nats; an acronym or brand, listed or not
+  (OLE, CR: capitals, 4 letters at most, in a line not all in capitals; dBase, iPhone: capitals
+  after a small letter), never is;
 - the case of the typed word is put back on the candidate (all capitals, or a capital first).
 """
 
@@ -168,6 +169,7 @@ class TypoCorrector:
     protected = [m.span() for m in noise.PROTECTED.finditer(line)]  # in order, disjoint
     starts = [a for a, _ in protected]
     out = []
+    shouted = not any(ch.islower() for ch in line)  # a line in capitals: its short words too
     for start, end in self._words(line):
       typed = line[start:end]
       k = bisect.bisect_right(starts, start) - 1  # the last protected span starting before
@@ -179,8 +181,8 @@ class TypoCorrector:
       options = self._options(lower)
       if not options:
         continue
-      if not known and _acronym_or_brand(typed):
-        continue  # OLE, dBase, iPhone: meant as typed
+      if _acronym_or_brand(typed, shouted):
+        continue  # OLE, dBase, iPhone: meant as typed, whether the list knows them or not
       # Capitalised inside a sentence and unknown: a name, most likely.
       name = typed[:1].isupper() and _inside_sentence(line, start)
       if known:  # a listed word: changed only on strong evidence
@@ -296,11 +298,12 @@ def _inside_sentence(line: str, i: int) -> bool:
   return j >= 0 and line[j] not in ".!?…"
 
 
-def _acronym_or_brand(word: str) -> bool:
-  """All capitals and at most 4 letters (OLE, UNO), or capitals after a small letter (dBase,
-  iPhone); a longer word in capitals is shouted, and may hold a typo (TOMMOROW)."""
+def _acronym_or_brand(word: str, shouted: bool = False) -> bool:
+  """All capitals and at most 4 letters (OLE, UNO, CR) in a line that is not all capitals, or
+  capitals after a small letter (dBase, iPhone). A longer word in capitals, or any word of a
+  line in capitals, is shouted, and may hold a typo (TOMMOROW, TEH)."""
   if word.isupper():
-    return len(word) <= 4
+    return len(word) <= 4 and not shouted
   return any(ch.isupper() for ch in word[1:])
 
 
