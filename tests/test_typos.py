@@ -176,3 +176,13 @@ def test_the_benchmark_noise_keeps_every_sentence_s_words(monkeypatch):
         metrics.edit_counts(g, n, n)
   assert bench.realmiss(["Tomorrow, THE end."], misspelled)[0] in (
       "Tommorow, TEH end.", "Tomorow, TEH end.")
+
+
+def test_rare_listed_words_are_known_but_never_proposed():
+  words = {**WORDS, "hellu": 1}  # the rarest word: beyond the first len(WORDS)
+  tiered = TypoCorrector(words, candidate_words=len(WORDS))
+  everything = TypoCorrector(words, candidate_words=len(words))
+  assert "hellu" in everything.candidates("hellux")
+  assert "hellu" not in tiered.candidates("hellux")
+  assert tiered.correct("I met hellu today") == "I met hellu today"  # known: left alone
+  assert TypoCorrector(WORDS).correct("I met hellu today") == "I met hello today"  # unknown

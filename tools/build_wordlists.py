@@ -1,13 +1,17 @@
 """Rebuild the shipped word lists (bytelm/demos/wordlists/) from an installed wordfreq.
 
     pip install wordfreq
-    python tools/build_wordlists.py [--languages en,es,fr,lt,cs,vi,ro,pl] [--words 60000]
+    python tools/build_wordlists.py [--languages en,es,fr,lt,cs,vi,ro,pl] [--words N]
 
-Per language, the `--words` commonest words of wordfreq's "best" list that are words a spell
-checker should know: letters, with apostrophes or hyphens only between letters (no numbers,
-no symbols, no stray punctuation), in lower case. Each is written with its count,
-round(frequency * 1e9), one `word<TAB>count` line each, commonest first, xz-compressed. The same
-wordfreq release gives byte-identical files; each is written to a temporary path, then renamed.
+Per language, the commonest words of wordfreq's "best" list that are words a spell checker
+should know: letters, with apostrophes or hyphens only between letters (no numbers, no
+symbols, no stray punctuation), in lower case, written in the language's alphabet (the
+letters of its 10,000 commonest such words: no Cyrillic or Greek names in the French list).
+200,000 words for the languages whose typos the demo fixes (en, es, fr: a rarer word it does
+not know would be "corrected"), 60,000 for the others (the diacritics restorer's), unless
+--words says otherwise. Each is written with its count, round(frequency * 1e9), one
+`word<TAB>count` line each, commonest first, xz-compressed. The same wordfreq release gives
+byte-identical files; each is written to a temporary path, then renamed.
 
 wordfreq's data is CC-BY-SA 4.0, so the lists are too (README.md beside them says so, and
 records the wordfreq release they came from).
@@ -24,16 +28,26 @@ OUT = pathlib.Path(__file__).resolve().parents[1] / "bytelm" / "demos" / "wordli
 WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 
 
+WORDS = {"en": 200_000, "es": 200_000, "fr": 200_000}  # else DEFAULT_WORDS
+DEFAULT_WORDS = 60_000
+ALPHABET_WORDS = 10_000  # the alphabet: the letters of this many commonest words
+
+
 def build(lang: str, n: int) -> tuple[list[tuple[str, int]], dict]:
   import wordfreq
-  out, seen = [], set()
+  out, seen, alphabet = [], set(), set("'-")
   for word in wordfreq.top_n_list(lang, 4 * n):
     plain = word.replace("’", "'")  # one apostrophe, as people type it
-    if WORD.fullmatch(word) and word == word.lower() and plain not in seen:
-      count = round(wordfreq.word_frequency(word, lang) * 1e9)
-      if count > 0:
-        out.append((plain, count))
-        seen.add(plain)
+    if not WORD.fullmatch(word) or word != word.lower() or plain in seen:
+      continue
+    if len(out) >= ALPHABET_WORDS and not alphabet.issuperset(plain):
+      continue  # another script's word, or a loan word's letters
+    count = round(wordfreq.word_frequency(word, lang) * 1e9)
+    if count > 0:
+      out.append((plain, count))
+      seen.add(plain)
+      if len(out) <= ALPHABET_WORDS:
+        alphabet.update(plain)
     if len(out) == n:
       break
   return out, {"wordfreq": wordfreq.__version__ if hasattr(wordfreq, "__version__") else
@@ -54,10 +68,12 @@ def write(path: pathlib.Path, data: bytes) -> None:
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--languages", default="en,es,fr,lt,cs,vi,ro,pl")
-  p.add_argument("--words", type=int, default=60000)
+  p.add_argument("--words", type=int, default=None,
+                 help=f"words per list (default: {WORDS}, else {DEFAULT_WORDS})")
   args = p.parse_args()
   OUT.mkdir(parents=True, exist_ok=True)
-  built = {lang: build(lang, args.words) for lang in args.languages.split(",")}
+  built = {lang: build(lang, args.words or WORDS.get(lang, DEFAULT_WORDS))
+           for lang in args.languages.split(",")}
   for lang, (words, _) in built.items():
     text = "".join(f"{w}\t{c}\n" for w, c in words)
     write(OUT / f"{lang}.tsv.xz", lzma.compress(text.encode("utf-8"), preset=9))

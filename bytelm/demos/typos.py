@@ -6,9 +6,11 @@ For a typed word t, the corrector picks the candidate c that maximises
     log P(c in its line)  +  log P(t | c)
     context                  channel
 
-- Candidates: the word-list words within edit distance 2 of t (SymSpell's symmetric deletes,
-  `symspellpy`), or within 1 where t is itself a listed word (a real-word error: "form" for
-  "from"), at most `max_candidates`, and t itself.
+- Candidates: the words within edit distance 2 of t among the list's `candidate_words`
+  commonest (SymSpell's symmetric deletes, `symspellpy`), or within 1 where t is itself a
+  listed word (a real-word error: "form" for "from"), at most `max_candidates`, and t itself.
+  The rest of the list (the shipped en, es and fr lists hold 200,000 words) only says which
+  words exist: a rare word typed right is known, and left alone, but never proposed.
 - Channel: `channel_cost`, the typo model of `bytelm.data.noise` read backwards: each edit costs
   -log of how often the model makes it (a neighbouring key typed instead: 5.8 nats; a letter
   left out: 4.4; a transposition: 4.7; ...), an accent left out costs little (people do it all
@@ -45,6 +47,9 @@ from collections.abc import Sequence
 from bytelm.data import noise
 from bytelm.text.diacritics import strip_diacritics
 
+# The list's commonest words that may be proposed; rarer ones are known, never proposed (a
+# typo is far likelier to be a slip on a common word than a rare word typed right).
+CANDIDATE_WORDS = 60_000
 WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 _JOINER = re.compile(r"['’-]")
 
@@ -124,10 +129,12 @@ class TypoCorrector:
   words: {word: count} (lower case), e.g. `bytelm.demos.wordlist.load("en")`. lm: a decoder
   `LanguageModel` scoring lines for context, or None. bigrams: a `bigrams.Bigrams` for context
   where there is no lm, or None (word frequencies only). The margins and the unknown-word
-  prior were chosen on eval/correction.py's dev text (`--dev`), never its held-out sets."""
+  prior were chosen on eval/correction.py's dev text (`--dev`), never its held-out sets.
+  candidate_words: how many of the commonest words may be proposed."""
 
   def __init__(self, words: dict[str, int], lm=None, *, bigrams=None, layout: str = "qwerty",
-               max_candidates: int = 6, real_word_margin: float = 3.0,
+               max_candidates: int = 6, candidate_words: int = CANDIDATE_WORDS,
+               real_word_margin: float = 3.0,
                known_margin: float = 1.0, name_margin: float = 8.0,
                unknown_logp: float = -24.0, prior_weight: float = 0.3, lm_batch: int = 32):
     from symspellpy import SymSpell  # the candidates: symmetric deletes over the list
@@ -142,7 +149,8 @@ class TypoCorrector:
     # on the whole word), with 16 deletes a word instead of 29: the index builds in 0.85 s
     # instead of 1.9 (60,000 words, at every start), a lookup takes 1.7 ms instead of 1.1.
     self._sym = SymSpell(max_dictionary_edit_distance=2, prefix_length=5)
-    for word, count in words.items():
+    commonest = sorted(words.items(), key=lambda wc: -wc[1])[:candidate_words]
+    for word, count in commonest:
       self._sym.create_dictionary_entry(word, count)
 
   def __call__(self, lines: Sequence[str]) -> list[str]:
