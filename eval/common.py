@@ -20,6 +20,7 @@ import sys
 try:
   import jax
 
+  from bytelm import machine as host
   from bytelm.training import config_file
 except ImportError as e:  # a checkout without `pip install -e .`: say so, not a traceback
   raise SystemExit(f"eval/ needs bytelm and its dependencies installed ({e}): from the "
@@ -41,9 +42,9 @@ def start() -> dict:
     log.propagate = False
   machine = {"machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
              "jax": jax.__version__, "backend": jax.default_backend(),
-             "date": str(datetime.date.today())}
-  print(f"machine: {machine['machine']}, {machine['cores']} cores, jax {machine['jax']} on "
-        f"{machine['backend']}; {machine['date']}", flush=True)
+             "date": str(datetime.date.today()), "host": host.describe(), **host.summary()}
+  print(f"machine: {machine['host']}; jax {machine['jax']} on {machine['backend']}; "
+        f"{machine['date']}", flush=True)
   return machine
 
 
@@ -113,6 +114,8 @@ def export_bytes(module, run_config: dict, source=None) -> int:
 
 def last_line(figures: dict, digits: int | None = 4) -> None:
   """The script's last line: its headline figures as key=value pairs (floats to `digits`
-  decimals, or as they are with digits=None; pass a str to format one otherwise)."""
+  decimals, or as they are with digits=None; pass a str to format one otherwise), then the
+  machine they were measured on (`cpu=`, `amx=`, `avx512_bf16=`: bytelm.machine.summary)."""
+  figures = {**figures, **{k: v for k, v in host.summary().items() if k not in figures}}
   print(" ".join(f"{k}={v:.{digits}f}" if isinstance(v, float) and digits is not None else
                  f"{k}={v}" for k, v in figures.items()), flush=True)

@@ -17,6 +17,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "bytelm"
 ROOMS = {
     "text": 0,  # byte ids, segmenters and word boundaries on bytes, diacritics, tag vocabularies
     "timing": 0,  # side-by-side timing
+    "machine": 0,  # what host this is: CPU, flags, caches; the key of what is calibrated on it
     "user_cache": 0,  # the cache folder on the user's machine, JAX's compilation cache in it
     "nn": 1,  # layers, attention, kernels, batching, compiled calls, quantization numerics
     "models": 2,  # model families and their shared blocks (not data)
