@@ -314,7 +314,7 @@ def source_lexicon(spec: str) -> metrics.Lexicon:
       version=_LEXICON_FORMAT))
 
 
-_LEXICON_FORMAT = 1  # bump when what a lexicon holds changes
+_LEXICON_FORMAT = 2  # bump when what a lexicon holds changes
 
 
 def _build_source_lexicon(spec: str, lang: str | None) -> metrics.Lexicon:
@@ -322,7 +322,8 @@ def _build_source_lexicon(spec: str, lang: str | None) -> metrics.Lexicon:
                          for line in text.split("\n"))
   if lang is None:
     return seen
-  return metrics.Lexicon.pooled([seen, metrics.Lexicon.from_counts(wordlist.load(lang))])
+  common = wordlist.load(lang, top=wordlist.COMMON_WORDS)
+  return metrics.Lexicon.pooled([seen, metrics.Lexicon.from_counts(common)])
 
 
 def lexicon_labels(plain: str, logp_TC: np.ndarray, lexicon: metrics.Lexicon,

@@ -45,11 +45,12 @@ import unicodedata
 from collections.abc import Sequence
 
 from bytelm.data import noise
+from bytelm.demos import wordlist
 from bytelm.text.diacritics import strip_diacritics
 
 # The list's commonest words that may be proposed; rarer ones are known, never proposed (a
 # typo is far likelier to be a slip on a common word than a rare word typed right).
-CANDIDATE_WORDS = 60_000
+CANDIDATE_WORDS = wordlist.COMMON_WORDS
 WORD = re.compile(r"[^\W\d_]+(?:['’-][^\W\d_]+)*")
 _JOINER = re.compile(r"['’-]")
 
@@ -354,7 +355,7 @@ def for_language(lang: str, lm=None, context: bool = True) -> TypoCorrector:
   """The corrector of lang's shipped word list (`bytelm.demos.wordlist`), on its keyboard,
   with the word pairs of `bytelm.demos.bigrams` where there are some for lang (English) and
   context is True."""
-  from bytelm.demos import bigrams, wordlist
+  from bytelm.demos import bigrams
   words = wordlist.load(lang)
   pairs = bigrams.Bigrams.english(words) if context and lang == "en" and lm is None else None
   return TypoCorrector(words, lm, bigrams=pairs, layout=LAYOUTS.get(lang, "qwerty"))

@@ -28,10 +28,16 @@ def languages() -> tuple[str, ...]:
   return tuple(sorted(p.name.split(".")[0] for p in HERE.glob("*.tsv.xz")))
 
 
+# The commonest words of a list: what the typo corrector proposes (the rest it only knows) and
+# what the diacritics restorer chooses among. Chosen on dev text: the restorer read 0.934 of
+# Spanish everyday dev words right with 60,000, 0.931 with the whole 200,000.
+COMMON_WORDS = 60_000
+
+
 @functools.cache
-def load(lang: str) -> dict[str, int]:
-  """{word: count} of lang's shipped list, commonest first (a ValueError names the languages
-  shipped where lang is not one)."""
+def load(lang: str, top: int | None = None) -> dict[str, int]:
+  """{word: count} of lang's shipped list (its `top` commonest words, or all), commonest
+  first (a ValueError names the languages shipped where lang is not one)."""
   path = HERE / f"{lang}.tsv.xz"
   if not path.is_file():
     raise ValueError(f"no word list for language {lang!r}; shipped: {', '.join(languages())} "
@@ -39,6 +45,8 @@ def load(lang: str) -> dict[str, int]:
   words = {}
   with lzma.open(path, "rt", encoding="utf-8") as f:
     for line in f:
+      if top is not None and len(words) >= top:
+        break
       word, count = line.rstrip("\n").split("\t")
       words[word] = int(count)
   return words
