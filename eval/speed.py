@@ -41,7 +41,7 @@ from flax import nnx
 
 import common  # eval/common.py; before bytelm, so that a missing install is one clear line
 from bytelm import convert, generation, machine
-from bytelm.models import t5
+from bytelm.models import calibration, t5
 from bytelm.nn import batching
 from bytelm.training import trainer
 
@@ -148,7 +148,7 @@ def main():
   peaks = {d: machine.matmul_peak(d) for d in ("float32", "bfloat16", "int8")}
   print("machine peak (XLA, 2048 x 2048 products): " + ", ".join(
       f"{d} {v / 1e9:,.0f} G{'OP' if d == 'int8' else 'FLOP'}/s" for d, v in peaks.items()))
-  print(batching.prepare())  # this machine's per-example choice, before anything compiles
+  print(batching.prepare(calibration.t5_gradients))  # this machine's choice, before compiling
   cfg = t5.preset(args.preset)
   model = t5.T5(cfg, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)

@@ -34,10 +34,10 @@ _OWN_DATA_CACHE = None
 if "bytelm-data-cache-" not in os.environ.get("BYTELM_CACHE", ""):
   _OWN_DATA_CACHE = os.environ["BYTELM_CACHE"] = tempfile.mkdtemp(prefix="bytelm-data-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-# The per-example loop as it was first measured to win, not calibrated: a calibration (a few
-# seconds) in every session's fresh cache would time the suite, not the code.
+# Stacks run one example at a time with recomputation, as first measured to win, not
+# calibrated: a calibration (15 s) in every session's fresh cache would time the suite.
 # tests/test_batching.py unsets it to test the calibration itself.
-os.environ.setdefault("BYTELM_PER_EXAMPLE", "1")
+os.environ.setdefault("BYTELM_PER_EXAMPLE", "loop_remat")
 
 # XLA's CPU backend at optimisation level 0 for the suite and every process it starts:
 # compiling, not running, is most of the suite's time (a tiny model's train step runs in

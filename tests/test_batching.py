@@ -1,6 +1,8 @@
 """The per-example loop (bytelm/nn/batching.py): the same numbers either way, a forced choice
 honoured, and each machine's calibration kept for that machine only."""
 
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,8 +21,8 @@ def cache(monkeypatch, tmp_path):
   return tmp_path
 
 
-def _loss_and_grads(per_example: str, monkeypatch):
-  monkeypatch.setenv(batching.ENV, per_example)
+def _loss_and_grads(mode: str, monkeypatch):
+  monkeypatch.setenv(batching.ENV, mode)
   model = t5.T5(t5.preset("tiny"), rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
   batch = {"inputs": jnp.asarray(rng.integers(3, 259, (3, batching.MIN_LENGTH)), jnp.int32),
@@ -34,19 +36,22 @@ def _loss_and_grads(per_example: str, monkeypatch):
 
 def test_the_loop_gives_the_batched_numbers(monkeypatch, cache):
   assert batching.loop_is_faster(batching.MIN_LENGTH, False) is (jax.default_backend() == "cpu")
-  loss_loop, grads_loop = _loss_and_grads("1", monkeypatch)
-  loss_batch, grads_batch = _loss_and_grads("0", monkeypatch)
-  assert float(loss_loop) == pytest.approx(float(loss_batch), rel=1e-5)
-  for a, b in zip(jax.tree.leaves(grads_loop), jax.tree.leaves(grads_batch)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  loss_batch, grads_batch = _loss_and_grads("batched", monkeypatch)
+  for mode in ("loop", "loop_remat"):
+    loss, grads = _loss_and_grads(mode, monkeypatch)
+    assert float(loss) == pytest.approx(float(loss_batch), rel=1e-5)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_batch)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_a_forced_choice_is_honoured(monkeypatch, cache):
-  batching._store({"loop": True})  # this machine's calibration says loop
-  monkeypatch.setenv(batching.ENV, "0")
-  assert not batching.choice() and not batching.loop_is_faster(4096, False)
-  monkeypatch.setenv(batching.ENV, "1")
-  assert batching.choice()
+  batching._store({"mode": "loop_remat"})  # this machine's calibration
+  monkeypatch.setenv(batching.ENV, "batched")
+  assert batching.choice() == "batched" and not batching.loop_is_faster(4096, False)
+  monkeypatch.setenv(batching.ENV, "loop")
+  assert batching.choice() == "loop"
+  monkeypatch.setenv(batching.ENV, "auto")
+  assert batching.choice() == "loop_remat"
   monkeypatch.setenv(batching.ENV, "sometimes")
   with pytest.raises(ValueError, match=batching.ENV):
     batching.choice()
@@ -54,17 +59,31 @@ def test_a_forced_choice_is_honoured(monkeypatch, cache):
 
 def test_a_calibration_is_kept_for_its_machine_only(monkeypatch, cache):
   monkeypatch.setattr(machine, "key", lambda: "epyc")
-  assert batching.stored() is None and batching.choice()  # none yet: the loop
-  batching._store({"loop": False, "batched_s": 0.3, "loop_s": 0.5})
-  assert not batching.choice()
-  assert batching.calibrate()["loop_s"] == 0.5  # kept: not measured again
+  assert batching.stored() is None and batching.choice() == batching.DEFAULT  # none yet
+  batching._store({"mode": "batched", "seconds": {"batched": 0.3}})
+  assert batching.choice() == "batched"
+  assert batching.calibrate(_never)["seconds"] == {"batched": 0.3}  # kept: not measured again
   monkeypatch.setattr(machine, "key", lambda: "xeon")  # another CPU: not reused
-  assert batching.stored() is None and batching.choice()
+  assert batching.stored() is None and batching.choice() == batching.DEFAULT
+
+
+def _never():
+  raise AssertionError("measured again")
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="calibrates on a CPU only")
-def test_calibration_measures_and_stores(monkeypatch, cache):
+def test_calibration_times_each_mode_and_keeps_the_fastest(monkeypatch, cache):
+  """Each mode's workload is built (so compiled) in that mode; the fastest is kept."""
   monkeypatch.setattr(machine, "key", lambda: "this-host")
-  result = batching.calibrate(repeats=1, length=256)
-  assert result["loop"] == (result["loop_s"] < result["batched_s"])
-  assert batching.stored() == result and batching.choice() == result["loop"]
+  cost = {"batched": 0.003, "loop": 0.001, "loop_remat": 0.002}
+  built = []
+
+  def build():
+    mode = batching.choice()  # what a model traced now would run
+    built.append(mode)
+    return lambda: time.sleep(cost[mode])
+  result = batching.calibrate(build, repeats=2)
+  assert built == list(batching.MODES)
+  assert result["mode"] == "loop" and set(result["seconds"]) == set(batching.MODES)
+  assert batching.stored() == result and batching.choice() == "loop"
+  assert "stacks run loop:" in batching.prepare(_never)  # kept: read back, not measured

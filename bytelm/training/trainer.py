@@ -33,6 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bytelm import models
 from bytelm.data import prefetch as prefetch_lib
+from bytelm.models import calibration
 from bytelm.nn import batching
 from bytelm.runs import checkpoint as ckpt_lib
 from bytelm.runs import data as data_lib
@@ -283,7 +284,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   sharding.check_batch(tc.batch_size, mesh)
   log.info("devices: %d (%s), mesh %s, process %d/%d", jax.device_count(),
            jax.default_backend(), dict(mesh.shape), jax.process_index(), jax.process_count())
-  log.info("%s", batching.prepare())  # before the step is compiled: it reads the choice
+  log.info("%s", batching.prepare(calibration.t5_gradients))  # before the step compiles
 
   # -- data --
   data = data_lib.sources(config, workdir, process_index=jax.process_index(),
