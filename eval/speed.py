@@ -5,7 +5,9 @@
   python eval/speed.py --what train_step  # one AdamW step, 192 target bytes: bytes/s
 
 Defaults are the issue's benchmark shape: preset `mini` (d_model 256, d_ff 640, 4 heads x 64,
-6 encoder / 2 decoder layers), batch 8, 1024 input bytes, 128 target / new bytes, fp32.
+6 encoder / 2 decoder layers), batch 8, 1024 input bytes, 128 target / new bytes, fp32;
+`--bf16` (or `--hf-bf16`) runs both sides in bfloat16: bytelm's compute dtype, Hugging Face
+under `torch.autocast("cpu", dtype=torch.bfloat16)`, float32 weights on both.
 Hugging Face runs when `torch` and `transformers` are installed (`--no-hf` skips it); both sides
 get the same weights (through `bytelm.convert.save_hf`), and timings alternate between the two
 sides so machine noise hits both alike. Generation is forced to produce exactly `--new-bytes`
@@ -14,8 +16,9 @@ trainer's own jitted `train_step` (loss, gradients, AdamW update) against HF's f
 labels, backward and `torch.optim.AdamW.step`; its bytes/s counts input plus target bytes.
 
 Each figure is also read against the machine's own limit, measured in the same run: the
-float32 product of two 2048 x 2048 matrices compiled by XLA (`bytelm.machine.matmul_peak`;
-bf16 and int8 are printed beside it). `peak_fraction` is the model's FLOP/s over that peak:
+product of two 2048 x 2048 matrices compiled by XLA in the run's dtype
+(`bytelm.machine.matmul_peak`; all three dtypes are printed). `peak_fraction` is the model's
+FLOP/s over that peak:
 the one figure that compares across hosts. Model FLOPs are counted from the config
 (`model_flops`: every matmul of the teacher-forced forward, 2 per multiply-add, attention
 over all positions; a train step 3x the forward; greedy generation the forward over the new
@@ -28,6 +31,7 @@ the machine (cpu=, amx=, avx512_bf16=).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import statistics
 import tempfile
@@ -91,16 +95,18 @@ def _bytelm_runner(model, what, inputs_BT, targets_BS, new_bytes):
       model, inputs_BT, max_new_bytes=new_bytes, min_new_bytes=new_bytes, method="greedy"))
 
 
-def _hf_runner(model, cfg, what, inputs_BT, targets_BS, new_bytes):
-  """The same weights in Hugging Face's T5ForConditionalGeneration, or None without torch."""
+def _hf_runner(model, cfg, what, inputs_BT, targets_BS, new_bytes, bf16: bool = False):
+  """The same weights in Hugging Face's T5ForConditionalGeneration, or None without torch;
+  with bf16, every call under torch.autocast("cpu", bfloat16) (weights stay float32, as ours)."""
   try:
     import torch
     import transformers
   except ImportError:
     return None, None
   with tempfile.TemporaryDirectory() as tmp:
-    convert.save_hf(model, cfg, tmp)
+    convert.save_hf(model, dataclasses.replace(cfg, dtype="float32"), tmp)
     hf = transformers.T5ForConditionalGeneration.from_pretrained(tmp).eval()
+  autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
   x = torch.from_numpy(np.array(inputs_BT)).long()
   mask = (x != cfg.pad_id).long()
   if what == "train_step":
@@ -109,7 +115,8 @@ def _hf_runner(model, cfg, what, inputs_BT, targets_BS, new_bytes):
     labels = torch.from_numpy(np.array(targets_BS)).long()
 
     def run():
-      loss = hf(input_ids=x, attention_mask=mask, labels=labels).loss
+      with autocast():
+        loss = hf(input_ids=x, attention_mask=mask, labels=labels).loss
       loss.backward()
       optimizer.step()
       optimizer.zero_grad(set_to_none=True)
@@ -118,16 +125,16 @@ def _hf_runner(model, cfg, what, inputs_BT, targets_BS, new_bytes):
     y = torch.from_numpy(np.array(t5.shift_right(targets_BS))).long()
 
     def run():
-      with torch.no_grad():
+      with torch.no_grad(), autocast():
         hf(input_ids=x, attention_mask=mask, decoder_input_ids=y)
   else:
     def run():
-      with torch.no_grad():
+      with torch.no_grad(), autocast():
         out = hf.generate(input_ids=x, attention_mask=mask, max_new_tokens=new_bytes,
                           min_new_tokens=new_bytes, do_sample=False, num_beams=1)
       return out[:, 1:].numpy()  # drop the decoder start id
   return run, f"torch {torch.__version__}, transformers {transformers.__version__}, " \
-              f"{torch.get_num_threads()} threads"
+              f"{torch.get_num_threads()} threads{', bf16 autocast' if bf16 else ''}"
 
 
 def main():
@@ -140,6 +147,9 @@ def main():
                  help="new bytes (generate) or target bytes; default 128, 192 for train_step")
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--no-hf", action="store_true", help="skip the Hugging Face side")
+  p.add_argument("--bf16", "--hf-bf16", action="store_true",
+                 help="both sides in bfloat16: bytelm's compute dtype (parameters float32), "
+                      "Hugging Face under torch.autocast('cpu', bfloat16); like with like")
   args = p.parse_args()
   if args.new_bytes is None:
     args.new_bytes = 192 if args.what == "train_step" else 128  # the issues' benchmark shapes
@@ -149,7 +159,8 @@ def main():
   print("machine peak (XLA, 2048 x 2048 products): " + ", ".join(
       f"{d} {v / 1e9:,.0f} G{'OP' if d == 'int8' else 'FLOP'}/s" for d, v in peaks.items()))
   print(batching.prepare(calibration.t5_gradients))  # this machine's choice, before compiling
-  cfg = t5.preset(args.preset)
+  dtype = "bfloat16" if args.bf16 else "float32"
+  cfg = dataclasses.replace(t5.preset(args.preset), dtype=dtype)
   model = t5.T5(cfg, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
   # Random bytes 3..258, no padding: the worst case for both sides.
@@ -163,7 +174,7 @@ def main():
 
   ours = _bytelm_runner(model, args.what, inputs_BT, targets_BS, args.new_bytes)
   hf, hf_desc = (None, None) if args.no_hf else _hf_runner(
-      model, cfg, args.what, inputs_BT, targets_BS, args.new_bytes)
+      model, cfg, args.what, inputs_BT, targets_BS, args.new_bytes, bf16=args.bf16)
 
   start = time.perf_counter()
   ours_out = ours()  # compile + first run
@@ -187,23 +198,24 @@ def main():
   print(f"bytelm speed: {args.what}, preset {args.preset} (d_model {cfg.d_model}, d_ff {cfg.d_ff}, "
         f"{cfg.num_heads}x{cfg.d_kv} heads, {cfg.num_encoder_layers}/{cfg.num_decoder_layers} "
         f"layers), batch {args.batch}, {args.input_bytes} input bytes, {args.new_bytes} "
-        f"{'new' if args.what == 'generate' else 'target'} bytes, fp32")
+        f"{'new' if args.what == 'generate' else 'target'} bytes, {dtype}")
   t_ours = statistics.median(times_ours)
   print(f"bytelm: {t_ours:.3f} s/call (median of {args.repeats}; first call with compile "
         f"{compile_s:.1f} s) -> {unit / t_ours:,.0f} {unit_name}")
   flops = model_flops(cfg, args.what, args.batch, args.input_bytes, args.new_bytes)
+  peak = peaks[dtype]  # each dtype against the machine's limit in that dtype
   print(f"model: {flops / 1e9:.1f} GFLOP a call; bytelm {flops / t_ours / 1e9:.1f} GFLOP/s, "
-        f"{flops / t_ours / peaks['float32']:.1%} of the float32 peak")
-  fields = {"what": args.what, "preset": args.preset, "batch": args.batch,
+        f"{flops / t_ours / peak:.1%} of the {dtype} peak")
+  fields = {"what": args.what, "preset": args.preset, "batch": args.batch, "dtype": dtype,
             "bytelm_bytes_per_s": round(unit / t_ours, 1),
-            "peak_fraction": round(flops / t_ours / peaks["float32"], 4),
-            "peak_gflops_f32": round(peaks["float32"] / 1e9, 1)}
+            "peak_fraction": round(flops / t_ours / peak, 4),
+            "peak_gflops": round(peak / 1e9, 1)}
   if hf is not None:
     t_hf = statistics.median(times_hf)
     print(f"hf ({hf_desc}): {t_hf:.3f} s/call -> {unit / t_hf:,.0f} {unit_name}")
     print(f"ratio bytelm / hf: {t_hf / t_ours:.2f}x")
     fields.update(hf_bytes_per_s=round(unit / t_hf, 1), ratio_vs_hf=round(t_hf / t_ours, 3),
-                  hf_peak_fraction=round(flops / t_hf / peaks["float32"], 4))
+                  hf_peak_fraction=round(flops / t_hf / peak, 4))
     if args.what == "generate":
       print(f"greedy outputs identical to hf's for {agree:.1%} of the generated bytes")
       fields["agree_with_hf"] = round(agree, 4)
