@@ -35,7 +35,7 @@ if "bytelm-data-cache-" not in os.environ.get("BYTELM_CACHE", ""):
   _OWN_DATA_CACHE = os.environ["BYTELM_CACHE"] = tempfile.mkdtemp(prefix="bytelm-data-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 # Stacks run one example at a time with recomputation, as first measured to win, not
-# calibrated: a calibration (15 s) in every session's fresh cache would time the suite.
+# calibrated: a calibration (a minute) in every session's fresh cache would time the suite.
 # tests/test_batching.py unsets it to test the calibration itself.
 os.environ.setdefault("BYTELM_PER_EXAMPLE", "loop_remat")
 

@@ -12,9 +12,8 @@ is better recomputed for the backward pass (`jax.checkpoint`) than kept: on that
 the recomputation won (3.3 s -> 3.0 s a train step); on a Zen 4 EPYC the two are within a few
 percent, in either order from run to run, and batching costs 1.17x. So each machine decides
 for itself: `calibrate()` times a model the three ways (MODES), forward and backward, and
-keeps the fastest in the user's cache under
-`bytelm.machine.key()` (CPU model and flags, jax, XLA_FLAGS: an answer from another CPU is
-never reused). The trainer and eval/speed.py calibrate before they compile; `choice()` reads
+keeps the fastest in the user's cache under `bytelm.machine.key()` (CPU model and flags, jax,
+XLA_FLAGS: an answer from another CPU is never reused). The trainer and eval/speed.py calibrate before they compile; `choice()` reads
 the answer, or $BYTELM_PER_EXAMPLE where a user forces one. The three compute the same
 numbers up to float rounding (tests/test_batching.py).
 """
@@ -54,14 +53,14 @@ def choice() -> str:
   """How to run a stack over a batch on this machine (one of MODES, for one CPU device):
   $BYTELM_PER_EXAMPLE where it names one, else this machine's calibration (`calibrate`) where
   one was made, else DEFAULT."""
-  forced = os.environ.get(ENV, "auto").strip().lower()
-  if forced in MODES:
-    return forced
-  if forced != "auto":
-    raise ValueError(f"{ENV} must be one of {', '.join(MODES)} or auto (calibrated on this "
-                     f"machine), got {forced!r}")
-  if _forced is not None:
+  if _forced is not None:  # inside `forced`: calibration, tests
     return _forced
+  by_user = os.environ.get(ENV, "auto").strip().lower()
+  if by_user in MODES:
+    return by_user
+  if by_user != "auto":
+    raise ValueError(f"{ENV} must be one of {', '.join(MODES)} or auto (calibrated on this "
+                     f"machine), got {by_user!r}")
   found = stored()
   return DEFAULT if found is None else found["mode"]
 

@@ -252,6 +252,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> Summary:
       return _train_and_evaluate(config, workdir)
 
 
+# The families whose encoder may run one example at a time (bytelm.nn.batching): where their
+# inputs are long enough, the machine's choice is calibrated (once) before the step compiles.
+_STACKS_OVER_EXAMPLES = ("t5", "mrt5", "tagger")
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Summary:
   # -- set-up --
   is_main = jax.process_index() == 0
@@ -284,7 +289,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   sharding.check_batch(tc.batch_size, mesh)
   log.info("devices: %d (%s), mesh %s, process %d/%d", jax.device_count(),
            jax.default_backend(), dict(mesh.shape), jax.process_index(), jax.process_count())
-  log.info("%s", batching.prepare(calibration.t5_gradients))  # before the step compiles
+  if (config.model_family in _STACKS_OVER_EXAMPLES
+      and config.data.get("input_length", 0) >= batching.MIN_LENGTH):
+    log.info("%s", batching.prepare(calibration.t5_gradients))  # before the step compiles
 
   # -- data --
   data = data_lib.sources(config, workdir, process_index=jax.process_index(),
