@@ -254,7 +254,7 @@ def main() -> None:
     gold = (dev_sentences(lang) if args.dev else sentences(lang))[:args.max_sentences or None]
     counted[lang] = len(gold)
     words = wordlist.load(lang)
-    top = dict(sorted(words.items(), key=lambda wc: -wc[1])[:typos_lib.CANDIDATE_WORDS])
+    top = wordlist.load(lang, top=wordlist.COMMON_WORDS)  # what the corrector proposes
     singles = {"symspell": SymSpellBaseline(words), "pyspell": PySpellBaseline(words),
                "symspell60k": SymSpellBaseline(top), "pyspell60k": PySpellBaseline(top)}
     systems = {name: (lambda texts, f=f: [f(t) for t in texts]) for name, f in singles.items()}
