@@ -19,7 +19,8 @@ Sentences that a kind of noise cannot touch are left out of that kind.
 Systems, all given the same word list (`bytelm.demos.wordlist`, from wordfreq: 200,000
 words for en, es and fr):
   bytelm     the shipped typo corrector (`Corrector.load(task="typos")`), where one is shipped:
-             it knows every word of the list, and proposes only its 60,000 commonest;
+             it proposes only the list's 60,000 commonest words and leaves the rarer ones
+             alone (unless a common word outnumbers one 300 times: a common misspelling);
   symspell   symspellpy's lookup_compound (max edit distance 2, transfer_casing=True,
              ignore_non_words=True);
   pyspell    pyspellchecker, each word corrected alone (its case put back);

@@ -178,11 +178,12 @@ def test_the_benchmark_noise_keeps_every_sentence_s_words(monkeypatch):
       "Tommorow, TEH end.", "Tomorow, TEH end.")
 
 
-def test_rare_listed_words_are_known_but_never_proposed():
-  words = {**WORDS, "hellu": 1}  # the rarest word: beyond the first len(WORDS)
-  tiered = TypoCorrector(words, candidate_words=len(WORDS))
-  everything = TypoCorrector(words, candidate_words=len(words))
-  assert "hellu" in everything.candidates("hellux")
-  assert "hellu" not in tiered.candidates("hellux")
-  assert tiered.correct("I met hellu today") == "I met hellu today"  # known: left alone
+def test_rare_words_are_left_alone_unless_a_common_word_outnumbers_them():
+  rare = {"hellu": 2, "tommorow": 1}
+  corrector = TypoCorrector(WORDS, rare_words=rare, misspelling_ratio=50)
+  assert "hellu" not in corrector.candidates("hellux")  # never proposed
+  # hello (90) is less than 50 x hellu's count: a rare word typed right, left alone
+  assert corrector.correct("I met hellu today") == "I met hellu today"
   assert TypoCorrector(WORDS).correct("I met hellu today") == "I met hello today"  # unknown
+  # tomorrow (60) outnumbers tommorow 50 times: a common misspelling, corrected
+  assert corrector.correct("see you tommorow") == "see you tomorrow"
