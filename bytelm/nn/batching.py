@@ -23,13 +23,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from collections.abc import Callable
 
 import jax
-import numpy as np
 
-from bytelm import machine, user_cache
+from bytelm import machine, timing, user_cache
 
 # Below this length the per-example matmuls get too small for the loop to pay off.
 MIN_LENGTH = 128
@@ -55,14 +53,20 @@ def choice() -> str:
   one was made, else DEFAULT."""
   if _forced is not None:  # inside `forced`: calibration, tests
     return _forced
-  by_user = os.environ.get(ENV, "auto").strip().lower()
-  if by_user in MODES:
+  by_user = _by_user()
+  if by_user is not None:
     return by_user
-  if by_user != "auto":
-    raise ValueError(f"{ENV} must be one of {', '.join(MODES)} or auto (calibrated on this "
-                     f"machine), got {by_user!r}")
   found = stored()
   return DEFAULT if found is None else found["mode"]
+
+
+def _by_user() -> str | None:
+  """The mode $BYTELM_PER_EXAMPLE forces, or None where it is unset or "auto"."""
+  by_user = os.environ.get(ENV, "auto").strip().lower()
+  if by_user != "auto" and by_user not in MODES:
+    raise ValueError(f"{ENV} must be one of {', '.join(MODES)} or auto (calibrated on this "
+                     f"machine), got {by_user!r}")
+  return None if by_user == "auto" else by_user
 
 
 def stored() -> dict | None:
@@ -79,7 +83,7 @@ def calibrate(build: Callable[[], Callable[[], object]], repeats: int = 2) -> di
   build() returns a function that runs the workload once and waits for it (a model's loss and
   gradients at a shape where the choice matters: `bytelm.models.calibration`); it is called
   once per mode, inside `forced(mode)`, so that what it compiles runs that way. The runs
-  alternate between modes, `repeats` rounds after a warm-up. {"mode": the fastest, "seconds":
+  alternate between modes (`bytelm.timing.compare`), `repeats` rounds after a warm-up. {"mode": the fastest, "seconds":
   {mode: median s}, ...} is kept in the user's cache under this machine's key and returned;
   where one is kept already it is returned as it is, nothing measured. Not on accelerators:
   no choice there."""
@@ -93,13 +97,7 @@ def calibrate(build: Callable[[], Callable[[], object]], repeats: int = 2) -> di
     with forced(mode):  # traced and compiled in this mode
       runs[mode] = build()
       runs[mode]()
-  times = {mode: [] for mode in MODES}
-  for _ in range(repeats):
-    for mode, run in runs.items():
-      start = time.perf_counter()
-      run()
-      times[mode].append(time.perf_counter() - start)
-  seconds = {mode: round(float(np.median(t)), 4) for mode, t in times.items()}
+  seconds = {mode: round(t, 4) for mode, t in timing.compare(runs, repeats).items()}
   result = {"mode": min(seconds, key=seconds.get), "seconds": seconds,
             "machine": machine.describe(), "jax": jax.__version__}
   _store(result)
@@ -126,9 +124,9 @@ def prepare(build: Callable[[], Callable[[], object]]) -> str:
   returns a line saying what was chosen and why, for the log."""
   if jax.default_backend() != "cpu" or jax.device_count() != 1:
     return "examples batched (the per-example loop is for one CPU device)"
-  forced_by_user = os.environ.get(ENV, "auto").strip().lower()
-  if forced_by_user != "auto":
-    return f"stacks run {choice()} ({ENV}={forced_by_user})"
+  by_user = _by_user()
+  if by_user is not None:
+    return f"stacks run {by_user} ({ENV}={by_user})"
   found = calibrate(build)
   times = ", ".join(f"{m} {t:.3f} s" for m, t in found["seconds"].items())
   return (f"stacks run {found['mode']}: calibrated on this machine ({times}; {ENV}="
