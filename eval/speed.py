@@ -15,13 +15,13 @@ bytes on both sides (eos suppressed until then), so the work is identical. A tra
 trainer's own jitted `train_step` (loss, gradients, AdamW update) against HF's forward with
 labels, backward and `torch.optim.AdamW.step`; its bytes/s counts input plus target bytes.
 
-Each figure is also read against the machine's own limit, measured in the same run: the
-product of two 2048 x 2048 matrices compiled by XLA in the run's dtype
-(`bytelm.machine.matmul_peak`; all three dtypes are printed). `peak_fraction` is the model's
-FLOP/s over that peak: the one figure that compares across hosts. Model FLOPs are counted from the config
-(`model_flops`: every matmul of the teacher-forced forward, 2 per multiply-add, attention
-over all positions; a train step 3x the forward; greedy generation the forward over the new
-bytes, which the KV cache computes once), the same count for both sides.
+Each figure is also read against the machine's own limit, measured in the same run: the product
+of two 2048 x 2048 matrices compiled by XLA in the run's dtype (`bytelm.machine.matmul_peak`;
+all three dtypes are printed). `peak_fraction` is the model's FLOP/s over that peak: the one
+figure that compares across hosts. Model FLOPs are counted from the config (`model_flops`: every
+matmul of the teacher-forced forward, 2 per multiply-add, attention over all positions; a train
+step 3x the forward; greedy generation the forward over the new bytes, which the KV cache
+computes once), the same count for both sides.
 
 The last line holds the headline figures as key=value pairs, ratio_vs_hf = bytelm / HF, and
 the machine (cpu=, amx=, avx512_bf16=).

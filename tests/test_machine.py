@@ -1,4 +1,5 @@
-"""What machine this is (bytelm/machine.py), and the FLOP count eval/speed.py reads speed against."""
+"""What machine this is (bytelm/machine.py), and the FLOP count eval/speed.py reads speed
+against."""
 
 import importlib.util
 import pathlib

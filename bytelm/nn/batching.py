@@ -7,15 +7,15 @@ preset, 8 x 1024 bytes: the encoder takes 1.05 s batched and 0.4 s example by ex
 (eval/speed.py). On accelerators the batched form is the fast one, so the loop is used on CPU
 only.
 
-Whether it pays depends on the CPU's caches, and so does whether each example's forward pass
-is better recomputed for the backward pass (`jax.checkpoint`) than kept: on that first machine
-the recomputation won (3.3 s -> 3.0 s a train step); on a Zen 4 EPYC the two are within a few
-percent, in either order from run to run, and batching costs 1.17x. So each machine decides
-for itself: `calibrate()` times a model the three ways (MODES), forward and backward, and
-keeps the fastest in the user's cache under `bytelm.machine.key()` (CPU model and flags, jax,
-XLA_FLAGS: an answer from another CPU is never reused). The trainer and eval/speed.py calibrate before they compile; `choice()` reads
-the answer, or $BYTELM_PER_EXAMPLE where a user forces one. The three compute the same
-numbers up to float rounding (tests/test_batching.py).
+Whether it pays depends on the CPU's caches, and so does whether each example's forward pass is
+better recomputed for the backward pass (`jax.checkpoint`) than kept: on that first machine the
+recomputation won (3.3 s -> 3.0 s a train step); on a Zen 4 EPYC the two are within a few
+percent, in either order from run to run, and batching costs 1.17x. So each machine decides for
+itself: `calibrate()` times a model the three ways (MODES), forward and backward, and keeps the
+fastest in the user's cache under `bytelm.machine.key()` (CPU model and flags, jax, XLA_FLAGS:
+an answer from another CPU is never reused). The trainer and eval/speed.py calibrate before they
+compile; `choice()` reads the answer, or $BYTELM_PER_EXAMPLE where a user forces one. The three
+compute the same numbers up to float rounding (tests/test_batching.py).
 """
 
 from __future__ import annotations
@@ -81,12 +81,12 @@ def calibrate(build: Callable[[], Callable[[], object]], repeats: int = 2) -> di
   """Times a workload in each of MODES and keeps the fastest for this machine.
 
   build() returns a function that runs the workload once and waits for it (a model's loss and
-  gradients at a shape where the choice matters: `bytelm.models.calibration`); it is called
-  once per mode, inside `forced(mode)`, so that what it compiles runs that way. The runs
-  alternate between modes (`bytelm.timing.compare`), `repeats` rounds after a warm-up. {"mode": the fastest, "seconds":
-  {mode: median s}, ...} is kept in the user's cache under this machine's key and returned;
-  where one is kept already it is returned as it is, nothing measured. Not on accelerators:
-  no choice there."""
+  gradients at a shape where the choice matters: `bytelm.models.calibration`); it is called once
+  per mode, inside `forced(mode)`, so that what it compiles runs that way. The runs alternate
+  between modes (`bytelm.timing.compare`), `repeats` rounds after a warm-up. {"mode": the
+  fastest, "seconds": {mode: median s}, ...} is kept in the user's cache under this machine's
+  key and returned; where one is kept already it is returned as it is, nothing measured. Not on
+  accelerators: no choice there."""
   if jax.default_backend() != "cpu" or jax.device_count() != 1:
     return {"mode": "batched", "reason": "the loop is for one CPU device only"}
   found = stored()
