@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flax import nnx
+
 from bytelm.nn import attention_kernel
-from bytelm.nn.attention import softmax1
+from bytelm.nn.attention import RelativePositionBias, relative_position_bucket, softmax1
 
 
 def _reference(q, k, v, pos, key, abstain):
@@ -98,3 +100,39 @@ def test_attention_with_the_library_kernel_is_the_same_module():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="'bytelm' for softmax1"):
     Attention(8, 2, 4, dropout_rate=0.0, softmax="softmax1", kernel="xla", rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+def test_the_leading_sum_is_the_sum(n):
+  x = jax.random.normal(jax.random.key(n), (n, 3, 4))
+  np.testing.assert_allclose(attention_kernel._sum_leading(x), jnp.sum(x, axis=0), rtol=1e-6,
+                             atol=1e-6)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_position_bias_and_its_gradient_follow_the_bucket_of_each_pair(bidirectional):
+  """The bias at (head h, query t, key s) is embedding[bucket(s - t), h], for positions shared
+  by the batch and per example; so is the gradient the embedding gets back."""
+  rel = RelativePositionBias(3, bidirectional=bidirectional, num_buckets=8, max_distance=6,
+                             rngs=nnx.Rngs(0))
+  table_NH = rel.embedding[...]
+
+  def by_pair(table_NH, q_pos, k_pos):
+    bucket = relative_position_bucket(k_pos[..., None, :] - q_pos[..., :, None],
+                                      bidirectional=bidirectional, num_buckets=8, max_distance=6)
+    return jnp.moveaxis(table_NH[bucket], -1, -3)
+
+  graphdef, state = nnx.split(rel)
+
+  def with_table(table_NH, q_pos, k_pos):  # the module with this table as its one parameter
+    return nnx.merge(graphdef, jax.tree.map(lambda _: table_NH, state))(q_pos, k_pos)
+  q_T, k_S = jnp.arange(9), jnp.arange(11) - 1
+  q_BT = jnp.stack([q_T, 2 * q_T])
+  k_BS = jnp.stack([k_S, k_S + 5])
+  for q_pos, k_pos in ((q_T, k_S), (q_BT, k_BS)):
+    want, want_vjp = jax.vjp(lambda t: by_pair(t, q_pos, k_pos), table_NH)
+    got, got_vjp = jax.vjp(lambda t: with_table(t, q_pos, k_pos), table_NH)
+    assert got.shape == want.shape == q_pos.shape[:-1] + (3, 9, 11)
+    np.testing.assert_array_equal(got, want)
+    cot = jax.random.normal(jax.random.key(1), want.shape)
+    np.testing.assert_allclose(got_vjp(cot)[0], want_vjp(cot)[0], rtol=1e-5, atol=1e-5)
