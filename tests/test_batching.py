@@ -37,7 +37,7 @@ def _loss_and_grads(mode: str, monkeypatch):
 def test_the_loop_gives_the_batched_numbers(monkeypatch, cache):
   assert batching.loop_is_faster(batching.MIN_LENGTH, False) is (jax.default_backend() == "cpu")
   loss_batch, grads_batch = _loss_and_grads("batched", monkeypatch)
-  for mode in ("loop", "loop_remat"):
+  for mode in ("loop", "loop_remat", "attention_loop"):
     loss, grads = _loss_and_grads(mode, monkeypatch)
     assert float(loss) == pytest.approx(float(loss_batch), rel=1e-5)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_batch)):
@@ -48,6 +48,12 @@ def test_a_forced_choice_is_honoured(monkeypatch, cache):
   batching._store({"mode": "loop_remat"})  # this machine's calibration
   monkeypatch.setenv(batching.ENV, "batched")
   assert batching.choice() == "batched" and not batching.loop_is_faster(4096, False)
+  assert not batching.attention_loop_is_faster(4096)
+  monkeypatch.setenv(batching.ENV, "attention_loop")  # the stack batched, its attention not
+  on_cpu = jax.default_backend() == "cpu"
+  assert not batching.loop_is_faster(4096, False)
+  assert batching.attention_loop_is_faster(4096) is on_cpu
+  assert not batching.attention_loop_is_faster(batching.MIN_LENGTH - 1)
   monkeypatch.setenv(batching.ENV, "loop")
   assert batching.choice() == "loop"
   monkeypatch.setenv(batching.ENV, "auto")
@@ -78,7 +84,7 @@ def test_calibration_times_each_mode_and_keeps_the_fastest(monkeypatch, cache):
   if jax.default_backend() != "cpu" or jax.device_count() != 1:
     assert batching.calibrate(_never)["mode"] == "batched" and batching.stored() is None
     return
-  cost = {"batched": 0.003, "loop": 0.001, "loop_remat": 0.002}
+  cost = {"batched": 0.003, "loop": 0.001, "loop_remat": 0.002, "attention_loop": 0.004}
   built = []
 
   def build():

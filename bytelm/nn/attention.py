@@ -20,6 +20,7 @@ from einops import rearrange
 from flax import nnx
 
 from bytelm.nn import attention_kernel
+from bytelm.nn.batching import attention_loop_is_faster, map_over_batch
 from bytelm.nn.layers import Dense, RMSNorm, normal_init
 
 # Additive bias for a forbidden key. HF uses finfo(float32).min; adding finite biases to it stays
@@ -149,9 +150,16 @@ class Attention(nnx.Module):
       return self._out(attention_kernel.library_attention(
           q_BHTK, k_BHSK, v_BHSK, pos_bias_HTS, key_bias_BS, self.kernel))
     if self.dropout.rate == 0 or self.dropout.deterministic:
-      out_BHTK = attention_kernel.attention(q_BHTK, k_BHSK, v_BHSK, pos_bias_HTS, key_bias_BS,
-                                            self.softmax == "softmax1")
-      return self._out(out_BHTK)
+      abstain = self.softmax == "softmax1"
+      own_bias = pos_bias_HTS is not None and pos_bias_HTS.ndim == 4  # (B, H, T, S)
+      shared_bias = None if own_bias else pos_bias_HTS
+
+      def kernel(q_BHTK, k_BHSK, v_BHSK, key_bias_BS, bias_BHTS):
+        bias = shared_bias if bias_BHTS is None else bias_BHTS
+        return attention_kernel.attention(q_BHTK, k_BHSK, v_BHSK, bias, key_bias_BS, abstain)
+      loop = attention_loop_is_faster(max(q_BHTK.shape[2], k_BHSK.shape[2]))
+      return self._out(map_over_batch(kernel, q_BHTK, k_BHSK, v_BHSK, key_bias_BS,
+                                      pos_bias_HTS if own_bias else None, loop=loop))
     # With dropout on the probabilities, plain autodiff (it must see the dropped probabilities).
     probs_fn = jax.nn.softmax if self.softmax == "softmax" else softmax1
     scores_BHTS = attention_kernel.scores(q_BHTK, k_BHSK, pos_bias_HTS, key_bias_BS)

@@ -10,12 +10,15 @@ only.
 Whether it pays depends on the CPU's caches, and so does whether each example's forward pass is
 better recomputed for the backward pass (`jax.checkpoint`) than kept: on that first machine the
 recomputation won (3.3 s -> 3.0 s a train step); on a Zen 4 EPYC the two are within a few
-percent, in either order from run to run, and batching costs 1.17x. So each machine decides for
-itself: `calibrate()` times a model the three ways (MODES), forward and backward, and keeps the
-fastest in the user's cache under `bytelm.machine.key()` (CPU model and flags, jax, XLA_FLAGS:
-an answer from another CPU is never reused). The trainer and eval/speed.py calibrate before they
-compile; `choice()` reads the answer, or $BYTELM_PER_EXAMPLE where a user forces one. The three
-compute the same numbers up to float rounding (tests/test_batching.py).
+percent, in either order from run to run, and batching costs 1.17x. There the scores were the
+part that did not fit: running only the attention kernel example by example, the layers' matmuls
+over the whole batch, made a `mini` train step 4.7 s against 5.0 s for the whole stack in the
+loop (mode "attention_loop"). So each machine decides for itself: `calibrate()` times a model
+the four ways (MODES), forward and backward, and keeps the fastest in the user's cache under
+`bytelm.machine.key()` (CPU model and flags, jax, XLA_FLAGS: an answer from another CPU is never
+reused). The trainer and eval/speed.py calibrate before they compile; `choice()` reads the
+answer, or $BYTELM_PER_EXAMPLE where a user forces one. All four compute the same numbers up to
+float rounding (tests/test_batching.py).
 """
 
 from __future__ import annotations
@@ -33,18 +36,29 @@ from bytelm import machine, timing, user_cache
 MIN_LENGTH = 128
 ENV = "BYTELM_PER_EXAMPLE"  # one of MODES forces it; unset or "auto": calibrated
 # batched: the whole batch at once; loop: one example at a time, its activations kept for the
-# backward pass; loop_remat: one at a time, its forward pass recomputed for the backward pass.
-MODES = ("batched", "loop", "loop_remat")
+# backward pass; loop_remat: one at a time, its forward pass recomputed for the backward pass;
+# attention_loop: the layers over the whole batch, only the attention kernel (its T*S scores)
+# one example at a time.
+MODES = ("batched", "loop", "loop_remat", "attention_loop")
 DEFAULT = "loop_remat"  # where no calibration was made: what won where it was first measured
 _forced: str | None = None  # set by `forced`
-_CALIBRATION = "per_example_v2"  # the file's name in the cache; bump when the measure changes
+_CALIBRATION = "per_example_v3"  # the file's name in the cache; bump when the measure changes
 
 
 def loop_is_faster(length: int, dropout_active: bool) -> bool:
-  """Whether `map_over_batch` should loop. Dropout needs its RNG state outside the loop."""
+  """Whether a stack should run one example at a time (`map_over_batch(..., loop=True)`).
+  Dropout needs its RNG state outside the loop."""
+  return _may_loop(length) and not dropout_active and choice() in ("loop", "loop_remat")
+
+
+def attention_loop_is_faster(length: int) -> bool:
+  """Whether the attention kernel of a batched stack should run one example at a time."""
+  return _may_loop(length) and choice() == "attention_loop"
+
+
+def _may_loop(length: int) -> bool:
   # With several devices the batch is sharded; a loop over it would gather it onto each device.
-  return (jax.default_backend() == "cpu" and jax.device_count() == 1 and length >= MIN_LENGTH
-          and not dropout_active and choice() != "batched")
+  return jax.default_backend() == "cpu" and jax.device_count() == 1 and length >= MIN_LENGTH
 
 
 def choice() -> str:
