@@ -157,7 +157,8 @@ class Attention(nnx.Module):
       def kernel(q_BHTK, k_BHSK, v_BHSK, key_bias_BS, bias_BHTS):
         bias = shared_bias if bias_BHTS is None else bias_BHTS
         return attention_kernel.attention(q_BHTK, k_BHSK, v_BHSK, bias, key_bias_BS, abstain)
-      loop = attention_loop_is_faster(max(q_BHTK.shape[2], k_BHSK.shape[2]))
+      # Scores of a few queries (a generation step) are small enough batched.
+      loop = attention_loop_is_faster(min(q_BHTK.shape[2], k_BHSK.shape[2]))
       return self._out(map_over_batch(kernel, q_BHTK, k_BHSK, v_BHSK, key_bias_BS,
                                       pos_bias_HTS if own_bias else None, loop=loop))
     # With dropout on the probabilities, plain autodiff (it must see the dropped probabilities).
