@@ -1,10 +1,10 @@
-"""The custom-gradient attention kernel equals plain autodiff of softmax(q k^T + bias) v."""
+"""The custom-gradient attention kernel equals plain autodiff of softmax(q k^T + bias) v; so do
+the position bias and its gradient the per-pair formula."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from flax import nnx
 
 from bytelm.nn import attention_kernel
@@ -83,8 +83,6 @@ def test_the_library_attention_matches_the_kernel(pos_shape):
 def test_attention_with_the_library_kernel_is_the_same_module():
   """nn.Attention(kernel="xla") (model.attention_kernel) gives the output and the parameter
   gradients of the default kernel for the same parameters; it has no softmax1."""
-  from flax import nnx
-
   from bytelm.nn.attention import Attention
 
   keys = jax.random.split(jax.random.key(2), 2)
