@@ -78,21 +78,58 @@ def _never():
 
 
 def test_calibration_times_each_mode_and_keeps_the_fastest(monkeypatch, cache):
-  """Each mode's workload is built (so compiled) in that mode; the fastest is kept. Off one
-  CPU device there is no choice: batched, nothing measured."""
+  """Each mode's workload is built (so compiled) in that mode; the fastest is kept, one for
+  gradients and one for forward passes, and choice() gives the gradients' inside
+  for_gradients() only. Off one CPU device there is no choice: batched, nothing measured."""
   monkeypatch.setattr(machine, "key", lambda: "this-host")
   if jax.default_backend() != "cpu" or jax.device_count() != 1:
     assert batching.calibrate(_never)["mode"] == "batched" and batching.stored() is None
     return
-  cost = {"batched": 0.003, "loop": 0.001, "loop_remat": 0.002, "attention_loop": 0.004}
+  gradient_cost = {"batched": 0.003, "loop": 0.001, "loop_remat": 0.002, "attention_loop": 0.004}
+  forward_cost = {"batched": 0.003, "loop": 0.004, "loop_remat": 0.002, "attention_loop": 0.001}
   built = []
 
-  def build():
-    mode = batching.choice()  # what a model traced now would run
-    built.append(mode)
-    return lambda: time.sleep(cost[mode])
-  result = batching.calibrate(build, repeats=2)
-  assert built == list(batching.MODES)
+  def builder(cost):
+    def build():
+      mode = batching.choice()  # what a model traced now would run
+      built.append(mode)
+      return lambda: time.sleep(cost[mode])
+    return build
+  result = batching.calibrate(builder(gradient_cost), builder(forward_cost), repeats=2)
+  assert built == list(batching.MODES) * 2
   assert result["mode"] == "loop" and set(result["seconds"]) == set(batching.MODES)
-  assert batching.stored() == result and batching.choice() == "loop"
-  assert "stacks run loop:" in batching.prepare(_never)  # kept: read back, not measured
+  assert result["forward_mode"] == "attention_loop"
+  assert batching.stored() == result and batching.choice() == "attention_loop"
+  with batching.for_gradients():
+    assert batching.choice() == "loop"
+  assert batching.choice() == "attention_loop"
+  line = batching.prepare(_never)  # kept: read back, not measured
+  assert "loop for gradients" in line and "attention_loop for forward passes" in line
+
+
+def test_the_train_step_asks_for_the_gradients_choice(monkeypatch, cache):
+  """The trainer's step traces its model inside for_gradients(), so it runs the gradients'
+  mode; a forward pass outside it asks for the forward mode."""
+  import functools
+
+  import optax
+
+  from bytelm.training import trainer
+  if jax.default_backend() != "cpu" or jax.device_count() != 1:
+    return  # no choice to ask for
+  asked = []
+  real_choice = batching.choice
+  monkeypatch.setattr(batching, "choice",
+                      lambda: asked.append(batching._for_gradients) or real_choice())
+  model = t5.T5(t5.preset("tiny"), rngs=nnx.Rngs(0))
+  batch = {"inputs": jnp.full((2, batching.MIN_LENGTH), 7, jnp.int32),
+           "targets": jnp.full((2, 8), 7, jnp.int32)}
+  graphdef, state = nnx.split((model, nnx.Optimizer(model, optax.adamw(1e-3), wrt=nnx.Param)))
+  step = functools.partial(trainer.train_step, graphdef=graphdef, loss_fn=t5.loss_fn,
+                           schedule=lambda _: 1e-3, z_loss=0.0)
+  jax.eval_shape(step, state, batch)  # traced, not run
+  assert asked and all(asked)
+  asked.clear()
+  jax.eval_shape(lambda x_BT, y_BS: model(x_BT, t5.shift_right(y_BS)), batch["inputs"],
+                 batch["targets"])
+  assert asked and not any(asked)

@@ -19,6 +19,12 @@ the four ways (MODES), forward and backward, and keeps the fastest in the user's
 reused). The trainer and eval/speed.py calibrate before they compile; `choice()` reads the
 answer, or $BYTELM_PER_EXAMPLE where a user forces one. All four compute the same numbers up to
 float rounding (tests/test_batching.py).
+
+Forward passes alone may prefer another mode than gradients (on that EPYC greedy generation
+took 1.18 s with the whole stack in the loop, 1.26-1.34 s with attention_loop, the gradients'
+choice). So the calibration also times a forward pass, and `choice()` answers for gradients
+while a gradient is traced inside `for_gradients()` (the trainer's step), for forward passes
+elsewhere.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ ENV = "BYTELM_PER_EXAMPLE"  # one of MODES forces it; unset or "auto": calibrate
 MODES = ("batched", "loop", "loop_remat", "attention_loop")
 DEFAULT = "loop_remat"  # where no calibration was made: what won where it was first measured
 _forced: str | None = None  # set by `forced`
-_CALIBRATION = "per_example_v3"  # the file's name in the cache; bump when the measure changes
+_for_gradients = False  # set by `for_gradients`
+_CALIBRATION = "per_example_v4"  # the file's name in the cache; bump when the measure changes
 
 
 def loop_is_faster(length: int, dropout_active: bool) -> bool:
@@ -64,14 +71,29 @@ def _may_loop(length: int) -> bool:
 def choice() -> str:
   """How to run a stack over a batch on this machine (one of MODES, for one CPU device):
   $BYTELM_PER_EXAMPLE where it names one, else this machine's calibration (`calibrate`) where
-  one was made, else DEFAULT."""
+  one was made, for gradients inside `for_gradients()` and for forward passes outside it, else
+  DEFAULT."""
   if _forced is not None:  # inside `forced`: calibration, tests
     return _forced
   by_user = _by_user()
   if by_user is not None:
     return by_user
   found = stored()
-  return DEFAULT if found is None else found["mode"]
+  if found is None:
+    return DEFAULT
+  return found["mode"] if _for_gradients else found.get("forward_mode", found["mode"])
+
+
+@contextlib.contextmanager
+def for_gradients():
+  """Within it, choice() answers for a gradient's computation: enter it inside the function
+  that is traced (a train step's body), so that the model is traced the gradients' way."""
+  global _for_gradients
+  before, _for_gradients = _for_gradients, True
+  try:
+    yield
+  finally:
+    _for_gradients = before
 
 
 def _by_user() -> str | None:
@@ -91,29 +113,37 @@ def stored() -> dict | None:
     return None
 
 
-def calibrate(build: Callable[[], Callable[[], object]], repeats: int = 2) -> dict:
+def calibrate(build: Callable[[], Callable[[], object]],
+              build_forward: Callable[[], Callable[[], object]] | None = None,
+              repeats: int = 2) -> dict:
   """Times a workload in each of MODES and keeps the fastest for this machine.
 
   build() returns a function that runs the workload once and waits for it (a model's loss and
-  gradients at a shape where the choice matters: `bytelm.models.calibration`); it is called once
-  per mode, inside `forced(mode)`, so that what it compiles runs that way. The runs alternate
-  between modes (`bytelm.timing.compare`), `repeats` rounds after a warm-up. {"mode": the
-  fastest, "seconds": {mode: median s}, ...} is kept in the user's cache under this machine's
-  key and returned; where one is kept already it is returned as it is, nothing measured. Not on
-  accelerators: no choice there."""
+  gradients at a shape where the choice matters, traced inside `for_gradients()`:
+  `bytelm.models.calibration`); it is called once per mode, inside `forced(mode)`, so that what
+  it compiles runs that way. build_forward, where given, does the same for a forward pass. The
+  runs alternate between modes (`bytelm.timing.compare`), `repeats` rounds after a warm-up.
+  {"mode": the fastest for gradients, "seconds": {mode: median s}, "forward_mode",
+  "forward_seconds", ...} is kept in the user's cache under this machine's key and returned;
+  where one is kept already it is returned as it is, nothing measured. Not on accelerators: no
+  choice there."""
   if jax.default_backend() != "cpu" or jax.device_count() != 1:
     return {"mode": "batched", "reason": "the loop is for one CPU device only"}
   found = stored()
   if found is not None:
     return found
-  runs = {}
-  for mode in MODES:
-    with forced(mode):  # traced and compiled in this mode
-      runs[mode] = build()
-      runs[mode]()
-  seconds = {mode: round(t, 4) for mode, t in timing.compare(runs, repeats).items()}
-  result = {"mode": min(seconds, key=seconds.get), "seconds": seconds,
-            "machine": machine.describe(), "jax": jax.__version__}
+  result = {}
+  for prefix, workload in (("", build), ("forward_", build_forward)):
+    if workload is None:
+      continue
+    runs = {}
+    for mode in MODES:
+      with forced(mode):  # traced and compiled in this mode
+        runs[mode] = workload()
+        runs[mode]()
+    seconds = {mode: round(t, 4) for mode, t in timing.compare(runs, repeats).items()}
+    result.update({f"{prefix}mode": min(seconds, key=seconds.get), f"{prefix}seconds": seconds})
+  result.update(machine=machine.describe(), jax=jax.__version__)
   _store(result)
   return result
 
@@ -132,19 +162,23 @@ def forced(mode: str):
     _forced = before
 
 
-def prepare(build: Callable[[], Callable[[], object]]) -> str:
-  """Calibrates (`calibrate(build)`) where the choice is this machine's to make (one CPU
-  device, not forced by $BYTELM_PER_EXAMPLE, not calibrated yet) before anything is compiled;
-  returns a line saying what was chosen and why, for the log."""
+def prepare(build: Callable[[], Callable[[], object]],
+            build_forward: Callable[[], Callable[[], object]] | None = None) -> str:
+  """Calibrates (`calibrate(build, build_forward)`) where the choice is this machine's to make
+  (one CPU device, not forced by $BYTELM_PER_EXAMPLE, not calibrated yet) before anything is
+  compiled; returns a line saying what was chosen and why, for the log."""
   if jax.default_backend() != "cpu" or jax.device_count() != 1:
     return "examples batched (the per-example loop is for one CPU device)"
   by_user = _by_user()
   if by_user is not None:
     return f"stacks run {by_user} ({ENV}={by_user})"
-  found = calibrate(build)
+  found = calibrate(build, build_forward)
   times = ", ".join(f"{m} {t:.3f} s" for m, t in found["seconds"].items())
-  return (f"stacks run {found['mode']}: calibrated on this machine ({times}; {ENV}="
-          f"{'|'.join(MODES)} forces one)")
+  line = f"stacks run {found['mode']} for gradients ({times})"
+  if "forward_mode" in found:
+    times = ", ".join(f"{m} {t:.3f} s" for m, t in found["forward_seconds"].items())
+    line += f", {found['forward_mode']} for forward passes ({times})"
+  return f"{line}: calibrated on this machine ({ENV}={'|'.join(MODES)} forces one)"
 
 
 def _path():

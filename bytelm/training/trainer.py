@@ -199,8 +199,9 @@ def train_step(state, batch, *, graphdef, loss_fn, schedule, z_loss, after_step=
   """
   model, optimizer = nnx.merge(graphdef, state)
   lr = schedule(optimizer.step[...])
-  (loss, metrics), grads = nnx.value_and_grad(
-      lambda m: loss_fn(m, batch, z_loss=z_loss), has_aux=True)(model)
+  with batching.for_gradients():  # the model is traced the way this machine's gradients run
+    (loss, metrics), grads = nnx.value_and_grad(
+        lambda m: loss_fn(m, batch, z_loss=z_loss), has_aux=True)(model)
   optimizer.update(model, grads)
   if after_step is not None:
     after_step(model, metrics)
@@ -291,7 +292,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
            jax.default_backend(), dict(mesh.shape), jax.process_index(), jax.process_count())
   if (config.model_family in _STACKS_OVER_EXAMPLES
       and config.data.get("input_length", 0) >= batching.MIN_LENGTH):
-    log.info("%s", batching.prepare(calibration.t5_gradients))  # before the step compiles
+    log.info("%s", batching.prepare(calibration.t5_gradients, calibration.t5_forward))
 
   # -- data --
   data = data_lib.sources(config, workdir, process_index=jax.process_index(),
