@@ -133,3 +133,25 @@ def test_the_train_step_asks_for_the_gradients_choice(monkeypatch, cache):
   jax.eval_shape(lambda x_BT, y_BS: model(x_BT, t5.shift_right(y_BS)), batch["inputs"],
                  batch["targets"])
   assert asked and not any(asked)
+
+
+def test_per_example_positions_give_the_batched_numbers_in_the_attention_loop(monkeypatch,
+                                                                                cache):
+  """MrT5's hard deletion compacts each example with its own positions, so each example's
+  attention has its own (H, T, S) bias: the attention loop must hand each its own."""
+  from bytelm.models import mrt5
+  fields = dict(t5.PRESETS["tiny"], num_encoder_layers=3, gate_layer=1, bucket_multiple=8,
+                attention_softmax="softmax1")  # its untrained gate drops ~1/4 at random
+  model = mrt5.MrT5(mrt5.MrT5Config(**fields), rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(1)
+  inputs = jnp.asarray(rng.integers(3, 259, (3, batching.MIN_LENGTH)), jnp.int32)
+  encoded = {}
+  for mode in ("batched", "attention_loop"):
+    monkeypatch.setenv(batching.ENV, mode)
+    graphdef, state = nnx.split(model)
+    encode = jax.jit(lambda st, x: nnx.merge(graphdef, st).encode(x, deletion="hard")[:2])
+    encoded[mode] = encode(state, inputs)  # a fresh trace: reads the choice again
+  kept_B = np.sum(encoded["batched"][1], axis=1)
+  assert len(set(kept_B.tolist())) > 1 and max(kept_B) < batching.MIN_LENGTH  # own positions
+  np.testing.assert_allclose(encoded["attention_loop"][0], encoded["batched"][0], rtol=1e-5,
+                             atol=1e-6)
