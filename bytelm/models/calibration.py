@@ -27,10 +27,10 @@ def t5_gradients(batch: int = 8, input_bytes: int = 1024, target_bytes: int = 32
   model, data = _model_and_data(batch, input_bytes, target_bytes, preset)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-  def gradients(p):
-    with batching.for_gradients():
-      return jax.grad(lambda p: t5.loss_fn(nnx.merge(graphdef, p, rest), data)[0])(p)
-  gradients = jax.jit(gradients)
+  @jax.jit
+  def gradients(params):
+    with batching.for_gradients():  # traced as the trainer's step is
+      return jax.grad(lambda p: t5.loss_fn(nnx.merge(graphdef, p, rest), data)[0])(params)
   return lambda: jax.block_until_ready(gradients(params))
 
 
@@ -45,6 +45,7 @@ def t5_forward(batch: int = 8, input_bytes: int = 1024, target_bytes: int = 32,
 
 
 def _model_and_data(batch, input_bytes, target_bytes, preset):
+  """The preset's T5 (seed 0) and random bytes 3..258 as inputs and targets."""
   model = t5.T5(t5.preset(preset), rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
   data = {"inputs": jnp.asarray(rng.integers(3, 259, (batch, input_bytes)), jnp.int32),

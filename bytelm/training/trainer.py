@@ -292,6 +292,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
            jax.default_backend(), dict(mesh.shape), jax.process_index(), jax.process_count())
   if (config.model_family in _STACKS_OVER_EXAMPLES
       and config.data.get("input_length", 0) >= batching.MIN_LENGTH):
+    # Before the step compiles: its trace reads the choice.
     log.info("%s", batching.prepare(calibration.t5_gradients, calibration.t5_forward))
 
   # -- data --
