@@ -1,17 +1,21 @@
-"""The per-example loop (bytelm/nn/batching.py): the same numbers either way, a forced choice
-honoured, and each machine's calibration kept for that machine only."""
+"""The per-example loop (bytelm/nn/batching.py): the same numbers every way, a forced choice
+honoured, each machine's calibration kept for that machine only, and the gradients' choice
+asked for where a gradient is traced."""
 
+import functools
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
 from bytelm import machine
-from bytelm.models import t5
+from bytelm.models import mrt5, t5
 from bytelm.nn import batching
+from bytelm.training import trainer
 
 
 @pytest.fixture
@@ -110,11 +114,6 @@ def test_calibration_times_each_mode_and_keeps_the_fastest(monkeypatch, cache):
 def test_the_train_step_asks_for_the_gradients_choice(monkeypatch, cache):
   """The trainer's step traces its model inside for_gradients(), so it runs the gradients'
   mode; a forward pass outside it asks for the forward mode."""
-  import functools
-
-  import optax
-
-  from bytelm.training import trainer
   if jax.default_backend() != "cpu" or jax.device_count() != 1:
     return  # no choice to ask for
   asked = []
@@ -139,7 +138,6 @@ def test_per_example_positions_give_the_batched_numbers_in_the_attention_loop(mo
                                                                                 cache):
   """MrT5's hard deletion compacts each example with its own positions, so each example's
   attention has its own (H, T, S) bias: the attention loop must hand each its own."""
-  from bytelm.models import mrt5
   fields = dict(t5.PRESETS["tiny"], num_encoder_layers=3, gate_layer=1, bucket_multiple=8,
                 attention_softmax="softmax1")  # its untrained gate drops ~1/4 at random
   model = mrt5.MrT5(mrt5.MrT5Config(**fields), rngs=nnx.Rngs(0))
