@@ -3,7 +3,7 @@ honoured, each machine's calibration kept for that machine only, and the gradien
 asked for where a gradient is traced."""
 
 import functools
-import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ import optax
 import pytest
 from flax import nnx
 
-from bytelm import machine
+from bytelm import machine, timing
 from bytelm.models import mrt5, t5
 from bytelm.nn import batching
 from bytelm.training import trainer
@@ -89,15 +89,18 @@ def test_calibration_times_each_mode_and_keeps_the_fastest(monkeypatch, cache):
   if jax.default_backend() != "cpu" or jax.device_count() != 1:
     assert batching.calibrate(_never)["mode"] == "batched" and batching.stored() is None
     return
-  gradient_cost = {"batched": 0.003, "loop": 0.001, "loop_remat": 0.002, "attention_loop": 0.004}
-  forward_cost = {"batched": 0.003, "loop": 0.004, "attention_loop": 0.001}
+  gradient_cost = {"batched": 3, "loop": 1, "loop_remat": 2, "attention_loop": 4}
+  forward_cost = {"batched": 3, "loop": 4, "attention_loop": 1}
+  # A clock that only the workloads move: sleeps of a few ms were reordered by a busy CI host.
+  clock = [0.0]
+  monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
   built = []
 
   def builder(cost):
     def build():
       mode = batching.choice()  # what a model traced now would run
       built.append(mode)
-      return lambda: time.sleep(cost[mode])
+      return lambda: clock.__setitem__(0, clock[0] + cost[mode])
     return build
   result = batching.calibrate(builder(gradient_cost), builder(forward_cost), repeats=2)
   assert built == list(batching.MODES) + ["batched", "loop", "attention_loop"]
