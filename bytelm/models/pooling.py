@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from bytelm.nn import Dense
+from bytelm.nn import Dense, precision
 
 
 # ---- pooling -------------------------------------------------------------------------------------
@@ -44,7 +44,7 @@ def pool(x_BTD: jax.Array, ids_BT: jax.Array, num_segments: int, how: str = "mea
     weights_BTN = onehot_BTN * (ids_BT != neighbour_BT)[..., None].astype(x_BTD.dtype)
   else:
     raise ValueError(f"pool how must be 'mean', 'last' or 'first', got {how!r}")
-  return jnp.einsum("btn,btd->bnd", weights_BTN, x_BTD)
+  return precision.einsum("btn,btd->bnd", weights_BTN, x_BTD)
 
 
 class QueryPool(nnx.Module):
@@ -66,7 +66,7 @@ class QueryPool(nnx.Module):
     e_BTN = jnp.where(inside_BTN, jnp.exp(score_BTN - jnp.where(jnp.isfinite(top_BN), top_BN,
                                                                  0.0)), 0.0)
     weights_BTN = e_BTN / jnp.maximum(e_BTN.sum(axis=1, keepdims=True), 1e-30)
-    return jnp.einsum("btn,btd->bnd", weights_BTN.astype(x_BTD.dtype), x_BTD)
+    return precision.einsum("btn,btd->bnd", weights_BTN.astype(x_BTD.dtype), x_BTD)
 
 
 def unpool(h_BND: jax.Array, context_BT: jax.Array, start_D: jax.Array) -> jax.Array:

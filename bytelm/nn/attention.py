@@ -19,7 +19,7 @@ import numpy as np
 from einops import rearrange
 from flax import nnx
 
-from bytelm.nn import attention_kernel
+from bytelm.nn import attention_kernel, precision
 from bytelm.nn.batching import attention_loop_is_faster, map_over_batch
 from bytelm.nn.layers import Dense, RMSNorm, normal_init
 
@@ -165,7 +165,7 @@ class Attention(nnx.Module):
     probs_fn = jax.nn.softmax if self.softmax == "softmax" else softmax1
     scores_BHTS = attention_kernel.scores(q_BHTK, k_BHSK, pos_bias_HTS, key_bias_BS)
     probs_BHTS = self.dropout(probs_fn(scores_BHTS, axis=-1).astype(self.dtype))  # fp32 softmax
-    out_BHTK = jnp.einsum("BHTS,BHSK->BHTK", probs_BHTS, v_BHSK)
+    out_BHTK = precision.einsum("BHTS,BHSK->BHTK", probs_BHTS, v_BHSK)
     return self._out(out_BHTK)
 
   def _out(self, out_BHTK: jax.Array) -> jax.Array:

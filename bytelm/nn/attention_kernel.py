@@ -30,7 +30,7 @@ def scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS):
   """fp32 scores plus biases, added as HF does: scores + (position + key). With bf16 q and k,
   the product is the matmul's fp32 accumulator, not scores rounded to bf16
   (bytelm.nn.precision)."""
-  s_BHTS = precision.einsum_to_float32("...HTK,...HSK->...HTS", q_BHTK, k_BHSK)
+  s_BHTS = precision.einsum("...HTK,...HSK->...HTS", q_BHTK, k_BHSK, jnp.float32)
   bias = pos_bias
   if key_bias_BS is not None:
     kb = key_bias_BS[..., None, None, :]
@@ -64,7 +64,7 @@ def _forward(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain):
   s_BHTS = scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS)
   lse_BHT1 = _lse(s_BHTS, abstain)
   p_BHTS = jnp.exp(s_BHTS - lse_BHT1).astype(v_BHSK.dtype)
-  o_BHTK = jnp.einsum("...HTS,...HSK->...HTK", p_BHTS, v_BHSK)
+  o_BHTK = precision.product("...HTS,...HSK->...HTK", p_BHTS, v_BHSK, v_BHSK.dtype)
   return o_BHTK, lse_BHT1
 
 
@@ -82,9 +82,9 @@ def _bwd(abstain, res, do_BHTK):
                        keepdims=True)
   ds_BHTS = p_BHTS * (dp_BHTS - delta_BHT1)  # fp32
   dtype = q_BHTK.dtype
-  dq = jnp.einsum("...HTS,...HSK->...HTK", ds_BHTS.astype(dtype), k_BHSK)
-  dk = jnp.einsum("...HTS,...HTK->...HSK", ds_BHTS.astype(dtype), q_BHTK)
-  dv = jnp.einsum("...HTS,...HTK->...HSK", p_BHTS.astype(dtype), do_BHTK)
+  dq = precision.product("...HTS,...HSK->...HTK", ds_BHTS.astype(dtype), k_BHSK, dtype)
+  dk = precision.product("...HTS,...HTK->...HSK", ds_BHTS.astype(dtype), q_BHTK, dtype)
+  dv = precision.product("...HTS,...HTK->...HSK", p_BHTS.astype(dtype), do_BHTK, dtype)
   d_pos = None if pos_bias is None else _sum_to(ds_BHTS, pos_bias.shape)
   d_key = None if key_bias_BS is None else jnp.sum(ds_BHTS, axis=(-3, -2)).reshape(
       key_bias_BS.shape)

@@ -65,10 +65,8 @@ class Dense(nnx.Module):
     return self._dot(x_BTI, w_IO)
 
   def _dot(self, x_BTI: jax.Array, w_IO: jax.Array) -> jax.Array:
-    x_BTI, w_IO = x_BTI.astype(self.dtype), w_IO.astype(self.dtype)
-    if self.out_dtype == jnp.dtype(self.dtype):
-      return jnp.dot(x_BTI, w_IO)
-    return precision.einsum_to_float32("...I,IO->...O", x_BTI, w_IO)
+    return precision.einsum("...I,IO->...O", x_BTI.astype(self.dtype), w_IO.astype(self.dtype),
+                            self.out_dtype)
 
 
 class Embed(nnx.Embed):
@@ -91,8 +89,8 @@ class Embed(nnx.Embed):
   def attend(self, h_BTD: jax.Array) -> jax.Array:
     """logits_BTV = h_BTD @ embedding^T in the compute dtype, returned in float32 (as Dense
     with out_dtype float32)."""
-    return precision.einsum_to_float32("...D,VD->...V", h_BTD.astype(self.dtype),
-                                       self.embedding[...].astype(self.dtype))
+    return precision.einsum("...D,VD->...V", h_BTD.astype(self.dtype),
+                            self.embedding[...].astype(self.dtype), jnp.float32)
 
 
 class RMSNorm(nnx.Module):

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bytelm.nn import precision
 from bytelm.nn import quant as qn
 from bytelm.nn.layers import Dense
 
@@ -85,8 +86,8 @@ class QuantDense(nnx.Module):
     lead = x_BTI.shape[:-1]
     x_MI = x_BTI.reshape(-1, self.in_features)
     if self.mode == "int8_weight":
-      y_MO = jnp.dot(x_MI.astype(self.dtype), self.weight().astype(self.dtype),
-                     preferred_element_type=self.out_dtype)
+      y_MO = precision.product("MI,IO->MO", x_MI.astype(self.dtype),
+                               self.weight().astype(self.dtype), self.out_dtype)
     elif self.mode == "int8":
       if self.recording is not None:
         jax.debug.callback(self.recording, jnp.max(jnp.abs(x_MI.astype(jnp.float32)), axis=0))
