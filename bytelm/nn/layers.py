@@ -116,7 +116,10 @@ class GatedGeluMLP(nnx.Module):
                param_dtype=jnp.float32, quant: str | None = None, statistic: str = "mean",
                rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, quant=quant, statistic=statistic, rngs=rngs)
-    self.wi_0 = Dense(d_model, d_ff, std=d_model**-0.5, **kw)
+    # The gate's GELU runs on wi_0's float32 accumulator, rounded once after the product with
+    # wi_1: in bf16, GELU's eight elementwise steps would each round to bf16 (and XLA:CPU
+    # emulates each such step with two conversions).
+    self.wi_0 = Dense(d_model, d_ff, std=d_model**-0.5, out_dtype=jnp.float32, **kw)
     self.wi_1 = Dense(d_model, d_ff, std=d_model**-0.5, **kw)
     self.wo = Dense(d_ff, d_model, std=d_ff**-0.5, **kw)
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
@@ -126,7 +129,8 @@ class GatedGeluMLP(nnx.Module):
 
   def __call__(self, x_BTD: jax.Array) -> jax.Array:
     # HF's "gelu_new" is the tanh approximation; approximate=True is the same formula.
-    h_BTF = jax.nn.gelu(self.wi_0(x_BTD), approximate=True) * self.wi_1(x_BTD)
+    h_BTF = (jax.nn.gelu(self.wi_0(x_BTD), approximate=True) * self.wi_1(x_BTD)).astype(
+        self.wo.dtype)
     if self.sub_norm is not None:
       h_BTF = self.sub_norm(h_BTF)
     return self.wo(self.dropout(h_BTF))
