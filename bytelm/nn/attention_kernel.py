@@ -4,16 +4,16 @@ Axis legend: B batch, H heads, T queries, S keys, K head dim.
 
 Plain autodiff of attention keeps the B*H*T*S probabilities for the backward pass and
 differentiates softmax through its exp / sum / divide chain. This kernel keeps only the output
-and the log-sum-exp per query (FlashAttention's bookkeeping, without the tiling) and recomputes
-the probabilities in the backward pass:
+and each query's score maximum m and exp-sum z (FlashAttention's bookkeeping, without the
+tiling) and recomputes the probabilities in the backward pass, by the forward's own formula:
 
-    p = exp(s - lse),  dp = do v^T,  ds = p * (dp - rowsum(do * o)),
+    p = exp(s - m) / z,  dp = do v^T,  ds = p * (dp - rowsum(do * o)),
     dq = ds k,  dk = ds^T q,  dv = p^T do,  dbias = ds (summed to the bias's shape).
 
-On a 2-core CPU this makes the ByT5 train step at 8 x 1024 bytes about 25% faster (eval/speed.py,
-BENCHMARKS.md), and it is the same arithmetic on accelerators. `abstain=True` is softmax1
-(MrT5): an implicit extra zero logit, so lse = log(1 + sum exp(s)); the gradient formula is the
-same because rowsum(dp * p) still equals rowsum(do * o).
+On a 2-core CPU this makes the ByT5 train step at 8 x 1024 bytes about 25% faster
+(eval/speed.py, BENCHMARKS.md), and it is the same arithmetic on accelerators. `abstain=True` is
+softmax1 (MrT5): an implicit extra zero logit, so z = exp(-m) + sum exp(s - m); the gradient
+formula is the same because rowsum(dp * p) still equals rowsum(do * o).
 """
 
 from __future__ import annotations
@@ -38,14 +38,19 @@ def scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS):
   return s_BHTS if bias is None else s_BHTS + bias
 
 
-def _lse(s_BHTS, abstain: bool):
+def _softmax(s_BHTS, abstain: bool):
+  """(probabilities, max m, exp-sum z) per query: p = exp(s - m) / z, one exp per score (as
+  PyTorch's softmax; exp(s - log-sum-exp) would take a second exp over all B*H*T*S scores,
+  about a fifth of a CPU attention's time). The backward pass recomputes p from m and z by the
+  same formula, so the probabilities it differentiates are the forward's to the last bit."""
   m_BHT1 = jnp.max(s_BHTS, axis=-1, keepdims=True)
   if abstain:
     m_BHT1 = jnp.maximum(m_BHT1, 0.0)
-  total = jnp.sum(jnp.exp(s_BHTS - m_BHT1), axis=-1, keepdims=True)
+  e_BHTS = jnp.exp(s_BHTS - m_BHT1)
+  total_BHT1 = jnp.sum(e_BHTS, axis=-1, keepdims=True)
   if abstain:
-    total = total + jnp.exp(-m_BHT1)  # the implicit zero logit
-  return m_BHT1 + jnp.log(total)
+    total_BHT1 = total_BHT1 + jnp.exp(-m_BHT1)  # the implicit zero logit
+  return e_BHTS / total_BHT1, m_BHT1, total_BHT1
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
@@ -62,20 +67,20 @@ def attention(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain: bool = Fal
 
 def _forward(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain):
   s_BHTS = scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS)
-  lse_BHT1 = _lse(s_BHTS, abstain)
-  p_BHTS = jnp.exp(s_BHTS - lse_BHT1).astype(v_BHSK.dtype)
+  p_BHTS, m_BHT1, z_BHT1 = _softmax(s_BHTS, abstain)
+  p_BHTS = p_BHTS.astype(v_BHSK.dtype)
   o_BHTK = precision.product("...HTS,...HSK->...HTK", p_BHTS, v_BHSK, v_BHSK.dtype)
-  return o_BHTK, lse_BHT1
+  return o_BHTK, (m_BHT1, z_BHT1)
 
 
 def _fwd(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain):
-  o_BHTK, lse_BHT1 = _forward(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain)
-  return o_BHTK, (q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, o_BHTK, lse_BHT1)
+  o_BHTK, (m_BHT1, z_BHT1) = _forward(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain)
+  return o_BHTK, (q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, o_BHTK, m_BHT1, z_BHT1)
 
 
 def _bwd(abstain, res, do_BHTK):
-  q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, o_BHTK, lse_BHT1 = res
-  p_BHTS = jnp.exp(scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS) - lse_BHT1)
+  q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, o_BHTK, m_BHT1, z_BHT1 = res
+  p_BHTS = jnp.exp(scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS) - m_BHT1) / z_BHT1
   dp_BHTS = jnp.einsum("...HTK,...HSK->...HTS", do_BHTK, v_BHSK,
                        preferred_element_type=jnp.float32)
   delta_BHT1 = jnp.sum(do_BHTK.astype(jnp.float32) * o_BHTK.astype(jnp.float32), axis=-1,
