@@ -49,7 +49,8 @@ MODES = ("batched", "loop", "loop_remat", "attention_loop")
 DEFAULT = "loop_remat"  # where no calibration was made: what won where it was first measured
 _forced: str | None = None  # set by `forced`
 _for_gradients = False  # set by `for_gradients`
-_CALIBRATION = "per_example_v4"  # the file's name in the cache; bump when the measure changes
+_CALIBRATION = "per_example_v5"  # the file's name in the cache; bump when the measure or the
+# kernels it chooses between change (v5: bf16 products, one-exp softmax)
 
 
 def loop_is_faster(length: int, dropout_active: bool) -> bool:
