@@ -40,8 +40,8 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype=None) -> jax.Array:
 
 
 def product(spec: str, a: jax.Array, b: jax.Array, out_dtype) -> jax.Array:
-  """The forward product of `einsum`, without its gradient rule: for code that is itself a
-  backward pass (the attention kernel's)."""
+  """The forward product of `einsum`, without its gradient rule: for code whose gradient is
+  defined around it (the attention kernel's custom VJP) or never taken (QuantDense)."""
   out_dtype = jnp.dtype(out_dtype)
   if out_dtype == jnp.float32 or jax.default_backend() == "cpu":
     return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32).astype(out_dtype)
