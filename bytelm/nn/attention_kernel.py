@@ -81,8 +81,7 @@ def _fwd(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain):
 def _bwd(abstain, res, do_BHTK):
   q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, o_BHTK, m_BHT1, z_BHT1 = res
   p_BHTS = jnp.exp(scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS) - m_BHT1) / z_BHT1
-  dp_BHTS = jnp.einsum("...HTK,...HSK->...HTS", do_BHTK, v_BHSK,
-                       preferred_element_type=jnp.float32)
+  dp_BHTS = precision.product("...HTK,...HSK->...HTS", do_BHTK, v_BHSK, jnp.float32)
   delta_BHT1 = jnp.sum(do_BHTK.astype(jnp.float32) * o_BHTK.astype(jnp.float32), axis=-1,
                        keepdims=True)
   ds_BHTS = p_BHTS * (dp_BHTS - delta_BHT1)  # fp32

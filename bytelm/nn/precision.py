@@ -31,11 +31,11 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype=None) -> jax.Array:
   """jnp.einsum(spec, a, b) ("lhs,rhs->out", two operands) accumulated in float32 and returned
   in out_dtype (default: the operands' dtype). Float32 operands give the float32 program,
   unchanged."""
-  if a.dtype == jnp.float32 and b.dtype == jnp.float32:
-    return jnp.einsum(spec, a, b).astype(out_dtype or jnp.float32)  # a no-op cast for float32
+  dtype = jnp.result_type(a, b)
+  if dtype == jnp.float32:
+    return jnp.einsum(spec, a, b).astype(out_dtype or dtype)  # nothing to round
   if "->" not in spec or spec.count(",") != 1:
     raise ValueError(f"precision.einsum takes 'lhs,rhs->out' with two operands, got {spec!r}")
-  dtype = jnp.result_type(a, b)
   return _mixed(spec, jnp.dtype(out_dtype or dtype), a.astype(dtype), b.astype(dtype))
 
 
