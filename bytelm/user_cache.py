@@ -63,3 +63,15 @@ def cached_json(kind: str, name: str, files: Sequence[os.PathLike | str],
   except OSError:
     pass
   return value
+
+
+def store_json(path: pathlib.Path, value) -> None:
+  """value as JSON at path, written to a temporary file, then renamed (a reader sees the whole
+  file or none); a cache that cannot be written (read-only, full) is done without."""
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+  except OSError:
+    pass

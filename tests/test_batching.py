@@ -12,7 +12,7 @@ import optax
 import pytest
 from flax import nnx
 
-from bytelm import machine, timing
+from bytelm import machine, timing, user_cache
 from bytelm.models import mrt5, t5
 from bytelm.nn import batching
 from bytelm.training import trainer
@@ -49,7 +49,7 @@ def test_the_loop_gives_the_batched_numbers(monkeypatch, cache):
 
 
 def test_a_forced_choice_is_honoured(monkeypatch, cache):
-  batching._store({"mode": "loop_remat"})  # this machine's calibration
+  user_cache.store_json(batching._path(), {"mode": "loop_remat"})  # this machine's calibration
   monkeypatch.setenv(batching.ENV, "batched")
   assert batching.choice() == "batched" and not batching.loop_is_faster(4096, False)
   assert not batching.attention_loop_is_faster(4096)
@@ -70,7 +70,7 @@ def test_a_forced_choice_is_honoured(monkeypatch, cache):
 def test_a_calibration_is_kept_for_its_machine_only(monkeypatch, cache):
   monkeypatch.setattr(machine, "key", lambda: "epyc")
   assert batching.stored() is None and batching.choice() == batching.DEFAULT  # none yet
-  batching._store({"mode": "batched", "seconds": {"batched": 0.3}})
+  user_cache.store_json(batching._path(), {"mode": "batched", "seconds": {"batched": 0.3}})
   assert batching.choice() == "batched"
   assert batching.calibrate(_never)["seconds"] == {"batched": 0.3}  # kept: not measured again
   monkeypatch.setattr(machine, "key", lambda: "xeon")  # another CPU: not reused

@@ -23,7 +23,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from bytelm.nn import precision
+from bytelm.nn import cpu_attention, precision
 
 
 def scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS):
@@ -66,11 +66,23 @@ def attention(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain: bool = Fal
 
 
 def _forward(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain):
+  """(out, (m, z)): on a CPU with AMX tiles, bf16 through the fused kernel where this machine
+  chose it (bytelm.nn.cpu_attention: same arithmetic, scores kept in cache), else XLA's."""
+  if cpu_attention.applies(q_BHTK, k_BHSK, v_BHSK):
+    o_BHTK, m_BHT1, z_BHT1 = cpu_attention.attention(q_BHTK, k_BHSK, v_BHSK, pos_bias,
+                                                     key_bias_BS, abstain)
+    return o_BHTK, (m_BHT1, z_BHT1)
+  o_BHTK, m_BHT1, z_BHT1 = xla_forward(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain)
+  return o_BHTK, (m_BHT1, z_BHT1)
+
+
+def xla_forward(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain):
+  """(out, m, z) as XLA computes them on any backend: scores, softmax and p v as jnp ops."""
   s_BHTS = scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS)
   p_BHTS, m_BHT1, z_BHT1 = _softmax(s_BHTS, abstain)
   p_BHTS = p_BHTS.astype(v_BHSK.dtype)
   o_BHTK = precision.product("...HTS,...HSK->...HTK", p_BHTS, v_BHSK, v_BHSK.dtype)
-  return o_BHTK, (m_BHT1, z_BHT1)
+  return o_BHTK, m_BHT1, z_BHT1
 
 
 def _fwd(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain):

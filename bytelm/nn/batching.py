@@ -147,7 +147,7 @@ def calibrate(build: Callable[[], Callable[[], object]],
     seconds = {mode: round(t, 4) for mode, t in timing.compare(runs, repeats).items()}
     result.update({f"{prefix}mode": min(seconds, key=seconds.get), f"{prefix}seconds": seconds})
   result.update(machine=machine.describe(), jax=jax.__version__)
-  _store(result)
+  user_cache.store_json(_path(), result)
   return result
 
 
@@ -186,19 +186,6 @@ def prepare(build: Callable[[], Callable[[], object]],
 
 def _path():
   return user_cache.root() / "calibration" / f"{_CALIBRATION}-{machine.key()}.json"
-
-
-def _store(result: dict) -> None:
-  """Written to a temporary file, then renamed; a cache that cannot be written is done
-  without (the next process calibrates again)."""
-  path = _path()
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-  except OSError:
-    pass
 
 
 def map_over_batch(fn, *args_B, loop: bool):

@@ -1,0 +1,137 @@
+"""bytelm.nn.cpu_attention: the fused bf16 attention for AMX CPUs computes what XLA's does,
+and whether it runs is the machine's choice, forced by $BYTELM_CPU_ATTENTION."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from bytelm import machine
+from bytelm.models import t5
+from bytelm.nn import attention_kernel, cpu_attention
+
+AMX = machine.has_amx() and machine.cpu()["flags"]["amx_bf16"]
+needs_amx = pytest.mark.skipif(not AMX, reason="the fused kernel needs a CPU with AMX bf16 tiles")
+
+
+@pytest.fixture
+def use(monkeypatch):
+  """use("fused" | "xla" | "auto"): sets $BYTELM_CPU_ATTENTION for what is traced next."""
+  def set_choice(value):
+    monkeypatch.setenv(cpu_attention.ENV, value)
+    cpu_attention.choice.cache_clear()
+  yield set_choice
+  cpu_attention.choice.cache_clear()
+
+
+def _inputs(B, H, T, S, pos_shape, key, seed=0):
+  rng = np.random.default_rng(seed)
+  q, k, v = (jnp.asarray(rng.normal(size=(B, H, n, 64)), jnp.bfloat16) for n in (T, S, S))
+  pos = None if pos_shape is None else jnp.asarray(rng.normal(size=pos_shape), jnp.float32)
+  # Padding (MASK_VALUE-like) and a shift that makes every score negative, where softmax1's
+  # implicit zero logit dominates: abstain must change the result.
+  key_bias = (jnp.asarray(np.where(rng.random((B, S)) < 0.2, -1e9, -6.0), jnp.float32)
+              if key else None)
+  return q, k, v, pos, key_bias
+
+
+CASES = [  # B, H, T, S, pos shape, key bias: tails of the 16-query and 32-key blocks too
+    (2, 4, 64, 96, (4, 64, 96), True),
+    (2, 3, 37, 45, (2, 3, 37, 45), True),
+    (1, 2, 1, 20, (2, 1, 20), False),  # one generation step
+    (2, 2, 48, 33, None, True),
+    (1, 2, 17, 64, None, False),
+]
+
+
+@needs_amx
+@pytest.mark.parametrize("B,H,T,S,pos_shape,key", CASES)
+@pytest.mark.parametrize("abstain", [False, True])
+def test_fused_forward_is_xla_forward(B, H, T, S, pos_shape, key, abstain):
+  q, k, v, pos, key_bias = _inputs(B, H, T, S, pos_shape, key)
+  got = jax.jit(cpu_attention.attention, static_argnums=5)(q, k, v, pos, key_bias, abstain)
+  want = jax.jit(attention_kernel.xla_forward, static_argnums=5)(q, k, v, pos, key_bias, abstain)
+  (o1, m1, z1), (o2, m2, z2) = ([np.asarray(x, np.float32) for x in r] for r in (got, want))
+  assert o1.shape == o2.shape and m1.shape == m2.shape == z1.shape
+  # Same arithmetic in another summation order: nearly every output equal to the bit, the
+  # rest one bf16 rounding (2^-8 relative) apart.
+  np.testing.assert_allclose(o1, o2, rtol=2 ** -7, atol=2 ** -9)
+  assert np.mean(o1 == o2) > 0.99
+  np.testing.assert_allclose(m1, m2, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(z1, z2, rtol=1e-5)
+
+
+@needs_amx
+def test_gradients_through_the_fused_forward_are_xla_ones(use):
+  """The backward pass recomputes p from the fused kernel's m and z: gradients of every input
+  agree with those of the all-XLA attention."""
+  q, k, v, pos, key_bias = _inputs(2, 4, 40, 72, (4, 40, 72), True)
+  w = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
+
+  def grads():
+    loss = lambda *a: jnp.sum(attention_kernel.attention(*a).astype(jnp.float32) * w)
+    fn = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
+    return fn.lower(q, k, v, pos, key_bias).as_text(), fn(q, k, v, pos, key_bias)
+
+  use("fused")
+  hlo, fused = grads()
+  assert "bytelm_attention_bf16" in hlo
+  use("xla")
+  hlo, plain = grads()
+  assert "bytelm_attention_bf16" not in hlo
+  for a, b in zip(fused, plain):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    np.testing.assert_allclose(a, b, rtol=2 ** -6, atol=2 ** -6 * np.abs(b).max())
+
+
+@needs_amx
+def test_a_bf16_model_gives_the_same_loss_either_way(use):
+  """The choice changes speed, not results: a bf16 T5's loss with the kernel chosen or not."""
+  cfg = t5.T5Config(vocab_size=259, d_model=64, d_kv=64, d_ff=96, num_heads=2,
+                    num_encoder_layers=2, num_decoder_layers=1, dtype="bfloat16")
+  model = t5.T5(cfg, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  batch = {"inputs": jnp.asarray(rng.integers(3, 259, (2, 40)), jnp.int32),
+           "targets": jnp.asarray(rng.integers(3, 259, (2, 24)), jnp.int32)}
+  losses = {}
+  for choice in ("fused", "xla"):
+    use(choice)
+    graphdef, state = nnx.split(model)
+    losses[choice] = float(jax.jit(
+        lambda st: t5.loss_fn(nnx.merge(graphdef, st), batch)[0])(state))
+  assert abs(losses["fused"] - losses["xla"]) <= 1e-3 * losses["xla"], losses
+
+
+def test_forcing_is_honoured_and_checked(use, monkeypatch):
+  q = k = v = jnp.zeros((1, 2, 16, 64), jnp.bfloat16)
+  use("xla")
+  assert not cpu_attention.applies(q, k, v)
+  assert "XLA" in cpu_attention.describe()
+  use("sometimes")
+  with pytest.raises(ValueError, match="BYTELM_CPU_ATTENTION must be fused, xla or auto"):
+    cpu_attention.choice()
+  # A CPU without AMX: forcing the kernel fails with the reason and the way out.
+  real = machine.cpu()
+  no_amx = dict(real, flags=dict(real["flags"], amx_tile=False, amx_bf16=False))
+  monkeypatch.setattr(machine, "cpu", lambda: no_amx)
+  use("fused")
+  with pytest.raises(RuntimeError, match="no AMX bf16 tiles.*set it to xla"):
+    cpu_attention.choice()
+  use("auto")
+  found = cpu_attention.calibrate()
+  assert not found["use"] and "no AMX" in found["reason"]
+  # Only bf16 heads of 64 are the kernel's, whatever the machine chose.
+  assert not cpu_attention.applies(q.astype(jnp.float32), k, v)
+  assert not cpu_attention.applies(q[..., :32], k[..., :32], v[..., :32])
+
+
+def test_a_calibration_from_another_machine_is_not_reused(use, monkeypatch):
+  use("auto")
+  monkeypatch.setattr(machine, "key", lambda: "one-machine")
+  cpu_attention.calibrate()
+  assert cpu_attention.stored() is not None
+  monkeypatch.setattr(machine, "key", lambda: "another-machine")
+  assert cpu_attention.stored() is None
