@@ -45,7 +45,7 @@ from flax import nnx
 import common  # eval/common.py; before bytelm, so that a missing install is one clear line
 from bytelm import convert, generation, machine
 from bytelm.models import calibration, t5
-from bytelm.nn import batching
+from bytelm.nn import batching, cpu_attention
 from bytelm.training import trainer
 
 LR = 1e-4  # AdamW learning rate on both sides (the value does not change the cost)
@@ -159,6 +159,8 @@ def main():
       f"{d} {v / 1e9:,.0f} G{'OP' if d == 'int8' else 'FLOP'}/s" for d, v in peaks.items()))
   # this machine's choices, before compiling
   print(batching.prepare(calibration.t5_gradients, calibration.t5_forward))
+  if args.bf16:
+    print(cpu_attention.describe())
   dtype = "bfloat16" if args.bf16 else "float32"
   cfg = dataclasses.replace(t5.preset(args.preset), dtype=dtype)
   model = t5.T5(cfg, rngs=nnx.Rngs(0))

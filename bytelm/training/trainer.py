@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from bytelm import models
 from bytelm.data import prefetch as prefetch_lib
 from bytelm.models import calibration
-from bytelm.nn import batching
+from bytelm.nn import batching, cpu_attention
 from bytelm.runs import checkpoint as ckpt_lib
 from bytelm.runs import data as data_lib
 from bytelm.runs import lock as lock_lib
@@ -294,6 +294,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
       and config.data.get("input_length", 0) >= batching.MIN_LENGTH):
     # Before the step compiles: its trace reads the choice.
     log.info("%s", batching.prepare(calibration.t5_gradients, calibration.t5_forward))
+  if jax.default_backend() == "cpu" and config.model.get("dtype") == "bfloat16":
+    log.info("%s", cpu_attention.describe())  # before the step compiles: its trace reads it
 
   # -- data --
   data = data_lib.sources(config, workdir, process_index=jax.process_index(),
