@@ -159,8 +159,7 @@ def main():
       f"{d} {v / 1e9:,.0f} G{'OP' if d == 'int8' else 'FLOP'}/s" for d, v in peaks.items()))
   # this machine's choices, before compiling
   print(batching.prepare(calibration.t5_gradients, calibration.t5_forward))
-  if args.bf16:
-    print(cpu_attention.describe())
+  print(cpu_attention.describe())
   dtype = "bfloat16" if args.bf16 else "float32"
   cfg = dataclasses.replace(t5.preset(args.preset), dtype=dtype)
   model = t5.T5(cfg, rngs=nnx.Rngs(0))

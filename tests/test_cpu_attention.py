@@ -13,8 +13,12 @@ from bytelm import machine
 from bytelm.models import t5
 from bytelm.nn import attention_kernel, cpu_attention
 
-AMX = machine.has_amx() and machine.cpu()["flags"]["amx_bf16"]
-needs_amx = pytest.mark.skipif(not AMX, reason="the fused kernel needs a CPU with AMX bf16 tiles")
+FLAGS = machine.cpu()["flags"]
+# What each dtype's kernel needs of the CPU: the tests of a dtype run where it can.
+RUNS = {"bfloat16": FLAGS["amx_tile"] and FLAGS["amx_bf16"], "float32": FLAGS["avx512f"]}
+DTYPES = [pytest.param(d, marks=pytest.mark.skipif(
+    not RUNS[d], reason=f"the {d} kernel needs {'AMX bf16 tiles' if d == 'bfloat16' else 'AVX-512'}"))
+    for d in RUNS]
 
 
 @pytest.fixture
@@ -27,9 +31,9 @@ def use(monkeypatch):
   cpu_attention.choice.cache_clear()
 
 
-def _inputs(B, H, T, S, pos_shape, key, seed=0):
+def _inputs(B, H, T, S, pos_shape, key, dtype="bfloat16", seed=0):
   rng = np.random.default_rng(seed)
-  q, k, v = (jnp.asarray(rng.normal(size=(B, H, n, 64)), jnp.bfloat16) for n in (T, S, S))
+  q, k, v = (jnp.asarray(rng.normal(size=(B, H, n, 64)), dtype) for n in (T, S, S))
   pos = None if pos_shape is None else jnp.asarray(rng.normal(size=pos_shape), jnp.float32)
   # Padding (MASK_VALUE-like) and a shift that makes every score negative, where softmax1's
   # implicit zero logit dominates: abstain must change the result.
@@ -47,28 +51,31 @@ CASES = [  # B, H, T, S, pos shape, key bias: tails of the 16-query and 32-key b
 ]
 
 
-@needs_amx
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,H,T,S,pos_shape,key", CASES)
 @pytest.mark.parametrize("abstain", [False, True])
-def test_fused_forward_is_xla_forward(B, H, T, S, pos_shape, key, abstain):
-  q, k, v, pos, key_bias = _inputs(B, H, T, S, pos_shape, key)
+def test_fused_forward_is_xla_forward(B, H, T, S, pos_shape, key, abstain, dtype):
+  q, k, v, pos, key_bias = _inputs(B, H, T, S, pos_shape, key, dtype)
   got = jax.jit(cpu_attention.attention, static_argnums=5)(q, k, v, pos, key_bias, abstain)
   want = jax.jit(attention_kernel.xla_forward, static_argnums=5)(q, k, v, pos, key_bias, abstain)
   (o1, m1, z1), (o2, m2, z2) = ([np.asarray(x, np.float32) for x in r] for r in (got, want))
-  assert o1.shape == o2.shape and m1.shape == m2.shape == z1.shape
-  # Same arithmetic in another summation order: nearly every output equal to the bit, the
-  # rest one bf16 rounding (2^-8 relative) apart.
-  np.testing.assert_allclose(o1, o2, rtol=2 ** -7, atol=2 ** -9)
-  assert np.mean(o1 == o2) > 0.99
+  assert got[0].dtype == q.dtype and o1.shape == o2.shape and m1.shape == m2.shape == z1.shape
+  if dtype == "bfloat16":
+    # Same arithmetic in another summation order: nearly every output equal to the bit, the
+    # rest one bf16 rounding (2^-8 relative) apart.
+    np.testing.assert_allclose(o1, o2, rtol=2 ** -7, atol=2 ** -9)
+    assert np.mean(o1 == o2) > 0.99
+  else:  # fp32 sums in another order: a few ulps
+    np.testing.assert_allclose(o1, o2, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(m1, m2, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(z1, z2, rtol=1e-5)
 
 
-@needs_amx
-def test_gradients_through_the_fused_forward_are_xla_ones(use):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gradients_through_the_fused_forward_are_xla_ones(use, dtype):
   """The backward pass recomputes p from the fused kernel's m and z: gradients of every input
   agree with those of the all-XLA attention."""
-  q, k, v, pos, key_bias = _inputs(2, 4, 40, 72, (4, 40, 72), True)
+  q, k, v, pos, key_bias = _inputs(2, 4, 40, 72, (4, 40, 72), True, dtype)
   w = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
 
   def grads():
@@ -78,20 +85,21 @@ def test_gradients_through_the_fused_forward_are_xla_ones(use):
 
   use("fused")
   hlo, fused = grads()
-  assert "bytelm_attention_bf16" in hlo
+  assert "bytelm_attention" in hlo
   use("xla")
   hlo, plain = grads()
-  assert "bytelm_attention_bf16" not in hlo
+  assert "bytelm_attention" not in hlo
+  tol = 2 ** -6 if dtype == "bfloat16" else 1e-5
   for a, b in zip(fused, plain):
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    np.testing.assert_allclose(a, b, rtol=2 ** -6, atol=2 ** -6 * np.abs(b).max())
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol * np.abs(b).max())
 
 
-@needs_amx
-def test_a_bf16_model_gives_the_same_loss_either_way(use):
-  """The choice changes speed, not results: a bf16 T5's loss with the kernel chosen or not."""
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_model_gives_the_same_loss_either_way(use, dtype):
+  """The choice changes speed, not results: a T5's loss with the kernel chosen or not."""
   cfg = t5.T5Config(vocab_size=259, d_model=64, d_kv=64, d_ff=96, num_heads=2,
-                    num_encoder_layers=2, num_decoder_layers=1, dtype="bfloat16")
+                    num_encoder_layers=2, num_decoder_layers=1, dtype=dtype)
   model = t5.T5(cfg, rngs=nnx.Rngs(0))
   rng = np.random.default_rng(0)
   batch = {"inputs": jnp.asarray(rng.integers(3, 259, (2, 40)), jnp.int32),
@@ -100,30 +108,44 @@ def test_a_bf16_model_gives_the_same_loss_either_way(use):
   for choice in ("fused", "xla"):
     use(choice)
     graphdef, state = nnx.split(model)
-    losses[choice] = float(jax.jit(
-        lambda st: t5.loss_fn(nnx.merge(graphdef, st), batch)[0])(state))
-  assert abs(losses["fused"] - losses["xla"]) <= 1e-3 * losses["xla"], losses
+    loss = jax.jit(lambda st: t5.loss_fn(nnx.merge(graphdef, st), batch)[0])
+    assert ("bytelm_attention" in loss.lower(state).as_text()) == (choice == "fused")
+    losses[choice] = float(loss(state))
+  tol = 1e-3 if dtype == "bfloat16" else 1e-6
+  assert abs(losses["fused"] - losses["xla"]) <= tol * losses["xla"], losses
 
 
 def test_forcing_is_honoured_and_checked(use, monkeypatch):
   q = k = v = jnp.zeros((1, 2, 16, 64), jnp.bfloat16)
   use("xla")
   assert not cpu_attention.applies(q, k, v)
-  assert "XLA" in cpu_attention.describe()
+  assert not cpu_attention.applies(*(x.astype(jnp.float32) for x in (q, k, v)))
+  assert "bfloat16 XLA" in cpu_attention.describe() and "float32 XLA" in cpu_attention.describe()
   use("sometimes")
   with pytest.raises(ValueError, match="BYTELM_CPU_ATTENTION must be fused, xla or auto"):
-    cpu_attention.choice()
-  # A CPU without AMX: forcing the kernel fails with the reason and the way out.
+    cpu_attention.choice("float32")
+  # A CPU without AMX (an AMD EPYC, say): forcing the bf16 kernel fails with the reason and
+  # the way out; the fp32 kernel needs AVX-512 only.
   real = machine.cpu()
   no_amx = dict(real, flags=dict(real["flags"], amx_tile=False, amx_bf16=False))
   monkeypatch.setattr(machine, "cpu", lambda: no_amx)
   use("fused")
-  with pytest.raises(RuntimeError, match="no AMX bf16 tiles.*set it to xla"):
-    cpu_attention.choice()
+  with pytest.raises(RuntimeError, match="cannot run bfloat16 here: the CPU lists no AMX bf16 "
+                                         "tiles.*set it to xla"):
+    cpu_attention.choice("bfloat16")
   use("auto")
   found = cpu_attention.calibrate()
-  assert not found["use"] and "no AMX" in found["reason"]
-  # Only bf16 heads of 64 are the kernel's, whatever the machine chose.
+  assert not found["bfloat16"]["use"] and "no AMX" in found["bfloat16"]["reason"]
+  if RUNS["float32"]:
+    assert "calibrated" in found["float32"]["reason"], found["float32"]
+  # Neither without AVX-512.
+  no_avx512 = dict(no_amx, flags=dict(no_amx["flags"], avx512f=False))
+  monkeypatch.setattr(machine, "cpu", lambda: no_avx512)
+  use("fused")
+  with pytest.raises(RuntimeError, match="cannot run float32 here: the CPU lists no AVX-512"):
+    cpu_attention.choice("float32")
+  # Only heads of 64 in one dtype are the kernel's, whatever the machine chose.
+  use("auto")
   assert not cpu_attention.applies(q.astype(jnp.float32), k, v)
   assert not cpu_attention.applies(q[..., :32], k[..., :32], v[..., :32])
 

@@ -1,17 +1,18 @@
-// Fused bf16 attention for x86 CPUs with AMX tiles, as an XLA FFI custom call.
+// Fused attention for x86 CPUs, as an XLA FFI custom call: bf16 on AMX tiles, fp32 on AVX-512.
 //
 // Axis legend: B batch, H heads, T queries, S keys, K head dim (64).
 //
-// out = softmax(q k^T + pos_bias + key_bias) v for bf16 q, k, v, the same arithmetic as
-// bytelm/nn/attention_kernel.py's `_forward`: fp32 scores accumulated from bf16 products,
-// fp32 softmax p = exp(s - m) / z, p rounded to bf16, p v accumulated in fp32 and rounded to
-// bf16. XLA computes the same thing as separate passes over the B*H*T*S scores in main memory;
-// here 16 queries at a time go through scores, softmax and p v while their scores stay in the
-// core's cache, and both products run on the AMX tiles. It also returns each query's score
-// maximum m and exp-sum z, which the backward pass of attention_kernel.py recomputes p from.
+// out = softmax(q k^T + pos_bias + key_bias) v, the same arithmetic as
+// bytelm/nn/attention_kernel.py's `xla_forward`: fp32 scores (accumulated from bf16 products
+// in bf16), fp32 softmax p = exp(s - m) / z, p rounded to q's dtype, p v accumulated in fp32
+// and rounded to q's dtype. XLA computes the same thing as separate passes over the B*H*T*S
+// scores in main memory; here 16 queries at a time go through scores, softmax and p v while
+// their scores stay in the core's cache. In bf16 both products run on the AMX tiles, in fp32
+// on FMA register blocks. It also returns each query's score maximum m and exp-sum z, which
+// the backward pass of attention_kernel.py recomputes p from.
 //
-// Built and loaded by bytelm/nn/cpu_attention.py (g++ on the user's machine); only called
-// where the CPU has AMX and the loader's self-test passed.
+// Built and loaded by bytelm/nn/cpu_attention.py (g++ on the user's machine); it only calls
+// a dtype's kernel where the CPU has what it needs and the kernel passed its check there.
 
 #include <immintrin.h>
 #include <sys/syscall.h>
@@ -29,7 +30,7 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-constexpr int64_t kHeadDim = 64;  // two 32-wide bf16 chunks: one AMX tile row each
+constexpr int64_t kHeadDim = 64;  // in bf16, two 32-wide chunks: one AMX tile row each
 constexpr int64_t kRows = 16;     // queries per block: the rows of an AMX tile
 
 struct alignas(64) TileConfig {
@@ -47,7 +48,11 @@ struct alignas(64) TileConfig {
 constexpr TileConfig kTiles = {
     1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
 
-void ConfigureTiles() { _tile_loadconfig(&kTiles); }
+// The AMX code's instructions, enabled function by function: the file is built for AVX-512
+// alone, so that the fp32 kernel also loads and runs on CPUs without AMX.
+#define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512bf16")))
+
+AMX_TARGET void ConfigureTiles() { _tile_loadconfig(&kTiles); }
 
 // exp(x) for x <= 0 in fp32: 2^n * 2^f with n = round(x log2 e), |f| <= 1/2, and 2^f by its
 // degree-6 Taylor polynomial (relative error ~1e-7, below fp32's half ulp at 1).
@@ -68,26 +73,61 @@ inline __m512 Exp(__m512 x) {
 
 struct Problem {
   int64_t batch, heads, queries, keys, keys_padded;
-  const uint16_t* q;  // bf16 bits, (B, H, T, K)
-  const uint16_t* k;  // (B, H, S, K)
-  const uint16_t* v;  // (B, H, S, K)
-  const float* pos;   // (H, T, S) or (B, H, T, S) or null
+  const void* q;     // (B, H, T, K), bf16 bits or fp32
+  const void* k;     // (B, H, S, K)
+  const void* v;     // (B, H, S, K)
+  const float* pos;  // (H, T, S) or (B, H, T, S) or null
   bool pos_batched;
   const float* key;  // (B, S) or null
   bool abstain;
-  uint16_t* out;  // (B, H, T, K)
-  float* m;       // (B, H, T)
-  float* z;       // (B, H, T)
+  void* out;  // (B, H, T, K), q's dtype
+  float* m;   // (B, H, T)
+  float* z;   // (B, H, T)
+
+  const float* PosRows(int64_t b, int64_t h) const {  // (T, S) of this head, or null
+    if (pos == nullptr) return nullptr;
+    return pos + ((pos_batched ? b * heads + h : h) * queries) * keys;
+  }
 };
 
-// Scratch of one worker, reused across the (b, h) pairs it takes.
-struct Scratch {
-  std::vector<uint32_t> k_packed, v_packed;  // B operands of q k^T and p v
-  std::vector<float> scores;                 // kRows x keys_padded
-  std::vector<uint16_t> p;                   // kRows x keys_padded, bf16
-  std::vector<uint16_t> q_rows;              // kRows x K, for the last partial block
-  alignas(64) float o[kRows * kHeadDim];
-};
+// The first n lanes (none for n <= 0, all 16 for n >= 16).
+inline __mmask16 Lanes(int64_t n) {
+  return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
+// One query's softmax numerator in place: s + (pos + key) (as attention_kernel.scores adds
+// them), then exp(s - m). Returns the exp-sum z; m out. The caller divides by z.
+float SoftmaxRow(float* s, const float* pos, const float* key, int64_t keys, bool abstain,
+                 float* m_out) {
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < keys; j += 16) {
+    const __mmask16 in = Lanes(keys - j);
+    __m512 x = _mm512_maskz_loadu_ps(in, s + j);
+    if (pos != nullptr && key != nullptr)
+      x = _mm512_add_ps(x, _mm512_add_ps(_mm512_maskz_loadu_ps(in, pos + j),
+                                         _mm512_maskz_loadu_ps(in, key + j)));
+    else if (pos != nullptr || key != nullptr)
+      x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(in, pos != nullptr ? pos + j : key + j));
+    _mm512_mask_storeu_ps(s + j, in, x);
+    vmax = _mm512_mask_max_ps(vmax, in, vmax, x);
+  }
+  float m = _mm512_reduce_max_ps(vmax);
+  if (abstain && m < 0.f) m = 0.f;
+  const __m512 vm = _mm512_set1_ps(m);
+  __m512 vsum = _mm512_setzero_ps();
+  for (int64_t j = 0; j < keys; j += 16) {
+    const __mmask16 in = Lanes(keys - j);
+    __m512 e = Exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(in, s + j), vm));
+    _mm512_mask_storeu_ps(s + j, in, e);
+    vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(in, e));
+  }
+  float z = _mm512_reduce_add_ps(vsum);
+  if (abstain) z += Exp(_mm512_set1_ps(-m))[0];  // the implicit zero logit
+  *m_out = m;
+  return z;
+}
+
+// ---- bf16: both products on the AMX tiles --------------------------------------------------
 
 // k (S, K) as the B operand of q k^T: for 16 keys n and 32 head dims c, 16 pair-rows r of 16
 // keys, element (r, j) the bf16 pair k[16n + j][32c + 2r .. 2r + 1]. Keys past S are zero.
@@ -121,72 +161,54 @@ void PackV(const uint16_t* v_SK, int64_t keys, int64_t keys_padded, uint32_t* pa
     }
 }
 
-// softmax over one query's scores (in place: exp(s - m)), p rounded to bf16; m and z out.
-void Softmax(float* s, const float* pos, const float* key, const Problem& pb, uint16_t* p,
-             float* m_out, float* z_out) {
-  const int64_t keys = pb.keys;
-  __m512 vmax = _mm512_set1_ps(-INFINITY);
-  int64_t j = 0;
-  for (; j < keys; j += 16) {
-    __mmask16 in = keys - j >= 16 ? 0xFFFF : (__mmask16)((1u << (keys - j)) - 1);
-    __m512 x = _mm512_maskz_loadu_ps(in, s + j);
-    if (pos != nullptr || key != nullptr) {  // s + (pos + key), as attention_kernel.scores
-      __m512 bias;
-      if (pos != nullptr && key != nullptr)
-        bias = _mm512_add_ps(_mm512_maskz_loadu_ps(in, pos + j), _mm512_maskz_loadu_ps(in, key + j));
-      else
-        bias = _mm512_maskz_loadu_ps(in, pos != nullptr ? pos + j : key + j);
-      x = _mm512_add_ps(x, bias);
-    }
-    _mm512_mask_storeu_ps(s + j, in, x);
-    vmax = _mm512_mask_max_ps(vmax, in, vmax, x);
-  }
-  float m = _mm512_reduce_max_ps(vmax);
-  if (pb.abstain && m < 0.f) m = 0.f;
-  const __m512 vm = _mm512_set1_ps(m);
-  __m512 vsum = _mm512_setzero_ps();
-  for (j = 0; j < keys; j += 16) {
-    __mmask16 in = keys - j >= 16 ? 0xFFFF : (__mmask16)((1u << (keys - j)) - 1);
-    __m512 e = Exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(in, s + j), vm));
-    _mm512_mask_storeu_ps(s + j, in, e);
-    vsum = _mm512_add_ps(vsum, _mm512_maskz_mov_ps(in, e));
-  }
-  float z = _mm512_reduce_add_ps(vsum);
-  if (pb.abstain) z += Exp(_mm512_set1_ps(-m))[0];  // the implicit zero logit
+// p = e / z rounded to bf16 for one query, zero past the last key.
+AMX_TARGET void RowToBf16(const float* e, float z, int64_t keys, int64_t keys_padded,
+                          uint16_t* p) {
   const __m512 vz = _mm512_set1_ps(z);
-  for (j = 0; j < pb.keys_padded; j += 16) {
-    __mmask16 in = keys - j >= 16 ? 0xFFFF : keys > j ? (__mmask16)((1u << (keys - j)) - 1) : 0;
-    __m512 e = _mm512_maskz_loadu_ps(in, s + j);  // zero past the last key
-    __m256bh b = _mm512_cvtneps_pbh(_mm512_div_ps(e, vz));
+  for (int64_t j = 0; j < keys_padded; j += 16) {
+    __m256bh b = _mm512_cvtneps_pbh(_mm512_div_ps(_mm512_maskz_loadu_ps(Lanes(keys - j), e + j), vz));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)b);
   }
-  *m_out = m;
-  *z_out = z;
 }
 
 // One (b, h) pair: every block of 16 queries through scores, softmax and p v.
-void AttendHead(const Problem& pb, int64_t b, int64_t h, Scratch& w) {
+struct AmxHead {
+  std::vector<uint32_t> k_packed, v_packed;  // B operands of q k^T and p v
+  std::vector<float> scores;                 // kRows x keys_padded
+  std::vector<uint16_t> p;                   // kRows x keys_padded, bf16
+  alignas(64) uint16_t q_rows[kRows * kHeadDim];  // the last partial block, zero-padded
+  alignas(64) float o[kRows * kHeadDim];
+
+  explicit AmxHead(const Problem& pb)
+      : k_packed(pb.keys_padded * kHeadDim / 2), v_packed(pb.keys_padded * kHeadDim / 2),
+        scores(kRows * pb.keys_padded), p(kRows * pb.keys_padded) {
+    ConfigureTiles();  // the tile configuration is the thread's
+  }
+  AMX_TARGET ~AmxHead() { _tile_release(); }
+
+  AMX_TARGET void operator()(const Problem& pb, int64_t b, int64_t h);
+};
+
+AMX_TARGET void AmxHead::operator()(const Problem& pb, int64_t b, int64_t h) {
   const int64_t T = pb.queries, S = pb.keys, Sp = pb.keys_padded;
   const int64_t bh = b * pb.heads + h;
-  PackK(pb.k + bh * S * kHeadDim, S, Sp, w.k_packed.data());
-  PackV(pb.v + bh * S * kHeadDim, S, Sp, w.v_packed.data());
-  const float* pos = nullptr;
-  if (pb.pos != nullptr)
-    pos = pb.pos + ((pb.pos_batched ? bh : h) * T) * S;
+  PackK(static_cast<const uint16_t*>(pb.k) + bh * S * kHeadDim, S, Sp, k_packed.data());
+  PackV(static_cast<const uint16_t*>(pb.v) + bh * S * kHeadDim, S, Sp, v_packed.data());
+  const float* pos = pb.PosRows(b, h);
   const float* key = pb.key != nullptr ? pb.key + b * S : nullptr;
   for (int64_t t0 = 0; t0 < T; t0 += kRows) {
     const int64_t rows = T - t0 < kRows ? T - t0 : kRows;
-    const uint16_t* q = pb.q + (bh * T + t0) * kHeadDim;
+    const uint16_t* q = static_cast<const uint16_t*>(pb.q) + (bh * T + t0) * kHeadDim;
     if (rows < kRows) {  // the last block: zero rows below the last query
-      std::memset(w.q_rows.data(), 0, kRows * kHeadDim * 2);
-      std::memcpy(w.q_rows.data(), q, rows * kHeadDim * 2);
-      q = w.q_rows.data();
+      std::memset(q_rows, 0, sizeof(q_rows));
+      std::memcpy(q_rows, q, rows * kHeadDim * 2);
+      q = q_rows;
     }
     // scores: tiles 0, 1 = 16 queries x 32 keys; 2, 3 = q's two 32-wide chunks; 4-7 = k.
     _tile_loadd(2, q, kHeadDim * 2);
     _tile_loadd(3, q + 32, kHeadDim * 2);
     for (int64_t n = 0; n < Sp / 32; ++n) {
-      const uint32_t* kp = w.k_packed.data() + n * 4 * 256;
+      const uint32_t* kp = k_packed.data() + n * 4 * 256;
       _tile_zero(0);
       _tile_zero(1);
       _tile_loadd(4, kp, 64);
@@ -197,21 +219,25 @@ void AttendHead(const Problem& pb, int64_t b, int64_t h, Scratch& w) {
       _tile_dpbf16ps(0, 3, 5);
       _tile_dpbf16ps(1, 2, 6);
       _tile_dpbf16ps(1, 3, 7);
-      _tile_stored(0, w.scores.data() + n * 32, Sp * 4);
-      _tile_stored(1, w.scores.data() + n * 32 + 16, Sp * 4);
+      _tile_stored(0, scores.data() + n * 32, Sp * 4);
+      _tile_stored(1, scores.data() + n * 32 + 16, Sp * 4);
     }
-    for (int64_t i = 0; i < rows; ++i)
-      Softmax(w.scores.data() + i * Sp, pos != nullptr ? pos + (t0 + i) * S : nullptr, key, pb,
-              w.p.data() + i * Sp, pb.m + bh * T + t0 + i, pb.z + bh * T + t0 + i);
-    for (int64_t i = rows; i < kRows; ++i) std::memset(w.p.data() + i * Sp, 0, Sp * 2);
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t t = bh * T + t0 + i;
+      float* e = scores.data() + i * Sp;
+      pb.z[t] = SoftmaxRow(e, pos != nullptr ? pos + (t0 + i) * S : nullptr, key, S, pb.abstain,
+                           &pb.m[t]);
+      RowToBf16(e, pb.z[t], S, Sp, p.data() + i * Sp);
+    }
+    for (int64_t i = rows; i < kRows; ++i) std::memset(p.data() + i * Sp, 0, Sp * 2);
     // p v: tiles 0-3 = 16 queries x 64 dims; 4 = 32 keys of p; 5-7 = v.
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
     for (int64_t c = 0; c < Sp / 32; ++c) {
-      const uint32_t* vp = w.v_packed.data() + c * 4 * 256;
-      _tile_loadd(4, w.p.data() + c * 32, Sp * 2);
+      const uint32_t* vp = v_packed.data() + c * 4 * 256;
+      _tile_loadd(4, p.data() + c * 32, Sp * 2);
       _tile_loadd(5, vp, 64);
       _tile_loadd(6, vp + 256, 64);
       _tile_loadd(7, vp + 512, 64);
@@ -221,20 +247,118 @@ void AttendHead(const Problem& pb, int64_t b, int64_t h, Scratch& w) {
       _tile_loadd(5, vp + 768, 64);
       _tile_dpbf16ps(3, 4, 5);
     }
-    _tile_stored(0, w.o, kHeadDim * 4);
-    _tile_stored(1, w.o + 16, kHeadDim * 4);
-    _tile_stored(2, w.o + 32, kHeadDim * 4);
-    _tile_stored(3, w.o + 48, kHeadDim * 4);
-    uint16_t* out = pb.out + (bh * T + t0) * kHeadDim;
+    _tile_stored(0, o, kHeadDim * 4);
+    _tile_stored(1, o + 16, kHeadDim * 4);
+    _tile_stored(2, o + 32, kHeadDim * 4);
+    _tile_stored(3, o + 48, kHeadDim * 4);
+    uint16_t* out = static_cast<uint16_t*>(pb.out) + (bh * T + t0) * kHeadDim;
     for (int64_t i = 0; i < rows; ++i)
       for (int64_t d = 0; d < kHeadDim; d += 16) {
-        __m256bh b16 = _mm512_cvtneps_pbh(_mm512_loadu_ps(w.o + i * kHeadDim + d));
+        __m256bh b16 = _mm512_cvtneps_pbh(_mm512_loadu_ps(o + i * kHeadDim + d));
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i * kHeadDim + d), (__m256i)b16);
       }
   }
 }
 
-// Workers take (b, h) pairs from a shared counter until none is left.
+// ---- fp32: both products on AVX-512 FMA ----------------------------------------------------
+
+// One (b, h) pair, 16 queries at a time, as the bf16 head but in fp32 and with FMA register
+// blocks in place of tiles: scores 8 queries x 32 keys (16 accumulators over the 64 head
+// dims, k transposed once per head), p v 4 queries x 64 dims (16 accumulators over the keys).
+struct F32Head {
+  std::vector<float> k_t;     // K x keys_padded: k transposed, zero past the last key
+  std::vector<float> scores;  // kRows x keys_padded; p in place
+  alignas(64) float q_rows[kRows * kHeadDim];
+
+  explicit F32Head(const Problem& pb)
+      : k_t(kHeadDim * pb.keys_padded), scores(kRows * pb.keys_padded) {}
+
+  void operator()(const Problem& pb, int64_t b, int64_t h);
+};
+
+void F32Head::operator()(const Problem& pb, int64_t b, int64_t h) {
+  const int64_t T = pb.queries, S = pb.keys, Sp = pb.keys_padded;
+  const int64_t bh = b * pb.heads + h;
+  const float* k = static_cast<const float*>(pb.k) + bh * S * kHeadDim;
+  const float* v = static_cast<const float*>(pb.v) + bh * S * kHeadDim;
+  for (int64_t d = 0; d < kHeadDim; ++d) {
+    float* row = k_t.data() + d * Sp;
+    for (int64_t s = 0; s < S; ++s) row[s] = k[s * kHeadDim + d];
+    for (int64_t s = S; s < Sp; ++s) row[s] = 0.f;
+  }
+  const float* pos = pb.PosRows(b, h);
+  const float* key = pb.key != nullptr ? pb.key + b * S : nullptr;
+  for (int64_t t0 = 0; t0 < T; t0 += kRows) {
+    const int64_t rows = T - t0 < kRows ? T - t0 : kRows;
+    const float* q = static_cast<const float*>(pb.q) + (bh * T + t0) * kHeadDim;
+    if (rows < kRows) {
+      std::memset(q_rows, 0, sizeof(q_rows));
+      std::memcpy(q_rows, q, rows * kHeadDim * 4);
+      q = q_rows;
+    }
+    for (int64_t i0 = 0; i0 < kRows; i0 += 8)
+      for (int64_t j = 0; j < Sp; j += 32) {
+        __m512 acc[8][2];
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+        for (int64_t d = 0; d < kHeadDim; ++d) {
+          const __m512 k0 = _mm512_loadu_ps(k_t.data() + d * Sp + j);
+          const __m512 k1 = _mm512_loadu_ps(k_t.data() + d * Sp + j + 16);
+#pragma GCC unroll 8
+          for (int r = 0; r < 8; ++r) {
+            const __m512 qv = _mm512_set1_ps(q[(i0 + r) * kHeadDim + d]);
+            acc[r][0] = _mm512_fmadd_ps(qv, k0, acc[r][0]);
+            acc[r][1] = _mm512_fmadd_ps(qv, k1, acc[r][1]);
+          }
+        }
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; ++r) {
+          _mm512_storeu_ps(scores.data() + (i0 + r) * Sp + j, acc[r][0]);
+          _mm512_storeu_ps(scores.data() + (i0 + r) * Sp + j + 16, acc[r][1]);
+        }
+      }
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t t = bh * T + t0 + i;
+      float* e = scores.data() + i * Sp;
+      const float z = SoftmaxRow(e, pos != nullptr ? pos + (t0 + i) * S : nullptr, key, S,
+                                 pb.abstain, &pb.m[t]);
+      pb.z[t] = z;
+      const __m512 vz = _mm512_set1_ps(z);
+      for (int64_t j = 0; j < S; j += 16)
+        _mm512_mask_storeu_ps(e + j, Lanes(S - j), _mm512_div_ps(_mm512_loadu_ps(e + j), vz));
+    }
+    float* out = static_cast<float*>(pb.out) + (bh * T + t0) * kHeadDim;
+    for (int64_t i0 = 0; i0 < rows; i0 += 4) {
+      __m512 acc[4][4];
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r)
+        acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_ps();
+      const float* p = scores.data() + i0 * Sp;
+      for (int64_t s = 0; s < S; ++s) {
+        const float* vs = v + s * kHeadDim;
+        const __m512 v0 = _mm512_loadu_ps(vs), v1 = _mm512_loadu_ps(vs + 16),
+                     v2 = _mm512_loadu_ps(vs + 32), v3 = _mm512_loadu_ps(vs + 48);
+#pragma GCC unroll 4
+        for (int r = 0; r < 4; ++r) {  // rows past the last query compute garbage, unwritten
+          const __m512 pv = _mm512_set1_ps(p[r * Sp + s]);
+          acc[r][0] = _mm512_fmadd_ps(pv, v0, acc[r][0]);
+          acc[r][1] = _mm512_fmadd_ps(pv, v1, acc[r][1]);
+          acc[r][2] = _mm512_fmadd_ps(pv, v2, acc[r][2]);
+          acc[r][3] = _mm512_fmadd_ps(pv, v3, acc[r][3]);
+        }
+      }
+      for (int r = 0; r < 4 && i0 + r < rows; ++r)
+        for (int c = 0; c < 4; ++c)
+          _mm512_storeu_ps(out + (i0 + r) * kHeadDim + c * 16, acc[r][c]);
+    }
+  }
+}
+
+// ---- the call --------------------------------------------------------------------------------
+
+// Workers take (b, h) pairs from a shared counter until none is left; Head is the per-thread
+// scratch and the computation of one pair.
+template <typename Head>
 struct Work {
   Problem problem;
   std::atomic<int64_t> next{0}, done{0};
@@ -243,21 +367,26 @@ struct Work {
   void Run() {
     int64_t i = next.fetch_add(1);
     if (i >= total) return;
-    ConfigureTiles();  // tile configuration is per thread
-    Scratch w;
-    const int64_t Sp = problem.keys_padded;
-    w.k_packed.resize(Sp * kHeadDim / 2);
-    w.v_packed.resize(Sp * kHeadDim / 2);
-    w.scores.resize(kRows * Sp);
-    w.p.resize(kRows * Sp);
-    w.q_rows.resize(kRows * kHeadDim);
+    Head head(problem);
     for (; i < total; i = next.fetch_add(1)) {
-      AttendHead(problem, i / problem.heads, i % problem.heads, w);
+      head(problem, i / problem.heads, i % problem.heads);
       done.fetch_add(1, std::memory_order_release);
     }
-    _tile_release();
   }
 };
+
+template <typename Head>
+void RunOnPool(ffi::ThreadPool& pool, const Problem& pb) {
+  auto work = std::make_shared<Work<Head>>();
+  work->problem = pb;
+  work->total = pb.batch * pb.heads;
+  // The calling thread works too, so the call finishes even where the pool is busy; helpers
+  // that start late find nothing left and return (they hold `work` alive till then).
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), work->total) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work->Run(); });
+  work->Run();
+  while (work->done.load(std::memory_order_acquire) < work->total) _mm_pause();
+}
 
 bool AmxPermitted() {
   // Linux hands out AMX's tile state only to a process that asks (ARCH_REQ_XCOMP_PERM for
@@ -266,59 +395,61 @@ bool AmxPermitted() {
   return permitted;
 }
 
-ffi::Error Attention(ffi::ThreadPool pool, ffi::Buffer<ffi::BF16> q, ffi::Buffer<ffi::BF16> k,
-                     ffi::Buffer<ffi::BF16> v, ffi::Buffer<ffi::F32> pos,
-                     ffi::Buffer<ffi::F32> key, ffi::ResultBuffer<ffi::BF16> out,
-                     ffi::ResultBuffer<ffi::F32> m, ffi::ResultBuffer<ffi::F32> z,
-                     int64_t abstain, int64_t has_pos, int64_t has_key) {
-  if (!AmxPermitted())
-    return ffi::Error::Internal("the kernel refused AMX tile state (arch_prctl)");
+ffi::Error Attention(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
+                     ffi::Buffer<ffi::F32> pos, ffi::Buffer<ffi::F32> key,
+                     ffi::Result<ffi::AnyBuffer> out, ffi::ResultBuffer<ffi::F32> m,
+                     ffi::ResultBuffer<ffi::F32> z, int64_t abstain, int64_t has_pos,
+                     int64_t has_key) {
+  const ffi::DataType dtype = q.element_type();
+  if (dtype != ffi::DataType::BF16 && dtype != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("q, k, v must be bf16 or f32");
+  if (k.element_type() != dtype || v.element_type() != dtype || out->element_type() != dtype)
+    return ffi::Error::InvalidArgument("q, k, v and the output must share one dtype");
   auto qd = q.dimensions(), kd = k.dimensions();
   if (qd.size() != 4 || kd.size() != 4 || qd[3] != kHeadDim || kd[3] != kHeadDim)
     return ffi::Error::InvalidArgument("q, k, v must be (B, H, T|S, 64)");
-  auto work = std::make_shared<Work>();
-  Problem& pb = work->problem;
+  Problem pb;
   pb.batch = qd[0];
   pb.heads = qd[1];
   pb.queries = qd[2];
   pb.keys = kd[2];
   pb.keys_padded = (pb.keys + 31) / 32 * 32;
-  pb.q = reinterpret_cast<const uint16_t*>(q.typed_data());
-  pb.k = reinterpret_cast<const uint16_t*>(k.typed_data());
-  pb.v = reinterpret_cast<const uint16_t*>(v.typed_data());
+  pb.q = q.untyped_data();
+  pb.k = k.untyped_data();
+  pb.v = v.untyped_data();
   pb.pos = has_pos ? pos.typed_data() : nullptr;
   pb.pos_batched = has_pos && pos.dimensions().size() == 4;
   pb.key = has_key ? key.typed_data() : nullptr;
   pb.abstain = abstain != 0;
-  pb.out = reinterpret_cast<uint16_t*>(out->typed_data());
+  pb.out = out->untyped_data();
   pb.m = m->typed_data();
   pb.z = z->typed_data();
-  work->total = pb.batch * pb.heads;
-  // The calling thread works too, so the call finishes even where the pool is busy; helpers
-  // that start late find nothing left and return (they hold `work` alive till then).
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), work->total) - 1;
-  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work->Run(); });
-  work->Run();
-  while (work->done.load(std::memory_order_acquire) < work->total) _mm_pause();
+  if (dtype == ffi::DataType::F32) {
+    RunOnPool<F32Head>(pool, pb);
+  } else {
+    if (!AmxPermitted())
+      return ffi::Error::Internal("the kernel refused AMX tile state (arch_prctl)");
+    RunOnPool<AmxHead>(pool, pb);
+  }
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BytelmAttentionBf16, Attention,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BytelmAttention, Attention,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::BF16>>()  // q
-                                  .Arg<ffi::Buffer<ffi::BF16>>()  // k
-                                  .Arg<ffi::Buffer<ffi::BF16>>()  // v
+                                  .Arg<ffi::AnyBuffer>()          // q
+                                  .Arg<ffi::AnyBuffer>()          // k
+                                  .Arg<ffi::AnyBuffer>()          // v
                                   .Arg<ffi::Buffer<ffi::F32>>()   // pos_bias
                                   .Arg<ffi::Buffer<ffi::F32>>()   // key_bias
-                                  .Ret<ffi::Buffer<ffi::BF16>>()  // out
+                                  .Ret<ffi::AnyBuffer>()          // out
                                   .Ret<ffi::Buffer<ffi::F32>>()   // m
                                   .Ret<ffi::Buffer<ffi::F32>>()   // z
                                   .Attr<int64_t>("abstain")
                                   .Attr<int64_t>("has_pos")
                                   .Attr<int64_t>("has_key"));
 
-// For the loader's check that the library and the CPU agree before anything is registered.
+// For the loader's check, before a bf16 call, that Linux grants this process the AMX tiles.
 extern "C" int bytelm_attention_amx_ready() { return AmxPermitted() ? 1 : 0; }

@@ -1,23 +1,26 @@
-"""A fused bf16 attention for CPUs with AMX tiles (cpu_attention.cc), built on the user's machine.
+"""Fused attention for x86 CPUs (cpu_attention.cc), built on the user's machine.
 
 Axis legend: B batch, H heads, T queries, S keys, K head dim.
 
-XLA:CPU runs bf16 attention as separate passes over the B*H*T*S fp32 scores in main memory:
+XLA:CPU runs attention as separate passes over the B*H*T*S fp32 scores in main memory:
 product, softmax, product. The C++ kernel beside this file takes 16 queries at a time through
-all three while their scores stay in cache, both products on the AMX tiles (Intel Xeon since
-Sapphire Rapids). Same arithmetic as attention_kernel's forward (fp32 scores and softmax, p
-rounded to bf16, fp32 accumulation): 99.99% of outputs equal to the bit, the rest one bf16
-rounding apart. Measured on a 2-core AMX Xeon, 8 x 4 heads x 1024 x 1024: 17 ms against XLA's
-97 ms (BENCHMARKS.md). It serves the forward pass and a gradient's forward half; the backward
-pass stays attention_kernel's, which recomputes p from the m and z this kernel returns.
+all three while their scores stay in cache: in bf16 both products on the AMX tiles (Intel Xeon
+since Sapphire Rapids), in fp32 on AVX-512 FMA register blocks (any AVX-512 CPU, AMD's Zen 4
+included). Same arithmetic as attention_kernel's `xla_forward`: bf16 outputs equal to the bit
+for 99.99% of them, the rest one bf16 rounding apart; fp32 outputs within a few ulps (another
+summation order). Measured on a 2-core AMX Xeon at 8 x 4 heads x 1024 x 1024: bf16 17 ms
+against XLA's 97 ms, fp32 30 ms against 78 ms (BENCHMARKS.md). It serves the forward pass and
+a gradient's forward half; the backward pass stays attention_kernel's, which recomputes p from
+the m and z this kernel returns.
 
-Whether it is used is this machine's choice, made once and kept in the user's cache under
-`bytelm.machine.key()`: where the CPU lists AMX and a C++ compiler ($CXX, else g++) is found,
-the kernel is compiled (a few seconds, once: the library is cached under a hash of the source,
-the compiler and jaxlib), checked against XLA's attention on random inputs, and timed against
-it; it is used where it agrees and is faster. $BYTELM_CPU_ATTENTION=fused|xla forces the
-choice (fused fails with the reason where it cannot run); unset or "auto", the calibration
-decides. Only bf16 heads of 64 on one CPU device: everything else takes XLA's path.
+Whether it is used is this machine's choice, per dtype, made once and kept in the user's cache
+under `bytelm.machine.key()`: where the CPU has what the dtype's kernel needs and a C++
+compiler ($CXX, else g++) is found, the kernel is compiled (a few seconds, once: the library
+is cached under a hash of the source, the compiler and jaxlib), checked against XLA's attention
+on random inputs, and timed against it; it is used where it agrees and is faster.
+$BYTELM_CPU_ATTENTION=fused|xla forces the choice (fused fails with the reason where it cannot
+run); unset or "auto", the calibration decides. Only heads of 64 on one CPU device: everything
+else takes XLA's path.
 """
 
 from __future__ import annotations
@@ -40,29 +43,33 @@ from bytelm import machine, user_cache
 
 ENV = "BYTELM_CPU_ATTENTION"  # fused | xla | auto (the default: calibrated)
 HEAD_DIM = 64  # the kernel's one head size (ByT5's and every preset's d_kv)
-_TARGET = "bytelm_attention_bf16"
+DTYPES = ("bfloat16", "float32")
+_TARGET = "bytelm_attention"
 _SOURCE = pathlib.Path(__file__).with_name("cpu_attention.cc")
-_ISA = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mamx-tile",
-        "-mamx-bf16")
-_CALIBRATION = "cpu_attention_v1"  # the file's name in the cache; bump when the kernel changes
+# What the whole file may use; the AMX code adds its own instructions function by function,
+# so the fp32 kernel also runs on CPUs without AMX.
+_ISA = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma")
+_CALIBRATION = "cpu_attention_v2"  # the file's name in the cache; bump when the kernel changes
 
 
 def applies(q_BHTK, k_BHSK, v_BHSK) -> bool:
-  """Whether this call is the kernel's to take on this machine: bf16 q, k, v with heads of 64
-  on one CPU device, and the machine's choice (`choice()`) is the fused kernel. Called at
-  trace time; the first call on a machine may calibrate (seconds)."""
-  if not (q_BHTK.ndim == k_BHSK.ndim == v_BHSK.ndim == 4
-          and q_BHTK.shape[-1] == HEAD_DIM and k_BHSK.shape[-1] == HEAD_DIM
-          and v_BHSK.shape[-1] == HEAD_DIM
-          and all(x.dtype == jnp.bfloat16 for x in (q_BHTK, k_BHSK, v_BHSK))
+  """Whether this call is the kernel's to take on this machine: q, k, v of one dtype (bf16 or
+  fp32) with heads of 64 on one CPU device, and the machine's choice for that dtype
+  (`choice()`) is the fused kernel. Called at trace time; the first call on a machine may
+  calibrate (seconds)."""
+  dtype = jnp.dtype(q_BHTK.dtype).name
+  if not (dtype in DTYPES and k_BHSK.dtype == q_BHTK.dtype == v_BHSK.dtype
+          and q_BHTK.ndim == k_BHSK.ndim == v_BHSK.ndim == 4
+          and q_BHTK.shape[-1] == k_BHSK.shape[-1] == v_BHSK.shape[-1] == HEAD_DIM
           and jax.default_backend() == "cpu" and jax.device_count() == 1):
     return False
-  return choice()["use"]
+  return choice(dtype)["use"]
 
 
 def attention(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain: bool):
-  """(out_BHTK bf16, m_BHT1, z_BHT1) as attention_kernel's forward computes them: pos_bias
-  None, (H, T, S) or (B, H, T, S) fp32 (broadcastable), key_bias_BS None or fp32 (B, S)."""
+  """(out_BHTK in q's dtype, m_BHT1, z_BHT1) as attention_kernel's forward computes them:
+  pos_bias None, (H, T, S) or (B, H, T, S) fp32 (broadcastable), key_bias_BS None or fp32
+  (B, S)."""
   _register()
   B, H, T, _ = q_BHTK.shape
   S = k_BHSK.shape[2]
@@ -72,7 +79,7 @@ def attention(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain: bool):
     pos_bias = jnp.broadcast_to(pos_bias.astype(jnp.float32), shape)
   if key_bias_BS is not None:
     key_bias_BS = jnp.broadcast_to(key_bias_BS.astype(jnp.float32), (B, S))
-  out_type = (jax.ShapeDtypeStruct(q_BHTK.shape, jnp.bfloat16),
+  out_type = (jax.ShapeDtypeStruct(q_BHTK.shape, q_BHTK.dtype),
               jax.ShapeDtypeStruct((B, H, T), jnp.float32),
               jax.ShapeDtypeStruct((B, H, T), jnp.float32))
   out_BHTK, m_BHT, z_BHT = jax.ffi.ffi_call(_TARGET, out_type, vmap_method="sequential")(
@@ -83,10 +90,12 @@ def attention(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain: bool):
 
 
 @functools.cache
-def choice() -> dict:
-  """This machine's choice, once per process: {"use": bool, "reason": str, ...timings}.
+def choice(dtype: str) -> dict:
+  """This machine's choice for one dtype, once per process: {"use": bool, "reason": str, ...}.
   $BYTELM_CPU_ATTENTION where it forces one, else the calibration kept in the user's cache,
   else a calibration made now (`calibrate`)."""
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
   forced = os.environ.get(ENV, "auto").strip().lower()
   if forced not in ("fused", "xla", "auto"):
     raise ValueError(f"{ENV} must be fused, xla or auto (calibrated on this machine), got "
@@ -94,66 +103,70 @@ def choice() -> dict:
   if forced == "xla":
     return {"use": False, "reason": f"{ENV}=xla"}
   if forced == "fused":
-    problem = _unavailable()
+    problem = _unavailable(dtype)
     if problem:
-      raise RuntimeError(f"{ENV}=fused, but the fused CPU attention cannot run here: {problem}. "
-                         f"Unset {ENV} (or set it to xla) to use XLA's attention.")
+      raise RuntimeError(f"{ENV}=fused, but the fused CPU attention cannot run {dtype} here: "
+                         f"{problem}. Unset {ENV} (or set it to xla) to use XLA's attention.")
     return {"use": True, "reason": f"{ENV}=fused"}
   found = stored()
   if found is None:
     with jax.ensure_compile_time_eval():  # called while a model is traced: run it, not stage it
       found = calibrate()
-  return found
+  return found[dtype]
 
 
 def describe() -> str:
-  """One line for logs: whether bf16 attention runs fused here, and why."""
-  found = choice()
-  return f"bf16 attention: {'fused AMX kernel' if found['use'] else 'XLA'} ({found['reason']})"
+  """One line for logs: whether attention runs fused here, per dtype, and why."""
+  parts = []
+  for dtype in DTYPES:
+    found = choice(dtype)
+    parts.append(f"{dtype} {'fused kernel' if found['use'] else 'XLA'} ({found['reason']})")
+  return "attention on this CPU: " + "; ".join(parts)
 
 
 def stored() -> dict | None:
   """This machine's calibration, or None where none was made here."""
   try:
-    return json.loads(_calibration_path().read_text(encoding="utf-8"))
+    found = json.loads(_calibration_path().read_text(encoding="utf-8"))
   except (OSError, ValueError):
     return None
+  return found if all(isinstance(found.get(d), dict) for d in DTYPES) else None
 
 
 def calibrate(repeats: int = 5) -> dict:
-  """Builds the kernel, checks it against XLA's attention and times both; keeps the answer in
-  the user's cache (for this machine's key) and returns it."""
-  problem = _unavailable()
-  if problem:
-    result = {"use": False, "reason": problem}
-  else:
-    result = _measure(repeats)
+  """Per dtype: builds the kernel, checks it against XLA's attention and times both. Keeps the
+  answers in the user's cache (for this machine's key) and returns them."""
+  result = {}
+  for dtype in DTYPES:
+    problem = _unavailable(dtype)
+    result[dtype] = {"use": False, "reason": problem} if problem else _measure(dtype, repeats)
   result.update(machine=machine.describe(), jax=jax.__version__)
   user_cache.store_json(_calibration_path(), result)
   return result
 
 
-def _measure(repeats: int) -> dict:
-  from bytelm.nn import attention_kernel  # the reference; it imports this module
+def _measure(dtype: str, repeats: int) -> dict:
   from bytelm import timing
+  from bytelm.nn import attention_kernel  # the reference; it imports this module
   rng = np.random.default_rng(0)
   # Tails on every axis (T, S not multiples of the kernel's blocks), both biases, both softmaxes.
   B, H, T, S = 2, 3, 37, 45
-  q, k, v = (jnp.asarray(rng.normal(size=(B, H, n, HEAD_DIM)), jnp.bfloat16) for n in (T, S, S))
+  q, k, v = (jnp.asarray(rng.normal(size=(B, H, n, HEAD_DIM)), dtype) for n in (T, S, S))
   pos = jnp.asarray(rng.normal(size=(H, T, S)), jnp.float32)
   key = jnp.asarray(np.where(rng.random((B, S)) < 0.2, -1e9, 0.0), jnp.float32)
   for abstain in (False, True):
     fused = attention(q, k, v, pos, key, abstain)
     plain = attention_kernel.xla_forward(q, k, v, pos, key, abstain)
-    if not _agree(fused, plain):
+    if not _agree(fused, plain, dtype):
       return {"use": False, "reason": "the compiled kernel disagreed with XLA's attention"}
-  # Timed at one example of the benchmark's shape (4 heads x 1024 bytes).
+  # Timed at one example of the benchmark's shape (4 heads x 1024 bytes), the output alone as
+  # in a forward pass (XLA computes m and z only where they are used; the kernel always does).
   B, H, T = 1, 4, 1024
-  q, k, v = (jnp.asarray(rng.normal(size=(B, H, T, HEAD_DIM)), jnp.bfloat16) for _ in range(3))
+  q, k, v = (jnp.asarray(rng.normal(size=(B, H, T, HEAD_DIM)), dtype) for _ in range(3))
   pos = jnp.asarray(rng.normal(size=(H, T, T)), jnp.float32)
   runs = {}
   for name, fn in (("fused", attention), ("xla", attention_kernel.xla_forward)):
-    compiled = jax.jit(lambda q, k, v, p, fn=fn: fn(q, k, v, p, None, False))
+    compiled = jax.jit(lambda q, k, v, p, fn=fn: fn(q, k, v, p, None, False)[0])
     runs[name] = lambda compiled=compiled: jax.block_until_ready(compiled(q, k, v, pos))
   seconds = timing.compare(runs, repeats)
   use = seconds["fused"] < seconds["xla"]
@@ -162,23 +175,30 @@ def _measure(repeats: int) -> dict:
           "seconds": {k: round(v, 6) for k, v in seconds.items()}}
 
 
-def _agree(fused, plain) -> bool:
-  """Outputs within one bf16 rounding (values are O(1)), m and z within fp32 summation order."""
+def _agree(fused, plain, dtype: str) -> bool:
+  """Outputs within one rounding of the dtype (values are O(1)), m and z within fp32
+  summation order."""
   (o1, m1, z1), (o2, m2, z2) = ([np.asarray(x, np.float32) for x in r] for r in (fused, plain))
-  return (np.allclose(o1, o2, rtol=2 ** -7, atol=2 ** -7) and np.allclose(m1, m2, rtol=1e-5, atol=1e-5)
+  tol = 2 ** -7 if dtype == "bfloat16" else 1e-5
+  return (np.allclose(o1, o2, rtol=tol, atol=tol) and np.allclose(m1, m2, rtol=1e-5, atol=1e-5)
           and np.allclose(z1, z2, rtol=1e-5))
 
 
-def _unavailable() -> str | None:
-  """Why the kernel cannot run here, or None where it can (builds and loads it)."""
+def _unavailable(dtype: str) -> str | None:
+  """Why the kernel cannot run `dtype` here, or None where it can (builds and loads it)."""
   if jax.default_backend() != "cpu":
     return f"the default backend is {jax.default_backend()}, not cpu"
-  if not (machine.has_amx() and machine.cpu()["flags"]["amx_bf16"]):
+  flags = machine.cpu()["flags"]
+  if dtype == "bfloat16" and not (flags["amx_tile"] and flags["amx_bf16"]):
     return "the CPU lists no AMX bf16 tiles"
+  if not flags["avx512f"]:
+    return "the CPU lists no AVX-512"
   try:
-    _library()
+    lib = _library()
   except (OSError, RuntimeError) as e:
     return str(e)
+  if dtype == "bfloat16" and not lib.bytelm_attention_amx_ready():
+    return "Linux refused this process the AMX tile state (arch_prctl)"
   return None
 
 
@@ -203,15 +223,12 @@ def _library() -> ctypes.CDLL:
       if done.returncode != 0:
         raise RuntimeError(f"compiling {_SOURCE.name} failed: {done.stderr.strip()[-500:]}")
       os.replace(built, path)  # whole or absent: another process may be loading it
-  lib = ctypes.CDLL(str(path))
-  if not lib.bytelm_attention_amx_ready():
-    raise RuntimeError("the kernel refused the AMX tile state (Linux arch_prctl)")
-  return lib
+  return ctypes.CDLL(str(path))
 
 
 @functools.cache
 def _register() -> None:
-  jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(_library().BytelmAttentionBf16),
+  jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(_library().BytelmAttention),
                               platform="cpu")
 
 

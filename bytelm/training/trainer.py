@@ -294,7 +294,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
       and config.data.get("input_length", 0) >= batching.MIN_LENGTH):
     # Before the step compiles: its trace reads the choice.
     log.info("%s", batching.prepare(calibration.t5_gradients, calibration.t5_forward))
-  if jax.default_backend() == "cpu" and config.model.get("dtype") == "bfloat16":
+  if jax.default_backend() == "cpu":
     log.info("%s", cpu_attention.describe())  # before the step compiles: its trace reads it
 
   # -- data --
