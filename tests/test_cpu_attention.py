@@ -21,14 +21,17 @@ DTYPES = [pytest.param(d, marks=pytest.mark.skipif(
     for d in RUNS]
 
 
+CHOICE = cpu_attention.choice  # cached per process; a test may replace it
+
+
 @pytest.fixture
 def use(monkeypatch):
   """use("fused" | "xla" | "auto"): sets $BYTELM_CPU_ATTENTION for what is traced next."""
   def set_choice(value):
     monkeypatch.setenv(cpu_attention.ENV, value)
-    cpu_attention.choice.cache_clear()
+    CHOICE.cache_clear()
   yield set_choice
-  cpu_attention.choice.cache_clear()
+  CHOICE.cache_clear()
 
 
 def _inputs(B, H, T, S, pos_shape, key, dtype="bfloat16", seed=0):
@@ -71,10 +74,32 @@ def test_fused_forward_is_xla_forward(B, H, T, S, pos_shape, key, abstain, dtype
   np.testing.assert_allclose(z1, z2, rtol=1e-5)
 
 
+@pytest.mark.parametrize("B,H,T,S,pos_shape,key", CASES + [(2, 2, 20, 24, (1, 20, 24), True)])
+def test_fused_backward_is_xla_backward(B, H, T, S, pos_shape, key):
+  """From the same residuals, every cotangent: q's, k's, v's, and the biases' summed to their
+  shapes (a position bias shared by the batch, or broadcast over heads)."""
+  if not RUNS["float32"]:
+    pytest.skip("the float32 kernel needs AVX-512")
+  q, k, v, pos, key_bias = _inputs(B, H, T, S, pos_shape, key, "float32")
+  do = jnp.asarray(np.random.default_rng(2).normal(size=q.shape), jnp.float32)
+  res = (q, k, v, pos, key_bias, *attention_kernel.xla_forward(q, k, v, pos, key_bias, False))
+  got = jax.jit(cpu_attention.attention_backward)(*res, do)
+  want = jax.jit(attention_kernel.xla_backward)(*res, do)
+  for name, a, b in zip(("dq", "dk", "dv", "d_pos", "d_key"), got, want):
+    assert (a is None) == (b is None), name
+    if b is None:
+      continue
+    if name == "d_pos":  # the kernel's shape, summed to pos's by attention_kernel
+      a = attention_kernel._sum_to(a, pos.shape)
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape, name
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max(), err_msg=name)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_gradients_through_the_fused_forward_are_xla_ones(use, dtype):
-  """The backward pass recomputes p from the fused kernel's m and z: gradients of every input
-  agree with those of the all-XLA attention."""
+def test_gradients_through_the_fused_kernels_are_xla_ones(use, dtype):
+  """Gradients of every input through the fused forward (and, where the dtype has one, the
+  fused backward, which recomputes p from the forward's m and z) agree with XLA's."""
   q, k, v, pos, key_bias = _inputs(2, 4, 40, 72, (4, 40, 72), True, dtype)
   w = jnp.asarray(np.random.default_rng(1).normal(size=q.shape), jnp.float32)
 
@@ -86,6 +111,7 @@ def test_gradients_through_the_fused_forward_are_xla_ones(use, dtype):
   use("fused")
   hlo, fused = grads()
   assert "bytelm_attention" in hlo
+  assert ("bytelm_attention_backward" in hlo) == (dtype in cpu_attention.BACKWARD_DTYPES)
   use("xla")
   hlo, plain = grads()
   assert "bytelm_attention" not in hlo
@@ -144,10 +170,16 @@ def test_forcing_is_honoured_and_checked(use, monkeypatch):
   use("fused")
   with pytest.raises(RuntimeError, match="cannot run float32 here: the CPU lists no AVX-512"):
     cpu_attention.choice("float32")
-  # Only heads of 64 in one dtype are the kernel's, whatever the machine chose.
-  use("auto")
+  # Where the machine chose the kernel, only heads of 64 in one dtype, at least MIN_QUERIES of
+  # them, are its: not a generation step; and the backward pass only in the dtypes it has.
+  monkeypatch.setattr(cpu_attention, "choice", lambda dtype: {"use": True, "backward": True})
+  assert cpu_attention.applies(q, k, v)
   assert not cpu_attention.applies(q.astype(jnp.float32), k, v)
   assert not cpu_attention.applies(q[..., :32], k[..., :32], v[..., :32])
+  assert not cpu_attention.applies(q[:, :, :1], k, v)
+  q32 = q.astype(jnp.float32)
+  assert cpu_attention.applies(q32, q32, q32, backward=True)
+  assert not cpu_attention.applies(q, k, v, backward=True)  # no bf16 backward kernel
 
 
 def test_a_calibration_from_another_machine_is_not_reused(use, monkeypatch):

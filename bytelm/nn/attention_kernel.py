@@ -66,8 +66,8 @@ def attention(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain: bool = Fal
 
 
 def _forward(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain):
-  """(out, (m, z)): on a CPU with AMX tiles, bf16 through the fused kernel where this machine
-  chose it (bytelm.nn.cpu_attention: same arithmetic, scores kept in cache), else XLA's."""
+  """(out, (m, z)): on a CPU, through the fused kernel where this machine chose it for the
+  dtype (bytelm.nn.cpu_attention: same arithmetic, scores kept in cache), else XLA's."""
   if cpu_attention.applies(q_BHTK, k_BHSK, v_BHSK):
     o_BHTK, m_BHT1, z_BHT1 = cpu_attention.attention(q_BHTK, k_BHSK, v_BHSK, pos_bias,
                                                      key_bias_BS, abstain)
@@ -91,7 +91,22 @@ def _fwd(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain):
 
 
 def _bwd(abstain, res, do_BHTK):
-  q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, o_BHTK, m_BHT1, z_BHT1 = res
+  """The cotangents of q, k, v and both biases: through the fused kernel where this machine
+  chose it (bytelm.nn.cpu_attention), else XLA's."""
+  del abstain  # m and z hold it; the formula is the same
+  q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS = res[:5]
+  if cpu_attention.applies(q_BHTK, k_BHSK, v_BHSK, backward=True):
+    dq, dk, dv, d_pos, d_key = cpu_attention.attention_backward(*res, do_BHTK)
+    d_pos = None if pos_bias is None else _sum_to(d_pos, pos_bias.shape)
+    d_key = None if key_bias_BS is None else d_key.reshape(key_bias_BS.shape)
+    return dq, dk, dv, d_pos, d_key
+  return xla_backward(*res, do_BHTK)
+
+
+def xla_backward(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, o_BHTK, m_BHT1, z_BHT1,
+                 do_BHTK):
+  """(dq, dk, dv, d_pos, d_key) as XLA computes them on any backend (the module docstring's
+  formula), from the forward's inputs, output, m and z and the output's cotangent."""
   p_BHTS = jnp.exp(scores(q_BHTK, k_BHSK, pos_bias, key_bias_BS) - m_BHT1) / z_BHT1
   dp_BHTS = precision.product("...HTK,...HSK->...HTS", do_BHTK, v_BHSK, jnp.float32)
   delta_BHT1 = jnp.sum(do_BHTK.astype(jnp.float32) * o_BHTK.astype(jnp.float32), axis=-1,

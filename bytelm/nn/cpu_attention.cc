@@ -81,8 +81,18 @@ struct Problem {
   const float* key;  // (B, S) or null
   bool abstain;
   void* out;  // (B, H, T, K), q's dtype
-  float* m;   // (B, H, T)
+  float* m;   // (B, H, T): out of the forward pass, into the backward pass
   float* z;   // (B, H, T)
+  // The backward pass's own: what it reads (the forward's output and its cotangent, q's
+  // dtype, (B, H, T, K)) and writes (q, k, v's cotangents; the biases' in fp32: pos's in pos's
+  // shape, key's per head (B, H, S)); null in the forward pass.
+  const void* o = nullptr;
+  const void* dout = nullptr;
+  void* dq = nullptr;
+  void* dk = nullptr;
+  void* dv = nullptr;
+  float* dpos = nullptr;
+  float* dkey = nullptr;
 
   const float* PosRows(int64_t b, int64_t h) const {  // (T, S) of this head, or null
     if (pos == nullptr) return nullptr;
@@ -186,6 +196,7 @@ struct AmxHead {
   }
   AMX_TARGET ~AmxHead() { _tile_release(); }
 
+  void Task(const Problem& pb, int64_t i) { (*this)(pb, i / pb.heads, i % pb.heads); }
   AMX_TARGET void operator()(const Problem& pb, int64_t b, int64_t h);
 };
 
@@ -262,102 +273,237 @@ AMX_TARGET void AmxHead::operator()(const Problem& pb, int64_t b, int64_t h) {
 
 // ---- fp32: both products on AVX-512 FMA ----------------------------------------------------
 
-// One (b, h) pair, 16 queries at a time, as the bf16 head but in fp32 and with FMA register
-// blocks in place of tiles: scores 8 queries x 32 keys (16 accumulators over the 64 head
-// dims, k transposed once per head), p v 4 queries x 64 dims (16 accumulators over the keys).
+// The three fp32 products of attention, on AVX-512 FMA register blocks of 16 accumulators.
+
+// out (16 x Sp) = x16 (16 x K, row-major) times y (S x K) transposed, given as y_t (K x Sp,
+// zero past the last key): 8 rows x 32 keys at a time, over the 64 head dims.
+void RowsTimesTransposed(const float* x16, const float* y_t, int64_t Sp, float* out) {
+  for (int64_t i0 = 0; i0 < kRows; i0 += 8)
+    for (int64_t j = 0; j < Sp; j += 32) {
+      __m512 acc[8][2];
+#pragma GCC unroll 8
+      for (int r = 0; r < 8; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+      for (int64_t d = 0; d < kHeadDim; ++d) {
+        const __m512 y0 = _mm512_loadu_ps(y_t + d * Sp + j);
+        const __m512 y1 = _mm512_loadu_ps(y_t + d * Sp + j + 16);
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; ++r) {
+          const __m512 x = _mm512_set1_ps(x16[(i0 + r) * kHeadDim + d]);
+          acc[r][0] = _mm512_fmadd_ps(x, y0, acc[r][0]);
+          acc[r][1] = _mm512_fmadd_ps(x, y1, acc[r][1]);
+        }
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < 8; ++r) {
+        _mm512_storeu_ps(out + (i0 + r) * Sp + j, acc[r][0]);
+        _mm512_storeu_ps(out + (i0 + r) * Sp + j + 16, acc[r][1]);
+      }
+    }
+}
+
+// out rows (the first `rows` of 16, row stride K) = a (16 x Sp) times y (S x K, row-major):
+// 4 rows x 64 dims at a time, over the S keys.
+void RowsTimes(const float* a, int64_t Sp, int64_t S, const float* y, int64_t rows, float* out) {
+  for (int64_t i0 = 0; i0 < rows; i0 += 4) {
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < S; ++s) {
+      const float* ys = y + s * kHeadDim;
+      const __m512 y0 = _mm512_loadu_ps(ys), y1 = _mm512_loadu_ps(ys + 16),
+                   y2 = _mm512_loadu_ps(ys + 32), y3 = _mm512_loadu_ps(ys + 48);
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r) {  // rows past `rows` (in a of 16) are computed, not written
+        const __m512 x = _mm512_set1_ps(a[(i0 + r) * Sp + s]);
+        acc[r][0] = _mm512_fmadd_ps(x, y0, acc[r][0]);
+        acc[r][1] = _mm512_fmadd_ps(x, y1, acc[r][1]);
+        acc[r][2] = _mm512_fmadd_ps(x, y2, acc[r][2]);
+        acc[r][3] = _mm512_fmadd_ps(x, y3, acc[r][3]);
+      }
+    }
+    for (int r = 0; r < 4 && i0 + r < rows; ++r)
+      for (int c = 0; c < 4; ++c) _mm512_storeu_ps(out + (i0 + r) * kHeadDim + c * 16, acc[r][c]);
+  }
+}
+
+// acc (S x K) += a (16 x Sp) transposed times x16 (16 x K): 4 keys x 64 dims at a time, over
+// the 16 rows (rows of a past the last query must be zero).
+void AccumulateTransposedTimes(const float* a, int64_t Sp, int64_t S, const float* x16,
+                               float* acc) {
+  for (int64_t s0 = 0; s0 < S; s0 += 4) {
+    const int64_t n = S - s0 < 4 ? S - s0 : 4;
+    __m512 c[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r)
+      for (int d = 0; d < 4; ++d)
+        c[r][d] = r < n ? _mm512_loadu_ps(acc + (s0 + r) * kHeadDim + d * 16) : _mm512_setzero_ps();
+    for (int64_t i = 0; i < kRows; ++i) {
+      const float* xi = x16 + i * kHeadDim;
+      const __m512 x0 = _mm512_loadu_ps(xi), x1 = _mm512_loadu_ps(xi + 16),
+                   x2 = _mm512_loadu_ps(xi + 32), x3 = _mm512_loadu_ps(xi + 48);
+#pragma GCC unroll 4
+      for (int r = 0; r < 4; ++r) {  // keys past S read a's zero padding
+        const __m512 w = _mm512_set1_ps(a[i * Sp + s0 + r]);
+        c[r][0] = _mm512_fmadd_ps(w, x0, c[r][0]);
+        c[r][1] = _mm512_fmadd_ps(w, x1, c[r][1]);
+        c[r][2] = _mm512_fmadd_ps(w, x2, c[r][2]);
+        c[r][3] = _mm512_fmadd_ps(w, x3, c[r][3]);
+      }
+    }
+    for (int r = 0; r < n; ++r)
+      for (int d = 0; d < 4; ++d) _mm512_storeu_ps(acc + (s0 + r) * kHeadDim + d * 16, c[r][d]);
+  }
+}
+
+// x (S x K) transposed into x_t (K x Sp), zero past the last key.
+void Transpose(const float* x, int64_t S, int64_t Sp, float* x_t) {
+  for (int64_t d = 0; d < kHeadDim; ++d) {
+    float* row = x_t + d * Sp;
+    for (int64_t s = 0; s < S; ++s) row[s] = x[s * kHeadDim + d];
+    for (int64_t s = S; s < Sp; ++s) row[s] = 0.f;
+  }
+}
+
+// 16 rows of x (K wide) from row t0 of T, zero past the last: x itself where all 16 exist.
+const float* SixteenRows(const float* x, int64_t t0, int64_t T, float* pad) {
+  const int64_t rows = T - t0 < kRows ? T - t0 : kRows;
+  if (rows == kRows) return x + t0 * kHeadDim;
+  std::memset(pad, 0, kRows * kHeadDim * 4);
+  std::memcpy(pad, x + t0 * kHeadDim, rows * kHeadDim * 4);
+  return pad;
+}
+
+// The forward pass of one (b, h) pair in fp32, 16 queries at a time.
 struct F32Head {
-  std::vector<float> k_t;     // K x keys_padded: k transposed, zero past the last key
+  std::vector<float> k_t;     // K x keys_padded
   std::vector<float> scores;  // kRows x keys_padded; p in place
   alignas(64) float q_rows[kRows * kHeadDim];
 
   explicit F32Head(const Problem& pb)
       : k_t(kHeadDim * pb.keys_padded), scores(kRows * pb.keys_padded) {}
 
-  void operator()(const Problem& pb, int64_t b, int64_t h);
+  void Task(const Problem& pb, int64_t i) {  // the (b, h) pair i
+    const int64_t b = i / pb.heads, h = i % pb.heads;
+    const int64_t T = pb.queries, S = pb.keys, Sp = pb.keys_padded;
+    const int64_t bh = b * pb.heads + h;
+    const float* q_TK = static_cast<const float*>(pb.q) + bh * T * kHeadDim;
+    const float* v_SK = static_cast<const float*>(pb.v) + bh * S * kHeadDim;
+    Transpose(static_cast<const float*>(pb.k) + bh * S * kHeadDim, S, Sp, k_t.data());
+    const float* pos = pb.PosRows(b, h);
+    const float* key = pb.key != nullptr ? pb.key + b * S : nullptr;
+    for (int64_t t0 = 0; t0 < T; t0 += kRows) {
+      const int64_t rows = T - t0 < kRows ? T - t0 : kRows;
+      RowsTimesTransposed(SixteenRows(q_TK, t0, T, q_rows), k_t.data(), Sp, scores.data());
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t t = bh * T + t0 + i;
+        float* e = scores.data() + i * Sp;
+        const float z = SoftmaxRow(e, pos != nullptr ? pos + (t0 + i) * S : nullptr, key, S,
+                                   pb.abstain, &pb.m[t]);
+        pb.z[t] = z;
+        const __m512 vz = _mm512_set1_ps(z);
+        for (int64_t j = 0; j < S; j += 16)
+          _mm512_mask_storeu_ps(e + j, Lanes(S - j), _mm512_div_ps(_mm512_loadu_ps(e + j), vz));
+      }
+      RowsTimes(scores.data(), Sp, S, v_SK, rows,
+                static_cast<float*>(pb.out) + (bh * T + t0) * kHeadDim);
+    }
+  }
 };
 
-void F32Head::operator()(const Problem& pb, int64_t b, int64_t h) {
-  const int64_t T = pb.queries, S = pb.keys, Sp = pb.keys_padded;
-  const int64_t bh = b * pb.heads + h;
-  const float* k = static_cast<const float*>(pb.k) + bh * S * kHeadDim;
-  const float* v = static_cast<const float*>(pb.v) + bh * S * kHeadDim;
-  for (int64_t d = 0; d < kHeadDim; ++d) {
-    float* row = k_t.data() + d * Sp;
-    for (int64_t s = 0; s < S; ++s) row[s] = k[s * kHeadDim + d];
-    for (int64_t s = S; s < Sp; ++s) row[s] = 0.f;
+// The backward pass of one head h in fp32, over every example b in turn (so that a position
+// bias shared by the batch gets its cotangent summed here, with no other task writing it),
+// 16 queries at a time, by attention_kernel's formula:
+//   p = exp(s - m) / z, dp = do v^T, ds = p * (dp - rowsum(do * o)),
+//   dq = ds k, dk = ds^T q, dv = p^T do, dpos = ds (summed over the batch), dkey = rowsums.
+struct F32BackwardHead {
+  std::vector<float> k_t, v_t;  // K x keys_padded
+  std::vector<float> p, ds;     // kRows x keys_padded
+  alignas(64) float q_rows[kRows * kHeadDim];
+  alignas(64) float do_rows[kRows * kHeadDim];
+
+  explicit F32BackwardHead(const Problem& pb)
+      : k_t(kHeadDim * pb.keys_padded), v_t(kHeadDim * pb.keys_padded),
+        p(kRows * pb.keys_padded), ds(kRows * pb.keys_padded) {}
+
+  void Task(const Problem& pb, int64_t h) {
+    for (int64_t b = 0; b < pb.batch; ++b) Example(pb, b, h);
   }
-  const float* pos = pb.PosRows(b, h);
-  const float* key = pb.key != nullptr ? pb.key + b * S : nullptr;
-  for (int64_t t0 = 0; t0 < T; t0 += kRows) {
-    const int64_t rows = T - t0 < kRows ? T - t0 : kRows;
-    const float* q = static_cast<const float*>(pb.q) + (bh * T + t0) * kHeadDim;
-    if (rows < kRows) {
-      std::memset(q_rows, 0, sizeof(q_rows));
-      std::memcpy(q_rows, q, rows * kHeadDim * 4);
-      q = q_rows;
+
+  void Example(const Problem& pb, int64_t b, int64_t h) {
+    const int64_t T = pb.queries, S = pb.keys, Sp = pb.keys_padded;
+    const int64_t bh = b * pb.heads + h;
+    const float* q_TK = static_cast<const float*>(pb.q) + bh * T * kHeadDim;
+    const float* k_SK = static_cast<const float*>(pb.k) + bh * S * kHeadDim;
+    const float* o_TK = static_cast<const float*>(pb.o) + bh * T * kHeadDim;
+    const float* do_TK = static_cast<const float*>(pb.dout) + bh * T * kHeadDim;
+    float* dq_TK = static_cast<float*>(pb.dq) + bh * T * kHeadDim;
+    float* dk_SK = static_cast<float*>(pb.dk) + bh * S * kHeadDim;
+    float* dv_SK = static_cast<float*>(pb.dv) + bh * S * kHeadDim;
+    Transpose(k_SK, S, Sp, k_t.data());
+    Transpose(static_cast<const float*>(pb.v) + bh * S * kHeadDim, S, Sp, v_t.data());
+    std::memset(dk_SK, 0, S * kHeadDim * 4);
+    std::memset(dv_SK, 0, S * kHeadDim * 4);
+    const float* pos = pb.PosRows(b, h);
+    float* dpos = nullptr;
+    if (pb.dpos != nullptr) {
+      dpos = pb.dpos + (pos - pb.pos);  // the same rows of pos's cotangent
+      if (pb.pos_batched || b == 0) std::memset(dpos, 0, T * S * 4);
     }
-    for (int64_t i0 = 0; i0 < kRows; i0 += 8)
-      for (int64_t j = 0; j < Sp; j += 32) {
-        __m512 acc[8][2];
-#pragma GCC unroll 8
-        for (int r = 0; r < 8; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
-        for (int64_t d = 0; d < kHeadDim; ++d) {
-          const __m512 k0 = _mm512_loadu_ps(k_t.data() + d * Sp + j);
-          const __m512 k1 = _mm512_loadu_ps(k_t.data() + d * Sp + j + 16);
-#pragma GCC unroll 8
-          for (int r = 0; r < 8; ++r) {
-            const __m512 qv = _mm512_set1_ps(q[(i0 + r) * kHeadDim + d]);
-            acc[r][0] = _mm512_fmadd_ps(qv, k0, acc[r][0]);
-            acc[r][1] = _mm512_fmadd_ps(qv, k1, acc[r][1]);
-          }
-        }
-#pragma GCC unroll 8
-        for (int r = 0; r < 8; ++r) {
-          _mm512_storeu_ps(scores.data() + (i0 + r) * Sp + j, acc[r][0]);
-          _mm512_storeu_ps(scores.data() + (i0 + r) * Sp + j + 16, acc[r][1]);
+    const float* key = pb.key != nullptr ? pb.key + b * S : nullptr;
+    float* dkey = pb.dkey != nullptr ? pb.dkey + bh * S : nullptr;
+    if (dkey != nullptr) std::memset(dkey, 0, S * 4);
+    for (int64_t t0 = 0; t0 < T; t0 += kRows) {
+      const int64_t rows = T - t0 < kRows ? T - t0 : kRows;
+      const float* q16 = SixteenRows(q_TK, t0, T, q_rows);
+      const float* do16 = SixteenRows(do_TK, t0, T, do_rows);
+      RowsTimesTransposed(q16, k_t.data(), Sp, p.data());    // scores
+      RowsTimesTransposed(do16, v_t.data(), Sp, ds.data());  // dp
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t t = bh * T + t0 + i;
+        const float* o_K = o_TK + (t0 + i) * kHeadDim;
+        const float* do_K = do16 + i * kHeadDim;
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t d = 0; d < kHeadDim; d += 16)
+          acc = _mm512_fmadd_ps(_mm512_loadu_ps(do_K + d), _mm512_loadu_ps(o_K + d), acc);
+        const __m512 delta = _mm512_set1_ps(_mm512_reduce_add_ps(acc));
+        const __m512 m = _mm512_set1_ps(pb.m[t]), z = _mm512_set1_ps(pb.z[t]);
+        const float* pos_row = pos != nullptr ? pos + (t0 + i) * S : nullptr;
+        float* dpos_row = dpos != nullptr ? dpos + (t0 + i) * S : nullptr;
+        float* p_row = p.data() + i * Sp;
+        float* ds_row = ds.data() + i * Sp;
+        for (int64_t j = 0; j < Sp; j += 16) {
+          const __mmask16 in = Lanes(S - j);
+          __m512 x = _mm512_maskz_loadu_ps(in, p_row + j);
+          if (pos_row != nullptr && key != nullptr)  // s + (pos + key), as the forward
+            x = _mm512_add_ps(x, _mm512_add_ps(_mm512_maskz_loadu_ps(in, pos_row + j),
+                                               _mm512_maskz_loadu_ps(in, key + j)));
+          else if (pos_row != nullptr || key != nullptr)
+            x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(in, pos_row != nullptr ? pos_row + j : key + j));
+          const __m512 pj = _mm512_maskz_div_ps(in, Exp(_mm512_sub_ps(x, m)), z);
+          const __m512 dsj = _mm512_mul_ps(pj, _mm512_sub_ps(_mm512_loadu_ps(ds_row + j), delta));
+          _mm512_storeu_ps(p_row + j, pj);  // zero past the last key
+          _mm512_storeu_ps(ds_row + j, _mm512_maskz_mov_ps(in, dsj));
+          if (dpos_row != nullptr)
+            _mm512_mask_storeu_ps(dpos_row + j, in, _mm512_add_ps(_mm512_maskz_loadu_ps(in, dpos_row + j), dsj));
+          if (dkey != nullptr)
+            _mm512_mask_storeu_ps(dkey + j, in, _mm512_add_ps(_mm512_maskz_loadu_ps(in, dkey + j), dsj));
         }
       }
-    for (int64_t i = 0; i < rows; ++i) {
-      const int64_t t = bh * T + t0 + i;
-      float* e = scores.data() + i * Sp;
-      const float z = SoftmaxRow(e, pos != nullptr ? pos + (t0 + i) * S : nullptr, key, S,
-                                 pb.abstain, &pb.m[t]);
-      pb.z[t] = z;
-      const __m512 vz = _mm512_set1_ps(z);
-      for (int64_t j = 0; j < S; j += 16)
-        _mm512_mask_storeu_ps(e + j, Lanes(S - j), _mm512_div_ps(_mm512_loadu_ps(e + j), vz));
-    }
-    float* out = static_cast<float*>(pb.out) + (bh * T + t0) * kHeadDim;
-    for (int64_t i0 = 0; i0 < rows; i0 += 4) {
-      __m512 acc[4][4];
-#pragma GCC unroll 4
-      for (int r = 0; r < 4; ++r)
-        acc[r][0] = acc[r][1] = acc[r][2] = acc[r][3] = _mm512_setzero_ps();
-      const float* p = scores.data() + i0 * Sp;
-      for (int64_t s = 0; s < S; ++s) {
-        const float* vs = v + s * kHeadDim;
-        const __m512 v0 = _mm512_loadu_ps(vs), v1 = _mm512_loadu_ps(vs + 16),
-                     v2 = _mm512_loadu_ps(vs + 32), v3 = _mm512_loadu_ps(vs + 48);
-#pragma GCC unroll 4
-        for (int r = 0; r < 4; ++r) {  // rows past the last query compute garbage, unwritten
-          const __m512 pv = _mm512_set1_ps(p[r * Sp + s]);
-          acc[r][0] = _mm512_fmadd_ps(pv, v0, acc[r][0]);
-          acc[r][1] = _mm512_fmadd_ps(pv, v1, acc[r][1]);
-          acc[r][2] = _mm512_fmadd_ps(pv, v2, acc[r][2]);
-          acc[r][3] = _mm512_fmadd_ps(pv, v3, acc[r][3]);
-        }
+      for (int64_t i = rows; i < kRows; ++i) {  // rows past the last query add nothing
+        std::memset(p.data() + i * Sp, 0, Sp * 4);
+        std::memset(ds.data() + i * Sp, 0, Sp * 4);
       }
-      for (int r = 0; r < 4 && i0 + r < rows; ++r)
-        for (int c = 0; c < 4; ++c)
-          _mm512_storeu_ps(out + (i0 + r) * kHeadDim + c * 16, acc[r][c]);
+      RowsTimes(ds.data(), Sp, S, k_SK, rows, dq_TK + t0 * kHeadDim);
+      AccumulateTransposedTimes(ds.data(), Sp, S, q16, dk_SK);
+      AccumulateTransposedTimes(p.data(), Sp, S, do16, dv_SK);
     }
   }
-}
+};
 
 // ---- the call --------------------------------------------------------------------------------
 
-// Workers take (b, h) pairs from a shared counter until none is left; Head is the per-thread
-// scratch and the computation of one pair.
+// Workers take tasks 0 .. total - 1 from a shared counter until none is left; Head is the
+// per-thread scratch and the computation of one task.
 template <typename Head>
 struct Work {
   Problem problem;
@@ -369,23 +515,23 @@ struct Work {
     if (i >= total) return;
     Head head(problem);
     for (; i < total; i = next.fetch_add(1)) {
-      head(problem, i / problem.heads, i % problem.heads);
+      head.Task(problem, i);
       done.fetch_add(1, std::memory_order_release);
     }
   }
 };
 
 template <typename Head>
-void RunOnPool(ffi::ThreadPool& pool, const Problem& pb) {
+void RunOnPool(ffi::ThreadPool& pool, const Problem& pb, int64_t tasks) {
   auto work = std::make_shared<Work<Head>>();
   work->problem = pb;
-  work->total = pb.batch * pb.heads;
+  work->total = tasks;
   // The calling thread works too, so the call finishes even where the pool is busy; helpers
   // that start late find nothing left and return (they hold `work` alive till then).
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), work->total) - 1;
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), tasks) - 1;
   for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work->Run(); });
   work->Run();
-  while (work->done.load(std::memory_order_acquire) < work->total) _mm_pause();
+  while (work->done.load(std::memory_order_acquire) < tasks) _mm_pause();
 }
 
 bool AmxPermitted() {
@@ -425,12 +571,55 @@ ffi::Error Attention(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k, f
   pb.m = m->typed_data();
   pb.z = z->typed_data();
   if (dtype == ffi::DataType::F32) {
-    RunOnPool<F32Head>(pool, pb);
+    RunOnPool<F32Head>(pool, pb, pb.batch * pb.heads);
   } else {
     if (!AmxPermitted())
       return ffi::Error::Internal("the kernel refused AMX tile state (arch_prctl)");
-    RunOnPool<AmxHead>(pool, pb);
+    RunOnPool<AmxHead>(pool, pb, pb.batch * pb.heads);
   }
+  return ffi::Error::Success();
+}
+
+ffi::Error AttentionBackward(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k,
+                             ffi::AnyBuffer v, ffi::AnyBuffer o, ffi::AnyBuffer dout,
+                             ffi::Buffer<ffi::F32> m, ffi::Buffer<ffi::F32> z,
+                             ffi::Buffer<ffi::F32> pos, ffi::Buffer<ffi::F32> key,
+                             ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
+                             ffi::Result<ffi::AnyBuffer> dv, ffi::ResultBuffer<ffi::F32> dpos,
+                             ffi::ResultBuffer<ffi::F32> dkey, int64_t has_pos, int64_t has_key) {
+  const ffi::DataType dtype = q.element_type();
+  if (dtype != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("the fused backward pass takes f32 only");
+  for (ffi::DataType t : {k.element_type(), v.element_type(), o.element_type(),
+                          dout.element_type(), dq->element_type(), dk->element_type(),
+                          dv->element_type()})
+    if (t != dtype) return ffi::Error::InvalidArgument("every array must be q's dtype");
+  auto qd = q.dimensions(), kd = k.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || qd[3] != kHeadDim || kd[3] != kHeadDim)
+    return ffi::Error::InvalidArgument("q, k, v must be (B, H, T|S, 64)");
+  Problem pb;
+  pb.batch = qd[0];
+  pb.heads = qd[1];
+  pb.queries = qd[2];
+  pb.keys = kd[2];
+  pb.keys_padded = (pb.keys + 31) / 32 * 32;
+  pb.q = q.untyped_data();
+  pb.k = k.untyped_data();
+  pb.v = v.untyped_data();
+  pb.pos = has_pos ? pos.typed_data() : nullptr;
+  pb.pos_batched = has_pos && pos.dimensions().size() == 4;
+  pb.key = has_key ? key.typed_data() : nullptr;
+  pb.abstain = false;  // m and z hold it: the gradient's formula is the same
+  pb.m = m.typed_data();
+  pb.z = z.typed_data();
+  pb.o = o.untyped_data();
+  pb.dout = dout.untyped_data();
+  pb.dq = dq->untyped_data();
+  pb.dk = dk->untyped_data();
+  pb.dv = dv->untyped_data();
+  pb.dpos = has_pos ? dpos->typed_data() : nullptr;
+  pb.dkey = has_key ? dkey->typed_data() : nullptr;
+  RunOnPool<F32BackwardHead>(pool, pb, pb.heads);
   return ffi::Error::Success();
 }
 
@@ -453,3 +642,23 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BytelmAttention, Attention,
 
 // For the loader's check, before a bf16 call, that Linux grants this process the AMX tiles.
 extern "C" int bytelm_attention_amx_ready() { return AmxPermitted() ? 1 : 0; }
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BytelmAttentionBackward, AttentionBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()         // q
+                                  .Arg<ffi::AnyBuffer>()         // k
+                                  .Arg<ffi::AnyBuffer>()         // v
+                                  .Arg<ffi::AnyBuffer>()         // out
+                                  .Arg<ffi::AnyBuffer>()         // its cotangent
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // m
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // z
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // pos_bias
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // key_bias
+                                  .Ret<ffi::AnyBuffer>()         // dq
+                                  .Ret<ffi::AnyBuffer>()         // dk
+                                  .Ret<ffi::AnyBuffer>()         // dv
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dpos
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dkey (B, H, S)
+                                  .Attr<int64_t>("has_pos")
+                                  .Attr<int64_t>("has_key"));

@@ -44,26 +44,36 @@ from bytelm import machine, user_cache
 ENV = "BYTELM_CPU_ATTENTION"  # fused | xla | auto (the default: calibrated)
 HEAD_DIM = 64  # the kernel's one head size (ByT5's and every preset's d_kv)
 DTYPES = ("bfloat16", "float32")
+BACKWARD_DTYPES = ("float32",)  # the dtypes the backward kernel has
+# Fewer queries (a generation step) leave the kernel's per-call work, k and v rearranged for
+# every head, larger than the attention itself: fp32 greedy generation took 0.90 s with the
+# kernel in its steps, 0.70 s without.
+MIN_QUERIES = 16
 _TARGET = "bytelm_attention"
+_BACKWARD_TARGET = "bytelm_attention_backward"
 _SOURCE = pathlib.Path(__file__).with_name("cpu_attention.cc")
 # What the whole file may use; the AMX code adds its own instructions function by function,
 # so the fp32 kernel also runs on CPUs without AMX.
 _ISA = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma")
-_CALIBRATION = "cpu_attention_v2"  # the file's name in the cache; bump when the kernel changes
+_CALIBRATION = "cpu_attention_v3"  # the file's name in the cache; bump when the kernel changes
 
 
-def applies(q_BHTK, k_BHSK, v_BHSK) -> bool:
+def applies(q_BHTK, k_BHSK, v_BHSK, backward: bool = False) -> bool:
   """Whether this call is the kernel's to take on this machine: q, k, v of one dtype (bf16 or
-  fp32) with heads of 64 on one CPU device, and the machine's choice for that dtype
-  (`choice()`) is the fused kernel. Called at trace time; the first call on a machine may
-  calibrate (seconds)."""
+  fp32; the backward pass fp32 only) with heads of 64 and at least MIN_QUERIES queries on one
+  CPU device, and the machine's
+  choice for that dtype and pass (`choice()`) is the fused kernel. Called at trace time; the
+  first call on a machine may calibrate (seconds)."""
   dtype = jnp.dtype(q_BHTK.dtype).name
   if not (dtype in DTYPES and k_BHSK.dtype == q_BHTK.dtype == v_BHSK.dtype
           and q_BHTK.ndim == k_BHSK.ndim == v_BHSK.ndim == 4
           and q_BHTK.shape[-1] == k_BHSK.shape[-1] == v_BHSK.shape[-1] == HEAD_DIM
+          and q_BHTK.shape[2] >= MIN_QUERIES
           and jax.default_backend() == "cpu" and jax.device_count() == 1):
     return False
-  return choice(dtype)["use"]
+  if backward and dtype not in BACKWARD_DTYPES:
+    return False
+  return choice(dtype)["backward" if backward else "use"]
 
 
 def attention(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain: bool):
@@ -89,6 +99,36 @@ def attention(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain: bool):
   return out_BHTK, m_BHT[..., None], z_BHT[..., None]
 
 
+def attention_backward(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, o_BHTK, m_BHT1, z_BHT1,
+                       do_BHTK):
+  """(dq, dk, dv, d_pos, d_key) as attention_kernel's backward pass computes them, from the
+  forward's inputs, output, m and z and the output's cotangent. d_pos comes in the shape the
+  kernel took pos_bias in ((H, T, S) or (B, H, T, S); the caller sums it down to pos_bias's),
+  d_key as (B, S)."""
+  _register()
+  B, H, T, _ = q_BHTK.shape
+  S = k_BHSK.shape[2]
+  none = jnp.zeros((1,), jnp.float32)
+  pos_shape = (1,)
+  if pos_bias is not None:
+    pos_shape = (H, T, S) if pos_bias.ndim <= 3 else (B, H, T, S)
+    pos_bias = jnp.broadcast_to(pos_bias.astype(jnp.float32), pos_shape)
+  if key_bias_BS is not None:
+    key_bias_BS = jnp.broadcast_to(key_bias_BS.astype(jnp.float32), (B, S))
+  out_type = (jax.ShapeDtypeStruct(q_BHTK.shape, q_BHTK.dtype),
+              jax.ShapeDtypeStruct(k_BHSK.shape, k_BHSK.dtype),
+              jax.ShapeDtypeStruct(v_BHSK.shape, v_BHSK.dtype),
+              jax.ShapeDtypeStruct(pos_shape, jnp.float32),
+              jax.ShapeDtypeStruct((B, H, S) if key_bias_BS is not None else (1,), jnp.float32))
+  dq, dk, dv, d_pos, d_key_BHS = jax.ffi.ffi_call(
+      _BACKWARD_TARGET, out_type, vmap_method="sequential")(
+      q_BHTK, k_BHSK, v_BHSK, o_BHTK, do_BHTK, m_BHT1[..., 0], z_BHT1[..., 0],
+      none if pos_bias is None else pos_bias, none if key_bias_BS is None else key_bias_BS,
+      has_pos=np.int64(pos_bias is not None), has_key=np.int64(key_bias_BS is not None))
+  return (dq, dk, dv, None if pos_bias is None else d_pos,
+          None if key_bias_BS is None else jnp.sum(d_key_BHS, axis=1))
+
+
 @functools.cache
 def choice(dtype: str) -> dict:
   """This machine's choice for one dtype, once per process: {"use": bool, "reason": str, ...}.
@@ -101,13 +141,13 @@ def choice(dtype: str) -> dict:
     raise ValueError(f"{ENV} must be fused, xla or auto (calibrated on this machine), got "
                      f"{forced!r}")
   if forced == "xla":
-    return {"use": False, "reason": f"{ENV}=xla"}
+    return {"use": False, "backward": False, "reason": f"{ENV}=xla"}
   if forced == "fused":
     problem = _unavailable(dtype)
     if problem:
       raise RuntimeError(f"{ENV}=fused, but the fused CPU attention cannot run {dtype} here: "
                          f"{problem}. Unset {ENV} (or set it to xla) to use XLA's attention.")
-    return {"use": True, "reason": f"{ENV}=fused"}
+    return {"use": True, "backward": dtype in BACKWARD_DTYPES, "reason": f"{ENV}=fused"}
   found = stored()
   if found is None:
     with jax.ensure_compile_time_eval():  # called while a model is traced: run it, not stage it
@@ -139,7 +179,8 @@ def calibrate(repeats: int = 5) -> dict:
   result = {}
   for dtype in DTYPES:
     problem = _unavailable(dtype)
-    result[dtype] = {"use": False, "reason": problem} if problem else _measure(dtype, repeats)
+    result[dtype] = ({"use": False, "backward": False, "reason": problem} if problem
+                     else _measure(dtype, repeats))
   result.update(machine=machine.describe(), jax=jax.__version__)
   user_cache.store_json(_calibration_path(), result)
   return result
@@ -149,39 +190,65 @@ def _measure(dtype: str, repeats: int) -> dict:
   from bytelm import timing
   from bytelm.nn import attention_kernel  # the reference; it imports this module
   rng = np.random.default_rng(0)
+  backward = dtype in BACKWARD_DTYPES
   # Tails on every axis (T, S not multiples of the kernel's blocks), both biases, both softmaxes.
   B, H, T, S = 2, 3, 37, 45
   q, k, v = (jnp.asarray(rng.normal(size=(B, H, n, HEAD_DIM)), dtype) for n in (T, S, S))
   pos = jnp.asarray(rng.normal(size=(H, T, S)), jnp.float32)
   key = jnp.asarray(np.where(rng.random((B, S)) < 0.2, -1e9, 0.0), jnp.float32)
+  do = jnp.asarray(rng.normal(size=q.shape), dtype)
   for abstain in (False, True):
     fused = attention(q, k, v, pos, key, abstain)
     plain = attention_kernel.xla_forward(q, k, v, pos, key, abstain)
     if not _agree(fused, plain, dtype):
-      return {"use": False, "reason": "the compiled kernel disagreed with XLA's attention"}
-  # Timed at one example of the benchmark's shape (4 heads x 1024 bytes), the output alone as
-  # in a forward pass (XLA computes m and z only where they are used; the kernel always does).
+      return {"use": False, "backward": False,
+              "reason": "the compiled kernel disagreed with XLA's attention"}
+    if backward:
+      res = (q, k, v, pos, key, *plain)
+      fused = attention_backward(*res, do)
+      plain = attention_kernel.xla_backward(*res, do)
+      if not _agree(fused, plain, dtype):
+        return {"use": False, "backward": False,
+                "reason": "the compiled backward kernel disagreed with XLA's"}
+  # Timed at one example of the benchmark's shape (4 heads x 1024 bytes): the forward's
+  # output alone, as in a forward pass (XLA computes m and z only where they are used; the
+  # kernel always does), and the backward pass from the same residuals.
   B, H, T = 1, 4, 1024
-  q, k, v = (jnp.asarray(rng.normal(size=(B, H, T, HEAD_DIM)), dtype) for _ in range(3))
+  q, k, v, do = (jnp.asarray(rng.normal(size=(B, H, T, HEAD_DIM)), dtype) for _ in range(4))
   pos = jnp.asarray(rng.normal(size=(H, T, T)), jnp.float32)
+  res = (q, k, v, pos, None, *attention_kernel.xla_forward(q, k, v, pos, None, False))
   runs = {}
   for name, fn in (("fused", attention), ("xla", attention_kernel.xla_forward)):
     compiled = jax.jit(lambda q, k, v, p, fn=fn: fn(q, k, v, p, None, False)[0])
     runs[name] = lambda compiled=compiled: jax.block_until_ready(compiled(q, k, v, pos))
+  if backward:
+    for name, fn in (("fused_backward", attention_backward),
+                     ("xla_backward", attention_kernel.xla_backward)):
+      compiled = jax.jit(fn)
+      runs[name] = lambda compiled=compiled: jax.block_until_ready(compiled(*res, do))
   seconds = timing.compare(runs, repeats)
-  use = seconds["fused"] < seconds["xla"]
-  return {"use": use, "reason": f"calibrated: {seconds['fused'] * 1e3:.2f} ms fused, "
-          f"{seconds['xla'] * 1e3:.2f} ms XLA at 4 heads x {T} x {T}",
-          "seconds": {k: round(v, 6) for k, v in seconds.items()}}
+  ms = {name: f"{t * 1e3:.2f}" for name, t in seconds.items()}
+  reason = f"calibrated at 4 heads x {T} x {T}: forward {ms['fused']} ms fused, {ms['xla']} XLA"
+  if backward:
+    reason += f"; backward {ms['fused_backward']} ms fused, {ms['xla_backward']} XLA"
+  return {"use": seconds["fused"] < seconds["xla"],
+          "backward": backward and seconds["fused_backward"] < seconds["xla_backward"],
+          "reason": reason, "seconds": {k: round(v, 6) for k, v in seconds.items()}}
 
 
 def _agree(fused, plain, dtype: str) -> bool:
-  """Outputs within one rounding of the dtype (values are O(1)), m and z within fp32
-  summation order."""
-  (o1, m1, z1), (o2, m2, z2) = ([np.asarray(x, np.float32) for x in r] for r in (fused, plain))
-  tol = 2 ** -7 if dtype == "bfloat16" else 1e-5
-  return (np.allclose(o1, o2, rtol=tol, atol=tol) and np.allclose(m1, m2, rtol=1e-5, atol=1e-5)
-          and np.allclose(z1, z2, rtol=1e-5))
+  """Every array within one rounding of the dtype, relative to its largest value: the kernel
+  sums in another order."""
+  for a, b in zip(fused, plain):
+    if (a is None) != (b is None):
+      return False
+    if a is None:
+      continue
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    tol = 2 ** -7 if dtype == "bfloat16" else 1e-5
+    if a.shape != b.shape or not np.allclose(a, b, rtol=tol, atol=tol * np.abs(b).max()):
+      return False
+  return True
 
 
 def _unavailable(dtype: str) -> str | None:
@@ -228,7 +295,9 @@ def _library() -> ctypes.CDLL:
 
 @functools.cache
 def _register() -> None:
-  jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(_library().BytelmAttention),
+  lib = _library()
+  jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.BytelmAttention), platform="cpu")
+  jax.ffi.register_ffi_target(_BACKWARD_TARGET, jax.ffi.pycapsule(lib.BytelmAttentionBackward),
                               platform="cpu")
 
 
