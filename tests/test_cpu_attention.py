@@ -74,14 +74,13 @@ def test_fused_forward_is_xla_forward(B, H, T, S, pos_shape, key, abstain, dtype
   np.testing.assert_allclose(z1, z2, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("B,H,T,S,pos_shape,key", CASES + [(2, 2, 20, 24, (1, 20, 24), True)])
-def test_fused_backward_is_xla_backward(B, H, T, S, pos_shape, key):
+def test_fused_backward_is_xla_backward(B, H, T, S, pos_shape, key, dtype):
   """From the same residuals, every cotangent: q's, k's, v's, and the biases' summed to their
   shapes (a position bias shared by the batch, or broadcast over heads)."""
-  if not RUNS["float32"]:
-    pytest.skip("the float32 kernel needs AVX-512")
-  q, k, v, pos, key_bias = _inputs(B, H, T, S, pos_shape, key, "float32")
-  do = jnp.asarray(np.random.default_rng(2).normal(size=q.shape), jnp.float32)
+  q, k, v, pos, key_bias = _inputs(B, H, T, S, pos_shape, key, dtype)
+  do = jnp.asarray(np.random.default_rng(2).normal(size=q.shape), dtype)
   res = (q, k, v, pos, key_bias, *attention_kernel.xla_forward(q, k, v, pos, key_bias, False))
   got = jax.jit(cpu_attention.attention_backward)(*res, do)
   want = jax.jit(attention_kernel.xla_backward)(*res, do)
@@ -91,9 +90,13 @@ def test_fused_backward_is_xla_backward(B, H, T, S, pos_shape, key):
       continue
     if name == "d_pos":  # the kernel's shape, summed to pos's by attention_kernel
       a = attention_kernel._sum_to(a, pos.shape)
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape, name
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max(), err_msg=name)
+    assert a.dtype == b.dtype and a.shape == b.shape, name
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    if dtype == "float32" or name in ("d_pos", "d_key"):  # fp32 sums in another order
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max(), err_msg=name)
+    else:  # the same bf16 products summed in another order, rounded once
+      np.testing.assert_allclose(a, b, rtol=2 ** -7, atol=2 ** -8 * np.abs(b).max(), err_msg=name)
+      assert np.mean(a == b) > 0.9, name
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -111,7 +114,7 @@ def test_gradients_through_the_fused_kernels_are_xla_ones(use, dtype):
   use("fused")
   hlo, fused = grads()
   assert "bytelm_attention" in hlo
-  assert ("bytelm_attention_backward" in hlo) == (dtype in cpu_attention.BACKWARD_DTYPES)
+  assert "bytelm_attention_backward" in hlo
   use("xla")
   hlo, plain = grads()
   assert "bytelm_attention" not in hlo
@@ -171,15 +174,13 @@ def test_forcing_is_honoured_and_checked(use, monkeypatch):
   with pytest.raises(RuntimeError, match="cannot run float32 here: the CPU lists no AVX-512"):
     cpu_attention.choice("float32")
   # Where the machine chose the kernel, only heads of 64 in one dtype, at least MIN_QUERIES of
-  # them, are its: not a generation step; and the backward pass only in the dtypes it has.
+  # them, are its: not a generation step.
   monkeypatch.setattr(cpu_attention, "choice", lambda dtype: {"use": True, "backward": True})
   assert cpu_attention.applies(q, k, v)
   assert not cpu_attention.applies(q.astype(jnp.float32), k, v)
   assert not cpu_attention.applies(q[..., :32], k[..., :32], v[..., :32])
   assert not cpu_attention.applies(q[:, :, :1], k, v)
-  q32 = q.astype(jnp.float32)
-  assert cpu_attention.applies(q32, q32, q32, backward=True)
-  assert not cpu_attention.applies(q, k, v, backward=True)  # no bf16 backward kernel
+  assert cpu_attention.applies(q, k, v, backward=True)
 
 
 def test_a_calibration_from_another_machine_is_not_reused(use, monkeypatch):

@@ -93,6 +93,7 @@ struct Problem {
   void* dv = nullptr;
   float* dpos = nullptr;
   float* dkey = nullptr;
+  bool dtype_is_bf16 = false;
 
   const float* PosRows(int64_t b, int64_t h) const {  // (T, S) of this head, or null
     if (pos == nullptr) return nullptr;
@@ -410,39 +411,90 @@ struct F32Head {
   }
 };
 
-// The backward pass of one head h in fp32, over every example b in turn (so that a position
-// bias shared by the batch gets its cotangent summed here, with no other task writing it),
-// 16 queries at a time, by attention_kernel's formula:
+// x rounded to the nearest bf16 (ties to even), kept in fp32: what XLA's bf16 backward
+// rounds p and ds to before its products (AVX-512F integer ops; no bf16 instructions).
+inline __m512 RoundToBf16(__m512 x) {
+  const __m512i bits = _mm512_castps_si512(x);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i up = _mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb));
+  return _mm512_castsi512_ps(_mm512_and_si512(up, _mm512_set1_epi32(int(0xFFFF0000u))));
+}
+
+// One (b, h) pair's arrays for the backward pass, in fp32.
+struct BackwardArrays {
+  const float *q_TK, *k_SK, *v_SK, *o_TK, *do_TK;
+  float *dq_TK, *dk_SK, *dv_SK;
+};
+
+// The backward pass of one head h, over every example b in turn (so that a position bias
+// shared by the batch gets its cotangent summed here, with no other task writing it), 16
+// queries at a time, by attention_kernel's formula:
 //   p = exp(s - m) / z, dp = do v^T, ds = p * (dp - rowsum(do * o)),
 //   dq = ds k, dk = ds^T q, dv = p^T do, dpos = ds (summed over the batch), dkey = rowsums.
-struct F32BackwardHead {
+// In fp32 on FMA register blocks. A bf16 problem is converted to fp32 a pair at a time, with
+// p and ds rounded to bf16 before the products and the cotangents rounded after, as XLA's
+// bf16 backward does (its products are exact in fp32; only the summation order differs).
+struct BackwardHead {
   std::vector<float> k_t, v_t;  // K x keys_padded
   std::vector<float> p, ds;     // kRows x keys_padded
+  std::vector<float> f32;       // a bf16 pair's q, k, v, o, do, dq, dk, dv in fp32
   alignas(64) float q_rows[kRows * kHeadDim];
   alignas(64) float do_rows[kRows * kHeadDim];
+  bool bf16;
 
-  explicit F32BackwardHead(const Problem& pb)
+  explicit BackwardHead(const Problem& pb)
       : k_t(kHeadDim * pb.keys_padded), v_t(kHeadDim * pb.keys_padded),
-        p(kRows * pb.keys_padded), ds(kRows * pb.keys_padded) {}
-
-  void Task(const Problem& pb, int64_t h) {
-    for (int64_t b = 0; b < pb.batch; ++b) Example(pb, b, h);
+        p(kRows * pb.keys_padded), ds(kRows * pb.keys_padded),
+        bf16(pb.dtype_is_bf16) {
+    if (bf16) f32.resize(4 * (pb.queries + pb.keys) * kHeadDim);
   }
 
-  void Example(const Problem& pb, int64_t b, int64_t h) {
+  void Task(const Problem& pb, int64_t h) {
+    for (int64_t b = 0; b < pb.batch; ++b) {
+      const int64_t bh = b * pb.heads + h, T = pb.queries, S = pb.keys;
+      const int64_t nq = T * kHeadDim, nk = S * kHeadDim;
+      if (!bf16) {
+        auto in = [&](const void* x, int64_t n) { return static_cast<const float*>(x) + bh * n; };
+        auto out = [&](void* x, int64_t n) { return static_cast<float*>(x) + bh * n; };
+        Example(pb, b, h, {in(pb.q, nq), in(pb.k, nk), in(pb.v, nk), in(pb.o, nq),
+                           in(pb.dout, nq), out(pb.dq, nq), out(pb.dk, nk), out(pb.dv, nk)});
+        continue;
+      }
+      float* x = f32.data();
+      BackwardArrays a{x, x + nq, x + nq + nk, x + nq + 2 * nk, x + 2 * nq + 2 * nk,
+                       x + 3 * nq + 2 * nk, x + 4 * nq + 2 * nk, x + 4 * nq + 3 * nk};
+      auto widen = [&](const void* from, int64_t n, const float* to) {
+        const uint16_t* src = static_cast<const uint16_t*>(from) + bh * n;
+        uint32_t* dst = reinterpret_cast<uint32_t*>(const_cast<float*>(to));
+        for (int64_t i = 0; i < n; ++i) dst[i] = uint32_t(src[i]) << 16;
+      };
+      widen(pb.q, nq, a.q_TK);
+      widen(pb.k, nk, a.k_SK);
+      widen(pb.v, nk, a.v_SK);
+      widen(pb.o, nq, a.o_TK);
+      widen(pb.dout, nq, a.do_TK);
+      Example(pb, b, h, a);
+      auto narrow = [&](const float* from, int64_t n, void* to) {
+        uint16_t* dst = static_cast<uint16_t*>(to) + bh * n;
+        for (int64_t i = 0; i < n; i += 16) {
+          const __mmask16 in = Lanes(n - i);
+          const __m512i bits = _mm512_castps_si512(RoundToBf16(_mm512_maskz_loadu_ps(in, from + i)));
+          _mm256_mask_storeu_epi16(dst + i, in, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
+        }
+      };
+      narrow(a.dq_TK, nq, pb.dq);
+      narrow(a.dk_SK, nk, pb.dk);
+      narrow(a.dv_SK, nk, pb.dv);
+    }
+  }
+
+  void Example(const Problem& pb, int64_t b, int64_t h, const BackwardArrays& a) {
     const int64_t T = pb.queries, S = pb.keys, Sp = pb.keys_padded;
     const int64_t bh = b * pb.heads + h;
-    const float* q_TK = static_cast<const float*>(pb.q) + bh * T * kHeadDim;
-    const float* k_SK = static_cast<const float*>(pb.k) + bh * S * kHeadDim;
-    const float* o_TK = static_cast<const float*>(pb.o) + bh * T * kHeadDim;
-    const float* do_TK = static_cast<const float*>(pb.dout) + bh * T * kHeadDim;
-    float* dq_TK = static_cast<float*>(pb.dq) + bh * T * kHeadDim;
-    float* dk_SK = static_cast<float*>(pb.dk) + bh * S * kHeadDim;
-    float* dv_SK = static_cast<float*>(pb.dv) + bh * S * kHeadDim;
-    Transpose(k_SK, S, Sp, k_t.data());
-    Transpose(static_cast<const float*>(pb.v) + bh * S * kHeadDim, S, Sp, v_t.data());
-    std::memset(dk_SK, 0, S * kHeadDim * 4);
-    std::memset(dv_SK, 0, S * kHeadDim * 4);
+    Transpose(a.k_SK, S, Sp, k_t.data());
+    Transpose(a.v_SK, S, Sp, v_t.data());
+    std::memset(a.dk_SK, 0, S * kHeadDim * 4);
+    std::memset(a.dv_SK, 0, S * kHeadDim * 4);
     const float* pos = pb.PosRows(b, h);
     float* dpos = nullptr;
     if (pb.dpos != nullptr) {
@@ -454,13 +506,13 @@ struct F32BackwardHead {
     if (dkey != nullptr) std::memset(dkey, 0, S * 4);
     for (int64_t t0 = 0; t0 < T; t0 += kRows) {
       const int64_t rows = T - t0 < kRows ? T - t0 : kRows;
-      const float* q16 = SixteenRows(q_TK, t0, T, q_rows);
-      const float* do16 = SixteenRows(do_TK, t0, T, do_rows);
+      const float* q16 = SixteenRows(a.q_TK, t0, T, q_rows);
+      const float* do16 = SixteenRows(a.do_TK, t0, T, do_rows);
       RowsTimesTransposed(q16, k_t.data(), Sp, p.data());    // scores
       RowsTimesTransposed(do16, v_t.data(), Sp, ds.data());  // dp
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t t = bh * T + t0 + i;
-        const float* o_K = o_TK + (t0 + i) * kHeadDim;
+        const float* o_K = a.o_TK + (t0 + i) * kHeadDim;
         const float* do_K = do16 + i * kHeadDim;
         __m512 acc = _mm512_setzero_ps();
         for (int64_t d = 0; d < kHeadDim; d += 16)
@@ -480,9 +532,11 @@ struct F32BackwardHead {
           else if (pos_row != nullptr || key != nullptr)
             x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(in, pos_row != nullptr ? pos_row + j : key + j));
           const __m512 pj = _mm512_maskz_div_ps(in, Exp(_mm512_sub_ps(x, m)), z);
-          const __m512 dsj = _mm512_mul_ps(pj, _mm512_sub_ps(_mm512_loadu_ps(ds_row + j), delta));
-          _mm512_storeu_ps(p_row + j, pj);  // zero past the last key
-          _mm512_storeu_ps(ds_row + j, _mm512_maskz_mov_ps(in, dsj));
+          const __m512 dsj = _mm512_maskz_mul_ps(
+              in, pj, _mm512_sub_ps(_mm512_loadu_ps(ds_row + j), delta));
+          // zero past the last key
+          _mm512_storeu_ps(p_row + j, bf16 ? RoundToBf16(pj) : pj);
+          _mm512_storeu_ps(ds_row + j, bf16 ? RoundToBf16(dsj) : dsj);
           if (dpos_row != nullptr)
             _mm512_mask_storeu_ps(dpos_row + j, in, _mm512_add_ps(_mm512_maskz_loadu_ps(in, dpos_row + j), dsj));
           if (dkey != nullptr)
@@ -493,9 +547,9 @@ struct F32BackwardHead {
         std::memset(p.data() + i * Sp, 0, Sp * 4);
         std::memset(ds.data() + i * Sp, 0, Sp * 4);
       }
-      RowsTimes(ds.data(), Sp, S, k_SK, rows, dq_TK + t0 * kHeadDim);
-      AccumulateTransposedTimes(ds.data(), Sp, S, q16, dk_SK);
-      AccumulateTransposedTimes(p.data(), Sp, S, do16, dv_SK);
+      RowsTimes(ds.data(), Sp, S, a.k_SK, rows, a.dq_TK + t0 * kHeadDim);
+      AccumulateTransposedTimes(ds.data(), Sp, S, q16, a.dk_SK);
+      AccumulateTransposedTimes(p.data(), Sp, S, do16, a.dv_SK);
     }
   }
 };
@@ -588,8 +642,8 @@ ffi::Error AttentionBackward(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuf
                              ffi::Result<ffi::AnyBuffer> dv, ffi::ResultBuffer<ffi::F32> dpos,
                              ffi::ResultBuffer<ffi::F32> dkey, int64_t has_pos, int64_t has_key) {
   const ffi::DataType dtype = q.element_type();
-  if (dtype != ffi::DataType::F32)
-    return ffi::Error::InvalidArgument("the fused backward pass takes f32 only");
+  if (dtype != ffi::DataType::BF16 && dtype != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("q, k, v must be bf16 or f32");
   for (ffi::DataType t : {k.element_type(), v.element_type(), o.element_type(),
                           dout.element_type(), dq->element_type(), dk->element_type(),
                           dv->element_type()})
@@ -619,7 +673,8 @@ ffi::Error AttentionBackward(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuf
   pb.dv = dv->untyped_data();
   pb.dpos = has_pos ? dpos->typed_data() : nullptr;
   pb.dkey = has_key ? dkey->typed_data() : nullptr;
-  RunOnPool<F32BackwardHead>(pool, pb, pb.heads);
+  pb.dtype_is_bf16 = dtype == ffi::DataType::BF16;
+  RunOnPool<BackwardHead>(pool, pb, pb.heads);
   return ffi::Error::Success();
 }
 

@@ -44,7 +44,6 @@ from bytelm import machine, user_cache
 ENV = "BYTELM_CPU_ATTENTION"  # fused | xla | auto (the default: calibrated)
 HEAD_DIM = 64  # the kernel's one head size (ByT5's and every preset's d_kv)
 DTYPES = ("bfloat16", "float32")
-BACKWARD_DTYPES = ("float32",)  # the dtypes the backward kernel has
 # Fewer queries (a generation step) leave the kernel's per-call work, k and v rearranged for
 # every head, larger than the attention itself: fp32 greedy generation took 0.90 s with the
 # kernel in its steps, 0.70 s without.
@@ -55,13 +54,12 @@ _SOURCE = pathlib.Path(__file__).with_name("cpu_attention.cc")
 # What the whole file may use; the AMX code adds its own instructions function by function,
 # so the fp32 kernel also runs on CPUs without AMX.
 _ISA = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma")
-_CALIBRATION = "cpu_attention_v3"  # the file's name in the cache; bump when the kernel changes
+_CALIBRATION = "cpu_attention_v4"  # the file's name in the cache; bump when the kernel changes
 
 
 def applies(q_BHTK, k_BHSK, v_BHSK, backward: bool = False) -> bool:
   """Whether this call is the kernel's to take on this machine: q, k, v of one dtype (bf16 or
-  fp32; the backward pass fp32 only) with heads of 64 and at least MIN_QUERIES queries on one
-  CPU device, and the machine's
+  fp32) with heads of 64 and at least MIN_QUERIES queries on one CPU device, and the machine's
   choice for that dtype and pass (`choice()`) is the fused kernel. Called at trace time; the
   first call on a machine may calibrate (seconds)."""
   dtype = jnp.dtype(q_BHTK.dtype).name
@@ -70,8 +68,6 @@ def applies(q_BHTK, k_BHSK, v_BHSK, backward: bool = False) -> bool:
           and q_BHTK.shape[-1] == k_BHSK.shape[-1] == v_BHSK.shape[-1] == HEAD_DIM
           and q_BHTK.shape[2] >= MIN_QUERIES
           and jax.default_backend() == "cpu" and jax.device_count() == 1):
-    return False
-  if backward and dtype not in BACKWARD_DTYPES:
     return False
   return choice(dtype)["backward" if backward else "use"]
 
@@ -147,7 +143,7 @@ def choice(dtype: str) -> dict:
     if problem:
       raise RuntimeError(f"{ENV}=fused, but the fused CPU attention cannot run {dtype} here: "
                          f"{problem}. Unset {ENV} (or set it to xla) to use XLA's attention.")
-    return {"use": True, "backward": dtype in BACKWARD_DTYPES, "reason": f"{ENV}=fused"}
+    return {"use": True, "backward": True, "reason": f"{ENV}=fused"}
   found = stored()
   if found is None:
     with jax.ensure_compile_time_eval():  # called while a model is traced: run it, not stage it
@@ -190,7 +186,6 @@ def _measure(dtype: str, repeats: int) -> dict:
   from bytelm import timing
   from bytelm.nn import attention_kernel  # the reference; it imports this module
   rng = np.random.default_rng(0)
-  backward = dtype in BACKWARD_DTYPES
   # Tails on every axis (T, S not multiples of the kernel's blocks), both biases, both softmaxes.
   B, H, T, S = 2, 3, 37, 45
   q, k, v = (jnp.asarray(rng.normal(size=(B, H, n, HEAD_DIM)), dtype) for n in (T, S, S))
@@ -203,13 +198,10 @@ def _measure(dtype: str, repeats: int) -> dict:
     if not _agree(fused, plain, dtype):
       return {"use": False, "backward": False,
               "reason": "the compiled kernel disagreed with XLA's attention"}
-    if backward:
-      res = (q, k, v, pos, key, *plain)
-      fused = attention_backward(*res, do)
-      plain = attention_kernel.xla_backward(*res, do)
-      if not _agree(fused, plain, dtype):
-        return {"use": False, "backward": False,
-                "reason": "the compiled backward kernel disagreed with XLA's"}
+    res = (q, k, v, pos, key, *plain)
+    if not _agree(attention_backward(*res, do), attention_kernel.xla_backward(*res, do), dtype):
+      return {"use": False, "backward": False,
+              "reason": "the compiled backward kernel disagreed with XLA's"}
   # Timed at one example of the benchmark's shape (4 heads x 1024 bytes): the forward's
   # output alone, as in a forward pass (XLA computes m and z only where they are used; the
   # kernel always does), and the backward pass from the same residuals.
@@ -221,18 +213,16 @@ def _measure(dtype: str, repeats: int) -> dict:
   for name, fn in (("fused", attention), ("xla", attention_kernel.xla_forward)):
     compiled = jax.jit(lambda q, k, v, p, fn=fn: fn(q, k, v, p, None, False)[0])
     runs[name] = lambda compiled=compiled: jax.block_until_ready(compiled(q, k, v, pos))
-  if backward:
-    for name, fn in (("fused_backward", attention_backward),
-                     ("xla_backward", attention_kernel.xla_backward)):
-      compiled = jax.jit(fn)
-      runs[name] = lambda compiled=compiled: jax.block_until_ready(compiled(*res, do))
+  for name, fn in (("fused_backward", attention_backward),
+                   ("xla_backward", attention_kernel.xla_backward)):
+    compiled = jax.jit(fn)
+    runs[name] = lambda compiled=compiled: jax.block_until_ready(compiled(*res, do))
   seconds = timing.compare(runs, repeats)
   ms = {name: f"{t * 1e3:.2f}" for name, t in seconds.items()}
-  reason = f"calibrated at 4 heads x {T} x {T}: forward {ms['fused']} ms fused, {ms['xla']} XLA"
-  if backward:
-    reason += f"; backward {ms['fused_backward']} ms fused, {ms['xla_backward']} XLA"
+  reason = (f"calibrated at 4 heads x {T} x {T}: forward {ms['fused']} ms fused, {ms['xla']} "
+            f"XLA; backward {ms['fused_backward']} ms fused, {ms['xla_backward']} XLA")
   return {"use": seconds["fused"] < seconds["xla"],
-          "backward": backward and seconds["fused_backward"] < seconds["xla_backward"],
+          "backward": seconds["fused_backward"] < seconds["xla_backward"],
           "reason": reason, "seconds": {k: round(v, 6) for k, v in seconds.items()}}
 
 
