@@ -14,6 +14,10 @@ On a 2-core CPU this makes the ByT5 train step at 8 x 1024 bytes about 25% faste
 (eval/speed.py, BENCHMARKS.md), and it is the same arithmetic on accelerators. `abstain=True` is
 softmax1 (MrT5): an implicit extra zero logit, so z = exp(-m) + sum exp(s - m); the gradient
 formula is the same because rowsum(dp * p) still equals rowsum(do * o).
+
+On a CPU both passes may run through fused C++ kernels instead (bytelm.nn.cpu_attention, chosen
+per machine): the same formulas, the scores kept in cache. `xla_forward` and `xla_backward`
+are the jnp versions every backend has, and the reference the kernels are checked against.
 """
 
 from __future__ import annotations

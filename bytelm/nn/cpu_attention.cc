@@ -106,19 +106,27 @@ inline __mmask16 Lanes(int64_t n) {
   return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
 }
 
-// One query's softmax numerator in place: s + (pos + key) (as attention_kernel.scores adds
-// them), then exp(s - m). Returns the exp-sum z; m out. The caller divides by z.
+// Scores s[j .. j + 15] (lanes `in`) plus the biases of one query, s + (pos + key), in the
+// order attention_kernel.scores adds them; pos and key may be null.
+inline __m512 BiasedScores(const float* s, const float* pos, const float* key, int64_t j,
+                           __mmask16 in) {
+  __m512 x = _mm512_maskz_loadu_ps(in, s + j);
+  if (pos != nullptr && key != nullptr)
+    return _mm512_add_ps(x, _mm512_add_ps(_mm512_maskz_loadu_ps(in, pos + j),
+                                           _mm512_maskz_loadu_ps(in, key + j)));
+  if (pos != nullptr || key != nullptr)
+    return _mm512_add_ps(x, _mm512_maskz_loadu_ps(in, pos != nullptr ? pos + j : key + j));
+  return x;
+}
+
+// One query's softmax numerator in place: s + biases, then exp(s - m). Returns the exp-sum
+// z; m out. The caller divides by z.
 float SoftmaxRow(float* s, const float* pos, const float* key, int64_t keys, bool abstain,
                  float* m_out) {
   __m512 vmax = _mm512_set1_ps(-INFINITY);
   for (int64_t j = 0; j < keys; j += 16) {
     const __mmask16 in = Lanes(keys - j);
-    __m512 x = _mm512_maskz_loadu_ps(in, s + j);
-    if (pos != nullptr && key != nullptr)
-      x = _mm512_add_ps(x, _mm512_add_ps(_mm512_maskz_loadu_ps(in, pos + j),
-                                         _mm512_maskz_loadu_ps(in, key + j)));
-    else if (pos != nullptr || key != nullptr)
-      x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(in, pos != nullptr ? pos + j : key + j));
+    const __m512 x = BiasedScores(s, pos, key, j, in);
     _mm512_mask_storeu_ps(s + j, in, x);
     vmax = _mm512_mask_max_ps(vmax, in, vmax, x);
   }
@@ -525,12 +533,7 @@ struct BackwardHead {
         float* ds_row = ds.data() + i * Sp;
         for (int64_t j = 0; j < Sp; j += 16) {
           const __mmask16 in = Lanes(S - j);
-          __m512 x = _mm512_maskz_loadu_ps(in, p_row + j);
-          if (pos_row != nullptr && key != nullptr)  // s + (pos + key), as the forward
-            x = _mm512_add_ps(x, _mm512_add_ps(_mm512_maskz_loadu_ps(in, pos_row + j),
-                                               _mm512_maskz_loadu_ps(in, key + j)));
-          else if (pos_row != nullptr || key != nullptr)
-            x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(in, pos_row != nullptr ? pos_row + j : key + j));
+          const __m512 x = BiasedScores(p_row, pos_row, key, j, in);
           const __m512 pj = _mm512_maskz_div_ps(in, Exp(_mm512_sub_ps(x, m)), z);
           const __m512 dsj = _mm512_maskz_mul_ps(
               in, pj, _mm512_sub_ps(_mm512_loadu_ps(ds_row + j), delta));

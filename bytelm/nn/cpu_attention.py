@@ -3,24 +3,25 @@
 Axis legend: B batch, H heads, T queries, S keys, K head dim.
 
 XLA:CPU runs attention as separate passes over the B*H*T*S fp32 scores in main memory:
-product, softmax, product. The C++ kernel beside this file takes 16 queries at a time through
-all three while their scores stay in cache: in bf16 both products on the AMX tiles (Intel Xeon
-since Sapphire Rapids), in fp32 on AVX-512 FMA register blocks (any AVX-512 CPU, AMD's Zen 4
-included). Same arithmetic as attention_kernel's `xla_forward`: bf16 outputs equal to the bit
-for 99.99% of them, the rest one bf16 rounding apart; fp32 outputs within a few ulps (another
-summation order). Measured on a 2-core AMX Xeon at 8 x 4 heads x 1024 x 1024: bf16 17 ms
-against XLA's 97 ms, fp32 30 ms against 78 ms (BENCHMARKS.md). It serves the forward pass and
-a gradient's forward half; the backward pass stays attention_kernel's, which recomputes p from
-the m and z this kernel returns.
+product, softmax, product, and in the backward pass the scores again, their cotangents and
+three more products. The C++ kernels beside this file take 16 queries at a time through all
+of it while their scores stay in cache: the forward pass in bf16 on the AMX tiles (Intel Xeon
+since Sapphire Rapids) and in fp32 on AVX-512 FMA register blocks (any AVX-512 CPU, AMD's Zen
+4 included); the backward pass on AVX-512 FMA in both dtypes (bf16 widened to fp32, rounded
+where XLA's bf16 backward rounds). Same arithmetic as attention_kernel's `xla_forward` and
+`xla_backward`, summed in another order: bf16 outputs equal to the bit for 99.99% of them,
+the rest one bf16 rounding apart; fp32 within a few ulps. Measured on a 2-core AMX Xeon
+(BENCHMARKS.md): at 8 x 4 heads x 1024 x 1024, the forward pass 17 ms in bf16 against XLA's
+97 ms, 30 ms in fp32 against 78 ms; the backward pass about 2x XLA's at one example.
 
-Whether it is used is this machine's choice, per dtype, made once and kept in the user's cache
-under `bytelm.machine.key()`: where the CPU has what the dtype's kernel needs and a C++
-compiler ($CXX, else g++) is found, the kernel is compiled (a few seconds, once: the library
-is cached under a hash of the source, the compiler and jaxlib), checked against XLA's attention
-on random inputs, and timed against it; it is used where it agrees and is faster.
-$BYTELM_CPU_ATTENTION=fused|xla forces the choice (fused fails with the reason where it cannot
-run); unset or "auto", the calibration decides. Only heads of 64 on one CPU device: everything
-else takes XLA's path.
+Whether it is used is this machine's choice, per dtype and pass, made once and kept in the
+user's cache under `bytelm.machine.key()`: where the CPU has what the dtype's kernel needs and
+a C++ compiler ($CXX, else g++) is found, the kernels are compiled (a few seconds, once: the
+library is cached under a hash of the source, the compiler and jaxlib), checked against XLA's
+attention on random inputs, and timed against it; each is used where it agrees and is faster.
+$BYTELM_CPU_ATTENTION=fused|xla forces the choice (fused fails with the reason where it
+cannot run); unset or "auto", the calibration decides. Only heads of 64, at least MIN_QUERIES
+queries, on one CPU device: everything else takes XLA's path.
 """
 
 from __future__ import annotations
@@ -78,20 +79,12 @@ def attention(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, abstain: bool):
   (B, S)."""
   _register()
   B, H, T, _ = q_BHTK.shape
-  S = k_BHSK.shape[2]
-  none = jnp.zeros((1,), jnp.float32)
-  if pos_bias is not None:
-    shape = (H, T, S) if pos_bias.ndim <= 3 else (B, H, T, S)
-    pos_bias = jnp.broadcast_to(pos_bias.astype(jnp.float32), shape)
-  if key_bias_BS is not None:
-    key_bias_BS = jnp.broadcast_to(key_bias_BS.astype(jnp.float32), (B, S))
+  pos, key, has = _biases(pos_bias, key_bias_BS, B, H, T, k_BHSK.shape[2])
   out_type = (jax.ShapeDtypeStruct(q_BHTK.shape, q_BHTK.dtype),
               jax.ShapeDtypeStruct((B, H, T), jnp.float32),
               jax.ShapeDtypeStruct((B, H, T), jnp.float32))
   out_BHTK, m_BHT, z_BHT = jax.ffi.ffi_call(_TARGET, out_type, vmap_method="sequential")(
-      q_BHTK, k_BHSK, v_BHSK, none if pos_bias is None else pos_bias,
-      none if key_bias_BS is None else key_bias_BS, abstain=np.int64(abstain),
-      has_pos=np.int64(pos_bias is not None), has_key=np.int64(key_bias_BS is not None))
+      q_BHTK, k_BHSK, v_BHSK, pos, key, abstain=np.int64(abstain), **has)
   return out_BHTK, m_BHT[..., None], z_BHT[..., None]
 
 
@@ -102,27 +95,32 @@ def attention_backward(q_BHTK, k_BHSK, v_BHSK, pos_bias, key_bias_BS, o_BHTK, m_
   kernel took pos_bias in ((H, T, S) or (B, H, T, S); the caller sums it down to pos_bias's),
   d_key as (B, S)."""
   _register()
-  B, H, T, _ = q_BHTK.shape
+  B, H, _, _ = q_BHTK.shape
   S = k_BHSK.shape[2]
-  none = jnp.zeros((1,), jnp.float32)
-  pos_shape = (1,)
-  if pos_bias is not None:
-    pos_shape = (H, T, S) if pos_bias.ndim <= 3 else (B, H, T, S)
-    pos_bias = jnp.broadcast_to(pos_bias.astype(jnp.float32), pos_shape)
-  if key_bias_BS is not None:
-    key_bias_BS = jnp.broadcast_to(key_bias_BS.astype(jnp.float32), (B, S))
+  pos, key, has = _biases(pos_bias, key_bias_BS, B, H, q_BHTK.shape[2], S)
   out_type = (jax.ShapeDtypeStruct(q_BHTK.shape, q_BHTK.dtype),
               jax.ShapeDtypeStruct(k_BHSK.shape, k_BHSK.dtype),
               jax.ShapeDtypeStruct(v_BHSK.shape, v_BHSK.dtype),
-              jax.ShapeDtypeStruct(pos_shape, jnp.float32),
+              jax.ShapeDtypeStruct(pos.shape, jnp.float32),
               jax.ShapeDtypeStruct((B, H, S) if key_bias_BS is not None else (1,), jnp.float32))
   dq, dk, dv, d_pos, d_key_BHS = jax.ffi.ffi_call(
       _BACKWARD_TARGET, out_type, vmap_method="sequential")(
-      q_BHTK, k_BHSK, v_BHSK, o_BHTK, do_BHTK, m_BHT1[..., 0], z_BHT1[..., 0],
-      none if pos_bias is None else pos_bias, none if key_bias_BS is None else key_bias_BS,
-      has_pos=np.int64(pos_bias is not None), has_key=np.int64(key_bias_BS is not None))
+      q_BHTK, k_BHSK, v_BHSK, o_BHTK, do_BHTK, m_BHT1[..., 0], z_BHT1[..., 0], pos, key, **has)
   return (dq, dk, dv, None if pos_bias is None else d_pos,
           None if key_bias_BS is None else jnp.sum(d_key_BHS, axis=1))
+
+
+def _biases(pos_bias, key_bias_BS, B, H, T, S):
+  """(pos, key, attributes) as the kernels take them: pos_bias broadcast to (H, T, S) or
+  (B, H, T, S), key_bias_BS to (B, S), fp32, an absent one as a placeholder of one element;
+  the attributes say which are there."""
+  none = jnp.zeros((1,), jnp.float32)
+  pos = none if pos_bias is None else jnp.broadcast_to(
+      pos_bias.astype(jnp.float32), (H, T, S) if pos_bias.ndim <= 3 else (B, H, T, S))
+  key = none if key_bias_BS is None else jnp.broadcast_to(
+      key_bias_BS.astype(jnp.float32), (B, S))
+  has = {"has_pos": np.int64(pos_bias is not None), "has_key": np.int64(key_bias_BS is not None)}
+  return pos, key, has
 
 
 @functools.cache
