@@ -157,9 +157,9 @@ def main():
   peaks = {d: machine.matmul_peak(d) for d in ("float32", "bfloat16", "int8")}
   print("machine peak (XLA, 2048 x 2048 products): " + ", ".join(
       f"{d} {v / 1e9:,.0f} G{'OP' if d == 'int8' else 'FLOP'}/s" for d, v in peaks.items()))
-  # this machine's choices, before compiling
-  print(batching.prepare(calibration.t5_gradients, calibration.t5_forward))
+  # this machine's choices, before compiling: the attention kernels, then the batching
   print(cpu_attention.describe())
+  print(batching.prepare(calibration.t5_gradients, calibration.t5_forward))
   dtype = "bfloat16" if args.bf16 else "float32"
   cfg = dataclasses.replace(t5.preset(args.preset), dtype=dtype)
   model = t5.T5(cfg, rngs=nnx.Rngs(0))

@@ -598,20 +598,19 @@ bool AmxPermitted() {
   return permitted;
 }
 
-ffi::Error Attention(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
-                     ffi::Buffer<ffi::F32> pos, ffi::Buffer<ffi::F32> key,
-                     ffi::Result<ffi::AnyBuffer> out, ffi::ResultBuffer<ffi::F32> m,
-                     ffi::ResultBuffer<ffi::F32> z, int64_t abstain, int64_t has_pos,
-                     int64_t has_key) {
+// What both passes read of q, k, v and the biases, checked: q, k, v of one dtype (bf16 or
+// f32), (B, H, T|S, 64).
+ffi::Error ReadInputs(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
+                      ffi::Buffer<ffi::F32> pos, ffi::Buffer<ffi::F32> key, int64_t has_pos,
+                      int64_t has_key, Problem& pb) {
   const ffi::DataType dtype = q.element_type();
   if (dtype != ffi::DataType::BF16 && dtype != ffi::DataType::F32)
     return ffi::Error::InvalidArgument("q, k, v must be bf16 or f32");
-  if (k.element_type() != dtype || v.element_type() != dtype || out->element_type() != dtype)
-    return ffi::Error::InvalidArgument("q, k, v and the output must share one dtype");
+  if (k.element_type() != dtype || v.element_type() != dtype)
+    return ffi::Error::InvalidArgument("q, k, v must share one dtype");
   auto qd = q.dimensions(), kd = k.dimensions();
   if (qd.size() != 4 || kd.size() != 4 || qd[3] != kHeadDim || kd[3] != kHeadDim)
     return ffi::Error::InvalidArgument("q, k, v must be (B, H, T|S, 64)");
-  Problem pb;
   pb.batch = qd[0];
   pb.heads = qd[1];
   pb.queries = qd[2];
@@ -623,11 +622,24 @@ ffi::Error Attention(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k, f
   pb.pos = has_pos ? pos.typed_data() : nullptr;
   pb.pos_batched = has_pos && pos.dimensions().size() == 4;
   pb.key = has_key ? key.typed_data() : nullptr;
+  pb.dtype_is_bf16 = dtype == ffi::DataType::BF16;
+  return ffi::Error::Success();
+}
+
+ffi::Error Attention(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
+                     ffi::Buffer<ffi::F32> pos, ffi::Buffer<ffi::F32> key,
+                     ffi::Result<ffi::AnyBuffer> out, ffi::ResultBuffer<ffi::F32> m,
+                     ffi::ResultBuffer<ffi::F32> z, int64_t abstain, int64_t has_pos,
+                     int64_t has_key) {
+  Problem pb;
+  if (ffi::Error e = ReadInputs(q, k, v, pos, key, has_pos, has_key, pb); e.failure()) return e;
+  if (out->element_type() != q.element_type())
+    return ffi::Error::InvalidArgument("the output must be q's dtype");
   pb.abstain = abstain != 0;
   pb.out = out->untyped_data();
   pb.m = m->typed_data();
   pb.z = z->typed_data();
-  if (dtype == ffi::DataType::F32) {
+  if (!pb.dtype_is_bf16) {
     RunOnPool<F32Head>(pool, pb, pb.batch * pb.heads);
   } else {
     if (!AmxPermitted())
@@ -644,28 +656,11 @@ ffi::Error AttentionBackward(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuf
                              ffi::Result<ffi::AnyBuffer> dq, ffi::Result<ffi::AnyBuffer> dk,
                              ffi::Result<ffi::AnyBuffer> dv, ffi::ResultBuffer<ffi::F32> dpos,
                              ffi::ResultBuffer<ffi::F32> dkey, int64_t has_pos, int64_t has_key) {
-  const ffi::DataType dtype = q.element_type();
-  if (dtype != ffi::DataType::BF16 && dtype != ffi::DataType::F32)
-    return ffi::Error::InvalidArgument("q, k, v must be bf16 or f32");
-  for (ffi::DataType t : {k.element_type(), v.element_type(), o.element_type(),
-                          dout.element_type(), dq->element_type(), dk->element_type(),
-                          dv->element_type()})
-    if (t != dtype) return ffi::Error::InvalidArgument("every array must be q's dtype");
-  auto qd = q.dimensions(), kd = k.dimensions();
-  if (qd.size() != 4 || kd.size() != 4 || qd[3] != kHeadDim || kd[3] != kHeadDim)
-    return ffi::Error::InvalidArgument("q, k, v must be (B, H, T|S, 64)");
   Problem pb;
-  pb.batch = qd[0];
-  pb.heads = qd[1];
-  pb.queries = qd[2];
-  pb.keys = kd[2];
-  pb.keys_padded = (pb.keys + 31) / 32 * 32;
-  pb.q = q.untyped_data();
-  pb.k = k.untyped_data();
-  pb.v = v.untyped_data();
-  pb.pos = has_pos ? pos.typed_data() : nullptr;
-  pb.pos_batched = has_pos && pos.dimensions().size() == 4;
-  pb.key = has_key ? key.typed_data() : nullptr;
+  if (ffi::Error e = ReadInputs(q, k, v, pos, key, has_pos, has_key, pb); e.failure()) return e;
+  for (ffi::DataType t : {o.element_type(), dout.element_type(), dq->element_type(),
+                          dk->element_type(), dv->element_type()})
+    if (t != q.element_type()) return ffi::Error::InvalidArgument("every array must be q's dtype");
   pb.abstain = false;  // m and z hold it: the gradient's formula is the same
   pb.m = m.typed_data();
   pb.z = z.typed_data();
@@ -676,7 +671,6 @@ ffi::Error AttentionBackward(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuf
   pb.dv = dv->untyped_data();
   pb.dpos = has_pos ? dpos->typed_data() : nullptr;
   pb.dkey = has_key ? dkey->typed_data() : nullptr;
-  pb.dtype_is_bf16 = dtype == ffi::DataType::BF16;
   RunOnPool<BackwardHead>(pool, pb, pb.heads);
   return ffi::Error::Success();
 }

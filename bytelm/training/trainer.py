@@ -290,12 +290,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
   sharding.check_batch(tc.batch_size, mesh)
   log.info("devices: %d (%s), mesh %s, process %d/%d", jax.device_count(),
            jax.default_backend(), dict(mesh.shape), jax.process_index(), jax.process_count())
+  # This machine's choices, before the step compiles (its trace reads them): the attention
+  # kernels first, which the batching calibration then runs with.
+  if jax.default_backend() == "cpu" and jax.device_count() == 1:
+    log.info("%s", cpu_attention.describe())
   if (config.model_family in _STACKS_OVER_EXAMPLES
       and config.data.get("input_length", 0) >= batching.MIN_LENGTH):
-    # Before the step compiles: its trace reads the choice.
     log.info("%s", batching.prepare(calibration.t5_gradients, calibration.t5_forward))
-  if jax.default_backend() == "cpu":
-    log.info("%s", cpu_attention.describe())  # before the step compiles: its trace reads it
 
   # -- data --
   data = data_lib.sources(config, workdir, process_index=jax.process_index(),
