@@ -51,8 +51,8 @@ _forced: str | None = None  # set by `forced`
 _for_gradients = False  # set by `for_gradients`
 _CALIBRATION = "per_example_v6"  # the file's name in the cache; bump when the measure or the
 # kernels it chooses between change (v5: bf16 products, one-exp softmax; v6: the fused CPU
-# attention, with which the whole batch at once became the fastest for gradients on the AMX
-# Xeon: mini fp32 train step 2.44 s batched against 2.72 s attention_loop)
+# attention and 2-D Dense products, with which the whole batch at once became the fastest for
+# gradients on the AMX Xeon)
 
 
 def loop_is_faster(length: int, dropout_active: bool) -> bool:
