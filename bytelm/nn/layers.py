@@ -65,12 +65,16 @@ class Dense(nnx.Module):
     return self._dot(x_BTI, w_IO)
 
   def _dot(self, x_BTI: jax.Array, w_IO: jax.Array) -> jax.Array:
-    # One 2-D product over all rows: XLA:CPU ran the weight gradient of a product contracted
-    # over the batch and time axes at once through a transposed copy of the output's cotangent
-    # (40-84 ms each in a mini fp32 train step, which took 2.44 s against 1.96 s flattened on
-    # an AMX Xeon; BENCHMARKS.md).
-    x_NI = x_BTI.reshape(-1, x_BTI.shape[-1]).astype(self.dtype)
-    y_NO = precision.einsum("NI,IO->NO", x_NI, w_IO.astype(self.dtype), self.out_dtype)
+    x_BTI, w_IO = x_BTI.astype(self.dtype), w_IO.astype(self.dtype)
+    if jnp.dtype(self.dtype) != jnp.float32:
+      return precision.einsum("...I,IO->...O", x_BTI, w_IO, self.out_dtype)
+    # In float32, one 2-D product over all rows: XLA:CPU ran the weight gradient of a product
+    # contracted over the batch and time axes at once through a transposed copy of the
+    # output's cotangent (40-84 ms each; a mini fp32 train step took 2.44 s, flattened 1.96 s,
+    # on an AMX Xeon). In bf16 the flattened form was the slower one there (1.33 -> 1.59-1.68
+    # s), so bf16 keeps the batch axes (BENCHMARKS.md).
+    y_NO = precision.einsum("NI,IO->NO", x_BTI.reshape(-1, x_BTI.shape[-1]), w_IO,
+                            self.out_dtype)
     return y_NO.reshape(x_BTI.shape[:-1] + y_NO.shape[-1:])
 
 
