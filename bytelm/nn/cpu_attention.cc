@@ -1,15 +1,17 @@
-// Fused attention for x86 CPUs, as an XLA FFI custom call: bf16 on AMX tiles, fp32 on AVX-512.
+// Fused attention for x86 CPUs, as XLA FFI custom calls: the forward pass in bf16 on AMX
+// tiles and in fp32 on AVX-512, the backward pass on AVX-512 in both.
 //
 // Axis legend: B batch, H heads, T queries, S keys, K head dim (64).
 //
-// out = softmax(q k^T + pos_bias + key_bias) v, the same arithmetic as
+// Forward: out = softmax(q k^T + pos_bias + key_bias) v, the same arithmetic as
 // bytelm/nn/attention_kernel.py's `xla_forward`: fp32 scores (accumulated from bf16 products
 // in bf16), fp32 softmax p = exp(s - m) / z, p rounded to q's dtype, p v accumulated in fp32
-// and rounded to q's dtype. XLA computes the same thing as separate passes over the B*H*T*S
-// scores in main memory; here 16 queries at a time go through scores, softmax and p v while
-// their scores stay in the core's cache. In bf16 both products run on the AMX tiles, in fp32
-// on FMA register blocks. It also returns each query's score maximum m and exp-sum z, which
-// the backward pass of attention_kernel.py recomputes p from.
+// and rounded to q's dtype. It also returns each query's score maximum m and exp-sum z.
+// Backward: the cotangents of q, k, v and both biases by `xla_backward`'s formula, p
+// recomputed from m and z.
+//
+// XLA computes these as separate passes over the B*H*T*S scores in main memory; here 16
+// queries at a time go through every step while their scores stay in the core's cache.
 //
 // Built and loaded by bytelm/nn/cpu_attention.py (g++ on the user's machine); it only calls
 // a dtype's kernel where the CPU has what it needs and the kernel passed its check there.
