@@ -56,6 +56,13 @@ def name() -> str:
   return out
 
 
+def has_flags(*names: str) -> bool:
+  """Whether the kernel lists every one of these flags (any /proc/cpuinfo name, not only
+  FLAGS), e.g. has_flags("avx512bw", "avx512vl")."""
+  listed = set(_cpuinfo().get("flags", "").split())
+  return all(n in listed for n in names)
+
+
 def has_amx() -> bool:
   """Whether the kernel lists AMX tiles (bf16 and int8 matrix units, Intel Xeon since
   Sapphire Rapids)."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bytelm import machine
+from bytelm import machine, user_cache
 from bytelm.models import t5
 from bytelm.nn import attention_kernel, cpu_attention
 
@@ -180,7 +180,39 @@ def test_forcing_is_honoured_and_checked(use, monkeypatch):
   assert not cpu_attention.applies(q.astype(jnp.float32), k, v)
   assert not cpu_attention.applies(q[..., :32], k[..., :32], v[..., :32])
   assert not cpu_attention.applies(q[:, :, :1], k, v)
+  q2 = jnp.concatenate([q, q])
+  assert not cpu_attention.applies(q2, k, v)  # k and v broadcast over the batch
   assert cpu_attention.applies(q, k, v, backward=True)
+
+
+def test_a_stored_choice_is_not_trusted_where_the_kernel_cannot_load(use, monkeypatch):
+  """A calibration that chose the kernel, then the library gone and no compiler to build it
+  again (or the AMX state refused): XLA's attention, with the reason, not a failed trace."""
+  use("auto")
+  stored = {"use": True, "backward": True, "reason": "calibrated"}
+  user_cache.store_json(cpu_attention._calibration_path(),
+                        {dtype: stored for dtype in cpu_attention.DTYPES})
+  CHOICE.cache_clear()
+  monkeypatch.setattr(cpu_attention, "_unavailable", lambda dtype: "no C++ compiler (g++)")
+  assert CHOICE("float32") == {"use": False, "backward": False, "reason": "no C++ compiler (g++)"}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_nan_stays_a_nan(dtype):
+  """A nan in a bias (MrT5's gate, say) makes the outputs that see it nan, as in XLA's
+  attention, forward and backward: not a key quietly masked out."""
+  q, k, v, pos, key_bias = _inputs(2, 2, 20, 40, (2, 20, 40), True, dtype)
+  key_bias = key_bias.at[0, 7].set(jnp.nan)
+  do = jnp.ones(q.shape, dtype)
+  fused = cpu_attention.attention(q, k, v, pos, key_bias, False)
+  plain = attention_kernel.xla_forward(q, k, v, pos, key_bias, False)
+  grads = [f(q, k, v, pos, key_bias, *plain, do)
+           for f in (cpu_attention.attention_backward, attention_kernel.xla_backward)]
+  grads[0] = (*grads[0][:3], attention_kernel._sum_to(grads[0][3], pos.shape), grads[0][4])
+  assert np.isnan(np.asarray(plain[0], np.float32)[0]).all()
+  for a, b in [(fused[0], plain[0]), *zip(*grads)]:
+    np.testing.assert_array_equal(np.isnan(np.asarray(a, np.float32)),
+                                  np.isnan(np.asarray(b, np.float32)))
 
 
 def test_a_calibration_from_another_machine_is_not_reused(use, monkeypatch):

@@ -59,8 +59,10 @@ AMX_TARGET void ConfigureTiles() { _tile_loadconfig(&kTiles); }
 // exp(x) for x <= 0 in fp32: 2^n * 2^f with n = round(x log2 e), |f| <= 1/2, and 2^f by its
 // degree-6 Taylor polynomial (relative error ~1e-7, below fp32's half ulp at 1).
 inline __m512 Exp(__m512 x) {
-  __m512 t = _mm512_max_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                           _mm512_set1_ps(-160.f));  // exp(-inf) = 0, not nan
+  // exp(-inf) = 0, not nan; a nan stays nan (max returns its second operand where either is
+  // nan), as in XLA, so that a nan score or bias is not silently a masked key.
+  __m512 t = _mm512_max_ps(_mm512_set1_ps(-160.f),
+                           _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)));
   __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 f = _mm512_mul_ps(_mm512_sub_ps(t, n), _mm512_set1_ps(0.69314718055994531f));
   __m512 p = _mm512_set1_ps(1.f / 720);
@@ -610,9 +612,11 @@ ffi::Error ReadInputs(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
     return ffi::Error::InvalidArgument("q, k, v must be bf16 or f32");
   if (k.element_type() != dtype || v.element_type() != dtype)
     return ffi::Error::InvalidArgument("q, k, v must share one dtype");
-  auto qd = q.dimensions(), kd = k.dimensions();
-  if (qd.size() != 4 || kd.size() != 4 || qd[3] != kHeadDim || kd[3] != kHeadDim)
-    return ffi::Error::InvalidArgument("q, k, v must be (B, H, T|S, 64)");
+  auto qd = q.dimensions(), kd = k.dimensions(), vd = v.dimensions();
+  if (qd.size() != 4 || kd.size() != 4 || vd.size() != 4 || qd[3] != kHeadDim ||
+      kd[0] != qd[0] || kd[1] != qd[1] || kd[3] != kHeadDim || vd[0] != kd[0] ||
+      vd[1] != kd[1] || vd[2] != kd[2] || vd[3] != kd[3])
+    return ffi::Error::InvalidArgument("q must be (B, H, T, 64), k and v (B, H, S, 64)");
   pb.batch = qd[0];
   pb.heads = qd[1];
   pb.queries = qd[2];
@@ -625,6 +629,11 @@ ffi::Error ReadInputs(ffi::AnyBuffer q, ffi::AnyBuffer k, ffi::AnyBuffer v,
   pb.pos_batched = has_pos && pos.dimensions().size() == 4;
   pb.key = has_key ? key.typed_data() : nullptr;
   pb.dtype_is_bf16 = dtype == ffi::DataType::BF16;
+  const int64_t B = pb.batch, H = pb.heads, T = pb.queries, S = pb.keys;
+  if (has_pos && pos.element_count() != size_t((pb.pos_batched ? B : 1) * H * T * S))
+    return ffi::Error::InvalidArgument("pos_bias must be (H, T, S) or (B, H, T, S)");
+  if (has_key && key.element_count() != size_t(B * S))
+    return ffi::Error::InvalidArgument("key_bias must be (B, S)");
   return ffi::Error::Success();
 }
 
@@ -663,6 +672,10 @@ ffi::Error AttentionBackward(ffi::ThreadPool pool, ffi::AnyBuffer q, ffi::AnyBuf
   for (ffi::DataType t : {o.element_type(), dout.element_type(), dq->element_type(),
                           dk->element_type(), dv->element_type()})
     if (t != q.element_type()) return ffi::Error::InvalidArgument("every array must be q's dtype");
+  const size_t queries = pb.batch * pb.heads * pb.queries;
+  if (o.element_count() != queries * kHeadDim || dout.element_count() != queries * kHeadDim ||
+      m.element_count() != queries || z.element_count() != queries)
+    return ffi::Error::InvalidArgument("out and its cotangent must be q's shape, m and z (B, H, T)");
   pb.abstain = false;  // m and z hold it: the gradient's formula is the same
   pb.m = m.typed_data();
   pb.z = z.typed_data();

@@ -55,18 +55,21 @@ _SOURCE = pathlib.Path(__file__).with_name("cpu_attention.cc")
 # What the whole file may use; the AMX code adds its own instructions function by function,
 # so the fp32 kernel also runs on CPUs without AMX.
 _ISA = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma")
-_CALIBRATION = "cpu_attention_v4"  # the file's name in the cache; bump when the kernel changes
+_CALIBRATION = "cpu_attention_v4"  # the file's name in the cache; bump when the measure changes
+# (a changed kernel or compiler is a new library digest, and calibrated again by itself)
 
 
 def applies(q_BHTK, k_BHSK, v_BHSK, backward: bool = False) -> bool:
   """Whether this call is the kernel's to take on this machine: q, k, v of one dtype (bf16 or
-  fp32) with heads of 64 and at least MIN_QUERIES queries on one CPU device, and the machine's
+  fp32) and one batch and head count (not broadcast), heads of 64 and at least MIN_QUERIES
+  queries, on one CPU device, and the machine's
   choice for that dtype and pass (`choice()`) is the fused kernel. Called at trace time; the
   first call on a machine may calibrate (seconds)."""
   dtype = jnp.dtype(q_BHTK.dtype).name
   if not (dtype in DTYPES and k_BHSK.dtype == q_BHTK.dtype == v_BHSK.dtype
           and q_BHTK.ndim == k_BHSK.ndim == v_BHSK.ndim == 4
-          and q_BHTK.shape[-1] == k_BHSK.shape[-1] == v_BHSK.shape[-1] == HEAD_DIM
+          and q_BHTK.shape[:2] == k_BHSK.shape[:2] and k_BHSK.shape == v_BHSK.shape
+          and q_BHTK.shape[-1] == k_BHSK.shape[-1] == HEAD_DIM
           and q_BHTK.shape[2] >= MIN_QUERIES
           and jax.default_backend() == "cpu" and jax.device_count() == 1):
     return False
@@ -146,7 +149,12 @@ def choice(dtype: str) -> dict:
   if found is None:
     with jax.ensure_compile_time_eval():  # called while a model is traced: run it, not stage it
       found = calibrate()
-  return found[dtype]
+  found = found[dtype]
+  if found["use"] or found["backward"]:
+    problem = _unavailable(dtype)  # the library may be gone, or the AMX state refused now
+    if problem:
+      return {"use": False, "backward": False, "reason": problem}
+  return found
 
 
 def describe() -> str:
@@ -246,8 +254,8 @@ def _unavailable(dtype: str) -> str | None:
   flags = machine.cpu()["flags"]
   if dtype == "bfloat16" and not (flags["amx_tile"] and flags["amx_bf16"]):
     return "the CPU lists no AMX bf16 tiles"
-  if not flags["avx512f"]:
-    return "the CPU lists no AVX-512"
+  if not (flags["avx512f"] and machine.has_flags("avx512bw", "avx512vl", "avx512dq")):
+    return "the CPU lists no AVX-512 (F, BW, VL and DQ)"
   try:
     lib = _library()
   except (OSError, RuntimeError) as e:
@@ -258,8 +266,10 @@ def _unavailable(dtype: str) -> str | None:
 
 
 @functools.cache
-def _library() -> ctypes.CDLL:
-  """The kernel's shared library: from the user's cache, else compiled there now."""
+def _build() -> tuple[list[str], str]:
+  """(the compile command without its output, a digest of it, the source, the compiler's
+  version and jaxlib's): what the library and this machine's calibration are kept under, so
+  that a changed kernel or compiler is built and checked again."""
   compiler = shutil.which(os.environ.get("CXX", "g++"))
   if compiler is None:
     raise RuntimeError(f"no C++ compiler ({os.environ.get('CXX', 'g++')}) on PATH")
@@ -269,12 +279,23 @@ def _library() -> ctypes.CDLL:
   import jaxlib
   digest = hashlib.sha256(_SOURCE.read_bytes() + json.dumps(
       [command, version, jaxlib.__version__]).encode()).hexdigest()[:16]
+  return command, digest
+
+
+@functools.cache
+def _library() -> ctypes.CDLL:
+  """The kernels' shared library: from the user's cache, else compiled there now."""
+  command, digest = _build()
   path = user_cache.root() / "kernels" / f"cpu_attention-{digest}.so"
   if not path.exists():
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
       built = pathlib.Path(tmp) / path.name
-      done = subprocess.run(command + ["-o", str(built)], capture_output=True, text=True)
+      try:
+        done = subprocess.run(command + ["-o", str(built)], capture_output=True, text=True,
+                              timeout=600)
+      except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"compiling {_SOURCE.name} took over {e.timeout:.0f} s") from e
       if done.returncode != 0:
         raise RuntimeError(f"compiling {_SOURCE.name} failed: {done.stderr.strip()[-500:]}")
       os.replace(built, path)  # whole or absent: another process may be loading it
@@ -290,5 +311,10 @@ def _register() -> None:
 
 
 def _calibration_path() -> pathlib.Path:
-  return user_cache.root() / "calibration" / f"{_CALIBRATION}-{machine.key()}.json"
+  """Under this machine's key and the library's digest, where there is a compiler."""
+  try:
+    digest = "-" + _build()[1]
+  except RuntimeError:
+    digest = ""
+  return user_cache.root() / "calibration" / f"{_CALIBRATION}-{machine.key()}{digest}.json"
 
