@@ -15,10 +15,11 @@ the rest one bf16 rounding apart; fp32 within a few ulps. Measured on a 2-core A
 97 ms, 30 ms in fp32 against 78 ms; the backward pass about 2x XLA's at one example.
 
 Whether it is used is this machine's choice, per dtype and pass, made once and kept in the
-user's cache under `bytelm.machine.key()`: where the CPU has what the dtype's kernel needs and
-a C++ compiler ($CXX, else g++) is found, the kernels are compiled (a few seconds, once: the
-library is cached under a hash of the source, the compiler and jaxlib), checked against XLA's
-attention on random inputs, and timed against it; each is used where it agrees and is faster.
+user's cache under `bytelm.machine.key()` and the library's digest: where the CPU has what the
+dtype's kernel needs and a C++ compiler ($CXX, else g++) is found, the kernels are compiled (a
+few seconds, once: the library is cached under a hash of the source, the compiler and jaxlib),
+checked against XLA's attention on random inputs, and timed against it; each is used where it
+agrees and is faster, and while the library loads.
 $BYTELM_CPU_ATTENTION=fused|xla forces the choice (fused fails with the reason where it
 cannot run); unset or "auto", the calibration decides. Only heads of 64, at least MIN_QUERIES
 queries, on one CPU device: everything else takes XLA's path.
