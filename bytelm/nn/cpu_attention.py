@@ -63,9 +63,9 @@ _CALIBRATION = "cpu_attention_v4"  # the file's name in the cache; bump when the
 def applies(q_BHTK, k_BHSK, v_BHSK, backward: bool = False) -> bool:
   """Whether this call is the kernel's to take on this machine: q, k, v of one dtype (bf16 or
   fp32) and one batch and head count (not broadcast), heads of 64 and at least MIN_QUERIES
-  queries, on one CPU device, and the machine's
-  choice for that dtype and pass (`choice()`) is the fused kernel. Called at trace time; the
-  first call on a machine may calibrate (seconds)."""
+  queries, on one CPU device, and the machine's choice for that dtype and pass (`choice()`)
+  is the fused kernel. Called at trace time; the first call on a machine may calibrate
+  (seconds)."""
   dtype = jnp.dtype(q_BHTK.dtype).name
   if not (dtype in DTYPES and k_BHSK.dtype == q_BHTK.dtype == v_BHSK.dtype
           and q_BHTK.ndim == k_BHSK.ndim == v_BHSK.ndim == 4
