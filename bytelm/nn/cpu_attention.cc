@@ -110,11 +110,10 @@ inline __mmask16 Lanes(int64_t n) {
   return n >= 16 ? (__mmask16)0xFFFF : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
 }
 
-// Scores s[j .. j + 15] (lanes `in`) plus the biases of one query, s + (pos + key), in the
+// Scores x (keys j .. j + 15, lanes `in`) plus the biases of one query, x + (pos + key), in the
 // order attention_kernel.scores adds them; pos and key may be null.
-inline __m512 BiasedScores(const float* s, const float* pos, const float* key, int64_t j,
+inline __m512 BiasedScores(__m512 x, const float* pos, const float* key, int64_t j,
                            __mmask16 in) {
-  __m512 x = _mm512_maskz_loadu_ps(in, s + j);
   if (pos != nullptr && key != nullptr)
     return _mm512_add_ps(x, _mm512_add_ps(_mm512_maskz_loadu_ps(in, pos + j),
                                            _mm512_maskz_loadu_ps(in, key + j)));
@@ -123,18 +122,9 @@ inline __m512 BiasedScores(const float* s, const float* pos, const float* key, i
   return x;
 }
 
-// One query's softmax numerator in place: s + biases, then exp(s - m). Returns the exp-sum
-// z; m out. The caller divides by z.
-float SoftmaxRow(float* s, const float* pos, const float* key, int64_t keys, bool abstain,
-                 float* m_out) {
-  __m512 vmax = _mm512_set1_ps(-INFINITY);
-  for (int64_t j = 0; j < keys; j += 16) {
-    const __mmask16 in = Lanes(keys - j);
-    const __m512 x = BiasedScores(s, pos, key, j, in);
-    _mm512_mask_storeu_ps(s + j, in, x);
-    vmax = _mm512_mask_max_ps(vmax, in, vmax, x);
-  }
-  float m = _mm512_reduce_max_ps(vmax);
+// exp(s - m) in place over one query's scores, m raised to 0 where the query may abstain.
+// Returns the exp-sum z (with the abstaining query's implicit zero logit); m out.
+float ExpRow(float* s, int64_t keys, float m, bool abstain, float* m_out) {
   if (abstain && m < 0.f) m = 0.f;
   const __m512 vm = _mm512_set1_ps(m);
   __m512 vsum = _mm512_setzero_ps();
@@ -148,6 +138,20 @@ float SoftmaxRow(float* s, const float* pos, const float* key, int64_t keys, boo
   if (abstain) z += Exp(_mm512_set1_ps(-m))[0];  // the implicit zero logit
   *m_out = m;
   return z;
+}
+
+// One query's softmax numerator in place: s + biases, then exp(s - m). Returns the exp-sum
+// z; m out. The caller divides by z.
+float SoftmaxRow(float* s, const float* pos, const float* key, int64_t keys, bool abstain,
+                 float* m_out) {
+  __m512 vmax = _mm512_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < keys; j += 16) {
+    const __mmask16 in = Lanes(keys - j);
+    const __m512 x = BiasedScores(_mm512_maskz_loadu_ps(in, s + j), pos, key, j, in);
+    _mm512_mask_storeu_ps(s + j, in, x);
+    vmax = _mm512_mask_max_ps(vmax, in, vmax, x);
+  }
+  return ExpRow(s, keys, _mm512_reduce_max_ps(vmax), abstain, m_out);
 }
 
 // ---- bf16: both products on the AMX tiles --------------------------------------------------
@@ -288,10 +292,25 @@ AMX_TARGET void AmxHead::operator()(const Problem& pb, int64_t b, int64_t h) {
 
 // The three fp32 products of attention, on AVX-512 FMA register blocks of 16 accumulators.
 
+// What the forward pass adds to q k^T while a block of scores is in registers: the biases of
+// the first `rows` queries (pos rows of stride S, key; either may be null) as
+// attention_kernel.scores adds them, -inf past the last key S, and each row's maximum.
+struct ScoreBiases {
+  const float* pos;
+  const float* key;
+  int64_t S, rows;
+  float* rowmax;  // 16
+};
+
 // out (16 x Sp) = x16 (16 x K, row-major) times y (S x K) transposed, given as y_t (K x Sp,
-// zero past the last key): 8 rows x 32 keys at a time, over the 64 head dims.
-void RowsTimesTransposed(const float* x16, const float* y_t, int64_t Sp, float* out) {
-  for (int64_t i0 = 0; i0 < kRows; i0 += 8)
+// zero past the last key), plus `biases` where given: 8 rows x 32 keys at a time, over the 64
+// head dims.
+void RowsTimesTransposed(const float* x16, const float* y_t, int64_t Sp, float* out,
+                         const ScoreBiases* biases = nullptr) {
+  for (int64_t i0 = 0; i0 < kRows; i0 += 8) {
+    __m512 vmax[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) vmax[r] = _mm512_set1_ps(-INFINITY);
     for (int64_t j = 0; j < Sp; j += 32) {
       __m512 acc[8][2];
 #pragma GCC unroll 8
@@ -306,17 +325,37 @@ void RowsTimesTransposed(const float* x16, const float* y_t, int64_t Sp, float* 
           acc[r][1] = _mm512_fmadd_ps(x, y1, acc[r][1]);
         }
       }
+      if (biases != nullptr) {
+        const int64_t S = biases->S;
+        const __mmask16 in0 = Lanes(S - j), in1 = Lanes(S - j - 16);
+        const __m512 masked = _mm512_set1_ps(-INFINITY);
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; ++r) {
+          if (i0 + r < biases->rows) {  // rows past the last query: no biases, scores unused
+            const float* pos = biases->pos != nullptr ? biases->pos + (i0 + r) * S : nullptr;
+            acc[r][0] = BiasedScores(acc[r][0], pos, biases->key, j, in0);
+            acc[r][1] = BiasedScores(acc[r][1], pos, biases->key, j + 16, in1);
+          }
+          acc[r][0] = _mm512_mask_mov_ps(masked, in0, acc[r][0]);
+          acc[r][1] = _mm512_mask_mov_ps(masked, in1, acc[r][1]);
+          vmax[r] = _mm512_max_ps(_mm512_max_ps(vmax[r], acc[r][0]), acc[r][1]);
+        }
+      }
 #pragma GCC unroll 8
       for (int r = 0; r < 8; ++r) {
         _mm512_storeu_ps(out + (i0 + r) * Sp + j, acc[r][0]);
         _mm512_storeu_ps(out + (i0 + r) * Sp + j + 16, acc[r][1]);
       }
     }
+    if (biases != nullptr)
+      for (int r = 0; r < 8; ++r) biases->rowmax[i0 + r] = _mm512_reduce_max_ps(vmax[r]);
+  }
 }
 
-// out rows (the first `rows` of 16, row stride K) = a (16 x Sp) times y (S x K, row-major):
-// 4 rows x 64 dims at a time, over the S keys.
-void RowsTimes(const float* a, int64_t Sp, int64_t S, const float* y, int64_t rows, float* out) {
+// out rows (the first `rows` of 16, row stride K) = a (16 x Sp) times y (S x K, row-major),
+// row r divided by z[r] where z is given: 4 rows x 64 dims at a time, over the S keys.
+void RowsTimes(const float* a, int64_t Sp, int64_t S, const float* y, int64_t rows, float* out,
+               const float* z = nullptr) {
   for (int64_t i0 = 0; i0 < rows; i0 += 4) {
     __m512 acc[4][4];
 #pragma GCC unroll 4
@@ -334,8 +373,12 @@ void RowsTimes(const float* a, int64_t Sp, int64_t S, const float* y, int64_t ro
         acc[r][3] = _mm512_fmadd_ps(x, y3, acc[r][3]);
       }
     }
-    for (int r = 0; r < 4 && i0 + r < rows; ++r)
-      for (int c = 0; c < 4; ++c) _mm512_storeu_ps(out + (i0 + r) * kHeadDim + c * 16, acc[r][c]);
+    for (int r = 0; r < 4 && i0 + r < rows; ++r) {
+      const __m512 vz = _mm512_set1_ps(z != nullptr ? z[i0 + r] : 1.f);
+      for (int c = 0; c < 4; ++c)
+        _mm512_storeu_ps(out + (i0 + r) * kHeadDim + c * 16,
+                         z != nullptr ? _mm512_div_ps(acc[r][c], vz) : acc[r][c]);
+    }
   }
 }
 
@@ -389,8 +432,9 @@ const float* SixteenRows(const float* x, int64_t t0, int64_t T, float* pad) {
 // The forward pass of one (b, h) pair in fp32, 16 queries at a time.
 struct F32Head {
   std::vector<float> k_t;     // K x keys_padded
-  std::vector<float> scores;  // kRows x keys_padded; p in place
+  std::vector<float> scores;  // kRows x keys_padded; exp(s - m) in place
   alignas(64) float q_rows[kRows * kHeadDim];
+  float rowmax[kRows];
 
   explicit F32Head(const Problem& pb)
       : k_t(kHeadDim * pb.keys_padded), scores(kRows * pb.keys_padded) {}
@@ -406,19 +450,16 @@ struct F32Head {
     const float* key = pb.key != nullptr ? pb.key + b * S : nullptr;
     for (int64_t t0 = 0; t0 < T; t0 += kRows) {
       const int64_t rows = T - t0 < kRows ? T - t0 : kRows;
-      RowsTimesTransposed(SixteenRows(q_TK, t0, T, q_rows), k_t.data(), Sp, scores.data());
+      const ScoreBiases biases{pos != nullptr ? pos + t0 * S : nullptr, key, S, rows, rowmax};
+      RowsTimesTransposed(SixteenRows(q_TK, t0, T, q_rows), k_t.data(), Sp, scores.data(),
+                          &biases);
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t t = bh * T + t0 + i;
-        float* e = scores.data() + i * Sp;
-        const float z = SoftmaxRow(e, pos != nullptr ? pos + (t0 + i) * S : nullptr, key, S,
-                                   pb.abstain, &pb.m[t]);
-        pb.z[t] = z;
-        const __m512 vz = _mm512_set1_ps(z);
-        for (int64_t j = 0; j < S; j += 16)
-          _mm512_mask_storeu_ps(e + j, Lanes(S - j), _mm512_div_ps(_mm512_loadu_ps(e + j), vz));
+        pb.z[t] = ExpRow(scores.data() + i * Sp, S, rowmax[i], pb.abstain, &pb.m[t]);
       }
+      // p v / z: dividing the 64 outputs of a query rather than its S probabilities
       RowsTimes(scores.data(), Sp, S, v_SK, rows,
-                static_cast<float*>(pb.out) + (bh * T + t0) * kHeadDim);
+                static_cast<float*>(pb.out) + (bh * T + t0) * kHeadDim, pb.z + bh * T + t0);
     }
   }
 };
@@ -537,7 +578,7 @@ struct BackwardHead {
         float* ds_row = ds.data() + i * Sp;
         for (int64_t j = 0; j < Sp; j += 16) {
           const __mmask16 in = Lanes(S - j);
-          const __m512 x = BiasedScores(p_row, pos_row, key, j, in);
+          const __m512 x = BiasedScores(_mm512_maskz_loadu_ps(in, p_row + j), pos_row, key, j, in);
           const __m512 pj = _mm512_maskz_div_ps(in, Exp(_mm512_sub_ps(x, m)), z);
           const __m512 dsj = _mm512_maskz_mul_ps(
               in, pj, _mm512_sub_ps(_mm512_loadu_ps(ds_row + j), delta));
