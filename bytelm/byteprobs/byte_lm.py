@@ -75,6 +75,7 @@ class ByteLM:
     self._stable: dict[bytes, tuple[int, tuple[int, ...]]] = {}
     self._local: dict[tuple[bytes, int], tuple[tuple[int, ...], ...]] = {}
     self._tails: dict[bytes, frozenset[tuple[int, ...]]] = {}
+    self._contexts: dict[bytes, dict | None] = {}
 
   # ---- token side -------------------------------------------------------------------------
 
@@ -139,24 +140,49 @@ class ByteLM:
       self._local[key] = tuple(before + t[:-1] for t in self._tail_tokens(y[s:]) if t[-1] == v)
     return self._local[key]
 
-  def _covers(self, x: bytes, past_end: bool) -> dict[tuple[int, ...], list[tuple[int, int]]]:
-    """head -> [(v, the byte of v at len(x), or -1)] over cover encodings (h, v) of x whose last
-    token v starts inside x (and at its end, if past_end) and reaches past its end (if
-    past_end) or to or past it."""
+  def _context(self, u: bytes):
+    """`BPE.context_heads` of u, memoised."""
+    if u not in self._contexts:
+      self._contexts[u] = self.bpe.context_heads(u)
+    return self._contexts[u]
+
+  def _covers(self, x: bytes, past_end: bool) -> dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]]:
+    """head -> (ids v, the byte of each v at len(x) or -1) over cover encodings (h, v) of x
+    whose last token v starts inside x (and at its end, if past_end) and reaches past its end
+    (if past_end) or to or past it.
+
+    The candidates v at a start are the tokens beginning with the rest of x there, a range
+    of the vocabulary. Those of a kind `BPE.context_heads` answers for are checked all at
+    once (whether v may follow the head's last token, `bigrams.Bigrams`); the few others
+    (whitespace, apostrophes, cut UTF-8 characters) one by one (`_local_heads`)."""
     m = self.bpe.max_token_bytes
     first = max(0, len(x) + 1 - m) if past_end else max(0, len(x) - m)
-    covers: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+    found: dict[tuple[int, ...], list[tuple[np.ndarray, np.ndarray]]] = {}
     for pos in range(first, len(x) + 1 if past_end else len(x)):
       tail = x[pos:]
+      ids = self.bpe.tokens_starting_with(tail)
+      longer = self.bpe.token_lengths[ids] > len(tail)
+      if past_end:
+        ids, longer = ids[longer], longer[longer]
+      if not len(ids):
+        continue
+      nxt = np.where(longer, self.bpe.byte_table[ids, min(len(tail), m - 1)], -1)
       s, base = self._stable_ids(x[:pos])
-      for v in self.bpe.tokens_starting_with(tail):
-        token = self.bpe.token_bytes[v]
-        if past_end and len(token) == len(tail):
+      u = x[s:pos]
+      context = self._context(u)
+      kinds = self.bpe.token_kinds[ids] if context is not None else np.full(len(ids), -1)
+      for kind in np.unique(kinds):
+        pick = kinds == kind
+        if kind >= 0:
+          head, last = context[kind]
+          ok = (self.bpe.bigrams.after(last) if last >= 0 else self.bpe.bigrams.alone)[ids[pick]]
+          found.setdefault(base + head, []).append((ids[pick][ok], nxt[pick][ok]))
           continue
-        nxt = token[len(tail)] if len(token) > len(tail) else -1
-        for h in self._local_heads(x[s:pos], int(v)):
-          covers.setdefault(base + h, []).append((int(v), nxt))
-    return covers
+        for v, b in zip(ids[pick].tolist(), nxt[pick].tolist()):
+          for h in self._local_heads(u, v):
+            found.setdefault(base + h, []).append((np.asarray([v]), np.asarray([b])))
+    return {h: (np.concatenate([v for v, _ in parts]), np.concatenate([b for _, b in parts]))
+            for h, parts in found.items()}
 
   def prefix_logprob(self, x: str | bytes) -> float:
     """log P(the text starts with x): the sum over its cover encodings."""
@@ -165,8 +191,8 @@ class ByteLM:
       return 0.0
     covers = self._covers(x, past_end=False)
     self._score(list(covers))
-    terms = [self._logp[h] + self._rows[h][v] for h, vs in covers.items() for v, _ in vs]
-    return _logsumexp(np.asarray(terms)) if terms else -math.inf
+    terms = [self._logp[h] + self._rows[h][vs] for h, (vs, _) in covers.items()]
+    return _logsumexp(np.concatenate(terms)) if terms else -math.inf
 
   def logprob(self, text: str | bytes) -> float:
     """log P(the text is exactly `text`): its canonical tokenization, then the end of text."""
@@ -199,10 +225,9 @@ class ByteLM:
       # whose probabilities underflow, keep their ratios.
       logps = [self._logp[end] + self._rows[end][self.eot_id]]
       nexts = [END]
-      for h, vs in c.items():
-        v_, b_ = np.asarray(vs).T
-        logps.extend(self._logp[h] + self._rows[h][v_])
-        nexts.extend(b_)
+      for h, (vs, bs) in c.items():
+        logps.extend(self._logp[h] + self._rows[h][vs])
+        nexts.extend(bs)
       logps = np.asarray(logps)
       top = logps.max()
       if not np.isfinite(top):

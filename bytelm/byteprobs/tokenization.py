@@ -25,6 +25,7 @@ Axis legend: none (host code on Python bytes and ints).
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import json
@@ -35,6 +36,7 @@ from collections.abc import Sequence
 import numpy as np
 import regex
 
+from bytelm.byteprobs.bigrams import Bigrams
 from bytelm.data.bpe import byte_chars
 
 # The ByteLevel pre-tokenizer's pattern (GPT-2's), as `tokenizers` applies it.
@@ -65,7 +67,22 @@ class BPE:
     self.max_token_bytes = max(len(t) for t in self.vocab)
     # Pieces recur (words, spaces); their merges are memoised per tokenizer.
     self._merge = functools.lru_cache(maxsize=1 << 16)(self._merge_piece)
-    self._starting_with: dict[bytes, np.ndarray] = {}
+    # The tokens sorted by their bytes: those starting with a prefix are one range of them.
+    order = sorted((t, i) for i, t in enumerate(self.token_bytes) if t)
+    self._sorted_bytes = [t for t, _ in order]
+    self._sorted_ids = np.asarray([i for _, i in order], np.int64)
+    self.token_lengths = np.asarray([len(t) for t in self.token_bytes], np.int64)
+    # byte_table[i, k]: byte k of token i (0 past its end), for next bytes of many tokens.
+    self.byte_table = np.zeros((size, self.max_token_bytes), np.int64)
+    for i, t in enumerate(self.token_bytes):
+      self.byte_table[i, :len(t)] = list(t)
+    self.token_kinds = np.asarray([_kind(t) if self.use_regex else 0 for t in self.token_bytes],
+                                  np.int64)
+
+  @functools.cached_property
+  def bigrams(self) -> Bigrams:
+    """Which tokens BPE puts after which, for the whole vocabulary (built at first use)."""
+    return Bigrams(self.token_bytes, self.vocab, self.ranks, merge)
 
   @classmethod
   def from_json(cls, text: str) -> "BPE":
@@ -180,15 +197,7 @@ class BPE:
     return frozenset(found)
 
   def _merge_piece(self, piece: bytes) -> tuple[bytes, ...]:
-    parts = [piece[i:i + 1] for i in range(len(piece))]
-    while len(parts) > 1:
-      ranked = [(self.ranks.get((a, b), len(self.ranks)), i)
-                for i, (a, b) in enumerate(zip(parts, parts[1:]))]
-      rank, i = min(ranked)
-      if rank == len(self.ranks):
-        break
-      parts[i:i + 2] = [parts[i] + parts[i + 1]]
-    return tuple(parts)
+    return merge(piece, self.ranks)[0]
 
   def encode(self, data: bytes) -> list[int]:
     """The canonical token ids of data (any bytes)."""
@@ -196,11 +205,53 @@ class BPE:
             for token in self._merge(piece)]
 
   def tokens_starting_with(self, prefix: bytes) -> np.ndarray:
-    """The ids of the (non-special) tokens whose bytes start with prefix, memoised."""
-    if prefix not in self._starting_with:
-      self._starting_with[prefix] = np.asarray(
-          [i for i, t in enumerate(self.token_bytes) if t and t.startswith(prefix)], np.int64)
-    return self._starting_with[prefix]
+    """The ids of the (non-special) tokens whose bytes start with prefix, in byte order."""
+    lo = bisect.bisect_left(self._sorted_bytes, prefix)
+    hi = lo
+    if prefix:  # the first byte string past every one starting with prefix
+      stripped = prefix.rstrip(b"\xff")
+      hi = (bisect.bisect_left(self._sorted_bytes, stripped[:-1] + bytes([stripped[-1] + 1]))
+            if stripped else len(self._sorted_bytes))
+    else:
+      hi = len(self._sorted_bytes)
+    return self._sorted_ids[lo:hi]
+
+  def context_heads(self, u: bytes) -> dict[int, tuple[tuple[int, ...], int]] | None:
+    """For text u read from a stable cut (`stable_prefix`) and each kind of token that may
+    follow it (`token_kinds`): (the tokens of u when such a token follows, and -1 or the last
+    of them). -1: a piece starts where u ends, so the token need only be its own bytes'
+    tokenization; a token id: u's last piece goes on into the token, which must then follow
+    that last token of u as BPE would put it (`bigrams.Bigrams.after`). None
+    where u ends where a following token's own bytes decide more than its kind: inside a
+    UTF-8 character, or within three characters of an apostrophe (a contraction).
+
+    Why the kind suffices: GPT-2's pattern decides where the piece around u's end begins
+    from u and the first character after it (a letter, digit or other character continues a
+    run of its class; a space before one joins it; whitespace before a non-space leaves its
+    last space to it); a token of one kind is one such piece of a single class, which with
+    nothing after it ends where the token ends."""
+    if not self.use_regex:
+      tokens = tuple(self.encode(u))
+      return {0: (tokens, tokens[-1] if tokens else -1)}
+    if _cut_character(u):
+      return None
+    text = u.decode("utf-8", errors="surrogateescape")
+    if "'" in text[-3:]:
+      return None
+    out = {}
+    for kind, follower in enumerate(_KIND_EXAMPLES):
+      pieces = [m.span() for m in GPT2_PATTERN.finditer(text + follower)]
+      start = next(a for a, b in pieces if a <= len(text) < b)
+      before = [text[a:b] for a, b in pieces if b <= start]
+      tokens = tuple(self.vocab[t] for piece in before
+                     for t in self._merge(piece.encode("utf-8", errors="surrogateescape")))
+      if start == len(text):
+        out[kind] = tokens, -1
+      else:
+        joined = tuple(self.vocab[t] for t in self._merge(
+            text[start:].encode("utf-8", errors="surrogateescape")))
+        out[kind] = tokens + joined, joined[-1]
+    return out
 
   def decode(self, ids: Sequence[int]) -> bytes:
     return b"".join(self.token_bytes[int(i)] for i in ids)
@@ -210,7 +261,40 @@ class BPE:
     return self.encode(self.decode(ids)) == [int(i) for i in ids]
 
 
+def merge(piece: bytes, ranks: dict[tuple[bytes, bytes], int]
+          ) -> tuple[tuple[bytes, ...], tuple[bytes, bytes] | None]:
+  """(tokens, last pair merged): BPE on one piece, starting from single bytes, merging the
+  adjacent pair whose merge was learned first (the leftmost where it occurs several times)
+  until no learned pair is left, as `tokenizers` does."""
+  parts, last = [piece[i:i + 1] for i in range(len(piece))], None
+  while len(parts) > 1:
+    rank, i = min((ranks.get((a, b), len(ranks)), i)
+                  for i, (a, b) in enumerate(zip(parts, parts[1:])))
+    if rank == len(ranks):
+      break
+    last = (parts[i], parts[i + 1])
+    parts[i:i + 2] = [parts[i] + parts[i + 1]]
+  return tuple(parts), last
+
+
 _SPACE_RUN = regex.compile(r"\s+")
+
+# The kinds of token `BPE.context_heads` answers for: a run of letters, of digits or of other
+# characters (no apostrophe), each with or without a space before it, as one piece of GPT-2's
+# pattern; and an example of the character each begins with.
+_KIND_PATTERNS = [regex.compile(p) for p in (
+    r"\p{L}+", r"\p{N}+", r"[^\s\p{L}\p{N}']+", r" \p{L}+", r" \p{N}+", r" [^\s\p{L}\p{N}']+")]
+_KIND_EXAMPLES = ("a", "1", "!", " a", " 1", " !")
+
+
+def _kind(token: bytes) -> int:
+  """The token's kind (the index of the first of _KIND_PATTERNS it matches whole), or -1 (a
+  token of several pieces, of whitespace, with an apostrophe or a cut UTF-8 character, or a
+  special token)."""
+  if not token or _cut_character(token):
+    return -1
+  text = token.decode("utf-8", errors="surrogateescape")
+  return next((k for k, p in enumerate(_KIND_PATTERNS) if p.fullmatch(text)), -1)
 
 # Characters after a text that stand for every class the GPT-2 pattern tells apart: end of text,
 # the space that joins a word, other whitespace, letters (with the contraction endings), digits,
