@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from bytelm.byteprobs import mixture
-from bytelm.byteprobs.tokenization import BPE
+from bytelm.byteprobs.tokenization import BPE, PARTIAL
 from bytelm.text.tokenizer import as_bytes
 
 END = 256  # index of the end of text in next_byte_logprobs
@@ -173,16 +173,23 @@ class ByteLM:
       kinds = self.bpe.token_kinds[ids] if context is not None else np.full(len(ids), -1)
       for kind in np.unique(kinds):
         pick = kinds == kind
-        if kind >= 0:
-          head, last = context[kind]
-          ok = (self.bpe.bigrams.after(last) if last >= 0 else self.bpe.bigrams.alone)[ids[pick]]
-          found.setdefault(base + head, []).append((ids[pick][ok], nxt[pick][ok]))
+        if kind < 0:
+          for v, b in zip(ids[pick].tolist(), nxt[pick].tolist()):
+            for h in self._local_heads(u, v):
+              found.setdefault(base + h, []).append((np.asarray([v]), np.asarray([b])))
           continue
-        for v, b in zip(ids[pick].tolist(), nxt[pick].tolist()):
-          for h in self._local_heads(u, v):
-            found.setdefault(base + h, []).append((np.asarray([v]), np.asarray([b])))
-    return {h: (np.concatenate([v for v, _ in parts]), np.concatenate([b for _, b in parts]))
-            for h, parts in found.items()}
+        # The start of a character: the kinds of character it may begin stand for it.
+        for as_kind in range(3) if kind == PARTIAL else (kind,):
+          sub = pick & (self.bpe.partial_kinds[ids] >> as_kind & 1 == 1) if kind == PARTIAL \
+              else pick
+          head, last = context[as_kind]
+          ok = (self.bpe.bigrams.after(last) if last >= 0 else self.bpe.bigrams.alone)[ids[sub]]
+          found.setdefault(base + head, []).append((ids[sub][ok], nxt[sub][ok]))
+    covers = {}
+    for h, parts in found.items():  # a start of a character may reach one head two ways
+      vs, first = np.unique(np.concatenate([v for v, _ in parts]), return_index=True)
+      covers[h] = vs, np.concatenate([b for _, b in parts])[first]
+    return covers
 
   def prefix_logprob(self, x: str | bytes) -> float:
     """log P(the text starts with x): the sum over its cover encodings."""

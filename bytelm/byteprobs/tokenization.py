@@ -78,6 +78,14 @@ class BPE:
       self.byte_table[i, :len(t)] = list(t)
     self.token_kinds = np.asarray([_kind(t) if self.use_regex else 0 for t in self.token_bytes],
                                   np.int64)
+    # A token that is the start of a UTF-8 character: the kinds of character (bits 0-2: letter,
+    # digit, other) whose completion leaves it a token.
+    self.partial_kinds = np.zeros(size, np.int64)
+    for i, t in enumerate(self.token_bytes):
+      if self.use_regex and t and _cut_character(t) == t:
+        kinds = self._partial_kinds(t)
+        if kinds is not None:
+          self.token_kinds[i], self.partial_kinds[i] = PARTIAL, kinds
 
   @functools.cached_property
   def bigrams(self) -> Bigrams:
@@ -216,6 +224,28 @@ class BPE:
       hi = len(self._sorted_bytes)
     return self._sorted_ids[lo:hi]
 
+  def _partial_kinds(self, p: bytes) -> int | None:
+    """For a token p that is the start of a UTF-8 character: a bit for each kind of
+    character (0 letter, 1 digit, 2 other; an invalid completion makes p bytes of the
+    other kind) that p may be the first token of when completed (by one character of each
+    class, `_completions`, and the probes after it, as `probes`). None where a completion
+    is whitespace: those take the per-token path."""
+    kinds = 0
+    for rest in _completions(p):
+      char = (p + rest).decode("utf-8", errors="surrogateescape")[0]
+      if char.isspace():
+        return None
+      kind = next(k for k, pattern in enumerate(_KIND_PATTERNS[:3]) if pattern.match(char)) \
+          if char != "'" else None
+      if kind is None:
+        return None
+      for probe in _PROBES_AWAY_FROM_APOSTROPHES:
+        first = self.pieces(p + rest + probe)[0]
+        if len(first) >= len(p) and self._merge(first)[0] == p:
+          kinds |= 1 << kind
+          break
+    return kinds
+
   def context_heads(self, u: bytes) -> dict[int, tuple[tuple[int, ...], int]] | None:
     """For text u read from a stable cut (`stable_prefix`) and each kind of token that may
     follow it (`token_kinds`): (the tokens of u when such a token follows, and -1 or the last
@@ -227,9 +257,14 @@ class BPE:
 
     Why the kind suffices: GPT-2's pattern decides where the piece around u's end begins
     from u and the first character after it (a letter, digit or other character continues a
-    run of its class; a space before one joins it; whitespace before a non-space leaves its
-    last space to it); a token of one kind is one such piece of a single class, which with
-    nothing after it ends where the token ends."""
+    run of its class; a space before one joins it; whitespace continues a run of it); a token
+    of one kind is one such piece of a single class, which with nothing after it ends where
+    the token ends. That continuation (the end of the text) is the one that matters: a
+    token of two or more whitespace characters followed by more text is split before its
+    last character (then it is no token) or joined with more whitespace, which gives it no
+    other tokens before it. (A single whitespace character after whitespace is another case:
+    split off from the run, it starts a piece.) `tests/test_byteprobs.py` compares the
+    covers with the per-token path's."""
     if not self.use_regex:
       tokens = tuple(self.encode(u))
       return {0: (tokens, tokens[-1] if tokens else -1)}
@@ -280,11 +315,14 @@ def merge(piece: bytes, ranks: dict[tuple[bytes, bytes], int]
 _SPACE_RUN = regex.compile(r"\s+")
 
 # The kinds of token `BPE.context_heads` answers for: a run of letters, of digits or of other
-# characters (no apostrophe), each with or without a space before it, as one piece of GPT-2's
-# pattern; and an example of the character each begins with.
+# characters (no apostrophe), each with or without a space before it, or of two or more
+# whitespace characters; and an example of each, before which GPT-2's pattern splits a text as
+# before any token of the kind (whitespace at the end of the text: a run of it is one piece).
 _KIND_PATTERNS = [regex.compile(p) for p in (
-    r"\p{L}+", r"\p{N}+", r"[^\s\p{L}\p{N}']+", r" \p{L}+", r" \p{N}+", r" [^\s\p{L}\p{N}']+")]
-_KIND_EXAMPLES = ("a", "1", "!", " a", " 1", " !")
+    r"\p{L}+", r"\p{N}+", r"[^\s\p{L}\p{N}']+", r" \p{L}+", r" \p{N}+", r" [^\s\p{L}\p{N}']+",
+    r"\s\s+")]
+_KIND_EXAMPLES = ("a", "1", "!", " a", " 1", " !", "\n")
+PARTIAL = len(_KIND_PATTERNS)  # the kind of a token that is the start of a UTF-8 character
 
 
 def _kind(token: bytes) -> int:
