@@ -107,6 +107,76 @@ def test_the_regex_keeps_merges_inside_pieces():
     assert b" " not in token[1:]
 
 
+def test_bigrams_say_which_token_pairs_bpe_makes(pair):
+  _, ours = pair
+  ids = [i for i, t in enumerate(ours.token_bytes) if t]
+  longest = sorted(ids, key=lambda i: -len(ours.token_bytes[i]))[:20]  # deep merge trees
+  rng = np.random.default_rng(0)
+  for a in longest + rng.choice(ids, 30, replace=False).tolist():
+    ta = ours.token_bytes[a]
+    truth = [tokenization.merge(ta + ours.token_bytes[v], ours.ranks)[0] == (ta, ours.token_bytes[v])
+             for v in ids]
+    assert ours.bigrams.after(a)[ids].tolist() == truth, ta
+
+
+def test_bigrams_follow_the_leftmost_of_equal_merges():
+  """Runs of one letter, where the same merge applies at several places at once."""
+  vocab = {bytes([b]): b for b in range(256)} | {b"aa": 256, b"aaa": 257, b"aaaa": 258}
+  ours = BPE(vocab, [(b"a", b"a"), (b"aa", b"a"), (b"aa", b"aa")], use_regex=False)
+  runs = [b"a", b"aa", b"aaa", b"aaaa"]
+  found = {(x, y): bool(ours.bigrams.after(vocab[x])[vocab[y]]) for x in runs for y in runs}
+  assert found == {(x, y): tokenization.merge(x + y, ours.ranks)[0] == (x, y)
+                   for x in runs for y in runs}
+  assert any(found.values()) and not all(found.values())
+
+
+# Prefixes where the pre-tokenization is delicate: whitespace runs of every kind, apostrophes,
+# digits, code, invalid bytes and characters cut by the prefix's end.
+MIXED = [t.encode() for t in (
+    "The dog's 'quoted' can't  we'll I'd \n\n    return x ** 2  # sq\t\r\n end",
+    "a  b   1  2 !! ??\n \n  x'  y' s 'll \u00a0nbsp 123456789 a1b2 $100,000.00",
+    "Žluťoučký kůň, Ça va? Tiếng Việt 日本語のテキスト 😀 emoji")] + [
+    b"abc\xc3\xa9\xc3" + b"\xa9 d\xe6\x97\xa5x\x80\x80y \xe2\x80 \xf0\x9f",
+    bytes(np.random.default_rng(1).integers(0, 256, 48).tolist())]
+
+
+def _same_covers_together_and_one_by_one(ours: BPE, texts) -> collections.Counter:
+  """Asserts that ByteLM's covers of every prefix of the texts, most candidate tokens checked
+  together (bigrams and the kind of the next token), are exactly those the per-token path
+  finds; returns how often each way took the per-token path."""
+  together, one_by_one = ByteLM(None, ours, 0), ByteLM(None, ours, 0)
+  one_by_one._context = lambda u: None  # every candidate through _local_heads
+
+  def covers(lm, x, past_end):
+    return {(h, int(v), int(b)) for h, (vs, bs) in lm._covers(x, past_end).items()
+            for v, b in zip(vs, bs)}
+
+  calls = collections.Counter()
+  for lm, name in ((together, "together"), (one_by_one, "one by one")):
+    slow = lm._local_heads
+    lm._local_heads = lambda u, v, slow=slow, name=name: calls.update([name]) or slow(u, v)
+  for text in texts:
+    for t in range(len(text) + 1):
+      for past_end in (True, False) if t else (True,):
+        assert covers(together, text[:t], past_end) == covers(one_by_one, text[:t], past_end), \
+            (text[:t], past_end)
+  return calls
+
+
+def test_covers_found_for_the_whole_vocabulary_at_once_are_the_per_token_ones(pair):
+  calls = _same_covers_together_and_one_by_one(pair[1], MIXED)
+  assert calls["together"] < calls["one by one"] / 2  # most candidates go together
+
+
+def test_a_space_split_off_a_run_of_spaces_starts_a_piece():
+  """With "  " a token, " " cannot follow " " in one piece, yet "a  b" is [a, " ", " b"] or
+  [a, " ", " ", b]: the last space of a run leaves it for what follows."""
+  vocab = {bytes([b]): b for b in range(256)} | {b"  ": 256, b" b": 257}
+  ours = BPE(vocab, [(b" ", b" "), (b" ", b"b")])
+  assert ours.encode(b"a  b") == [97, 32, 257] and ours.encode(b"a  c") == [97, 32, 32, 99]
+  _same_covers_together_and_one_by_one(ours, [b"a  b\n\n c  \t d", b"x \n  y"])
+
+
 def test_bad_tokenizer_files_are_clear_errors():
   with pytest.raises(ValueError, match="ByteLevel"):
     BPE.from_json('{"model": {"type": "WordPiece"}, "pre_tokenizer": null}')

@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from bytelm.byteprobs import mixture
-from bytelm.byteprobs.tokenization import BPE, PARTIAL
+from bytelm.byteprobs.tokenization import BPE, ONE_SPACE, PARTIAL, WHITESPACE
 from bytelm.text.tokenizer import as_bytes
 
 END = 256  # index of the end of text in next_byte_logprobs
@@ -178,12 +178,16 @@ class ByteLM:
             for h in self._local_heads(u, v):
               found.setdefault(base + h, []).append((np.asarray([v]), np.asarray([b])))
           continue
-        # The start of a character: the kinds of character it may begin stand for it.
-        for as_kind in range(3) if kind == PARTIAL else (kind,):
+        # The start of a character: the kinds of character it may begin stand for it. One
+        # whitespace character: as whitespace, or split off u's run of it (same tokens of u).
+        for as_kind in range(3) if kind == PARTIAL else (WHITESPACE,) if kind == ONE_SPACE \
+            else (kind,):
           sub = pick & (self.bpe.partial_kinds[ids] >> as_kind & 1 == 1) if kind == PARTIAL \
               else pick
           head, last = context[as_kind]
           ok = (self.bpe.bigrams.after(last) if last >= 0 else self.bpe.bigrams.alone)[ids[sub]]
+          if kind == ONE_SPACE and last >= 0:
+            ok = ok | self.bpe.split_ok[ids[sub]]
           found.setdefault(base + head, []).append((ids[sub][ok], nxt[sub][ok]))
     covers = {}
     for h, parts in found.items():  # a start of a character may reach one head two ways

@@ -81,11 +81,20 @@ class BPE:
     # A token that is the start of a UTF-8 character: the kinds of character (bits 0-2: letter,
     # digit, other) whose completion leaves it a token.
     self.partial_kinds = np.zeros(size, np.int64)
+    # A token of one whitespace character: whether it can start a piece and end a token
+    # when split off a run of whitespace (before a non-space: "\n" can, " " where BPE leaves
+    # it alone before some character, " 1" not merged, say).
+    self.split_ok = np.zeros(size, bool)
     for i, t in enumerate(self.token_bytes):
       if self.use_regex and t and _cut_character(t) == t:
         kinds = self._partial_kinds(t)
         if kinds is not None:
           self.token_kinds[i], self.partial_kinds[i] = PARTIAL, kinds
+      elif self.use_regex and t and _ONE_SPACE.fullmatch(t.decode("utf-8", "surrogateescape")):
+        self.token_kinds[i] = ONE_SPACE
+        self.split_ok[i] = any(
+            self.pieces(t + probe)[0].startswith(t) and self._merge(self.pieces(t + probe)[0])[0] == t
+            for probe in _PROBES_AWAY_FROM_APOSTROPHES if probe and not probe[:1].isspace())
 
   @functools.cached_property
   def bigrams(self) -> Bigrams:
@@ -322,7 +331,10 @@ _KIND_PATTERNS = [regex.compile(p) for p in (
     r"\p{L}+", r"\p{N}+", r"[^\s\p{L}\p{N}']+", r" \p{L}+", r" \p{N}+", r" [^\s\p{L}\p{N}']+",
     r"\s\s+")]
 _KIND_EXAMPLES = ("a", "1", "!", " a", " 1", " !", "\n")
+WHITESPACE = len(_KIND_PATTERNS) - 1  # the kind of a run of two or more whitespace characters
 PARTIAL = len(_KIND_PATTERNS)  # the kind of a token that is the start of a UTF-8 character
+ONE_SPACE = PARTIAL + 1  # the kind of a token of one whitespace character
+_ONE_SPACE = regex.compile(r"\s")
 
 
 def _kind(token: bytes) -> int:
