@@ -22,6 +22,7 @@ from bytelm.byteprobs import tokenization
 from bytelm.byteprobs.tokenization import BPE
 from bytelm.data import bpe
 from bytelm.models import decoder
+from bytelm.nn.compiled import Compiled
 from bytelm.training import config_file
 
 TEXTS = ["The quick brown fox jumps over the lazy dog's back, 123 times!",
@@ -532,6 +533,52 @@ def test_a_prefix_tree_serves_prefixes_from_the_longest_row():
   assert sorted(map(tuple, leaves)) == [(1, 2, 3, 4), (1, 3), (2,)]
   for row, leaf in zip(rows, leaf_of):
     assert leaves[leaf][:len(row)] == row
+
+
+@pytest.mark.parametrize("max_nodes", [4, 7, 512])
+def test_token_trees_hold_every_row_once_per_distinct_prefix(max_nodes):
+  rng = np.random.default_rng(0)
+  rows = [[1] + rng.integers(2, 6, rng.integers(0, 6)).tolist() for _ in range(30)] + [[1] * 9]
+  trees, where = adapters.token_trees(rows, max_nodes=max_nodes)
+  for row, (t, n) in zip(rows, where):
+    ids, depths, parents = trees[t]
+    path = []
+    while n >= 0:  # parents come before their children
+      assert parents[n] < n and depths[n] == (depths[parents[n]] + 1 if parents[n] >= 0 else 0)
+      path.append(ids[n])
+      n = parents[n]
+    assert path[::-1] == row
+  for ids, depths, parents in trees:  # a path over the limit makes a tree of its own
+    assert len(ids) <= max_nodes or parents == list(range(-1, len(ids) - 1))
+  if max_nodes == 512:  # one tree, a node per distinct prefix
+    assert len(trees) == 1 and len(trees[0][0]) == len({tuple(r[:k]) for r in rows
+                                                          for k in range(1, len(r) + 1)})
+
+
+def test_tree_logits_are_the_logits_at_the_end_of_each_path():
+  cfg = decoder.DecoderConfig(**config_file.load(
+      pathlib.Path(__file__).resolve().parents[1] / "configs" / "bytes_decoder.py",
+      "tiny").model.to_dict())
+  compiled = Compiled(decoder.DecoderLM(cfg, rngs=nnx.Rngs(0)))
+  rng = np.random.default_rng(1)
+  rows = [[1] + rng.integers(3, 200, rng.integers(0, 12)).tolist() for _ in range(12)]
+  rows += [r[:k] for r in rows[:4] for k in range(1, len(r))]
+  padded = np.zeros((len(rows), 16), np.int32)  # each row written out, as __call__ reads it
+  for i, row in enumerate(rows):
+    padded[i, :len(row)] = row
+  logits = np.asarray(compiled("__call__", padded, padded != 0))
+  want = np.stack([logits[i, len(row) - 1] for i, row in enumerate(rows)])
+  for max_nodes in (9, 512):
+    trees, where = adapters.token_trees(rows, max_nodes=max_nodes)
+    for tree, (ids, depths, parents) in enumerate(trees):
+      attend = np.eye(len(ids), dtype=bool)
+      for n, parent in enumerate(parents):
+        attend[n] |= attend[parent] if parent >= 0 else False
+      got = np.asarray(compiled("tree_logits", np.asarray([ids]), np.asarray([depths]),
+                                attend[None]))[0]
+      for i, (t, n) in enumerate(where):
+        if t == tree:
+          np.testing.assert_allclose(got[n], want[i], rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

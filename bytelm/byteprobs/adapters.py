@@ -47,6 +47,9 @@ from bytelm.runs import data as data_lib
 from bytelm.runs.load import load as load_module
 from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer, as_bytes
 
+# Nodes of one token tree (`token_trees`): attention over a tree costs its size squared.
+TREE_NODES = 512
+
 
 def prefix_tree(rows: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[int]]:
   """(leaves, leaf_of): rows that are no other row's prefix, and for each row the leaf whose
@@ -66,21 +69,63 @@ def prefix_tree(rows: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[in
   return leaves, leaf_of
 
 
+def token_trees(rows: Sequence[Sequence[int]], max_nodes: int = TREE_NODES
+                ) -> tuple[list[tuple[list[int], list[int], list[int]]], list[tuple[int, int]]]:
+  """(trees, where): the rows as trees of their distinct prefixes, a node per prefix, for
+  `DecoderLM.tree_logits`: each tree (ids, depths, parents: an earlier node of the tree or
+  -1) in depth-first order; and for each row, (tree, node) of its last prefix. A tree that
+  would grow past max_nodes is closed, and the next starts with a copy of the path down to
+  where it goes on (a single path longer than max_nodes makes a tree of its own)."""
+  children: dict[tuple[int, ...], dict[int, tuple[int, ...]]] = {(): {}}
+  for row in rows:
+    for k in range(len(row)):
+      node = tuple(row[:k + 1])
+      if node not in children:
+        children[node] = {}
+        children[node[:-1]][row[k]] = node
+  trees, place = [], {}
+  ids, depths, parents, index = [], [], [], {}
+
+  def close():
+    if ids:
+      trees.append((list(ids), list(depths), list(parents)))
+    ids.clear(), depths.clear(), parents.clear(), index.clear()
+
+  stack = list(reversed(children[()].values()))
+  while stack:
+    node = stack.pop()
+    missing = sum(node[:k] not in index for k in range(1, len(node) + 1))
+    if ids and len(ids) + missing > max_nodes:
+      close()
+    for k in range(1, len(node) + 1):  # the path down to node, where this tree lacks it
+      prefix = node[:k]
+      if prefix not in index:
+        index[prefix] = len(ids)
+        ids.append(prefix[-1]), depths.append(k - 1), parents.append(index.get(prefix[:-1], -1))
+    place[node] = (len(trees), index[node])
+    stack.extend(reversed(children[node].values()))
+  close()
+  return trees, [place[tuple(row)] for row in rows]
+
+
 def _last_logprobs(compiled: Compiled, rows: list[list[int]], pad_to: int = 64) -> np.ndarray:
-  """log_softmax of the logits at each row's last position, float64 [len(rows), V] (V: the
-  model's whole output): one pass
-  over the prefix tree's leaves, right-padded to a multiple of pad_to, their number to a
-  power of two, so that few shapes are compiled (the model is causal: padding after a row
-  changes nothing in it)."""
-  leaves, leaf_of = prefix_tree(rows)
-  length = -(-max(len(r) for r in leaves) // pad_to) * pad_to
-  batch = 1 << (len(leaves) - 1).bit_length()
-  ids_BT = np.zeros((batch, length), np.int32)
-  mask_BT = np.zeros((batch, length), bool)
-  for b, r in enumerate(leaves):
-    ids_BT[b, :len(r)], mask_BT[b, :len(r)] = r, True
-  logits_BTV = compiled("__call__", ids_BT, mask_BT)
-  logits_RV = logits_BTV[jnp.asarray(leaf_of), jnp.asarray([len(r) - 1 for r in rows])]
+  """log_softmax of the logits after each row, float64 [len(rows), V] (V: the model's whole
+  output): one pass over the rows' prefix trees (`token_trees`), each padded to a multiple of
+  pad_to nodes and their number to a power of two, so that few shapes are compiled."""
+  trees, where = token_trees(rows)
+  length = -(-max(len(t[0]) for t in trees) // pad_to) * pad_to
+  batch = 1 << (len(trees) - 1).bit_length()
+  ids_BN = np.zeros((batch, length), np.int32)
+  depth_BN = np.zeros((batch, length), np.int32)
+  attend_BNN = np.broadcast_to(np.eye(length, dtype=bool), (batch, length, length)).copy()
+  for b, (ids, depths, parents) in enumerate(trees):
+    ids_BN[b, :len(ids)], depth_BN[b, :len(ids)] = ids, depths
+    for n, parent in enumerate(parents):  # parents come first: a node reads its parent's path
+      if parent >= 0:
+        attend_BNN[b, n] |= attend_BNN[b, parent]
+  logits_BNV = compiled("tree_logits", ids_BN, depth_BN, attend_BNN)
+  tree_R, node_R = (jnp.asarray(a) for a in zip(*where))
+  logits_RV = logits_BNV[tree_R, node_R]
   return np.asarray(jax.nn.log_softmax(logits_RV.astype(jnp.float32), axis=-1), np.float64)
 
 

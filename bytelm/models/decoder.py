@@ -73,6 +73,22 @@ class DecoderLM(nnx.Module):
       x_BTD, _ = block(x_BTD, bias_HTT, key_bias_BT)
     return self.lm_head(self.dropout(self.final_norm(x_BTD)))
 
+  def tree_logits(self, ids_BN: jax.Array, depth_BN: jax.Array,
+                  attend_BNN: jax.Array) -> jax.Array:
+    """logits_BNV of token trees, each node computed once: node n of row b holds id
+    ids_BN[b, n] at depth depth_BN[b, n] of its path from the row's root and reads the nodes
+    attend_BNN[b, n] marks (itself and its ancestors: its path). Its logits are those
+    __call__ gives at the end of that path written out as a sequence. Many sequences that
+    share beginnings (the token prefixes of bytelm.byteprobs) go through once, a node per
+    distinct prefix, instead of once each."""
+    bias_BHNN = (self.rel_bias(depth_BN, depth_BN)
+                 + jnp.where(attend_BNN[:, None], 0.0, MASK_VALUE))
+    key_bias_BN = jnp.zeros(ids_BN.shape, jnp.float32)
+    x_BND = self.shared(ids_BN)
+    for block in self.blocks:
+      x_BND, _ = block(x_BND, bias_BHNN, key_bias_BN)
+    return self.lm_head(self.final_norm(x_BND))
+
   def init_cache(self, batch: int, max_len: int) -> list[dict[str, jax.Array]]:
     """Empty keys and values (B H L K) of each block, for `step`."""
     cfg = self.config
