@@ -40,7 +40,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from bytelm.byteprobs import mixture
-from bytelm.byteprobs.tokenization import BPE, ONE_SPACE, PARTIAL, WHITESPACE
+from bytelm.byteprobs.tokenization import BPE, CONTRACTION, ONE_SPACE, PARTIAL, WHITESPACE
 from bytelm.text.tokenizer import as_bytes
 
 END = 256  # index of the end of text in next_byte_logprobs
@@ -185,6 +185,8 @@ class ByteLM:
           sub = pick & (self.bpe.partial_kinds[ids] >> as_kind & 1 == 1) if kind == PARTIAL \
               else pick
           head, last = context[as_kind]
+          if kind == CONTRACTION and last >= 0:  # it would end a piece begun in u
+            continue
           ok = (self.bpe.bigrams.after(last) if last >= 0 else self.bpe.bigrams.alone)[ids[sub]]
           if kind == ONE_SPACE and last >= 0:
             ok = ok | self.bpe.split_ok[ids[sub]]

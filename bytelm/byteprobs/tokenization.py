@@ -324,14 +324,18 @@ def merge(piece: bytes, ranks: dict[tuple[bytes, bytes], int]
 _SPACE_RUN = regex.compile(r"\s+")
 
 # The kinds of token `BPE.context_heads` answers for: a run of letters, of digits or of other
-# characters (no apostrophe), each with or without a space before it, or of two or more
-# whitespace characters; and an example of each, before which GPT-2's pattern splits a text as
-# before any token of the kind (whitespace at the end of the text: a run of it is one piece).
+# characters, each with or without a space before it (an apostrophe alone excepted: a
+# contraction may follow), a run of two or more whitespace characters, and a contraction; and
+# an example of each, before which GPT-2's pattern splits a text as before any token of the
+# kind (whitespace at the end of the text: a run of it is one piece). An apostrophe inside a
+# run of other characters is part of the run: a contraction is tried only where a piece
+# starts, and at the start of a run the character after it is no letter.
 _KIND_PATTERNS = [regex.compile(p) for p in (
-    r"\p{L}+", r"\p{N}+", r"[^\s\p{L}\p{N}']+", r" \p{L}+", r" \p{N}+", r" [^\s\p{L}\p{N}']+",
-    r"\s\s+")]
-_KIND_EXAMPLES = ("a", "1", "!", " a", " 1", " !", "\n")
-WHITESPACE = len(_KIND_PATTERNS) - 1  # the kind of a run of two or more whitespace characters
+    r"\p{L}+", r"\p{N}+", r"(?!'$)[^\s\p{L}\p{N}]+", r" \p{L}+", r" \p{N}+", r" [^\s\p{L}\p{N}]+",
+    r"\s\s+", r"'(?:s|t|re|ve|m|ll|d)")]
+_KIND_EXAMPLES = ("a", "1", "!", " a", " 1", " !", "\n", "'s")
+WHITESPACE = 6  # the kind of a run of two or more whitespace characters
+CONTRACTION = 7  # "'s", "'t", "'re", "'ve", "'m", "'ll", "'d": a piece wherever a piece starts
 PARTIAL = len(_KIND_PATTERNS)  # the kind of a token that is the start of a UTF-8 character
 ONE_SPACE = PARTIAL + 1  # the kind of a token of one whitespace character
 _ONE_SPACE = regex.compile(r"\s")
