@@ -176,6 +176,11 @@ def test_a_space_split_off_a_run_of_spaces_starts_a_piece():
   ours = BPE(vocab, [(b" ", b" "), (b" ", b"b")])
   assert ours.encode(b"a  b") == [97, 32, 257] and ours.encode(b"a  c") == [97, 32, 32, 99]
   _same_covers_together_and_one_by_one(ours, [b"a  b\n\n c  \t d", b"x \n  y"])
+  # The same for the first byte of a no-break space (C2 A0) after a space, where " \xc2" is
+  # a token: split off the run, the character stands alone and begins with its own byte.
+  ours = BPE(vocab | {b" \xc2": 258}, [(b" ", b" "), (b" ", b"b"), (b" ", b"\xc2")])
+  assert ours.encode("x \u00a0a".encode()) == [120, 32, 0xC2, 0xA0, 97]
+  _same_covers_together_and_one_by_one(ours, ["x \u00a0a  \u00a0".encode()])
 
 
 def test_bad_tokenizer_files_are_clear_errors():

@@ -40,7 +40,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from bytelm.byteprobs import mixture
-from bytelm.byteprobs.tokenization import BPE, CONTRACTION, ONE_SPACE, PARTIAL, WHITESPACE
+from bytelm.byteprobs.tokenization import (AS_SPACE_ALONE, AS_SPACE_RUN, BPE, CONTRACTION,
+                                           ONE_SPACE, PARTIAL, WHITESPACE)
 from bytelm.text.tokenizer import as_bytes
 
 END = 256  # index of the end of text in next_byte_logprobs
@@ -172,30 +173,48 @@ class ByteLM:
       context = self._context(u)
       kinds = self.bpe.token_kinds[ids] if context is not None else np.full(len(ids), -1)
       for kind in np.unique(kinds):
-        pick = kinds == kind
+        pick = ids[kinds == kind]
         if kind < 0:
-          for v, b in zip(ids[pick].tolist(), nxt[pick].tolist()):
+          for v, b in zip(pick.tolist(), nxt[kinds == kind].tolist()):
             for h in self._local_heads(u, v):
               found.setdefault(base + h, []).append((np.asarray([v]), np.asarray([b])))
           continue
-        # The start of a character: the kinds of character it may begin stand for it. One
-        # whitespace character: as whitespace, or split off u's run of it (same tokens of u).
-        for as_kind in range(3) if kind == PARTIAL else (WHITESPACE,) if kind == ONE_SPACE \
-            else (kind,):
-          sub = pick & (self.bpe.partial_kinds[ids] >> as_kind & 1 == 1) if kind == PARTIAL \
-              else pick
-          head, last = context[as_kind]
-          if kind == CONTRACTION and last >= 0:  # it would end a piece begun in u
-            continue
-          ok = (self.bpe.bigrams.after(last) if last >= 0 else self.bpe.bigrams.alone)[ids[sub]]
-          if kind == ONE_SPACE and last >= 0:
-            ok = ok | self.bpe.split_ok[ids[sub]]
-          found.setdefault(base + head, []).append((ids[sub][ok], nxt[sub][ok]))
+        for head, ok in self._checked(context, kind, pick):
+          found.setdefault(base + head, []).append((pick[ok], nxt[kinds == kind][ok]))
     covers = {}
     for h, parts in found.items():  # a start of a character may reach one head two ways
       vs, first = np.unique(np.concatenate([v for v, _ in parts]), return_index=True)
       covers[h] = vs, np.concatenate([b for _, b in parts])[first]
     return covers
+
+  def _checked(self, context, kind: int, ids: np.ndarray):
+    """[(head, which of ids may follow it)] for candidate tokens of one kind after the text
+    `context` (`BPE.context_heads`) describes: the head's last token and the next in one
+    piece (`Bigrams.after`), or the token a piece of its own (`Bigrams.alone`)."""
+    bigrams = self.bpe.bigrams
+
+    def follow(last):
+      return (bigrams.after(last) if last >= 0 else bigrams.alone)[ids]
+
+    if kind == CONTRACTION:  # a piece of its own where a piece starts, else none
+      head, last = context[CONTRACTION]
+      return [(head, bigrams.alone[ids])] if last < 0 else []
+    if kind == ONE_SPACE:  # in a run of whitespace, or split off it (the same tokens of u)
+      head, last = context[WHITESPACE]
+      return [(head, follow(last) | (self.bpe.split_ok[ids] if last >= 0 else False))]
+    if kind != PARTIAL:
+      head, last = context[kind]
+      return [(head, follow(last))]
+    # The start of a character stands for each kind of character it may begin.
+    bits, out = self.bpe.partial_kinds[ids], []
+    for as_kind in range(3):
+      head, last = context[as_kind]
+      out.append((head, follow(last) & (bits >> as_kind & 1 == 1)))
+    head, last = context[WHITESPACE]
+    run, alone = bits & AS_SPACE_RUN != 0, bits & AS_SPACE_ALONE != 0
+    out.append((head, follow(last) & (run | alone) if last < 0 else
+                (follow(last) & run) | alone))
+    return out
 
   def prefix_logprob(self, x: str | bytes) -> float:
     """log P(the text starts with x): the sum over its cover encodings."""

@@ -78,8 +78,8 @@ class BPE:
       self.byte_table[i, :len(t)] = list(t)
     self.token_kinds = np.asarray([_kind(t) if self.use_regex else 0 for t in self.token_bytes],
                                   np.int64)
-    # A token that is the start of a UTF-8 character: the kinds of character (bits 0-2: letter,
-    # digit, other) whose completion leaves it a token.
+    # A token that is the start of a UTF-8 character: how its completions leave it a token
+    # (`_partial_kinds`).
     self.partial_kinds = np.zeros(size, np.int64)
     # A token of one whitespace character: whether it can start a piece and end a token
     # when split off a run of whitespace (before a non-space: "\n" can, " " where BPE leaves
@@ -87,9 +87,7 @@ class BPE:
     self.split_ok = np.zeros(size, bool)
     for i, t in enumerate(self.token_bytes):
       if self.use_regex and t and _cut_character(t) == t:
-        kinds = self._partial_kinds(t)
-        if kinds is not None:
-          self.token_kinds[i], self.partial_kinds[i] = PARTIAL, kinds
+        self.token_kinds[i], self.partial_kinds[i] = PARTIAL, self._partial_kinds(t)
       elif self.use_regex and t and _ONE_SPACE.fullmatch(t.decode("utf-8", "surrogateescape")):
         self.token_kinds[i] = ONE_SPACE
         self.split_ok[i] = any(
@@ -233,26 +231,28 @@ class BPE:
       hi = len(self._sorted_bytes)
     return self._sorted_ids[lo:hi]
 
-  def _partial_kinds(self, p: bytes) -> int | None:
-    """For a token p that is the start of a UTF-8 character: a bit for each kind of
-    character (0 letter, 1 digit, 2 other; an invalid completion makes p bytes of the
-    other kind) that p may be the first token of when completed (by one character of each
-    class, `_completions`, and the probes after it, as `probes`). None where a completion
-    is whitespace: those take the per-token path."""
+  def _partial_kinds(self, p: bytes) -> int:
+    """For a token p that is the start of a UTF-8 character, how it may be the first token
+    of what it begins (one character of each class completing it, `_completions`, then each
+    of the probes `probes` would try): bits 0-2, as the start of a letter, digit or other
+    character (an invalid completion makes p bytes of the other kind); for whitespace,
+    AS_SPACE_RUN after a probe that is empty or whitespace (the character in a run of it),
+    AS_SPACE_ALONE after one that is not (the character a piece of its own, split off any
+    run before it)."""
     kinds = 0
     for rest in _completions(p):
       char = (p + rest).decode("utf-8", errors="surrogateescape")[0]
-      if char.isspace():
-        return None
-      kind = next(k for k, pattern in enumerate(_KIND_PATTERNS[:3]) if pattern.match(char)) \
-          if char != "'" else None
-      if kind is None:
-        return None
+      space = bool(_ONE_SPACE.fullmatch(char))
       for probe in _PROBES_AWAY_FROM_APOSTROPHES:
         first = self.pieces(p + rest + probe)[0]
-        if len(first) >= len(p) and self._merge(first)[0] == p:
-          kinds |= 1 << kind
+        if len(first) < len(p) or self._merge(first)[0] != p:
+          continue
+        if not space:
+          kinds |= 1 << next(k for k, pattern in enumerate(_KIND_PATTERNS[:3])
+                             if pattern.match(char))
           break
+        alone = probe and not _ONE_SPACE.match(probe.decode("utf-8", errors="surrogateescape"))
+        kinds |= AS_SPACE_ALONE if alone else AS_SPACE_RUN
     return kinds
 
   def context_heads(self, u: bytes) -> dict[int, tuple[tuple[int, ...], int]] | None:
@@ -338,6 +338,7 @@ WHITESPACE = 6  # the kind of a run of two or more whitespace characters
 CONTRACTION = 7  # "'s", "'t", "'re", "'ve", "'m", "'ll", "'d": a piece wherever a piece starts
 PARTIAL = len(_KIND_PATTERNS)  # the kind of a token that is the start of a UTF-8 character
 ONE_SPACE = PARTIAL + 1  # the kind of a token of one whitespace character
+AS_SPACE_RUN, AS_SPACE_ALONE = 1 << 3, 1 << 4  # `BPE._partial_kinds`' bits for whitespace
 _ONE_SPACE = regex.compile(r"\s")
 
 
