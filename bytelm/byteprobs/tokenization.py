@@ -324,14 +324,15 @@ def merge(piece: bytes, ranks: dict[tuple[bytes, bytes], int]
 _SPACE_RUN = regex.compile(r"\s+")
 
 # The kinds of token `BPE.context_heads` answers for: a run of letters, of digits or of other
-# characters, each with or without a space before it (an apostrophe alone excepted: a
-# contraction may follow), a run of two or more whitespace characters, and a contraction; and
-# an example of each, before which GPT-2's pattern splits a text as before any token of the
-# kind (whitespace at the end of the text: a run of it is one piece). An apostrophe inside a
-# run of other characters is part of the run: a contraction is tried only where a piece
-# starts, and at the start of a run the character after it is no letter.
+# characters, each with or without a space before it, a run of two or more whitespace
+# characters, and a contraction; and an example of each, before which GPT-2's pattern splits a
+# text as before any token of the kind (whitespace at the end of the text: a run of it is one
+# piece). An apostrophe in a run of other characters is part of the run: a contraction is
+# tried only where a piece starts, and in the run the character after it is no letter. An
+# apostrophe alone may begin a contraction with what follows, but at the end of the text it
+# is a piece (or ends the run of other characters before it), which is all a cover needs.
 _KIND_PATTERNS = [regex.compile(p) for p in (
-    r"\p{L}+", r"\p{N}+", r"(?!'$)[^\s\p{L}\p{N}]+", r" \p{L}+", r" \p{N}+", r" [^\s\p{L}\p{N}]+",
+    r"\p{L}+", r"\p{N}+", r"[^\s\p{L}\p{N}]+", r" \p{L}+", r" \p{N}+", r" [^\s\p{L}\p{N}]+",
     r"\s\s+", r"'(?:s|t|re|ve|m|ll|d)")]
 _KIND_EXAMPLES = ("a", "1", "!", " a", " 1", " !", "\n", "'s")
 WHITESPACE = 6  # the kind of a run of two or more whitespace characters
