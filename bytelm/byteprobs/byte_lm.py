@@ -41,7 +41,7 @@ import numpy as np
 
 from bytelm.byteprobs import mixture
 from bytelm.byteprobs.tokenization import (AS_SPACE_ALONE, AS_SPACE_RUN, BPE, CONTRACTION,
-                                           ONE_SPACE, PARTIAL, WHITESPACE)
+                                           ONE_SPACE, PARTIAL, WHITESPACE, cut_character)
 from bytelm.text.tokenizer import as_bytes
 
 END = 256  # index of the end of text in next_byte_logprobs
@@ -172,6 +172,10 @@ class ByteLM:
       u = x[s:pos]
       context = self._context(u)
       kinds = self.bpe.token_kinds[ids] if context is not None else np.full(len(ids), -1)
+      if context is not None and 0 not in context:  # letters after an apostrophe: the
+        kinds = np.where(kinds == PARTIAL, -1, kinds)  # start of a character may be one
+      if cut_character(u):  # tokens that may finish u's last character go one by one
+        kinds = np.where((self.bpe.byte_table[ids, 0] >> 6) == 2, -1, kinds)
       for kind in np.unique(kinds):
         pick = ids[kinds == kind]
         if kind < 0:
@@ -179,7 +183,9 @@ class ByteLM:
             for h in self._local_heads(u, v):
               found.setdefault(base + h, []).append((np.asarray([v]), np.asarray([b])))
           continue
-        for head, ok in self._checked(context, kind, pick):
+        checked = (self._checked(context, kind, pick) if kind != 0 or 0 in context
+                   else self._checked_letters(u, pick))
+        for head, ok in checked:
           found.setdefault(base + head, []).append((pick[ok], nxt[kinds == kind][ok]))
     covers = {}
     for h, parts in found.items():  # a start of a character may reach one head two ways
@@ -214,6 +220,20 @@ class ByteLM:
     run, alone = bits & AS_SPACE_RUN != 0, bits & AS_SPACE_ALONE != 0
     out.append((head, follow(last) & (run | alone) if last < 0 else
                 (follow(last) & run) | alone))
+    return out
+
+  def _checked_letters(self, u: bytes, ids: np.ndarray):
+    """`_checked` for runs of letters after u with an apostrophe near its end, grouped by
+    their first three letters (`BPE.letter_heads`)."""
+    starts = [self.bpe.token_bytes[v].decode("utf-8")[:3] for v in ids.tolist()]
+    out = []
+    for start in set(starts):
+      found = self.bpe.letter_heads(u, start)
+      if found is not None:
+        mine = np.asarray([s == start for s in starts])
+        head, last = found
+        follow = self.bpe.bigrams.after(last) if last >= 0 else self.bpe.bigrams.alone
+        out.append((head, mine & follow[ids]))
     return out
 
   def prefix_logprob(self, x: str | bytes) -> float:

@@ -86,7 +86,7 @@ class BPE:
     # it alone before some character, " 1" not merged, say).
     self.split_ok = np.zeros(size, bool)
     for i, t in enumerate(self.token_bytes):
-      if self.use_regex and t and _cut_character(t) == t:
+      if self.use_regex and t and cut_character(t) == t:
         self.token_kinds[i], self.partial_kinds[i] = PARTIAL, self._partial_kinds(t)
       elif self.use_regex and t and _ONE_SPACE.fullmatch(t.decode("utf-8", "surrogateescape")):
         self.token_kinds[i] = ONE_SPACE
@@ -143,7 +143,7 @@ class BPE:
       return [b""]
     # Letters differ only after an apostrophe, where they may finish a contraction.
     probes = _PROBES if b"'" in y[-2:] else _PROBES_AWAY_FROM_APOSTROPHES
-    cut = _cut_character(y)
+    cut = cut_character(y)
     if cut:
       probes = [c + p for c in _completions(cut) for p in probes]
     return probes
@@ -166,7 +166,7 @@ class BPE:
     """
     if not self.use_regex:
       return 0, []
-    whole = data[:len(data) - len(_cut_character(data))]
+    whole = data[:len(data) - len(cut_character(data))]
     text = whole.decode("utf-8", errors="surrogateescape")
     fixed = []
     for match in list(GPT2_PATTERN.finditer(text))[:-1]:
@@ -255,14 +255,16 @@ class BPE:
         kinds |= AS_SPACE_ALONE if alone else AS_SPACE_RUN
     return kinds
 
-  def context_heads(self, u: bytes) -> dict[int, tuple[tuple[int, ...], int]] | None:
+  def context_heads(self, u: bytes) -> dict[int, tuple[tuple[int, ...], int]]:
     """For text u read from a stable cut (`stable_prefix`) and each kind of token that may
     follow it (`token_kinds`): (the tokens of u when such a token follows, and -1 or the last
     of them). -1: a piece starts where u ends, so the token need only be its own bytes'
     tokenization; a token id: u's last piece goes on into the token, which must then follow
-    that last token of u as BPE would put it (`bigrams.Bigrams.after`). None
-    where u ends where a following token's own bytes decide more than its kind: inside a
-    UTF-8 character, or within three characters of an apostrophe (a contraction).
+    that last token of u as BPE would put it (`bigrams.Bigrams.after`). No run of letters
+    (kind 0) where u has an apostrophe in its last three characters (the letters decide
+    whether a contraction takes them: `letter_heads`). Where u ends inside a UTF-8
+    character, the answers hold for tokens that do not go on with it (they leave its bytes
+    no character, as the pattern reads them).
 
     Why the kind suffices: GPT-2's pattern decides where the piece around u's end begins
     from u and the first character after it (a letter, digit or other character continues a
@@ -277,25 +279,36 @@ class BPE:
     if not self.use_regex:
       tokens = tuple(self.encode(u))
       return {0: (tokens, tokens[-1] if tokens else -1)}
-    if _cut_character(u):
-      return None
-    text = u.decode("utf-8", errors="surrogateescape")
-    if "'" in text[-3:]:
-      return None
+    text = u.decode("utf-8", errors="surrogateescape")  # a cut character: bytes of no character
     out = {}
     for kind, follower in enumerate(_KIND_EXAMPLES):
-      pieces = [m.span() for m in GPT2_PATTERN.finditer(text + follower)]
-      start = next(a for a, b in pieces if a <= len(text) < b)
-      before = [text[a:b] for a, b in pieces if b <= start]
-      tokens = tuple(self.vocab[t] for piece in before
-                     for t in self._merge(piece.encode("utf-8", errors="surrogateescape")))
-      if start == len(text):
-        out[kind] = tokens, -1
-      else:
-        joined = tuple(self.vocab[t] for t in self._merge(
-            text[start:].encode("utf-8", errors="surrogateescape")))
-        out[kind] = tokens + joined, joined[-1]
+      if kind == 0 and "'" in text[-3:]:
+        continue  # a contraction begun in u may take the token's first letters: letter_heads
+      out[kind] = self._split_before(text, follower)[:2]
     return out
+
+  def letter_heads(self, u: bytes, start: str) -> tuple[tuple[int, ...], int] | None:
+    """`context_heads` for a run of letters that begins with `start` (its first three
+    letters, or all of it if shorter) after u with an apostrophe in its last three
+    characters, where those letters may finish a contraction ("'" + "re"): the tokens of u
+    and -1 or the last of them, or None where the token would not be one piece (a
+    contraction took some of its letters; one takes at most two)."""
+    text = u.decode("utf-8", errors="surrogateescape")
+    tokens, last, end = self._split_before(text, start)
+    return (tokens, last) if end == len(text) + len(start) else None
+
+  def _split_before(self, text: str, follower: str) -> tuple[tuple[int, ...], int, int]:
+    """(the tokens of text followed by follower, -1 or the last of them when the piece
+    around text's end begins inside text, where that piece ends in text + follower)."""
+    pieces = [m.span() for m in GPT2_PATTERN.finditer(text + follower)]
+    start, end = next((a, b) for a, b in pieces if a <= len(text) < b)
+    tokens = tuple(self.vocab[t] for a, b in pieces if b <= start
+                   for t in self._merge(text[a:b].encode("utf-8", errors="surrogateescape")))
+    if start == len(text):
+      return tokens, -1, end
+    joined = tuple(self.vocab[t] for t in self._merge(
+        text[start:].encode("utf-8", errors="surrogateescape")))
+    return tokens + joined, joined[-1], end
 
   def decode(self, ids: Sequence[int]) -> bytes:
     return b"".join(self.token_bytes[int(i)] for i in ids)
@@ -347,7 +360,7 @@ def _kind(token: bytes) -> int:
   """The token's kind (the index of the first of _KIND_PATTERNS it matches whole), or -1 (a
   token of several pieces, of whitespace, with an apostrophe or a cut UTF-8 character, or a
   special token)."""
-  if not token or _cut_character(token):
+  if not token or cut_character(token):
     return -1
   text = token.decode("utf-8", errors="surrogateescape")
   return next((k for k, p in enumerate(_KIND_PATTERNS) if p.fullmatch(text)), -1)
@@ -361,7 +374,7 @@ _PROBES = [p.encode("utf-8") for p in [
 _PROBES_AWAY_FROM_APOSTROPHES = _PROBES[:13]
 
 
-def _cut_character(y: bytes) -> bytes:
+def cut_character(y: bytes) -> bytes:
   """The bytes of a UTF-8 character that y ends inside of (b"" if none)."""
   for back in (1, 2, 3):
     if len(y) < back:
