@@ -492,6 +492,20 @@ def _with_context(lm, context):
   return token_lm, seen
 
 
+def test_the_bulk_path_equals_each_prefix_on_its_own(tiny_regex):
+  lm, _ = tiny_regex
+  texts = [b"a's ", "s 1".encode(), b""]  # the world's texts have at most 4 characters
+  bulk = lm.next_byte_logprobs_along(texts)
+  assert bulk.shape == (3, 5, 257)
+  for i, text in enumerate(texts):
+    for t in range(len(text) + 1):
+      np.testing.assert_allclose(bulk[i, t], lm.next_byte_logprobs(text[:t]), atol=1e-12)
+    assert np.isnan(bulk[i, len(text) + 1:]).all()  # past the text's end
+  np.testing.assert_array_equal(bulk[0], lm.next_byte_logprobs_along(texts[0]))
+  with pytest.raises(ValueError, match="empty list"):
+    lm.next_byte_logprobs_along([])
+
+
 def test_a_context_conditions_every_prefix(tiny_regex):
   lm, _ = tiny_regex
   context = (7, 8, 9)

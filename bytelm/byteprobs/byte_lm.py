@@ -290,10 +290,27 @@ class ByteLM:
                                  else self.prefix_logprob(x) - top)
     return out
 
-  def next_byte_logprobs_along(self, text: str | bytes, normalize: bool = True) -> np.ndarray:
-    """[len(text) + 1, 257]: row t is next_byte_logprobs(text[:t]), in one batch."""
-    text = as_bytes(text)
-    return self.next_byte_logprobs_batch([text[:t] for t in range(len(text) + 1)], normalize)
+  def next_byte_logprobs_along(self, text: str | bytes | Sequence[str | bytes],
+                               normalize: bool = True) -> np.ndarray:
+    """[len(text) + 1, 257]: row t is next_byte_logprobs(text[:t]), in one batch. Given a
+    list of texts, [len(texts), T + 1, 257] for the longest T: every prefix of every text in
+    one batch (one token_lm call: a BPE decoder reads them as one tree of token prefixes,
+    `adapters.token_trees`); rows past a text's end are NaN. This is the bulk path, e.g. a
+    teacher's distribution at every byte of every training row."""
+    if isinstance(text, (str, bytes, bytearray)):
+      text = as_bytes(text)
+      return self.next_byte_logprobs_batch([text[:t] for t in range(len(text) + 1)], normalize)
+    texts = [as_bytes(t, f"text {i}") for i, t in enumerate(text)]
+    if not texts:
+      raise ValueError("next_byte_logprobs_along got an empty list of texts")
+    rows = self.next_byte_logprobs_batch([t[:k] for t in texts for k in range(len(t) + 1)],
+                                         normalize)
+    out = np.full((len(texts), max(map(len, texts)) + 1, 257), np.nan)
+    start = 0
+    for i, t in enumerate(texts):
+      out[i, :len(t) + 1] = rows[start:start + len(t) + 1]
+      start += len(t) + 1
+    return out
 
   # ---- generation ---------------------------------------------------------------------------
 
