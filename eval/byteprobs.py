@@ -30,10 +30,15 @@ text: pieces of the validation split of embedded:en, each read from a document s
    way and the byte way agree on whole documents, P(text, then its end). bytelm's bits per
    byte (`score`, `bits_per_byte`; docs/api.md) leave the end out, so they differ from these
    by the end's bits and one byte per text.
-4. Cost: texts read byte by byte from a cold cache (what sampling costs): token prefixes the
-   LM scores per byte, LM calls per byte, ms per byte.
+4. Cost, on --cost-texts of the whole texts: every byte's distribution along all of them in
+   one batch (`next_byte_logprobs_along(texts)`, caches cleared, compiled shapes warm), against
+   the model's own scoring of the same texts' canonical tokens (every token's row, one
+   batch); and sampling --sample-bytes bytes greedily after each text's first half
+   (`complete`), ms per byte generated. Medians of --cost-repeats alternated runs.
 Writes eval/results/byteprobs.{json,png}. Last line: acc_exact acc_naive acc_healing (next-byte
-accuracy on mid-token prompts), bpb_ensemble, bpb_best_member, calls_per_byte.
+accuracy on mid-token prompts), bpb_ensemble, bpb_best_member, calls_per_byte (token prefixes
+scored per byte), ms_per_byte (scoring along), ms_per_byte_sampling, model_ms_per_byte,
+overhead_ratio (ms_per_byte / model_ms_per_byte).
 """
 
 from __future__ import annotations
@@ -130,7 +135,9 @@ def main() -> None:
   p.add_argument("--continuation", type=int, default=16)
   p.add_argument("--texts", type=int, default=48)
   p.add_argument("--text-bytes", type=int, default=128)
-  p.add_argument("--cost-texts", type=int, default=4)
+  p.add_argument("--cost-texts", type=int, default=8)
+  p.add_argument("--cost-repeats", type=int, default=5)
+  p.add_argument("--sample-bytes", type=int, default=32)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=str(common.RESULTS / "byteprobs"))
   args = p.parse_args()
@@ -235,22 +242,48 @@ def main() -> None:
         f"{ens['bpb_equal_weights']:.4f}; members: " +
         ", ".join(f"{k} {v:.4f}" for k, v in members.items()))
 
-  # 4. cost of reading byte by byte
-  calls = batches = nbytes = 0
-  t0 = time.perf_counter()
-  for text in texts[:args.cost_texts]:
+  # 4. cost: scoring held-out texts along (the bulk path, from a cold cache), the model's own
+  # scoring of the same texts' canonical tokens, and sampling byte by byte.
+  cost_texts = texts[:args.cost_texts]
+  n_bytes = sum(len(t) + 1 for t in cost_texts)
+  canonical = [tuple(lm.bpe.encode(t)) + (lm.eot_id,) for t in cost_texts]
+  rows = [ids[:k] for ids in canonical for k in range(len(ids))]  # every token's row
+
+  def scoring():
     lm.clear()
     lm.calls = lm.batches = 0
-    for t in range(len(text) + 1):
-      lm.next_byte_logprobs(text[:t])
-    calls, batches, nbytes = calls + lm.calls, batches + lm.batches, nbytes + len(text) + 1
-  ms = (time.perf_counter() - t0) * 1000 / nbytes
-  cost = {"prefixes_per_byte": calls / nbytes, "lm_calls_per_byte": batches / nbytes,
-          "ms_per_byte": ms, "bound": lm.bpe.max_token_bytes}
+    lm.next_byte_logprobs_along(cost_texts)
+
+  scoring()  # compiles its shapes; each timed run starts from cleared caches
+  lm.token_lm(rows)
+  ms = {"scoring": [], "model": []}
+  for _ in range(args.cost_repeats):  # alternated, medians
+    t0 = time.perf_counter()
+    scoring()
+    ms["scoring"].append((time.perf_counter() - t0) * 1000 / n_bytes)
+    t0 = time.perf_counter()
+    lm.token_lm(rows)
+    ms["model"].append((time.perf_counter() - t0) * 1000 / n_bytes)
+  calls, batches = lm.calls, lm.batches
+  sampled = 0
+  t0 = time.perf_counter()
+  for text in cost_texts:
+    lm.clear()
+    sampled += len(lm.complete(text[:len(text) // 2], max_bytes=args.sample_bytes))
+  ms_sampling = (time.perf_counter() - t0) * 1000 / max(sampled, 1)
+  cost = {"ms_per_byte": float(np.median(ms["scoring"])),
+          "model_ms_per_byte": float(np.median(ms["model"])),
+          "ms_per_byte_sampling": ms_sampling, "bytes_sampled": sampled,
+          "prefixes_per_byte": calls / n_bytes, "lm_calls_per_byte": batches / n_bytes,
+          "runs_ms_per_byte": ms, "bound": lm.bpe.max_token_bytes}
+  cost["overhead_ratio"] = cost["ms_per_byte"] / cost["model_ms_per_byte"]
   results["cost"] = cost
-  print(f"\ncost, byte by byte from a cold cache ({nbytes} bytes): {cost['prefixes_per_byte']:.2f} "
-        f"token prefixes scored and {cost['lm_calls_per_byte']:.2f} batched LM calls per byte "
-        f"(bound: max token length {lm.bpe.max_token_bytes}), {ms:.1f} ms per byte")
+  print(f"\ncost ({len(cost_texts)} texts, {n_bytes} bytes, medians of {args.cost_repeats}): "
+        f"scoring every byte along them {cost['ms_per_byte']:.3f} ms a byte "
+        f"({cost['prefixes_per_byte']:.2f} token prefixes scored, {batches} LM call); the "
+        f"model scoring their canonical tokens {cost['model_ms_per_byte']:.3f} ms a byte "
+        f"(overhead {cost['overhead_ratio']:.2f}x); sampling byte by byte "
+        f"{ms_sampling:.2f} ms a byte ({sampled} bytes, greedy)")
 
   out = pathlib.Path(args.out)
   common.write_json(out.with_suffix(".json"), results)
@@ -259,7 +292,11 @@ def main() -> None:
   common.last_line({"acc_exact": mid["acc_exact"], "acc_naive": mid["acc_naive"],
                     "acc_healing": mid["acc_healing"], "bpb_ensemble": ens["bpb_ensemble"],
                     "bpb_best_member": ens["bpb_best_member"],
-                    "calls_per_byte": cost["prefixes_per_byte"]})
+                    "calls_per_byte": cost["prefixes_per_byte"],
+                    "ms_per_byte": cost["ms_per_byte"],
+                    "ms_per_byte_sampling": cost["ms_per_byte_sampling"],
+                    "model_ms_per_byte": cost["model_ms_per_byte"],
+                    "overhead_ratio": cost["overhead_ratio"]})
 
 
 def plot(results, path: pathlib.Path) -> None:

@@ -18,9 +18,11 @@ on pad, unk and sentinels. Next-byte distributions renormalise it away (`normali
 byte do not, so they are `bytelm.load(path).score`'s.
 
 bytelm's models were trained on documents separated by eos, so a prefix is read after an eos:
-the start of a document. A batch of prefixes is run as the leaves of its prefix tree
-(`prefix_tree`): ByteLM asks for a head together with the prefixes its probability needs, and
-one causal pass over the longest serves them all.
+the start of a document. A batch of prefixes goes through a bytelm decoder as one tree of
+their distinct prefixes (`token_trees`, `DecoderLM.tree_logits`): the heads ByteLM asks for
+share all but their last token or two, so a text's every byte costs about one node. A
+Hugging Face model runs the leaves of the prefix tree instead (`prefix_tree`: one causal
+pass over the longest row serves the rows it starts with).
 
 Axis legend: B leaves, T positions, V vocab, R requested prefixes.
 """
