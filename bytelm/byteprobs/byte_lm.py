@@ -21,15 +21,23 @@ Then P(b | x) = P(x b...) / P(x...), computed in one pass: a cover of x whose la
 past x puts its mass on that token's next byte, and the end of text after x is
 P(enc(x), eot).
 
-Cost. Text before `BPE.stable_prefix` tokenizes the same whatever follows, so only the last piece
-or two are re-tokenized per candidate token, and those results are memoised by their bytes.
-The token LM is asked, per byte of a text read left to right, for the few new heads (one or
-two on average, at most max_token_bytes + 1), in one batch; its rows are cached per prefix.
+Cost. Text before `BPE.stable_prefix` tokenizes the same whatever follows, so only the text
+from there on (u) matters. The candidate last tokens at a start are a range of the vocabulary
+sorted by bytes, and are checked against u together, not one by one: which kind of token
+follows decides how the pre-tokenization splits u (`BPE.context_heads`, one regex run per
+kind), and then BPE's own pairs decide the rest (`bigrams.Bigrams`: whether v may follow u's
+last token, for every v in a few array operations). The few tokens whose own bytes matter
+more than their kind (those that may finish a UTF-8 character cut at u's end) go one by one
+through the probes (`_local_heads`, memoised). The token LM is asked, per byte of a text read
+left to right, for the few new heads (about one), in one batch; its rows are cached per
+prefix. Measured on the eval's 2048-token BPE (BENCHMARKS.md): 60 ms of tokenization a byte
+one by one, under 1 ms together.
 
 token_lm: a callable taking a list of token-id prefixes (tuples) and returning their
-next-token log-probabilities, float [len(prefixes), V]. Prefixes of one call often extend one
-another (a head and its own prefixes), so an implementation can serve them from one causal
-pass (`adapters.decoder_token_lm` does).
+next-token log-probabilities, float [len(prefixes), V]. Prefixes of one call share most of
+their tokens (a head and its own prefixes, the heads of neighbouring bytes), so an
+implementation can serve them from one pass over their tree (`adapters.decoder_token_lm`
+does).
 """
 
 from __future__ import annotations
@@ -76,7 +84,7 @@ class ByteLM:
     self._stable: dict[bytes, tuple[int, tuple[int, ...]]] = {}
     self._local: dict[tuple[bytes, int], tuple[tuple[int, ...], ...]] = {}
     self._tails: dict[bytes, frozenset[tuple[int, ...]]] = {}
-    self._contexts: dict[bytes, dict | None] = {}
+    self._contexts: dict[bytes, dict] = {}
 
   # ---- token side -------------------------------------------------------------------------
 
@@ -147,15 +155,15 @@ class ByteLM:
       self._contexts[u] = self.bpe.context_heads(u)
     return self._contexts[u]
 
-  def _covers(self, x: bytes, past_end: bool) -> dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]]:
+  def _covers(self, x: bytes, past_end: bool
+              ) -> dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]]:
     """head -> (ids v, the byte of each v at len(x) or -1) over cover encodings (h, v) of x
     whose last token v starts inside x (and at its end, if past_end) and reaches past its end
     (if past_end) or to or past it.
 
     The candidates v at a start are the tokens beginning with the rest of x there, a range
-    of the vocabulary. Those of a kind `BPE.context_heads` answers for are checked all at
-    once (whether v may follow the head's last token, `bigrams.Bigrams`); the few others
-    (whitespace, apostrophes, cut UTF-8 characters) one by one (`_local_heads`)."""
+    of the vocabulary, checked together by kind (`_checked`); those that may finish a UTF-8
+    character cut at u's end one by one (`_local_heads`)."""
     m = self.bpe.max_token_bytes
     first = max(0, len(x) + 1 - m) if past_end else max(0, len(x) - m)
     found: dict[tuple[int, ...], list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -225,15 +233,15 @@ class ByteLM:
   def _checked_letters(self, u: bytes, ids: np.ndarray):
     """`_checked` for runs of letters after u with an apostrophe near its end, grouped by
     their first three letters (`BPE.letter_heads`)."""
-    starts = [self.bpe.token_bytes[v].decode("utf-8")[:3] for v in ids.tolist()]
+    starts, which = np.unique([self.bpe.token_bytes[v].decode("utf-8")[:3]
+                               for v in ids.tolist()], return_inverse=True)
     out = []
-    for start in set(starts):
+    for k, start in enumerate(starts.tolist()):
       found = self.bpe.letter_heads(u, start)
       if found is not None:
-        mine = np.asarray([s == start for s in starts])
         head, last = found
         follow = self.bpe.bigrams.after(last) if last >= 0 else self.bpe.bigrams.alone
-        out.append((head, mine & follow[ids]))
+        out.append((head, (which == k) & follow[ids]))
     return out
 
   def prefix_logprob(self, x: str | bytes) -> float:

@@ -90,9 +90,8 @@ class BPE:
         self.token_kinds[i], self.partial_kinds[i] = PARTIAL, self._partial_kinds(t)
       elif self.use_regex and t and _ONE_SPACE.fullmatch(t.decode("utf-8", "surrogateescape")):
         self.token_kinds[i] = ONE_SPACE
-        self.split_ok[i] = any(
-            self.pieces(t + probe)[0].startswith(t) and self._merge(self.pieces(t + probe)[0])[0] == t
-            for probe in _PROBES_AWAY_FROM_APOSTROPHES if probe and not probe[:1].isspace())
+        self.split_ok[i] = any(self._merge(self.pieces(t + probe)[0])[0] == t
+                               for probe in _PROBES_AWAY_FROM_APOSTROPHES if _starts_word(probe))
 
   @functools.cached_property
   def bigrams(self) -> Bigrams:
@@ -222,13 +221,9 @@ class BPE:
   def tokens_starting_with(self, prefix: bytes) -> np.ndarray:
     """The ids of the (non-special) tokens whose bytes start with prefix, in byte order."""
     lo = bisect.bisect_left(self._sorted_bytes, prefix)
-    hi = lo
-    if prefix:  # the first byte string past every one starting with prefix
-      stripped = prefix.rstrip(b"\xff")
-      hi = (bisect.bisect_left(self._sorted_bytes, stripped[:-1] + bytes([stripped[-1] + 1]))
-            if stripped else len(self._sorted_bytes))
-    else:
-      hi = len(self._sorted_bytes)
+    stripped = prefix.rstrip(b"\xff")  # the first bytes past all that start with prefix:
+    past = stripped[:-1] + bytes([stripped[-1] + 1]) if stripped else None  # its last non-FF up
+    hi = bisect.bisect_left(self._sorted_bytes, past) if past else len(self._sorted_bytes)
     return self._sorted_ids[lo:hi]
 
   def _partial_kinds(self, p: bytes) -> int:
@@ -251,8 +246,7 @@ class BPE:
           kinds |= 1 << next(k for k, pattern in enumerate(_KIND_PATTERNS[:3])
                              if pattern.match(char))
           break
-        alone = probe and not _ONE_SPACE.match(probe.decode("utf-8", errors="surrogateescape"))
-        kinds |= AS_SPACE_ALONE if alone else AS_SPACE_RUN
+        kinds |= AS_SPACE_ALONE if _starts_word(probe) else AS_SPACE_RUN
     return kinds
 
   def context_heads(self, u: bytes) -> dict[int, tuple[tuple[int, ...], int]]:
@@ -356,10 +350,14 @@ AS_SPACE_RUN, AS_SPACE_ALONE = 1 << 3, 1 << 4  # `BPE._partial_kinds`' bits for 
 _ONE_SPACE = regex.compile(r"\s")
 
 
+def _starts_word(probe: bytes) -> bool:
+  """Whether the probe begins with a character that is not whitespace."""
+  return bool(probe) and not _ONE_SPACE.match(probe.decode("utf-8", errors="surrogateescape"))
+
+
 def _kind(token: bytes) -> int:
-  """The token's kind (the index of the first of _KIND_PATTERNS it matches whole), or -1 (a
-  token of several pieces, of whitespace, with an apostrophe or a cut UTF-8 character, or a
-  special token)."""
+  """The token's kind: the index of the first of _KIND_PATTERNS it matches whole, or -1 (no
+  pattern takes it whole, it ends in a cut character, or it is special)."""
   if not token or cut_character(token):
     return -1
   text = token.decode("utf-8", errors="surrogateescape")
