@@ -2,6 +2,7 @@
 
 import collections
 import itertools
+import json
 import math
 import pathlib
 import unicodedata
@@ -183,9 +184,15 @@ def test_a_space_split_off_a_run_of_spaces_starts_a_piece():
   _same_covers_together_and_one_by_one(ours, ["x \u00a0a  \u00a0".encode()])
 
 
-def test_bad_tokenizer_files_are_clear_errors():
-  with pytest.raises(ValueError, match="ByteLevel"):
-    BPE.from_json('{"model": {"type": "WordPiece"}, "pre_tokenizer": null}')
+def test_bad_tokenizer_files_are_clear_errors(pair):
+  spec = json.loads(pair[0].to_str())
+  for change, named in (({"model": {"type": "WordPiece"}}, "model is 'WordPiece'"),
+                        ({"pre_tokenizer": {"type": "Metaspace"}}, "pre-tokenizer is 'Metaspace'"),
+                        ({"normalizer": {"type": "NFC"}}, "'NFC' normalizer"),
+                        ({"model": spec["model"] | {"ignore_merges": True}}, "ignore_merges")):
+    with pytest.raises(ValueError, match=named):
+      BPE.from_json(json.dumps(spec | change))
+  BPE.from_json(json.dumps(spec))  # the file itself is fine
   with pytest.raises(ValueError, match="256 bytes"):
     BPE({b"a": 0}, [])
 

@@ -104,11 +104,17 @@ class BPE:
     pre-tokenizer (GPT-2 style; bytelm.data.bpe makes these)."""
     spec = json.loads(text)
     model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
-    if model.get("type") != "BPE" or pre.get("type") != "ByteLevel":
-      raise ValueError(f"need a BPE model with a ByteLevel pre-tokenizer, got model "
-                       f"{model.get('type')!r} and pre-tokenizer {pre.get('type')!r}")
-    if pre.get("add_prefix_space") or spec.get("normalizer"):
-      raise ValueError("a prefix space or a normalizer changes the bytes; not supported")
+    norm = spec.get("normalizer") or {}
+    refused = next((why for bad, why in (
+        (model.get("type") != "BPE", f"its model is {model.get('type')!r}, not BPE"),
+        (pre.get("type") != "ByteLevel", f"its pre-tokenizer is {pre.get('type')!r}, not ByteLevel"),
+        (bool(norm), f"it has a {norm.get('type')!r} normalizer, which changes the bytes"),
+        (pre.get("add_prefix_space"), "its ByteLevel pre-tokenizer adds a prefix space"),
+        (model.get("ignore_merges"), "its BPE model sets ignore_merges")) if bad), None)
+    if refused:
+      raise ValueError(f"tokenizer.json not supported: {refused}. bytelm.byteprobs reads "
+                       "byte-level BPE (a BPE model, a ByteLevel pre-tokenizer with or without "
+                       "GPT-2's regex, no normalizer); docs/api.md lists what is covered")
     byte_of = {c: b for b, c in enumerate(byte_chars())}
     specials = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
 
