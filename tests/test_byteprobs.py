@@ -116,8 +116,8 @@ def test_bigrams_say_which_token_pairs_bpe_makes(pair):
   rng = np.random.default_rng(0)
   for a in longest + rng.choice(ids, 30, replace=False).tolist():
     ta = ours.token_bytes[a]
-    truth = [tokenization.merge(ta + ours.token_bytes[v], ours.ranks)[0] == (ta, ours.token_bytes[v])
-             for v in ids]
+    truth = [tokenization.merge(ta + tv, ours.ranks)[0] == (ta, tv)
+             for tv in (ours.token_bytes[v] for v in ids)]
     assert ours.bigrams.after(a)[ids].tolist() == truth, ta
 
 

@@ -107,7 +107,8 @@ class BPE:
     norm = spec.get("normalizer") or {}
     refused = next((why for bad, why in (
         (model.get("type") != "BPE", f"its model is {model.get('type')!r}, not BPE"),
-        (pre.get("type") != "ByteLevel", f"its pre-tokenizer is {pre.get('type')!r}, not ByteLevel"),
+        (pre.get("type") != "ByteLevel",
+         f"its pre-tokenizer is {pre.get('type')!r}, not ByteLevel"),
         (bool(norm), f"it has a {norm.get('type')!r} normalizer, which changes the bytes"),
         (pre.get("add_prefix_space"), "its ByteLevel pre-tokenizer adds a prefix space"),
         (model.get("ignore_merges"), "its BPE model sets ignore_merges")) if bad), None)
