@@ -125,10 +125,10 @@ def _last_logprobs(compiled: Compiled, rows: list[list[int]], pad_to: int = 64) 
     for n, parent in enumerate(parents):  # parents come first: a node reads its parent's path
       if parent >= 0:
         attend_BNN[b, n] |= attend_BNN[b, parent]
-  logits_BNV = compiled("tree_logits", ids_BN, depth_BN, attend_BNN)
-  tree_R, node_R = (jnp.asarray(a) for a in zip(*where))
-  logits_RV = logits_BNV[tree_R, node_R]
-  return np.asarray(jax.nn.log_softmax(logits_RV.astype(jnp.float32), axis=-1), np.float64)
+  logits_BNV = np.asarray(compiled("tree_logits", ids_BN, depth_BN, attend_BNN))
+  logits_RV = logits_BNV[tuple(np.asarray(where).T)].astype(np.float64)
+  top_R1 = logits_RV.max(axis=-1, keepdims=True)
+  return logits_RV - top_R1 - np.log(np.exp(logits_RV - top_R1).sum(axis=-1, keepdims=True))
 
 
 def decoder_token_lm(model, vocab_size: int | None = None):
