@@ -196,9 +196,12 @@ class ByteLM:
         for head, ok in checked:
           found.setdefault(base + head, []).append((pick[ok], nxt[kinds == kind][ok]))
     covers = {}
-    for h, parts in found.items():  # a start of a character may reach one head two ways
-      vs, first = np.unique(np.concatenate([v for v, _ in parts]), return_index=True)
-      covers[h] = vs, np.concatenate([b for _, b in parts])[first]
+    for h, parts in found.items():
+      if len(parts) == 1:
+        covers[h] = parts[0]
+      else:  # the start of a character may reach one head two ways: each token once
+        vs, first = np.unique(np.concatenate([v for v, _ in parts]), return_index=True)
+        covers[h] = vs, np.concatenate([b for _, b in parts])[first]
     return covers
 
   def _checked(self, context, kind: int, ids: np.ndarray):
