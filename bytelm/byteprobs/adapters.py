@@ -24,7 +24,8 @@ share all but their last token or two, so a text's every byte costs about one no
 Hugging Face model runs the leaves of the prefix tree instead (`prefix_tree`: one causal
 pass over the longest row serves the rows it starts with).
 
-Axis legend: B leaves, T positions, V vocab, R requested prefixes.
+Axis legend: B trees (leaves for Hugging Face), N tree nodes, T positions, V vocab, R requested
+prefixes.
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ import pathlib
 import warnings
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from bytelm.byteprobs import mixture
