@@ -132,6 +132,20 @@ def test_bigrams_follow_the_leftmost_of_equal_merges():
   assert any(found.values()) and not all(found.values())
 
 
+def test_merges_out_of_learned_order_take_the_per_token_path():
+  """The bigram test holds for merges in learned order, each token made once (as training
+  makes them); otherwise ByteLM checks candidates one by one, and agrees with itself."""
+  base = {bytes([b]): b for b in range(256)}
+  for extra, merges in (([b"aa", b"aaaa"], [(b"aa", b"aa"), (b"a", b"a")]),
+                        ([b"aa", b"aaa", b"aaaaa"],
+                         [(b"a", b"a"), (b"aa", b"a"), (b"aaa", b"aa"), (b"aa", b"aaa")])):
+    ours = BPE(base | {t: 256 + i for i, t in enumerate(extra)}, merges, use_regex=False)
+    assert not ours.bigrams.exact
+    calls = _same_covers_together_and_one_by_one(ours, [b"aaaaaab"])
+    assert calls["together"] == calls["one by one"]
+  assert BPE(base | {b"aa": 256}, [(b"a", b"a")]).bigrams.exact
+
+
 # Prefixes where the pre-tokenization is delicate: whitespace runs of every kind, apostrophes,
 # digits, code, invalid bytes and characters cut by the prefix's end.
 MIXED = [t.encode() for t in (
@@ -380,14 +394,14 @@ REGEX_ALPHABET = "as' 1!"
 REGEX_MAX = 4
 
 
-def _regex_world(training_texts, alphabet, max_chars, extra_tokens):
-  """A regex BPE trained on training_texts, and a token model defined from a random
-  distribution over every text of up to max_chars characters of alphabet: P(next token |
-  tokens) is the mass of the texts whose canonical tokenization (then eot) continues that way.
-  So the model puts mass on canonical sequences only, and the exact answer for a prefix is the
-  mass of the texts that start with it."""
-  ours = BPE.from_json(bpe.train(training_texts,
-                                 len(bpe.SPECIAL_TOKENS) + 256 + extra_tokens).to_str())
+def _regex_world(training_texts, alphabet, max_chars, extra_tokens, ours=None):
+  """A regex BPE trained on training_texts (or `ours`), and a token model defined from a
+  random distribution over every text of up to max_chars characters of alphabet: P(next token
+  | tokens) is the mass of the texts whose canonical tokenization (then eot) continues that
+  way. So the model puts mass on canonical sequences only, and the exact answer for a prefix
+  is the mass of the texts that start with it."""
+  ours = ours or BPE.from_json(bpe.train(training_texts,
+                                         len(bpe.SPECIAL_TOKENS) + 256 + extra_tokens).to_str())
   rng = np.random.default_rng(0)
   texts = [""] + ["".join(c) for n in range(1, max_chars + 1)
                   for c in itertools.product(alphabet, repeat=n)]
@@ -423,6 +437,19 @@ def tiny_regex():
                            REGEX_ALPHABET, REGEX_MAX, 8)
   assert lm.bpe.encode(b"a  ")[-1] != lm.bpe.encode(b"a  1")[2]
   return lm, truth
+
+
+def test_a_space_split_off_a_run_before_a_letter_it_does_not_merge_with_is_exact():
+  """" " merges with a, 1, ! and ' (the probes' characters), not with b: "  b" is [ , , b]."""
+  base = {bytes([b]): b + 2 for b in range(256)}  # ids 0 and 1 left for pad and eot
+  extra = [b"  ", b" a", b" 1", b" !", b" '"]
+  ours = BPE(base | {t: 258 + i for i, t in enumerate(extra)}, [(t[:1], t[1:]) for t in extra],
+             special_ids=[0, 1])
+  assert ours.decode(ours.encode(b"  b")) == b"  b" and len(ours.encode(b"  b")) == 3
+  lm, truth = _regex_world(None, "ab ", 4, 0, ours=ours)
+  for x in (b"  ", b" ", b"a  ", b"b ", b"  b"):
+    want = sum(w for text, w in truth.items() if text.startswith(x))
+    assert abs(math.exp(lm.prefix_logprob(x)) - want) < 1e-9, x
 
 
 def test_prefixes_cut_inside_a_character_are_exact():
@@ -578,11 +605,18 @@ def test_token_trees_hold_every_row_once_per_distinct_prefix(max_nodes):
       path.append(ids[n])
       n = parents[n]
     assert path[::-1] == row
-  for ids, depths, parents in trees:  # a path over the limit makes a tree of its own
-    assert len(ids) <= max_nodes or parents == list(range(-1, len(ids) - 1))
+  for ids, depths, parents in trees:  # only a tree with a path as long goes past the limit
+    assert len(ids) <= max_nodes or max(depths) >= max_nodes - 1
   if max_nodes == 512:  # one tree, a node per distinct prefix
     assert len(trees) == 1 and len(trees[0][0]) == len({tuple(r[:k]) for r in rows
                                                           for k in range(1, len(r) + 1)})
+
+
+def test_token_trees_of_rows_longer_than_a_tree_copy_little():
+  rows = [list(range(1, 1001)), list(range(1, 300)) + [7], list(range(1, 900)) + [8]]
+  trees, where = adapters.token_trees(rows, max_nodes=512)
+  distinct = len({tuple(r[:k]) for r in rows for k in range(1, len(r) + 1)})
+  assert sum(len(ids) for ids, _, _ in trees) < 1.5 * distinct and len(trees) <= 2
 
 
 def test_tree_logits_are_the_logits_at_the_end_of_each_path():

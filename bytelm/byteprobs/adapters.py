@@ -76,7 +76,8 @@ def token_trees(rows: Sequence[Sequence[int]], max_nodes: int = TREE_NODES
   `DecoderLM.tree_logits`: each tree (ids, depths, parents: an earlier node of the tree or
   -1) in depth-first order; and for each row, (tree, node) of its last prefix. A tree that
   would grow past max_nodes is closed, and the next starts with a copy of the path down to
-  where it goes on (a single path longer than max_nodes makes a tree of its own)."""
+  where it goes on; below a path of max_nodes or more, nodes join the tree that holds it
+  (which then grows past max_nodes)."""
   children: dict[tuple[int, ...], dict[int, tuple[int, ...]]] = {(): {}}
   for row in rows:
     for k in range(len(row)):
@@ -95,14 +96,16 @@ def token_trees(rows: Sequence[Sequence[int]], max_nodes: int = TREE_NODES
   stack = list(reversed(children[()].values()))
   while stack:
     node = stack.pop()
-    missing = sum(node[:k] not in index for k in range(1, len(node) + 1))
-    if ids and len(ids) + missing > max_nodes:
-      close()
-    for k in range(1, len(node) + 1):  # the path down to node, where this tree lacks it
-      prefix = node[:k]
-      if prefix not in index:
-        index[prefix] = len(ids)
-        ids.append(prefix[-1]), depths.append(k - 1), parents.append(index.get(prefix[:-1], -1))
+    # In depth-first order a tree that holds node's parent holds its whole path.
+    missing = 1 if len(node) == 1 or node[:-1] in index else len(node)
+    if ids and len(ids) + missing > max_nodes and len(node) < max_nodes:
+      close()  # (a path as long as a tree stays in the tree it is in: a copy would be no smaller)
+    path = [node] if node[:-1] in index or len(node) == 1 else \
+        [node[:k] for k in range(1, len(node) + 1) if node[:k] not in index]
+    for prefix in path:  # the path down to node, where this tree lacks it
+      index[prefix] = len(ids)
+      ids.append(prefix[-1]), depths.append(len(prefix) - 1)
+      parents.append(index.get(prefix[:-1], -1))
     place[node] = (len(trees), index[node])
     stack.extend(reversed(children[node].values()))
   close()

@@ -30,12 +30,14 @@ import math
 
 import numpy as np
 
-CACHED = 4096  # tokens whose `after` row is kept
+CACHED = 256  # tokens whose `after` row is kept (V bools each)
 
 
 class Bigrams:
   """alone[v]: the BPE tokenization of v's bytes is v itself; after(a)[v]: the tokenization of
-  a's bytes followed by v's is [a, v] (as one pre-tokenization piece)."""
+  a's bytes followed by v's is [a, v] (as one pre-tokenization piece). Both hold where
+  `exact`: the merges come in the order they were learned, each token made by one of them
+  (as BPE training makes them); callers take another way where not."""
 
   def __init__(self, token_bytes, ids: dict[bytes, int], ranks: dict[tuple[bytes, bytes], int],
                merge):
@@ -57,6 +59,19 @@ class Bigrams:
       if last is not None:
         rank[i], left[i], right[i] = ranks[last], ids[last[0]], ids[last[1]]
     self._rank, self._left, self._right = rank, left, right
+    # The spines stand for BPE's run only where the merges are in the order they were learned
+    # (each made of tokens that earlier merges or single bytes make) and each token is made
+    # by one merge: a hand-made or reordered list may break either.
+    made = {}
+    for (x, y), r in sorted(ranks.items(), key=lambda item: item[1]):
+      made_x, made_y = made.get(x, -1 if len(x) == 1 else math.inf), \
+          made.get(y, -1 if len(y) == 1 else math.inf)
+      if x + y in made or not (made_x < r and made_y < r):
+        self.exact = False
+        break
+      made[x + y] = r
+    else:
+      self.exact = True
     # Merges by their left token: x -> [(y, rank)].
     self._merges_of: dict[int, list[tuple[int, int]]] = {}
     for (x, y), r in ranks.items():

@@ -150,9 +150,10 @@ class ByteLM:
     return self._local[key]
 
   def _context(self, u: bytes):
-    """`BPE.context_heads` of u, memoised."""
+    """`BPE.context_heads` of u, memoised; None (every candidate one by one) where the
+    bigram test does not hold for this tokenizer's merges (`Bigrams.exact`)."""
     if u not in self._contexts:
-      self._contexts[u] = self.bpe.context_heads(u)
+      self._contexts[u] = self.bpe.context_heads(u) if self.bpe.bigrams.exact else None
     return self._contexts[u]
 
   def _covers(self, x: bytes, past_end: bool

@@ -73,7 +73,7 @@ class BPE:
     self._sorted_ids = np.asarray([i for _, i in order], np.int64)
     self.token_lengths = np.asarray([len(t) for t in self.token_bytes], np.int64)
     # byte_table[i, k]: byte k of token i (0 past its end), for next bytes of many tokens.
-    self.byte_table = np.zeros((size, self.max_token_bytes), np.int64)
+    self.byte_table = np.zeros((size, self.max_token_bytes), np.uint8)
     for i, t in enumerate(self.token_bytes):
       self.byte_table[i, :len(t)] = list(t)
     self.token_kinds = np.asarray([_kind(t) if self.use_regex else 0 for t in self.token_bytes],
@@ -81,22 +81,29 @@ class BPE:
     # A token that is the start of a UTF-8 character: how its completions leave it a token
     # (`_partial_kinds`).
     self.partial_kinds = np.zeros(size, np.int64)
-    # A token of one whitespace character: whether it can start a piece and end a token
-    # when split off a run of whitespace (before a non-space: "\n" can, " " where BPE leaves
-    # it alone before some character, " 1" not merged, say).
-    self.split_ok = np.zeros(size, bool)
     for i, t in enumerate(self.token_bytes):
       if self.use_regex and t and cut_character(t) == t:
         self.token_kinds[i], self.partial_kinds[i] = PARTIAL, self._partial_kinds(t)
       elif self.use_regex and t and _ONE_SPACE.fullmatch(t.decode("utf-8", "surrogateescape")):
         self.token_kinds[i] = ONE_SPACE
-        self.split_ok[i] = any(self._merge(self.pieces(t + probe)[0])[0] == t
-                               for probe in _PROBES_AWAY_FROM_APOSTROPHES if _starts_word(probe))
 
   @functools.cached_property
   def bigrams(self) -> Bigrams:
     """Which tokens BPE puts after which, for the whole vocabulary (built at first use)."""
     return Bigrams(self.token_bytes, self.vocab, self.ranks, merge)
+
+  @functools.cached_property
+  def split_ok(self) -> np.ndarray:
+    """bool [V]: for a token of one whitespace character, whether it ends a token when split
+    off a run of whitespace before a non-space. Any character but a space is then a piece of
+    its own (a token if BPE makes it of its bytes). A space joins the run of letters, digits
+    or other characters after it, and ends a token where BPE may put some token of that run
+    right after it: one of the same kinds (`token_kinds` 0-2) does, at the end of the text."""
+    ok = self.bigrams.alone & (self.token_kinds == ONE_SPACE)
+    space = self.vocab[b" "]
+    ok[space] = bool(np.any(self.bigrams.after(space) & (self.token_kinds <= 2)
+                            & (self.token_kinds >= 0)))
+    return ok
 
   @classmethod
   def from_json(cls, text: str) -> "BPE":
