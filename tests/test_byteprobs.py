@@ -452,6 +452,20 @@ def test_a_space_split_off_a_run_before_a_letter_it_does_not_merge_with_is_exact
     assert abs(math.exp(lm.prefix_logprob(x)) - want) < 1e-9, x
 
 
+def test_a_cut_character_completes_to_one_bpe_leaves_apart():
+  """With "\xc3\x80" (À) and "a\xc3" tokens, "aé" is [a\xc3, \xa9]: after "a" + 0xC3 a letter
+  follows, but not À, whose bytes BPE merges first. The completion tried for letters must
+  be one that leaves the token boundary (the first in code point order, À, does not)."""
+  base = {bytes([b]): b + 2 for b in range(256)}
+  ours = BPE(base | {b"\xc3\x80": 258, b"a\xc3": 259}, [(b"\xc3", b"\x80"), (b"a", b"\xc3")],
+             special_ids=[0, 1])
+  assert ours.encode("a\u00e9".encode()) == [259, 0xA9 + 2]
+  lm, truth = _regex_world(None, ["a", "\u00e9", "\u00c0"], 3, 0, ours=ours)
+  for x in (b"a", b"a\xc3", "a\u00e9".encode(), b"\xc3"):
+    want = sum(w for text, w in truth.items() if text.startswith(x))
+    assert abs(math.exp(lm.prefix_logprob(x)) - want) < 1e-9, x
+
+
 def test_prefixes_cut_inside_a_character_are_exact():
   # Two- and three-byte characters, merged into tokens: every byte prefix of every text, many
   # cut inside a character. "aé" and "aà" make "a" + the lead byte of both a token ("a\xc3"),

@@ -67,6 +67,9 @@ class BPE:
     self.max_token_bytes = max(len(t) for t in self.vocab)
     # Pieces recur (words, spaces); their merges are memoised per tokenizer.
     self._merge = functools.lru_cache(maxsize=1 << 16)(self._merge_piece)
+    # Continuation bytes that begin no merge's right side: BPE never joins one to what is
+    # before it, so a character cut there keeps a token boundary (`completions`).
+    self._free_bytes = frozenset(range(0x80, 0xC0)) - {right[0] for _, right in self.ranks}
     # The tokens sorted by their bytes: those starting with a prefix are one range of them.
     order = sorted((t, i) for i, t in enumerate(self.token_bytes) if t)
     self._sorted_bytes = [t for t, _ in order]
@@ -158,7 +161,7 @@ class BPE:
     probes = _PROBES if b"'" in y[-2:] else _PROBES_AWAY_FROM_APOSTROPHES
     cut = cut_character(y)
     if cut:
-      probes = [c + p for c in _completions(cut) for p in probes]
+      probes = [c + p for c in self.completions(cut) for p in probes]
     return probes
 
   def stable_prefix(self, data: bytes) -> tuple[int, list[int]]:
@@ -240,6 +243,11 @@ class BPE:
     hi = bisect.bisect_left(self._sorted_bytes, past) if past else len(self._sorted_bytes)
     return self._sorted_ids[lo:hi]
 
+  def completions(self, cut: bytes) -> list[bytes]:
+    """`_completions` of a cut character, preferring in each class a character whose first
+    byte after the cut begins no merge's right side (so BPE leaves it apart from the cut)."""
+    return _completions(cut, self._free_bytes)
+
   def _partial_kinds(self, p: bytes) -> int:
     """For a token p that is the start of a UTF-8 character, how it may be the first token
     of what it begins (one character of each class completing it, `_completions`, then each
@@ -249,7 +257,7 @@ class BPE:
     AS_SPACE_ALONE after one that is not (the character a piece of its own, split off any
     run before it)."""
     kinds = 0
-    for rest in _completions(p):
+    for rest in self.completions(p):
       char = (p + rest).decode("utf-8", errors="surrogateescape")[0]
       space = bool(_ONE_SPACE.fullmatch(char))
       for probe in _PROBES_AWAY_FROM_APOSTROPHES:
@@ -403,10 +411,15 @@ def cut_character(y: bytes) -> bytes:
 _COMPLETIONS: dict[bytes, list[bytes]] = {}
 
 
-def _completions(cut: bytes) -> list[bytes]:
+def _completions(cut: bytes, free: frozenset[int] = frozenset()) -> list[bytes]:
   """The rest of a cut character, one completion per class of character it can become (and
-  a byte that completes nothing, which leaves it invalid)."""
-  if cut not in _COMPLETIONS:
+  a byte that completes nothing, which leaves it invalid): the first in code point order
+  whose first byte is in `free` where one is, else the first. BPE merges the bytes of some
+  characters and not others'; a first byte that begins no merge's right side is never merged
+  with the cut bytes before it, so the character leaves a token boundary where it begins
+  whenever one of its class can (`BPE.completions`)."""
+  key = cut, free
+  if key not in _COMPLETIONS:
     width = {0xC: 2, 0xD: 2, 0xE: 3, 0xF: 4}[cut[0] >> 4]
     missing = width - len(cut)
     # The rests in increasing order are the code points base + n, n < 64 ** missing; those
@@ -418,14 +431,16 @@ def _completions(cut: bytes) -> list[bytes]:
     base <<= 6 * missing
     lowest = {2: 0x80, 3: 0x800, 4: 0x10000}[width]
     valid = all(0x80 <= b < 0xC0 for b in cut[1:]) and 0xC2 <= cut[0] <= 0xF4
-    seen = {}
+    seen, seen_free = {}, {}
     for n in range(64 ** missing) if valid else ():
       cp = base + n
       if cp < lowest or 0xD800 <= cp < 0xE000 or cp > 0x10FFFF:
         continue
       ch = chr(cp)
       cls = ("space" if ch.isspace() else unicodedata.category(ch)[0])
-      if cls not in seen:
-        seen[cls] = ch.encode("utf-8")[len(cut):]
-    _COMPLETIONS[cut] = list(seen.values()) + [b"!"]
-  return _COMPLETIONS[cut]
+      rest = ch.encode("utf-8")[len(cut):]
+      seen.setdefault(cls, rest)
+      if rest[0] in free:
+        seen_free.setdefault(cls, rest)
+    _COMPLETIONS[key] = [seen_free.get(cls, rest) for cls, rest in seen.items()] + [b"!"]
+  return _COMPLETIONS[key]
