@@ -3,7 +3,9 @@ once: the bigram test that makes exact byte probabilities cheap (`byte_lm.ByteLM
 
 Within a pre-tokenization piece, a token sequence is BPE's own tokenization of the bytes it
 spells exactly when every adjacent pair is (Berglund and van der Merwe 2023; Vieira et al.
-2025). Why: BPE merges the lowest-ranked adjacent pair first (the leftmost of equal ones), so
+2025), for merges as training makes them: in the order they were learned, each token made by
+one merge (`Bigrams.exact` checks both). Why: BPE merges the lowest-ranked adjacent pair first
+(the leftmost of equal ones), so
 until a merge joins bytes of two neighbouring tokens, each token's bytes evolve as they would
 alone; the first merge across a junction is one that the two tokens alone would make too.
 
