@@ -186,6 +186,15 @@ def test_covers_found_for_the_whole_vocabulary_at_once_are_the_per_token_ones(pa
   assert calls["together"] < calls["one by one"] / 2  # most candidates go together
 
 
+def test_stable_cuts_read_along_a_text_equal_those_read_from_its_start(pair):
+  """ByteLM cuts each prefix from where the one a byte shorter was cut (not from the start)."""
+  lm = ByteLM(None, pair[1], 0)
+  for text in MIXED:
+    for t in range(len(text) + 1):
+      s, ids = pair[1].stable_prefix(text[:t])
+      assert lm._stable_ids(text[:t]) == (s, tuple(ids)), text[:t]
+
+
 def test_a_space_split_off_a_run_of_spaces_starts_a_piece():
   """With "  " a token, " " cannot follow " " in one piece, yet "a  b" is [a, " ", " b"] or
   [a, " ", " ", b]: the last space of a run leaves it for what follows."""

@@ -79,12 +79,13 @@ def token_trees(rows: Sequence[Sequence[int]], max_nodes: int = TREE_NODES
   where it goes on; below a path of max_nodes or more, nodes join the tree that holds it
   (which then grows past max_nodes)."""
   children: dict[tuple[int, ...], dict[int, tuple[int, ...]]] = {(): {}}
-  for row in rows:
-    for k in range(len(row)):
-      node = tuple(row[:k + 1])
-      if node not in children:
-        children[node] = {}
-        children[node[:-1]][row[k]] = node
+  for row in map(tuple, rows):
+    k = len(row)
+    while row[:k] not in children:  # from the end: rows share all but their last prefixes
+      k -= 1
+    for j in range(k, len(row)):
+      children[row[:j + 1]] = {}
+      children[row[:j]][row[j]] = row[:j + 1]
   trees, place = [], {}
   ids, depths, parents, index = [], [], [], {}
 

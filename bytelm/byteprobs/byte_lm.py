@@ -97,6 +97,8 @@ class ByteLM:
       k = len(h)
       while h[:k] not in self._logp:  # the log-probability needs every row before it
         k -= 1
+        if h[:k] in todo:  # asked for already, with the rows before it (not again: a long
+          break            # text's heads would each walk their whole path, quadratic)
         todo[h[:k]] = None
     todo = [p for p in todo if p not in self._rows]
     if todo:
@@ -127,10 +129,14 @@ class ByteLM:
   # ---- byte side: cover encodings ------------------------------------------------------------
 
   def _stable_ids(self, prefix: bytes) -> tuple[int, tuple[int, ...]]:
-    """`BPE.stable_prefix` of prefix, memoised."""
+    """`BPE.stable_prefix` of prefix, memoised. Where the prefix one byte shorter has been
+    cut already, only the text after that cut is read again: the pieces before a stable cut
+    are the same whatever follows, and those after it depend on the text after it alone (the
+    pattern looks behind nothing), so reading a text along costs no pass over it per byte."""
     if prefix not in self._stable:
-      s, ids = self.bpe.stable_prefix(prefix)
-      self._stable[prefix] = s, tuple(ids)
+      s0, ids0 = self._stable.get(prefix[:-1], (0, ()))
+      s, ids = self.bpe.stable_prefix(prefix[s0:])
+      self._stable[prefix] = s0 + s, ids0 + tuple(ids)
     return self._stable[prefix]
 
   def _tail_tokens(self, w: bytes) -> frozenset[tuple[int, ...]]:
@@ -186,16 +192,17 @@ class ByteLM:
       if cut_character(u):  # tokens that may finish u's last character go one by one
         kinds = np.where((self.bpe.byte_table[ids, 0] >> 6) == 2, -1, kinds)
       for kind in np.unique(kinds):
-        pick = ids[kinds == kind]
+        mine = kinds == kind
+        pick, pick_nxt = ids[mine], nxt[mine]
         if kind < 0:
-          for v, b in zip(pick.tolist(), nxt[kinds == kind].tolist()):
+          for v, b in zip(pick.tolist(), pick_nxt.tolist()):
             for h in self._local_heads(u, v):
               found.setdefault(base + h, []).append((np.asarray([v]), np.asarray([b])))
           continue
         checked = (self._checked(context, kind, pick) if kind != 0 or 0 in context
                    else self._checked_letters(u, pick))
         for head, ok in checked:
-          found.setdefault(base + head, []).append((pick[ok], nxt[kinds == kind][ok]))
+          found.setdefault(base + head, []).append((pick[ok], pick_nxt[ok]))
     covers = {}
     for h, parts in found.items():
       if len(parts) == 1:
