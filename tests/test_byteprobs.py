@@ -25,6 +25,7 @@ from bytelm.data import bpe
 from bytelm.models import decoder
 from bytelm.nn.compiled import Compiled
 from bytelm.training import config_file
+from byteprobs_world import world as _world
 
 TEXTS = ["The quick brown fox jumps over the lazy dog's back, 123 times!",
          "Žluťoučký kůň úpěl ďábelské ódy. Ça va? Tiếng Việt có dấu.",
@@ -211,10 +212,15 @@ def test_a_space_split_off_a_run_of_spaces_starts_a_piece():
 
 def test_bad_tokenizer_files_are_clear_errors(pair):
   spec = json.loads(pair[0].to_str())
+  unknown_split = {"type": "Sequence", "pretokenizers": [
+      {"type": "Split", "pattern": {"Regex": r"\w+|\W+"}, "behavior": "Isolated",
+       "invert": False}, {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}]}
   for change, named in (({"model": {"type": "WordPiece"}}, "model is 'WordPiece'"),
+                        ({"model": {"type": "Unigram"}}, "model is 'Unigram'.*likeliest"),
                         ({"pre_tokenizer": {"type": "Metaspace"}}, "pre-tokenizer is 'Metaspace'"),
+                        ({"pre_tokenizer": unknown_split}, r"pattern '\\\\w\+"),
                         ({"normalizer": {"type": "NFC"}}, "'NFC' normalizer"),
-                        ({"model": spec["model"] | {"ignore_merges": True}}, "ignore_merges")):
+                        ({"model": spec["model"] | {"dropout": 0.1}}, "dropout")):
     with pytest.raises(ValueError, match=named):
       BPE.from_json(json.dumps(spec | change))
   BPE.from_json(json.dumps(spec))  # the file itself is fine
@@ -399,41 +405,13 @@ def test_bytelm_decoders_plug_in():
 
 # ---- with GPT-2's pre-tokenization regex ------------------------------------------------------
 
+def _trained(texts, extra_tokens: int) -> BPE:
+  """A GPT-2-style BPE trained on texts with extra_tokens merges."""
+  return BPE.from_json(bpe.train(texts, len(bpe.SPECIAL_TOKENS) + 256 + extra_tokens).to_str())
+
+
 REGEX_ALPHABET = "as' 1!"
 REGEX_MAX = 4
-
-
-def _regex_world(training_texts, alphabet, max_chars, extra_tokens, ours=None):
-  """A regex BPE trained on training_texts (or `ours`), and a token model defined from a
-  random distribution over every text of up to max_chars characters of alphabet: P(next token
-  | tokens) is the mass of the texts whose canonical tokenization (then eot) continues that
-  way. So the model puts mass on canonical sequences only, and the exact answer for a prefix
-  is the mass of the texts that start with it."""
-  ours = ours or BPE.from_json(bpe.train(training_texts,
-                                         len(bpe.SPECIAL_TOKENS) + 256 + extra_tokens).to_str())
-  rng = np.random.default_rng(0)
-  texts = [""] + ["".join(c) for n in range(1, max_chars + 1)
-                  for c in itertools.product(alphabet, repeat=n)]
-  weights = rng.random(len(texts)) ** 3
-  weights /= weights.sum()
-  eot = 1
-  mass = {}
-  for text, w in zip(texts, weights):
-    seq = tuple(ours.encode(text.encode())) + (eot,)
-    for k in range(len(seq) + 1):
-      mass[seq[:k]] = mass.get(seq[:k], 0.0) + w
-  size = len(ours.token_bytes)
-
-  def token_lm(prefixes):
-    out = np.full((len(prefixes), size), -np.inf)
-    for row, p in zip(out, prefixes):
-      for v in range(size):
-        if p + (v,) in mass:
-          row[v] = math.log(mass[p + (v,)] / mass[p])
-    return out
-
-  truth = {t.encode(): w for t, w in zip(texts, weights)}
-  return ByteLM(token_lm, ours, eot), truth
 
 
 @pytest.fixture(scope="module")
@@ -442,8 +420,8 @@ def tiny_regex():
   [a]["  "], inside "a  1" it is [a][ ][ ] (the regex leaves the last space of a run to what
   follows), the case that makes the tokenization of a prefix differ from the start of the
   tokenization of the whole text."""
-  lm, truth = _regex_world(["a's as aa   s'a", "'s a    as a's!!", "sa 'a     as1!"] * 30,
-                           REGEX_ALPHABET, REGEX_MAX, 8)
+  lm, truth = _world(_trained(["a's as aa   s'a", "'s a    as a's!!", "sa 'a     as1!"] * 30, 8),
+                     REGEX_ALPHABET, REGEX_MAX)
   assert lm.bpe.encode(b"a  ")[-1] != lm.bpe.encode(b"a  1")[2]
   return lm, truth
 
@@ -455,7 +433,7 @@ def test_a_space_split_off_a_run_before_a_letter_it_does_not_merge_with_is_exact
   ours = BPE(base | {t: 258 + i for i, t in enumerate(extra)}, [(t[:1], t[1:]) for t in extra],
              special_ids=[0, 1])
   assert ours.decode(ours.encode(b"  b")) == b"  b" and len(ours.encode(b"  b")) == 3
-  lm, truth = _regex_world(None, "ab ", 4, 0, ours=ours)
+  lm, truth = _world(ours, "ab ", 4)
   for x in (b"  ", b" ", b"a  ", b"b ", b"  b"):
     want = sum(w for text, w in truth.items() if text.startswith(x))
     assert abs(math.exp(lm.prefix_logprob(x)) - want) < 1e-9, x
@@ -469,7 +447,7 @@ def test_a_cut_character_completes_to_one_bpe_leaves_apart():
   ours = BPE(base | {b"\xc3\x80": 258, b"a\xc3": 259}, [(b"\xc3", b"\x80"), (b"a", b"\xc3")],
              special_ids=[0, 1])
   assert ours.encode("a\u00e9".encode()) == [259, 0xA9 + 2]
-  lm, truth = _regex_world(None, ["a", "\u00e9", "\u00c0"], 3, 0, ours=ours)
+  lm, truth = _world(ours, ["a", "\u00e9", "\u00c0"], 3)
   for x in (b"a", b"a\xc3", "a\u00e9".encode(), b"\xc3"):
     want = sum(w for text, w in truth.items() if text.startswith(x))
     assert abs(math.exp(lm.prefix_logprob(x)) - want) < 1e-9, x
@@ -480,8 +458,8 @@ def test_prefixes_cut_inside_a_character_are_exact():
   # cut inside a character. "aé" and "aà" make "a" + the lead byte of both a token ("a\xc3"),
   # which is valid when the cut character becomes a letter (one piece with the "a") and not
   # when it becomes punctuation: only completing the character as each class tells.
-  lm, truth = _regex_world(["aé aà aé aà 日日 a日 é", " é日 aà  日"] * 30, ["a", "é", "à", " ", "日"],
-                           3, 10)
+  lm, truth = _world(_trained(["aé aà aé aà 日日 a日 é", " é日 aà  日"] * 30, 10),
+                     ["a", "é", "à", " ", "日"], 3)
   assert b"a\xc3" in lm.bpe.vocab
   prefixes = sorted({t[:k] for t in truth for k in range(1, len(t) + 1)})
   assert sum(1 for x in prefixes if _cut_inside(x)) >= 60

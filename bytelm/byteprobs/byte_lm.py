@@ -152,14 +152,16 @@ class ByteLM:
       y = u + self.bpe.token_bytes[v]
       s, before = self.bpe.stable_prefix(y)
       before = tuple(before)
-      self._local[key] = tuple(before + t[:-1] for t in self._tail_tokens(y[s:]) if t[-1] == v)
+      # All of y may be stable (it ends with an added token): v is then its last token.
+      full = [before + t for t in (self._tail_tokens(y[s:]) if s < len(y) else [()])]
+      self._local[key] = tuple(f[:-1] for f in full if f and f[-1] == v)
     return self._local[key]
 
   def _context(self, u: bytes):
-    """`BPE.context_heads` of u, memoised; None (every candidate one by one) where the
-    bigram test does not hold for this tokenizer's merges (`Bigrams.exact`)."""
+    """`BPE.context_heads` of u, memoised; None (every candidate one by one) where this
+    tokenizer's candidates cannot be checked a kind at a time (`BPE.checks_together`)."""
     if u not in self._contexts:
-      self._contexts[u] = self.bpe.context_heads(u) if self.bpe.bigrams.exact else None
+      self._contexts[u] = self.bpe.context_heads(u) if self.bpe.checks_together else None
     return self._contexts[u]
 
   def _covers(self, x: bytes, past_end: bool
@@ -255,12 +257,20 @@ class ByteLM:
         out.append((head, (which == k) & follow[ids]))
     return out
 
+  def _spelled(self, x: bytes) -> bytes:
+    """What the tokens of a text starting with x spell up to its end: x after the
+    tokenizer's `prefix` (a SentencePiece dummy space)."""
+    if self.bpe.metaspace and "\u2581".encode() in x:
+      raise ValueError(f"{x[-20:]!r} holds '\u2581', which this tokenizer reads as a space: no "
+                       "token sequence spells it, so no text with it has a probability")
+    return self.bpe.prefix + x
+
   def prefix_logprob(self, x: str | bytes) -> float:
     """log P(the text starts with x): the sum over its cover encodings."""
     x = as_bytes(x, "prefix")
     if not x:
       return 0.0
-    covers = self._covers(x, past_end=False)
+    covers = self._covers(self._spelled(x), past_end=False)
     self._score(list(covers))
     terms = [self._logp[h] + self._rows[h][vs] for h, (vs, _) in covers.items()]
     return _logsumexp(np.concatenate(terms)) if terms else -math.inf
@@ -287,7 +297,7 @@ class ByteLM:
     if isinstance(prefixes, (str, bytes, bytearray)):
       raise TypeError("pass a list of prefixes; wrap a single one: [prefix]")
     prefixes = [as_bytes(x, f"prefix {i}") for i, x in enumerate(prefixes)]
-    covers = [self._covers(x, past_end=True) for x in prefixes]
+    covers = [self._covers(self._spelled(x), past_end=True) for x in prefixes]
     ends = [tuple(self.bpe.encode(x)) for x in prefixes]
     self._score([h for c in covers for h in c] + list(ends))
     out = np.empty((len(prefixes), 257))

@@ -1,11 +1,19 @@
-"""Canonical tokenization by a byte-level BPE, on bytes: what makes a token sequence valid.
+"""Canonical tokenization by a BPE, on bytes: what makes a token sequence valid.
 
 A tokenized LM puts mass only on the token sequences its tokenizer produces; the exact byte
 probabilities of Phan et al. (2024) sum over those ("valid") sequences and no others, so they
 need the tokenizer as a function on bytes that can be run on any candidate: `BPE.encode` and
-`BPE.is_valid`. This reimplements a Hugging Face byte-level BPE from its tokenizer.json (vocab,
-merges, the ByteLevel pre-tokenizer) rather than calling `tokenizers`, which encodes str only:
-the byte strings of candidate token sequences can end inside a UTF-8 character.
+`BPE.is_valid`. This reimplements a Hugging Face BPE from its tokenizer.json (`BPE.from_json`
+says which) rather than calling `tokenizers`, which encodes str only: the byte strings of
+candidate token sequences can end inside a UTF-8 character.
+
+Two families. Byte-level BPE (GPT-2, Llama-3, GPT-4-style): every token spells bytes, merges
+start from single bytes, a pre-tokenizer splits the text first. SentencePiece-style BPE with
+byte fallback (Llama-2, Mistral): merges start from characters, a character that is no token
+is spelled by tokens of its bytes ("<0xE2>"), "▁" stands for a space and a space may be put
+before the text ("add_dummy_prefix": `prefix`, part of what the tokens spell but not of the
+text). Added tokens that are not special are matched in the text before anything else, and
+the text between them is tokenized on its own; special tokens spell nothing.
 
 Pre-tokenization. With the ByteLevel pre-tokenizer's `use_regex` (GPT-2's pattern, the default),
 text is first split into pieces (a word with the space before it, a number, a run of
@@ -14,11 +22,12 @@ sequences are valid: " world" can be one token but "o w" never is. The split is 
 decoded from the bytes; a byte that is not valid UTF-8 is decoded as a lone surrogate
 (`surrogateescape`), which the pattern treats as punctuation. On valid UTF-8 this is exactly
 what `tokenizers` computes (tested); beyond it, where `tokenizers` has no answer, this is the
-definition used. Without the regex the whole text is one piece.
+definition used. Without the regex the whole text is one piece. Other pre-tokenizers (a Split
+with Llama-3's pattern, Metaspace) are `splits`.
 
 Merges. Within a piece, starting from single bytes, the adjacent pair whose merge was learned
 first is merged, the leftmost where it occurs several times, until no learned pair is left (as
-`tokenizers` does).
+`tokenizers` does). With `ignore_merges` (Llama-3), a piece that is a token is that token.
 
 Axis legend: none (host code on Python bytes and ints).
 """
@@ -36,8 +45,8 @@ from collections.abc import Sequence
 import numpy as np
 import regex
 
+from bytelm.byteprobs import splits, tokenizer_json
 from bytelm.byteprobs.bigrams import Bigrams
-from bytelm.data.bpe import byte_chars
 
 # The ByteLevel pre-tokenizer's pattern (GPT-2's), as `tokenizers` applies it.
 GPT2_PATTERN = regex.compile(
@@ -45,26 +54,48 @@ GPT2_PATTERN = regex.compile(
 
 
 class BPE:
-  """A byte-level BPE: encode(bytes) -> ids, the bytes of each id, and validity of id lists."""
+  """A BPE on bytes: encode(bytes) -> ids, the bytes of each id, and validity of id lists."""
 
   def __init__(self, vocab: dict[bytes, int], merges: Sequence[tuple[bytes, bytes]],
-               use_regex: bool = True, special_ids: Sequence[int] = ()):
+               use_regex: bool = True, special_ids: Sequence[int] = (), *,
+               split=None, added: dict[bytes, int] | None = None, ignore_merges: bool = False,
+               chars: frozenset[bytes] | None = None, prefix: bytes = b"",
+               metaspace: bool = False, bos: Sequence[int] = ()):
     """vocab: the bytes each (non-special) token spells -> its id; merges: pairs in the order
-    they were learned; special_ids: ids that spell nothing (pad, eos)."""
+    they were learned; special_ids: ids that spell nothing (pad, eos). The rest describe
+    tokenizers other than GPT-2's (`from_json` sets them): split, a `splits` pre-tokenizer
+    in place of GPT-2's regex (use_regex is then ignored); added, tokens matched in the text
+    before pre-tokenization (bytes -> id); ignore_merges, a piece that is a token is that
+    token; chars, the characters that are tokens where merges start from characters, not
+    bytes (SentencePiece; the others are spelled by their bytes' tokens); prefix, what is
+    put before every text (a space, for "add_dummy_prefix"); metaspace, "▁" in a text is
+    read as a space; bos, the ids put before the tokens of a text by the tokenizer's post
+    processor (a model's context, not part of what is tokenized)."""
     missing = [b for b in range(256) if bytes([b]) not in vocab]
     if missing:
-      raise ValueError(f"a byte-level BPE has a token for each of the 256 bytes; {len(missing)} "
-                       f"are missing (e.g. {missing[0]:#04x})")
-    self.vocab, self.use_regex = dict(vocab), bool(use_regex)
+      raise ValueError(f"a BPE read as bytes has a token for each of the 256 bytes (byte-level, "
+                       f"or byte fallback); {len(missing)} are missing (e.g. {missing[0]:#04x})")
+    self.vocab, self.split = dict(vocab), split
+    self.use_regex = bool(use_regex) and split is None
+    self.added = dict(added or {})
+    self.ids = self.vocab | self.added  # the id of each piece and token BPE makes
+    self.ignore_merges, self.chars = bool(ignore_merges), chars
+    self.prefix, self.metaspace, self.bos = bytes(prefix), bool(metaspace), tuple(bos)
     self.ranks = {pair: rank for rank, pair in enumerate(merges)}
     for left, right in self.ranks:
       if left + right not in self.vocab:
         raise ValueError(f"the merge {left!r} + {right!r} makes no token of the vocabulary")
-    size = max(list(self.vocab.values()) + list(special_ids)) + 1
+    size = max(list(self.ids.values()) + list(special_ids)) + 1
     self.token_bytes: list[bytes] = [b""] * size  # specials (and unused ids) spell nothing
-    for token, i in self.vocab.items():
+    for token, i in self.ids.items():
       self.token_bytes[i] = token
-    self.max_token_bytes = max(len(t) for t in self.vocab)
+    self.max_token_bytes = max(len(t) for t in self.ids)
+    # Added tokens, longest first: at one start the longest is taken, as `tokenizers` does.
+    contents = sorted((t.decode("utf-8", "surrogateescape") for t in self.added),
+                      key=len, reverse=True)
+    self._added_pattern = regex.compile("|".join(map(regex.escape, contents))) if contents \
+        else None
+    self._added_starts = {t[:k] for t in self.added for k in range(1, len(t))}
     # Pieces recur (words, spaces); their merges are memoised per tokenizer.
     self._merge = functools.lru_cache(maxsize=1 << 16)(self._merge_piece)
     # Continuation bytes that begin no merge's right side: BPE never joins one to what is
@@ -95,6 +126,15 @@ class BPE:
     """Which tokens BPE puts after which, for the whole vocabulary (built at first use)."""
     return Bigrams(self.token_bytes, self.vocab, self.ranks, merge)
 
+  @property
+  def checks_together(self) -> bool:
+    """Whether candidate tokens can be checked a kind at a time (`context_heads` and
+    `bigrams`): for byte-level BPE whose merges are as training makes them, with GPT-2's
+    regex or none, no added tokens and no ignore_merges. Otherwise `byte_lm.ByteLM` checks
+    them one by one through the probes: exact, slower."""
+    return (self.split is None and not self.added and not self.ignore_merges
+            and self.chars is None and self.bigrams.exact)
+
   @functools.cached_property
   def split_ok(self) -> np.ndarray:
     """bool [V]: for a token of one whitespace character, whether it ends a token when split
@@ -110,43 +150,48 @@ class BPE:
 
   @classmethod
   def from_json(cls, text: str) -> "BPE":
-    """From the contents of a Hugging Face tokenizer.json with a BPE model and a ByteLevel
-    pre-tokenizer (GPT-2 style; bytelm.data.bpe makes these)."""
-    spec = json.loads(text)
-    model, pre = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
-    norm = spec.get("normalizer") or {}
-    refused = next((why for bad, why in (
-        (model.get("type") != "BPE", f"its model is {model.get('type')!r}, not BPE"),
-        (pre.get("type") != "ByteLevel",
-         f"its pre-tokenizer is {pre.get('type')!r}, not ByteLevel"),
-        (bool(norm), f"it has a {norm.get('type')!r} normalizer, which changes the bytes"),
-        (pre.get("add_prefix_space"), "its ByteLevel pre-tokenizer adds a prefix space"),
-        (model.get("ignore_merges"), "its BPE model sets ignore_merges")) if bad), None)
-    if refused:
-      raise ValueError(f"tokenizer.json not supported: {refused}. bytelm.byteprobs reads "
-                       "byte-level BPE (a BPE model, a ByteLevel pre-tokenizer with or without "
-                       "GPT-2's regex, no normalizer); docs/api.md lists what is covered")
-    byte_of = {c: b for b, c in enumerate(byte_chars())}
-    specials = {t["content"]: t["id"] for t in spec.get("added_tokens", [])}
-
-    def as_bytes(token: str) -> bytes:
-      return bytes(byte_of[c] for c in token)
-
-    vocab = {as_bytes(t): i for t, i in model["vocab"].items() if t not in specials}
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
-    return cls(vocab, [(as_bytes(a), as_bytes(b)) for a, b in merges],
-               use_regex=pre.get("use_regex", True), special_ids=list(specials.values()))
+    """From the contents of a Hugging Face tokenizer.json: a BPE model with either a
+    ByteLevel pre-tokenizer (with GPT-2's regex or none, or after a Split with a pattern of
+    `splits.PATTERNS`, as Llama-3's), or SentencePiece's conventions with byte fallback
+    ("▁" for spaces by a Replace normalizer or a Metaspace pre-tokenizer, an optional "▁"
+    prepended). Anything else is refused with the part named (`tokenizer_json`)."""
+    return tokenizer_json.from_spec(cls, json.loads(text))
 
   @classmethod
   def from_file(cls, path) -> "BPE":
     return cls.from_json(pathlib.Path(path).read_text(encoding="utf-8"))
 
+  # ---- pre-tokenization ----------------------------------------------------------------------
+
+  def _sections(self, text: str) -> list[tuple[str, bool]]:
+    """text cut at the added tokens in it: (section, whether it is an added token)."""
+    if self._added_pattern is None:
+      return [(text, False)] if text else []
+    out, end = [], 0
+    for m in self._added_pattern.finditer(text):
+      if m.start() > end:
+        out.append((text[end:m.start()], False))
+      out.append((m.group(), True))
+      end = m.end()
+    if end < len(text):
+      out.append((text[end:], False))
+    return out
+
+  def _split(self, text: str) -> list[str]:
+    """The pre-tokenizer's pieces of a text with no added token in it."""
+    if self.split is not None:
+      return self.split.pieces(text)
+    if self.use_regex:
+      return GPT2_PATTERN.findall(text)
+    return [text] if text else []
+
   def pieces(self, data: bytes) -> list[bytes]:
-    """The pre-tokenization of data: pieces that BPE merges within, never across."""
-    if not self.use_regex or not data:
-      return [data] if data else []
+    """The pre-tokenization of data: pieces that BPE merges within, never across (an added
+    token is a piece of its own)."""
     text = data.decode("utf-8", errors="surrogateescape")
-    return [m.encode("utf-8", errors="surrogateescape") for m in GPT2_PATTERN.findall(text)]
+    return [p.encode("utf-8", errors="surrogateescape")
+            for section, added in self._sections(text)
+            for p in ([section] if added else self._split(section))]
 
   def probes(self, y: bytes) -> list[bytes]:
     """Continuations that show every way text after y can change the tokens of y: without a
@@ -154,44 +199,87 @@ class BPE:
     with GPT-2's, the split near the end of y depends on the next character's class (a
     space before a word joins it, whitespace before a non-space leaves its last space to
     it, an apostrophe makes "'s", "'re", ... with the letters after it), and a character cut
-    at the end of y on how it is completed."""
+    at the end of y on how it is completed. Other pre-tokenizers: `splits`' probes, after
+    each completion of a cut character."""
+    cut = cut_character(y)
+    if self.split is not None:
+      text = y[:len(y) - len(cut)].decode("utf-8", errors="surrogateescape")
+      if not cut:
+        return [p.encode("utf-8") for p in self.split.probes(text)]
+      return [c + p.encode("utf-8") for c in self.completions(cut)
+              for p in self.split.probes(text + (cut + c).decode("utf-8", "surrogateescape"))]
     if not self.use_regex:
       return [b""]
     # Letters differ only after an apostrophe, where they may finish a contraction.
     probes = _PROBES if b"'" in y[-2:] else _PROBES_AWAY_FROM_APOSTROPHES
-    cut = cut_character(y)
     if cut:
       probes = [c + p for c in self.completions(cut) for p in probes]
     return probes
 
-  def stable_prefix(self, data: bytes) -> tuple[int, list[int]]:
-    """(s, ids): the end s of the pieces of data that no continuation can change, and their
-    tokens, so that encode(data + z) == ids + encode(data[s:] + z) for every z ((0, [])
-    without a regex).
-
-    The pattern has no look-behind, so the pieces from s on depend only on the text from s
-    on; a piece before s is fixed if matching it never read past the end of data. A greedy
-    run that read to the end would have matched to it (that piece is the last), so only two
-    reads go further than one character past a piece: the contractions read three
-    characters from an apostrophe ("'l" may become "'ll"), and whitespace tries its whole run
-    before leaving the last space to what follows ("\n\n1" is "\n", "\n", "1"). Every piece
-    but the last is fixed unless it is an apostrophe within three characters of the end or
-    whitespace whose run reaches the end (a cut UTF-8 character at the end not counted). The
-    ids are those of the pieces as matched in data: data[:s] alone can split differently
-    ("\n\n" is one piece). Tested against random continuations.
-    """
+  def _stable_end(self, text: str) -> int:
+    """In a text with no added token: the end (in characters) of the pieces no
+    continuation changes (`stable_prefix`)."""
+    if self.split is not None:
+      return self.split.stable_end(text)
     if not self.use_regex:
-      return 0, []
-    whole = data[:len(data) - len(cut_character(data))]
-    text = whole.decode("utf-8", errors="surrogateescape")
-    fixed = []
+      return 0
+    end = 0
     for match in list(GPT2_PATTERN.finditer(text))[:-1]:
       p = match.start()
       run = _SPACE_RUN.match(text, p)
       if (text[p] == "'" and p + 3 > len(text)) or (run and run.end() == len(text)):
         break
-      fixed.append(match.group().encode("utf-8", errors="surrogateescape"))
-    return sum(map(len, fixed)), [self.vocab[t] for piece in fixed for t in self._merge(piece)]
+      end = match.end()
+    return end
+
+  def stable_prefix(self, data: bytes) -> tuple[int, list[int]]:
+    """(s, ids): the end s of the pieces of data that no continuation can change, and their
+    tokens, so that encode(data + z) == ids + encode(data[s:] + z) for every z ((0, [])
+    without a regex). data is what the tokens spell (`prefix` included).
+
+    GPT-2's pattern has no look-behind, so the pieces from s on depend only on the text
+    from s on; a piece before s is fixed if matching it never read past the end of data. A
+    greedy run that read to the end would have matched to it (that piece is the last), so
+    only two reads go further than one character past a piece: the contractions read three
+    characters from an apostrophe ("'l" may become "'ll"), and whitespace tries its whole run
+    before leaving the last space to what follows ("\n\n1" is "\n", "\n", "1"). Every piece
+    but the last is fixed unless it is an apostrophe within three characters of the end or
+    whitespace whose run reaches the end (a cut UTF-8 character at the end not counted). The
+    ids are those of the pieces as matched in data: data[:s] alone can split differently
+    ("\n\n" is one piece). Other pre-tokenizers: `splits`' stable_end. Added tokens: one
+    that starts before the text's end could begin another (`_open`) is fixed, with the text
+    before it. Tested against random continuations.
+    """
+    if not self.use_regex and self.split is None and not self.added:
+      return 0, []
+    whole = data[:len(data) - len(cut_character(data))]
+    text = whole.decode("utf-8", errors="surrogateescape")
+    open_at = self._open(whole)
+    fixed, start = [], 0
+    if self._added_pattern is not None:
+      for m in self._added_pattern.finditer(text):
+        if m.start() >= open_at:
+          break
+        fixed += self._split(text[start:m.start()]) + [m.group()]
+        start = m.end()
+    rest = text[start:open_at]
+    end, n = self._stable_end(rest), 0
+    for piece in self._split(rest):
+      if n + len(piece) > end:
+        break
+      fixed.append(piece)
+      n += len(piece)
+    fixed = [p.encode("utf-8", errors="surrogateescape") for p in fixed]
+    return sum(map(len, fixed)), [self.ids[t] for piece in fixed for t in self._merge(piece)]
+
+  def _open(self, whole: bytes) -> int:
+    """Where (in characters of whole) the longest end of whole that may begin an added token
+    starts; len of its text where none does. No added token that starts before it can be
+    changed by what follows."""
+    for k in range(min(len(whole), max(map(len, self.added), default=1) - 1), 0, -1):
+      if whole[-k:] in self._added_starts:
+        return len(whole[:-k].decode("utf-8", errors="surrogateescape"))
+    return len(whole.decode("utf-8", errors="surrogateescape"))
 
   def prefix_tokenizations(self, w: bytes) -> frozenset[tuple[int, ...]]:
     """Every token sequence that spells exactly w and starts the tokenization of some text
@@ -201,11 +289,13 @@ class BPE:
     A piece of w + r that crosses len(w) holds a token boundary there only for some r, but
     when it does, the tokens before it are the merges of the piece's part inside w (merges
     are applied lowest rank first, so none crossing the boundary was ever chosen, and the
-    left part merged as it would alone). So each distinct way the probes split w into pieces
-    is one candidate, checked once.
+    left part merged as it would alone, `_merge_part`). So each distinct way the probes
+    split w into pieces is one candidate, checked once.
     """
     found, tried = set(), set()
     for r in self.probes(w):
+      if self.metaspace and _LOWER_BLOCK in w + r:
+        continue  # read as a space: no text holds it
       parts, crossing = [], None
       n = 0
       for piece in self.pieces(w + r):
@@ -224,15 +314,39 @@ class BPE:
         if inside not in ends:
           continue
       tried.add(key)
-      found.add(tuple(self.vocab[t] for piece in parts for t in self._merge(piece)))
+      whole = parts[:-1] if crossing is not None else parts
+      tokens = [t for piece in whole for t in self._merge(piece)]
+      if crossing is not None:
+        tokens += self._merge_part(parts[-1])
+      found.add(tuple(self.ids[t] for t in tokens))
     return frozenset(found)
 
   def _merge_piece(self, piece: bytes) -> tuple[bytes, ...]:
-    return merge(piece, self.ranks)[0]
+    if piece in self.added or (self.ignore_merges and piece in self.vocab):
+      return (piece,)
+    return self._merge_part(piece)
+
+  def _merge_part(self, part: bytes) -> tuple[bytes, ...]:
+    """BPE's merges of a piece, or of the part of one before a token boundary: from its
+    bytes, or from its characters that are tokens (`chars`) and the bytes of the others."""
+    if self.chars is None:
+      return merge(part, self.ranks)[0]
+    symbols = []
+    for ch in part.decode("utf-8", errors="surrogateescape"):
+      b = ch.encode("utf-8", errors="surrogateescape")
+      symbols += [b] if b in self.chars else [b[i:i + 1] for i in range(len(b))]
+    return merge(part, self.ranks, symbols)[0]
+
+  def normalize(self, data: bytes) -> bytes:
+    """What the tokens of data spell: `prefix`, then data ("▁" a space where `metaspace`);
+    nothing for an empty text, as `tokenizers` does."""
+    data = bytes(data)
+    return self.prefix + (data.replace(_LOWER_BLOCK, b" ") if self.metaspace else data) \
+        if data else b""
 
   def encode(self, data: bytes) -> list[int]:
-    """The canonical token ids of data (any bytes)."""
-    return [self.vocab[token] for piece in self.pieces(bytes(data))
+    """The canonical token ids of data (any bytes), without `bos`."""
+    return [self.ids[token] for piece in self.pieces(self.normalize(data))
             for token in self._merge(piece)]
 
   def tokens_starting_with(self, prefix: bytes) -> np.ndarray:
@@ -327,19 +441,25 @@ class BPE:
     return tokens + joined, joined[-1], end
 
   def decode(self, ids: Sequence[int]) -> bytes:
-    return b"".join(self.token_bytes[int(i)] for i in ids)
+    """The bytes ids spell, less `prefix` where they start with it."""
+    data = b"".join(self.token_bytes[int(i)] for i in ids)
+    return data[len(self.prefix):] if data.startswith(self.prefix) else data
 
   def is_valid(self, ids: Sequence[int]) -> bool:
     """Whether ids is the canonical tokenization of the bytes it spells."""
-    return self.encode(self.decode(ids)) == [int(i) for i in ids]
+    text = self.decode(ids)
+    return (self.normalize(text) == b"".join(self.token_bytes[int(i)] for i in ids)
+            and self.encode(text) == [int(i) for i in ids])
 
 
-def merge(piece: bytes, ranks: dict[tuple[bytes, bytes], int]
+def merge(piece: bytes, ranks: dict[tuple[bytes, bytes], int], symbols=None
           ) -> tuple[tuple[bytes, ...], tuple[bytes, bytes] | None]:
-  """(tokens, last pair merged): BPE on one piece, starting from single bytes, merging the
-  adjacent pair whose merge was learned first (the leftmost where it occurs several times)
-  until no learned pair is left, as `tokenizers` does."""
-  parts, last = [piece[i:i + 1] for i in range(len(piece))], None
+  """(tokens, last pair merged): BPE on one piece, starting from single bytes (or the given
+  symbols that spell it), merging the adjacent pair whose merge was learned first (the
+  leftmost where it occurs several times) until no learned pair is left, as `tokenizers`
+  does."""
+  parts = list(symbols) if symbols is not None else [piece[i:i + 1] for i in range(len(piece))]
+  last = None
   while len(parts) > 1:
     rank, i = min((ranks.get((a, b), len(ranks)), i)
                   for i, (a, b) in enumerate(zip(parts, parts[1:])))
@@ -351,6 +471,7 @@ def merge(piece: bytes, ranks: dict[tuple[bytes, bytes], int]
 
 
 _SPACE_RUN = regex.compile(r"\s+")
+_LOWER_BLOCK = "\u2581".encode()  # SentencePiece's "▁", its space
 
 # The kinds of token `BPE.context_heads` answers for: a run of letters, of digits or of other
 # characters, each with or without a space before it, a run of two or more whitespace

@@ -1,0 +1,137 @@
+"""Pre-tokenizers besides GPT-2's ByteLevel regex, as `tokenization.BPE` reads them: how a text
+is split into pieces that BPE merges within, never across; where the pieces that no
+continuation of the text can change end; and continuations ("probes") that show every way a
+continuation can change the pieces near the end.
+
+Texts are str; bytes that are not UTF-8 are read as lone surrogates, which every pattern here
+treats as characters of no class (not letters, digits or whitespace).
+
+- `Whole`: no pre-tokenization: the text is one piece (ByteLevel without its regex, and
+  SentencePiece-style models whose tokenizer.json only replaces spaces by "▁").
+- `SpaceSplit`: a piece starts at every space (Metaspace with `split`, spaces being "▁").
+- `RegexSplit`: Split(pattern, "Isolated") with a pattern of GPT-4's family (Llama-3's, and
+  Qwen2's with digits one at a time); `PATTERNS` lists them. Other patterns are refused: the
+  stable cut and the probes below are argued for these.
+
+Axis legend: none (host code on Python strings).
+"""
+
+from __future__ import annotations
+
+import regex
+
+# Split patterns read exactly, as they appear in tokenizer.json files.
+LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+          r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2 = LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
+PATTERNS = {"llama-3 (GPT-4's cl100k)": LLAMA3, "qwen2": QWEN2}
+# GPT-2's pattern written as a Split: the same as ByteLevel's own regex.
+GPT2_AS_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
+
+
+class Whole:
+  """One piece: nothing after the text changes how BPE tokenizes it, up to where a token
+  ends (the tokens before a boundary are the merges of the text before it)."""
+
+  def pieces(self, text: str) -> list[str]:
+    return [text] if text else []
+
+  def stable_end(self, text: str) -> int:
+    return 0
+
+  def probes(self, text: str) -> list[str]:
+    return [""]
+
+
+class SpaceSplit(Whole):
+  """A piece starts at every space (and at the start of the text)."""
+
+  _PIECE = regex.compile(r" [^ ]*|[^ ]+")
+
+  def pieces(self, text: str) -> list[str]:
+    return self._PIECE.findall(text)
+
+  def stable_end(self, text: str) -> int:
+    """The pieces before the last space are complete: each ended at the space after it."""
+    return max(text.rfind(" "), 0)
+
+
+class RegexSplit:
+  """Split(pattern, "Isolated") for a pattern of `PATTERNS`: each match a piece, and the text
+  between matches too (these patterns match every character, so there is none)."""
+
+  # Characters kept after the first non-whitespace character that follows a fixed piece.
+  # Matching a piece reads no further than that character (a run of letters, digits or
+  # others stops on it, whitespace on it, a contraction reads three from an apostrophe
+  # inside the piece); three more are a margin, at the cost of re-reading a few characters.
+  READ = 3
+
+  def __init__(self, pattern: str):
+    if pattern not in PATTERNS.values():
+      raise ValueError(
+          f"its Split pre-tokenizer's pattern {pattern!r} is not one bytelm.byteprobs knows "
+          f"(it reads GPT-2's, and those of {', '.join(PATTERNS)}): which texts a "
+          "continuation can change is argued per pattern")
+    self.pattern = regex.compile(pattern)
+
+  def pieces(self, text: str) -> list[str]:
+    out, end = [], 0
+    for m in self.pattern.finditer(text):
+      if m.start() > end:
+        out.append(text[end:m.start()])
+      out.append(m.group())
+      end = m.end()
+    if end < len(text):
+      out.append(text[end:])
+    return out
+
+  def stable_end(self, text: str) -> int:
+    """The end of the pieces that no continuation changes. Matching a piece reads up to the
+    first non-whitespace character after it at most (whitespace to the end of its run:
+    `\\s*[\\r\\n]+` backs off to the run's last newline, `\\s+(?!\\S)` to its last
+    character), so where that character is more than READ from the end of the text, every
+    read was inside the text and any continuation leaves the match as it is.
+    The pattern has no look-behind, so pieces after a fixed one depend on the text after
+    it alone (`BPE.stable_prefix`)."""
+    last = len(text) - self.READ - 1  # the last place for that non-whitespace character
+    while last >= 0 and text[last].isspace():
+      last -= 1
+    if last < 0:
+      return 0
+    end = 0
+    for piece in self.pieces(text):
+      if end + len(piece) > last:
+        break
+      end += len(piece)
+    return end
+
+  def probes(self, text: str) -> list[str]:
+    """Continuations standing for each class of character these patterns tell apart, after
+    the text's last character: after a letter or digit only whether the run goes on matters;
+    after other characters, the one that follows (a letter joins an apostrophe, a space or
+    another non-newline before it; newlines join a run of others); after whitespace two
+    characters (a run leaves its last character to a letter or other character that follows;
+    it ends at its last newline). Letters after an apostrophe may finish a contraction.
+    Several letters of different bytes: BPE must leave a token boundary before one of them
+    where a piece goes on past the text."""
+    if not text:
+      return [""]
+    last = text[-1]
+    if last.isspace():
+      out = [""] + _SINGLES + [w + s for w in _SPACES for s in _SINGLES]
+    elif _LETTER.match(last):
+      out = ["", *_LETTERS, "1"]
+    elif _DIGIT.match(last):
+      out = ["", "1", "a"]
+    else:
+      out = [""] + _SINGLES
+    if "'" in text[-2:]:
+      out += _CONTRACTION_ENDS
+    return out
+
+
+_LETTER, _DIGIT = regex.compile(r"\p{L}"), regex.compile(r"\p{N}")
+_LETTERS = ["a", "\u00e9", "\u65e5"]
+_SPACES = [" ", "\t", "\n", "\r"]
+_SINGLES = _LETTERS + ["1", "!", "'"] + _SPACES
+_CONTRACTION_ENDS = ["s", "t", "m", "d", "re", "ve", "ll", "r", "v", "l", "e"]

@@ -1,0 +1,40 @@
+"""A brute-force world for exact byte probabilities (tests/test_byteprobs*.py): a token model
+whose answers are known from a distribution over every short text."""
+
+import itertools
+import math
+
+import numpy as np
+
+from bytelm.byteprobs.byte_lm import ByteLM
+
+
+def world(ours, alphabet, max_chars: int, eot: int = 1):
+  """A token model defined from a random distribution over every text of up to max_chars
+  characters of alphabet, for the tokenizer `ours` (a `BPE`): P(next token | tokens) is the
+  mass of the texts whose canonical tokenization (then eot) continues that way. So the model
+  puts mass on canonical sequences only, and the exact answer for a prefix is the mass of the
+  texts that start with it. Returns (the ByteLM, {text bytes: probability})."""
+  rng = np.random.default_rng(0)
+  texts = [""] + ["".join(c) for n in range(1, max_chars + 1)
+                  for c in itertools.product(alphabet, repeat=n)]
+  weights = rng.random(len(texts)) ** 3
+  weights /= weights.sum()
+  mass, children = {}, {}
+  for text, w in zip(texts, weights):
+    seq = tuple(ours.encode(text.encode())) + (eot,)
+    for k in range(len(seq) + 1):
+      mass[seq[:k]] = mass.get(seq[:k], 0.0) + w
+      if k:
+        children.setdefault(seq[:k - 1], set()).add(seq[k - 1])
+  size = len(ours.token_bytes)
+
+  def token_lm(prefixes):
+    out = np.full((len(prefixes), size), -np.inf)
+    for row, p in zip(out, prefixes):
+      for v in children.get(p, ()):
+        row[v] = math.log(mass[p + (v,)] / mass[p])
+    return out
+
+  truth = {t.encode(): w for t, w in zip(texts, weights)}
+  return ByteLM(token_lm, ours, eot), truth

@@ -1,0 +1,264 @@
+"""Exact byte probabilities for the tokenizers released models use (bytelm/byteprobs/splits.py,
+tokenizer_json.py): Llama-3's Split pattern with digit groups and ignore_merges, SentencePiece
+BPE with byte fallback, added tokens. Each against `tokenizers` itself and by brute force."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import tokenizers
+from hypothesis import given, settings, strategies as st
+from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+
+from bytelm.byteprobs import splits
+from bytelm.byteprobs.byte_lm import END
+from bytelm.byteprobs.tokenization import BPE
+from byteprobs_world import world
+
+TEXTS = ["The quick brown fox jumps over the lazy dog's back, 12345 times! They're 3.14159",
+         "Žluťoučký kůň úpěl ďábelské ódy. Ça va? Tiếng Việt có dấu. I'll see, we'd go",
+         "def f(x):\r\n    return x ** 2  # square\n\n\t1000000", "日本語のテキスト 😀 emoji"] * 20
+SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>"]
+
+
+def _llama3(pattern=splits.LLAMA3, vocab_size=400, added=("<x>",)) -> tokenizers.Tokenizer:
+  """A byte-level BPE as Llama-3's: its Split pattern, then ByteLevel without a regex,
+  ignore_merges, a BOS from the post-processor, and a non-special added token."""
+  tok = tokenizers.Tokenizer(models.BPE(ignore_merges=True))
+  tok.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(Regex(pattern), "isolated"),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator(TEXTS, trainers.BpeTrainer(
+      vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tok.post_processor = tokenizers.processors.TemplateProcessing(
+      single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)])
+  tok.add_tokens(list(added))
+  return tok
+
+
+def _sentencepiece(split=None, vocab_size=300) -> tokenizers.Tokenizer:
+  """A SentencePiece-style BPE as Llama-2's: merges over characters, "<0x..>" byte fallback for
+  the characters outside the vocabulary, spaces as "▁" and one put before the text (by
+  normalizers, or by a Metaspace pre-tokenizer that splits or not)."""
+  tok = tokenizers.Tokenizer(models.BPE(byte_fallback=True))
+  if split is None:
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                           normalizers.Replace(" ", "\u2581")])
+  else:
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=split)
+  tok.train_from_iterator(TEXTS, trainers.BpeTrainer(
+      vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
+      limit_alphabet=60))
+  spec = json.loads(tok.to_str())
+  vocab = spec["model"]["vocab"]
+  for b in range(256):  # the byte tokens SentencePiece's byte_fallback models carry
+    vocab[f"<0x{b:02X}>"] = len(vocab)
+  return tokenizers.Tokenizer.from_str(json.dumps(spec))
+
+
+@pytest.fixture(scope="module", params=["llama3", "qwen2", "sp", "sp-metaspace", "sp-split"])
+def pair(request):
+  """(a `tokenizers` tokenizer, ours). Special tokens spell nothing in the byte view, so HF's
+  is asked to read them in a text as characters too."""
+  hf = {"llama3": lambda: _llama3(), "qwen2": lambda: _llama3(splits.QWEN2),
+        "sp": lambda: _sentencepiece(), "sp-metaspace": lambda: _sentencepiece(False),
+        "sp-split": lambda: _sentencepiece(True)}[request.param]()
+  hf.encode_special_tokens = True
+  return hf, BPE.from_json(hf.to_str())
+
+
+TEXT = st.text(st.sampled_from(list("the quick ofx's 'LL 12345 6!?\n\r\t  ŽůňÇçệ日本😀<x>▁")),
+               max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(TEXT)
+def test_encoding_matches_hugging_face_tokenizers(pair, text):
+  hf, ours = pair
+  # A Metaspace puts no "▁" before a text that starts with one: HF's tokens of " a" are those
+  # of "a" (its decoder gives back "a"). The byte view reads tokens as their decoder does, so
+  # " a" is the text whose tokens spell "  a".
+  spaced = ours.metaspace and hf.pre_tokenizer is not None and text.startswith((" ", "\u2581"))
+  want = hf.encode(" " + text if spaced else text, add_special_tokens=False).ids
+  assert ours.encode(text.encode("utf-8")) == want
+  if "\u2581" not in text or not ours.metaspace:  # "▁" is read as a space
+    assert ours.decode(want) == text.encode("utf-8") and ours.is_valid(want)
+
+
+def test_the_tokenizers_read_are_the_kinds_meant(pair):
+  hf, ours = pair
+  ids = hf.encode("I'll pay 12345 for <x>", add_special_tokens=True).ids
+  if ours.chars is None:  # byte-level, Llama-3's way
+    assert ours.ignore_merges and isinstance(ours.split, splits.RegexSplit)
+    assert ours.bos == (0,) and ids[0] == 0 and ids[1:] == ours.encode(b"I'll pay 12345 for <x>")
+    assert ours.added[b"<x>"] == ids[-1]
+  else:
+    assert ours.prefix == b" " and ours.metaspace
+    assert ours.decode(ours.encode("\u00e5\u0416".encode())) == "\u00e5\u0416".encode()
+    assert any(len(ours.token_bytes[i]) == 1 and ours.token_bytes[i][0] >= 0x80
+               for i in ours.encode("\u0416".encode()))  # a character outside: its bytes
+
+
+PIECE_TEXT = st.text(st.sampled_from(list("as'ltrevdm 1!\n\r\t\u00a0é日<x")), max_size=14)
+
+
+@settings(max_examples=200, deadline=None)
+@given(PIECE_TEXT, PIECE_TEXT, st.integers(0, 3), st.binary(max_size=2))
+def test_the_stable_prefix_separates_what_no_continuation_changes(pair, text, more, trim, junk):
+  _, ours = pair
+  data = ours.prefix + text.encode("utf-8")
+  data = data[:max(0, len(data) - trim)]
+  s, ids = ours.stable_prefix(data)
+  assert 0 <= s <= len(data) and b"".join(ours.token_bytes[i] for i in ids) == data[:s]
+  full = ours.pieces  # what is tokenized, prefix included
+  for z in (more.encode("utf-8"), junk + more.encode("utf-8"), b""):
+    tokens = [ours.ids[t] for p in full(data + z) for t in ours._merge(p)]
+    rest = [ours.ids[t] for p in full(data[s:] + z) for t in ours._merge(p)]
+    assert tokens == ids + rest, (data, z)
+
+
+def test_stable_cuts_advance_through_a_long_text(pair):
+  _, ours = pair
+  data = ours.prefix + b"The quick brown fox jumps over the lazy dog 12345 times."
+  s, _ = ours.stable_prefix(data)
+  if type(ours.split) is splits.Whole:
+    assert s == 0  # one piece: any continuation may change any token
+  else:
+    assert s >= len(data) - 12
+
+
+def test_digit_groups_and_ignore_merges_follow_llama3():
+  ours = BPE.from_json(_llama3().to_str())
+  groups = [ours.decode([i]) for i in ours.encode(b"1234567")]
+  assert b"".join(groups) == b"1234567"
+  assert all(len(g) <= 3 for g in groups) and groups[0][:1] == b"1"
+  # ignore_merges: a piece that is a token is that token, whatever the merges would make.
+  piece = max((t for t in ours.vocab if len(t) > 3 and t.isalpha()), key=len)
+  assert ours.encode(piece) == [ours.vocab[piece]]
+
+
+def _check_prefixes(lm, truth, prefixes):
+  for x in prefixes:
+    want = sum(w for text, w in truth.items() if text.startswith(x))
+    got = math.exp(lm.prefix_logprob(x)) if want or x else 1.0
+    assert abs(got - want) < 1e-9, (x, got, want)
+
+
+def _check_next_bytes(lm, truth, prefixes, alphabet_bytes):
+  for x in prefixes:
+    logp = lm.next_byte_logprobs(x)
+    mass = sum(w for text, w in truth.items() if text.startswith(x))
+    for b in alphabet_bytes:
+      want = sum(w for text, w in truth.items() if text.startswith(x + bytes([b]))) / mass
+      assert abs(math.exp(logp[b]) - want) < 1e-9, (x, bytes([b]))
+    assert abs(math.exp(logp[END]) - truth.get(x, 0.0) / mass) < 1e-9, x
+
+
+def _tiny_llama3(pattern):
+  """Over a, s, apostrophe, space, 1, newline and é (two bytes): contractions, digit groups
+  ("111" and "1" after it), whitespace runs before letters and digits, cut characters."""
+  texts = ["a's 11 1111 aa\n\n  s'a", "'s a  \n 111 a's!!", "sa 'a   é1 as11é"] * 30
+  tok = tokenizers.Tokenizer(models.BPE(ignore_merges=True))
+  tok.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(Regex(pattern), "isolated"),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  tok.train_from_iterator(texts, trainers.BpeTrainer(
+      vocab_size=256 + 16, show_progress=False,
+      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<eot>"]))
+  tok.add_tokens(["a1"])  # an added token: matched before the pattern
+  return BPE.from_json(tok.to_str())
+
+
+@pytest.fixture(scope="module", params=[splits.LLAMA3, splits.QWEN2], ids=["llama3", "qwen2"])
+def tiny_llama3(request):
+  ours = _tiny_llama3(request.param)
+  if request.param == splits.LLAMA3:
+    assert any(len(t) == 2 and t.isdigit() for t in ours.vocab), "merges of digits wanted"
+  return world(ours, ["a", "s", "'", " ", "1", "\n", "\u00e9"], 4, eot=0)
+
+
+def _prefixes(truth, count, seed):
+  every = sorted({t[:k] for t in truth for k in range(1, len(t) + 1)})
+  rng = np.random.default_rng(seed)
+  return [every[i] for i in rng.choice(len(every), count, replace=False)]
+
+
+def test_llama3_prefix_probabilities_equal_the_brute_force_sum(tiny_llama3):
+  lm, truth = tiny_llama3
+  # Inside digit groups, contractions, whitespace runs, an added token and characters.
+  wanted = [b"11", b"111", b"1111", b"a1", b"aa1", b"a'", b"a's", b"'s", b"  ", b"a  ", b"\n ",
+            b"  1", b" \n", b"\xc3", b"a\xc3", b"1\xc3", b"'\xc3"]
+  _check_prefixes(lm, truth, wanted + _prefixes(truth, 40, 1))
+
+
+def test_llama3_next_bytes_are_ratios_of_masses(tiny_llama3):
+  lm, truth = tiny_llama3
+  _check_next_bytes(lm, truth, [b"", b"1", b"11", b"a", b"a ", b"'", b" \n", b"\xc3"],
+                    "as' 1\n".encode() + b"\xc3")
+
+
+def test_llama3_the_bulk_path_equals_each_prefix_on_its_own(tiny_llama3):
+  lm, _ = tiny_llama3
+  texts = ["a's1", "11 é", "\n1"]
+  bulk = lm.next_byte_logprobs_along(texts)
+  for i, t in enumerate(texts):
+    data = t.encode()
+    for k in range(len(data) + 1):
+      np.testing.assert_allclose(bulk[i, k], lm.next_byte_logprobs(data[:k]), atol=1e-12)
+
+
+@pytest.fixture(scope="module", params=[None, True], ids=["normalizers", "metaspace-split"])
+def tiny_sentencepiece(request):
+  """Over a, b, space and é, ж (two bytes each; ж outside the vocabulary, so spelled by byte
+  tokens): merges over characters across spaces, a dummy space before every text."""
+  texts = ["ab a  ba é abé", "aab b é bé  a"] * 30
+  tok = tokenizers.Tokenizer(models.BPE(byte_fallback=True))
+  if request.param is None:
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                           normalizers.Replace(" ", "\u2581")])
+  else:
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=True)
+  tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=16, show_progress=False,
+                                                     special_tokens=["<eot>"]))
+  spec = json.loads(tok.to_str())
+  for b in range(256):
+    spec["model"]["vocab"][f"<0x{b:02X}>"] = len(spec["model"]["vocab"])
+  ours = BPE.from_json(json.dumps(spec))
+  assert b"\xd0\xb6" not in ours.chars and "é".encode() in ours.chars
+  return world(ours, ["a", "b", " ", "\u00e9", "\u0436"], 4, eot=0)
+
+
+def test_sentencepiece_prefix_probabilities_equal_the_brute_force_sum(tiny_sentencepiece):
+  lm, truth = tiny_sentencepiece
+  wanted = [b" ", b"  ", b"a ", b"ab", b"\xc3", b"\xd0", b"a\xd0", b"\xd0\xb6", b" \xc3"]
+  _check_prefixes(lm, truth, wanted + _prefixes(truth, 40, 2))
+
+
+def test_sentencepiece_next_bytes_are_ratios_of_masses(tiny_sentencepiece):
+  lm, truth = tiny_sentencepiece
+  _check_next_bytes(lm, truth, [b"", b"a", b" ", b"\xd0", b"\xc3"],
+                    b"ab \xc3\xd0\xb6\xa9")
+
+
+def test_sentencepiece_reads_its_space_sign_as_a_space(tiny_sentencepiece):
+  lm, _ = tiny_sentencepiece
+  assert lm.bpe.encode("a\u2581b".encode()) == lm.bpe.encode(b"a b")
+  with pytest.raises(ValueError, match="reads as a space"):
+    lm.next_byte_logprobs("a\u2581".encode())
+
+
+def test_unsupported_tokenizers_name_the_part():
+  sp = json.loads(_sentencepiece().to_str())
+  llama = json.loads(_llama3().to_str())
+  for spec, named in ((sp | {"normalizer": {"type": "NFKC"}}, "'NFKC' normalizer"),
+                      (sp | {"model": sp["model"] | {"byte_fallback": False}},
+                       "without byte fallback"),
+                      (llama | {"added_tokens": llama["added_tokens"] + [
+                          {"id": 999, "content": "<y>", "special": False, "lstrip": True}]},
+                       "'<y>' sets lstrip"),
+                      (llama | {"normalizer": {"type": "NFC"}}, "'NFC' normalizer")):
+    with pytest.raises(ValueError, match=named):
+      BPE.from_json(json.dumps(spec))
