@@ -11,8 +11,8 @@ import tokenizers
 from hypothesis import given, settings, strategies as st
 from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
 
-from bytelm.byteprobs import splits
-from bytelm.byteprobs.byte_lm import END
+from bytelm.byteprobs import adapters, splits
+from bytelm.byteprobs.byte_lm import END, ByteLM
 from bytelm.byteprobs.tokenization import BPE
 from byteprobs_world import world
 
@@ -157,9 +157,10 @@ def _check_next_bytes(lm, truth, prefixes, alphabet_bytes):
     assert abs(math.exp(logp[END]) - truth.get(x, 0.0) / mass) < 1e-9, x
 
 
-def _tiny_llama3(pattern):
+def _tiny_llama3(pattern, added=()):
   """Over a, s, apostrophe, space, 1, newline and é (two bytes): contractions, digit groups
-  ("111" and "1" after it), whitespace runs before letters and digits, cut characters."""
+  ("111" and "1" after it), whitespace runs before letters and digits, cut characters.
+  Without added tokens its candidates are checked by signature, with them one by one."""
   texts = ["a's 11 1111 aa\n\n  s'a", "'s a  \n 111 a's!!", "sa 'a   é1 as11é"] * 30
   tok = tokenizers.Tokenizer(models.BPE(ignore_merges=True))
   tok.pre_tokenizer = pre_tokenizers.Sequence([
@@ -168,14 +169,17 @@ def _tiny_llama3(pattern):
   tok.train_from_iterator(texts, trainers.BpeTrainer(
       vocab_size=256 + 16, show_progress=False,
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<eot>"]))
-  tok.add_tokens(["a1"])  # an added token: matched before the pattern
+  tok.add_tokens(list(added))  # matched before the pattern
   return BPE.from_json(tok.to_str())
 
 
-@pytest.fixture(scope="module", params=[splits.LLAMA3, splits.QWEN2], ids=["llama3", "qwen2"])
+@pytest.fixture(scope="module", params=[(splits.LLAMA3, ()), (splits.QWEN2, ()),
+                                        (splits.LLAMA3, ("a1",))],
+                ids=["llama3", "qwen2", "llama3-added"])
 def tiny_llama3(request):
-  ours = _tiny_llama3(request.param)
-  if request.param == splits.LLAMA3:
+  ours = _tiny_llama3(*request.param)
+  assert ours.checks_together == (not request.param[1])
+  if request.param[0] == splits.LLAMA3:
     assert any(len(t) == 2 and t.isdigit() for t in ours.vocab), "merges of digits wanted"
   return world(ours, ["a", "s", "'", " ", "1", "\n", "\u00e9"], 4, eot=0)
 
@@ -208,6 +212,35 @@ def test_llama3_the_bulk_path_equals_each_prefix_on_its_own(tiny_llama3):
     data = t.encode()
     for k in range(len(data) + 1):
       np.testing.assert_allclose(bulk[i, k], lm.next_byte_logprobs(data[:k]), atol=1e-12)
+
+
+MIXED = ["I'll pay 12345 for it, don't you?\n\n  x\t'S\u00e9 \u65e5\u672c 1234567 \U0001f600".encode(),
+         "a  b\r\n\n 'll 'LL!! \u00a0z 99 ".encode() + b"\xff\xc3 q\xe6\x97"]
+
+
+def test_covers_by_signature_are_the_per_token_ones():
+  """The candidates after a Split's pattern checked a signature at a time (bigrams and the
+  way the pattern cuts the text around them) give exactly the per-token path's covers."""
+  ours = BPE.from_json(_llama3(added=()).to_str())
+  assert ours.checks_together and ours.ignore_merges
+  together, one_by_one = ByteLM(None, ours, 0), ByteLM(None, ours, 0)
+  one_by_one._by_signature = lambda u, ids: ([], np.ones(len(ids), bool))
+  counts = {}
+  for lm, name in ((together, "together"), (one_by_one, "one by one")):
+    slow = lm._local_heads
+    lm._local_heads = lambda u, v, slow=slow, name=name: counts.update(
+        {name: counts.get(name, 0) + 1}) or slow(u, v)
+
+  def covers(lm, x, past_end):
+    return {(h, int(v), int(b)) for h, (vs, bs) in lm._covers(x, past_end).items()
+            for v, b in zip(vs, bs)}
+
+  for text in MIXED:
+    for t in range(len(text) + 1):
+      for past_end in (True, False) if t else (True,):
+        assert covers(together, text[:t], past_end) == covers(one_by_one, text[:t], past_end), \
+            (text[:t], past_end)
+  assert counts["together"] < counts["one by one"] / 10  # most go together
 
 
 @pytest.fixture(scope="module", params=[None, True], ids=["normalizers", "metaspace-split"])
@@ -262,3 +295,37 @@ def test_unsupported_tokenizers_name_the_part():
                       (llama | {"normalizer": {"type": "NFC"}}, "'NFC' normalizer")):
     with pytest.raises(ValueError, match=named):
       BPE.from_json(json.dumps(spec))
+
+
+@pytest.mark.hf
+@pytest.mark.parametrize("kind", ["llama3", "sentencepiece"])
+def test_a_llama_style_hugging_face_model_reads_as_bytes(tmp_path, kind):
+  """A tiny random Llama saved by transformers, with a Llama-3-style or a Llama-2-style
+  (SentencePiece, byte fallback) tokenizer.json whose post-processor puts a BOS first: the
+  byte way's whole-text probability is the token way's, BOS first and eos last."""
+  import torch  # the optional [hf] extra: run with pytest -m hf
+  import transformers
+  hf = _llama3() if kind == "llama3" else _sentencepiece()
+  if kind == "sentencepiece":
+    hf.post_processor = tokenizers.processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)])
+  (tmp_path / "tokenizer.json").write_text(hf.to_str(), encoding="utf-8")
+  bos = hf.token_to_id("<|begin_of_text|>" if kind == "llama3" else "<s>")
+  eos = hf.token_to_id("<|end_of_text|>" if kind == "llama3" else "</s>")
+  torch.manual_seed(0)
+  model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+      vocab_size=hf.get_vocab_size() + 7, hidden_size=32, intermediate_size=64,
+      num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+      max_position_embeddings=64, bos_token_id=bos, eos_token_id=[eos])).eval()
+  model.save_pretrained(tmp_path)
+  lm = adapters.from_hugging_face(tmp_path)
+  assert lm.context == (bos,)
+  text = "I'll pay 1234 \u00e9 \u0416"
+  ids = hf.encode(text).ids + [eos]
+  assert ids[0] == bos and ids[1:-1] == lm.bpe.encode(text.encode())
+  with torch.no_grad():
+    logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1).numpy()
+  token_way = sum(logp[i, ids[i + 1]] for i in range(len(ids) - 1))
+  assert abs(lm.logprob(text) - token_way) < 1e-6
+  rows = lm.next_byte_logprobs_along([text[:6]])[0]
+  assert np.allclose(np.exp(rows).sum(-1), 1.0)  # distributions over the next byte

@@ -170,11 +170,14 @@ def from_model(model, tokenizer_file) -> ByteLM:
 
 def from_hugging_face(model_dir, tokenizer_file=None, device: str = "cpu",
                       batch_size: int = 16) -> ByteLM:
-  """A local Hugging Face causal LM directory (and its byte-level BPE tokenizer.json) as a
+  """A local Hugging Face causal LM directory (and its tokenizer.json: byte-level BPE as
+  GPT-2's or Llama-3's, or SentencePiece-style BPE with byte fallback, `BPE.from_json`) as a
   `ByteLM`. Needs PyTorch and transformers (pip install "bytelm[hf]"); nothing else in
-  bytelm does. Every prefix is read after the model's eos token (GPT-2's <|endoftext|>
-  starts documents too); the eos also ends texts. Prefixes sharing a leaf of the prefix tree
-  share one pass; leaves go batch_size at a time.
+  bytelm does. Every prefix is read after what the tokenizer's post-processor puts before a
+  text (a BOS), or where it puts nothing after the model's eos token (GPT-2's <|endoftext|>
+  starts documents too); the eos ends texts. Prefixes sharing a leaf of the prefix tree
+  share one pass; leaves go batch_size at a time. A model whose output is wider than the
+  tokenizer's vocabulary (padded) keeps its softmax over all of it, as in training.
   """
   try:
     import torch
@@ -186,13 +189,18 @@ def from_hugging_face(model_dir, tokenizer_file=None, device: str = "cpu",
   tokenizer = BPE.from_file(tokenizer_file or model_dir / "tokenizer.json")
   model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
   eos = model.config.eos_token_id
+  if isinstance(eos, (list, tuple)):  # Llama-3 names several: the first is the end of text
+    eos = eos[0] if eos else None
   if eos is None:
     raise ValueError(f"{model_dir}: the model config names no eos_token_id, which bytelm uses "
                      f"to start and end texts")
   size = len(tokenizer.token_bytes)
+  if model.config.vocab_size < size:
+    raise ValueError(f"{model_dir}: the model's output has {model.config.vocab_size} tokens, "
+                     f"fewer than its tokenizer's {size}")
 
   def token_lm(prefixes):
-    rows = [[eos] + list(p) for p in prefixes]
+    rows = [list(p) for p in prefixes]
     leaves, leaf_of = prefix_tree(rows)
     out = []
     with torch.no_grad():
@@ -208,7 +216,7 @@ def from_hugging_face(model_dir, tokenizer_file=None, device: str = "cpu",
     per_leaf = [row for chunk in out for row in chunk]
     return np.stack([per_leaf[leaf_of[i]][len(r) - 1] for i, r in enumerate(rows)])
 
-  return ByteLM(token_lm, tokenizer, eos)
+  return ByteLM(token_lm, tokenizer, eos, context=tokenizer.bos or (eos,))
 
 
 class _ByteModel:

@@ -187,6 +187,12 @@ class ByteLM:
       nxt = np.where(longer, self.bpe.byte_table[ids, min(len(tail), m - 1)], -1)
       s, base = self._stable_ids(x[:pos])
       u = x[s:pos]
+      if self.bpe.signatures is not None and self.bpe.checks_together:  # a Split's pattern
+        checked, one = self._by_signature(u, ids)
+        for head, ok in checked:
+          found.setdefault(base + head, []).append((ids[ok], nxt[ok]))
+        self._one_by_one(u, base, ids[one], nxt[one], found)
+        continue
       context = self._context(u)
       kinds = self.bpe.token_kinds[ids] if context is not None else np.full(len(ids), -1)
       if context is not None and 0 not in context:  # letters after an apostrophe: the
@@ -197,9 +203,7 @@ class ByteLM:
         mine = kinds == kind
         pick, pick_nxt = ids[mine], nxt[mine]
         if kind < 0:
-          for v, b in zip(pick.tolist(), pick_nxt.tolist()):
-            for h in self._local_heads(u, v):
-              found.setdefault(base + h, []).append((np.asarray([v]), np.asarray([b])))
+          self._one_by_one(u, base, pick, pick_nxt, found)
           continue
         checked = (self._checked(context, kind, pick) if kind != 0 or 0 in context
                    else self._checked_letters(u, pick))
@@ -213,6 +217,65 @@ class ByteLM:
         vs, first = np.unique(np.concatenate([v for v, _ in parts]), return_index=True)
         covers[h] = vs, np.concatenate([b for _, b in parts])[first]
     return covers
+
+  def _one_by_one(self, u: bytes, base: tuple[int, ...], ids: np.ndarray, nxt: np.ndarray,
+                  found: dict) -> None:
+    """Candidates through the probes, each on its own (`_local_heads`), into found."""
+    for v, b in zip(ids.tolist(), nxt.tolist()):
+      for h in self._local_heads(u, v):
+        found.setdefault(base + h, []).append((np.asarray([v]), np.asarray([b])))
+
+  def _by_signature(self, u: bytes, ids: np.ndarray):
+    """For a Split pre-tokenizer: ([(head, which of ids may follow it)], which go one by
+    one), the candidates grouped by signature (`BPE.signature_heads`, memoised per u). A
+    token that ends inside a UTF-8 character stands also for each class of character that
+    may complete it, with every head of that class's pieces: a completion whose first byte
+    BPE never merges with what is before it leaves a token boundary after the token."""
+    sigs = self.bpe.signatures
+    bigrams = self.bpe.bigrams
+    # After an apostrophe a token's first letters may finish a contraction.
+    after_apostrophe = "'" in u[-2:].decode("utf-8", "surrogateescape")
+    sig, completed, free = ((sigs.exact, sigs.completed_exact, sigs.free_exact)
+                            if after_apostrophe else
+                            (sigs.plain, sigs.completed_plain, sigs.free_plain))
+    sig, completed, free = sig[ids], completed[ids], free[ids]
+    one = sig < 0
+    if cut_character(u):  # tokens that may finish u's last character go one by one
+      one |= (self.bpe.byte_table[ids, 0] >> 6) == 2
+    one |= np.any((completed >= 0) & ~free, axis=1)  # no boundary sure inside the character
+    out = []
+
+    def heads(k):
+      if (u, k) not in self._contexts:
+        self._contexts[(u, k)] = self.bpe.signature_heads(u, sigs.texts[k])
+      return self._contexts[(u, k)]
+
+    def masks(found, mine):
+      for (head, last), part in found.items():
+        if last < 0:  # the token starts a piece (ends it: with ignore_merges, any token)
+          out.append((head, mine if self.bpe.ignore_merges else mine & bigrams.alone[ids]))
+          continue
+        ok = mine & bigrams.after(last)[ids]
+        if self.bpe.ignore_merges:  # u's part and the token may be one token: one by one
+          at = np.flatnonzero(ok)
+          joined = np.asarray([part + self.bpe.token_bytes[v] in self.bpe.vocab
+                               for v in ids[at].tolist()], bool)
+          ok[at[joined]], one[at[joined]] = False, True
+        out.append((head, ok))
+
+    for k in np.unique(sig[~one]).tolist():
+      mine = (sig == k) & ~one
+      ends, goes_on = heads(k)
+      if not goes_on.keys() <= ends.keys():
+        one |= mine  # a head only a longer piece gives: whether it holds depends on more
+        continue
+      masks(ends, mine)
+    for c in range(completed.shape[1]):
+      for k in np.unique(completed[~one, c]).tolist():
+        if k >= 0:
+          ends, goes_on = heads(k)
+          masks(ends | goes_on, (completed[:, c] == k) & ~one)
+    return out, one
 
   def _checked(self, context, kind: int, ids: np.ndarray):
     """[(head, which of ids may follow it)] for candidate tokens of one kind after the text

@@ -129,8 +129,43 @@ class RegexSplit:
       out += _CONTRACTION_ENDS
     return out
 
+  def signature(self, text: str, exact_start: bool = False) -> str:
+    """A short text that these patterns cut exactly as text, wherever it stands: each
+    character replaced by one of its class (a letter, digit, apostrophe, space, newline,
+    other whitespace, other character), runs of a class cut to two characters (digits to
+    four: groups of three), and letters that may finish a contraction kept as the
+    contraction letter they match, case folded: those within two characters after an
+    apostrophe, and with exact_start the first two (an apostrophe may come before the
+    text). Tokens with one signature follow a text the same way (`BPE.signature_heads`)."""
+    out, run = [], 0
+    for i, ch in enumerate(text):
+      c = _class_of(ch)
+      if c == "a" and (exact_start and i < 2 or "'" in text[max(0, i - 2):i]):
+        c = next((l for l in _CONTRACTION_LETTERS if regex.fullmatch(f"(?i){l}", ch)), "a")
+        out.append(c)
+        run = 0
+        continue
+      run = run + 1 if out and out[-1] == c else 1
+      if run <= (4 if c == "1" else 2):
+        out.append(c)
+    return "".join(out)
 
-_LETTER, _DIGIT = regex.compile(r"\p{L}"), regex.compile(r"\p{N}")
+
+def _class_of(ch: str) -> str:
+  """The character standing for ch's class in `RegexSplit.signature`."""
+  if _LETTER.match(ch):
+    return "a"
+  if _DIGIT.match(ch):
+    return "1"
+  if ch in "' ":
+    return ch
+  if ch in "\r\n":
+    return "\n"
+  return "\t" if _SPACE.match(ch) else "!"
+
+
+_LETTER, _DIGIT, _SPACE = regex.compile(r"\p{L}"), regex.compile(r"\p{N}"), regex.compile(r"\s")
+_CONTRACTION_LETTERS = "stmdrevl"
 _LETTERS = ["a", "\u00e9", "\u65e5"]
 _SPACES = [" ", "\t", "\n", "\r"]
 _SINGLES = _LETTERS + ["1", "!", "'"] + _SPACES

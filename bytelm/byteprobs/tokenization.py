@@ -41,6 +41,7 @@ import json
 import pathlib
 import unicodedata
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import regex
@@ -51,6 +52,21 @@ from bytelm.byteprobs.bigrams import Bigrams
 # The ByteLevel pre-tokenizer's pattern (GPT-2's), as `tokenizers` applies it.
 GPT2_PATTERN = regex.compile(
     r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+
+
+class Signatures(NamedTuple):
+  """Tokens by signature (`splits.RegexSplit.signature`), indices into `texts`: `plain` and
+  `exact` (first letters kept, after an apostrophe) of each token's text (-1: specials,
+  added tokens); for a token that ends inside a UTF-8 character, also one per class of
+  character completing it (`completions`), [V, C] (-1 past a token's classes), and whether
+  that completion's first byte is free (no merge's right side begins with it)."""
+  plain: np.ndarray
+  exact: np.ndarray
+  completed_plain: np.ndarray
+  free_plain: np.ndarray
+  completed_exact: np.ndarray
+  free_exact: np.ndarray
+  texts: list[str]
 
 
 class BPE:
@@ -122,18 +138,90 @@ class BPE:
         self.token_kinds[i] = ONE_SPACE
 
   @functools.cached_property
+  def signatures(self) -> Signatures | None:
+    """For a `splits.RegexSplit`, each token's signature (`Signatures`); None otherwise."""
+    if not isinstance(self.split, splits.RegexSplit):
+      return None
+    index: dict[str, int] = {}
+    size = len(self.token_bytes)
+    plain, exact = np.full(size, -1, np.int64), np.full(size, -1, np.int64)
+    completed = [[], []]  # per token that ends inside a character: [(signature, free)]
+    for i, t in enumerate(self.token_bytes):
+      if not t or t in self.added:
+        continue
+      text = t.decode("utf-8", errors="surrogateescape")  # a cut character: bytes of none
+      plain[i] = index.setdefault(self.split.signature(text), len(index))
+      exact[i] = index.setdefault(self.split.signature(text, exact_start=True), len(index))
+      cut = cut_character(t)
+      if not cut:
+        continue
+      whole = t[:-len(cut)].decode("utf-8", errors="surrogateescape")
+      for k, start in enumerate((False, True)):
+        options = []
+        for rest in self.completions(cut)[:-1]:  # the last leaves it no character: above
+          char = (cut + rest).decode("utf-8")
+          sig = self.split.signature(whole, start) + self.split.signature(char)
+          options.append((index.setdefault(sig, len(index)), rest[0] in self._free_bytes))
+        completed[k].append((i, options))
+    width = max((len(o) for _, o in completed[0]), default=0)
+    tables = []
+    for per_token in completed:
+      sig = np.full((size, width), -1, np.int64)
+      free = np.zeros((size, width), bool)
+      for i, options in per_token:
+        for c, (k, f) in enumerate(options):
+          sig[i, c], free[i, c] = k, f
+      tables.append((sig, free))
+    return Signatures(plain, exact, *tables[0], *tables[1], list(index))
+
+  def signature_heads(self, u: bytes, signature: str):
+    """For tokens of one signature (`signatures`) after u, read from a stable cut: two dicts
+    (head, last) -> part, for the pieces that end with the token and those that go on past
+    it. Each probe after the signature (`splits.RegexSplit.probes`) splits u + signature +
+    probe; where the token lies in one piece, the tokens of the pieces before that piece,
+    and of the piece's part in u, are a head; last is the last of them where the piece
+    starts in u (the token must follow it as BPE would put it: `Bigrams.after`), else -1
+    (the token starts the piece: it must be its own bytes' tokenization, `Bigrams.alone`,
+    or with ignore_merges be the whole piece); part, the piece's bytes in u. Where the piece
+    goes on, a token boundary after the token depends on what follows (`ByteLM` takes such
+    heads for tokens cut inside a character, completed by a byte BPE never merges with what
+    is before it, and leaves the others to the per-token path). Tests compare the covers
+    with the per-token path's."""
+    text = u.decode("utf-8", errors="surrogateescape")
+    a, b = len(text), len(text) + len(signature)
+    ends, goes_on = {}, {}
+    for r in self.split.probes(text + signature):
+      spans, n = [], 0
+      for piece in self.split.pieces(text + signature + r):
+        spans.append((n, n + len(piece)))
+        n += len(piece)
+      start, end = next((s, e) for s, e in spans if s <= a < e)
+      if end < b:
+        continue  # the token would span two pieces
+      head = tuple(self.ids[t] for s, e in spans if e <= start
+                   for t in self._merge(text[s:e].encode("utf-8", "surrogateescape")))
+      last, part = -1, text[start:].encode("utf-8", "surrogateescape")
+      if start < a:
+        head += tuple(self.ids[t] for t in self._merge_part(part))
+        last = head[-1]
+      (ends if end == b else goes_on)[head, last] = part
+    return ends, goes_on
+
+  @functools.cached_property
   def bigrams(self) -> Bigrams:
     """Which tokens BPE puts after which, for the whole vocabulary (built at first use)."""
     return Bigrams(self.token_bytes, self.vocab, self.ranks, merge)
 
   @property
   def checks_together(self) -> bool:
-    """Whether candidate tokens can be checked a kind at a time (`context_heads` and
-    `bigrams`): for byte-level BPE whose merges are as training makes them, with GPT-2's
-    regex or none, no added tokens and no ignore_merges. Otherwise `byte_lm.ByteLM` checks
-    them one by one through the probes: exact, slower."""
-    return (self.split is None and not self.added and not self.ignore_merges
-            and self.chars is None and self.bigrams.exact)
+    """Whether candidate tokens can be checked a kind at a time (`context_heads`, or
+    `signature_heads` for a Split, and `bigrams`): for byte-level BPE whose merges are as
+    training makes them, with GPT-2's regex or none (without ignore_merges) or a Split of
+    `splits.PATTERNS`, and no added tokens. Otherwise `byte_lm.ByteLM` checks them one by
+    one through the probes: exact, slower."""
+    return (not self.added and self.chars is None and self.bigrams.exact
+            and (isinstance(self.split, splits.RegexSplit)
+                 or self.split is None and not self.ignore_merges))
 
   @functools.cached_property
   def split_ok(self) -> np.ndarray:
