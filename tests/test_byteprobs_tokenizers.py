@@ -218,11 +218,14 @@ MIXED = ["I'll pay 12345 for it, don't you?\n\n  x\t'S\u00e9 \u65e5\u672c 123456
          "a  b\r\n\n 'll 'LL!! \u00a0z 99 ".encode() + b"\xff\xc3 q\xe6\x97"]
 
 
-def test_covers_by_signature_are_the_per_token_ones():
-  """The candidates after a Split's pattern checked a signature at a time (bigrams and the
-  way the pattern cuts the text around them) give exactly the per-token path's covers."""
-  ours = BPE.from_json(_llama3(added=()).to_str())
-  assert ours.checks_together and ours.ignore_merges
+@pytest.mark.parametrize("kind", ["llama3", "sp", "sp-split"])
+def test_covers_by_signature_are_the_per_token_ones(kind):
+  """The candidates checked a signature at a time (bigrams and the way the pre-tokenizer cuts
+  the text around them) give exactly the per-token path's covers."""
+  hf = {"llama3": lambda: _llama3(added=()), "sp": lambda: _sentencepiece(),
+        "sp-split": lambda: _sentencepiece(True)}[kind]()
+  ours = BPE.from_json(hf.to_str())
+  assert ours.checks_together and ours.ignore_merges == (kind == "llama3")
   together, one_by_one = ByteLM(None, ours, 0), ByteLM(None, ours, 0)
   one_by_one._by_signature = lambda u, ids: ([], np.ones(len(ids), bool))
   counts = {}
@@ -235,7 +238,8 @@ def test_covers_by_signature_are_the_per_token_ones():
     return {(h, int(v), int(b)) for h, (vs, bs) in lm._covers(x, past_end).items()
             for v, b in zip(vs, bs)}
 
-  for text in MIXED:
+  for text in MIXED if kind != "sp" else [t[:32] for t in MIXED]:  # one piece: re-merged
+    text = ours.prefix + text                                      # whole by each candidate
     for t in range(len(text) + 1):
       for past_end in (True, False) if t else (True,):
         assert covers(together, text[:t], past_end) == covers(one_by_one, text[:t], past_end), \
@@ -260,7 +264,7 @@ def tiny_sentencepiece(request):
   for b in range(256):
     spec["model"]["vocab"][f"<0x{b:02X}>"] = len(spec["model"]["vocab"])
   ours = BPE.from_json(json.dumps(spec))
-  assert b"\xd0\xb6" not in ours.chars and "é".encode() in ours.chars
+  assert b"\xd0\xb6" not in ours.chars and "é".encode() in ours.chars and ours.checks_together
   return world(ours, ["a", "b", " ", "\u00e9", "\u0436"], 4, eot=0)
 
 

@@ -42,10 +42,11 @@ class Bigrams:
   (as BPE training makes them); callers take another way where not."""
 
   def __init__(self, token_bytes, ids: dict[bytes, int], ranks: dict[tuple[bytes, bytes], int],
-               merge):
+               merge, base=lambda x: len(x) == 1):
     """token_bytes[i]: the bytes of id i (b"" for specials); ids: bytes -> id; ranks: merge
     pair -> rank; merge(piece, ranks) -> (BPE's tokens of the piece, the last pair it merged)
-    (`tokenization.merge`)."""
+    (`tokenization.merge`); base(x): whether x is a symbol merges start from (a byte, or a
+    character where merges start from characters)."""
     size = len(token_bytes)
     self.alone = np.zeros(size, bool)
     rank = np.full(size, -1, np.int64)  # the rank of the merge that makes the token; bytes: -1
@@ -66,8 +67,8 @@ class Bigrams:
     # by one merge: a hand-made or reordered list may break either.
     made = {}
     for (x, y), r in sorted(ranks.items(), key=lambda item: item[1]):
-      made_x, made_y = made.get(x, -1 if len(x) == 1 else math.inf), \
-          made.get(y, -1 if len(y) == 1 else math.inf)
+      made_x, made_y = made.get(x, -1 if base(x) else math.inf), \
+          made.get(y, -1 if base(y) else math.inf)
       if x + y in made or not (made_x < r and made_y < r):
         self.exact = False
         break

@@ -42,6 +42,10 @@ class Whole:
   def probes(self, text: str) -> list[str]:
     return [""]
 
+  def signature(self, text: str, exact_start: bool = False) -> str:
+    """Any text is cut the same way (not at all): `RegexSplit.signature`."""
+    return "a"
+
 
 class SpaceSplit(Whole):
   """A piece starts at every space (and at the start of the text)."""
@@ -54,6 +58,10 @@ class SpaceSplit(Whole):
   def stable_end(self, text: str) -> int:
     """The pieces before the last space are complete: each ended at the space after it."""
     return max(text.rfind(" "), 0)
+
+  def signature(self, text: str, exact_start: bool = False) -> str:
+    """Spaces kept (two at most in a row), the rest one character a run."""
+    return regex.sub(r"[^ ]+", "a", regex.sub(r"   +", "  ", text))
 
 
 class RegexSplit:

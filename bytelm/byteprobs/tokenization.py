@@ -96,6 +96,7 @@ class BPE:
     self.added = dict(added or {})
     self.ids = self.vocab | self.added  # the id of each piece and token BPE makes
     self.ignore_merges, self.chars = bool(ignore_merges), chars
+    self._chars = chars or frozenset()  # (hashed once: a key of `_completions`' cache)
     self.prefix, self.metaspace, self.bos = bytes(prefix), bool(metaspace), tuple(bos)
     self.ranks = {pair: rank for rank, pair in enumerate(merges)}
     for left, right in self.ranks:
@@ -140,7 +141,7 @@ class BPE:
   @functools.cached_property
   def signatures(self) -> Signatures | None:
     """For a `splits.RegexSplit`, each token's signature (`Signatures`); None otherwise."""
-    if not isinstance(self.split, splits.RegexSplit):
+    if self.split is None:
       return None
     index: dict[str, int] = {}
     size = len(self.token_bytes)
@@ -161,7 +162,8 @@ class BPE:
         for rest in self.completions(cut)[:-1]:  # the last leaves it no character: above
           char = (cut + rest).decode("utf-8")
           sig = self.split.signature(whole, start) + self.split.signature(char)
-          options.append((index.setdefault(sig, len(index)), rest[0] in self._free_bytes))
+          options.append((index.setdefault(sig, len(index)),
+                          rest[0] in self._free_bytes and cut + rest not in self._chars))
         completed[k].append((i, options))
     width = max((len(o) for _, o in completed[0]), default=0)
     tables = []
@@ -210,7 +212,8 @@ class BPE:
   @functools.cached_property
   def bigrams(self) -> Bigrams:
     """Which tokens BPE puts after which, for the whole vocabulary (built at first use)."""
-    return Bigrams(self.token_bytes, self.vocab, self.ranks, merge)
+    return Bigrams(self.token_bytes, self.vocab, self.ranks, self._merge_symbols,
+                   base=lambda x: len(x) == 1 or x in self._chars)
 
   @property
   def checks_together(self) -> bool:
@@ -219,9 +222,8 @@ class BPE:
     training makes them, with GPT-2's regex or none (without ignore_merges) or a Split of
     `splits.PATTERNS`, and no added tokens. Otherwise `byte_lm.ByteLM` checks them one by
     one through the probes: exact, slower."""
-    return (not self.added and self.chars is None and self.bigrams.exact
-            and (isinstance(self.split, splits.RegexSplit)
-                 or self.split is None and not self.ignore_merges))
+    return (not self.added and self.bigrams.exact
+            and (self.signatures is not None or self.split is None and not self.ignore_merges))
 
   @functools.cached_property
   def split_ok(self) -> np.ndarray:
@@ -415,15 +417,19 @@ class BPE:
     return self._merge_part(piece)
 
   def _merge_part(self, part: bytes) -> tuple[bytes, ...]:
-    """BPE's merges of a piece, or of the part of one before a token boundary: from its
-    bytes, or from its characters that are tokens (`chars`) and the bytes of the others."""
+    """BPE's merges of a piece, or of the part of one before a token boundary."""
+    return self._merge_symbols(part, self.ranks)[0]
+
+  def _merge_symbols(self, part: bytes, ranks) -> tuple[tuple[bytes, ...], tuple | None]:
+    """`merge` from the bytes of part, or from its characters that are tokens (`chars`) and
+    the bytes of the others."""
     if self.chars is None:
-      return merge(part, self.ranks)[0]
+      return merge(part, ranks)
     symbols = []
     for ch in part.decode("utf-8", errors="surrogateescape"):
       b = ch.encode("utf-8", errors="surrogateescape")
       symbols += [b] if b in self.chars else [b[i:i + 1] for i in range(len(b))]
-    return merge(part, self.ranks, symbols)[0]
+    return merge(part, ranks, symbols)
 
   def normalize(self, data: bytes) -> bytes:
     """What the tokens of data spell: `prefix`, then data ("▁" a space where `metaspace`);
@@ -448,7 +454,7 @@ class BPE:
   def completions(self, cut: bytes) -> list[bytes]:
     """`_completions` of a cut character, preferring in each class a character whose first
     byte after the cut begins no merge's right side (so BPE leaves it apart from the cut)."""
-    return _completions(cut, self._free_bytes)
+    return _completions(cut, self._free_bytes, self._chars)
 
   def _partial_kinds(self, p: bytes) -> int:
     """For a token p that is the start of a UTF-8 character, how it may be the first token
@@ -620,14 +626,16 @@ def cut_character(y: bytes) -> bytes:
 _COMPLETIONS: dict[bytes, list[bytes]] = {}
 
 
-def _completions(cut: bytes, free: frozenset[int] = frozenset()) -> list[bytes]:
+def _completions(cut: bytes, free: frozenset[int] = frozenset(), avoid=frozenset()
+                 ) -> list[bytes]:
   """The rest of a cut character, one completion per class of character it can become (and
   a byte that completes nothing, which leaves it invalid): the first in code point order
-  whose first byte is in `free` where one is, else the first. BPE merges the bytes of some
-  characters and not others'; a first byte that begins no merge's right side is never merged
-  with the cut bytes before it, so the character leaves a token boundary where it begins
-  whenever one of its class can (`BPE.completions`)."""
-  key = cut, free
+  whose first byte is in `free` (and whose bytes are not in `avoid`) where one is, else the
+  first. BPE merges the bytes of some characters and not others'; a first byte that begins
+  no merge's right side is never merged with the cut bytes before it, so the character
+  leaves a token boundary where it begins whenever one of its class can (`BPE.completions`;
+  where merges start from characters, one that is no token is spelled by its bytes)."""
+  key = cut, free, avoid
   if key not in _COMPLETIONS:
     width = {0xC: 2, 0xD: 2, 0xE: 3, 0xF: 4}[cut[0] >> 4]
     missing = width - len(cut)
@@ -649,7 +657,7 @@ def _completions(cut: bytes, free: frozenset[int] = frozenset()) -> list[bytes]:
       cls = ("space" if ch.isspace() else unicodedata.category(ch)[0])
       rest = ch.encode("utf-8")[len(cut):]
       seen.setdefault(cls, rest)
-      if rest[0] in free:
+      if rest[0] in free and cut + rest not in avoid:
         seen_free.setdefault(cls, rest)
     _COMPLETIONS[key] = [seen_free.get(cls, rest) for cls, rest in seen.items()] + [b"!"]
   return _COMPLETIONS[key]
