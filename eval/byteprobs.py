@@ -35,15 +35,22 @@ text: pieces of the validation split of embedded:en, each read from a document s
    the model's own scoring of the same texts' canonical tokens (every token's row, one
    batch); and sampling --sample-bytes bytes greedily after each text's first half
    (`complete`), ms per byte generated. Medians of --cost-repeats alternated runs.
+5. The same cost for the other tokenizer kinds: a Llama-3-style byte-level BPE (its Split
+   pattern, ignore_merges) and a SentencePiece-style BPE with byte fallback (Llama-2's
+   conventions), each trained to the BPE decoder's 2,048 tokens on --kind-train-bytes of its
+   training text and read with the same network (whose probabilities mean nothing for them:
+   this measures the conversion, whose model calls cost the same).
 Writes eval/results/byteprobs.{json,png}. Last line: acc_exact acc_naive acc_healing (next-byte
 accuracy on mid-token prompts), bpb_ensemble, bpb_best_member, calls_per_byte (token prefixes
 scored per byte), ms_per_byte (scoring along), ms_per_byte_sampling, model_ms_per_byte,
-overhead_ratio (ms_per_byte / model_ms_per_byte).
+overhead_ratio (ms_per_byte / model_ms_per_byte), and ms_per_byte_K, ms_per_byte_sampling_K
+for K in llama3, sentencepiece.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import pathlib
 import time
@@ -51,10 +58,15 @@ import time
 import numpy as np
 
 import common  # eval/common.py; before bytelm, so that a missing install is one clear line
+import tokenizers
+from tokenizers import models, normalizers, pre_tokenizers, trainers
+
 import bytelm
+from bytelm.byteprobs import splits
 from bytelm.byteprobs.byte_lm import END, ByteLM
 from bytelm.byteprobs.mixture import along, mix
-from bytelm.data import sources
+from bytelm.byteprobs.tokenization import BPE
+from bytelm.data import bpe, sources
 from bytelm.training import budget, train_unless_finished
 
 LN2 = math.log(2)
@@ -138,6 +150,8 @@ def main() -> None:
   p.add_argument("--cost-texts", type=int, default=8)
   p.add_argument("--cost-repeats", type=int, default=5)
   p.add_argument("--sample-bytes", type=int, default=32)
+  p.add_argument("--kind-train-bytes", type=int, default=3_000_000,
+                 help="characters of training text for the other tokenizer kinds")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=str(common.RESULTS / "byteprobs"))
   args = p.parse_args()
@@ -245,45 +259,30 @@ def main() -> None:
   # 4. cost: scoring held-out texts along (the bulk path, from a cold cache), the model's own
   # scoring of the same texts' canonical tokens, and sampling byte by byte.
   cost_texts = texts[:args.cost_texts]
-  n_bytes = sum(len(t) + 1 for t in cost_texts)
-  canonical = [tuple(lm.bpe.encode(t)) + (lm.eot_id,) for t in cost_texts]
-  rows = [ids[:k] for ids in canonical for k in range(len(ids))]  # every token's row
-
-  def scoring():
-    lm.clear()
-    lm.calls = lm.batches = 0
-    lm.next_byte_logprobs_along(cost_texts)
-
-  scoring()  # compiles its shapes; each timed run starts from cleared caches
-  lm.token_lm(rows)
-  ms = {"scoring": [], "model": []}
-  for _ in range(args.cost_repeats):  # alternated, medians
-    t0 = time.perf_counter()
-    scoring()
-    ms["scoring"].append((time.perf_counter() - t0) * 1000 / n_bytes)
-    t0 = time.perf_counter()
-    lm.token_lm(rows)
-    ms["model"].append((time.perf_counter() - t0) * 1000 / n_bytes)
-  calls, batches = lm.calls, lm.batches
-  sampled = 0
-  t0 = time.perf_counter()
-  for text in cost_texts:
-    lm.clear()
-    sampled += len(lm.complete(text[:len(text) // 2], max_bytes=args.sample_bytes))
-  ms_sampling = (time.perf_counter() - t0) * 1000 / max(sampled, 1)
-  cost = {"ms_per_byte": float(np.median(ms["scoring"])),
-          "model_ms_per_byte": float(np.median(ms["model"])),
-          "ms_per_byte_sampling": ms_sampling, "bytes_sampled": sampled,
-          "prefixes_per_byte": calls / n_bytes, "lm_calls_per_byte": batches / n_bytes,
-          "runs_ms_per_byte": ms, "bound": lm.bpe.max_token_bytes}
-  cost["overhead_ratio"] = cost["ms_per_byte"] / cost["model_ms_per_byte"]
+  cost = measure_cost(lm, cost_texts, args)
   results["cost"] = cost
-  print(f"\ncost ({len(cost_texts)} texts, {n_bytes} bytes, medians of {args.cost_repeats}): "
-        f"scoring every byte along them {cost['ms_per_byte']:.3f} ms a byte "
-        f"({cost['prefixes_per_byte']:.2f} token prefixes scored, {batches} LM call); the "
-        f"model scoring their canonical tokens {cost['model_ms_per_byte']:.3f} ms a byte "
-        f"(overhead {cost['overhead_ratio']:.2f}x); sampling byte by byte "
-        f"{ms_sampling:.2f} ms a byte ({sampled} bytes, greedy)")
+  print(f"\ncost ({len(cost_texts)} texts, {cost['bytes']} bytes, medians of "
+        f"{args.cost_repeats}): scoring every byte along them {cost['ms_per_byte']:.3f} ms a "
+        f"byte ({cost['prefixes_per_byte']:.2f} token prefixes scored, one LM call); the model "
+        f"scoring their canonical tokens {cost['model_ms_per_byte']:.3f} ms a byte (overhead "
+        f"{cost['overhead_ratio']:.2f}x); sampling byte by byte "
+        f"{cost['ms_per_byte_sampling']:.2f} ms a byte ({cost['bytes_sampled']} bytes, greedy)")
+
+  # 5. the same cost for the other tokenizer kinds (`BPE.from_json`), each trained to the same
+  # size on the BPE decoder's training text, read with the same network: its probabilities
+  # mean nothing for these tokenizers, its cost per token prefix is the same.
+  train_text = training_text(args.kind_train_bytes)
+  kinds = {}
+  for kind in KINDS:
+    t0 = time.perf_counter()
+    other = BPE.from_json(train_kind(kind, train_text, len(lm.bpe.token_bytes)).to_str())
+    assert other.checks_together, kind
+    kinds[kind] = measure_cost(ByteLM(lm.token_lm, other, lm.eot_id), cost_texts, args)
+    print(f"{kind}: scoring along {kinds[kind]['ms_per_byte']:.3f} ms a byte, sampling "
+          f"{kinds[kind]['ms_per_byte_sampling']:.2f}, the model "
+          f"{kinds[kind]['model_ms_per_byte']:.3f} (tokenizer trained and read in "
+          f"{time.perf_counter() - t0:.0f} s)", flush=True)
+  results["kinds"] = kinds
 
   out = pathlib.Path(args.out)
   common.write_json(out.with_suffix(".json"), results)
@@ -296,7 +295,91 @@ def main() -> None:
                     "ms_per_byte": cost["ms_per_byte"],
                     "ms_per_byte_sampling": cost["ms_per_byte_sampling"],
                     "model_ms_per_byte": cost["model_ms_per_byte"],
-                    "overhead_ratio": cost["overhead_ratio"]})
+                    "overhead_ratio": cost["overhead_ratio"]} | {
+                    f"{key}_{kind}": kinds[kind][key] for kind in KINDS
+                    for key in ("ms_per_byte", "ms_per_byte_sampling")})
+
+
+def measure_cost(lm: ByteLM, texts: list[bytes], args) -> dict:
+  """ms a byte of scoring every byte along texts in one batch (caches cleared, shapes warm),
+  of the model scoring their canonical tokens (every token's row, one batch), alternated,
+  medians of args.cost_repeats; and of sampling args.sample_bytes greedily after each text's
+  first half."""
+  n_bytes = sum(len(t) + 1 for t in texts)
+  canonical = [tuple(lm.bpe.encode(t)) + (lm.eot_id,) for t in texts]
+  rows = [lm.context + ids[:k] for ids in canonical for k in range(len(ids))]
+
+  def scoring():
+    lm.clear()
+    lm.calls = lm.batches = 0
+    lm.next_byte_logprobs_along(texts)
+
+  scoring()  # compiles its shapes; each timed run starts from cleared caches
+  lm.token_lm(rows)
+  ms = {"scoring": [], "model": []}
+  for _ in range(args.cost_repeats):
+    t0 = time.perf_counter()
+    scoring()
+    ms["scoring"].append((time.perf_counter() - t0) * 1000 / n_bytes)
+    t0 = time.perf_counter()
+    lm.token_lm(rows)
+    ms["model"].append((time.perf_counter() - t0) * 1000 / n_bytes)
+  calls = lm.calls
+  sampled = 0
+  t0 = time.perf_counter()
+  for text in texts:
+    lm.clear()
+    sampled += len(lm.complete(text[:len(text) // 2], max_bytes=args.sample_bytes))
+  out = {"bytes": n_bytes, "ms_per_byte": float(np.median(ms["scoring"])),
+         "model_ms_per_byte": float(np.median(ms["model"])),
+         "ms_per_byte_sampling": (time.perf_counter() - t0) * 1000 / max(sampled, 1),
+         "bytes_sampled": sampled, "prefixes_per_byte": calls / n_bytes,
+         "runs_ms_per_byte": ms, "bound": lm.bpe.max_token_bytes}
+  out["overhead_ratio"] = out["ms_per_byte"] / out["model_ms_per_byte"]
+  return out
+
+
+# ---- other tokenizer kinds ------------------------------------------------------------------
+
+KINDS = ("llama3", "sentencepiece")
+
+
+def training_text(max_chars: int) -> list[str]:
+  """The first documents of the BPE decoder's training split, up to max_chars characters."""
+  docs, n = [], 0
+  for text in sources.load_text(common.config("bpe_decoder").data.train)["text"]:
+    docs.append(text)
+    n += len(text)
+    if n >= max_chars:
+      break
+  return docs
+
+
+def train_kind(kind: str, texts: list[str], vocab_size: int) -> tokenizers.Tokenizer:
+  """A tokenizer of `vocab_size` tokens as released models make them, with bytelm's special
+  tokens first: "llama3", byte-level BPE after Llama-3's Split pattern with ignore_merges;
+  "sentencepiece", BPE over characters with "<0x..>" byte fallback, "▁" for spaces and one
+  before the text (Llama-2's tokenizer.json)."""
+  specials = list(bpe.SPECIAL_TOKENS)
+  if kind == "llama3":
+    tok = tokenizers.Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(tokenizers.Regex(splits.LLAMA3), "isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return tok
+  tok = tokenizers.Tokenizer(models.BPE(byte_fallback=True))
+  tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                         normalizers.Replace(" ", "\u2581")])
+  tok.train_from_iterator(texts, trainers.BpeTrainer(
+      vocab_size=vocab_size - 256, special_tokens=specials, show_progress=False,
+      limit_alphabet=200))
+  spec = json.loads(tok.to_str())
+  for b in range(256):
+    spec["model"]["vocab"][f"<0x{b:02X}>"] = len(spec["model"]["vocab"])
+  return tokenizers.Tokenizer.from_str(json.dumps(spec))
 
 
 def plot(results, path: pathlib.Path) -> None:
