@@ -39,7 +39,18 @@ class Whole:
   def stable_end(self, text: str) -> int:
     return 0
 
+  def spans(self, text: str) -> list[tuple[int, int]]:
+    """(start, end) of each piece."""
+    out, n = [], 0
+    for piece in self.pieces(text):
+      out.append((n, n + len(piece)))
+      n += len(piece)
+    return out
+
   def probes(self, text: str) -> list[str]:
+    return [""]
+
+  def class_probes(self, text: str) -> list[str]:
     return [""]
 
   def signature(self, text: str, exact_start: bool = False) -> str:
@@ -81,16 +92,22 @@ class RegexSplit:
           f"(it reads GPT-2's, and those of {', '.join(PATTERNS)}): which texts a "
           "continuation can change is argued per pattern")
     self.pattern = regex.compile(pattern)
+    self._class_probes: dict[tuple[str, bool], list[str]] = {}
 
   def pieces(self, text: str) -> list[str]:
+    return [text[a:b] for a, b in self.spans(text)]
+
+  def spans(self, text: str) -> list[tuple[int, int]]:
+    """(start, end) of each piece."""
     out, end = [], 0
     for m in self.pattern.finditer(text):
-      if m.start() > end:
-        out.append(text[end:m.start()])
-      out.append(m.group())
-      end = m.end()
+      a, b = m.span()
+      if a > end:
+        out.append((end, a))
+      out.append((a, b))
+      end = b
     if end < len(text):
-      out.append(text[end:])
+      out.append((end, len(text)))
     return out
 
   def stable_end(self, text: str) -> int:
@@ -137,6 +154,15 @@ class RegexSplit:
       out += _CONTRACTION_ENDS
     return out
 
+  def class_probes(self, text: str) -> list[str]:
+    """`probes`, one of each signature: those of one class cut a text alike (their bytes
+    matter to BPE, not to the pattern)."""
+    key = (_class_of(text[-1]) if text else "", "'" in text[-2:])
+    if key not in self._class_probes:
+      self._class_probes[key] = list({self.signature(r, exact_start=True): r
+                                      for r in self.probes(text)}.values())
+    return self._class_probes[key]
+
   def signature(self, text: str, exact_start: bool = False) -> str:
     """A short text that these patterns cut exactly as text, wherever it stands: each
     character replaced by one of its class (a letter, digit, apostrophe, space, newline,
@@ -149,7 +175,7 @@ class RegexSplit:
     for i, ch in enumerate(text):
       c = _class_of(ch)
       if c == "a" and (exact_start and i < 2 or "'" in text[max(0, i - 2):i]):
-        c = next((l for l in _CONTRACTION_LETTERS if regex.fullmatch(f"(?i){l}", ch)), "a")
+        c = next((l for l, fold in _CONTRACTION_LETTERS if fold.fullmatch(ch)), "a")
         out.append(c)
         run = 0
         continue
@@ -173,7 +199,7 @@ def _class_of(ch: str) -> str:
 
 
 _LETTER, _DIGIT, _SPACE = regex.compile(r"\p{L}"), regex.compile(r"\p{N}"), regex.compile(r"\s")
-_CONTRACTION_LETTERS = "stmdrevl"
+_CONTRACTION_LETTERS = [(l, regex.compile(f"(?i){l}")) for l in "stmdrevl"]
 _LETTERS = ["a", "\u00e9", "\u65e5"]
 _SPACES = [" ", "\t", "\n", "\r"]
 _SINGLES = _LETTERS + ["1", "!", "'"] + _SPACES

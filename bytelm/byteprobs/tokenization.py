@@ -147,6 +147,9 @@ class BPE:
     size = len(self.token_bytes)
     plain, exact = np.full(size, -1, np.int64), np.full(size, -1, np.int64)
     completed = [[], []]  # per token that ends inside a character: [(signature, free)]
+    starts_of: dict[bytes, list[bytes]] = {}  # a merge's left side -> its right sides
+    for x, y in self.ranks:
+      starts_of.setdefault(x, []).append(y)
     for i, t in enumerate(self.token_bytes):
       if not t or t in self.added:
         continue
@@ -157,13 +160,19 @@ class BPE:
       if not cut:
         continue
       whole = t[:-len(cut)].decode("utf-8", errors="surrogateescape")
+      # A merge across the token's end joins something on its right spine to what follows
+      # (`bigrams`): a first byte no such merge takes leaves the boundary.
+      free = frozenset(range(0x80, 0xC0)) - {
+          y[0] for x, _, _ in self.bigrams.right_spine(i)
+          for y in starts_of.get(self.token_bytes[x], ())}
+      rests = _completions(cut, free, self._chars)[:-1]  # the last leaves it no character
       for k, start in enumerate((False, True)):
         options = []
-        for rest in self.completions(cut)[:-1]:  # the last leaves it no character: above
+        for rest in rests:
           char = (cut + rest).decode("utf-8")
           sig = self.split.signature(whole, start) + self.split.signature(char)
           options.append((index.setdefault(sig, len(index)),
-                          rest[0] in self._free_bytes and cut + rest not in self._chars))
+                          rest[0] in free and cut + rest not in self._chars))
         completed[k].append((i, options))
     width = max((len(o) for _, o in completed[0]), default=0)
     tables = []
@@ -192,11 +201,8 @@ class BPE:
     text = u.decode("utf-8", errors="surrogateescape")
     a, b = len(text), len(text) + len(signature)
     ends, goes_on = {}, {}
-    for r in self.split.probes(text + signature):
-      spans, n = [], 0
-      for piece in self.split.pieces(text + signature + r):
-        spans.append((n, n + len(piece)))
-        n += len(piece)
+    for r in self.split.class_probes(text + signature):
+      spans = self.split.spans(text + signature + r)
       start, end = next((s, e) for s, e in spans if s <= a < e)
       if end < b:
         continue  # the token would span two pieces
