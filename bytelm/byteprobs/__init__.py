@@ -1,7 +1,8 @@
 """Exact byte-level probabilities from tokenized LMs (Phan et al., 2024).
 
-- `tokenization.BPE`: the canonical tokenization of any bytes by a byte-level BPE read from a
-  Hugging Face tokenizer.json (GPT-2's pre-tokenization regex or none), and which token
+- `tokenization.BPE`: the canonical tokenization of any bytes by a BPE read from a Hugging
+  Face tokenizer.json (`tokenizer_json`: byte-level with GPT-2's regex, none, or Llama-3's
+  Split pattern (`splits`); SentencePiece-style with byte fallback), and which token
   sequences start the tokenization of some text (what makes an encoding valid);
 - `byte_lm.ByteLM`: a tokenized LM as a byte LM: prefix, next-byte and whole-text
   probabilities by cover encodings, batched; byte-by-byte sampling, completion of prompts that
