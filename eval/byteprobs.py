@@ -66,7 +66,8 @@ from bytelm.byteprobs import splits
 from bytelm.byteprobs.byte_lm import END, ByteLM
 from bytelm.byteprobs.mixture import along, mix
 from bytelm.byteprobs.tokenization import BPE
-from bytelm.data import bpe, sources
+from bytelm.data import sources
+from bytelm.data.bpe import SPECIAL_TOKENS
 from bytelm.training import budget, train_unless_finished
 
 LN2 = math.log(2)
@@ -360,7 +361,7 @@ def train_kind(kind: str, texts: list[str], vocab_size: int) -> tokenizers.Token
   tokens first: "llama3", byte-level BPE after Llama-3's Split pattern with ignore_merges;
   "sentencepiece", BPE over characters with "<0x..>" byte fallback, "▁" for spaces and one
   before the text (Llama-2's tokenizer.json)."""
-  specials = list(bpe.SPECIAL_TOKENS)
+  specials = list(SPECIAL_TOKENS)
   if kind == "llama3":
     tok = tokenizers.Tokenizer(models.BPE(ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
