@@ -585,14 +585,6 @@ def test_completion_after_a_cut_token_is_the_most_likely_bytes(tiny_regex):
   assert lm.sample(b"a", 4, key=jax.random.key(2)) == lm.sample(b"a", 4, key=jax.random.key(2))
 
 
-def test_a_prefix_tree_serves_prefixes_from_the_longest_row():
-  rows = [[1, 2, 3], [1, 2], [1], [1, 3], [2], [1, 2, 3, 4]]
-  leaves, leaf_of = adapters.prefix_tree(rows)
-  assert sorted(map(tuple, leaves)) == [(1, 2, 3, 4), (1, 3), (2,)]
-  for row, leaf in zip(rows, leaf_of):
-    assert leaves[leaf][:len(row)] == row
-
-
 @pytest.mark.parametrize("max_nodes", [4, 7, 512])
 def test_token_trees_hold_every_row_once_per_distinct_prefix(max_nodes):
   rng = np.random.default_rng(0)

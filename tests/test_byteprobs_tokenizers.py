@@ -331,5 +331,11 @@ def test_a_llama_style_hugging_face_model_reads_as_bytes(tmp_path, kind):
     logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1).numpy()
   token_way = sum(logp[i, ids[i + 1]] for i in range(len(ids) - 1))
   assert abs(lm.logprob(text) - token_way) < 1e-6
+  # Branching prefixes go through as one tree (a 4-D mask): as each alone, causally.
+  rows = [tuple(ids[:k]) for k in (1, 3, 5)] + [tuple(ids[:3]) + (ids[5],), (bos, ids[4])]
+  for row, got in zip(rows, lm.token_lm(rows)):
+    with torch.no_grad():
+      want = torch.log_softmax(model(torch.tensor([row])).logits[0, -1].double(), -1).numpy()
+    np.testing.assert_allclose(got, want[:len(got)], atol=1e-5)
   rows = lm.next_byte_logprobs_along([text[:6]])[0]
   assert np.allclose(np.exp(rows).sum(-1), 1.0)  # distributions over the next byte

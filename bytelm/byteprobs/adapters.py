@@ -5,7 +5,7 @@
 - `from_model(model, tokenizer_file)`: the same, with the tokenizer.json the recipe trained, as
   a `ByteLM` (`bytelm.load(workdir).byte_lm()` loads one);
 - `from_hugging_face(model_dir)`: a local Hugging Face causal LM and its tokenizer.json, the
-  same way (PyTorch, an optional extra);
+  same way, its prefixes as token trees too (PyTorch, an optional extra);
 - `ByteDecoderLM(model)`, `HierarchicalLM(model, segmenter)` (`bytelm.load(workdir).byte_lm()`):
   bytelm's byte models with `next_byte_logprobs` (and `next_byte_logprobs_along` a text, one
   pass), so they can join an ensemble, and `bits_per_byte`.
@@ -21,8 +21,7 @@ bytelm's models were trained on documents separated by eos, so a prefix is read 
 the start of a document. A batch of prefixes goes through a bytelm decoder as one tree of
 their distinct prefixes (`token_trees`, `DecoderLM.tree_logits`): the heads ByteLM asks for
 share all but their last token or two, so a text's every byte costs about one node. A
-Hugging Face model runs the leaves of the prefix tree instead (`prefix_tree`: one causal
-pass over the longest row serves the rows it starts with).
+Hugging Face model runs the same trees, through a 4-D attention mask and position ids.
 
 Axis legend: B trees (leaves for Hugging Face), N tree nodes, T positions, V vocab, R requested
 prefixes.
@@ -50,24 +49,6 @@ from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer, a
 
 # Nodes of one token tree (`token_trees`): attention over a tree costs its size squared.
 TREE_NODES = 512
-
-
-def prefix_tree(rows: Sequence[Sequence[int]]) -> tuple[list[list[int]], list[int]]:
-  """(leaves, leaf_of): rows that are no other row's prefix, and for each row the leaf whose
-  causal pass holds it (at position len(row) - 1). A batch of a sequence and its own
-  prefixes (a head and the rows its probability needs) is one leaf."""
-  order = sorted(range(len(rows)), key=lambda i: list(rows[i]))
-  # Sorted, a row that starts another starts the row right after it.
-  leaf_of, leaves = [0] * len(rows), []
-  for k in reversed(range(len(order))):
-    i = order[k]
-    nxt = rows[order[k + 1]] if k + 1 < len(order) else None
-    if nxt is not None and len(rows[i]) <= len(nxt) and list(nxt[:len(rows[i])]) == list(rows[i]):
-      leaf_of[i] = leaf_of[order[k + 1]]
-    else:
-      leaf_of[i] = len(leaves)
-      leaves.append(list(rows[i]))
-  return leaves, leaf_of
 
 
 def token_trees(rows: Sequence[Sequence[int]], max_nodes: int = TREE_NODES
@@ -175,9 +156,12 @@ def from_hugging_face(model_dir, tokenizer_file=None, device: str = "cpu",
   `ByteLM`. Needs PyTorch and transformers (pip install "bytelm[hf]"); nothing else in
   bytelm does. Every prefix is read after what the tokenizer's post-processor puts before a
   text (a BOS), or where it puts nothing after the model's eos token (GPT-2's <|endoftext|>
-  starts documents too); the eos ends texts. Prefixes sharing a leaf of the prefix tree
-  share one pass; leaves go batch_size at a time. A model whose output is wider than the
-  tokenizer's vocabulary (padded) keeps its softmax over all of it, as in training.
+  starts documents too); the eos ends texts. The prefixes asked for at once go through as
+  trees of their distinct prefixes (`token_trees`), batch_size trees a pass, each node at its
+  depth and attending to its own path through a 4-D attention mask (which transformers'
+  GPT-2 and Llama models take, and which `tests/test_byteprobs_tokenizers.py` checks against
+  the plain causal pass). A model whose output is wider than the tokenizer's vocabulary
+  (padded) keeps its softmax over all of it, as in training.
   """
   try:
     import torch
@@ -199,22 +183,32 @@ def from_hugging_face(model_dir, tokenizer_file=None, device: str = "cpu",
     raise ValueError(f"{model_dir}: the model's output has {model.config.vocab_size} tokens, "
                      f"fewer than its tokenizer's {size}")
 
+  dtype = next(model.parameters()).dtype
+
   def token_lm(prefixes):
-    rows = [list(p) for p in prefixes]
-    leaves, leaf_of = prefix_tree(rows)
+    """The rows as trees of their distinct prefixes (`token_trees`), batch_size trees a pass:
+    each node at its depth (position_ids), attending to its own path (a 4-D mask)."""
+    trees, where = token_trees([list(p) for p in prefixes])
     out = []
     with torch.no_grad():
-      for start in range(0, len(leaves), batch_size):
-        chunk = leaves[start:start + batch_size]
-        length = max(len(r) for r in chunk)
-        ids = torch.zeros((len(chunk), length), dtype=torch.long)
-        mask = torch.zeros((len(chunk), length), dtype=torch.long)
-        for b, r in enumerate(chunk):
-          ids[b, :len(r)], mask[b, :len(r)] = torch.tensor(r), 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+      for start in range(0, len(trees), batch_size):
+        chunk = trees[start:start + batch_size]
+        length = max(len(ids) for ids, _, _ in chunk)
+        ids_BN = torch.zeros((len(chunk), length), dtype=torch.long)
+        depth_BN = torch.zeros((len(chunk), length), dtype=torch.long)
+        attend_BNN = np.broadcast_to(np.eye(length, dtype=bool),
+                                     (len(chunk), length, length)).copy()
+        for b, (ids, depths, parents) in enumerate(chunk):
+          ids_BN[b, :len(ids)], depth_BN[b, :len(ids)] = torch.tensor(ids), torch.tensor(depths)
+          for n, parent in enumerate(parents):  # parents come first: a node reads their path
+            if parent >= 0:
+              attend_BNN[b, n] |= attend_BNN[b, parent]
+        mask_B1NN = torch.where(torch.from_numpy(attend_BNN)[:, None], 0.0,
+                                torch.finfo(dtype).min).to(dtype)
+        logits = model(input_ids=ids_BN.to(device), position_ids=depth_BN.to(device),
+                       attention_mask=mask_B1NN.to(device)).logits
         out.append(torch.log_softmax(logits.double(), -1)[..., :size].cpu().numpy())
-    per_leaf = [row for chunk in out for row in chunk]
-    return np.stack([per_leaf[leaf_of[i]][len(r) - 1] for i, r in enumerate(rows)])
+    return np.stack([out[t // batch_size][t % batch_size, n] for t, n in where])
 
   return ByteLM(token_lm, tokenizer, eos, context=tokenizer.bos or (eos,))
 
