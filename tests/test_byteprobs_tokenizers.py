@@ -59,18 +59,20 @@ def _sentencepiece(split=None, vocab_size=300) -> tokenizers.Tokenizer:
   return tokenizers.Tokenizer.from_str(json.dumps(spec))
 
 
-@pytest.fixture(scope="module", params=["llama3", "qwen2", "sp", "sp-metaspace", "sp-split"])
+@pytest.fixture(scope="module",
+                params=["llama3", "qwen2", "o200k", "sp", "sp-metaspace", "sp-split"])
 def pair(request):
   """(a `tokenizers` tokenizer, ours). Special tokens spell nothing in the byte view, so HF's
   is asked to read them in a text as characters too."""
   hf = {"llama3": lambda: _llama3(), "qwen2": lambda: _llama3(splits.QWEN2),
+        "o200k": lambda: _llama3(splits.O200K),
         "sp": lambda: _sentencepiece(), "sp-metaspace": lambda: _sentencepiece(False),
         "sp-split": lambda: _sentencepiece(True)}[request.param]()
   hf.encode_special_tokens = True
   return hf, BPE.from_json(hf.to_str())
 
 
-TEXT = st.text(st.sampled_from(list("the quick ofx's 'LL 12345 6!?\n\r\t  ŽůňÇçệ日本😀<x>▁")),
+TEXT = st.text(st.sampled_from(list("the quick ofx's 'LL 12345 6!?\n\r\t  ŽůňÇçệ日本😀<x>▁/\u0301")),
                max_size=40)
 
 
@@ -102,7 +104,7 @@ def test_the_tokenizers_read_are_the_kinds_meant(pair):
                for i in ours.encode("\u0416".encode()))  # a character outside: its bytes
 
 
-PIECE_TEXT = st.text(st.sampled_from(list("as'ltrevdm 1!\n\r\t\u00a0é日<x")), max_size=14)
+PIECE_TEXT = st.text(st.sampled_from(list("as'ltrevdmT 1!\n\r\t\u00a0é日<x/\u0301")), max_size=14)
 
 
 @settings(max_examples=200, deadline=None)
@@ -148,20 +150,31 @@ def _check_prefixes(lm, truth, prefixes):
 
 
 def _check_next_bytes(lm, truth, prefixes, alphabet_bytes):
-  for x in prefixes:
+  """Next-byte distributions against the brute force, for those of prefixes that have mass
+  in this world (at least four)."""
+  masses = {x: sum(w for text, w in truth.items() if text.startswith(x)) for x in prefixes}
+  assert sum(m > 0 for m in masses.values()) >= 4
+  for x, mass in masses.items():
+    if not mass:
+      continue
     logp = lm.next_byte_logprobs(x)
-    mass = sum(w for text, w in truth.items() if text.startswith(x))
     for b in alphabet_bytes:
       want = sum(w for text, w in truth.items() if text.startswith(x + bytes([b]))) / mass
       assert abs(math.exp(logp[b]) - want) < 1e-9, (x, bytes([b]))
     assert abs(math.exp(logp[END]) - truth.get(x, 0.0) / mass) < 1e-9, x
 
 
-def _tiny_llama3(pattern, added=()):
+TINY_TEXTS = ["a's 11 1111 aa\n\n  s'a", "'s a  \n 111 a's!!", "sa 'a   é1 as11é"] * 30
+TINY_ALPHABET = ["a", "s", "'", " ", "1", "\n", "\u00e9"]
+# o200k: cases, contractions after letters, marks, "/" after newlines.
+O200K_TEXTS = ["DON'T don't Tt a'T\n/ T\u0301a", "A'ta tA /\n\n/ a\u0301'T", "Ta t'a AAt"] * 30
+O200K_ALPHABET = ["a", "T", "'", "t", " ", "\n", "/", "\u0301"]
+
+
+def _tiny_llama3(pattern, added=(), texts=TINY_TEXTS):
   """Over a, s, apostrophe, space, 1, newline and é (two bytes): contractions, digit groups
   ("111" and "1" after it), whitespace runs before letters and digits, cut characters.
   Without added tokens its candidates are checked by signature, with them one by one."""
-  texts = ["a's 11 1111 aa\n\n  s'a", "'s a  \n 111 a's!!", "sa 'a   é1 as11é"] * 30
   tok = tokenizers.Tokenizer(models.BPE(ignore_merges=True))
   tok.pre_tokenizer = pre_tokenizers.Sequence([
       pre_tokenizers.Split(Regex(pattern), "isolated"),
@@ -174,14 +187,19 @@ def _tiny_llama3(pattern, added=()):
 
 
 @pytest.fixture(scope="module", params=[(splits.LLAMA3, ()), (splits.QWEN2, ()),
-                                        (splits.LLAMA3, ("a1",))],
-                ids=["llama3", "qwen2", "llama3-added"])
+                                        (splits.LLAMA3, ("a1",)), (splits.O200K, ())],
+                ids=["llama3", "qwen2", "llama3-added", "o200k"])
 def tiny_llama3(request):
-  ours = _tiny_llama3(*request.param)
-  assert ours.checks_together == (not request.param[1])
-  if request.param[0] == splits.LLAMA3:
+  pattern, added = request.param
+  if pattern == splits.O200K:
+    ours = _tiny_llama3(pattern, texts=O200K_TEXTS)
+    assert ours.checks_together
+    return world(ours, O200K_ALPHABET, 4, eot=0)
+  ours = _tiny_llama3(pattern, added)
+  assert ours.checks_together == (not added)
+  if pattern == splits.LLAMA3:
     assert any(len(t) == 2 and t.isdigit() for t in ours.vocab), "merges of digits wanted"
-  return world(ours, ["a", "s", "'", " ", "1", "\n", "\u00e9"], 4, eot=0)
+  return world(ours, TINY_ALPHABET, 4, eot=0)
 
 
 def _prefixes(truth, count, seed):
@@ -194,38 +212,39 @@ def test_llama3_prefix_probabilities_equal_the_brute_force_sum(tiny_llama3):
   lm, truth = tiny_llama3
   # Inside digit groups, contractions, whitespace runs, an added token and characters.
   wanted = [b"11", b"111", b"1111", b"a1", b"aa1", b"a'", b"a's", b"'s", b"  ", b"a  ", b"\n ",
-            b"  1", b" \n", b"\xc3", b"a\xc3", b"1\xc3", b"'\xc3"]
+            b"  1", b" \n", b"\xc3", b"a\xc3", b"1\xc3", b"'\xc3", b"T'", b"a'T", b"\n/",
+            b"T\xcc", b"a\xcc\x81"]
   _check_prefixes(lm, truth, wanted + _prefixes(truth, 40, 1))
 
 
 def test_llama3_next_bytes_are_ratios_of_masses(tiny_llama3):
   lm, truth = tiny_llama3
-  _check_next_bytes(lm, truth, [b"", b"1", b"11", b"a", b"a ", b"'", b" \n", b"\xc3"],
-                    "as' 1\n".encode() + b"\xc3")
+  _check_next_bytes(lm, truth, [b"", b"1", b"11", b"a", b"a ", b"'", b" \n", b"\xc3", b"T",
+                                b"a'", b"\n"], "as' 1\nT/t".encode() + b"\xc3\xcc")
 
 
 def test_llama3_the_bulk_path_equals_each_prefix_on_its_own(tiny_llama3):
-  lm, _ = tiny_llama3
-  texts = ["a's1", "11 é", "\n1"]
+  lm, truth = tiny_llama3
+  texts = sorted((t for t in truth if len(t) >= 3), key=truth.get)[-3:]  # the likeliest
   bulk = lm.next_byte_logprobs_along(texts)
-  for i, t in enumerate(texts):
-    data = t.encode()
+  for i, data in enumerate(texts):
     for k in range(len(data) + 1):
       np.testing.assert_allclose(bulk[i, k], lm.next_byte_logprobs(data[:k]), atol=1e-12)
 
 
 MIXED = ["I'll pay 12345 for it, don't you?\n\n  x\t'S\u00e9 \u65e5\u672c 1234567 \U0001f600".encode(),
-         "a  b\r\n\n 'll 'LL!! \u00a0z 99 ".encode() + b"\xff\xc3 q\xe6\x97"]
+         "a  b\r\n\n 'll 'LL!! \u00a0z 99 ".encode() + b"\xff\xc3 q\xe6\x97",
+         "DON'T HTTPServer x\u0301y /\n/ camelCase".encode()]
 
 
-@pytest.mark.parametrize("kind", ["llama3", "sp", "sp-split"])
+@pytest.mark.parametrize("kind", ["llama3", "o200k", "sp", "sp-split"])
 def test_covers_by_signature_are_the_per_token_ones(kind):
   """The candidates checked a signature at a time (bigrams and the way the pre-tokenizer cuts
   the text around them) give exactly the per-token path's covers."""
-  hf = {"llama3": lambda: _llama3(added=()), "sp": lambda: _sentencepiece(),
-        "sp-split": lambda: _sentencepiece(True)}[kind]()
+  hf = {"llama3": lambda: _llama3(added=()), "o200k": lambda: _llama3(splits.O200K, added=()),
+        "sp": lambda: _sentencepiece(), "sp-split": lambda: _sentencepiece(True)}[kind]()
   ours = BPE.from_json(hf.to_str())
-  assert ours.checks_together and ours.ignore_merges == (kind == "llama3")
+  assert ours.checks_together and ours.ignore_merges == (kind in ("llama3", "o200k"))
   together, one_by_one = ByteLM(None, ours, 0), ByteLM(None, ours, 0)
   one_by_one._by_signature = lambda u, ids: ([], np.ones(len(ids), bool))
   counts = {}

@@ -9,9 +9,9 @@ treats as characters of no class (not letters, digits or whitespace).
 - `Whole`: no pre-tokenization: the text is one piece (ByteLevel without its regex, and
   SentencePiece-style models whose tokenizer.json only replaces spaces by "▁").
 - `SpaceSplit`: a piece starts at every space (Metaspace with `split`, spaces being "▁").
-- `RegexSplit`: Split(pattern, "Isolated") with a pattern of GPT-4's family (Llama-3's, and
-  Qwen2's with digits one at a time); `PATTERNS` lists them. Other patterns are refused: the
-  stable cut and the probes below are argued for these.
+- `RegexSplit`: Split(pattern, "Isolated") with a pattern of GPT-4's family (Llama-3's,
+  Qwen2's with digits one at a time, GPT-4o's o200k with letters by case); `PATTERNS` lists
+  them. Other patterns are refused: the stable cut and the probes below are argued for these.
 
 Axis legend: none (host code on Python strings).
 """
@@ -24,7 +24,12 @@ import regex
 LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
           r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2 = LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
-PATTERNS = {"llama-3 (GPT-4's cl100k)": LLAMA3, "qwen2": QWEN2}
+_CONTRACTION = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+O200K = "|".join([  # GPT-4o's o200k (gpt-oss): letter runs by case, contractions after them
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+" + _CONTRACTION,
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*" + _CONTRACTION,
+    r"\p{N}{1,3}", r" ?[^\s\p{L}\p{N}]+[\r\n/]*", r"\s*[\r\n]+", r"\s+(?!\S)", r"\s+"])
+PATTERNS = {"llama-3 (GPT-4's cl100k)": LLAMA3, "qwen2": QWEN2, "o200k (GPT-4o)": O200K}
 # GPT-2's pattern written as a Split: the same as ByteLevel's own regex.
 GPT2_AS_SPLIT = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 
@@ -92,6 +97,9 @@ class RegexSplit:
           f"(it reads GPT-2's, and those of {', '.join(PATTERNS)}): which texts a "
           "continuation can change is argued per pattern")
     self.pattern = regex.compile(pattern)
+    # o200k tells letters apart by case, marks and "/" too.
+    self.cased = pattern == O200K
+    self._singles = _SINGLES + (["A", "\u00aa", "\u0301", "/"] if self.cased else [])
     self._class_probes: dict[tuple[str, bool], list[str]] = {}
 
   def pieces(self, text: str) -> list[str]:
@@ -141,15 +149,15 @@ class RegexSplit:
     where a piece goes on past the text."""
     if not text:
       return [""]
-    last = text[-1]
-    if last.isspace():
-      out = [""] + _SINGLES + [w + s for w in _SPACES for s in _SINGLES]
-    elif _LETTER.match(last):
-      out = ["", *_LETTERS, "1"]
-    elif _DIGIT.match(last):
+    last = self._class_of(text[-1])
+    if last in _SPACES:
+      out = [""] + self._singles + [w + s for w in _SPACES for s in self._singles]
+    elif last in "aA\u00aa":
+      out = ["", *_LETTERS, "1"] + (["A", "\u0301"] if self.cased else [])
+    elif last == "1":
       out = ["", "1", "a"]
     else:
-      out = [""] + _SINGLES
+      out = [""] + self._singles
     if "'" in text[-2:]:
       out += _CONTRACTION_ENDS
     return out
@@ -157,7 +165,7 @@ class RegexSplit:
   def class_probes(self, text: str) -> list[str]:
     """`probes`, one of each signature: those of one class cut a text alike (their bytes
     matter to BPE, not to the pattern)."""
-    key = (_class_of(text[-1]) if text else "", "'" in text[-2:])
+    key = (self._class_of(text[-1]) if text else "", "'" in text[-2:])
     if key not in self._class_probes:
       self._class_probes[key] = list({self.signature(r, exact_start=True): r
                                       for r in self.probes(text)}.values())
@@ -173,9 +181,10 @@ class RegexSplit:
     text). Tokens with one signature follow a text the same way (`BPE.signature_heads`)."""
     out, run = [], 0
     for i, ch in enumerate(text):
-      c = _class_of(ch)
-      if c == "a" and (exact_start and i < 2 or "'" in text[max(0, i - 2):i]):
-        c = next((l for l, fold in _CONTRACTION_LETTERS if fold.fullmatch(ch)), "a")
+      c = self._class_of(ch)
+      if c in "aA" and (exact_start and i < 2 or "'" in text[max(0, i - 2):i]):
+        c = next((l if c == "a" else l.upper() for l, fold in _CONTRACTION_LETTERS
+                  if fold.fullmatch(ch)), c)
         out.append(c)
         run = 0
         continue
@@ -185,20 +194,29 @@ class RegexSplit:
     return "".join(out)
 
 
-def _class_of(ch: str) -> str:
-  """The character standing for ch's class in `RegexSplit.signature`."""
-  if _LETTER.match(ch):
-    return "a"
-  if _DIGIT.match(ch):
-    return "1"
-  if ch in "' ":
-    return ch
-  if ch in "\r\n":
-    return "\n"
-  return "\t" if _SPACE.match(ch) else "!"
+  def _class_of(self, ch: str) -> str:
+    """The character standing for ch's class in `signature`: a letter ("a"; with o200k's
+    cases "a" lower, "A" upper or title, "ª" neither, and marks "\u0301"), a digit, the
+    apostrophe, a space, a newline, other whitespace, "/" for o200k, anything else ("!")."""
+    if self.cased:
+      for c, pattern in _CASED:
+        if pattern.match(ch):
+          return c
+    if _LETTER.match(ch):
+      return "a"
+    if _DIGIT.match(ch):
+      return "1"
+    if ch in "' ":
+      return ch
+    if ch in "\r\n":
+      return "\n"
+    return "\t" if _SPACE.match(ch) else "!"
 
 
 _LETTER, _DIGIT, _SPACE = regex.compile(r"\p{L}"), regex.compile(r"\p{N}"), regex.compile(r"\s")
+_CASED = [(c, regex.compile(p)) for c, p in (("a", r"\p{Ll}"), ("A", r"[\p{Lu}\p{Lt}]"),
+                                            ("\u00aa", r"[\p{Lm}\p{Lo}]"), ("\u0301", r"\p{M}"),
+                                            ("/", "/"))]
 _CONTRACTION_LETTERS = [(l, regex.compile(f"(?i){l}")) for l in "stmdrevl"]
 _LETTERS = ["a", "\u00e9", "\u65e5"]
 _SPACES = [" ", "\t", "\n", "\r"]

@@ -4,7 +4,7 @@ named.
 Read exactly:
 - byte-level BPE (GPT-2, RoBERTa-style, bytelm's own): a ByteLevel pre-tokenizer with or
   without GPT-2's regex, or a Split with a pattern of `splits.PATTERNS` (Llama-3, GPT-4's
-  cl100k, Qwen2) before a ByteLevel without its regex; `ignore_merges`;
+  cl100k, GPT-4o's o200k, Qwen2) before a ByteLevel without its regex; `ignore_merges`;
 - SentencePiece-style BPE with byte fallback (Llama-2, Mistral, and the like): spaces as "▁"
   through a Replace normalizer (with "▁" prepended or not) or a Metaspace pre-tokenizer;
 - added tokens: special ones spell nothing (as `split_special_tokens=True`: a text that holds
@@ -40,8 +40,8 @@ SPACE = "\u2581"  # SentencePiece's "▁"
 
 def refusal(why: str) -> ValueError:
   return ValueError(f"tokenizer.json not supported: {why}. bytelm.byteprobs reads byte-level BPE "
-                    "(ByteLevel with GPT-2's regex, none, or after a Split with Llama-3's or "
-                    "Qwen2's pattern) and SentencePiece-style BPE with byte fallback; "
+                    "(ByteLevel with GPT-2's regex, none, or after a Split with Llama-3's, "
+                    "Qwen2's or o200k's pattern) and SentencePiece-style BPE with byte fallback; "
                     "docs/api.md lists what is covered and why the rest is refused")
 
 
