@@ -14,15 +14,17 @@ def world(ours, alphabet, max_chars: int, eot: int = 1):
   characters of alphabet, for the tokenizer `ours` (a `BPE`): P(next token | tokens) is the
   mass of the texts whose canonical tokenization (then eot) continues that way. So the model
   puts mass on canonical sequences only, and the exact answer for a prefix is the mass of the
-  texts that start with it. Returns (the ByteLM, {text bytes: probability})."""
+  texts that start with it. Returns (the ByteLM, {text bytes: probability}). The alphabet's
+  characters may be bytes (any, UTF-8 or not) rather than str."""
   rng = np.random.default_rng(0)
-  texts = [""] + ["".join(c) for n in range(1, max_chars + 1)
-                  for c in itertools.product(alphabet, repeat=n)]
+  alphabet = [c if isinstance(c, bytes) else c.encode() for c in alphabet]
+  texts = [b""] + [b"".join(c) for n in range(1, max_chars + 1)
+                   for c in itertools.product(alphabet, repeat=n)]
   weights = rng.random(len(texts)) ** 3
   weights /= weights.sum()
   mass, children = {}, {}
   for text, w in zip(texts, weights):
-    seq = tuple(ours.encode(text.encode())) + (eot,)
+    seq = tuple(ours.encode(text)) + (eot,)
     for k in range(len(seq) + 1):
       mass[seq[:k]] = mass.get(seq[:k], 0.0) + w
       if k:
@@ -36,5 +38,5 @@ def world(ours, alphabet, max_chars: int, eot: int = 1):
         row[v] = math.log(mass[p + (v,)] / mass[p])
     return out
 
-  truth = {t.encode(): w for t, w in zip(texts, weights)}
+  truth = dict(zip(texts, weights))
   return ByteLM(token_lm, ours, eot), truth

@@ -14,6 +14,7 @@ from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, tra
 from bytelm.byteprobs import adapters, splits
 from bytelm.byteprobs.byte_lm import END, ByteLM
 from bytelm.byteprobs.tokenization import BPE
+from bytelm.data import bpe as bpe_data
 from byteprobs_world import world
 
 TEXTS = ["The quick brown fox jumps over the lazy dog's back, 12345 times! They're 3.14159",
@@ -266,6 +267,48 @@ def test_covers_by_signature_are_the_per_token_ones(kind):
   assert counts["together"] < counts["one by one"] / 10  # most go together
 
 
+def _hand_made(merges, added=()) -> BPE:
+  """A Llama-3-style BPE (its Split, ignore_merges) with the given merges over GPT-2's byte
+  characters, and added tokens (which send every candidate one by one)."""
+  chars = bpe_data.byte_chars()
+  vocab = {"<eot>": 0} | {c: i + 1 for i, c in enumerate(chars)}
+  for a, b in merges:
+    vocab[a + b] = len(vocab)
+  tok = tokenizers.Tokenizer(models.BPE(vocab, merges, ignore_merges=True))
+  tok.pre_tokenizer = pre_tokenizers.Sequence([
+      pre_tokenizers.Split(Regex(splits.LLAMA3), "isolated"),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  tok.add_special_tokens(["<eot>"])
+  tok.add_tokens(list(added))
+  return BPE.from_json(tok.to_str())
+
+
+@pytest.mark.parametrize("added", [(), ("zz",)], ids=["by-signature", "one-by-one"])
+def test_a_piece_that_is_a_token_may_go_on_with_a_token_no_probe_spells(added):
+  """With ignore_merges "abc" (a token) is one token where the text ends, and [a, bc, z] in
+  "abcz": the probes' letters after "c" ("a", "é", "日") all merge with it, "z" does not. So
+  ([a], bc) covers "ab" (found by asking the bigrams for a token that leaves the boundary)."""
+  c = bpe_data.byte_chars()
+  ours = _hand_made([("c", "a"), ("c", c[0xC3]), ("c", c[0xE6]), ("b", "c"), ("a", "b"),
+                     ("ab", "c")], added)
+  assert ours.checks_together == (not added)
+  assert [ours.token_bytes[i] for i in ours.encode(b"abcz")] == [b"a", b"bc", b"z"]
+  lm, truth = world(ours, ["a", "b", "c", "z"], 4, eot=0)
+  _check_prefixes(lm, truth, [b"a", b"ab", b"abc", b"b", b"bc", b"abca", b"cab"])
+
+
+@pytest.mark.parametrize("added", [(), ("zz",)], ids=["by-signature", "one-by-one"])
+def test_a_text_may_end_inside_a_character_as_one_token(added):
+  """Texts are any bytes: "!!" + 0xC3 is one piece, and with ignore_merges the token
+  "!!\xc3" though merges never make it (they make "!" + "!\xc3")."""
+  c = bpe_data.byte_chars()
+  ours = _hand_made([("!", c[0xC3]), ("!", "!"), ("!!", c[0xC3])], added)
+  assert [ours.token_bytes[i] for i in ours.encode(b"!!\xc3")] == [b"!!\xc3"]
+  lm, truth = world(ours, [b"!", b"\xc3", b"\xa9", b"a"], 4, eot=0)
+  _check_prefixes(lm, truth, [b"!", b"!!", b"!!\xc3", b"!\xc3", b"\xc3"])
+  _check_next_bytes(lm, truth, [b"", b"!", b"!!", b"!!\xc3", b"\xc3"], b"!\xc3\xa9a")
+
+
 @pytest.fixture(scope="module", params=[None, True], ids=["normalizers", "metaspace-split"])
 def tiny_sentencepiece(request):
   """Over a, b, space and é, ж (two bytes each; ж outside the vocabulary, so spelled by byte
@@ -306,6 +349,23 @@ def test_sentencepiece_reads_its_space_sign_as_a_space(tiny_sentencepiece):
     lm.next_byte_logprobs("a\u2581".encode())
 
 
+def test_an_added_token_that_is_also_in_the_vocabulary_keeps_its_id():
+  """`tokenizers` lets an added token be one of the vocabulary (it keeps the id); the merges
+  that make it, or the byte it is, stay."""
+  for added in ("ab", "'"):
+    tok = tokenizers.Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(splits.LLAMA3), "isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.train_from_iterator(["ab ab abab a'b"] * 10, trainers.BpeTrainer(
+        vocab_size=260, show_progress=False, special_tokens=["<eot>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.add_tokens([added])
+    ours = BPE.from_json(tok.to_str())
+    for text in ("x ab", "a'b 'ab", "abab"):
+      assert ours.encode(text.encode()) == tok.encode(text).ids
+
+
 def test_unsupported_tokenizers_name_the_part():
   sp = json.loads(_sentencepiece().to_str())
   llama = json.loads(_llama3().to_str())
@@ -315,7 +375,10 @@ def test_unsupported_tokenizers_name_the_part():
                       (llama | {"added_tokens": llama["added_tokens"] + [
                           {"id": 999, "content": "<y>", "special": False, "lstrip": True}]},
                        "'<y>' sets lstrip"),
-                      (llama | {"normalizer": {"type": "NFC"}}, "'NFC' normalizer")):
+                      (llama | {"normalizer": {"type": "NFC"}}, "'NFC' normalizer"),
+                      (sp | {"model": sp["model"] | {"vocab": {
+                          t: i for t, i in sp["model"]["vocab"].items() if t != "\u2581"}}},
+                       "no '▁' token")):
     with pytest.raises(ValueError, match=named):
       BPE.from_json(json.dumps(spec))
 

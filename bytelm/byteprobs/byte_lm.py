@@ -184,7 +184,7 @@ class ByteLM:
         ids, longer = ids[longer], longer[longer]
       if not len(ids):
         continue
-      nxt = np.where(longer, self.bpe.byte_table[ids, min(len(tail), m - 1)], -1)
+      nxt = np.where(longer, self.bpe.byte_table[ids, min(len(tail), m - 1)].astype(np.int64), -1)
       s, base = self._stable_ids(x[:pos])
       u = x[s:pos]
       if self.bpe.signatures is not None and self.bpe.checks_together:  # a Split's pattern
@@ -233,7 +233,8 @@ class ByteLM:
     BPE never merges with what is before it leaves a token boundary after the token."""
     sigs = self.bpe.signatures
     bigrams = self.bpe.bigrams
-    # After an apostrophe a token's first letters may finish a contraction.
+    # After an apostrophe a token's first letters may finish a contraction (whose letters
+    # are ASCII: the last two bytes are the last two characters where it matters).
     after_apostrophe = "'" in u[-2:].decode("utf-8", "surrogateescape")
     sig, completed, free = ((sigs.exact, sigs.completed_exact, sigs.free_exact)
                             if after_apostrophe else

@@ -302,14 +302,15 @@ class BPE:
       text = y[:len(y) - len(cut)].decode("utf-8", errors="surrogateescape")
       if not cut:
         return [p.encode("utf-8") for p in self.split.probes(text)]
-      return [c + p.encode("utf-8") for c in self.completions(cut)
-              for p in self.split.probes(text + (cut + c).decode("utf-8", "surrogateescape"))]
+      return [b""] + [c + p.encode("utf-8") for c in self.completions(cut)
+                      for p in self.split.probes(text + (cut + c).decode("utf-8",
+                                                                          "surrogateescape"))]
     if not self.use_regex:
       return [b""]
     # Letters differ only after an apostrophe, where they may finish a contraction.
     probes = _PROBES if b"'" in y[-2:] else _PROBES_AWAY_FROM_APOSTROPHES
-    if cut:
-      probes = [c + p for c in self.completions(cut) for p in probes]
+    if cut:  # the text may end there too (with ignore_merges the cut bytes may be a token)
+      probes = [b""] + [c + p for c in self.completions(cut) for p in probes]
     return probes
 
   def _stable_end(self, text: str) -> int:
@@ -388,7 +389,7 @@ class BPE:
     left part merged as it would alone, `_merge_part`). So each distinct way the probes
     split w into pieces is one candidate, checked once.
     """
-    found, tried = set(), set()
+    found, tried, missed = set(), set(), {}
     for r in self.probes(w):
       if self.metaspace and _LOWER_BLOCK in w + r:
         continue  # read as a space: no text holds it
@@ -401,21 +402,52 @@ class BPE:
           parts.append(piece[:len(w) - n])
           crossing = piece
         n += len(piece)
-      key = tuple(parts)
+      # With ignore_merges a last piece that is a token is that token where the text ends,
+      # and merged when the piece goes on: two candidates.
+      key = tuple(parts), crossing is not None
       if key in tried:
         continue
       if crossing is not None:  # is there a token boundary at len(w) in this crossing piece?
         inside = len(parts[-1])
         ends = itertools.accumulate(len(t) for t in self._merge(crossing))
         if inside not in ends:
+          missed[key] = r
           continue
       tried.add(key)
-      whole = parts[:-1] if crossing is not None else parts
-      tokens = [t for piece in whole for t in self._merge(piece)]
-      if crossing is not None:
-        tokens += self._merge_part(parts[-1])
-      found.add(tuple(self.ids[t] for t in tokens))
+      found.add(self._tokens_of(parts, crossing is not None))
+    for key in missed.keys() - tried:  # no probe left a boundary there: might a token?
+      if self._boundary_before_a_token(w, key[0]):
+        found.add(self._tokens_of(key[0], True))
     return frozenset(found)
+
+  def _tokens_of(self, parts: Sequence[bytes], crossing: bool) -> tuple[int, ...]:
+    """The ids of pieces, the last one cut before a token boundary where crossing."""
+    whole = parts[:-1] if crossing else parts
+    tokens = [t for piece in whole for t in self._merge(piece)]
+    if crossing:
+      tokens += self._merge_part(parts[-1])
+    return tuple(self.ids[t] for t in tokens)
+
+  def _boundary_before_a_token(self, w: bytes, parts: Sequence[bytes]) -> bool:
+    """Whether some token v, put after w, goes on w's last piece (split as parts) with a
+    token boundary before it: BPE puts v after the last token of the piece's part
+    (`Bigrams.after`), the piece ends with v, and (with ignore_merges) is no token. The
+    probes' few characters may all merge with the part's last bytes where another does not.
+    Where the bigram test does not hold for these merges (`Bigrams.exact`), only the probes
+    count."""
+    if not self.bigrams.exact:
+      return False
+    last = self.ids[self._merge_part(parts[-1])[-1]]
+    start = len(w) - len(parts[-1])
+    for v in np.flatnonzero(self.bigrams.after(last)).tolist():
+      tail = self.token_bytes[v]
+      if self.ignore_merges and w[start:] + tail in self.vocab:
+        continue
+      pieces = self.pieces(w + tail)
+      n = sum(map(len, pieces[:-1]))
+      if n == start and tuple(pieces[:len(parts) - 1]) == tuple(parts[:-1]):
+        return True
+    return False
 
   def _merge_piece(self, piece: bytes) -> tuple[bytes, ...]:
     if piece in self.added or (self.ignore_merges and piece in self.vocab):

@@ -63,6 +63,9 @@ def from_spec(cls, spec: dict):
                     f"({next(iter(added))!r}): where '▁' goes around them is not read")
     options = _sentencepiece(spec)
     as_bytes = _sentencepiece_bytes
+    if SPACE not in model["vocab"]:
+      raise refusal("it has byte fallback but no '▁' token: a space is then spelled by the "
+                    "byte tokens of '▁' (<0xE2><0x96><0x81>), which are not read as a space")
   elif SPACE in json.dumps([spec.get("normalizer"), spec.get("pre_tokenizer")],
                           ensure_ascii=False):
     raise refusal("it is SentencePiece-style ('▁' for spaces) without byte fallback: a "
@@ -81,9 +84,11 @@ def from_spec(cls, spec: dict):
 
   vocab, chars = {}, set()
   # A byte-fallback token spells a byte that a character token may spell too ("<0x61>" and
-  # "a"): the character's is the one BPE makes, the other is never canonical.
+  # "a"): the character's is the one BPE makes, the other is never canonical. So is a
+  # SentencePiece token with a space in it (spaces are "▁" before BPE sees them). An added
+  # token that is also in the vocabulary keeps its place there (merges may make it).
   for token, i in sorted(model["vocab"].items(), key=lambda item: _is_byte_token(item[0])):
-    if token in specials or token in added:
+    if token in specials or model.get("byte_fallback") and " " in token:
       continue
     data = as_bytes(token)
     if data in vocab:
