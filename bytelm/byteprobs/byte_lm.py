@@ -25,10 +25,15 @@ Cost. Text before `BPE.stable_prefix` tokenizes the same whatever follows, so on
 from there on (u) matters. The candidate last tokens at a start are a range of the vocabulary
 sorted by bytes, and are checked against u together, not one by one: which kind of token
 follows decides how the pre-tokenization splits u (`BPE.context_heads`, one regex run per
-kind), and then BPE's own pairs decide the rest (`bigrams.Bigrams`: whether v may follow u's
-last token, for every v in a few array operations). The few tokens whose own bytes matter
-more than their kind (those that may finish a UTF-8 character cut at u's end) go one by one
-through the probes (`_local_heads`, memoised). The token LM is asked, per byte of a text read
+kind; for a Split pattern or SentencePiece, `BPE.signature_heads`, one per signature), and
+then BPE's own pairs decide the rest (`bigrams.Bigrams`: whether v may follow u's last token,
+for every v in a few array operations). The few tokens whose own bytes matter more than their
+kind (those that may finish a UTF-8 character cut at u's end) go one by one through the
+probes (`_local_heads`, memoised), and so does every candidate of a tokenizer the bigrams do
+not describe (`BPE.checks_together`).
+
+Texts are what the tokens spell after the tokenizer's `prefix` (a SentencePiece dummy space),
+which every prefix asked for gets first (`_spelled`). The token LM is asked, per byte of a text read
 left to right, for the few new heads (about one), in one batch; its rows are cached per
 prefix. Measured on the eval's 2048-token BPE (BENCHMARKS.md): 60 ms of tokenization a byte
 one by one, under 1 ms together.
