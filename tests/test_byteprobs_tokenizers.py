@@ -297,6 +297,15 @@ def test_a_piece_that_is_a_token_may_go_on_with_a_token_no_probe_spells(added):
   _check_prefixes(lm, truth, [b"a", b"ab", b"abc", b"b", b"bc", b"abca", b"cab"])
 
 
+def test_an_added_token_is_never_cut_for_a_token_boundary():
+  """"\n\n!" is [\n, "\n!"] with "\n!" an added token, so no text that starts with "\n\n"
+  has a token boundary after the first "\n" but ["\n\n"] (before a letter)."""
+  nl = bpe_data.byte_chars()[ord("\n")]
+  ours = _hand_made([(nl, nl)], added=("\n!",))
+  got = {tuple(ours.token_bytes[i] for i in t) for t in ours.prefix_tokenizations(b"\n\n")}
+  assert got == {(b"\n\n",)}
+
+
 @pytest.mark.parametrize("added", [(), ("zz",)], ids=["by-signature", "one-by-one"])
 def test_a_text_may_end_inside_a_character_as_one_token(added):
   """Texts are any bytes: "!!" + 0xC3 is one piece, and with ignore_merges the token

@@ -411,7 +411,8 @@ class BPE:
         inside = len(parts[-1])
         ends = itertools.accumulate(len(t) for t in self._merge(crossing))
         if inside not in ends:
-          missed[key] = r
+          if crossing not in self.added:  # (an added token is never cut)
+            missed[key] = r
           continue
       tried.add(key)
       found.add(self._tokens_of(parts, crossing is not None))
@@ -445,7 +446,8 @@ class BPE:
         continue
       pieces = self.pieces(w + tail)
       n = sum(map(len, pieces[:-1]))
-      if n == start and tuple(pieces[:len(parts) - 1]) == tuple(parts[:-1]):
+      if (n == start and tuple(pieces[:len(parts) - 1]) == tuple(parts[:-1])
+          and pieces[-1] not in self.added):
         return True
     return False
 
