@@ -58,8 +58,10 @@ class Signatures(NamedTuple):
   """Tokens by signature (`splits.RegexSplit.signature`), indices into `texts`: `plain` and
   `exact` (first letters kept, after an apostrophe) of each token's text (-1: specials,
   added tokens); for a token that ends inside a UTF-8 character, also one per class of
-  character completing it (`completions`), [V, C] (-1 past a token's classes), and whether
-  that completion's first byte is free (no merge's right side begins with it)."""
+  character completing it (`_completions`), [V, C] (-1 past a token's classes), and whether
+  that completion surely leaves a token boundary after the token: its first byte begins no
+  right side of a merge whose left side is on the token's right spine (and, where merges
+  start from characters, the character is no token)."""
   plain: np.ndarray
   exact: np.ndarray
   completed_plain: np.ndarray
@@ -140,7 +142,8 @@ class BPE:
 
   @functools.cached_property
   def signatures(self) -> Signatures | None:
-    """For a `splits.RegexSplit`, each token's signature (`Signatures`); None otherwise."""
+    """For a `splits` pre-tokenizer, each token's signature (`Signatures`); None for GPT-2's
+    regex or none (`context_heads` serves those)."""
     if self.split is None:
       return None
     index: dict[str, int] = {}
