@@ -372,11 +372,15 @@ def train_kind(kind: str, texts: list[str], vocab_size: int) -> tokenizers.Token
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return tok
   tok = tokenizers.Tokenizer(models.BPE(byte_fallback=True))
-  tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
-                                         normalizers.Replace(" ", "\u2581")])
+  # Trained within words, as SentencePiece trains; written as Llama-2's file: normalisers, no
+  # pre-tokenizer (the text one piece, where no merge joins across a space after a word).
+  tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=True)
   tok.train_from_iterator(texts, trainers.BpeTrainer(
       vocab_size=vocab_size - 256, special_tokens=specials, show_progress=False,
       limit_alphabet=200))
+  tok.pre_tokenizer = None
+  tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                         normalizers.Replace(" ", "\u2581")])
   spec = json.loads(tok.to_str())
   for b in range(256):
     spec["model"]["vocab"][f"<0x{b:02X}>"] = len(spec["model"]["vocab"])

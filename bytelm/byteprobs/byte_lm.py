@@ -334,6 +334,16 @@ class ByteLM:
                        "token sequence spells it, so no text with it has a probability")
     return self.bpe.prefix + x
 
+  def _canonical(self, x: bytes) -> tuple[int, ...]:
+    """The tokens of the text x: those of its stable part (`_stable_ids`, cached along a
+    text), then of the rest, so that reading a text along does not tokenize it whole at
+    every byte (one piece, as SentencePiece files make it, costs its length squared)."""
+    if not x:
+      return tuple(self.bpe.encode(x))
+    spelled = self._spelled(x)
+    s, base = self._stable_ids(spelled)
+    return base + tuple(self.bpe.tokens_of(spelled[s:]))
+
   def prefix_logprob(self, x: str | bytes) -> float:
     """log P(the text starts with x): the sum over its cover encodings."""
     x = as_bytes(x, "prefix")
@@ -367,7 +377,7 @@ class ByteLM:
       raise TypeError("pass a list of prefixes; wrap a single one: [prefix]")
     prefixes = [as_bytes(x, f"prefix {i}") for i, x in enumerate(prefixes)]
     covers = [self._covers(self._spelled(x), past_end=True) for x in prefixes]
-    ends = [tuple(self.bpe.encode(x)) for x in prefixes]
+    ends = [self._canonical(x) for x in prefixes]
     self._score([h for c in covers for h in c] + list(ends))
     out = np.empty((len(prefixes), 257))
     for row, x, c, end in zip(out, prefixes, covers, ends):

@@ -219,6 +219,16 @@ class BPE:
     return ends, goes_on
 
   @functools.cached_property
+  def _junctions(self) -> frozenset[tuple[int, int]]:
+    """The pairs of bytes next to each other inside some token. A merge joins the bytes
+    either side of a place only if they are such a pair (the token it makes holds them), so
+    where they are not, BPE tokenizes the text before and after apart: a text that is one
+    piece (SentencePiece-style files without a pre-tokenizer) is stable up to there. With
+    SentencePiece's own vocabularies, whose tokens hold "▁" only at their start or in runs of
+    it, that is before every space after something else."""
+    return frozenset((t[i], t[i + 1]) for t in self.token_bytes for i in range(len(t) - 1))
+
+  @functools.cached_property
   def bigrams(self) -> Bigrams:
     """Which tokens BPE puts after which, for the whole vocabulary (built at first use)."""
     return Bigrams(self.token_bytes, self.vocab, self.ranks, self._merge_symbols,
@@ -346,13 +356,19 @@ class BPE:
     but the last is fixed unless it is an apostrophe within three characters of the end or
     whitespace whose run reaches the end (a cut UTF-8 character at the end not counted). The
     ids are those of the pieces as matched in data: data[:s] alone can split differently
-    ("\n\n" is one piece). Other pre-tokenizers: `splits`' stable_end. Added tokens: one
+    ("\n\n" is one piece). Other pre-tokenizers: `splits`' stable_end; a text that is one
+    piece (`splits.Whole`) is cut where no merge can join the bytes either side
+    (`_junctions`). Added tokens: one
     that starts before the text's end could begin another (`_open`) is fixed, with the text
     before it. Tested against random continuations.
     """
     if not self.use_regex and self.split is None and not self.added:
       return 0, []
     whole = data[:len(data) - len(cut_character(data))]
+    if type(self.split) is splits.Whole and not self.added:  # one piece: cut where no merge
+      end = next((p for p in range(len(whole) - 1, 0, -1)    # can join the bytes either side
+                  if (whole[p - 1], whole[p]) not in self._junctions), 0)
+      return end, [self.ids[t] for t in self._merge(whole[:end])] if end else []
     text = whole.decode("utf-8", errors="surrogateescape")
     open_at = self._open(whole)
     fixed, start = [], 0
@@ -483,8 +499,12 @@ class BPE:
 
   def encode(self, data: bytes) -> list[int]:
     """The canonical token ids of data (any bytes), without `bos`."""
-    return [self.ids[token] for piece in self.pieces(self.normalize(data))
-            for token in self._merge(piece)]
+    return self.tokens_of(self.normalize(data))
+
+  def tokens_of(self, spelled: bytes) -> list[int]:
+    """The ids of the tokens that spell `spelled` (`normalize`d already), from the start of a
+    text or from a stable cut (`stable_prefix`)."""
+    return [self.ids[token] for piece in self.pieces(spelled) for token in self._merge(piece)]
 
   def tokens_starting_with(self, prefix: bytes) -> np.ndarray:
     """The ids of the (non-special) tokens whose bytes start with prefix, in byte order."""
