@@ -174,9 +174,9 @@ class RegexSplit:
   def signature(self, text: str, exact_start: bool = False) -> str:
     """A short text that these patterns cut exactly as text, wherever it stands: each
     character replaced by one of its class (a letter, digit, apostrophe, space, newline,
-    other whitespace, other character), runs of a class cut to two characters (digits to
-    four: groups of three), and letters that may finish a contraction kept as the
-    contraction letter they match, case folded: those within two characters after an
+    other whitespace, other character), runs of a class cut to two characters (letters to
+    one, digits to four: groups of three), and letters that may finish a contraction kept
+    as the contraction letter they match, case folded: those within two characters after an
     apostrophe, and with exact_start the first two (an apostrophe may come before the
     text). Tokens with one signature follow a text the same way (`BPE.signature_heads`)."""
     out, run = [], 0
@@ -189,7 +189,7 @@ class RegexSplit:
         run = 0
         continue
       run = run + 1 if out and out[-1] == c else 1
-      if run <= (4 if c == "1" else 2):
+      if run <= {"1": 4, "a": 1, "A": 1, "\u00aa": 1}.get(c, 2):
         out.append(c)
     return "".join(out)
 
