@@ -276,15 +276,7 @@ class BPE:
     """text cut at the added tokens in it: (section, whether it is an added token)."""
     if self._added_pattern is None:
       return [(text, False)] if text else []
-    out, end = [], 0
-    for m in self._added_pattern.finditer(text):
-      if m.start() > end:
-        out.append((text[end:m.start()], False))
-      out.append((m.group(), True))
-      end = m.end()
-    if end < len(text):
-      out.append((text[end:], False))
-    return out
+    return [(text[a:b], matched) for a, b, matched in splits.isolated(self._added_pattern, text)]
 
   def _split(self, text: str) -> list[str]:
     """The pre-tokenizer's pieces of a text with no added token in it."""
