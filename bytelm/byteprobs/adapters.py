@@ -94,13 +94,11 @@ def token_trees(rows: Sequence[Sequence[int]], max_nodes: int = TREE_NODES
   return trees, [place[tuple(row)] for row in rows]
 
 
-def _last_logprobs(compiled: Compiled, rows: list[list[int]], pad_to: int = 64) -> np.ndarray:
-  """log_softmax of the logits after each row, float64 [len(rows), V] (V: the model's whole
-  output): one pass over the rows' prefix trees (`token_trees`), each padded to a multiple of
-  pad_to nodes and their number to a power of two, so that few shapes are compiled."""
-  trees, where = token_trees(rows)
-  length = -(-max(len(t[0]) for t in trees) // pad_to) * pad_to
-  batch = 1 << (len(trees) - 1).bit_length()
+def tree_batch(trees, batch: int, length: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(ids_BN, depth_BN, attend_BNN) of `token_trees`' trees padded to batch x length nodes:
+  each node's id, its depth (its position on its path) and the nodes it reads (itself and its
+  ancestors); padding reads itself only."""
   ids_BN = np.zeros((batch, length), np.int32)
   depth_BN = np.zeros((batch, length), np.int32)
   attend_BNN = np.broadcast_to(np.eye(length, dtype=bool), (batch, length, length)).copy()
@@ -109,6 +107,16 @@ def _last_logprobs(compiled: Compiled, rows: list[list[int]], pad_to: int = 64) 
     for n, parent in enumerate(parents):  # parents come first: a node reads its parent's path
       if parent >= 0:
         attend_BNN[b, n] |= attend_BNN[b, parent]
+  return ids_BN, depth_BN, attend_BNN
+
+
+def _last_logprobs(compiled: Compiled, rows: list[list[int]], pad_to: int = 64) -> np.ndarray:
+  """log_softmax of the logits after each row, float64 [len(rows), V] (V: the model's whole
+  output): one pass over the rows' prefix trees (`token_trees`), each padded to a multiple of
+  pad_to nodes and their number to a power of two, so that few shapes are compiled."""
+  trees, where = token_trees(rows)
+  length = -(-max(len(t[0]) for t in trees) // pad_to) * pad_to
+  ids_BN, depth_BN, attend_BNN = tree_batch(trees, 1 << (len(trees) - 1).bit_length(), length)
   logits_BNV = np.asarray(compiled("tree_logits", ids_BN, depth_BN, attend_BNN))
   logits_RV = logits_BNV[tuple(np.asarray(where).T)].astype(np.float64)
   top_R1 = logits_RV.max(axis=-1, keepdims=True)
@@ -193,19 +201,10 @@ def from_hugging_face(model_dir, tokenizer_file=None, device: str = "cpu",
     with torch.no_grad():
       for start in range(0, len(trees), batch_size):
         chunk = trees[start:start + batch_size]
-        length = max(len(ids) for ids, _, _ in chunk)
-        ids_BN = torch.zeros((len(chunk), length), dtype=torch.long)
-        depth_BN = torch.zeros((len(chunk), length), dtype=torch.long)
-        attend_BNN = np.broadcast_to(np.eye(length, dtype=bool),
-                                     (len(chunk), length, length)).copy()
-        for b, (ids, depths, parents) in enumerate(chunk):
-          ids_BN[b, :len(ids)], depth_BN[b, :len(ids)] = torch.tensor(ids), torch.tensor(depths)
-          for n, parent in enumerate(parents):  # parents come first: a node reads their path
-            if parent >= 0:
-              attend_BNN[b, n] |= attend_BNN[b, parent]
-        mask_B1NN = torch.where(torch.from_numpy(attend_BNN)[:, None], 0.0,
-                                torch.finfo(dtype).min).to(dtype)
-        logits = model(input_ids=ids_BN.to(device), position_ids=depth_BN.to(device),
+        ids_BN, depth_BN, attend_BNN = map(torch.from_numpy, tree_batch(
+            chunk, len(chunk), max(len(ids) for ids, _, _ in chunk)))
+        mask_B1NN = torch.where(attend_BNN[:, None], 0.0, torch.finfo(dtype).min).to(dtype)
+        logits = model(input_ids=ids_BN.long().to(device), position_ids=depth_BN.long().to(device),
                        attention_mask=mask_B1NN.to(device)).logits
         out.append(torch.log_softmax(logits.double(), -1)[..., :size].cpu().numpy())
     return np.stack([out[t // batch_size][t % batch_size, n] for t, n in where])
