@@ -23,13 +23,18 @@ TEXTS = ["The quick brown fox jumps over the lazy dog's back, 12345 times! They'
 SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>"]
 
 
+def _llama3_pre_tokenizer(pattern: str):
+  """Llama-3's pre-tokenization: its Split pattern, then ByteLevel without a regex."""
+  return pre_tokenizers.Sequence([
+      pre_tokenizers.Split(Regex(pattern), "isolated"),
+      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
 def _llama3(pattern=splits.LLAMA3, vocab_size=400, added=("<x>",)) -> tokenizers.Tokenizer:
   """A byte-level BPE as Llama-3's: its Split pattern, then ByteLevel without a regex,
   ignore_merges, a BOS from the post-processor, and a non-special added token."""
   tok = tokenizers.Tokenizer(models.BPE(ignore_merges=True))
-  tok.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.Split(Regex(pattern), "isolated"),
-      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  tok.pre_tokenizer = _llama3_pre_tokenizer(pattern)
   tok.decoder = decoders.ByteLevel()
   tok.train_from_iterator(TEXTS, trainers.BpeTrainer(
       vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False,
@@ -179,9 +184,7 @@ def _tiny_llama3(pattern, added=(), texts=TINY_TEXTS):
   ("111" and "1" after it), whitespace runs before letters and digits, cut characters.
   Without added tokens its candidates are checked by signature, with them one by one."""
   tok = tokenizers.Tokenizer(models.BPE(ignore_merges=True))
-  tok.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.Split(Regex(pattern), "isolated"),
-      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  tok.pre_tokenizer = _llama3_pre_tokenizer(pattern)
   tok.train_from_iterator(texts, trainers.BpeTrainer(
       vocab_size=256 + 16, show_progress=False,
       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<eot>"]))
@@ -279,9 +282,7 @@ def _hand_made(merges, added=()) -> BPE:
   for a, b in merges:
     vocab[a + b] = len(vocab)
   tok = tokenizers.Tokenizer(models.BPE(vocab, merges, ignore_merges=True))
-  tok.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.Split(Regex(splits.LLAMA3), "isolated"),
-      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+  tok.pre_tokenizer = _llama3_pre_tokenizer(splits.LLAMA3)
   tok.add_special_tokens(["<eot>"])
   tok.add_tokens(list(added))
   return BPE.from_json(tok.to_str())
@@ -367,9 +368,7 @@ def test_an_added_token_that_is_also_in_the_vocabulary_keeps_its_id():
   that make it, or the byte it is, stay."""
   for added in ("ab", "'"):
     tok = tokenizers.Tokenizer(models.BPE(ignore_merges=True))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(splits.LLAMA3), "isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.pre_tokenizer = _llama3_pre_tokenizer(splits.LLAMA3)
     tok.train_from_iterator(["ab ab abab a'b"] * 10, trainers.BpeTrainer(
         vocab_size=260, show_progress=False, special_tokens=["<eot>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
