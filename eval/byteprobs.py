@@ -311,7 +311,7 @@ def measure_cost(lm: ByteLM, texts: list[bytes], args) -> dict:
   rows = [lm.context + ids[:k] for ids in canonical for k in range(len(ids))]
 
   def scoring():
-    lm.clear()
+    lm.clear(followers=True)  # cold: what a start may be followed by is found again
     lm.calls = lm.batches = 0
     lm.next_byte_logprobs_along(texts)
 

@@ -40,3 +40,26 @@ def world(ours, alphabet, max_chars: int, eot: int = 1):
 
   truth = dict(zip(texts, weights))
   return ByteLM(token_lm, ours, eot), truth
+
+
+def assert_bulk_is_brute_force(lm, truth, count: int = 6, seed: int = 0):
+  """Every row of `next_byte_logprobs_along` over count texts of the world (the likeliest
+  half, the rest at random), normalised and not, against the brute force: the next byte b
+  after x has mass(x b...) / mass(x...), the end P(x) / mass(x...). (The world's model puts
+  no mass outside canonical sequences, so both ways agree.)"""
+  mass = {}
+  for text, w in truth.items():
+    for k in range(len(text) + 1):
+      mass[text[:k]] = mass.get(text[:k], 0.0) + w
+  likeliest = sorted(truth, key=truth.get)[-(count // 2):]
+  rest = sorted(set(truth) - set(likeliest))
+  rng = np.random.default_rng(seed)
+  texts = likeliest + [rest[i] for i in rng.choice(len(rest), count - len(likeliest), False)]
+  for normalize in (True, False):
+    rows = lm.next_byte_logprobs_along(texts, normalize=normalize)
+    for text, got in zip(texts, rows):
+      for k in range(len(text) + 1):
+        x = text[:k]
+        want = [mass.get(x + bytes([b]), 0.0) for b in range(256)] + [truth.get(x, 0.0)]
+        np.testing.assert_allclose(np.exp(got[k]), np.asarray(want) / mass[x], rtol=0,
+                                   atol=1e-9, err_msg=f"{x!r} in {text!r}, {normalize=}")

@@ -25,7 +25,7 @@ from bytelm.data import bpe
 from bytelm.models import decoder
 from bytelm.nn.compiled import Compiled
 from bytelm.training import config_file
-from byteprobs_world import world as _world
+from byteprobs_world import assert_bulk_is_brute_force, world as _world
 
 TEXTS = ["The quick brown fox jumps over the lazy dog's back, 123 times!",
          "Žluťoučký kůň úpěl ďábelské ódy. Ça va? Tiếng Việt có dấu.",
@@ -344,6 +344,14 @@ def test_byte_samples_are_reproducible_and_follow_the_exact_distribution(tiny):
   assert chi2 < dof + 4 * math.sqrt(2 * dof), (chi2, dof)  # ~ the 99.99th percentile
 
 
+@pytest.mark.parametrize("block", [None, 40])
+def test_the_bulk_path_is_exact(tiny, tiny_regex, block, monkeypatch):
+  if block:  # a few starts at a time
+    monkeypatch.setattr("bytelm.byteprobs.byte_lm.BLOCK", block)
+  for lm, truth in (tiny, tiny_regex):
+    assert_bulk_is_brute_force(lm, truth)
+
+
 def test_chained_next_bytes_give_the_whole_text_probability(tiny):
   lm, complete = tiny
   for text in list(complete)[:25]:
@@ -472,6 +480,7 @@ def test_prefixes_cut_inside_a_character_are_exact():
     for b in range(256):
       want = sum(w for text, w in truth.items() if text.startswith(x + bytes([b]))) / mass
       assert abs(math.exp(logp[b]) - want) < 1e-9, (x, b)
+  assert_bulk_is_brute_force(lm, truth, count=10)
 
 
 def _cut_inside(x: bytes) -> bool:
@@ -590,6 +599,15 @@ def test_token_trees_hold_every_row_once_per_distinct_prefix(max_nodes):
   rng = np.random.default_rng(0)
   rows = [[1] + rng.integers(2, 6, rng.integers(0, 6)).tolist() for _ in range(30)] + [[1] * 9]
   trees, where = adapters.token_trees(rows, max_nodes=max_nodes)
+  _assert_paths_are_rows(rows, trees, where)
+  for ids, depths, parents in trees:  # only a tree with a path as long goes past the limit
+    assert len(ids) <= max_nodes or max(depths) >= max_nodes - 1
+  if max_nodes == 512:  # one tree, a node per distinct prefix
+    assert len(trees) == 1 and len(trees[0][0]) == len({tuple(r[:k]) for r in rows
+                                                          for k in range(1, len(r) + 1)})
+
+
+def _assert_paths_are_rows(rows, trees, where):
   for row, (t, n) in zip(rows, where):
     ids, depths, parents = trees[t]
     path = []
@@ -598,11 +616,16 @@ def test_token_trees_hold_every_row_once_per_distinct_prefix(max_nodes):
       path.append(ids[n])
       n = parents[n]
     assert path[::-1] == row
-  for ids, depths, parents in trees:  # only a tree with a path as long goes past the limit
-    assert len(ids) <= max_nodes or max(depths) >= max_nodes - 1
-  if max_nodes == 512:  # one tree, a node per distinct prefix
-    assert len(trees) == 1 and len(trees[0][0]) == len({tuple(r[:k]) for r in rows
-                                                          for k in range(1, len(r) + 1)})
+
+
+def test_balanced_trees_fill_the_batch_they_are_padded_to():
+  rows = [[1, 2 + i // 40, 100 + i] for i in range(1100)]  # 1,129 distinct prefixes
+  assert len(adapters.token_trees(rows)[0]) == 3  # run as 4 trees of 512, one of them padding
+  trees, where = adapters.balanced_trees(rows)
+  _assert_paths_are_rows(rows, trees, where)
+  assert len(trees) == 4 and max(len(ids) for ids, _, _ in trees) <= 320
+  few = [[1, 2, 3], [1, 2, 4]]  # one tree stays one tree
+  assert adapters.balanced_trees(few)[0] == adapters.token_trees(few)[0]
 
 
 def test_token_trees_of_rows_longer_than_a_tree_copy_little():

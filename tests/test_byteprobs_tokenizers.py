@@ -15,7 +15,7 @@ from bytelm.byteprobs import adapters, splits
 from bytelm.byteprobs.byte_lm import END, ByteLM
 from bytelm.byteprobs.tokenization import BPE
 from bytelm.data import bpe as bpe_data
-from byteprobs_world import world
+from byteprobs_world import assert_bulk_is_brute_force, world
 
 TEXTS = ["The quick brown fox jumps over the lazy dog's back, 12345 times! They're 3.14159",
          "Žluťoučký kůň úpěl ďábelské ódy. Ça va? Tiếng Việt có dấu. I'll see, we'd go",
@@ -229,13 +229,8 @@ def test_llama3_next_bytes_are_ratios_of_masses(tiny_llama3):
                                 b"a'", b"\n"], "as' 1\nT/t".encode() + b"\xc3\xcc")
 
 
-def test_llama3_the_bulk_path_equals_each_prefix_on_its_own(tiny_llama3):
-  lm, truth = tiny_llama3
-  texts = sorted((t for t in truth if len(t) >= 3), key=truth.get)[-3:]  # the likeliest
-  bulk = lm.next_byte_logprobs_along(texts)
-  for i, data in enumerate(texts):
-    for k in range(len(data) + 1):
-      np.testing.assert_allclose(bulk[i, k], lm.next_byte_logprobs(data[:k]), atol=1e-12)
+def test_llama3_the_bulk_path_is_exact(tiny_llama3):
+  assert_bulk_is_brute_force(*tiny_llama3)
 
 
 MIXED = ["I'll pay 12345 for it, don't you?\n\n  x\t'S\u00e9 \u65e5\u672c 1234567 \U0001f600".encode(),
@@ -354,6 +349,10 @@ def test_sentencepiece_next_bytes_are_ratios_of_masses(tiny_sentencepiece):
   lm, truth = tiny_sentencepiece
   _check_next_bytes(lm, truth, [b"", b"a", b" ", b"\xd0", b"\xc3"],
                     b"ab \xc3\xd0\xb6\xa9")
+
+
+def test_sentencepiece_the_bulk_path_is_exact(tiny_sentencepiece):
+  assert_bulk_is_brute_force(*tiny_sentencepiece)
 
 
 def test_sentencepiece_reads_its_space_sign_as_a_space(tiny_sentencepiece):

@@ -58,6 +58,8 @@ from bytelm.byteprobs.tokenization import (AS_SPACE_ALONE, AS_SPACE_RUN, BPE, CO
 from bytelm.text.tokenizer import as_bytes
 
 END = 256  # index of the end of text in next_byte_logprobs
+FOLLOWERS_HELD = 1 << 24  # token ids `ByteLM._followers` keeps (64 MB)
+BLOCK = 1 << 22  # (start, token) pairs the bulk path sums at once
 
 TokenLM = Callable[[list[tuple[int, ...]]], np.ndarray]
 
@@ -78,12 +80,20 @@ class ByteLM:
     self.token_lm, self.bpe, self.eot_id = token_lm, bpe, int(eot_id)
     self.context = tuple(int(i) for i in context)
     self.fim_ids = None if fim_ids is None else tuple(int(i) for i in fim_ids)
+    self._every = bpe.tokens_starting_with(b"")  # every token, the candidates at a start
+    self._groups: dict[tuple[bool, bool], list] = {}  # `_kind_groups` of _every
     self.calls = 0  # token prefixes scored by token_lm
     self.batches = 0  # times token_lm was called
-    self.clear()
+    self.clear(followers=True)
 
-  def clear(self) -> None:
-    """Forget the cached LM rows and tokenizations (they grow with the text read)."""
+  def clear(self, followers: bool = False) -> None:
+    """Forget the cached LM rows and tokenizations (they grow with the text read); with
+    followers, also which tokens may follow the text after a stable cut (`_followers`, of the
+    tokenizer alone, bounded, and kept otherwise: the bulk path reads the same partial words
+    again in every batch)."""
+    if followers:
+      self._after: dict[bytes, dict] = {}
+      self._after_held = 0
     self._rows: dict[tuple[int, ...], np.ndarray] = {}
     self._logp: dict[tuple[int, ...], float] = {(): 0.0}
     self._stable: dict[bytes, tuple[int, tuple[int, ...]]] = {}
@@ -173,11 +183,8 @@ class ByteLM:
               ) -> dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]]:
     """head -> (ids v, the byte of each v at len(x) or -1) over cover encodings (h, v) of x
     whose last token v starts inside x (and at its end, if past_end) and reaches past its end
-    (if past_end) or to or past it.
-
-    The candidates v at a start are the tokens beginning with the rest of x there, a range
-    of the vocabulary, checked together by kind (`_checked`); those that may finish a UTF-8
-    character cut at u's end one by one (`_local_heads`)."""
+    (if past_end) or to or past it: the candidates at each start (the tokens beginning with
+    the rest of x there, a range of the vocabulary) through `_heads_after`."""
     m = self.bpe.max_token_bytes
     first = max(0, len(x) + 1 - m) if past_end else max(0, len(x) - m)
     found: dict[tuple[int, ...], list[tuple[np.ndarray, np.ndarray]]] = {}
@@ -191,29 +198,8 @@ class ByteLM:
         continue
       nxt = np.where(longer, self.bpe.byte_table[ids, min(len(tail), m - 1)].astype(np.int64), -1)
       s, base = self._stable_ids(x[:pos])
-      u = x[s:pos]
-      if self.bpe.signatures is not None and self.bpe.checks_together:  # a Split's pattern
-        checked, one = self._by_signature(u, ids)
-        for head, ok in checked:
-          found.setdefault(base + head, []).append((ids[ok], nxt[ok]))
-        self._one_by_one(u, base, ids[one], nxt[one], found)
-        continue
-      context = self._context(u)
-      kinds = self.bpe.token_kinds[ids] if context is not None else np.full(len(ids), -1)
-      if context is not None and 0 not in context:  # letters after an apostrophe: the
-        kinds = np.where(kinds == PARTIAL, -1, kinds)  # start of a character may be one
-      if cut_character(u):  # tokens that may finish u's last character go one by one
-        kinds = np.where((self.bpe.byte_table[ids, 0] >> 6) == 2, -1, kinds)
-      for kind in np.unique(kinds):
-        mine = kinds == kind
-        pick, pick_nxt = ids[mine], nxt[mine]
-        if kind < 0:
-          self._one_by_one(u, base, pick, pick_nxt, found)
-          continue
-        checked = (self._checked(context, kind, pick) if kind != 0 or 0 in context
-                   else self._checked_letters(u, pick))
-        for head, ok in checked:
-          found.setdefault(base + head, []).append((pick[ok], pick_nxt[ok]))
+      for head, ok in self._heads_after(x[s:pos], ids):
+        found.setdefault(base + head, []).append((ids[ok], nxt[ok]))
     covers = {}
     for h, parts in found.items():
       if len(parts) == 1:
@@ -223,12 +209,75 @@ class ByteLM:
         covers[h] = vs, np.concatenate([b for _, b in parts])[first]
     return covers
 
-  def _one_by_one(self, u: bytes, base: tuple[int, ...], ids: np.ndarray, nxt: np.ndarray,
-                  found: dict) -> None:
-    """Candidates through the probes, each on its own (`_local_heads`), into found."""
-    for v, b in zip(ids.tolist(), nxt.tolist()):
-      for h in self._local_heads(u, v):
-        found.setdefault(base + h, []).append((np.asarray([v]), np.asarray([b])))
+  def _heads_after(self, u: bytes, ids: np.ndarray) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """[(head h, which of ids may follow it)]: after the tokens before a stable cut, h + [v]
+    starts the tokenization of some text that begins with u + token v (u: the text from the
+    cut), for the candidates v in ids (a head may come twice, a token may follow several
+    heads). The candidates are checked together, by kind (`_checked`); for a Split's pattern
+    by signature (`_by_signature`); those that may finish a UTF-8 character cut at u's end one
+    by one (`_local_heads`)."""
+    if self.bpe.signatures is not None and self.bpe.checks_together:  # a Split's pattern
+      checked, one = self._by_signature(u, ids)
+      return checked + self._one_by_one(u, ids, np.flatnonzero(one))
+    context = self._context(u)
+    if context is None:
+      return self._one_by_one(u, ids, np.arange(len(ids)))
+    out = []
+    for kind, mine, pick in self._kind_groups(ids, 0 not in context, bool(cut_character(u))):
+      if kind < 0:
+        out += self._one_by_one(u, ids, mine)
+        continue
+      checked = (self._checked(context, kind, pick) if kind != 0 or 0 in context
+                 else self._checked_letters(u, pick))
+      out += [(head, mine[ok]) for head, ok in checked]
+    return out
+
+  def _followers(self, u: bytes) -> dict[tuple[int, ...], np.ndarray]:
+    """head -> the ids of every token that may follow it (`_heads_after` over the whole
+    vocabulary, a token two ways to one head once), memoised: the bulk path asks at every
+    start, and the same u (" ", " th", ",") recurs. The memo is bounded by the ids it holds
+    (a 128,000-token vocabulary gives about 100,000 a head)."""
+    if u not in self._after:
+      heads: dict[tuple[int, ...], np.ndarray] = {}
+      for head, ok in self._heads_after(u, self._every):
+        if head not in heads:
+          heads[head] = np.zeros(len(self.bpe.token_bytes), bool)
+        heads[head][self._every[ok]] = True
+      found = {h: np.flatnonzero(v).astype(np.int32) for h, v in heads.items()}
+      held = sum(map(len, found.values()))
+      if self._after_held + held > FOLLOWERS_HELD:
+        self._after.clear()
+        self._after_held = 0
+      self._after[u] = found
+      self._after_held += held
+    return self._after[u]
+
+  def _kind_groups(self, ids: np.ndarray, apostrophe: bool, cut: bool
+                   ) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """[(kind, where in ids, the ids there)] by `BPE.token_kinds`, -1 for one by one: after
+    an apostrophe (letters may finish a contraction) the start of a character, after a cut
+    character the tokens that may finish it. Memoised for the whole vocabulary, which the
+    bulk path checks at every start."""
+    key = (apostrophe, cut) if ids is self._every else None
+    if key in self._groups:
+      return self._groups[key]
+    kinds = self.bpe.token_kinds[ids]
+    if apostrophe:
+      kinds = np.where(kinds == PARTIAL, -1, kinds)
+    if cut:
+      kinds = np.where((self.bpe.byte_table[ids, 0] >> 6) == 2, -1, kinds)
+    groups = [(kind, mine, ids[mine]) for kind in np.unique(kinds).tolist()
+              for mine in [np.flatnonzero(kinds == kind)]]
+    if key is not None:
+      self._groups[key] = groups
+    return groups
+
+  def _one_by_one(self, u: bytes, ids: np.ndarray, which: np.ndarray
+                  ) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """[(head, [i])] for the candidates ids[which], each through the probes on its own
+    (`_local_heads`)."""
+    return [(h, np.asarray([i])) for i, v in zip(which.tolist(), ids[which].tolist())
+            for h in self._local_heads(u, v)]
 
   def _by_signature(self, u: bytes, ids: np.ndarray):
     """For a Split pre-tokenizer: ([(head, which of ids may follow it)], which go one by
@@ -400,30 +449,123 @@ class ByteLM:
 
   def next_byte_logprobs_along(self, text: str | bytes | Sequence[str | bytes],
                                normalize: bool = True) -> np.ndarray:
-    """[len(text) + 1, 257]: row t is next_byte_logprobs(text[:t]), in one batch. Given a
-    list of texts, [len(texts), T + 1, 257] for the longest T: every prefix of every text in
-    one batch (one token_lm call: a BPE decoder reads them as one tree of token prefixes,
-    `adapters.token_trees`); rows past a text's end are NaN. This is the bulk path, e.g. a
-    teacher's distribution at every byte of every training row: it reads each text once, so
-    it leaves the caches empty (`clear`) rather than holding a model row per byte read (16
+    """[len(text) + 1, 257]: row t is next_byte_logprobs(text[:t]). Given a list of texts,
+    [len(texts), T + 1, 257] for the longest T, rows past a text's end NaN. This is the bulk
+    path, e.g. a teacher's distribution at every byte of every training row: the token model
+    is asked once for every head of every text (a BPE decoder reads them as one tree of token
+    prefixes, `adapters.token_trees`), and each start in a text is checked once for every
+    token that may begin there (`_along`), not once per prefix it covers. A list is read once,
+    so it leaves the caches empty (`clear`) rather than holding a model row per byte read (16
     KB each for 2,048 tokens, 1 MB for 128,000)."""
     if isinstance(text, (str, bytes, bytearray)):
-      text = as_bytes(text)
-      return self.next_byte_logprobs_batch([text[:t] for t in range(len(text) + 1)], normalize)
+      return self._along([as_bytes(text)], normalize)[0]
     texts = [as_bytes(t, f"text {i}") for i, t in enumerate(text)]
     if not texts:
       raise ValueError("next_byte_logprobs_along got an empty list of texts")
     try:
-      rows = self.next_byte_logprobs_batch([t[:k] for t in texts for k in range(len(t) + 1)],
-                                           normalize)
+      rows = self._along(texts, normalize)
     finally:
       self.clear()
     out = np.full((len(texts), max(map(len, texts)) + 1, 257), np.nan)
-    start = 0
-    for i, t in enumerate(texts):
-      out[i, :len(t) + 1] = rows[start:start + len(t) + 1]
-      start += len(t) + 1
+    for i, r in enumerate(rows):
+      out[i, :len(r)] = r
     return out
+
+  def _along(self, texts: list[bytes], normalize: bool) -> list[np.ndarray]:
+    """next_byte_logprobs of every prefix of each text, [len(text) + 1, 257] each.
+
+    A cover (h, v) of a prefix depends on where v starts, not on the prefix: v starting at
+    pos is a cover of every prefix that ends after pos and before v's end, while v agrees
+    with the text (one that ends at pos too, past_end). So each start is checked once with
+    the whole vocabulary (`_followers`), and each valid (h, v) spreads its mass over the
+    prefixes it covers: at pos, on v's first byte; at pos + j, on v's byte j, for each j up to
+    the first byte where v and the text differ (or the text ends); and, for the unnormalised
+    rows' P(prefix...), on the prefix at v's end if all of v agrees with the text."""
+    plans, wanted = [], []
+    for text in texts:
+      x = self._spelled(text)
+      starts = []
+      for pos in range(len(x) + 1):
+        s, base = self._stable_ids(x[:pos])
+        starts.append({base + h: v for h, v in self._followers(x[s:pos]).items()})
+        wanted.extend(starts[-1])
+      ends = [self._canonical(text[:k]) for k in range(len(text) + 1)]
+      wanted.extend(ends)
+      plans.append((x, len(x) - len(text), starts, ends))
+    self._score(wanted)
+    return [self._rows_along(*plan, normalize) for plan in plans]
+
+  def _rows_along(self, x: bytes, off: int, starts: list[dict], ends: list[tuple[int, ...]],
+                  normalize: bool) -> np.ndarray:
+    """`_along`'s rows for one spelled text x (the text from off on), from the valid
+    (head, tokens) at each start and the canonical tokens of each prefix. Masses are summed
+    shifted by each prefix's largest term, so long texts, whose probabilities underflow,
+    keep their ratios."""
+    bpe, m, n = self.bpe, self.bpe.max_token_bytes, len(x) + 1
+    text = np.concatenate([np.frombuffer(x, np.uint8), np.full(m, -1)])  # -1: past x's end
+    first_L = np.full((n, 256), -np.inf)  # log-mass at each start on the first byte of v
+    at, byte, logp, end_at, end_logp = ([np.zeros(0, t)] for t in (int, int, float, int, float))
+    parts = [(p, h, vs) for p, heads in enumerate(starts) for h, vs in heads.items()]
+    sizes = np.cumsum([len(vs) for _, _, vs in parts])
+    done_parts = 0
+    while done_parts < len(parts):  # a block at a time: a start holds about the vocabulary
+      stop = max(done_parts + 1, int(np.searchsorted(
+          sizes, (sizes[done_parts - 1] if done_parts else 0) + BLOCK, side="right")))
+      block, done_parts = parts[done_parts:stop], stop
+      vs = np.concatenate([v for _, _, v in block])
+      lp = np.concatenate([self._logp[h] + self._rows[h][v] for _, h, v in block])
+      pos = np.repeat([p for p, _, _ in block], [len(v) for _, _, v in block])
+      first = bpe.byte_table[vs, 0].astype(np.int64)
+      new = np.flatnonzero(np.diff(pos, prepend=-1))  # pos is sorted: where each start begins
+      top = np.full(n, -np.inf)
+      top[pos[new]] = np.maximum.reduceat(lp, new)
+      top = np.where(np.isfinite(top), top, 0.0)
+      p0, p1 = pos[0], pos[-1] + 1
+      with np.errstate(divide="ignore"):
+        first_L[p0:p1] = top[p0:p1, None] + np.log(np.bincount(
+            (pos - p0) * 256 + first, np.exp(lp - top[pos]),
+            minlength=(p1 - p0) * 256).reshape(p1 - p0, 256))
+      # Byte by byte, the tokens that still agree with x: a token agreeing on its first j
+      # bytes covers the prefix that ends j bytes after its start (with its byte j next), or,
+      # all of it agreeing, reaches exactly to that prefix's end.
+      alive = np.flatnonzero(first == text[pos])
+      for j in range(1, m + 1):
+        done = bpe.token_lengths[vs[alive]] == j
+        end_at.append(pos[alive[done]] + j)
+        end_logp.append(lp[alive[done]])
+        alive = alive[~done]
+        if not len(alive):
+          break
+        b = bpe.byte_table[vs[alive], j]
+        at.append(pos[alive] + j)
+        byte.append(b)
+        logp.append(lp[alive])
+        alive = alive[b == text[pos[alive] + j]]
+    at, byte, end_at = (np.concatenate(a).astype(np.int64) for a in (at, byte, end_at))
+    logp, end_logp = np.concatenate(logp), np.concatenate(end_logp)
+    eot = np.full(n, -np.inf)
+    eot[off:] = [self._logp[e] + self._rows[e][self.eot_id] for e in ends]
+    top = np.maximum(first_L.max(axis=1), eot)
+    np.maximum.at(top, at, logp)
+    if not np.isfinite(top[off:]).all():
+      k = int(np.flatnonzero(~np.isfinite(top[off:]))[0])
+      raise ValueError(f"the model gives the prefix {x[off:off + k][-20:]!r} no probability")
+    top[:off] = np.where(np.isfinite(top[:off]), top[:off], 0.0)  # (rows not returned)
+    mass = np.concatenate([np.exp(first_L - top[:, None]), np.exp(eot - top)[:, None]], axis=1)
+    np.add.at(mass, (at, byte), np.exp(logp - top[at]))
+    with np.errstate(divide="ignore"):
+      if normalize:
+        return np.log(mass[off:]) - np.log(mass[off:].sum(axis=1, keepdims=True))
+      # P(prefix...), which the lemma divides by: its covers reach past its end (their bytes
+      # at j >= 1 there) or to it.
+      top_reach = top.copy()
+      np.maximum.at(top_reach, end_at, end_logp)
+      reach = np.zeros(n)
+      np.add.at(reach, at, np.exp(logp - top_reach[at]))
+      np.add.at(reach, end_at, np.exp(end_logp - top_reach[end_at]))
+      prefix_logp = (np.log(reach) + top_reach)[off:]
+      prefix_logp[0] = 0.0  # the empty text: every text starts with it
+      return np.log(mass[off:]) + top[off:, None] - prefix_logp[:, None]
 
   # ---- generation ---------------------------------------------------------------------------
 
