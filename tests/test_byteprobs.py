@@ -626,6 +626,11 @@ def test_balanced_trees_fill_the_batch_they_are_padded_to():
   assert len(trees) == 4 and max(len(ids) for ids, _, _ in trees) <= 320
   few = [[1, 2, 3], [1, 2, 4]]  # one tree stays one tree
   assert adapters.balanced_trees(few)[0] == adapters.token_trees(few)[0]
+  path = list(range(1, 1200))  # a long text read along: its path, a leaf off every node
+  rows = [path[:k] for k in range(1, len(path) + 1)] + [path[:k] + [0] for k in range(1, 1199)]
+  trees, where = adapters.balanced_trees(rows)
+  _assert_paths_are_rows(rows, trees, where)
+  assert len(trees) == 1 and len(trees[0][0]) == 2 * 1199 - 1  # not a copy of the path a tree
 
 
 def test_token_trees_of_rows_longer_than_a_tree_copy_little():

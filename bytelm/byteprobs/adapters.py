@@ -49,6 +49,12 @@ from bytelm.text.tokenizer import EOS_ID, NUM_BYTE_IDS, OFFSET, ByteTokenizer, a
 
 # Nodes of one token tree (`token_trees`): attention over a tree costs its size squared.
 TREE_NODES = 512
+# The size of a tree at which a node's attention costs about as much as the rest of it
+# (measured for the eval's 4-layer, 256-wide decoder on a 2-core CPU: 33 us a node plus 0.022
+# us per node of its tree); `balanced_trees` weighs layouts with it.
+ATTENTION_NODES = 1500
+# At most this many nodes go as one tree without copies (its mask is their number squared).
+ONE_TREE_NODES = 4096
 
 
 def token_trees(rows: Sequence[Sequence[int]], max_nodes: int = TREE_NODES
@@ -63,17 +69,26 @@ def token_trees(rows: Sequence[Sequence[int]], max_nodes: int = TREE_NODES
 
 
 def balanced_trees(rows: Sequence[Sequence[int]], pad_to: int = 64):
-  """`token_trees` of rows, as many as the power of two of them that TREE_NODES would give
-  (the batch they are padded to) and each about as large: the nodes of three full trees run
-  as four of about 300, not as four of 512, one of them padding (about half the cost)."""
+  """`token_trees` of rows laid out for the least work once padded (their number to a power
+  of two, their nodes to a multiple of pad_to; `_padded_cost`), of three layouts: trees of
+  TREE_NODES; as many as the power of two of those but each about as large (the nodes of
+  three full trees run as four of about 300, not as four of 512, one of them padding); and
+  one tree (below ONE_TREE_NODES), no path copied, for a long text, whose token path would be
+  copied into every tree below it."""
   children = _prefixes(rows)
   nodes = len(children) - 1
   batch = 1 << (-(-nodes // TREE_NODES) - 1).bit_length()
-  for size in range(-(-nodes // batch // pad_to) * pad_to, TREE_NODES, pad_to):
-    trees, where = _layout(children, rows, size)  # (copied paths may need a larger size)
-    if len(trees) <= batch:
-      return trees, where
-  return _layout(children, rows, TREE_NODES)
+  sizes = {-(-nodes // batch // pad_to) * pad_to, TREE_NODES}
+  if nodes <= ONE_TREE_NODES:
+    sizes.add(nodes)
+  layouts = [_layout(children, rows, size) for size in sorted(sizes)]
+  return min(layouts, key=lambda layout: _padded_cost(layout[0], pad_to))
+
+
+def _padded_cost(trees, pad_to: int) -> float:
+  """The work of running trees padded as `_last_logprobs` pads them, in nodes."""
+  length = -(-max(len(ids) for ids, _, _ in trees) // pad_to) * pad_to
+  return (1 << (len(trees) - 1).bit_length()) * length * (1 + length / ATTENTION_NODES)
 
 
 def _prefixes(rows) -> dict[tuple[int, ...], dict[int, tuple[int, ...]]]:
