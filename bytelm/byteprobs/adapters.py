@@ -204,7 +204,7 @@ def from_hugging_face(model_dir, tokenizer_file=None, device: str = "cpu",
   bytelm does. Every prefix is read after what the tokenizer's post-processor puts before a
   text (a BOS), or where it puts nothing after the model's eos token (GPT-2's <|endoftext|>
   starts documents too); the eos ends texts. The prefixes asked for at once go through as
-  trees of their distinct prefixes (`token_trees`), batch_size trees a pass, each node at its
+  trees of their distinct prefixes (`balanced_trees`), batch_size trees a pass, each node at its
   depth and attending to its own path through a 4-D attention mask (which transformers'
   GPT-2 and Llama models take, and which `tests/test_byteprobs_tokenizers.py` checks against
   the plain causal pass). A model whose output is wider than the tokenizer's vocabulary
@@ -233,9 +233,9 @@ def from_hugging_face(model_dir, tokenizer_file=None, device: str = "cpu",
   dtype = next(model.parameters()).dtype
 
   def token_lm(prefixes):
-    """The rows as trees of their distinct prefixes (`token_trees`), batch_size trees a pass:
-    each node at its depth (position_ids), attending to its own path (a 4-D mask)."""
-    trees, where = token_trees([list(p) for p in prefixes])
+    """The rows as trees of their distinct prefixes (`balanced_trees`), batch_size trees a
+    pass: each node at its depth (position_ids), attending to its own path (a 4-D mask)."""
+    trees, where = balanced_trees([list(p) for p in prefixes])
     out = []
     with torch.no_grad():
       for start in range(0, len(trees), batch_size):
