@@ -77,6 +77,8 @@ def balanced_trees(rows: Sequence[Sequence[int]], pad_to: int = 64):
   copied into every tree below it."""
   children = _prefixes(rows)
   nodes = len(children) - 1
+  if nodes <= TREE_NODES:  # one tree whichever way
+    return _layout(children, rows, TREE_NODES)
   batch = 1 << (-(-nodes // TREE_NODES) - 1).bit_length()
   sizes = {-(-nodes // batch // pad_to) * pad_to, TREE_NODES}
   if nodes <= ONE_TREE_NODES:
