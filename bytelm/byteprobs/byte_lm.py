@@ -36,7 +36,9 @@ Texts are what the tokens spell after the tokenizer's `prefix` (a SentencePiece 
 which every prefix asked for gets first (`_spelled`). The token LM is asked, per byte of a text read
 left to right, for the few new heads (about one), in one batch; its rows are cached per
 prefix. Measured on the eval's 2048-token BPE (BENCHMARKS.md): 60 ms of tokenization a byte
-one by one, under 1 ms together.
+one by one, under 1 ms together. Every byte of a text at once (`next_byte_logprobs_along`)
+checks each start once against the whole vocabulary and spreads each cover's mass over the
+prefixes it covers (`_along`): about 0.2 ms a byte.
 
 token_lm: a callable taking a list of token-id prefixes (tuples) and returning their
 next-token log-probabilities, float [len(prefixes), V]. Prefixes of one call share most of
@@ -501,48 +503,18 @@ class ByteLM:
     (head, tokens) at each start and the canonical tokens of each prefix. Masses are summed
     shifted by each prefix's largest term, so long texts, whose probabilities underflow,
     keep their ratios."""
-    bpe, m, n = self.bpe, self.bpe.max_token_bytes, len(x) + 1
-    text = np.concatenate([np.frombuffer(x, np.uint8), np.full(m, -1)])  # -1: past x's end
+    n = len(x) + 1
+    text = np.concatenate([np.frombuffer(x, np.uint8), np.full(self.bpe.max_token_bytes, -1)])
     first_L = np.full((n, 256), -np.inf)  # log-mass at each start on the first byte of v
-    at, byte, logp, end_at, end_logp = ([np.zeros(0, t)] for t in (int, int, float, int, float))
-    parts = [(p, h, vs) for p, heads in enumerate(starts) for h, vs in heads.items()]
-    sizes = np.cumsum([len(vs) for _, _, vs in parts])
-    done_parts = 0
-    while done_parts < len(parts):  # a block at a time: a start holds about the vocabulary
-      stop = max(done_parts + 1, int(np.searchsorted(
-          sizes, (sizes[done_parts - 1] if done_parts else 0) + BLOCK, side="right")))
-      block, done_parts = parts[done_parts:stop], stop
-      vs = np.concatenate([v for _, _, v in block])
-      lp = np.concatenate([self._logp[h] + self._rows[h][v] for _, h, v in block])
-      pos = np.repeat([p for p, _, _ in block], [len(v) for _, _, v in block])
-      first = bpe.byte_table[vs, 0].astype(np.int64)
-      new = np.flatnonzero(np.diff(pos, prepend=-1))  # pos is sorted: where each start begins
-      top = np.full(n, -np.inf)
-      top[pos[new]] = np.maximum.reduceat(lp, new)
-      top = np.where(np.isfinite(top), top, 0.0)
-      p0, p1 = pos[0], pos[-1] + 1
-      with np.errstate(divide="ignore"):
-        first_L[p0:p1] = top[p0:p1, None] + np.log(np.bincount(
-            (pos - p0) * 256 + first, np.exp(lp - top[pos]),
-            minlength=(p1 - p0) * 256).reshape(p1 - p0, 256))
-      # Byte by byte, the tokens that still agree with x: a token agreeing on its first j
-      # bytes covers the prefix that ends j bytes after its start (with its byte j next), or,
-      # all of it agreeing, reaches exactly to that prefix's end.
-      alive = np.flatnonzero(first == text[pos])
-      for j in range(1, m + 1):
-        done = bpe.token_lengths[vs[alive]] == j
-        end_at.append(pos[alive[done]] + j)
-        end_logp.append(lp[alive[done]])
-        alive = alive[~done]
-        if not len(alive):
-          break
-        b = bpe.byte_table[vs[alive], j]
-        at.append(pos[alive] + j)
-        byte.append(b)
-        logp.append(lp[alive])
-        alive = alive[b == text[pos[alive] + j]]
-    at, byte, end_at = (np.concatenate(a).astype(np.int64) for a in (at, byte, end_at))
-    logp, end_logp = np.concatenate(logp), np.concatenate(end_logp)
+    spread, block, held = [_spread_none()], [], 0
+    for p, heads in enumerate(starts):  # a block of starts at a time: each holds about the
+      for h, vs in heads.items():       # whole vocabulary
+        block.append((p, h, vs))
+        held += len(vs)
+      if block and (held >= BLOCK or p == len(starts) - 1):
+        spread.append(self._spread(text, block, first_L))
+        block, held = [], 0
+    at, byte, logp, end_at, end_logp = (np.concatenate(a) for a in zip(*spread))
     eot = np.full(n, -np.inf)
     eot[off:] = [self._logp[e] + self._rows[e][self.eot_id] for e in ends]
     top = np.maximum(first_L.max(axis=1), eot)
@@ -566,6 +538,45 @@ class ByteLM:
       prefix_logp = (np.log(reach) + top_reach)[off:]
       prefix_logp[0] = 0.0  # the empty text: every text starts with it
       return np.log(mass[off:]) + top[off:, None] - prefix_logp[:, None]
+
+  def _spread(self, text: np.ndarray, block: list, first_L: np.ndarray):
+    """The masses of a block of (start, head, the tokens that may follow it) for
+    `_rows_along`: into first_L, the log-mass at each start on each token's first byte;
+    returned, (at, byte, logp) for the prefixes the tokens reach past (their byte there) and
+    (end_at, end_logp) for those they reach exactly. text: the spelled text's bytes, then -1."""
+    bpe = self.bpe
+    vs = np.concatenate([v for _, _, v in block])
+    lp = np.concatenate([self._logp[h] + self._rows[h][v] for _, h, v in block])
+    pos = np.repeat([p for p, _, _ in block], [len(v) for _, _, v in block])
+    first = bpe.byte_table[vs, 0].astype(np.int64)
+    new = np.flatnonzero(np.diff(pos, prepend=-1))  # pos is sorted: where each start begins
+    p0, p1 = pos[0], pos[-1] + 1
+    top = np.zeros(p1 - p0)
+    top[pos[new] - p0] = np.maximum.reduceat(lp, new)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+      first_L[p0:p1] = top[:, None] + np.log(np.bincount(
+          (pos - p0) * 256 + first, np.exp(lp - top[pos - p0]),
+          minlength=(p1 - p0) * 256).reshape(p1 - p0, 256))
+    # Byte by byte, the tokens that still agree with the text: a token agreeing on its first
+    # j bytes covers the prefix that ends j bytes after its start (with its byte j next), or,
+    # all of it agreeing, reaches exactly to that prefix's end.
+    at, byte, logp, end_at, end_logp = [], [], [], [], []
+    alive = np.flatnonzero(first == text[pos])
+    for j in range(1, bpe.max_token_bytes + 1):
+      done = bpe.token_lengths[vs[alive]] == j
+      end_at.append(pos[alive[done]] + j)
+      end_logp.append(lp[alive[done]])
+      alive = alive[~done]
+      if not len(alive):
+        break
+      b = bpe.byte_table[vs[alive], j]
+      at.append(pos[alive] + j)
+      byte.append(b)
+      logp.append(lp[alive])
+      alive = alive[b == text[pos[alive] + j]]
+    return tuple(np.concatenate(a + [none]) for a, none in
+                 zip((at, byte, logp, end_at, end_logp), _spread_none()))
 
   # ---- generation ---------------------------------------------------------------------------
 
@@ -627,6 +638,11 @@ class ByteLM:
     window). -prefix_logprob(text) / ln 2 sums over every token sequence that covers the
     text, the canonical one among them, so it is at most these bits."""
     return mixture.bits_per_byte(lambda t: self.sequence_logprob(self.bpe.encode(t)), texts)
+
+
+def _spread_none() -> tuple[np.ndarray, ...]:
+  """`ByteLM._spread` of no tokens."""
+  return tuple(np.zeros(0, t) for t in (np.int64, np.int64, np.float64, np.int64, np.float64))
 
 
 def _seed(key) -> int:
