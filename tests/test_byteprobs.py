@@ -554,6 +554,29 @@ def test_the_bulk_path_equals_each_prefix_on_its_own(tiny_regex):
     lm.next_byte_logprobs_along([])
 
 
+def test_the_bulk_path_keeps_the_top_k_and_the_mass_left(tiny_regex):
+  lm, _ = tiny_regex
+  texts = [b"a's ", b"s 1"]
+  full = lm.next_byte_logprobs_along(texts)
+  top = lm.next_byte_logprobs_along(texts, top_k=3)
+  assert top.logprobs.shape == top.ids.shape == (2, 5, 3) and top.rest.shape == (2, 5)
+  for i, text in enumerate(texts):
+    rows = full[i, :len(text) + 1]
+    np.testing.assert_allclose(top.logprobs[i, :len(text) + 1],
+                               -np.sort(-rows, axis=1)[:, :3], rtol=1e-6)
+    np.testing.assert_allclose(  # the k picked carry those log-probabilities
+        np.take_along_axis(rows, top.ids[i, :len(text) + 1].astype(int), 1),
+        top.logprobs[i, :len(text) + 1], rtol=1e-6)
+    np.testing.assert_allclose(  # with the rest, all the mass
+        np.logaddexp(np.logaddexp.reduce(top.logprobs[i, :len(text) + 1], axis=1),
+                     top.rest[i, :len(text) + 1]), 0.0, atol=1e-6)
+  assert (top.ids[1, 4:] == -1).all() and np.isnan(top.logprobs[1, 4:]).all()
+  one = lm.next_byte_logprobs_along(texts[0], top_k=257)
+  np.testing.assert_array_equal(one.rest, -np.inf)  # nothing left out
+  with pytest.raises(ValueError, match="top_k"):
+    lm.next_byte_logprobs_along(texts, top_k=0)
+
+
 def test_a_context_conditions_every_prefix(tiny_regex):
   lm, _ = tiny_regex
   context = (7, 8, 9)

@@ -5,7 +5,8 @@
   Split pattern (`splits`); SentencePiece-style with byte fallback), and which token
   sequences start the tokenization of some text (what makes an encoding valid);
 - `byte_lm.ByteLM`: a tokenized LM as a byte LM: prefix, next-byte and whole-text
-  probabilities by cover encodings, batched; byte-by-byte sampling, completion of prompts that
+  probabilities by cover encodings, batched, and every byte of many texts at once (whole
+  distributions or their top k, `TopBytes`); byte-by-byte sampling, completion of prompts that
   end mid-token, fill in the middle;
 - `mixture.ensemble` (also `bytelm.byteprobs.ensemble`): mixtures of byte LMs' next-byte distributions, whatever their
   vocabularies;
@@ -13,8 +14,8 @@
   interfaces.
 """
 
-from bytelm.byteprobs.byte_lm import END, ByteLM
+from bytelm.byteprobs.byte_lm import END, ByteLM, TopBytes
 from bytelm.byteprobs.mixture import Ensemble, ensemble
 from bytelm.byteprobs.tokenization import BPE
 
-__all__ = ["BPE", "END", "ByteLM", "Ensemble", "ensemble"]
+__all__ = ["BPE", "END", "ByteLM", "Ensemble", "TopBytes", "ensemble"]

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -450,7 +451,7 @@ class ByteLM:
     return out
 
   def next_byte_logprobs_along(self, text: str | bytes | Sequence[str | bytes],
-                               normalize: bool = True) -> np.ndarray:
+                               normalize: bool = True, top_k: int | None = None):
     """[len(text) + 1, 257]: row t is next_byte_logprobs(text[:t]). Given a list of texts,
     [len(texts), T + 1, 257] for the longest T, rows past a text's end NaN. This is the bulk
     path, e.g. a teacher's distribution at every byte of every training row: the token model
@@ -458,23 +459,40 @@ class ByteLM:
     prefixes, `adapters.token_trees`), and each start in a text is checked once for every
     token that may begin there (`_along`), not once per prefix it covers. A list is read once,
     so it leaves the caches empty (`clear`) rather than holding a model row per byte read (16
-    KB each for 2,048 tokens, 1 MB for 128,000)."""
+    KB each for 2,048 tokens, 1 MB for 128,000).
+
+    top_k: instead of whole rows (2 KB a byte), a `TopBytes` of each row's k likeliest next
+    bytes (END for the end of text) and the log of the mass left to the others, in float32
+    (about 6k bytes a byte); past a text's end, NaN and ids -1."""
+    if top_k is not None and not 1 <= top_k <= 257:
+      raise ValueError(f"top_k must be between 1 and 257, got {top_k}")
+    keep = (lambda rows: rows) if top_k is None else (lambda rows: _top_bytes(rows, top_k))
     if isinstance(text, (str, bytes, bytearray)):
-      return self._along([as_bytes(text)], normalize)[0]
+      return self._along([as_bytes(text)], normalize, keep)[0]
     texts = [as_bytes(t, f"text {i}") for i, t in enumerate(text)]
     if not texts:
       raise ValueError("next_byte_logprobs_along got an empty list of texts")
     try:
-      rows = self._along(texts, normalize)
+      rows = self._along(texts, normalize, keep)
     finally:
       self.clear()
-    out = np.full((len(texts), max(map(len, texts)) + 1, 257), np.nan)
+    width = (len(texts), max(map(len, texts)) + 1)
+    if top_k is None:
+      out = np.full(width + (257,), np.nan)
+      for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+      return out
+    out = TopBytes(np.full(width + (top_k,), np.nan, np.float32),
+                   np.full(width + (top_k,), -1, np.int16), np.full(width, np.nan, np.float32))
     for i, r in enumerate(rows):
-      out[i, :len(r)] = r
+      for into, got in zip(out, r):
+        into[i, :len(got)] = got
     return out
 
-  def _along(self, texts: list[bytes], normalize: bool) -> list[np.ndarray]:
-    """next_byte_logprobs of every prefix of each text, [len(text) + 1, 257] each.
+  def _along(self, texts: list[bytes], normalize: bool, keep=lambda rows: rows) -> list:
+    """next_byte_logprobs of every prefix of each text, [len(text) + 1, 257] each, or what
+    keep makes of them (each text's rows as soon as they are summed: a top-k keeps no text's
+    whole rows longer than it takes to pick).
 
     A cover (h, v) of a prefix depends on where v starts, not on the prefix: v starting at
     pos is a cover of every prefix that ends after pos and before v's end, while v agrees
@@ -495,7 +513,7 @@ class ByteLM:
       wanted.extend(ends)
       plans.append((x, len(x) - len(text), starts, ends))
     self._score(wanted)
-    return [self._rows_along(*plan, normalize) for plan in plans]
+    return [keep(self._rows_along(*plan, normalize)) for plan in plans]
 
   def _rows_along(self, x: bytes, off: int, starts: list[dict], ends: list[tuple[int, ...]],
                   normalize: bool) -> np.ndarray:
@@ -638,6 +656,25 @@ class ByteLM:
     window). -prefix_logprob(text) / ln 2 sums over every token sequence that covers the
     text, the canonical one among them, so it is at most these bits."""
     return mixture.bits_per_byte(lambda t: self.sequence_logprob(self.bpe.encode(t)), texts)
+
+
+class TopBytes(NamedTuple):
+  """The k likeliest next bytes at each position (`ByteLM.next_byte_logprobs_along` with
+  top_k), likeliest first: their log-probabilities, their ids (0-255, END for the end of
+  text), and the log of the probability left to the other 257 - k."""
+  logprobs: np.ndarray  # float32 [..., k]
+  ids: np.ndarray  # int16 [..., k]
+  rest: np.ndarray  # float32 [...]
+
+
+def _top_bytes(rows_TV: np.ndarray, k: int) -> TopBytes:
+  """`TopBytes` of rows of 257 log-probabilities."""
+  ids_TK = np.argsort(-rows_TV, axis=1, kind="stable")[:, :k]
+  top_TK = np.take_along_axis(rows_TV, ids_TK, axis=1)
+  others_TV = rows_TV.copy()
+  np.put_along_axis(others_TV, ids_TK, -np.inf, axis=1)
+  rest_T = np.logaddexp.reduce(others_TV, axis=1)
+  return TopBytes(top_TK.astype(np.float32), ids_TK.astype(np.int16), rest_T.astype(np.float32))
 
 
 def _spread_none() -> tuple[np.ndarray, ...]:
