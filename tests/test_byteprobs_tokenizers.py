@@ -233,6 +233,19 @@ def test_llama3_the_bulk_path_is_exact(tiny_llama3):
   assert_bulk_is_brute_force(*tiny_llama3)
 
 
+def test_a_cut_character_completes_to_each_case_o200k_tells_apart():
+  """o200k splits "aÀ" (lower, upper) and keeps "aà" whole; with an "a\xc3" token, the
+  character cut after it must be completed as an upper and as a lower letter (completing it
+  as a letter alone missed a third of P("a"...))."""
+  lows = "àáâãäåæçèéêë"
+  texts = [" ".join("a" + c for c in lows) + " " + " ".join("a" + c.upper() for c in lows)] * 30
+  ours = _tiny_llama3(splits.O200K, texts=texts)
+  assert b"a\xc3" in ours.vocab and ours.checks_together
+  lm, truth = world(ours, ["a", "À", "à", " "], 3, eot=0)
+  _check_prefixes(lm, truth, sorted({t[:k] for t in truth for k in range(1, len(t) + 1)}))
+  assert_bulk_is_brute_force(lm, truth)
+
+
 MIXED = ["I'll pay 12345 for it, don't you?\n\n  x\t'S\u00e9 \u65e5\u672c 1234567 \U0001f600".encode(),
          "a  b\r\n\n 'll 'LL!! \u00a0z 99 ".encode() + b"\xff\xc3 q\xe6\x97",
          "DON'T HTTPServer x\u0301y /\n/ camelCase".encode()]
