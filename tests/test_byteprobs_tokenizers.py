@@ -116,6 +116,18 @@ def test_the_tokenizers_read_are_the_kinds_meant(pair):
 PIECE_TEXT = st.text(st.sampled_from(list("as'ltrevdmT 1!\n\r\t\u00a0é日<x/\u0301")), max_size=14)
 
 
+@pytest.mark.parametrize("pattern", list(splits.PATTERNS.values()))
+def test_the_split_patterns_match_every_character(pattern):
+  """`RegexSplit.spans` takes the matches for the pieces: they must leave nothing between
+  them, whatever the characters (every code point, lone surrogates for invalid bytes) and
+  their order."""
+  every = [chr(c) for c in range(0x110000)]
+  rng = np.random.default_rng(0)
+  for text in ("".join(every), "".join(rng.permutation(every))):
+    spans = splits.RegexSplit(pattern).spans(text)
+    assert [a for a, _ in spans] == [0] + [b for _, b in spans[:-1]] and spans[-1][1] == len(text)
+
+
 @settings(max_examples=200, deadline=None)
 @given(PIECE_TEXT, PIECE_TEXT, st.integers(0, 3), st.binary(max_size=2))
 def test_the_stable_prefix_separates_what_no_continuation_changes(pair, text, more, trim, junk):
