@@ -494,13 +494,12 @@ class ByteLM:
     keep makes of them (each text's rows as soon as they are summed: a top-k keeps no text's
     whole rows longer than it takes to pick).
 
-    A cover (h, v) of a prefix depends on where v starts, not on the prefix: v starting at
-    pos is a cover of every prefix that ends after pos and before v's end, while v agrees
-    with the text (one that ends at pos too, past_end). So each start is checked once with
-    the whole vocabulary (`_followers`), and each valid (h, v) spreads its mass over the
-    prefixes it covers: at pos, on v's first byte; at pos + j, on v's byte j, for each j up to
-    the first byte where v and the text differ (or the text ends); and, for the unnormalised
-    rows' P(prefix...), on the prefix at v's end if all of v agrees with the text."""
+    Whether (h, v) is a cover depends on where v starts (pos), not on the prefix: it covers
+    the prefix that ends at pos (v's first byte next), and the one that ends at pos + j
+    (v's byte j next) for each 0 < j < len(v) such that v's first j bytes are the text's. So
+    each start is checked once against the whole vocabulary (`_followers`), and each valid
+    (h, v) adds its mass to those prefixes' next bytes; and, for the unnormalised rows'
+    P(prefix...), to the prefix at v's end where all of v is the text's."""
     plans, wanted = [], []
     for text in texts:
       x = self._spelled(text)
