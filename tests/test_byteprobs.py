@@ -663,6 +663,39 @@ def test_token_trees_of_rows_longer_than_a_tree_copy_little():
   assert sum(len(ids) for ids, _, _ in trees) < 1.5 * distinct and len(trees) <= 2
 
 
+def test_trees_after_a_kept_path_have_the_logits_of_the_path_written_out():
+  """`DecoderLM.tree_after` over `path_kv` (a sampling loop's stable tokens kept), and
+  `adapters._PathCache` choosing it, give the logits of the whole rows' trees."""
+  cfg = decoder.DecoderConfig(**config_file.load(
+      pathlib.Path(__file__).resolve().parents[1] / "configs" / "bytes_decoder.py",
+      "tiny").model.to_dict())
+  compiled = Compiled(decoder.DecoderLM(cfg, rngs=nnx.Rngs(0)))
+  rng = np.random.default_rng(2)
+  path = [1] + rng.integers(3, 200, 24).tolist()
+  rows = [path + rng.integers(3, 200, rng.integers(1, 5)).tolist() for _ in range(6)]
+  rows += [r[:len(path) + 1] for r in rows[:3]]  # rows that are others' prefixes
+  want = adapters._last_logprobs(compiled, rows)
+  padded = np.zeros((1, 64), np.int32)  # the path, padded as _PathCache pads it
+  padded[0, :len(path)] = path
+  trees, where = adapters.token_trees([r[len(path):] for r in rows])
+  ids_BN, depth_BN, attend_BNN = adapters.tree_batch(trees, 1, 32)
+  got = np.asarray(compiled("tree_after", ids_BN, depth_BN + len(path), attend_BNN,
+                            compiled("path_kv", padded), np.int32(len(path))))
+  got = np.stack([got[t, n] for t, n in where])
+  np.testing.assert_allclose(got - got.max(-1, keepdims=True),
+                             want - want.max(-1, keepdims=True), atol=1e-5)
+  cache = adapters._PathCache(compiled)
+  np.testing.assert_allclose(cache(rows), want, atol=1e-5)
+  assert cache.path == tuple(path)  # kept: the rows share it and one more token at most
+  longer = [r + [7] for r in rows[:4]]  # a step later: the same path, not read again
+  past = cache.past
+  np.testing.assert_allclose(cache(longer), adapters._last_logprobs(compiled, longer),
+                             atol=1e-5)
+  assert cache.past is past
+  apart = [[1, 5, 6], [1, 7]]  # sharing little: the whole trees
+  np.testing.assert_allclose(cache(apart), adapters._last_logprobs(compiled, apart), atol=0)
+
+
 def test_tree_logits_are_the_logits_at_the_end_of_each_path():
   cfg = decoder.DecoderConfig(**config_file.load(
       pathlib.Path(__file__).resolve().parents[1] / "configs" / "bytes_decoder.py",

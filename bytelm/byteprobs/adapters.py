@@ -158,21 +158,64 @@ def _last_logprobs(compiled: Compiled, rows: list[list[int]], pad_to: int = 64) 
   trees, where = balanced_trees(rows, pad_to)
   length = -(-max(len(t[0]) for t in trees) // pad_to) * pad_to
   ids_BN, depth_BN, attend_BNN = tree_batch(trees, 1 << (len(trees) - 1).bit_length(), length)
-  logits_BNV = np.asarray(compiled("tree_logits", ids_BN, depth_BN, attend_BNN))
-  logits_RV = logits_BNV[tuple(np.asarray(where).T)].astype(np.float64)
+  return _log_softmax_at(compiled("tree_logits", ids_BN, depth_BN, attend_BNN), where)
+
+
+def _log_softmax_at(logits_BNV, where) -> np.ndarray:
+  """log_softmax of the logits at each (tree, node) of where, in float64 [len(where), V]."""
+  logits_RV = np.asarray(logits_BNV)[tuple(np.asarray(where).T)].astype(np.float64)
   top_R1 = logits_RV.max(axis=-1, keepdims=True)
   return logits_RV - top_R1 - np.log(np.exp(logits_RV - top_R1).sum(axis=-1, keepdims=True))
+
+
+class _PathCache:
+  """`_last_logprobs` for a sampling loop: keys and values of the token path its calls share
+  (the stable tokens of the text so far) are kept (`DecoderLM.path_kv`), and a call whose rows
+  all continue that path runs only their own nodes (`DecoderLM.tree_after`): a byte's few new
+  heads instead of their whole path. The path is read again when the shared part has grown
+  REFRESH tokens past it; calls that share little (the bulk path's) go the usual way."""
+
+  SHARED = 16  # tokens the rows must share before their own nodes go alone
+  REFRESH = 8  # tokens past the kept path after which it is read again
+  PAD = 64  # the kept path's positions, a multiple of (few compiled shapes)
+  NODES = 16  # the rows' own nodes, a multiple of
+
+  def __init__(self, compiled: Compiled):
+    self.compiled, self.path, self.past = compiled, (), None
+
+  def __call__(self, rows: list[list[int]]) -> np.ndarray:
+    rows = [tuple(r) for r in rows]
+    shared = min(map(len, rows)) - 1  # each row keeps a node of its own (its last)
+    for k in range(shared):
+      if any(r[k] != rows[0][k] for r in rows):
+        shared = k
+        break
+    if shared < self.SHARED:
+      return _last_logprobs(self.compiled, [list(r) for r in rows])
+    path = rows[0][:shared]
+    if path[:len(self.path)] != self.path or not self.path or shared - len(self.path) >= self.REFRESH:
+      padded = np.zeros((1, -(-shared // self.PAD) * self.PAD), np.int32)
+      padded[0, :shared] = path
+      self.path, self.past = path, self.compiled("path_kv", padded)
+    trees, where = token_trees([r[len(self.path):] for r in rows])
+    if len(trees) > 1:  # (more than a tree's worth of nodes: not a sampling loop's call)
+      return _last_logprobs(self.compiled, [list(r) for r in rows])
+    length = -(-len(trees[0][0]) // self.NODES) * self.NODES
+    ids_BN, depth_BN, attend_BNN = tree_batch(trees, 1, length)
+    return _log_softmax_at(self.compiled("tree_after", ids_BN, depth_BN + len(self.path),
+                                         attend_BNN, self.past, np.int32(len(self.path))), where)
 
 
 def decoder_token_lm(model, vocab_size: int | None = None):
   """token_lm(prefixes) -> log-probabilities [len(prefixes), vocab_size] of the next token, from
   a `models.decoder.DecoderLM` over BPE ids: the model's softmax over all its embedding rows,
-  cut to the tokenizer's vocab_size (not renormalised: the module docstring says why)."""
-  compiled = Compiled(model)
+  cut to the tokenizer's vocab_size (not renormalised: the module docstring says why). Calls
+  whose prefixes share a long path (sampling) keep its keys and values (`_PathCache`)."""
+  logprobs = _PathCache(Compiled(model))
   size = vocab_size or model.config.vocab_size
 
   def token_lm(prefixes):
-    return _last_logprobs(compiled, [[EOS_ID] + list(p) for p in prefixes])[:, :size]
+    return logprobs([[EOS_ID] + list(p) for p in prefixes])[:, :size]
 
   return token_lm
 

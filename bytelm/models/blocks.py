@@ -226,6 +226,25 @@ class EncoderBlock(nnx.Module):
                                 jnp.tile(key_bias_nS, (B, 1))).reshape(B, T, D)
     return self._mlp(x_BTD + self.dropout(attn_BTD))
 
+  def after(self, x_BTD: jax.Array, pos_bias_BHTS: jax.Array, past_k_1HPK: jax.Array | None = None,
+            past_v_1HPK: jax.Array | None = None):
+    """(x_BTD, k_BHTK, v_BHTK): the block over new positions that may also read P earlier
+    ones, given as their keys and values (one path every row continues, shared by the batch;
+    pos_bias_BHTS covers the P past keys, then the T new ones), and the new positions' own
+    keys and values (what a cache of them keeps)."""
+    h_BTD = self.attn_norm(x_BTD)
+    k_BHTK, v_BHTK = self.attn.project_kv(h_BTD)
+    keys, values = k_BHTK, v_BHTK
+    if past_k_1HPK is not None:
+      B = x_BTD.shape[0]
+      keys = jnp.concatenate([jnp.broadcast_to(past_k_1HPK, (B,) + past_k_1HPK.shape[1:])
+                              .astype(k_BHTK.dtype), k_BHTK], axis=2)
+      values = jnp.concatenate([jnp.broadcast_to(past_v_1HPK, (B,) + past_v_1HPK.shape[1:])
+                                .astype(v_BHTK.dtype), v_BHTK], axis=2)
+    key_bias_BS = jnp.zeros((x_BTD.shape[0], keys.shape[2]), jnp.float32)
+    attn_BTD = self.attn.attend(h_BTD, keys, values, pos_bias_BHTS, key_bias_BS)
+    return self._mlp(x_BTD + self.dropout(attn_BTD)), k_BHTK, v_BHTK
+
   def step(self, x_B1D: jax.Array, cache: dict[str, jax.Array], slot_B: jax.Array,
            pos_bias_BH1S: jax.Array, key_bias_BS: jax.Array):
     """One new position per row, written to cache slot slot_B (k, v: B H S K) before it
