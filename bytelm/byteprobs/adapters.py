@@ -177,8 +177,8 @@ class _PathCache:
 
   SHARED = 16  # tokens the rows must share before their own nodes go alone
   REFRESH = 8  # tokens past the kept path after which it is read again
-  PAD = 64  # the kept path's positions, a multiple of (few compiled shapes)
-  NODES = 16  # the rows' own nodes, a multiple of
+  # The kept path and the rows' own nodes are padded to multiples of these (few shapes).
+  PAD, NODES = 64, 16
 
   def __init__(self, compiled: Compiled):
     self.compiled, self.path, self.past = compiled, (), None
@@ -193,7 +193,8 @@ class _PathCache:
     if shared < self.SHARED:
       return _last_logprobs(self.compiled, [list(r) for r in rows])
     path = rows[0][:shared]
-    if path[:len(self.path)] != self.path or not self.path or shared - len(self.path) >= self.REFRESH:
+    kept = bool(self.path) and path[:len(self.path)] == self.path
+    if not kept or shared - len(self.path) >= self.REFRESH:
       padded = np.zeros((1, -(-shared // self.PAD) * self.PAD), np.int32)
       padded[0, :shared] = path
       self.path, self.past = path, self.compiled("path_kv", padded)
