@@ -17,7 +17,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import bytelm
 from bytelm.byteprobs import adapters
-from bytelm.byteprobs.byte_lm import END, ByteLM
+from bytelm.byteprobs.byte_lm import END, FOLLOWERS_BYTES, ByteLM
 from bytelm.byteprobs.mixture import chain_logprob, ensemble
 from bytelm.byteprobs import tokenization
 from bytelm.byteprobs.tokenization import BPE
@@ -344,12 +344,15 @@ def test_byte_samples_are_reproducible_and_follow_the_exact_distribution(tiny):
   assert chi2 < dof + 4 * math.sqrt(2 * dof), (chi2, dof)  # ~ the 99.99th percentile
 
 
-@pytest.mark.parametrize("block", [None, 40])
-def test_the_bulk_path_is_exact(tiny, tiny_regex, block, monkeypatch):
-  if block:  # a few starts at a time
-    monkeypatch.setattr("bytelm.byteprobs.byte_lm.BLOCK", block)
+@pytest.mark.parametrize("small", [False, True])
+def test_the_bulk_path_is_exact(tiny, tiny_regex, small, monkeypatch):
+  if small:  # a few starts summed at a time, and a memo of a few heads' followers
+    monkeypatch.setattr("bytelm.byteprobs.byte_lm.SPREAD_BLOCK", 40)
+    monkeypatch.setattr("bytelm.byteprobs.byte_lm.FOLLOWERS_BYTES", 2000)
   for lm, truth in (tiny, tiny_regex):
+    lm.clear(followers=True)
     assert_bulk_is_brute_force(lm, truth)
+    assert lm._after_bytes <= (2000 if small else FOLLOWERS_BYTES) or len(lm._after) == 1
 
 
 def test_chained_next_bytes_give_the_whole_text_probability(tiny):

@@ -49,6 +49,7 @@ does).
 
 from __future__ import annotations
 
+import collections
 import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -61,8 +62,8 @@ from bytelm.byteprobs.tokenization import (AS_SPACE_ALONE, AS_SPACE_RUN, BPE, CO
 from bytelm.text.tokenizer import as_bytes
 
 END = 256  # index of the end of text in next_byte_logprobs
-FOLLOWERS_HELD = 1 << 24  # token ids `ByteLM._followers` keeps (64 MB)
-BLOCK = 1 << 22  # (start, token) pairs the bulk path sums at once
+FOLLOWERS_BYTES = 1 << 26  # what `ByteLM._followers` keeps (64 MB)
+SPREAD_BLOCK = 1 << 22  # (start, token) pairs `ByteLM._spread` sums at once
 
 TokenLM = Callable[[list[tuple[int, ...]]], np.ndarray]
 
@@ -95,8 +96,8 @@ class ByteLM:
     tokenizer alone, bounded, and kept otherwise: the bulk path reads the same partial words
     again in every batch)."""
     if followers:
-      self._after: dict[bytes, dict] = {}
-      self._after_held = 0
+      self._after: collections.OrderedDict[bytes, dict] = collections.OrderedDict()
+      self._after_bytes = 0
     self._rows: dict[tuple[int, ...], np.ndarray] = {}
     self._logp: dict[tuple[int, ...], float] = {(): 0.0}
     self._stable: dict[bytes, tuple[int, tuple[int, ...]]] = {}
@@ -236,24 +237,25 @@ class ByteLM:
     return out
 
   def _followers(self, u: bytes) -> dict[tuple[int, ...], np.ndarray]:
-    """head -> the ids of every token that may follow it (`_heads_after` over the whole
-    vocabulary, a token two ways to one head once), memoised: the bulk path asks at every
-    start, and the same u (" ", " th", ",") recurs. The memo is bounded by the ids it holds
-    (a 128,000-token vocabulary gives about 100,000 a head)."""
-    if u not in self._after:
-      heads: dict[tuple[int, ...], np.ndarray] = {}
-      for head, ok in self._heads_after(u, self._every):
-        if head not in heads:
-          heads[head] = np.zeros(len(self.bpe.token_bytes), bool)
-        heads[head][self._every[ok]] = True
-      found = {h: np.flatnonzero(v).astype(np.int32) for h, v in heads.items()}
-      held = sum(map(len, found.values()))
-      if self._after_held + held > FOLLOWERS_HELD:
-        self._after.clear()
-        self._after_held = 0
-      self._after[u] = found
-      self._after_held += held
-    return self._after[u]
+    """head -> which tokens may follow it, bool [V] (`_heads_after` over the whole
+    vocabulary; heads no token may follow left out), memoised: the bulk path asks at every
+    start, and the same u (" ", " th", ",") recurs. The memo keeps the most recently used,
+    up to FOLLOWERS_BYTES (a head costs V bytes: 128 KB for 128,000 tokens)."""
+    if u in self._after:
+      self._after.move_to_end(u)
+      return self._after[u]
+    heads: dict[tuple[int, ...], np.ndarray] = {}
+    for head, which in self._heads_after(u, self._every):
+      if head not in heads:
+        heads[head] = np.zeros(len(self.bpe.token_bytes), bool)
+      heads[head][self._every[which]] = True  # (a token two ways to one head counts once)
+    found = {h: mask for h, mask in heads.items() if mask.any()}
+    self._after[u] = found
+    self._after_bytes += sum(mask.nbytes for mask in found.values())
+    while self._after_bytes > FOLLOWERS_BYTES and len(self._after) > 1:
+      _, dropped = self._after.popitem(last=False)
+      self._after_bytes -= sum(mask.nbytes for mask in dropped.values())
+    return found
 
   def _kind_groups(self, ids: np.ndarray, apostrophe: bool, cut: bool
                    ) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -503,32 +505,37 @@ class ByteLM:
     plans, wanted = [], []
     for text in texts:
       x = self._spelled(text)
-      starts = []
+      starts = []  # (the tokens before the stable cut, the text after it) at each start
       for pos in range(len(x) + 1):
         s, base = self._stable_ids(x[:pos])
-        starts.append({base + h: v for h, v in self._followers(x[s:pos]).items()})
-        wanted.extend(starts[-1])
+        starts.append((base, x[s:pos]))
+        wanted.extend(base + h for h in self._followers(x[s:pos]))
       ends = [self._canonical(text[:k]) for k in range(len(text) + 1)]
       wanted.extend(ends)
       plans.append((x, len(x) - len(text), starts, ends))
     self._score(wanted)
-    return [keep(self._rows_along(*plan, normalize)) for plan in plans]
+    plans.reverse()
+    out = []
+    while plans:  # a text's plan dropped as soon as its rows are summed
+      out.append(keep(self._rows_along(*plans.pop(), normalize)))
+    return out
 
-  def _rows_along(self, x: bytes, off: int, starts: list[dict], ends: list[tuple[int, ...]],
-                  normalize: bool) -> np.ndarray:
-    """`_along`'s rows for one spelled text x (the text from off on), from the valid
-    (head, tokens) at each start and the canonical tokens of each prefix. Masses are summed
-    shifted by each prefix's largest term, so long texts, whose probabilities underflow,
-    keep their ratios."""
+  def _rows_along(self, x: bytes, off: int, starts: list[tuple[tuple[int, ...], bytes]],
+                  ends: list[tuple[int, ...]], normalize: bool) -> np.ndarray:
+    """`_along`'s rows for one text: x is it spelled (the text itself starts at off), starts
+    the tokens before the stable cut and the text after it at each start of x (`_followers`
+    gives the valid heads and tokens), ends the canonical tokens of each prefix of the text.
+    Masses are summed shifted by each prefix's largest term, so long texts, whose
+    probabilities underflow, keep their ratios."""
     n = len(x) + 1
     text = np.concatenate([np.frombuffer(x, np.uint8), np.full(self.bpe.max_token_bytes, -1)])
     first_L = np.full((n, 256), -np.inf)  # log-mass at each start on the first byte of v
     spread, block, held = [_spread_none()], [], 0
-    for p, heads in enumerate(starts):  # a block of starts at a time: each holds about the
-      for h, vs in heads.items():       # whole vocabulary
-        block.append((p, h, vs))
-        held += len(vs)
-      if block and (held >= BLOCK or p == len(starts) - 1):
+    for p, (base, u) in enumerate(starts):  # a block of starts at a time: each holds about
+      for h, mask in self._followers(u).items():  # the whole vocabulary
+        block.append((p, base + h, np.flatnonzero(mask)))
+        held += len(block[-1][2])
+      if block and (held >= SPREAD_BLOCK or p == len(starts) - 1):
         spread.append(self._spread(text, block, first_L))
         block, held = [], 0
     at, byte, logp, end_at, end_logp = (np.concatenate(a) for a in zip(*spread))
@@ -563,6 +570,8 @@ class ByteLM:
     (end_at, end_logp) for those they reach exactly. text: the spelled text's bytes, then -1."""
     bpe = self.bpe
     vs = np.concatenate([v for _, _, v in block])
+    if not len(vs):
+      return _spread_none()
     lp = np.concatenate([self._logp[h] + self._rows[h][v] for _, h, v in block])
     pos = np.repeat([p for p, _, _ in block], [len(v) for _, _, v in block])
     first = bpe.byte_table[vs, 0].astype(np.int64)
