@@ -657,6 +657,12 @@ def test_balanced_trees_fill_the_batch_they_are_padded_to():
   trees, where = adapters.balanced_trees(rows)
   _assert_paths_are_rows(rows, trees, where)
   assert len(trees) == 1 and len(trees[0][0]) == 2 * 1199 - 1  # not a copy of the path a tree
+  texts = [[1, t] + list(range(100 * t, 100 * t + 700)) for t in range(2, 6)]  # 4 long texts
+  rows = [r[:k] for r in texts for k in range(1, len(r) + 1)] + [r[:k] + [0] for r in texts
+                                                                 for k in range(2, len(r))]
+  trees, where = adapters.balanced_trees(rows)
+  _assert_paths_are_rows(rows, trees, where)
+  assert len(trees) == 4 and max(len(ids) for ids, _, _ in trees) < 1410  # a text a tree
 
 
 def test_token_trees_of_rows_longer_than_a_tree_copy_little():

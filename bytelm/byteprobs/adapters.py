@@ -30,6 +30,7 @@ prefixes.
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 import warnings
 from collections.abc import Sequence
@@ -70,27 +71,91 @@ def token_trees(rows: Sequence[Sequence[int]], max_nodes: int = TREE_NODES
 
 def balanced_trees(rows: Sequence[Sequence[int]], pad_to: int = 64):
   """`token_trees` of rows laid out for the least work once padded (their number to a power
-  of two, their nodes to a multiple of pad_to; `_padded_cost`), of three layouts: trees of
-  TREE_NODES; as many as the power of two of those but each about as large (the nodes of
-  three full trees run as four of about 300, not as four of 512, one of them padding); and
-  one tree (below ONE_TREE_NODES), no path copied, for a long text, whose token path would be
-  copied into every tree below it."""
+  of two, their nodes to a multiple of pad_to: `_padded_cost`). The layouts weighed: trees of
+  TREE_NODES; the same number of trees, each about as large (three full trees run as four of
+  about 300, not as four of 512, one of them padding); one tree (up to ONE_TREE_NODES); and a
+  tree for the subtree of each text, packed (`_packed_subtrees`). The last two copy no path:
+  a long text's token path would otherwise be copied into every tree below it. Their costs
+  are known before they are laid out; a size's is bounded below (no copies) and it is laid
+  out only where that bound could win."""
   children = _prefixes(rows)
   nodes = len(children) - 1
   if nodes <= TREE_NODES:  # one tree whichever way
     return _layout(children, rows, TREE_NODES)
-  batch = 1 << (-(-nodes // TREE_NODES) - 1).bit_length()
-  sizes = {-(-nodes // batch // pad_to) * pad_to, TREE_NODES}
+  best_cost, best = math.inf, None
   if nodes <= ONE_TREE_NODES:
-    sizes.add(nodes)
-  layouts = [_layout(children, rows, size) for size in sorted(sizes)]
-  return min(layouts, key=lambda layout: _padded_cost(layout[0], pad_to))
+    best_cost, best = _padded_cost([nodes], pad_to), lambda: _layout(children, rows, nodes)
+  shared, bins = _packed_subtrees(children, rows)
+  cost = _padded_cost([size for size, _, _ in bins], pad_to)
+  if cost < best_cost:
+    best_cost, best = cost, lambda: _layout_bins(children, rows, shared, bins)
+  batch = 1 << (-(-nodes // TREE_NODES) - 1).bit_length()
+  for size in sorted({_round_up(-(-nodes // batch), pad_to), TREE_NODES}):
+    count = -(-nodes // size)
+    if _padded_cost([size] * count, pad_to) >= best_cost:
+      continue  # even without copied paths it would cost more
+    trees, where = _layout(children, rows, size)
+    cost = _padded_cost([len(ids) for ids, _, _ in trees], pad_to)
+    if cost < best_cost:
+      best_cost, best = cost, lambda found=(trees, where): found
+  return best()
 
 
-def _padded_cost(trees, pad_to: int) -> float:
-  """The work of running trees padded as `_last_logprobs` pads them, in nodes."""
-  length = -(-max(len(ids) for ids, _, _ in trees) // pad_to) * pad_to
-  return (1 << (len(trees) - 1).bit_length()) * length * (1 + length / ATTENTION_NODES)
+def _padded_cost(sizes: list[int], pad_to: int) -> float:
+  """The work of running trees of these sizes padded as `_last_logprobs` pads them, in
+  nodes."""
+  length = _round_up(max(sizes), pad_to)
+  return (1 << (len(sizes) - 1).bit_length()) * length * (1 + length / ATTENTION_NODES)
+
+
+def _packed_subtrees(children, rows):
+  """(shared, [(nodes, subtrees, rows)]): below the path every row shares (shared, its last
+  prefix), each subtree (a text's, on the bulk path) goes whole, first-fit and largest
+  first, into trees as large as the largest of them or TREE_NODES, with the shared path in
+  each; a tree's nodes, the subtrees' first prefixes and the rows it holds."""
+  shared = ()
+  while len(children[shared]) == 1 and all(len(row) > len(shared) for row in rows):
+    shared = next(iter(children[shared].values()))
+  sizes = {}
+  for top in children[shared].values():
+    stack, count = [top], 0
+    while stack:
+      count += 1
+      stack.extend(children[stack.pop()].values())
+    sizes[top] = count
+  groups: dict[tuple[int, ...], list[int]] = {top: [] for top in sizes}
+  for i, row in enumerate(rows):  # (a row on the shared path goes with any subtree)
+    groups[tuple(row[:len(shared) + 1])
+           if len(row) > len(shared) else next(iter(groups))].append(i)
+  room = max(max(sizes.values()), TREE_NODES)
+  bins: list[list] = []  # [nodes, subtrees, rows]
+  for top in sorted(sizes, key=sizes.get, reverse=True):
+    fit = next((b for b in bins if b[0] + sizes[top] <= room), None)
+    if fit is None:
+      fit = [len(shared), [], []]
+      bins.append(fit)
+    fit[0] += sizes[top]
+    fit[1].append(top)
+    fit[2].extend(groups[top])
+  return shared, bins
+
+
+def _layout_bins(children, rows, shared, bins):
+  """`token_trees` of `_packed_subtrees`' bins, a tree each (the shared path, then its
+  subtrees)."""
+  trees, where = [], [None] * len(rows)
+  for size, tops, members in bins:
+    mine = dict(children)
+    mine[shared] = {top[-1]: top for top in tops}
+    (tree,), places = _layout(mine, [rows[i] for i in members], max_nodes=size + 1)
+    for i, (_, node) in zip(members, places):
+      where[i] = (len(trees), node)
+    trees.append(tree)
+  return trees, where
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
 
 
 def _prefixes(rows) -> dict[tuple[int, ...], dict[int, tuple[int, ...]]]:
@@ -156,7 +221,7 @@ def _last_logprobs(compiled: Compiled, rows: list[list[int]], pad_to: int = 64) 
   output): one pass over the rows' prefix trees (`balanced_trees`), each padded to a multiple of
   pad_to nodes and their number to a power of two, so that few shapes are compiled."""
   trees, where = balanced_trees(rows, pad_to)
-  length = -(-max(len(t[0]) for t in trees) // pad_to) * pad_to
+  length = _round_up(max(len(t[0]) for t in trees), pad_to)
   ids_BN, depth_BN, attend_BNN = tree_batch(trees, 1 << (len(trees) - 1).bit_length(), length)
   return _log_softmax_at(compiled("tree_logits", ids_BN, depth_BN, attend_BNN), where)
 
@@ -195,13 +260,13 @@ class _PathCache:
     path = rows[0][:shared]
     kept = bool(self.path) and path[:len(self.path)] == self.path
     if not kept or shared - len(self.path) >= self.REFRESH:
-      padded = np.zeros((1, -(-shared // self.PAD) * self.PAD), np.int32)
+      padded = np.zeros((1, _round_up(shared, self.PAD)), np.int32)
       padded[0, :shared] = path
       self.path, self.past = path, self.compiled("path_kv", padded)
     trees, where = token_trees([r[len(self.path):] for r in rows])
     if len(trees) > 1:  # (more than a tree's worth of nodes: not a sampling loop's call)
       return _last_logprobs(self.compiled, [list(r) for r in rows])
-    length = -(-len(trees[0][0]) // self.NODES) * self.NODES
+    length = _round_up(len(trees[0][0]), self.NODES)
     ids_BN, depth_BN, attend_BNN = tree_batch(trees, 1, length)
     return _log_softmax_at(self.compiled("tree_after", ids_BN, depth_BN + len(self.path),
                                          attend_BNN, self.past, np.int32(len(self.path))), where)
@@ -332,7 +397,7 @@ class ByteDecoderLM(_ByteModel):
 
   def _logits(self, text: bytes):
     ids = [EOS_ID] + ByteTokenizer().encode(text, add_eos=False).tolist()
-    length = -(-len(ids) // 64) * 64
+    length = _round_up(len(ids), 64)
     ids_1T = np.zeros((1, length), np.int32)
     ids_1T[0, :len(ids)] = ids
     mask_1T = np.arange(length)[None] < len(ids)
