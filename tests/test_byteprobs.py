@@ -673,7 +673,7 @@ def test_token_trees_of_rows_longer_than_a_tree_copy_little():
 
 
 def test_trees_after_a_kept_path_have_the_logits_of_the_path_written_out():
-  """`DecoderLM.tree_after` over `path_kv` (a sampling loop's stable tokens kept), and
+  """`DecoderLM.tree_logits` after `path_kv` (a sampling loop's stable tokens kept), and
   `adapters._PathCache` choosing it, give the logits of the whole rows' trees."""
   cfg = decoder.DecoderConfig(**config_file.load(
       pathlib.Path(__file__).resolve().parents[1] / "configs" / "bytes_decoder.py",
@@ -688,7 +688,7 @@ def test_trees_after_a_kept_path_have_the_logits_of_the_path_written_out():
   padded[0, :len(path)] = path
   trees, where = adapters.token_trees([r[len(path):] for r in rows])
   ids_BN, depth_BN, attend_BNN = adapters.tree_batch(trees, 1, 32)
-  got = np.asarray(compiled("tree_after", ids_BN, depth_BN + len(path), attend_BNN,
+  got = np.asarray(compiled("tree_logits", ids_BN, depth_BN + len(path), attend_BNN,
                             compiled("path_kv", padded), np.int32(len(path))))
   got = np.stack([got[t, n] for t, n in where])
   np.testing.assert_allclose(got - got.max(-1, keepdims=True),
@@ -701,6 +701,9 @@ def test_trees_after_a_kept_path_have_the_logits_of_the_path_written_out():
   np.testing.assert_allclose(cache(longer), adapters._last_logprobs(compiled, longer),
                              atol=1e-5)
   assert cache.past is past
+  start = [path[:20] + [9, 9], path[:20] + [8], path[:21]]  # a start of the kept path
+  np.testing.assert_allclose(cache(start), adapters._last_logprobs(compiled, start), atol=1e-5)
+  assert cache.past is past  # (a position's keys and values depend on what is before it)
   apart = [[1, 5, 6], [1, 7]]  # sharing little: the whole trees
   np.testing.assert_allclose(cache(apart), adapters._last_logprobs(compiled, apart), atol=0)
 

@@ -236,40 +236,47 @@ def _log_softmax_at(logits_BNV, where) -> np.ndarray:
 class _PathCache:
   """`_last_logprobs` for a sampling loop: keys and values of the token path its calls share
   (the stable tokens of the text so far) are kept (`DecoderLM.path_kv`), and a call whose rows
-  all continue that path runs only their own nodes (`DecoderLM.tree_after`): a byte's few new
-  heads instead of their whole path. The path is read again when the shared part has grown
+  all continue the kept path, or its first SHARED tokens or more, runs only their own nodes
+  over it (`DecoderLM.tree_logits` with a past): a byte's few new heads instead of their
+  whole path. A position's keys and values depend on the tokens up to it alone, so the kept
+  path serves any call that shares a start of it. It is read again when the rows share
   REFRESH tokens past it; calls that share little (the bulk path's) go the usual way."""
 
-  SHARED = 16  # tokens the rows must share before their own nodes go alone
-  REFRESH = 8  # tokens past the kept path after which it is read again
-  # The kept path and the rows' own nodes are padded to multiples of these (few shapes).
-  PAD, NODES = 64, 16
+  SHARED = 16  # tokens the rows must share with the kept path before their own nodes go alone
+  REFRESH = 8  # tokens shared past the kept path after which it is read again
+  # The kept path is padded to a power of two from PATH_PAD, the rows' own nodes to a
+  # multiple of NODE_PAD: few compiled shapes.
+  PATH_PAD, NODE_PAD = 64, 16
 
   def __init__(self, compiled: Compiled):
     self.compiled, self.path, self.past = compiled, (), None
 
   def __call__(self, rows: list[list[int]]) -> np.ndarray:
     rows = [tuple(r) for r in rows]
-    shared = min(map(len, rows)) - 1  # each row keeps a node of its own (its last)
-    for k in range(shared):
-      if any(r[k] != rows[0][k] for r in rows):
-        shared = k
-        break
+    shared = min(_shared_length(rows), min(map(len, rows)) - 1)  # a node each of its own
     if shared < self.SHARED:
       return _last_logprobs(self.compiled, [list(r) for r in rows])
-    path = rows[0][:shared]
-    kept = bool(self.path) and path[:len(self.path)] == self.path
-    if not kept or shared - len(self.path) >= self.REFRESH:
-      padded = np.zeros((1, _round_up(shared, self.PAD)), np.int32)
-      padded[0, :shared] = path
-      self.path, self.past = path, self.compiled("path_kv", padded)
-    trees, where = token_trees([r[len(self.path):] for r in rows])
+    kept = _shared_length([rows[0][:shared], self.path])
+    if kept < self.SHARED or shared - kept >= self.REFRESH:
+      padded = np.zeros((1, max(self.PATH_PAD, 1 << (shared - 1).bit_length())), np.int32)
+      padded[0, :shared] = rows[0][:shared]
+      self.path, self.past, kept = rows[0][:shared], self.compiled("path_kv", padded), shared
+    trees, where = token_trees([r[kept:] for r in rows])
     if len(trees) > 1:  # (more than a tree's worth of nodes: not a sampling loop's call)
       return _last_logprobs(self.compiled, [list(r) for r in rows])
-    length = _round_up(len(trees[0][0]), self.NODES)
-    ids_BN, depth_BN, attend_BNN = tree_batch(trees, 1, length)
-    return _log_softmax_at(self.compiled("tree_after", ids_BN, depth_BN + len(self.path),
-                                         attend_BNN, self.past, np.int32(len(self.path))), where)
+    ids_BN, depth_BN, attend_BNN = tree_batch(trees, 1, _round_up(len(trees[0][0]),
+                                                                  self.NODE_PAD))
+    return _log_softmax_at(self.compiled("tree_logits", ids_BN, depth_BN + kept, attend_BNN,
+                                         self.past, np.int32(kept)), where)
+
+
+def _shared_length(rows) -> int:
+  """The length of the start every row shares."""
+  shortest = min(map(len, rows))
+  for k in range(shortest):
+    if any(r[k] != rows[0][k] for r in rows):
+      return k
+  return shortest
 
 
 def decoder_token_lm(model, vocab_size: int | None = None):

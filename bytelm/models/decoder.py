@@ -73,25 +73,36 @@ class DecoderLM(nnx.Module):
       x_BTD, _ = block(x_BTD, bias_HTT, key_bias_BT)
     return self.lm_head(self.dropout(self.final_norm(x_BTD)))
 
-  def tree_logits(self, ids_BN: jax.Array, depth_BN: jax.Array,
-                  attend_BNN: jax.Array) -> jax.Array:
+  def tree_logits(self, ids_BN: jax.Array, depth_BN: jax.Array, attend_BNN: jax.Array,
+                  past: list[tuple[jax.Array, jax.Array]] | None = None,
+                  past_len: jax.Array | int = 0) -> jax.Array:
     """logits_BNV of token trees, each node computed once: node n of row b holds id
     ids_BN[b, n] at depth depth_BN[b, n] of its path from the row's root and reads the nodes
     attend_BNN[b, n] marks (itself and its ancestors: its path). Its logits are those
     __call__ gives at the end of that path written out as a sequence. Many sequences that
     share beginnings (the token prefixes of bytelm.byteprobs) go through once, a node per
-    distinct prefix, instead of once each."""
-    bias_BHNN = (self.rel_bias(depth_BN, depth_BN)
+    distinct prefix, instead of once each.
+
+    past: the keys and values of a path every tree continues (`path_kv`), of which every
+    node reads the first past_len positions, its depth counting from the path's start: the
+    same logits as the trees with the path written out, for their own nodes' work (a
+    sampling loop's trees hang off a long stable path)."""
+    bias_BHNS = (self.rel_bias(depth_BN, depth_BN)
                  + jnp.where(attend_BNN[:, None], 0.0, MASK_VALUE))
-    key_bias_BN = jnp.zeros(ids_BN.shape, jnp.float32)
+    if past is not None:
+      P = past[0][0].shape[2]
+      pos_BP = jnp.broadcast_to(jnp.arange(P), (ids_BN.shape[0], P))
+      bias_BHNP = (self.rel_bias(depth_BN, pos_BP)
+                   + jnp.where(pos_BP < past_len, 0.0, MASK_VALUE)[:, None, None, :])
+      bias_BHNS = jnp.concatenate([bias_BHNP, bias_BHNS], axis=-1)
     x_BND = self.shared(ids_BN)
-    for block in self.blocks:
-      x_BND, _ = block(x_BND, bias_BHNN, key_bias_BN)
+    for i, block in enumerate(self.blocks):
+      x_BND, _, _ = block.after(x_BND, bias_BHNS, *(past[i] if past is not None else ()))
     return self.lm_head(self.final_norm(x_BND))
 
   def path_kv(self, ids_1P: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
     """(k_1HPK, v_1HPK) of each block over one token path read causally: the past that
-    `tree_after` continues (positions past the path's real length, padding, are never read
+    `tree_logits` continues (positions past the path's real length, padding, are never read
     by it)."""
     P = ids_1P.shape[1]
     bias_1HPP = causal_bias(self.rel_bias, P)[None]
@@ -101,24 +112,6 @@ class DecoderLM(nnx.Module):
       x_1PD, k_1HPK, v_1HPK = block.after(x_1PD, bias_1HPP)
       past.append((k_1HPK, v_1HPK))
     return past
-
-  def tree_after(self, ids_BN: jax.Array, depth_BN: jax.Array, attend_BNN: jax.Array,
-                 past: list[tuple[jax.Array, jax.Array]], past_len: jax.Array) -> jax.Array:
-    """`tree_logits` of trees that all continue one path whose first past_len positions'
-    keys and values are past (`path_kv`): every node reads them, and its depth counts from
-    the path's start. The same logits as the trees with the path written out, for the work
-    of their own nodes only (a sampling loop's trees hang off a long stable path)."""
-    P = past[0][0].shape[2]
-    pos_BP = jnp.broadcast_to(jnp.arange(P), (ids_BN.shape[0], P))
-    bias_BHNP = (self.rel_bias(depth_BN, pos_BP)
-                 + jnp.where(pos_BP < past_len, 0.0, MASK_VALUE)[:, None, None, :])
-    bias_BHNN = (self.rel_bias(depth_BN, depth_BN)
-                 + jnp.where(attend_BNN[:, None], 0.0, MASK_VALUE))
-    bias_BHNS = jnp.concatenate([bias_BHNP, bias_BHNN], axis=-1)
-    x_BND = self.shared(ids_BN)
-    for block, (k_1HPK, v_1HPK) in zip(self.blocks, past):
-      x_BND, _, _ = block.after(x_BND, bias_BHNS, k_1HPK, v_1HPK)
-    return self.lm_head(self.final_norm(x_BND))
 
   def init_cache(self, batch: int, max_len: int) -> list[dict[str, jax.Array]]:
     """Empty keys and values (B H L K) of each block, for `step`."""
