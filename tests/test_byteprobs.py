@@ -576,8 +576,9 @@ def test_the_bulk_path_keeps_the_top_k_and_the_mass_left(tiny_regex):
   assert (top.ids[1, 4:] == -1).all() and np.isnan(top.logprobs[1, 4:]).all()
   one = lm.next_byte_logprobs_along(texts[0], top_k=257)
   np.testing.assert_array_equal(one.rest, -np.inf)  # nothing left out
-  with pytest.raises(ValueError, match="top_k"):
-    lm.next_byte_logprobs_along(texts, top_k=0)
+  for bad in (0, 258, 2.5, True):
+    with pytest.raises(ValueError, match="top_k"):
+      lm.next_byte_logprobs_along(texts, top_k=bad)
 
 
 def test_a_context_conditions_every_prefix(tiny_regex):

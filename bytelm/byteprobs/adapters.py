@@ -18,8 +18,8 @@ on pad, unk and sentinels. Next-byte distributions renormalise it away (`normali
 byte do not, so they are `bytelm.load(path).score`'s.
 
 bytelm's models were trained on documents separated by eos, so a prefix is read after an eos:
-the start of a document. A batch of prefixes goes through a bytelm decoder as one tree of
-their distinct prefixes (`token_trees`, `DecoderLM.tree_logits`): the heads ByteLM asks for
+the start of a document. A batch of prefixes goes through a bytelm decoder as trees of
+their distinct prefixes (`balanced_trees`, `DecoderLM.tree_logits`): the heads ByteLM asks for
 share all but their last token or two, so a text's every byte costs about one node. A
 Hugging Face model runs the same trees, through a 4-D attention mask and position ids.
 

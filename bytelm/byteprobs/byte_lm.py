@@ -213,21 +213,24 @@ class ByteLM:
         covers[h] = vs, np.concatenate([b for _, b in parts])[first]
     return covers
 
-  def _heads_after(self, u: bytes, ids: np.ndarray) -> list[tuple[tuple[int, ...], np.ndarray]]:
-    """[(head h, which of ids may follow it)]: after the tokens before a stable cut, h + [v]
-    starts the tokenization of some text that begins with u + token v (u: the text from the
-    cut), for the candidates v in ids (a head may come twice, a token may follow several
-    heads). The candidates are checked together, by kind (`_checked`); for a Split's pattern
-    by signature (`_by_signature`); those that may finish a UTF-8 character cut at u's end one
-    by one (`_local_heads`)."""
+  def _heads_after(self, u: bytes, ids: np.ndarray
+                   ) -> list[tuple[tuple[int, ...], np.ndarray]]:
+    """[(head h, where in ids the tokens that may follow it are)]: after the tokens before a
+    stable cut, h + [v] starts the tokenization of some text that begins with u + token v
+    (u: the text from the cut), for the candidates v in ids (a head may come twice, a token
+    may follow several heads). The candidates are checked together, by kind (`_checked`);
+    for a Split's pattern by signature (`_by_signature`); those that may finish a UTF-8
+    character cut at u's end one by one (`_local_heads`)."""
     if self.bpe.signatures is not None and self.bpe.checks_together:  # a Split's pattern
       checked, one = self._by_signature(u, ids)
-      return checked + self._one_by_one(u, ids, np.flatnonzero(one))
+      return ([(head, np.flatnonzero(ok)) for head, ok in checked]
+              + self._one_by_one(u, ids, np.flatnonzero(one)))
     context = self._context(u)
     if context is None:
       return self._one_by_one(u, ids, np.arange(len(ids)))
+    after_apostrophe = 0 not in context  # (letters there may finish a contraction)
     out = []
-    for kind, mine, pick in self._kind_groups(ids, 0 not in context, bool(cut_character(u))):
+    for kind, mine, pick in self._kind_groups(ids, after_apostrophe, bool(cut_character(u))):
       if kind < 0:
         out += self._one_by_one(u, ids, mine)
         continue
@@ -457,8 +460,8 @@ class ByteLM:
     """[len(text) + 1, 257]: row t is next_byte_logprobs(text[:t]). Given a list of texts,
     [len(texts), T + 1, 257] for the longest T, rows past a text's end NaN. This is the bulk
     path, e.g. a teacher's distribution at every byte of every training row: the token model
-    is asked once for every head of every text (a BPE decoder reads them as one tree of token
-    prefixes, `adapters.token_trees`), and each start in a text is checked once for every
+    is asked once for every head of every text (a BPE decoder reads them as trees of token
+    prefixes, `adapters.balanced_trees`), and each start in a text is checked once for every
     token that may begin there (`_along`), not once per prefix it covers. A list is read once,
     so it leaves the caches empty (`clear`) rather than holding a model row per byte read (16
     KB each for 2,048 tokens, 1 MB for 128,000).
@@ -466,8 +469,9 @@ class ByteLM:
     top_k: instead of whole rows (2 KB a byte), a `TopBytes` of each row's k likeliest next
     bytes (END for the end of text) and the log of the mass left to the others, in float32
     (about 6k bytes a byte); past a text's end, NaN and ids -1."""
-    if top_k is not None and not 1 <= top_k <= 257:
-      raise ValueError(f"top_k must be between 1 and 257, got {top_k}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
+                              or not 1 <= top_k <= 257):
+      raise ValueError(f"top_k must be an int between 1 and 257, got {top_k!r}")
     keep = (lambda rows: rows) if top_k is None else (lambda rows: _top_bytes(rows, top_k))
     if isinstance(text, (str, bytes, bytearray)):
       return self._along([as_bytes(text)], normalize, keep)[0]
