@@ -16,7 +16,7 @@ from hypothesis import given, settings, strategies as st
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 import bytelm
-from bytelm.byteprobs import adapters
+from bytelm.byteprobs import adapters, splits
 from bytelm.byteprobs.byte_lm import END, FOLLOWERS_BYTES, ByteLM
 from bytelm.byteprobs.mixture import chain_logprob, ensemble
 from bytelm.byteprobs import tokenization
@@ -958,14 +958,21 @@ def test_a_cut_character_is_completed_once_per_class_it_can_become():
   cuts = [bytes([lead]) for lead in range(0xC2, 0xF5)]
   cuts += [b"\xc3", b"\xe2\x80", b"\xe3\x81", b"\xef\xbf", b"\xf0\x9f", b"\xf0\x9f\x98",
            b"\xf3\xa0\x80", b"\xf4\x8f\xbf"]
-  # The classes the patterns tell apart, by the regex module's tables (the patterns' own):
-  # whitespace, letters by case (o200k), marks, digits, punctuation, symbols, separators.
-  partition = regex.compile(r"(\s)|(\p{Ll})|([\p{Lu}\p{Lt}])|([\p{Lm}\p{Lo}])|(\p{M})|(\p{N})"
-                            r"|(\p{P})|(\p{S})|(\p{Z})")
-
-  def class_of(ch):
-    found = partition.match(ch)
+  def class_of(ch):  # the completions' classes
+    found = tokenization._CHARACTER_CLASS.match(ch)
     return found.lastindex if found else 0
+
+  # They are at least as fine as the classes each pattern tells apart (GPT-2's: letters,
+  # digits, whitespace, the rest; the Split patterns' own), by the regex module's tables.
+  gpt2 = regex.compile(r"(\p{L})|(\p{N})|(\s)")
+  splitters = [splits.RegexSplit(p) for p in splits.PATTERNS.values()]
+  seen = {}
+  for cp in range(0x80, 0x30000):
+    if not 0xD800 <= cp < 0xE000:
+      ch = chr(cp)
+      found = gpt2.match(ch)
+      theirs = (found.lastindex if found else 0,) + tuple(r._class_of(ch) for r in splitters)
+      assert seen.setdefault(class_of(ch), theirs) == theirs, hex(cp)
 
   classes = collections.defaultdict(set)
   wanted = set(cuts)
