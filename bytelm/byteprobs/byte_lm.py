@@ -468,7 +468,8 @@ class ByteLM:
 
     top_k: instead of whole rows (2 KB a byte), a `TopBytes` of each row's k likeliest next
     bytes (END for the end of text) and the log of the mass left to the others, in float32
-    (about 6k bytes a byte); past a text's end, NaN and ids -1."""
+    (about 6k bytes a byte); past a text's end, NaN and ids -1. That is what is returned;
+    while it runs, the call holds the model's rows for every text (a row a byte)."""
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer))
                               or not 1 <= top_k <= 257):
       raise ValueError(f"top_k must be an int between 1 and 257, got {top_k!r}")
