@@ -958,9 +958,7 @@ def test_a_cut_character_is_completed_once_per_class_it_can_become():
   cuts = [bytes([lead]) for lead in range(0xC2, 0xF5)]
   cuts += [b"\xc3", b"\xe2\x80", b"\xe3\x81", b"\xef\xbf", b"\xf0\x9f", b"\xf0\x9f\x98",
            b"\xf3\xa0\x80", b"\xf4\x8f\xbf"]
-  def class_of(ch):  # the completions' classes
-    found = tokenization._CHARACTER_CLASS.match(ch)
-    return found.lastindex if found else 0
+  class_of = splits.character_class  # the completions' classes
 
   # They are at least as fine as the classes each pattern tells apart (GPT-2's: letters,
   # digits, whitespace, the rest; the Split patterns' own), by the regex module's tables.

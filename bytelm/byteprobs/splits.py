@@ -206,6 +206,15 @@ class RegexSplit:
     return "\t" if _SPACE.match(ch) else "!"
 
 
+def character_class(ch: str) -> int:
+  """The class of ch in a partition finer than the classes each pattern here (and GPT-2's)
+  tells apart: whitespace; lower, upper and other letters (o200k's cases); marks; digits;
+  punctuation; symbols; separators; the rest (0). From the `regex` module's Unicode tables,
+  the patterns' own (newer than Python's `unicodedata`)."""
+  found = _CHARACTER_CLASS.match(ch)
+  return found.lastindex if found else 0
+
+
 def isolated(pattern, text: str) -> list[tuple[int, int, bool]]:
   """(start, end, whether it matched) of each match of a compiled pattern in text and of the
   text between matches, in order: the "Isolated" split of `tokenizers`."""
@@ -221,6 +230,8 @@ def isolated(pattern, text: str) -> list[tuple[int, int, bool]]:
   return out
 
 
+_CHARACTER_CLASS = regex.compile(r"(\s)|(\p{Ll})|([\p{Lu}\p{Lt}])|([\p{Lm}\p{Lo}])|(\p{M})"
+                                 r"|(\p{N})|(\p{P})|(\p{S})|(\p{Z})")
 _LETTER, _DIGIT, _SPACE = regex.compile(r"\p{L}"), regex.compile(r"\p{N}"), regex.compile(r"\s")
 _CASED = [(c, regex.compile(p)) for c, p in (("a", r"\p{Ll}"), ("A", r"[\p{Lu}\p{Lt}]"),
                                             ("\u00aa", r"[\p{Lm}\p{Lo}]"), ("\u0301", r"\p{M}"),

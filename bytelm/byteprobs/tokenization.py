@@ -678,11 +678,6 @@ def cut_character(y: bytes) -> bytes:
 
 
 _COMPLETIONS: dict[bytes, list[bytes]] = {}
-# The classes of characters the patterns tell apart (GPT-2's, the Split patterns of `splits`:
-# whitespace, letters, by case for o200k, marks, digits, the rest), finer than any one of them
-# needs, from the `regex` module's Unicode tables (the patterns' own, newer than Python's).
-_CHARACTER_CLASS = regex.compile(r"(\s)|(\p{Ll})|([\p{Lu}\p{Lt}])|([\p{Lm}\p{Lo}])|(\p{M})"
-                                 r"|(\p{N})|(\p{P})|(\p{S})|(\p{Z})")
 
 
 def _completions(cut: bytes, free: frozenset[int] = frozenset(), avoid=frozenset()
@@ -713,8 +708,7 @@ def _completions(cut: bytes, free: frozenset[int] = frozenset(), avoid=frozenset
       if cp < lowest or 0xD800 <= cp < 0xE000 or cp > 0x10FFFF:
         continue
       ch = chr(cp)
-      found = _CHARACTER_CLASS.match(ch)
-      cls = found.lastindex if found else 0
+      cls = splits.character_class(ch)
       rest = ch.encode("utf-8")[len(cut):]
       seen.setdefault(cls, rest)
       if rest[0] in free and cut + rest not in avoid:
