@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bytelm.data import objectives, pipeline, sources
+from bytelm.text.tokenizer import OFFSET
 from bytelm.data import (BatchSource, causal_lm, load_text, make_source, random_spans_noise_mask,
                          span_corruption, span_corruption_from_mask, span_corruption_lengths)
 from bytelm.text.tokenizer import EOS_ID, ByteTokenizer, sentinel_id
@@ -268,6 +269,23 @@ def test_batch_is_a_pure_function_of_seed_and_step(docs):
   assert not np.array_equal(a.batch(5)["inputs"], a.batch(6)["inputs"])
   other = BatchSource(docs, batch_size=4, input_length=64, seed=2)
   assert not np.array_equal(a.batch(5)["inputs"], other.batch(5)["inputs"])
+
+
+@pytest.mark.parametrize("objective", ["span_corruption", "causal_lm"])
+def test_windows_start_anywhere_with_equal_chance(objective):
+  src = BatchSource(["".join(chr(97 + i % 26) for i in range(90))], objective=objective,
+                    batch_size=8, input_length=32, seed=6)
+  (count,) = src._window_counts
+  starts = np.concatenate([src._windows(s)[1] for s in range(400)])
+  # Every start from 0 to the last whole window, each about as often (3,200 draws).
+  assert set(starts.tolist()) == set(range(count))
+  shares = np.bincount(starts, minlength=count) / len(starts)
+  assert shares.max() < 2.5 / count and shares.min() > 0.3 / count
+  # The rows of a batch are windows at those starts (letters a-z cycle: the first byte says
+  # where it began, mod 26).
+  if objective == "causal_lm":
+    first = src.batch(3)["inputs"][:, 0]
+    np.testing.assert_array_equal(first - OFFSET - 97, src._windows(3)[1] % 26)
 
 
 @pytest.mark.parametrize("objective", ["span_corruption", "causal_lm"])
