@@ -5,6 +5,10 @@
 libraries (orbax) and datasets are imported by the calls that need them.
 """
 
+from bytelm import host_memory
+
+host_memory.keep_freed_memory()  # before jax starts its threads (bytelm/host_memory.py)
+
 from bytelm._deprecated import generate, load_hf, load_module  # one release, then removed
 from bytelm.api import LanguageModel, load
 from bytelm.convert import save_hf
