@@ -5,8 +5,8 @@ glibc's malloc serves a block above 32 MiB with a fresh mmap, unmaps it on free 
 heaps' free tops, so every train step touches gigabytes of new pages, each of which the kernel
 zero-fills on first touch. On a 2-core Intel Xeon (2026-12-08, `eval/hierarchical.py`'s step
 timers, 256 rows): hat's train step took 811,000 page faults (3.3 GB of pages) and the flat
-byte decoder's 2.0 million; with freed memory kept, none, and the steps took 2.59 s instead of
-2.99 s and 10.1 s instead of 12.6 s.
+byte decoder's 2.0 million; with freed memory kept, none, and (one run each) the steps took
+2.59 s instead of 2.99 s and 10.1 s instead of 12.6 s.
 
 `keep_freed_memory()` asks glibc (mallopt) to serve large blocks from the heap (M_MMAP_MAX 0),
 never to trim it (M_TRIM_THRESHOLD -1), and to give every thread the one main arena

@@ -19,6 +19,7 @@ ROOMS = {
     "timing": 0,  # side-by-side timing
     "machine": 0,  # what host this is: CPU, flags, caches; the key of what is calibrated on it
     "user_cache": 0,  # the cache folder on the user's machine, JAX's compilation cache in it
+    "host_memory": 0,  # malloc keeps what compiled calls free (set at import, before jax)
     "nn": 1,  # layers, attention, kernels, batching, compiled calls, quantization numerics
     "models": 2,  # model families and their shared blocks (not data)
     "data": 2,  # sources, pipeline, prefetch, objectives, noise, BPE (not models)
