@@ -11,10 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bytelm.data import objectives, pipeline, sources
-from bytelm.text.tokenizer import OFFSET
 from bytelm.data import (BatchSource, causal_lm, load_text, make_source, random_spans_noise_mask,
                          span_corruption, span_corruption_from_mask, span_corruption_lengths)
-from bytelm.text.tokenizer import EOS_ID, ByteTokenizer, sentinel_id
+from bytelm.text.tokenizer import EOS_ID, OFFSET, ByteTokenizer, sentinel_id
 
 tok = ByteTokenizer()
 

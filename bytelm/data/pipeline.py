@@ -1,10 +1,10 @@
 """Static-shape batches whose content is a pure function of (seed, step).
 
-There is no iterator state: `batch(step)` draws the windows of all rows of global batch `step`
-at once from one `np.random.Generator` seeded by (seed, step) (a random window of the byte stream per
-row), and the noise of row i (span corruption's mask, correction's typos) from
-`np.random.default_rng([seed, step, i])`. Resuming needs only the step, which the trainer already
-saves (as in levanter, a restart reproduces the data exactly): `state(step)` is
+There is no iterator state: `batch(step)` draws a random window of the byte stream for every
+row of global batch `step` at once, from one `np.random.Generator` seeded by (seed, step), and
+the noise of row i (span corruption's mask, correction's typos) from
+`np.random.default_rng([seed, step, i])`. Resuming needs only the step, which the trainer
+already saves (as in levanter, a restart reproduces the data exactly): `state(step)` is
 `{"step", "seed"}`.
 Calls may come in any order, and any process can build its slice of any batch.
 
