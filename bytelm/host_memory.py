@@ -42,6 +42,8 @@ def keep_freed_memory() -> bool:
     return False
   mallopt = ctypes.CDLL(None).mallopt
   mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-  # -1 is SIZE_MAX once glibc widens it: never trim.
-  return all(mallopt(param, value) == 1 for param, value in
-             ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+  # Each set whatever the others answer (a generator inside all() would stop at the first
+  # refusal). -1 is SIZE_MAX once glibc widens it: never trim.
+  done = [mallopt(param, value) == 1 for param, value in
+          ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))]
+  return all(done)
